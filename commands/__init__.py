@@ -1,0 +1,15 @@
+"""The shell's command families, one module each (cmd2 CommandSets), and their views."""
+
+from __future__ import annotations
+
+from commands.base import ShellCommandSet
+from commands.control import ControlCommands
+from commands.process import ProcessCommands
+from commands.run import RunCommands
+
+
+def all_command_sets() -> list[ShellCommandSet]:
+    return [ProcessCommands(), ControlCommands(), RunCommands()]
+
+
+__all__ = ["ShellCommandSet", "all_command_sets"]

@@ -1,0 +1,97 @@
+"""What every command family shares: the kernel handle, output that follows the terminal,
+one-line failures, PID parsing and completion providers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import cmd2
+from cmd2 import Choices, CompletionItem
+
+from llmunix.kernel import Kernel
+from llmunix.models import LlmunixError, Priority, format_pid
+
+if TYPE_CHECKING:
+    from llmunix.shell import LlmunixShell
+
+
+class ShellCommandSet(cmd2.CommandSet["LlmunixShell"]):
+    """Base for llmunix command sets. Commands talk to the engine only through `self.kernel`
+    (Kernel methods returning snapshots)."""
+
+    DEFAULT_CATEGORY = "Process commands"
+
+    @property
+    def kernel(self) -> Kernel:
+        return self._cmd.kernel
+
+    @property
+    def plain(self) -> bool:
+        """True when output goes to a pipe or file: print plain text, not rich renderables."""
+        return self._cmd.output_is_plain()
+
+    def out(self, renderable: Any) -> None:
+        self._cmd.poutput(renderable)
+
+    def out_json(self, data: Any) -> None:
+        self._cmd.poutput(json.dumps(data, indent=2, ensure_ascii=False), soft_wrap=True)
+
+    def fail(self, message: str) -> None:
+        """Report a failed command: one line on stderr, and a non-zero exit status in scripts."""
+        self._cmd.fail(message)
+
+    # ------------------------------------------------------------------ completion providers
+
+    def live_pid_choices(self) -> Choices:
+        items = [CompletionItem(format_pid(i.pid), display_meta=f"{i.name} {i.display_state}")
+                 for i in self.kernel.ps()]
+        return Choices(items=items, is_sorted=True)
+
+    def any_pid_choices(self) -> Choices:
+        items = [CompletionItem(format_pid(i.pid), display_meta=f"{i.name} {i.display_state}")
+                 for i in self.kernel.ps(all=True)[-200:]]
+        return Choices(items=items, is_sorted=True)
+
+    def priority_choices(self) -> Choices:
+        return Choices.from_values([p.label for p in sorted(Priority, reverse=True)], is_sorted=True)
+
+    def tool_choices(self) -> Choices:
+        items = [CompletionItem(t.name, display_meta=t.description[:60]) for t in self.kernel.registry]
+        return Choices(items=items, is_sorted=True)
+
+
+def parse_pid(text: str) -> int:
+    try:
+        pid = int(str(text).strip())
+    except ValueError:
+        raise LlmunixError(f"bad PID {text!r}; PIDs are numbers such as 003 (see `ps`)") from None
+    if pid < 1:
+        raise LlmunixError(f"bad PID {text!r}; PIDs start at 001")
+    return pid
+
+
+def parse_pids(texts: Iterable[str]) -> list[int]:
+    return [parse_pid(t) for t in texts]
+
+
+def parse_params(pairs: Iterable[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LlmunixError(f"bad parameter {pair!r}; write tool parameters as key=value")
+        params[key.strip()] = value
+    return params
+
+
+class LlmunixArgumentParser(cmd2.Cmd2ArgumentParser):
+    """Usage errors in one line: what was wrong and where to look."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        first = message.splitlines()[0] if message else "bad arguments"
+        sys.stderr.write(f"{self.prog}: {first} (see '{self.prog} -h')\n")
+        sys.stderr.flush()
+        self.exit(2)

@@ -1,0 +1,85 @@
+"""`run` starts a tool as a process; `tools` lists what can be run."""
+
+from __future__ import annotations
+
+import argparse
+
+import cmd2
+from cmd2 import Choices, CompletionItem
+
+from commands import views
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
+from llmunix.models import LlmunixError, format_pid
+
+
+class RunCommands(ShellCommandSet):
+    def param_choices(self, arg_tokens: dict[str, list[str]]) -> Choices:
+        names = arg_tokens.get("tool") or []
+        if not names or names[0] not in self.kernel.registry:
+            return Choices(items=[])
+        t = self.kernel.registry.get(names[0])
+        return Choices(items=[CompletionItem(f"{p.name}=", display_meta=p.type) for p in t.params],
+                       is_sorted=True)
+
+    run_parser = LlmunixArgumentParser(
+        description="Start a tool as a background process and print its PID.",
+        epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
+               "  run echo text=done --after 003 --name notify",
+        formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
+    )
+    run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
+                            help="a tool name (see `tools`)")
+    run_parser.add_argument("params", nargs="*", metavar="KEY=VALUE", choices_provider=param_choices,
+                            help="tool parameters")
+    run_parser.add_argument("-p", "--priority", default="normal", metavar="LEVEL",
+                            choices_provider=ShellCommandSet.priority_choices,
+                            help="critical, high, normal (default), low or idle")
+    run_parser.add_argument("--after", nargs="+", default=[], metavar="PID",
+                            choices_provider=ShellCommandSet.any_pid_choices,
+                            help="start only when these processes have completed")
+    run_parser.add_argument("-n", "--name", help="a name for the process (default: the tool's)")
+
+    @cmd2.with_argparser(run_parser)
+    def do_run(self, args: argparse.Namespace) -> None:
+        """Start a tool as a process."""
+        try:
+            params = parse_params(args.params)
+            pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
+                                    name=args.name, **params)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        self._cmd.last_result = pid
+        self.out(format_pid(pid))
+
+    tools_parser = LlmunixArgumentParser(
+        description="List the tools that can be run, or show one tool's parameters.",
+        epilog="examples:\n  tools\n  tools sleep",
+        formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
+    )
+    tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices)
+    tools_parser.add_argument("--json", action="store_true", help="print JSON")
+
+    @cmd2.with_argparser(tools_parser)
+    def do_tools(self, args: argparse.Namespace) -> None:
+        """List tools."""
+        try:
+            tools = [self.kernel.registry.get(args.name)] if args.name else list(self.kernel.registry)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        if args.json:
+            self.out_json([
+                {"name": t.name, "description": t.description, "source": t.source, "subprocess": t.subprocess,
+                 "idempotent": t.idempotent,
+                 "parameters": [{"name": p.name, "type": p.type, "required": p.required,
+                                 "default": None if p.required else p.default, "description": p.description}
+                                for p in t.params]}
+                for t in tools
+            ])
+        elif args.name:
+            self.out(views.tool_tree(tools[0]))
+        elif self.plain:
+            self.out(views.tools_plain(tools))
+        else:
+            self.out(views.tools_table(tools))

@@ -1,0 +1,236 @@
+"""Pure renderers: snapshots in, rich renderables or plain text out. No I/O, no kernel calls.
+
+Every listing has two faces: a rich one for a terminal, and a plain one for pipes (whitespace-
+separated columns, header first, one record per line, no box characters or colour), so that
+`ps | grep Running | awk '{print $1}'` works.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from llmunix.models import ProcessInfo, format_duration, format_pid, iso_time
+from llmunix.tools.registry import Tool
+
+# The one place that maps states to styles.
+STATE_STYLES = {
+    "Pending": "yellow",
+    "Running": "bold green",
+    "Paused": "bold yellow",
+    "Preempted": "magenta",
+    "Completed": "blue",
+    "Failed": "bold red",
+    "Cancelled": "red",
+}
+
+PRIORITY_STYLES = {
+    "critical": "bold red",
+    "high": "bold",
+    "normal": "",
+    "low": "dim",
+    "idle": "dim italic",
+}
+
+PS_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "RUNTIME", "MEMORY", "CPU%", "PROGRESS")
+
+
+def fmt_memory(mb: float | None) -> str:
+    if mb is None:
+        return "-"
+    return f"{mb / 1024:.1f}GB" if mb >= 10240 else f"{mb:.0f}MB"
+
+
+def fmt_cpu(pct: float | None) -> str:
+    return "-" if pct is None else f"{pct:.1f}"
+
+
+def fmt_progress(info: ProcessInfo) -> str:
+    p = info.progress
+    if p.percentage is not None:
+        return f"{p.percentage:.0f}%"
+    if p.current_step:
+        return f"step {p.current_step}"
+    return "-"
+
+
+def _word(text: str) -> str:
+    """Plain output keeps one field per column: no spaces inside a field."""
+    return "_".join(text.split()) or "-"
+
+
+def ps_row(info: ProcessInfo) -> tuple[str, ...]:
+    return (
+        info.process_id,
+        info.name,
+        info.display_state,
+        info.priority.label,
+        format_duration(info.runtime),
+        fmt_memory(info.resources.memory_mb),
+        fmt_cpu(info.resources.cpu_percent),
+        fmt_progress(info),
+    )
+
+
+def ps_plain(infos: Sequence[ProcessInfo]) -> str:
+    """Aligned, whitespace-separated columns with a header line."""
+    rows = [PS_COLUMNS, *[tuple(_word(f) for f in ps_row(i)) for i in infos]]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(PS_COLUMNS))]
+    return "\n".join(
+        "  ".join(field.ljust(widths[c]) for c, field in enumerate(r)).rstrip() for r in rows
+    )
+
+
+def progress_bar(percentage: float | None, width: int = 10) -> Text:
+    if percentage is None:
+        return Text("-", style="dim")
+    filled = round(width * percentage / 100)
+    return Text.assemble(("█" * filled, "green"), ("░" * (width - filled), "dim"), f" {percentage:3.0f}%")
+
+
+def ps_table(infos: Sequence[ProcessInfo], *, title: str | None = None) -> Table:
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False, expand=False)
+    for col in PS_COLUMNS:
+        table.add_column(col, justify="right" if col in ("MEMORY", "CPU%") else "left", no_wrap=True)
+    for info in infos:
+        row = ps_row(info)
+        progress: Text | str = (progress_bar(info.progress.percentage) if info.progress.percentage is not None
+                                else row[7])
+        table.add_row(
+            Text(row[0], style="cyan"),
+            row[1],
+            Text(row[2], style=STATE_STYLES.get(row[2], "")),
+            Text(row[3], style=PRIORITY_STYLES.get(row[3], "")),
+            row[4],
+            row[5],
+            row[6],
+            progress,
+        )
+    if not infos:
+        table.caption = "no processes"
+    return table
+
+
+def state_line(info: ProcessInfo) -> str:
+    detail = info.detail
+    if info.phase == "running" and info.progress.message:
+        detail = info.progress.message
+    if info.state == "Completed":
+        detail = f"exit {info.exit_code}"
+    return f"{info.display_state} ({detail})" if detail and detail != "running" else info.display_state
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    if value is None:
+        return "-"
+    try:
+        text = json.dumps(value, default=repr, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if isinstance(value, str):
+        text = value if "\n" not in value else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
+    """The seed's `ps -l` view."""
+    style = STATE_STYLES.get(info.display_state, "")
+    root = Tree(Text.assemble(("Process ", "bold"), (info.process_id, "bold cyan"), " - ",
+                              (info.name, "bold")))
+    root.add(Text.assemble("State: ", (state_line(info), style)))
+    prio = info.priority.title
+    if info.effective_priority != info.priority:
+        prio += f" (aged to {info.effective_priority.label} while waiting)"
+    root.add(f"Priority: {prio}")
+    if info.name != info.tool_name or info.kind != "tool":
+        root.add(f"{info.kind.title()}: {info.tool_name}")
+    r = info.resources
+    memory = (f"{fmt_memory(r.memory_mb)} memory" if r.memory_mb is not None
+              else "memory not attributed (thread-backed)")
+    cpu = f"{fmt_cpu(r.cpu_percent)}% CPU" if r.cpu_percent is not None else "CPU not sampled yet"
+    io = f", {r.io_operations} I/O ops" if r.io_operations is not None else ""
+    root.add(f"Resources: {memory}, {cpu}{io}")
+    p = info.progress
+    if p.percentage is not None:
+        root.add(f"Progress: {p.percentage:.0f}% complete ({p.current_step} of {p.total_steps})")
+    elif p.current_step:
+        root.add(f"Progress: step {p.current_step}")
+    runtime = format_duration(info.runtime)
+    if p.eta is not None and not info.is_done:
+        runtime += f" (ETA: {format_duration(p.eta)})"
+    root.add(f"Runtime: {runtime}")
+    root.add(f"Context: {info.context.working_directory}")
+    root.add(f"Input: {_short(dict(info.context.input_parameters))}")
+    if info.context.intermediate_results:
+        root.add(f"Intermediate: {_short(dict(info.context.intermediate_results))}")
+    if info.is_done:
+        root.add(f"Output: {_short(info.output)}")
+        root.add(f"Exit: {info.exit_code}")
+    if info.error:
+        root.add(Text.assemble("Error: ", (info.error, "red")))
+    if info.after:
+        root.add("After: " + ", ".join(format_pid(a) for a in info.after))
+    if info.parent is not None:
+        root.add(f"Parent: {format_pid(info.parent)}")
+    if info.subprocess_pid is not None:
+        root.add(f"Subprocess: OS pid {info.subprocess_pid}")
+    root.add(f"Owner: {info.owner}")
+    if history and info.history:
+        branch = root.add("History:")
+        for h in info.history[-history:]:
+            branch.add(f"{iso_time(h.timestamp)[11:23]}  {h.event}" + (f": {h.details}" if h.details else ""))
+    return root
+
+
+def tools_table(tools: Iterable[Tool]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("TOOL", style="cyan", no_wrap=True)
+    table.add_column("PARAMETERS", no_wrap=True)
+    table.add_column("SOURCE", style="dim", no_wrap=True)
+    table.add_column("DESCRIPTION")
+    for t in tools:
+        table.add_row(t.name, params_summary(t), t.source, t.description)
+    return table
+
+
+def tools_plain(tools: Iterable[Tool]) -> str:
+    rows = [("TOOL", "PARAMETERS", "SOURCE")] + [(t.name, params_summary(t).replace(" ", ",") or "-", t.source)
+                                                 for t in tools]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join("  ".join(f.ljust(widths[c]) for c, f in enumerate(r)).rstrip() for r in rows)
+
+
+def params_summary(t: Tool) -> str:
+    return " ".join(p.name if p.required else f"[{p.name}]" for p in t.params)
+
+
+def tool_tree(t: Tool) -> Group:
+    root = Tree(Text.assemble(("Tool ", "bold"), (t.name, "bold cyan")))
+    root.add(f"Description: {t.description or '-'}")
+    kind = "subprocess (runs in its own process group)" if t.subprocess else "python (runs on a worker thread)"
+    root.add(f"Kind: {kind}")
+    root.add(f"Source: {t.source}")
+    root.add(f"Idempotent: {'yes' if t.idempotent else 'no'}")
+    params = root.add("Parameters:" if t.params else "Parameters: none")
+    for p in t.params:
+        label = f"{p.name}: {p.type}"
+        label += " (required)" if p.required else f" = {p.default!r}"
+        if p.description:
+            label += f" — {p.description}"
+        params.add(label)
+    example = " ".join(f"{p.name}=..." for p in t.params if p.required)
+    return Group(root, Text(f"Example: run {t.name} {example}".rstrip(), style="dim"))
+
+
+def finished_line(info: ProcessInfo) -> str:
+    """One line about a finished process, for alerts and `wait`."""
+    took = f"{info.runtime:.1f}s"
+    if info.state == "Completed":
+        return f"[{info.process_id}] {info.name} completed in {took}"
+    return f"[{info.process_id}] {info.name} {info.state.lower()} after {took}: {info.error}"

@@ -1,0 +1,127 @@
+"""The `llmunix` command: interactive shell, `-c` commands, a script file, or commands on stdin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from llmunix import __version__
+from llmunix.config import load_config, resolve_home
+from llmunix.models import LlmunixError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmunix",
+        description="A process manager for LLM work. With no arguments on a terminal, opens the "
+                    "llmunix$ shell; otherwise runs commands from -c, a script file, or stdin.",
+        epilog="examples:\n  llmunix\n  llmunix -c 'run sleep seconds=2' -c wait -c 'ps -a'\n"
+               "  llmunix jobs.llmunix\n  echo ps | llmunix",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("script", nargs="?", metavar="FILE", help="run the commands in FILE (one per line, # comments)")
+    p.add_argument("-c", "--command", action="append", dest="commands", metavar="CMD",
+                   help="run CMD and exit (repeatable; run in order)")
+    p.add_argument("--home", metavar="DIR", help="state directory (default: $LLMUNIX_HOME, else "
+                                                 "$XDG_STATE_HOME/llmunix)")
+    p.add_argument("--config", metavar="FILE", help="configuration file (default: HOME/config.toml)")
+    p.add_argument("--tools", action="append", default=[], metavar="MODULE",
+                   help="import MODULE for its @tool functions (repeatable)")
+    p.add_argument("--max-running", type=int, metavar="N", help="processes allowed to run at once")
+    p.add_argument("-k", "--keep-going", action="store_true",
+                   help="in scripts and -c, go on after a failed command")
+    p.add_argument("--version", action="version", version=f"llmunix {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        home = resolve_home(args.home)
+        config = load_config(home, args.config)
+        if args.max_running is not None and args.max_running < 1:
+            raise LlmunixError("--max-running must be at least 1")
+        script_lines = _read_script(args.script) if args.script else None
+    except LlmunixError as exc:
+        print(f"llmunix: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(home)
+
+    from llmunix.kernel import Kernel
+    from llmunix.shell import LlmunixShell
+    from llmunix.tools.loader import load_user_tools
+
+    dirs = [Path.cwd() / "tools", home / "tools", *(Path(p).expanduser() for p in config.tool_paths)]
+    load_errors = load_user_tools(dirs, [*config.tool_modules, *args.tools])
+    for err in load_errors:
+        print(f"llmunix: could not load tools from {err}", file=sys.stderr)
+
+    kernel = Kernel(
+        home,
+        max_running=args.max_running or config.max_running,
+        max_threads=config.max_threads,
+        kill_grace=config.kill_grace,
+        time_slice=config.time_slice,
+        aging_interval=config.aging_interval,
+        monitor_interval=config.monitor_interval,
+    )
+    interactive = args.commands is None and script_lines is None and sys.stdin.isatty()
+    shell = LlmunixShell(kernel, interactive=interactive, home=home)
+    if not interactive:
+        # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
+    status = 0
+    try:
+        if args.commands is not None:
+            status = shell.run_lines(args.commands, keep_going=args.keep_going)
+        elif script_lines is not None:
+            status = shell.run_lines(script_lines, keep_going=args.keep_going)
+        elif not interactive:
+            status = shell.run_lines(sys.stdin, keep_going=args.keep_going)
+        else:
+            status = shell.cmdloop()
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        stopped = kernel.shutdown(reason="shell exited")
+        if stopped and not interactive:
+            pids = ", ".join(i.process_id for i in stopped)
+            print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
+                  "end a script with `wait` to let them finish", file=sys.stderr)
+    return status
+
+
+def _read_script(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise LlmunixError(f"no such script file: {path}") from None
+    except IsADirectoryError:
+        raise LlmunixError(f"{path} is a directory, not a script file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LlmunixError(f"cannot read script {path}: {exc}") from None
+
+
+def _setup_logging(home: Path) -> None:
+    """Engine and shell log to a file in the home directory, never to the terminal."""
+    from logging.handlers import RotatingFileHandler
+
+    root = logging.getLogger("llmunix")
+    if root.handlers:
+        return
+    try:
+        handler = RotatingFileHandler(home / "llmunix.log", maxBytes=5_000_000, backupCount=3)
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

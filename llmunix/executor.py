@@ -1,0 +1,93 @@
+"""Where process bodies run. The thread backend is the embedded default.
+
+Slots, not threads, bound concurrency: the scheduler decides what may run; the executor only
+provides threads. A paused or preempted process keeps its thread while giving its slot back, so
+the pool grows a worker to use the freed slot, up to `max_threads`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+from collections.abc import Callable
+
+from llmunix.models import ProcessKilled
+from llmunix.process import Process
+
+
+class ThreadExecutor:
+    """A growing pool of worker threads that run process bodies handed to `start`."""
+
+    def __init__(self, run: Callable[[Process], None], max_threads: int) -> None:
+        self._run = run
+        self.max_threads = max_threads
+        self._queue: queue.SimpleQueue[Process | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # workers blocked in get()
+        self._queued = 0  # processes handed over but not yet taken
+
+    def available(self) -> int:
+        """How many more bodies could start now without waiting for a thread."""
+        with self._lock:
+            return max(0, self._idle - self._queued) + (self.max_threads - len(self._threads))
+
+    def start(self, proc: Process) -> None:
+        with self._lock:
+            self._queued += 1
+            grow = self._queued > self._idle and len(self._threads) < self.max_threads
+            if grow:
+                t = threading.Thread(target=self._worker, name=f"llmunix-worker-{len(self._threads) + 1}",
+                                     daemon=True)
+                self._threads.append(t)
+        if grow:
+            t.start()
+        self._queue.put(proc)
+
+    @property
+    def thread_count(self) -> int:
+        return len(self._threads)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+            if item is None:
+                with self._lock:
+                    self._queued += 1  # the None was never counted by start()
+                    self._threads.remove(threading.current_thread())
+                return
+            try:
+                self._run(item)
+            except ProcessKilled:
+                # A kill injected into this thread just as the body ended; the kernel has
+                # already finished the process, so there is nothing left to stop.
+                pass
+
+
+def inject_exception(thread_ident: int, exc_type: type[BaseException] | None) -> bool:
+    """Raise `exc_type` asynchronously in another thread (None clears a pending one).
+
+    The exception fires at the thread's next bytecode; a thread blocked in C code sees it only
+    when the call returns. Returns False if no such thread exists.
+    """
+    obj = ctypes.py_object(exc_type) if exc_type is not None else None
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), obj)
+    if n > 1:  # pragma: no cover - cannot happen for a unique ident; undo as CPython advises
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), None)
+        return False
+    return n == 1

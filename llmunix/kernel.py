@@ -1,0 +1,749 @@
+"""The Kernel: the one facade over scheduler, executor, processes and events.
+
+Everything that changes a process happens here, under one lock, through `_transition` (which
+rejects moves the `ALLOWED` table does not list) and is published as an `Event`. Callers get
+immutable `ProcessInfo` snapshots back, never a live `Process`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from llmunix.executor import ThreadExecutor, inject_exception
+from llmunix.ipc.bus import EventBus, Subscription
+from llmunix.models import (
+    ALLOWED,
+    EXIT_CANCELLED,
+    RUNNING,
+    Event,
+    IllegalTransition,
+    LlmunixError,
+    NoSuchProcess,
+    Outcome,
+    Phase,
+    Priority,
+    ProcessInfo,
+    ProcessKilled,
+    ToolError,
+    format_pid,
+)
+from llmunix.process import REQ_KILL, REQ_PAUSE, REQ_PREEMPT, Process, ProcessContext, renice_group, signal_group
+from llmunix.scheduler import ReadyQueue, preemption_victim
+from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
+
+log = logging.getLogger("llmunix.kernel")
+
+DEFAULT_MAX_RUNNING = 8
+
+
+class PidAllocator:
+    """Monotonic PIDs that are never reused, even across restarts.
+
+    With a home directory, the high-water mark is kept in `<home>/pids`. PIDs are reserved in
+    blocks so that spawning does not write to disk each time; a clean close records the exact
+    next PID, and after a crash at most one block of numbers is skipped, never reused.
+    """
+
+    BLOCK = 64
+
+    def __init__(self, home: Path | None) -> None:
+        self._path = home / "pids" if home is not None else None
+        self._next = 1
+        if self._path is not None and self._path.exists():
+            try:
+                self._next = max(1, int(self._path.read_text().strip() or "1"))
+            except ValueError:
+                raise LlmunixError(f"{self._path} is corrupt; it should hold the next PID") from None
+        self._reserved = self._next
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            pid = self._next
+            self._next += 1
+            if self._path is not None and self._next > self._reserved:
+                self._reserved = self._next + self.BLOCK
+                self._write(self._reserved)
+            return pid
+
+    def peek(self) -> int:
+        return self._next
+
+    def close(self) -> None:
+        if self._path is not None:
+            with self._lock:
+                self._write(self._next)
+
+    def _write(self, value: int) -> None:
+        assert self._path is not None
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{value}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+
+
+class Kernel:
+    """Spawn and steer processes. Thread-safe; usable without the shell.
+
+    >>> with Kernel() as k:
+    ...     pid = k.spawn("echo", text="hi")
+    ...     k.wait([pid])[0].state
+    'Completed'
+    """
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        *,
+        max_running: int = DEFAULT_MAX_RUNNING,
+        max_threads: int | None = None,
+        time_slice: float = 0.5,
+        aging_interval: float = 5.0,
+        kill_grace: float = 2.0,
+        registry: ToolRegistry | None = None,
+        monitor: bool = True,
+        monitor_interval: float = 1.0,
+        owner: str | None = None,
+    ) -> None:
+        if max_running < 1:
+            raise LlmunixError("max_running must be at least 1")
+        self.home = Path(home) if home is not None else None
+        if self.home is not None:
+            self.home.mkdir(parents=True, exist_ok=True)
+        self.max_running = max_running
+        self.time_slice = time_slice
+        self.kill_grace = kill_grace
+        self.registry = registry if registry is not None else REGISTRY
+        self.owner = owner or f"{_user()}@llmunix"
+        self._lock = threading.Lock()
+        self._done_cond = threading.Condition(self._lock)
+        self._procs: dict[int, Process] = {}
+        self._live: dict[int, Process] = {}
+        self._running: set[Process] = set()
+        self._ready = ReadyQueue(aging_interval)
+        self._pids = PidAllocator(self.home)
+        self._closed = False
+        self.bus = EventBus()
+        self._executor = ThreadExecutor(self._execute, max_threads or max(64, 4 * max_running))
+        self._monitor = None
+        if monitor:
+            from llmunix.resources import Monitor
+
+            self._monitor = Monitor(self, monitor_interval)
+            self._monitor.start()
+        import llmunix.tools.builtin  # noqa: F401 - registers the built-in tools
+
+    # ------------------------------------------------------------------ public API
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def spawn(
+        self,
+        tool: str | Tool | Callable[..., Any],
+        /,
+        *,
+        priority: Priority | str = Priority.NORMAL,
+        after: Iterable[int] = (),
+        name: str | None = None,
+        parent: int | None = None,
+        cwd: str | None = None,
+        **params: Any,
+    ) -> int:
+        """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
+        process and return its PID. Parameters are validated now: a bad one raises LlmunixError."""
+        t = self._resolve_tool(tool)
+        validated = t.validate(params)
+        prio = Priority.parse(priority)
+        deps = tuple(dict.fromkeys(int(a) for a in after))
+        with self._lock:
+            if self._closed:
+                raise LlmunixError("the kernel has shut down; no new processes")
+            for a in deps:
+                if a not in self._procs:
+                    raise NoSuchProcess(f"no process {format_pid(a)} to run after; `ps -a` lists them")
+            if parent is not None and parent not in self._procs:
+                raise NoSuchProcess(f"no parent process {format_pid(parent)}")
+            pid = self._pids.next()
+            proc = Process(pid, t, validated, name=name or t.name, priority=prio, owner=self.owner,
+                           parent=parent, after=deps, cwd=cwd or os.getcwd())
+            self._procs[pid] = proc
+            self._live[pid] = proc
+            proc.note("spawned", f"{t.name} priority={prio.label}")
+            self._emit("process.spawned", proc, tool=t.name, priority=prio.label)
+            failed = None
+            for a in deps:
+                dep = self._procs[a]
+                if dep.phase is Phase.DONE:
+                    if dep.state != Outcome.COMPLETED:
+                        failed = dep
+                        break
+                else:
+                    proc.deps_pending.add(a)
+                    dep.dependents.append(proc)
+            now = time.monotonic()
+            if failed is not None:
+                self._finish_locked(proc, Outcome.FAILED, 1,
+                                    f"dependency failed: {format_pid(failed.pid)} {failed.state}")
+            elif proc.deps_pending:
+                proc.phase = Phase.WAITING
+                proc.detail = self._waiting_detail(proc)
+            else:
+                self._ready.push(proc, now)
+            self._dispatch_locked(now)
+        return pid
+
+    def kill(self, pid: int, force: bool = False, *, reason: str = "killed by user") -> ProcessInfo:
+        """Stop a process. Cooperative code stops at its next control point; code that never
+        reaches one gets an asynchronous exception after the grace period (at once with
+        `force`); a subprocess group gets SIGTERM, then SIGKILL."""
+        with self._lock:
+            proc = self._live_process(pid, "kill")
+            if proc.requests & REQ_KILL and not force:
+                return proc.snapshot()
+            proc.note("kill requested", reason + (" (force)" if force else ""))
+            if not proc.has_thread:
+                self._finish_locked(proc, Outcome.CANCELLED, EXIT_CANCELLED, reason)
+                self._dispatch_locked(time.monotonic())
+                return proc.snapshot()
+            proc.requests |= REQ_KILL
+            proc.kill_reason = reason
+            proc.detail = "stopping (kill requested)"
+            self._emit("process.kill_requested", proc, reason=reason, force=force)
+            if proc.subprocess is not None:
+                signal_group(proc.subprocess, signal.SIGKILL if force else signal.SIGTERM)
+                signal_group(proc.subprocess, signal.SIGCONT)
+            self._wake(proc)
+            info = proc.snapshot()
+        timer = threading.Timer(0 if force else self.kill_grace, self._escalate, (proc, 1))
+        timer.daemon = True
+        timer.start()
+        return info
+
+    def pause(self, pid: int) -> ProcessInfo:
+        """Pause a process. A running one stops at its next control point (a subprocess tool at
+        once, with SIGSTOP to its group) and gives its slot back."""
+        with self._lock:
+            proc = self._live_process(pid, "pause")
+            if proc.phase is Phase.PAUSED or proc.requests & REQ_PAUSE:
+                raise IllegalTransition(f"process {format_pid(pid)} is already paused")
+            now = time.monotonic()
+            if proc.phase is Phase.RUNNING:
+                if proc.subprocess is not None and proc.in_body:
+                    self._leave_slot(proc, Phase.PAUSED, now)
+                    self._paused(proc)
+                    self._dispatch_locked(now)
+                else:
+                    proc.requests |= REQ_PAUSE
+                    proc.detail = "pausing at its next control point"
+                    proc.note("pause requested")
+                    self._wake(proc)
+            else:
+                self._ready.remove(proc)
+                self._transition(proc, Phase.PAUSED)
+                self._paused(proc)
+            return proc.snapshot()
+
+    def resume(self, pid: int) -> ProcessInfo:
+        """Resume a paused process (or cancel a pause that has not taken effect yet)."""
+        with self._lock:
+            proc = self._live_process(pid, "resume")
+            now = time.monotonic()
+            if proc.phase is Phase.RUNNING and proc.requests & REQ_PAUSE:
+                proc.requests &= ~REQ_PAUSE
+                proc.detail = "running"
+                proc.note("pause cancelled")
+                return proc.snapshot()
+            if proc.phase is not Phase.PAUSED:
+                raise IllegalTransition(
+                    f"process {format_pid(pid)} is not paused (it is {proc.snapshot().display_state})"
+                )
+            if proc.deps_pending:
+                self._transition(proc, Phase.WAITING)
+                proc.detail = self._waiting_detail(proc)
+            elif proc.has_thread:
+                self._transition(proc, Phase.PREEMPTED)
+                proc.detail = "resumed; waiting for a slot"
+                self._ready.push(proc, now, front=True)
+            else:
+                self._transition(proc, Phase.READY)
+                proc.detail = "queued"
+                self._ready.push(proc, now)
+            proc.note("resumed")
+            self._emit("process.resumed", proc)
+            self._dispatch_locked(now)
+            return proc.snapshot()
+
+    def renice(self, pid: int, priority: Priority | str) -> ProcessInfo:
+        """Change a live process's priority level; may cause preemption."""
+        prio = Priority.parse(priority)
+        with self._lock:
+            proc = self._live_process(pid, "change the priority of")
+            old = proc.priority
+            now = time.monotonic()
+            if proc.queue_token:
+                self._ready.remove(proc)
+                proc.priority = prio
+                self._ready.push(proc, now, front=proc.phase is Phase.PREEMPTED, keep_age=True)
+            else:
+                proc.priority = prio
+            if proc.subprocess is not None:
+                renice_group(proc.subprocess, prio)
+            proc.note("priority", f"{old.label} -> {prio.label}")
+            self._emit("process.reniced", proc, old=old.label, new=prio.label)
+            self._dispatch_locked(now)
+            return proc.snapshot()
+
+    def wait(self, pids: Iterable[int] | None = None, timeout: float | None = None) -> list[ProcessInfo]:
+        """Block until the given processes (default: all live now) have finished, or `timeout`
+        passes. Returns their snapshots; check `.is_done` to see which finished."""
+        with self._lock:
+            if pids is None:
+                targets = list(self._live.values())
+            else:
+                targets = [self._process(p) for p in pids]
+            i = 0
+
+            def all_done() -> bool:
+                nonlocal i  # done is permanent, so never look at a finished one twice
+                while i < len(targets) and targets[i].phase is Phase.DONE:
+                    i += 1
+                return i == len(targets)
+
+            self._done_cond.wait_for(all_done, timeout)
+            return [self._snapshot(p) for p in targets]
+
+    def info(self, pid: int) -> ProcessInfo:
+        with self._lock:
+            return self._snapshot(self._process(pid))
+
+    def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
+        """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
+        on the visible state or the phase, case-insensitively."""
+        with self._lock:
+            procs = self._procs if all else self._live
+            infos = [self._snapshot(p) for p in procs.values()]
+        if state:
+            want = state.strip().lower()
+            infos = [i for i in infos if i.display_state.lower() == want or i.phase == want
+                     or i.state.lower() == want]
+        return infos
+
+    def exists(self, pid: int) -> bool:
+        return pid in self._procs
+
+    def live_pids(self) -> list[int]:
+        with self._lock:
+            return list(self._live)
+
+    def subscribe(self, pattern: str, callback: Callable[[Event], None], *, pid: int | None = None
+                  ) -> Subscription:
+        """Call `callback(event)` for every event whose type matches the glob `pattern`
+        (alternatives separated by `|`), optionally only for one PID. Delivered in order on the
+        event thread; keep callbacks short."""
+        return self.bus.subscribe(pattern, callback, pid=pid)
+
+    def set_max_running(self, n: int) -> None:
+        if n < 1:
+            raise LlmunixError("max_running must be at least 1")
+        with self._lock:
+            self.max_running = n
+            self._dispatch_locked(time.monotonic())
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            out: dict[str, int] = {}
+            for p in self._live.values():
+                key = p.snapshot().display_state if p.phase is not Phase.RUNNING else RUNNING
+                out[key] = out.get(key, 0) + 1
+            return out
+
+    @property
+    def next_pid(self) -> int:
+        return self._pids.peek()
+
+    @property
+    def threads(self) -> int:
+        return self._executor.thread_count
+
+    def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0) -> list[ProcessInfo]:
+        """Stop every live process (they end Cancelled with `reason`), then the threads.
+        Returns the snapshots of the processes it had to stop."""
+        with self._lock:
+            if self._closed:
+                return []
+            self._closed = True
+            live = list(self._live)
+        stopped = []
+        for pid in live:
+            try:
+                stopped.append(self.kill(pid, reason=reason))
+            except LlmunixError:
+                pass
+        infos = self.wait(live, timeout=timeout) if live else []
+        for info in infos:
+            if not info.is_done:
+                try:
+                    self.kill(info.pid, force=True, reason=reason)
+                except LlmunixError:
+                    pass
+        if live:
+            infos = self.wait(live, timeout=2.0)
+        if self._monitor is not None:
+            self._monitor.stop()
+        self._executor.shutdown(timeout=1.0)
+        self.bus.flush(timeout=5.0)
+        self.bus.close()
+        self._pids.close()
+        return infos if stopped else []
+
+    # ------------------------------------------------------------------ called by ProcessContext
+
+    def _slice_expired(self, proc: Process) -> bool:
+        return bool(self._ready._count) and time.monotonic() - proc.slice_start >= self.time_slice
+
+    def _control_point(self, proc: Process) -> None:
+        with self._lock:
+            self._control_point_locked(proc)
+
+    def _control_point_locked(self, proc: Process) -> None:
+        """Honour pending requests. Blocks while paused or preempted; raises ProcessKilled."""
+        while True:
+            if proc.requests & REQ_KILL:
+                raise ProcessKilled(proc.kill_reason)
+            if proc.phase is Phase.RUNNING:
+                now = time.monotonic()
+                if proc.requests & REQ_PAUSE:
+                    proc.requests &= ~REQ_PAUSE
+                    self._leave_slot(proc, Phase.PAUSED, now)
+                    self._paused(proc)
+                    self._dispatch_locked(now)
+                elif proc.requests & REQ_PREEMPT:
+                    proc.requests &= ~REQ_PREEMPT
+                    self._leave_slot(proc, Phase.PREEMPTED, now)
+                    self._ready.push(proc, now, front=True)
+                    proc.detail = "preempted by a higher-priority process"
+                    proc.note("preempted")
+                    self._emit("process.preempted", proc, reason="priority")
+                    self._dispatch_locked(now)
+                elif (now - proc.slice_start >= self.time_slice
+                      and self._ready.waiting_at_or_above(proc.priority, now)):
+                    self._leave_slot(proc, Phase.PREEMPTED, now)
+                    self._ready.push(proc, now)
+                    proc.detail = "time slice used; waiting for its turn"
+                    self._emit("process.preempted", proc, reason="time slice")
+                    self._dispatch_locked(now)
+                else:
+                    return
+            assert proc.cond is not None
+            proc.cond.wait()
+
+    def _sleep(self, proc: Process, seconds: float) -> None:
+        """Sleep `seconds` of running time; paused time does not count."""
+        remaining = seconds
+        with self._lock:
+            self._control_point_locked(proc)
+            while remaining > 0:
+                t0 = time.monotonic()
+                assert proc.cond is not None
+                proc.cond.wait(remaining)
+                remaining -= time.monotonic() - t0
+                self._control_point_locked(proc)
+
+    def _progress(self, proc: Process, step: int, total: int | None, message: str) -> None:
+        with self._lock:
+            proc.step = step
+            proc.total = total
+            proc.message = message
+            if total:
+                proc.percentage = min(100.0, 100.0 * step / total)
+                ran = proc.runtime(time.monotonic())
+                proc.eta = ran * (total - step) / step if step > 0 else None
+            if message:
+                proc.note("progress", message)
+            self._emit("process.progress", proc, step=step, total=total, percentage=proc.percentage,
+                       message=message)
+
+    def _log(self, proc: Process, message: str) -> None:
+        with self._lock:
+            proc.logs.append((time.time(), message))
+            self._emit("process.log", proc, line=message)
+
+    def _checkpoint(self, proc: Process, state: Any) -> int:
+        with self._lock:
+            proc.checkpoints.append(state)
+            version = len(proc.checkpoints)
+            proc.note("checkpoint", f"version {version}")
+            self._emit("process.checkpoint", proc, version=version)
+            return version
+
+    def _attach_subprocess(self, proc: Process, child: Any) -> None:
+        with self._lock:
+            proc.subprocess = child
+            renice_group(child, proc.priority)
+            proc.note("subprocess", f"pid {child.pid}")
+            self._emit("process.subprocess", proc, os_pid=child.pid)
+            if proc.phase is not Phase.RUNNING:
+                signal_group(child, signal.SIGSTOP)
+            if proc.requests & REQ_KILL:
+                signal_group(child, signal.SIGTERM)
+
+    def logs(self, pid: int) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self._process(pid).logs)
+
+    # ------------------------------------------------------------------ internals (lock held)
+
+    def _emit(self, type: str, proc: Process, **data: Any) -> None:
+        data.setdefault("name", proc.name)
+        self.bus.publish(type, proc.pid, data)
+
+    def _transition(self, proc: Process, to: Phase) -> None:
+        if to not in ALLOWED[proc.phase]:
+            raise IllegalTransition(
+                f"process {format_pid(proc.pid)} cannot go from {proc.phase} to {to}"
+            )
+        proc.phase = to
+        proc._snapshot = None
+
+    def _snapshot(self, proc: Process) -> ProcessInfo:
+        if proc.queue_token:
+            return proc.snapshot(self._ready.effective(proc, time.monotonic()))
+        return proc.snapshot()
+
+    def _process(self, pid: int) -> Process:
+        try:
+            return self._procs[int(pid)]
+        except (KeyError, ValueError, TypeError):
+            raise NoSuchProcess(f"no process {_pid_text(pid)}; `ps -a` lists them") from None
+
+    def _live_process(self, pid: int, action: str) -> Process:
+        proc = self._process(pid)
+        if proc.phase is Phase.DONE:
+            raise IllegalTransition(
+                f"cannot {action} process {format_pid(proc.pid)}: it has already finished ({proc.state})"
+            )
+        return proc
+
+    def _waiting_detail(self, proc: Process) -> str:
+        return "waiting for " + ", ".join(format_pid(d) for d in sorted(proc.deps_pending))
+
+    def _wake(self, proc: Process) -> None:
+        if proc.cond is not None:
+            proc.cond.notify_all()
+
+    def _paused(self, proc: Process) -> None:
+        proc.detail = "paused by user"
+        proc.note("paused")
+        self._emit("process.paused", proc)
+
+    def _leave_slot(self, proc: Process, to: Phase, now: float) -> None:
+        """A running process stops running (paused or preempted); its slot is freed."""
+        self._transition(proc, to)
+        self._running.discard(proc)
+        if proc.run_since is not None:
+            proc.run_accum += now - proc.run_since
+            proc.run_since = None
+        if proc.subprocess is not None:
+            signal_group(proc.subprocess, signal.SIGSTOP)
+
+    def _dispatch_locked(self, now: float) -> None:
+        """Fill free slots from the ready queue; ask for preemption if someone outranks a
+        running process and no slot is free. Mutates: hold the lock."""
+        ready = self._ready
+        while len(self._running) < self.max_running and ready._count:
+            proc = ready.peek(now)
+            if proc is None:
+                break
+            if not proc.has_thread and self._executor.available() <= 0:
+                break
+            ready.pop(proc)
+            self._transition(proc, Phase.RUNNING)
+            self._running.add(proc)
+            proc.slice_start = now
+            proc.run_since = now
+            if proc.has_thread:
+                proc.detail = "running"
+                if proc.subprocess is not None:
+                    signal_group(proc.subprocess, signal.SIGCONT)
+                proc.note("continued")
+                self._emit("process.continued", proc)
+                self._wake(proc)
+            else:
+                proc.has_thread = True
+                proc.state = RUNNING
+                proc.detail = "starting"
+                self._executor.start(proc)
+        if ready._count and len(self._running) >= self.max_running:
+            if any(p.requests & REQ_PREEMPT for p in self._running):
+                return  # one preemption at a time
+            level = ready.highest_base(now)
+            if level is None:
+                return
+            victim = preemption_victim(self._running, level)
+            if victim is not None:
+                victim.requests |= REQ_PREEMPT
+                victim.detail = "preempting at its next control point"
+                self._wake(victim)
+
+    def _finish_locked(self, proc: Process, outcome: Outcome, exit_code: int, error: str | None,
+                       output: Any = None) -> None:
+        """End a process in its one terminal state and release what depends on it. Dependents
+        of a failure fail too (iteratively, so long chains do not recurse)."""
+        work = [(proc, outcome, exit_code, error, output)]
+        while work:
+            p, oc, code, err, out = work.pop()
+            if p.phase is Phase.DONE:
+                continue
+            now = time.monotonic()
+            self._ready.remove(p)
+            self._running.discard(p)
+            if p.run_since is not None:
+                p.run_accum += now - p.run_since
+                p.run_since = None
+            self._transition(p, Phase.DONE)
+            p.state = oc.value
+            p.exit_code = code
+            p.error = err
+            p.output = out
+            p.finished = time.time()
+            p.requests = 0
+            p.detail = err if err else "exit 0"
+            if oc is Outcome.COMPLETED and p.total:
+                p.step, p.percentage, p.eta = p.total, 100.0, 0.0
+            p.note(oc.value.lower(), err or "")
+            self._live.pop(p.pid, None)
+            self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
+                       runtime=round(p.runtime(now), 3))
+            for d in p.dependents:
+                if d.phase is Phase.DONE:
+                    continue
+                d.deps_pending.discard(p.pid)
+                if oc is not Outcome.COMPLETED:
+                    work.append((d, Outcome.FAILED, 1, f"dependency failed: {format_pid(p.pid)} {oc.value}",
+                                 None))
+                elif not d.deps_pending and d.phase is Phase.WAITING:
+                    self._transition(d, Phase.READY)
+                    d.detail = "queued"
+                    self._ready.push(d, now)
+                elif d.phase is Phase.WAITING:
+                    d.detail = self._waiting_detail(d)
+            p.dependents = []
+        self._done_cond.notify_all()
+
+    def _escalate(self, proc: Process, stage: int) -> None:
+        """Kill escalation, run by a timer: 1 = asynchronous exception (and SIGKILL to a
+        subprocess group); 2 = report the process as unkillable."""
+        with self._lock:
+            if proc.phase is Phase.DONE:
+                return
+            if stage == 1:
+                if proc.subprocess is not None:
+                    signal_group(proc.subprocess, signal.SIGKILL)
+                if proc.in_body and proc.thread_ident is not None:
+                    inject_exception(proc.thread_ident, ProcessKilled)
+                    proc.note("kill escalated", "asynchronous exception injected")
+                    self._emit("process.kill_escalated", proc)
+                self._wake(proc)
+            else:
+                proc.unkillable = True
+                proc.detail = "unkillable: blocked in native code; it ends when that call returns"
+                proc.note("unkillable", proc.detail)
+                self._emit("process.unkillable", proc, reason=proc.detail)
+                return
+        timer = threading.Timer(self.kill_grace, self._escalate, (proc, 2))
+        timer.daemon = True
+        timer.start()
+
+    # ------------------------------------------------------------------ worker side
+
+    def _execute(self, proc: Process) -> None:
+        """Run one process body on this worker thread, from start to its terminal state."""
+        ctx = ProcessContext(self, proc)
+        with self._lock:
+            proc.cond = threading.Condition(self._lock)
+            proc.thread_ident = threading.get_ident()
+            proc.native_id = threading.get_native_id()
+            killed = bool(proc.requests & REQ_KILL)
+            if not killed:
+                proc.in_body = True
+                proc.started = time.time()
+                proc.detail = "running"
+                proc.note("started")
+                self._emit("process.started", proc, tool=proc.tool.name)
+        outcome, code, error, output = Outcome.CANCELLED, EXIT_CANCELLED, proc.kill_reason, None
+        if not killed:
+            try:
+                try:
+                    output = proc.tool.func(ctx, **proc.params)
+                    outcome, code, error = Outcome.COMPLETED, 0, None
+                except ProcessKilled:
+                    pass
+                except ToolError as exc:
+                    outcome, code, error = Outcome.FAILED, exc.exit_code, str(exc)
+                except Exception as exc:
+                    outcome, code, error = Outcome.FAILED, 1, _describe(exc)
+            except ProcessKilled:  # injected while an except clause above was running
+                outcome, code, error = Outcome.CANCELLED, EXIT_CANCELLED, None
+        # Close the door on asynchronous kills before touching kernel state: once in_body is
+        # False (under the lock) no new one is injected, and a pending one is cleared.
+        while True:
+            try:
+                with self._lock:
+                    proc.in_body = False
+                    inject_exception(proc.thread_ident, None)
+                    if proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED:
+                        outcome, code, error = Outcome.CANCELLED, EXIT_CANCELLED, proc.kill_reason
+                    if outcome is Outcome.CANCELLED and not error:
+                        error = proc.kill_reason or "killed"
+                    self._finish_locked(proc, outcome, code, error, output)
+                    self._dispatch_locked(time.monotonic())
+                    if proc.subprocess is not None and proc.subprocess.poll() is None:
+                        signal_group(proc.subprocess, signal.SIGKILL)
+                break
+            except ProcessKilled:
+                continue
+
+    def _resolve_tool(self, tool: str | Tool | Callable[..., Any]) -> Tool:
+        if isinstance(tool, Tool):
+            return tool
+        if isinstance(tool, str):
+            return self.registry.get(tool)
+        if callable(tool):
+            registered = getattr(tool, "__llmunix_tool__", None)
+            if registered is not None:
+                return registered
+            return make_tool(tool, source="python")
+        raise LlmunixError(f"cannot run {tool!r}: give a tool name or a function taking ctx")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _pid_text(pid: object) -> str:
+    try:
+        return format_pid(int(pid))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return repr(pid)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "user"

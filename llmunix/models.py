@@ -1,0 +1,322 @@
+"""The engine's vocabulary: priorities, kinds, phases, snapshots and events.
+
+Snapshots (`ProcessInfo` and its parts) and `Event` are frozen dataclasses: they are built on the
+hot path (every state change, every `ps`), where pydantic's construction cost shows up in the
+benchmark. Pydantic is used at the edges instead (tool parameters, configuration).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class LlmunixError(Exception):
+    """Base of every error the engine raises on purpose; its message is one line meant for users."""
+
+
+class NoSuchProcess(LlmunixError):
+    pass
+
+
+class IllegalTransition(LlmunixError):
+    pass
+
+
+class ToolError(LlmunixError):
+    """Raised by tool code to fail its process with a message (and optionally an exit code)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ProcessKilled(BaseException):  # noqa: N818 - it is a signal, not an error
+    """Raised inside a process's thread to stop it. A BaseException so tool code's
+    `except Exception` does not swallow it."""
+
+
+class Priority(enum.IntEnum):
+    """Scheduling levels. A larger value runs first."""
+
+    IDLE = 0
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    @classmethod
+    def parse(cls, value: str | int | Priority) -> Priority:
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        try:
+            return cls[str(value).strip().upper()]
+        except KeyError:
+            names = ", ".join(p.label for p in sorted(cls, reverse=True))
+            raise LlmunixError(f"unknown priority {value!r}; use one of: {names}") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def title(self) -> str:
+        return self.name.title()
+
+
+class ProcessKind(enum.StrEnum):
+    TOOL = "tool"
+    AGENT = "agent"
+    WORKFLOW = "workflow"
+
+
+class Phase(enum.StrEnum):
+    """The lifecycle every kind shares; what the scheduler reasons about."""
+
+    WAITING = "waiting"  # dependencies not met yet
+    READY = "ready"  # in the ready queue, never run
+    RUNNING = "running"  # holds a slot
+    PAUSED = "paused"  # stopped by a user (keeps its thread if it had one)
+    PREEMPTED = "preempted"  # stopped by the scheduler, back in the ready queue with its thread
+    DONE = "done"  # terminal
+
+
+# The one table of legal phase moves (STYLE: transitions live in one table).
+ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.WAITING: frozenset({Phase.READY, Phase.PAUSED, Phase.DONE}),
+    Phase.READY: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
+    Phase.RUNNING: frozenset({Phase.PAUSED, Phase.PREEMPTED, Phase.DONE}),
+    Phase.PAUSED: frozenset({Phase.READY, Phase.WAITING, Phase.PREEMPTED, Phase.DONE}),
+    Phase.PREEMPTED: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+
+class Outcome(enum.StrEnum):
+    """Terminal states, the same for every kind."""
+
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+# Visible (per-kind) states before the end. Terminal ones are the Outcome values.
+PENDING = "Pending"
+RUNNING = "Running"
+PAUSED = "Paused"
+
+EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a terminated job
+
+
+def format_pid(pid: int) -> str:
+    """PIDs are shown zero-padded to three digits: 001, 042, 1234."""
+    return f"{pid:03d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    current_step: int = 0
+    total_steps: int | None = None
+    percentage: float | None = None
+    eta: float | None = None  # seconds remaining, estimated from the progress rate
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    memory_mb: float | None = None  # None: not measured (thread-backed tools, see docs)
+    cpu_percent: float | None = None
+    io_operations: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    working_directory: str = ""
+    input_parameters: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    intermediate_results: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    timestamp: float
+    event: str
+    details: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """An immutable snapshot of one process. The shell only ever sees these."""
+
+    pid: int
+    name: str
+    tool_name: str
+    kind: ProcessKind
+    phase: Phase
+    state: str  # the kind's visible state: Pending, Running, Completed, ...
+    detail: str  # why it is in that state: "waiting for 003", "paused by user", ...
+    priority: Priority
+    effective_priority: Priority
+    owner: str
+    parent: int | None
+    after: tuple[int, ...]
+    created: float
+    started: float | None
+    finished: float | None
+    runtime: float  # seconds spent running (excluding paused time) so far
+    exit_code: int | None
+    error: str | None
+    output: Any
+    progress: Progress
+    resources: Resources
+    context: Context
+    history: tuple[HistoryEntry, ...]
+    subprocess_pid: int | None = None
+
+    @property
+    def process_id(self) -> str:
+        return format_pid(self.pid)
+
+    @property
+    def finished_ok(self) -> bool:
+        return self.state == Outcome.COMPLETED
+
+    @property
+    def is_done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    @property
+    def display_state(self) -> str:
+        """What a STATE column shows: the visible state, except a paused process says so."""
+        if self.phase is Phase.PAUSED:
+            return PAUSED
+        return self.state
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's execution-state structure, plus what a process manager needs."""
+        p, r, c = self.progress, self.resources, self.context
+        return {
+            "process_id": self.process_id,
+            "pid": self.pid,
+            "name": self.name,
+            "tool_name": self.tool_name,
+            "kind": str(self.kind),
+            "state": self.display_state.lower(),
+            "phase": str(self.phase),
+            "detail": self.detail,
+            "priority": self.priority.label,
+            "effective_priority": self.effective_priority.label,
+            "progress": {
+                "current_step": p.current_step,
+                "total_steps": p.total_steps,
+                "percentage": None if p.percentage is None else round(p.percentage, 1),
+                "eta": None if p.eta is None else format_duration(p.eta),
+                "message": p.message,
+            },
+            "resources": {
+                "memory_mb": None if r.memory_mb is None else round(r.memory_mb, 1),
+                "cpu_percent": None if r.cpu_percent is None else round(r.cpu_percent, 1),
+                "io_operations": r.io_operations,
+            },
+            "context": {
+                "working_directory": c.working_directory,
+                "input_parameters": _jsonable(c.input_parameters),
+                "intermediate_results": _jsonable(c.intermediate_results),
+            },
+            "history": [
+                {"timestamp": iso_time(h.timestamp), "event": h.event, "details": h.details}
+                for h in self.history
+            ],
+            "owner": self.owner,
+            "parent": None if self.parent is None else format_pid(self.parent),
+            "after": [format_pid(a) for a in self.after],
+            "created": iso_time(self.created),
+            "started": None if self.started is None else iso_time(self.started),
+            "finished": None if self.finished is None else iso_time(self.finished),
+            "runtime": round(self.runtime, 3),
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "output": _jsonable(self.output),
+            "subprocess_pid": self.subprocess_pid,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change. Everything that happens to a process is one of these; the store, the shell's
+    alerts and the audit trail all consume them."""
+
+    seq: int
+    time: float
+    type: str  # "process.spawned", "process.started", "process.completed", ...
+    pid: int | None
+    data: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": iso_time(self.time),
+            "type": self.type,
+            "pid": None if self.pid is None else format_pid(self.pid),
+            "data": _jsonable(self.data),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return repr(value)
+
+
+def iso_time(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) + f".{int((t % 1) * 1000):03d}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """The one duration format: HH:MM:SS as in the seed (days prefixed when needed)."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    text = f"{h:02d}:{m:02d}:{s:02d}"
+    return f"{days}d {text}" if days else text
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """The one parser for `5s`, `2m`, `1.5h`, `250ms` and plain seconds."""
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        raw = str(text).strip().lower()
+        for unit in ("ms", "s", "m", "h", "d"):
+            if raw.endswith(unit) and raw[: -len(unit)].replace(".", "", 1).isdigit():
+                value = float(raw[: -len(unit)]) * _UNITS[unit]
+                break
+        else:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise LlmunixError(
+                    f"bad duration {text!r}; use seconds or a unit, e.g. 30, 5s, 2m, 1h, 250ms"
+                ) from None
+    if value < 0:
+        raise LlmunixError(f"bad duration {text!r}; it must not be negative")
+    return value

@@ -1,0 +1,285 @@
+"""A process: the runtime record the kernel mutates, and the context its code sees.
+
+`Process` is owned by the kernel and only changed while the kernel lock is held; the shell never
+sees one (it gets `ProcessInfo` snapshots). `ProcessContext` is the tool code's handle: every call
+on it is a *control point* where pending pause, preemption, kill and time-slice requests are
+honoured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from llmunix.models import (
+    EMPTY,
+    PENDING,
+    Context,
+    HistoryEntry,
+    LlmunixError,
+    Phase,
+    Priority,
+    ProcessInfo,
+    ProcessKind,
+    Progress,
+    Resources,
+)
+
+if TYPE_CHECKING:
+    from llmunix.kernel import Kernel
+    from llmunix.tools.registry import Tool
+
+HISTORY_LIMIT = 200
+LOG_LIMIT = 1000
+
+# Request flags, checked without the lock at every control point (one int compare when idle).
+REQ_PAUSE = 1
+REQ_PREEMPT = 2
+REQ_KILL = 4
+
+
+class Process:
+    """Mutable runtime record. Mutates only under the kernel lock."""
+
+    __slots__ = (
+        "pid", "name", "tool", "params", "kind", "priority", "owner", "parent", "after", "cwd",
+        "created", "started", "finished", "phase", "state", "detail", "exit_code", "error",
+        "output", "step", "total", "message", "percentage", "eta", "history", "logs",
+        "checkpoints", "requests", "kill_reason", "has_thread", "thread_ident", "native_id",
+        "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
+        "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
+        "unkillable", "_snapshot",
+    )
+
+    def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
+                 owner: str, parent: int | None, after: tuple[int, ...], cwd: str) -> None:
+        self.pid = pid
+        self.name = name
+        self.tool = tool
+        self.params = params
+        self.kind = ProcessKind.TOOL
+        self.priority = priority
+        self.owner = owner
+        self.parent = parent
+        self.after = after
+        self.cwd = cwd
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.phase = Phase.READY
+        self.state = PENDING
+        self.detail = "queued"
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.output: Any = None
+        self.step = 0
+        self.total: int | None = None
+        self.message = ""
+        self.percentage: float | None = None
+        self.eta: float | None = None
+        self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LIMIT)
+        self.logs: deque[tuple[float, str]] = deque(maxlen=LOG_LIMIT)
+        self.checkpoints: list[Any] = []
+        self.requests = 0
+        self.kill_reason = ""
+        self.has_thread = False
+        self.thread_ident: int | None = None
+        self.native_id: int | None = None
+        self.in_body = False
+        self.cond: threading.Condition | None = None  # made when its thread starts
+        self.ready_since = 0.0
+        self.queue_token = 0
+        self.slice_start = 0.0
+        self.run_since: float | None = None  # monotonic time the current running stretch began
+        self.run_accum = 0.0
+        self.deps_pending: set[int] = set()
+        self.dependents: list[Process] = []
+        self.subprocess: subprocess.Popen[bytes] | None = None
+        self.cpu_percent: float | None = None
+        self.memory_mb: float | None = None
+        self.io_operations: int | None = None
+        self.unkillable = False
+        self._snapshot: ProcessInfo | None = None
+
+    def __repr__(self) -> str:
+        return f"<Process {self.pid} {self.name} {self.phase}>"
+
+    def runtime(self, now: float) -> float:
+        return self.run_accum + (now - self.run_since if self.run_since is not None else 0.0)
+
+    def note(self, event: str, details: str = "") -> None:
+        self.history.append(HistoryEntry(time.time(), event, details))
+
+    def snapshot(self, effective: Priority | None = None) -> ProcessInfo:
+        """An immutable copy. Finished processes never change, so theirs is built once."""
+        if self._snapshot is not None:
+            return self._snapshot
+        now = time.monotonic()
+        info = ProcessInfo(
+            pid=self.pid,
+            name=self.name,
+            tool_name=self.tool.name,
+            kind=self.kind,
+            phase=self.phase,
+            state=self.state,
+            detail=self.detail,
+            priority=self.priority,
+            effective_priority=effective if effective is not None else self.priority,
+            owner=self.owner,
+            parent=self.parent,
+            after=self.after,
+            created=self.created,
+            started=self.started,
+            finished=self.finished,
+            runtime=self.runtime(now),
+            exit_code=self.exit_code,
+            error=self.error,
+            output=self.output,
+            progress=Progress(self.step, self.total, self.percentage, self.eta, self.message),
+            resources=Resources(self.memory_mb, self.cpu_percent, self.io_operations),
+            context=Context(
+                self.cwd,
+                MappingProxyType(dict(self.params)),
+                MappingProxyType({"checkpoint": self.checkpoints[-1]}) if self.checkpoints else EMPTY,
+            ),
+            history=tuple(self.history),
+            subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
+        )
+        if self.phase is Phase.DONE:
+            self._snapshot = info
+        return info
+
+
+class ProcessContext:
+    """What tool code sees as `ctx`. Every method is a control point."""
+
+    __slots__ = ("_kernel", "_proc", "params", "pid", "restored")
+
+    def __init__(self, kernel: Kernel, proc: Process) -> None:
+        self._kernel = kernel
+        self._proc = proc
+        self.pid: int = proc.pid
+        self.params: Mapping[str, Any] = MappingProxyType(proc.params)
+        self.restored: Any = None  # the last checkpoint when resumed after a crash (durable-state issue)
+
+    @property
+    def cwd(self) -> str:
+        return self._proc.cwd
+
+    @property
+    def priority(self) -> Priority:
+        return self._proc.priority
+
+    def check(self) -> None:
+        """A bare control point: honour pause, preemption, kill and the time slice."""
+        proc = self._proc
+        if proc.requests or self._kernel._slice_expired(proc):
+            self._kernel._control_point(proc)
+
+    def progress(self, step: int, total: int | None = None, message: str = "") -> None:
+        """Report progress: `step` of `total` done, with an optional human message."""
+        self._kernel._progress(self._proc, step, total, message)
+        self.check()
+
+    def log(self, message: str) -> None:
+        """Append a line to this process's log (`log PID`); never printed by the engine."""
+        self._kernel._log(self._proc, str(message))
+        self.check()
+
+    def checkpoint(self, state: Any) -> int:
+        """Record a new checkpoint version of JSON-serialisable state; returns its version."""
+        try:
+            encoded = json.loads(json.dumps(state))
+        except (TypeError, ValueError) as exc:
+            raise LlmunixError(f"checkpoint state must be JSON-serialisable: {exc}") from None
+        version = self._kernel._checkpoint(self._proc, encoded)
+        self.check()
+        return version
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking at once for pause and kill requests (a control point throughout)."""
+        self._kernel._sleep(self._proc, float(seconds))
+
+    def popen(self, cmd: str | list[str], *, shell: bool | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start an external command in its own process group, attached to this process so that
+        pause, resume, kill and priority reach the whole group at once."""
+        use_shell = isinstance(cmd, str) if shell is None else shell
+        child = subprocess.Popen(  # noqa: S603 - running the user's command is the point
+            cmd, shell=use_shell, start_new_session=True, cwd=self.cwd,
+            stdin=subprocess.DEVNULL, **kwargs,
+        )
+        self._kernel._attach_subprocess(self._proc, child)
+        return child
+
+
+def signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
+    """Send a signal to a child's whole process group (it leads its own session)."""
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate_group(child: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the group (and any descendant that left it), wait `grace`, then SIGKILL."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    signal_group(child, signal.SIGTERM)
+    signal_group(child, signal.SIGCONT)  # a stopped group cannot act on SIGTERM
+    for d in descendants:
+        try:
+            d.terminate()
+            d.resume()
+        except psutil.Error:
+            pass
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(child, signal.SIGKILL)
+    for d in descendants:
+        try:
+            d.kill()
+        except psutil.Error:
+            pass
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+        pass
+    psutil.wait_procs(descendants, timeout=2)
+
+
+NICE_FOR = {
+    Priority.CRITICAL: -10,
+    Priority.HIGH: -5,
+    Priority.NORMAL: 0,
+    Priority.LOW: 10,
+    Priority.IDLE: 19,
+}
+
+
+def renice_group(child: subprocess.Popen[bytes], priority: Priority) -> None:
+    """Map a priority level onto the group's nice value. Raising priority above 0 needs
+    privileges; without them the group stays at 0, which is still above low and idle."""
+    nice = NICE_FOR[priority]
+    for value in (nice, 0) if nice < 0 else (nice,):
+        try:
+            os.setpriority(os.PRIO_PGRP, child.pid, value)
+            return
+        except PermissionError:
+            continue
+        except ProcessLookupError:
+            return
+

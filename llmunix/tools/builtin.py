@@ -1,0 +1,115 @@
+"""Built-in tools. Their parameter names are part of the interface."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import threading
+import time
+from collections import deque
+
+from llmunix.models import ToolError
+from llmunix.process import ProcessContext, terminate_group
+from llmunix.tools.registry import tool
+
+POLL = 0.05  # how often a subprocess tool reaches a control point while its child runs
+OUTPUT_LIMIT = 64 * 1024
+
+
+@tool(idempotent=True)
+def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
+    """Sleep cooperatively, reporting progress every tick (a tenth of a second, at most 100 ticks).
+
+    Args:
+        seconds: how long to sleep (running time; time spent paused does not count)
+    """
+    if seconds < 0:
+        raise ToolError("seconds must not be negative")
+    ticks = max(1, min(100, math.ceil(seconds / 0.1)))
+    for i in range(ticks):
+        ctx.sleep(seconds / ticks)
+        ctx.progress(i + 1, ticks)
+    return seconds
+
+
+@tool
+def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
+    """Burn CPU in a pure-Python loop that reaches no control point (tests kill escalation).
+
+    Args:
+        seconds: how long to spin
+    """
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+@tool(idempotent=True)
+def echo(ctx: ProcessContext, text: str) -> str:
+    """Return the text (and write it to the process log).
+
+    Args:
+        text: what to echo
+    """
+    ctx.log(text)
+    return text
+
+
+@tool
+def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
+    """Fail with the given message.
+
+    Args:
+        message: the error the process ends with
+    """
+    raise ToolError(message)
+
+
+@tool(subprocess=True)
+def shell(ctx: ProcessContext, cmd: str) -> str:
+    """Run a shell command in its own process group; its output goes to the process log.
+
+    Pause stops the whole group (SIGSTOP), resume continues it (SIGCONT), kill sends SIGTERM and
+    then SIGKILL; the priority maps to the group's nice value. A non-zero exit fails the process
+    with that exit status.
+
+    Args:
+        cmd: the command line, run by /bin/sh
+    """
+    child = ctx.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: deque[str] = deque()
+    size = 0
+    lock = threading.Lock()
+
+    def pump() -> None:
+        nonlocal size
+        assert child.stdout is not None
+        for raw in iter(child.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            ctx._kernel._log(ctx._proc, line)  # not ctx.log: this thread must not block on pause
+            with lock:
+                tail.append(line)
+                size += len(line) + 1
+                while size > OUTPUT_LIMIT and tail:
+                    size -= len(tail.popleft()) + 1
+
+    reader = threading.Thread(target=pump, name=f"llmunix-output-{ctx.pid}", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=POLL)
+                break
+            except subprocess.TimeoutExpired:
+                ctx.check()
+    finally:
+        if child.poll() is None:
+            terminate_group(child, ctx._kernel.kill_grace)
+        reader.join(timeout=2)
+    if code != 0:
+        raise ToolError(f"exit status {code}" if code > 0 else f"killed by signal {-code}",
+                        exit_code=code if code > 0 else 128 - code)
+    with lock:
+        return "\n".join(tail)

@@ -1,0 +1,100 @@
+"""Find users' tools: Python files in tool directories, named modules, and entry points.
+
+Each source is imported on its own; `@tool` functions in it register themselves. A source that
+fails to import is reported with its error and the others still load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+ENTRY_POINT_GROUP = "llmunix.tools"
+
+
+@dataclass(frozen=True)
+class LoadError:
+    source: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.error}"
+
+
+def _error_line(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (line {frames[-1].lineno})" if frames else ""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        where = f" (line {exc.lineno})"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def load_file(path: Path) -> LoadError | None:
+    name = f"llmunix_user_tools.{path.parent.name}.{path.stem}"
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            return LoadError(str(path), "not a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except BaseException as exc:  # noqa: BLE001 - a user's file may raise anything, even SystemExit
+        sys.modules.pop(name, None)
+        return LoadError(str(path), _error_line(exc))
+    return None
+
+
+def load_directory(directory: Path) -> list[LoadError]:
+    if not directory.is_dir():
+        return []
+    errors = []
+    for path in sorted(directory.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        err = load_file(path)
+        if err:
+            errors.append(err)
+    return errors
+
+
+def load_module(name: str) -> LoadError | None:
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:  # noqa: BLE001
+        return LoadError(f"module {name}", _error_line(exc))
+    return None
+
+
+def load_entry_points() -> list[LoadError]:
+    errors = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(LoadError(f"entry point {ep.name}", _error_line(exc)))
+    return errors
+
+
+def load_user_tools(directories: Iterable[Path], modules: Iterable[str] = ()) -> list[LoadError]:
+    """Load every source; return the errors (empty when all loaded)."""
+    errors: list[LoadError] = []
+    seen: set[Path] = set()
+    for d in directories:
+        d = d.resolve()
+        if d in seen:
+            continue
+        seen.add(d)
+        errors.extend(load_directory(d))
+    for m in modules:
+        err = load_module(m)
+        if err:
+            errors.append(err)
+    errors.extend(load_entry_points())
+    return errors

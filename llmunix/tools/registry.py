@@ -1,0 +1,205 @@
+"""The tool registry and the `@tool` decorator.
+
+A tool is a Python function whose first parameter is the process context (`ctx`); its other
+parameters become the tool's parameters, validated by a pydantic model built from the signature,
+so `run sleep seconds=abc` fails at once with a one-line error naming the parameter.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from llmunix.models import LlmunixError
+
+ToolFunc = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str
+    required: bool
+    default: Any
+    description: str = ""
+
+
+@dataclass
+class Tool:
+    name: str
+    func: ToolFunc
+    description: str = ""
+    subprocess: bool = False  # runs an external command: signalled as a process group
+    idempotent: bool = False  # safe to re-run from scratch after an interruption
+    source: str = "builtin"
+    params: tuple[ParamSpec, ...] = ()
+    _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
+
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check and coerce parameters; raise LlmunixError with one line naming the culprit."""
+        if self._model is None:
+            return dict(params)
+        try:
+            model = self._model.model_validate(dict(params))
+        except pydantic.ValidationError as exc:
+            raise LlmunixError(self._explain(exc)) from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def _explain(self, exc: pydantic.ValidationError) -> str:
+        err = exc.errors()[0]
+        name = ".".join(str(part) for part in err["loc"]) or "?"
+        names = ", ".join(p.name for p in self.params) or "none"
+        if err["type"] == "missing":
+            return f"tool {self.name!r} needs parameter {name!r} (e.g. run {self.name} {name}=...)"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, [p.name for p in self.params], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"tool {self.name!r} has no parameter {name!r} (its parameters: {names}){hint}"
+        return f"bad value {err.get('input')!r} for parameter {name!r} of tool {self.name!r}: {err['msg']}"
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._lock = threading.Lock()
+
+    def register(self, tool: Tool) -> Tool:
+        with self._lock:
+            self._tools[tool.name] = tool
+        return tool
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._tools), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; `tools` lists them"
+            raise LlmunixError(f"unknown tool {name!r}{hint}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(sorted(self._tools.values(), key=lambda t: t.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+
+REGISTRY = ToolRegistry()
+
+
+def make_tool(
+    func: ToolFunc,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    subprocess: bool = False,
+    idempotent: bool = False,
+    source: str = "builtin",
+) -> Tool:
+    """Build a Tool from a function whose first parameter receives the process context."""
+    sig = inspect.signature(func)
+    params = list(sig.parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise LlmunixError(f"{func.__qualname__}: a tool's first parameter must be the context (ctx)")
+    doc = inspect.getdoc(func) or ""
+    param_docs = _param_docs(doc)
+    fields: dict[str, Any] = {}
+    specs: list[ParamSpec] = []
+    open_kwargs = False
+    for p in params[1:]:
+        if p.kind is p.VAR_KEYWORD:
+            open_kwargs = True
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        annotation = p.annotation if p.annotation is not p.empty else Any
+        if isinstance(annotation, str):  # from __future__ import annotations
+            annotation = _resolve(annotation, func)
+        required = p.default is p.empty
+        fields[p.name] = (annotation, ... if required else p.default)
+        specs.append(
+            ParamSpec(p.name, _type_name(annotation), required, None if required else p.default,
+                      param_docs.get(p.name, ""))
+        )
+    config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True)
+    model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
+    first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
+    return Tool(
+        name=name or func.__name__,
+        func=func,
+        description=description if description is not None else first_line,
+        subprocess=subprocess,
+        idempotent=idempotent,
+        source=source,
+        params=tuple(specs),
+        _model=model,
+    )
+
+
+def tool(
+    func: ToolFunc | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    subprocess: bool = False,
+    idempotent: bool = False,
+    registry: ToolRegistry | None = None,
+) -> Any:
+    """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
+
+    The function's first parameter is the process context; the rest are the tool's parameters.
+    The first paragraph of its docstring is the description; an `Args:` section documents
+    parameters (`name: what it is`).
+    """
+
+    def decorate(f: ToolFunc) -> ToolFunc:
+        source = getattr(f, "__module__", "builtin") or "builtin"
+        if source.startswith("llmunix."):
+            source = "builtin"
+        t = make_tool(f, name=name, description=description, subprocess=subprocess,
+                      idempotent=idempotent, source=source)
+        (registry or REGISTRY).register(t)
+        f.__llmunix_tool__ = t  # type: ignore[attr-defined]
+        return f
+
+    return decorate(func) if func is not None else decorate
+
+
+def _param_docs(doc: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Parameters:"):
+            in_args = True
+            continue
+        if in_args:
+            m = re.match(r"\s+(\w+)(?:\s*\([^)]*\))?:\s*(.*)", line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
+            elif line.strip() and not line.startswith(" "):
+                in_args = False
+    return out
+
+
+def _resolve(annotation: str, func: ToolFunc) -> Any:
+    try:
+        return eval(annotation, getattr(func, "__globals__", {}))  # noqa: S307 - annotations only
+    except Exception:
+        return Any
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is Any:
+        return "any"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
