@@ -3,6 +3,7 @@ one-line failures, PID parsing and completion providers."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Iterable
@@ -10,12 +11,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import cmd2
 from cmd2 import Choices, CompletionItem
+from rich.console import Console
 
 from llmunix.kernel import Kernel
 from llmunix.models import LlmunixError, Priority, format_pid
 
 if TYPE_CHECKING:
-    from llmunix.shell import LlmunixShell
+    pass
 
 
 class ShellCommandSet(cmd2.CommandSet["LlmunixShell"]):
@@ -34,6 +36,8 @@ class ShellCommandSet(cmd2.CommandSet["LlmunixShell"]):
         return self._cmd.output_is_plain()
 
     def out(self, renderable: Any) -> None:
+        if self.plain and not isinstance(renderable, str):
+            renderable = plain_text(renderable)
         self._cmd.poutput(renderable)
 
     def out_json(self, data: Any) -> None:
@@ -81,8 +85,15 @@ def parse_params(pairs: Iterable[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        if value[:1] in ("'", '"') and not (len(value) > 1 and value[-1] == value[0]):
+            raise LlmunixError(
+                f"parameter {key!r} has an unclosed quote; quote the whole pair to pass spaces or ; | >, "
+                f"e.g. \"{key}=a value; more\""
+            )
         if not sep or not key:
             raise LlmunixError(f"bad parameter {pair!r}; write tool parameters as key=value")
+        if value[:1] in ("'", '"') and value[-1:] == value[:1]:
+            value = value[1:-1]
         params[key.strip()] = value
     return params
 
@@ -95,3 +106,12 @@ class LlmunixArgumentParser(cmd2.Cmd2ArgumentParser):
         sys.stderr.write(f"{self.prog}: {first} (see '{self.prog} -h')\n")
         sys.stderr.flush()
         self.exit(2)
+
+
+def plain_text(renderable: Any) -> str:
+    """Render for a pipe: no colour, and wide enough that no line is wrapped or cropped."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=10_000, color_system=None, force_terminal=False, no_color=True,
+                      highlight=False, emoji=False)
+    console.print(renderable)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())

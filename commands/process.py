@@ -8,7 +8,7 @@ import cmd2
 
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
-from llmunix.models import LlmunixError
+from llmunix.models import LlmunixError, iso_time
 
 
 class ProcessCommands(ShellCommandSet):
@@ -53,6 +53,32 @@ class ProcessCommands(ShellCommandSet):
             self.out(views.ps_plain(infos))
         else:
             self.out(views.ps_table(infos))
+
+    log_parser = LlmunixArgumentParser(
+        description="Show a process's log: lines it wrote with ctx.log, and a subprocess tool's output.",
+        epilog="examples:\n  log 003\n  log 003 --tail 20\n  log 003 --json",
+        formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
+    )
+    log_parser.add_argument("pid", metavar="PID", choices_provider=ShellCommandSet.any_pid_choices)
+    log_parser.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines")
+    log_parser.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
+    log_parser.add_argument("--json", action="store_true", help="print a JSON array of {time, line}")
+
+    @cmd2.with_argparser(log_parser)
+    def do_log(self, args: argparse.Namespace) -> None:
+        """Show a process's log."""
+        try:
+            lines = self.kernel.logs(parse_pid(args.pid))
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        if args.tail is not None:
+            lines = lines[-args.tail:] if args.tail > 0 else []
+        if args.json:
+            self.out_json([{"time": iso_time(t), "line": line} for t, line in lines])
+            return
+        for t, line in lines:
+            self._cmd.poutput(f"{iso_time(t)[11:23]}  {line}" if args.timestamps else line)
 
 
 _FINISHED = {"completed", "failed", "cancelled", "done"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 import cmd2
 from cmd2 import Choices, CompletionItem
@@ -43,9 +44,19 @@ class RunCommands(ShellCommandSet):
     def do_run(self, args: argparse.Namespace) -> None:
         """Start a tool as a process."""
         try:
+            # cmd2 honours quotes only at the start of a word, so `text='a b'` arrives in pieces:
+            # re-read the raw arguments the way a POSIX shell would.
+            tokens = shlex.split(args.cmd2_statement.args)
+            if tokens != args.cmd2_statement.arg_list:
+                try:
+                    args = self.run_parser.parse_args(tokens)
+                except SystemExit as exc:  # the parser has already said what was wrong
+                    if exc.code:
+                        self._cmd.failed = True
+                    return
             params = parse_params(args.params)
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                    name=args.name, **params)
+                                    name=args.name, params=params)
         except LlmunixError as exc:
             self.fail(str(exc))
             return

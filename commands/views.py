@@ -224,7 +224,7 @@ def tool_tree(t: Tool) -> Group:
         if p.description:
             label += f" — {p.description}"
         params.add(label)
-    example = " ".join(f"{p.name}=..." for p in t.params if p.required)
+    example = " ".join(f"{p.name}=..." if p.required else f"{p.name}={p.default}" for p in t.params)
     return Group(root, Text(f"Example: run {t.name} {example}".rstrip(), style="dim"))
 
 

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         aging_interval=config.aging_interval,
         monitor_interval=config.monitor_interval,
     )
-    interactive = args.commands is None and script_lines is None and sys.stdin.isatty()
+    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
+    interactive = args.commands is None and script_lines is None and stdin_is_tty
     shell = LlmunixShell(kernel, interactive=interactive, home=home)
     if not interactive:
         # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         elif script_lines is not None:
             status = shell.run_lines(script_lines, keep_going=args.keep_going)
         elif not interactive:
-            status = shell.run_lines(sys.stdin, keep_going=args.keep_going)
+            status = shell.run_lines(sys.stdin or (), keep_going=args.keep_going)
         else:
             status = shell.cmdloop()
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,15 @@ from llmunix.models import (
     ToolError,
     format_pid,
 )
-from llmunix.process import REQ_KILL, REQ_PAUSE, REQ_PREEMPT, Process, ProcessContext, renice_group, signal_group
+from llmunix.process import (
+    REQ_KILL,
+    REQ_PAUSE,
+    REQ_PREEMPT,
+    Process,
+    ProcessContext,
+    renice_group,
+    signal_group,
+)
 from llmunix.scheduler import ReadyQueue, preemption_victim
 from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 
@@ -161,12 +169,15 @@ class Kernel:
         name: str | None = None,
         parent: int | None = None,
         cwd: str | None = None,
-        **params: Any,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
-        process and return its PID. Parameters are validated now: a bad one raises LlmunixError."""
+        process and return its PID. Tool parameters come as keyword arguments, or as the
+        `params` mapping when a name clashes with spawn's own (`name`, `priority`, ...).
+        They are validated now: a bad one raises LlmunixError."""
         t = self._resolve_tool(tool)
-        validated = t.validate(params)
+        validated = t.validate({**(params or {}), **kwargs})
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(int(a) for a in after))
         with self._lock:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -188,7 +187,3 @@ def _non_negative_float(value: Any) -> float:
     if x < 0:
         raise ValueError("must not be negative")
     return x
-
-
-def run_shell_stdin(shell: LlmunixShell, keep_going: bool) -> int:
-    return shell.run_lines(sys.stdin, keep_going=keep_going)

@@ -1,0 +1,87 @@
+"""End to end: the interactive `llmunix$` prompt in a real pty (pexpect)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pexpect
+import pytest
+
+LLMUNIX = shutil.which("llmunix") or "llmunix"
+PROMPT = r"llmunix\$"
+
+
+@pytest.fixture
+def session(tmp_path):
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LLMUNIX_HOME": str(tmp_path), "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(LLMUNIX, env=env, encoding="utf-8", timeout=20, dimensions=(40, 140))
+    child.expect(PROMPT)
+    yield child
+    if child.isalive():
+        child.sendline("quit -f")
+        try:
+            child.expect(pexpect.EOF, timeout=10)
+        except pexpect.TIMEOUT:
+            child.terminate(force=True)
+
+
+def test_run_shows_the_pid_then_a_completion_alert_and_ps_pipes_to_grep(session):
+    session.sendline("run sleep seconds=0.3")
+    session.expect(r"001\r\n")
+    session.expect(PROMPT)
+    session.expect(r"\[001\].*sleep.*completed.* in 0\.\ds")  # the alert, drawn above the prompt
+    session.sendline("ps -a | grep Completed | awk '{print $1 \"-\" $3}'")
+    session.expect(r"001-Completed")
+    session.expect(PROMPT)
+
+
+def test_failures_are_announced_and_the_shell_keeps_running(session):
+    session.sendline("run fail message=kaboom")
+    session.expect(PROMPT)
+    session.expect(r"\[001\].*fail.*failed.*kaboom")
+    session.sendline("kill 42")
+    session.expect(r"kill: no process 042")
+    session.expect(PROMPT)
+    session.sendline("nosuchcommand")
+    session.expect(r"nosuchcommand")
+    session.expect(PROMPT)
+    session.sendline("run echo text=still-alive")
+    session.expect(r"\[002\].*echo.*completed")
+
+
+def test_quit_asks_before_stopping_live_processes(session):
+    session.sendline("run sleep seconds=60")
+    session.expect(PROMPT)
+    session.sendline("quit")
+    session.expect(r"1 live process\(es\) \(001 sleep\) will be stopped\. Quit\? \[y/N\]")
+    session.sendline("n")
+    session.expect("not quitting")
+    session.expect(PROMPT)
+    session.sendline("ps")
+    session.expect("Running")
+    session.expect(PROMPT)
+    session.sendline("quit")
+    session.expect(r"Quit\? \[y/N\]")
+    session.sendline("y")
+    session.expect(pexpect.EOF)
+    session.close()
+    assert session.exitstatus == 0
+
+
+def test_ctrl_d_with_nothing_running_leaves_at_once(session):
+    session.sendeof()
+    session.expect(pexpect.EOF)
+    session.close()
+    assert session.exitstatus == 0
+
+
+def test_tab_completes_tool_names_and_priority_levels(session):
+    session.send("run sle\t")
+    session.expect(r"sleep")
+    session.send("seconds=0.1 --priority cri\t")
+    session.expect(r"critical")
+    session.send("\r")
+    session.expect(r"001")
+    session.expect(r"\[001\].*completed")
