@@ -22,7 +22,8 @@ class ControlCommands(ShellCommandSet):
     kill_parser = _parser("Stop processes. Cooperative code stops at its next control point; code that "
                           "never reaches one is interrupted after the grace period; subprocess groups get "
                           "SIGTERM, then SIGKILL.", "examples:\n  kill 003\n  kill 003 004 --force")
-    kill_parser.add_argument("pids", nargs="+", metavar="PID", choices_provider=ShellCommandSet.live_pid_choices)
+    kill_parser.add_argument("pids", nargs="+", metavar="PID", help="process ID, e.g. 003",
+                             choices_provider=ShellCommandSet.live_pid_choices)
     kill_parser.add_argument("-f", "--force", action="store_true",
                              help="skip the grace period: interrupt the thread / SIGKILL the group at once")
 
@@ -34,7 +35,8 @@ class ControlCommands(ShellCommandSet):
     pause_parser = _parser("Pause processes. A running one stops at its next control point (a subprocess "
                            "group at once, with SIGSTOP) and gives its slot to another.",
                            "examples:\n  pause 003\n  pause 003 004")
-    pause_parser.add_argument("pids", nargs="+", metavar="PID", choices_provider=ShellCommandSet.live_pid_choices)
+    pause_parser.add_argument("pids", nargs="+", metavar="PID", help="process ID, e.g. 003",
+                             choices_provider=ShellCommandSet.live_pid_choices)
 
     @cmd2.with_argparser(pause_parser)
     def do_pause(self, args: argparse.Namespace) -> None:
@@ -44,7 +46,8 @@ class ControlCommands(ShellCommandSet):
 
     resume_parser = _parser("Resume paused processes (they run again when a slot is free).",
                             "examples:\n  resume 003")
-    resume_parser.add_argument("pids", nargs="+", metavar="PID", choices_provider=ShellCommandSet.live_pid_choices)
+    resume_parser.add_argument("pids", nargs="+", metavar="PID", help="process ID, e.g. 003",
+                             choices_provider=ShellCommandSet.live_pid_choices)
 
     @cmd2.with_argparser(resume_parser)
     def do_resume(self, args: argparse.Namespace) -> None:
@@ -53,7 +56,8 @@ class ControlCommands(ShellCommandSet):
 
     priority_parser = _parser("Change a live process's priority level: critical, high, normal, low, idle.",
                               "examples:\n  priority 003 high\n  priority 004 idle")
-    priority_parser.add_argument("pid", metavar="PID", choices_provider=ShellCommandSet.live_pid_choices)
+    priority_parser.add_argument("pid", metavar="PID", help="process ID, e.g. 003",
+                             choices_provider=ShellCommandSet.live_pid_choices)
     priority_parser.add_argument("level", metavar="LEVEL", choices_provider=ShellCommandSet.priority_choices)
 
     @cmd2.with_argparser(priority_parser)
@@ -69,7 +73,8 @@ class ControlCommands(ShellCommandSet):
     wait_parser = _parser("Wait until processes finish (default: every live process). Ctrl-C stops "
                           "waiting; the processes go on. Fails if a process did not complete or the "
                           "timeout passed.", "examples:\n  wait\n  wait 003 004 --timeout 30s")
-    wait_parser.add_argument("pids", nargs="*", metavar="PID", choices_provider=ShellCommandSet.live_pid_choices)
+    wait_parser.add_argument("pids", nargs="*", metavar="PID", help="process ID, e.g. 003",
+                             choices_provider=ShellCommandSet.live_pid_choices)
     wait_parser.add_argument("-t", "--timeout", metavar="DURATION", help="give up after this long (30, 5s, 2m)")
 
     @cmd2.with_argparser(wait_parser)

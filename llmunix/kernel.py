@@ -374,14 +374,6 @@ class Kernel:
             self.max_running = n
             self._dispatch_locked(time.monotonic())
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            out: dict[str, int] = {}
-            for p in self._live.values():
-                key = p.snapshot().display_state if p.phase is not Phase.RUNNING else RUNNING
-                out[key] = out.get(key, 0) + 1
-            return out
-
     @property
     def next_pid(self) -> int:
         return self._pids.peek()
