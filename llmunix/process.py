@@ -181,7 +181,9 @@ class ProcessContext:
     def check(self) -> None:
         """A bare control point: honour pause, preemption, kill and the time slice."""
         proc = self._proc
-        if proc.requests or self._kernel._slice_expired(proc):
+        # Lock-free fast path: nothing asked of this process and nothing waiting for its slot.
+        # (A subprocess tool can be paused or preempted from outside without a request flag.)
+        if proc.requests or proc.phase is not Phase.RUNNING or self._kernel._slice_expired(proc):
             self._kernel._control_point(proc)
 
     def progress(self, step: int, total: int | None = None, message: str = "") -> None:

@@ -85,3 +85,26 @@ def test_tab_completes_tool_names_and_priority_levels(session):
     session.send("\r")
     session.expect(r"001")
     session.expect(r"\[001\].*completed")
+
+
+def test_wait_on_a_terminal_draws_progress_then_reports(session):
+    session.sendline("run sleep seconds=1.5")
+    session.expect(PROMPT)
+    session.sendline("wait")
+    session.expect(r"001.*sleep.*\d+%.*Running")  # the live progress display
+    session.expect(r"\[001\] sleep completed in 1\.\ds")
+    session.expect(PROMPT)
+
+
+def test_ps_on_a_terminal_is_a_table_and_ps_l_a_tree(session):
+    session.sendline("run sleep seconds=30 --priority low")
+    session.expect(PROMPT)
+    session.sendline("ps")
+    session.expect(r"PID.*TOOL.*STATE.*PRIORITY.*RUNTIME.*MEMORY.*CPU%.*PROGRESS")
+    session.expect(r"001.*sleep.*Running.*low")
+    session.expect(PROMPT)
+    session.sendline("ps -l 1")
+    session.expect(r"Process.*001.* - .*sleep")
+    session.expect(r"├── State: .*Running")
+    session.expect(r"├── Priority: Low")
+    session.expect(PROMPT)
