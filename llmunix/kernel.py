@@ -8,6 +8,7 @@ immutable `ProcessInfo` snapshots back, never a live `Process`.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import signal
@@ -43,8 +44,10 @@ from llmunix.process import (
     ProcessContext,
     renice_group,
     signal_group,
+    signal_tree,
 )
 from llmunix.scheduler import ReadyQueue, preemption_victim
+from llmunix.store import Store, row_to_info
 from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 
 log = logging.getLogger("llmunix.kernel")
@@ -122,6 +125,7 @@ class Kernel:
         monitor: bool = True,
         monitor_interval: float = 1.0,
         owner: str | None = None,
+        store: bool = True,
     ) -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
@@ -142,6 +146,15 @@ class Kernel:
         self._pids = PidAllocator(self.home)
         self._closed = False
         self.bus = EventBus()
+        self.store: Store | None = None
+        self.interrupted_at_start = 0
+        self._pending_release: list[tuple[int, Process]] = []  # (event seq, finished process)
+        self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
+        if self.home is not None and store:
+            self.store = Store(self.home / "llmunix.db")
+            self.interrupted_at_start = self.store.interrupted_at_start
+            self.bus.subscribe("*", self.store.consume)
+            self.store.on_commit(self._on_commit)
         self._executor = ThreadExecutor(self._execute, max_threads or max(64, 4 * max_running))
         self._monitor = None
         if monitor:
@@ -181,53 +194,69 @@ class Kernel:
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(int(a) for a in after))
         with self._lock:
-            if self._closed:
-                raise LlmunixError("the kernel has shut down; no new processes")
-            for a in deps:
-                if a not in self._procs:
-                    raise NoSuchProcess(f"no process {format_pid(a)} to run after; `ps -a` lists them")
-            if parent is not None and parent not in self._procs:
-                raise NoSuchProcess(f"no parent process {format_pid(parent)}")
+            return self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd)
+
+    def _spawn_locked(self, t: Tool, params: dict[str, Any], prio: Priority, deps: tuple[int, ...], *,
+                      name: str | None, parent: int | None, cwd: str | None, pid: int | None = None,
+                      restored: Any = None, checkpoints: list[Any] | None = None, note: str = "") -> int:
+        """Create a process (a new PID, or an old one being recovered) and queue it."""
+        if self._closed:
+            raise LlmunixError("the kernel has shut down; no new processes")
+        for a in deps:
+            if not self._known(a):
+                raise NoSuchProcess(f"no process {format_pid(a)} to run after; `ps -a` lists them")
+        if parent is not None and not self._known(parent):
+            raise NoSuchProcess(f"no parent process {format_pid(parent)}")
+        if pid is None:
             pid = self._pids.next()
-            proc = Process(pid, t, validated, name=name or t.name, priority=prio, owner=self.owner,
-                           parent=parent, after=deps, cwd=cwd or os.getcwd())
-            self._procs[pid] = proc
-            self._live[pid] = proc
-            proc.note("spawned", f"{t.name} priority={prio.label}")
-            self._emit("process.spawned", proc, tool=t.name, priority=prio.label)
-            failed = None
-            for a in deps:
-                dep = self._procs[a]
-                if dep.phase is Phase.DONE:
-                    if dep.state != Outcome.COMPLETED:
-                        failed = dep
-                        break
-                else:
-                    proc.deps_pending.add(a)
-                    dep.dependents.append(proc)
-            now = time.monotonic()
-            if failed is not None:
-                self._finish_locked(proc, Outcome.FAILED, 1,
-                                    f"dependency failed: {format_pid(failed.pid)} {failed.state}")
-            elif proc.deps_pending:
-                proc.phase = Phase.WAITING
-                proc.detail = self._waiting_detail(proc)
+        proc = Process(pid, t, params, name=name or t.name, priority=prio, owner=self.owner,
+                       parent=parent, after=deps, cwd=cwd or os.getcwd())
+        proc.restored = restored
+        proc.checkpoints = list(checkpoints or [])
+        self._procs[pid] = proc
+        self._live[pid] = proc
+        if self._history is not None:
+            self._history.pop(pid, None)
+        proc.note("spawned", note or f"{t.name} priority={prio.label}")
+        self._emit("process.spawned", proc, tool=t.name, priority=prio.label, kind=str(proc.kind),
+                   owner=proc.owner, parent=parent, after=list(deps), cwd=proc.cwd, params=params,
+                   idempotent=t.idempotent)
+        failed = None
+        for a in deps:
+            dep = self._procs.get(a)
+            if dep is None or dep.phase is Phase.DONE:
+                state = dep.state if dep is not None else self._history_state(a)
+                if state != Outcome.COMPLETED:
+                    failed = (a, state)
+                    break
             else:
-                self._ready.push(proc, now)
-            self._dispatch_locked(now)
+                proc.deps_pending.add(a)
+                dep.dependents.append(proc)
+        now = time.monotonic()
+        if failed is not None:
+            self._finish_locked(proc, Outcome.FAILED, 1, f"dependency failed: {format_pid(failed[0])} {failed[1]}")
+        elif proc.deps_pending:
+            proc.phase = Phase.WAITING
+            proc.detail = self._waiting_detail(proc)
+        else:
+            self._ready.push(proc, now)
+        self._dispatch_locked(now)
         return pid
 
-    def kill(self, pid: int, force: bool = False, *, reason: str = "killed by user") -> ProcessInfo:
+    def kill(self, pid: int, force: bool = False, *, reason: str = "killed by user",
+             interrupt: bool = False) -> ProcessInfo:
         """Stop a process. Cooperative code stops at its next control point; code that never
         reaches one gets an asynchronous exception after the grace period (at once with
-        `force`); a subprocess group gets SIGTERM, then SIGKILL."""
+        `force`); a subprocess group gets SIGTERM, then SIGKILL. With `interrupt` the process
+        ends Interrupted instead of Cancelled: recoverable (llmunix itself is stopping)."""
         with self._lock:
             proc = self._live_process(pid, "kill")
             if proc.requests & REQ_KILL and not force:
                 return proc.snapshot()
             proc.note("kill requested", reason + (" (force)" if force else ""))
+            proc.kill_outcome = Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED
             if not proc.has_thread:
-                self._finish_locked(proc, Outcome.CANCELLED, EXIT_CANCELLED, reason)
+                self._finish_locked(proc, proc.kill_outcome, _exit_for(proc.kill_outcome), reason)
                 self._dispatch_locked(time.monotonic())
                 return proc.snapshot()
             proc.requests |= REQ_KILL
@@ -235,8 +264,7 @@ class Kernel:
             proc.detail = "stopping (kill requested)"
             self._emit("process.kill_requested", proc, reason=reason, force=force)
             if proc.subprocess is not None:
-                signal_group(proc.subprocess, signal.SIGKILL if force else signal.SIGTERM)
-                signal_group(proc.subprocess, signal.SIGCONT)
+                signal_tree(proc.subprocess, signal.SIGKILL if force else signal.SIGTERM)
             self._wake(proc)
             info = proc.snapshot()
         timer = threading.Timer(0 if force else self.kill_grace, self._escalate, (proc, 1))
@@ -339,14 +367,25 @@ class Kernel:
 
     def info(self, pid: int) -> ProcessInfo:
         with self._lock:
-            return self._snapshot(self._process(pid))
+            proc = self._procs.get(_as_int(pid))
+            if proc is not None:
+                return self._snapshot(proc)
+        info = self._historic(pid)
+        if info is None:
+            self._process(pid)  # raises NoSuchProcess with the usual message
+        assert info is not None
+        return info
 
     def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
         on the visible state or the phase, case-insensitively."""
+        history = self._load_history() if all else {}
         with self._lock:
             procs = self._procs if all else self._live
             infos = [self._snapshot(p) for p in procs.values()]
+        if history:
+            infos.extend(i for pid, i in history.items() if pid not in self._procs)
+            infos.sort(key=lambda i: i.pid)
         if state:
             want = state.strip().lower()
             infos = [i for i in infos if i.display_state.lower() == want or i.phase == want
@@ -354,7 +393,129 @@ class Kernel:
         return infos
 
     def exists(self, pid: int) -> bool:
-        return pid in self._procs
+        return self._known(pid)
+
+    # ------------------------------------------------------------------ durable state
+
+    def checkpoints(self, pid: int) -> list[tuple[int, Any]]:
+        """Every checkpoint version of a process: [(version, state), ...]."""
+        with self._lock:
+            proc = self._procs.get(_as_int(pid))
+            if proc is not None and (self.store is None or proc.checkpoints):
+                return list(enumerate(proc.checkpoints, 1))
+        if self.store is None:
+            self._process(pid)
+            return []
+        self.info(pid)
+        return [(v, state) for v, _t, state in self.store.checkpoints(_as_int(pid))]
+
+    def recover(self, pids: Iterable[int] | None = None) -> list[ProcessInfo]:
+        """Continue interrupted processes: from their last checkpoint, or from scratch if the tool
+        is idempotent; otherwise they end Failed ("interrupted; not resumable")."""
+        if self.store is None:
+            raise LlmunixError("recover needs a home directory with a store")
+        self.store.flush()
+        rows = {r["pid"]: r for r in self.store.interrupted_rows()}
+        wanted = list(rows) if pids is None else [_as_int(p) for p in pids]
+        for pid in wanted:
+            if pid not in rows:
+                state = self.info(pid).display_state
+                raise IllegalTransition(f"process {format_pid(pid)} was not interrupted (it is {state})")
+        out = []
+        for pid in wanted:
+            out.append(self._restart(rows[pid], checkpoint=None, how="recovered"))
+        return out
+
+    def rollback(self, pid: int, to: int | None = None) -> ProcessInfo:
+        """Run a finished or interrupted process again from checkpoint version `to` (default: its
+        last one), under the same PID."""
+        if self.store is None:
+            raise LlmunixError("rollback needs a home directory with a store")
+        pid = _as_int(pid)
+        with self._lock:
+            live = self._live.get(pid)
+        if live is not None:
+            raise IllegalTransition(f"process {format_pid(pid)} is {live.snapshot().display_state.lower()}; "
+                                    "kill it or wait for it before rolling back")
+        self.store.flush()
+        row = self.store.process_row(pid)
+        if row is None:
+            self._process(pid)
+        versions = self.store.checkpoints(pid)
+        if not versions:
+            raise LlmunixError(f"process {format_pid(pid)} has no checkpoints to roll back to")
+        numbers = [v for v, _t, _s in versions]
+        version = numbers[-1] if to is None else to
+        if version not in numbers:
+            raise LlmunixError(f"process {format_pid(pid)} has no checkpoint version {version} "
+                               f"(it has {numbers[0]}..{numbers[-1]})")
+        return self._restart(row, checkpoint=version, how=f"rolled back to checkpoint {version}")
+
+    def _restart(self, row: Any, checkpoint: int | None, how: str) -> ProcessInfo:
+        assert self.store is not None
+        pid = row["pid"]
+        versions = self.store.checkpoints(pid)
+        if checkpoint is not None:
+            versions = [v for v in versions if v[0] <= checkpoint]
+        try:
+            t = self.registry.get(row["tool"])
+        except LlmunixError:
+            t = None
+        params = json.loads(row["params"] or "{}")
+        with self._lock:
+            if t is None or (not versions and not t.idempotent):
+                reason = (f"interrupted; tool {row['tool']!r} is no longer available" if t is None
+                          else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
+                proc = Process(pid, t or make_tool(_gone, name=row["tool"]), params, name=row["name"],
+                               priority=Priority.parse(row["priority"] or "normal"), owner=row["owner"] or self.owner,
+                               parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
+                               cwd=row["cwd"] or os.getcwd())
+                proc.phase = Phase.READY
+                self._procs[pid] = proc
+                self._live[pid] = proc
+                if self._history is not None:
+                    self._history.pop(pid, None)
+                self._finish_locked(proc, Outcome.FAILED, 1, reason)
+                return proc.snapshot()
+            restored = versions[-1][2] if versions else None
+            self._spawn_locked(
+                t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
+                cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
+                note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
+            )
+            return self._snapshot(self._procs[pid])
+
+    def _known(self, pid: int) -> bool:
+        if pid in self._procs:
+            return True
+        return self.store is not None and self.store.process_row(pid) is not None
+
+    def _history_state(self, pid: int) -> str:
+        row = self.store.process_row(pid) if self.store is not None else None
+        return row["state"] if row is not None else "unknown"
+
+    def _load_history(self) -> dict[int, ProcessInfo]:
+        """Processes of earlier sessions, from the store (built once; they do not change)."""
+        if self.store is None:
+            return {}
+        if self._history is None:
+            self.store.flush()
+            self._history = {r["pid"]: row_to_info(r) for r in self.store.process_rows()
+                             if r["pid"] not in self._procs}
+        return self._history
+
+    def _historic(self, pid: Any) -> ProcessInfo | None:
+        if self.store is None:
+            return None
+        try:
+            pid = int(pid)
+        except (TypeError, ValueError):
+            return None
+        history = self._history
+        if history is not None and pid in history:
+            return history[pid]
+        row = self.store.process_row(pid)
+        return row_to_info(row) if row is not None else None
 
     def live_pids(self) -> list[int]:
         with self._lock:
@@ -382,9 +543,13 @@ class Kernel:
     def threads(self) -> int:
         return self._executor.thread_count
 
-    def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0) -> list[ProcessInfo]:
-        """Stop every live process (they end Cancelled with `reason`), then the threads.
+    def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0, *,
+                 interrupt: bool | None = None) -> list[ProcessInfo]:
+        """Stop every live process, then the threads. With a store (or `interrupt=True`) they end
+        Interrupted, to be continued by `recover`; without one they end Cancelled with `reason`.
         Returns the snapshots of the processes it had to stop."""
+        if interrupt is None:
+            interrupt = self.store is not None
         with self._lock:
             if self._closed:
                 return []
@@ -393,14 +558,14 @@ class Kernel:
         stopped = []
         for pid in live:
             try:
-                stopped.append(self.kill(pid, reason=reason))
+                stopped.append(self.kill(pid, reason=reason, interrupt=interrupt))
             except LlmunixError:
                 pass
         infos = self.wait(live, timeout=timeout) if live else []
         for info in infos:
             if not info.is_done:
                 try:
-                    self.kill(info.pid, force=True, reason=reason)
+                    self.kill(info.pid, force=True, reason=reason, interrupt=interrupt)
                 except LlmunixError:
                     pass
         if live:
@@ -410,6 +575,8 @@ class Kernel:
         self._executor.shutdown(timeout=1.0)
         self.bus.flush(timeout=5.0)
         self.bus.close()
+        if self.store is not None:
+            self.store.close()
         self._pids.close()
         return infos if stopped else []
 
@@ -434,23 +601,27 @@ class Kernel:
                     self._leave_slot(proc, Phase.PAUSED, now)
                     self._paused(proc)
                     self._dispatch_locked(now)
-                elif proc.requests & REQ_PREEMPT:
-                    proc.requests &= ~REQ_PREEMPT
+                    continue
+                if proc.requests & REQ_PREEMPT:
                     self._leave_slot(proc, Phase.PREEMPTED, now)
                     self._ready.push(proc, now, front=True)
                     proc.detail = "preempted by a higher-priority process"
                     proc.note("preempted")
                     self._emit("process.preempted", proc, reason="priority")
                     self._dispatch_locked(now)
-                elif (now - proc.slice_start >= self.time_slice
+                    continue
+                if (now - proc.slice_start >= self.time_slice
                       and self._ready.waiting_at_or_above(proc.priority, now)):
                     self._leave_slot(proc, Phase.PREEMPTED, now)
                     self._ready.push(proc, now)
                     proc.detail = "time slice used; waiting for its turn"
                     self._emit("process.preempted", proc, reason="time slice")
                     self._dispatch_locked(now)
-                else:
-                    return
+                    continue
+                return
+            # Paused or preempted. The dispatch above may already have handed the slot back
+            # (phase RUNNING again): then the loop goes on without waiting for a wake-up that
+            # was sent before we waited.
             assert proc.cond is not None
             proc.cond.wait()
 
@@ -485,13 +656,28 @@ class Kernel:
             proc.logs.append((time.time(), message))
             self._emit("process.log", proc, line=message)
 
-    def _checkpoint(self, proc: Process, state: Any) -> int:
+    def _checkpoint(self, proc: Process, state: Any) -> tuple[int, int]:
         with self._lock:
             proc.checkpoints.append(state)
             version = len(proc.checkpoints)
             proc.note("checkpoint", f"version {version}")
-            self._emit("process.checkpoint", proc, version=version)
-            return version
+            event = self._emit("process.checkpoint", proc, version=version, state=state)
+            return version, event.seq
+
+    def _wait_durable(self, seq: int) -> None:
+        if self.store is not None and not self.store.wait_durable(seq, timeout=60):
+            log.error("event %d was not committed within 60 s", seq)
+
+    def _on_commit(self, seq: int) -> None:
+        """Store writer thread, after a commit: release what waited for those terminal states."""
+        with self._lock:
+            if not self._pending_release or self._pending_release[0][0] > seq:
+                return
+            ready = [p for s, p in self._pending_release if s <= seq]
+            self._pending_release = [(s, p) for s, p in self._pending_release if s > seq]
+            for p in ready:
+                self._release_dependents_locked(p)
+            self._dispatch_locked(time.monotonic())
 
     def _attach_subprocess(self, proc: Process, child: Any) -> None:
         with self._lock:
@@ -506,13 +692,17 @@ class Kernel:
 
     def logs(self, pid: int) -> list[tuple[float, str]]:
         with self._lock:
-            return list(self._process(pid).logs)
+            proc = self._procs.get(_as_int(pid))
+            if proc is not None:
+                return list(proc.logs)
+        self.info(pid)  # unknown PIDs raise
+        return self.store.log_lines(_as_int(pid)) if self.store is not None else []
 
     # ------------------------------------------------------------------ internals (lock held)
 
-    def _emit(self, type: str, proc: Process, **data: Any) -> None:
+    def _emit(self, type: str, proc: Process, **data: Any) -> Event:
         data.setdefault("name", proc.name)
-        self.bus.publish(type, proc.pid, data)
+        return self.bus.publish(type, proc.pid, data)
 
     def _transition(self, proc: Process, to: Phase) -> None:
         if to not in ALLOWED[proc.phase]:
@@ -556,6 +746,7 @@ class Kernel:
     def _leave_slot(self, proc: Process, to: Phase, now: float) -> None:
         """A running process stops running (paused or preempted); its slot is freed."""
         self._transition(proc, to)
+        proc.requests &= ~REQ_PREEMPT  # whatever stops it also answers a pending preemption
         self._running.discard(proc)
         if proc.run_since is not None:
             proc.run_accum += now - proc.run_since
@@ -563,15 +754,16 @@ class Kernel:
         if proc.subprocess is not None:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
-    def _dispatch_locked(self, now: float) -> None:
+    def _dispatch_locked(self, now: float, spare_threads: int = 0) -> None:
         """Fill free slots from the ready queue; ask for preemption if someone outranks a
-        running process and no slot is free. Mutates: hold the lock."""
+        running process and no slot is free. `spare_threads`: worker threads about to become
+        idle (the caller's own, when a body has just ended). Mutates: hold the lock."""
         ready = self._ready
         while len(self._running) < self.max_running and ready._count:
             proc = ready.peek(now)
             if proc is None:
                 break
-            if not proc.has_thread and self._executor.available() <= 0:
+            if not proc.has_thread and self._executor.available() + spare_threads <= 0:
                 break
             ready.pop(proc)
             self._transition(proc, Phase.RUNNING)
@@ -602,7 +794,7 @@ class Kernel:
                 victim.detail = "preempting at its next control point"
                 self._wake(victim)
 
-    def _finish_locked(self, proc: Process, outcome: Outcome, exit_code: int, error: str | None,
+    def _finish_locked(self, proc: Process, outcome: Outcome, exit_code: int | None, error: str | None,
                        output: Any = None) -> None:
         """End a process in its one terminal state and release what depends on it. Dependents
         of a failure fail too (iteratively, so long chains do not recurse)."""
@@ -629,23 +821,41 @@ class Kernel:
                 p.step, p.percentage, p.eta = p.total, 100.0, 0.0
             p.note(oc.value.lower(), err or "")
             self._live.pop(p.pid, None)
-            self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
-                       runtime=round(p.runtime(now), 3))
-            for d in p.dependents:
-                if d.phase is Phase.DONE:
-                    continue
-                d.deps_pending.discard(p.pid)
-                if oc is not Outcome.COMPLETED:
-                    work.append((d, Outcome.FAILED, 1, f"dependency failed: {format_pid(p.pid)} {oc.value}",
-                                 None))
-                elif not d.deps_pending and d.phase is Phase.WAITING:
-                    self._transition(d, Phase.READY)
-                    d.detail = "queued"
-                    self._ready.push(d, now)
-                elif d.phase is Phase.WAITING:
-                    d.detail = self._waiting_detail(d)
-            p.dependents = []
+            event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
+                               runtime=round(p.runtime(now), 3), output=out)
+            if not p.dependents:
+                continue
+            if self.store is not None:
+                # The rule: a terminal state and output are durable before dependents go on.
+                self._pending_release.append((event.seq, p))
+            else:
+                work.extend(self._release_dependents_locked(p, cascade=False))
         self._done_cond.notify_all()
+
+    def _release_dependents_locked(self, p: Process, cascade: bool = True) -> list[tuple[Any, ...]]:
+        """`p` has finished (durably): queue dependents whose needs are met, fail those of a
+        failure. Returns the failures to finish when `cascade` is False (the caller's loop does)."""
+        failures: list[tuple[Any, ...]] = []
+        now = time.monotonic()
+        completed = p.state == Outcome.COMPLETED
+        for d in p.dependents:
+            if d.phase is Phase.DONE:
+                continue
+            d.deps_pending.discard(p.pid)
+            if not completed:
+                failures.append((d, Outcome.FAILED, 1, f"dependency failed: {format_pid(p.pid)} {p.state}", None))
+            elif not d.deps_pending and d.phase is Phase.WAITING:
+                self._transition(d, Phase.READY)
+                d.detail = "queued"
+                self._ready.push(d, now)
+            elif d.phase is Phase.WAITING:
+                d.detail = self._waiting_detail(d)
+        p.dependents = []
+        if cascade:
+            for f in failures:
+                self._finish_locked(*f)
+            return []
+        return failures
 
     def _escalate(self, proc: Process, stage: int) -> None:
         """Kill escalation, run by a timer: 1 = asynchronous exception (and SIGKILL to a
@@ -655,8 +865,10 @@ class Kernel:
                 return
             if stage == 1:
                 if proc.subprocess is not None:
-                    signal_group(proc.subprocess, signal.SIGKILL)
-                if proc.in_body and proc.thread_ident is not None:
+                    # The tool's thread is in its wait loop (a control point every few ms) or
+                    # cleaning up: SIGKILL ends the child, and no exception cuts the cleanup short.
+                    signal_tree(proc.subprocess, signal.SIGKILL)
+                elif proc.in_body and proc.thread_ident is not None:
                     inject_exception(proc.thread_ident, ProcessKilled)
                     proc.note("kill escalated", "asynchronous exception injected")
                     self._emit("process.kill_escalated", proc)
@@ -697,7 +909,7 @@ class Kernel:
                     pass
                 except ToolError as exc:
                     outcome, code, error = Outcome.FAILED, exc.exit_code, str(exc)
-                except Exception as exc:
+                except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the worker survives
                     outcome, code, error = Outcome.FAILED, 1, _describe(exc)
             except ProcessKilled:  # injected while an except clause above was running
                 outcome, code, error = Outcome.CANCELLED, EXIT_CANCELLED, None
@@ -708,12 +920,13 @@ class Kernel:
                 with self._lock:
                     proc.in_body = False
                     inject_exception(proc.thread_ident, None)
-                    if proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED:
-                        outcome, code, error = Outcome.CANCELLED, EXIT_CANCELLED, proc.kill_reason
-                    if outcome is Outcome.CANCELLED and not error:
+                    if outcome is Outcome.CANCELLED or (proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED):
+                        outcome = Outcome(proc.kill_outcome)
+                        code, error = _exit_for(outcome), proc.kill_reason or error
+                    if outcome is not Outcome.COMPLETED and not error:
                         error = proc.kill_reason or "killed"
                     self._finish_locked(proc, outcome, code, error, output)
-                    self._dispatch_locked(time.monotonic())
+                    self._dispatch_locked(time.monotonic(), spare_threads=1)
                     if proc.subprocess is not None and proc.subprocess.poll() is None:
                         signal_group(proc.subprocess, signal.SIGKILL)
                 break
@@ -733,9 +946,25 @@ class Kernel:
         raise LlmunixError(f"cannot run {tool!r}: give a tool name or a function taking ctx")
 
 
+def _exit_for(outcome: Outcome) -> int | None:
+    """Cancelled processes report 143 as a shell would; interrupted ones have not ended."""
+    return None if outcome is Outcome.INTERRUPTED else EXIT_CANCELLED
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _as_int(pid: Any) -> int:
+    try:
+        return int(pid)
+    except (TypeError, ValueError):
+        raise NoSuchProcess(f"no process {pid!r}; `ps -a` lists them") from None
+
+
+def _gone(ctx: Any) -> None:
+    raise ToolError("this tool is no longer available")
 
 
 def _pid_text(pid: object) -> str:

@@ -55,13 +55,15 @@ class Priority(enum.IntEnum):
     def parse(cls, value: str | int | Priority) -> Priority:
         if isinstance(value, Priority):
             return value
-        if isinstance(value, int):
+        names = ", ".join(p.label for p in sorted(cls, reverse=True))
+        if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
             return cls(value)
-        try:
-            return cls[str(value).strip().upper()]
-        except KeyError:
-            names = ", ".join(p.label for p in sorted(cls, reverse=True))
-            raise LlmunixError(f"unknown priority {value!r}; use one of: {names}") from None
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        raise LlmunixError(f"unknown priority {value!r}; use one of: {names}")
 
     @property
     def label(self) -> str:
@@ -106,6 +108,9 @@ class Outcome(enum.StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
+    # Not an end: llmunix stopped while the process was live. `recover` continues it from its
+    # last checkpoint; it then ends in one of the three above.
+    INTERRUPTED = "Interrupted"
 
 
 # Visible (per-kind) states before the end. Terminal ones are the Outcome values.

@@ -56,7 +56,7 @@ class Process:
         "checkpoints", "requests", "kill_reason", "has_thread", "thread_ident", "native_id",
         "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
-        "unkillable", "_snapshot",
+        "unkillable", "kill_outcome", "restored", "_snapshot",
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -107,6 +107,8 @@ class Process:
         self.memory_mb: float | None = None
         self.io_operations: int | None = None
         self.unkillable = False
+        self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
+        self.restored: Any = None  # the checkpoint a recovered process resumes from
         self._snapshot: ProcessInfo | None = None
 
     def __repr__(self) -> str:
@@ -168,7 +170,7 @@ class ProcessContext:
         self._proc = proc
         self.pid: int = proc.pid
         self.params: Mapping[str, Any] = MappingProxyType(proc.params)
-        self.restored: Any = None  # the last checkpoint when resumed after a crash (durable-state issue)
+        self.restored: Any = proc.restored  # the checkpoint it resumes from after recovery, else None
 
     @property
     def cwd(self) -> str:
@@ -202,7 +204,8 @@ class ProcessContext:
             encoded = json.loads(json.dumps(state))
         except (TypeError, ValueError) as exc:
             raise LlmunixError(f"checkpoint state must be JSON-serialisable: {exc}") from None
-        version = self._kernel._checkpoint(self._proc, encoded)
+        version, seq = self._kernel._checkpoint(self._proc, encoded)
+        self._kernel._wait_durable(seq)  # durable before checkpoint() returns
         self.check()
         return version
 
@@ -228,6 +231,30 @@ def signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(child.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def signal_tree(child: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the child's process group and every descendant, including any that left the group
+    (setsid, daemonising scripts); stopped ones are continued so they can act on it."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    signal_group(child, sig)
+    for d in descendants:
+        try:
+            d.send_signal(sig)
+        except psutil.Error:
+            pass
+    if sig != signal.SIGKILL:
+        signal_group(child, signal.SIGCONT)
+        for d in descendants:
+            try:
+                d.resume()
+            except psutil.Error:
+                pass
 
 
 def terminate_group(child: subprocess.Popen[bytes], grace: float) -> None:

@@ -50,7 +50,9 @@ class Tool:
             model = self._model.model_validate(dict(params))
         except pydantic.ValidationError as exc:
             raise LlmunixError(self._explain(exc)) from None
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        values = {name: getattr(model, name) for name in type(model).model_fields}
+        values.update(model.model_extra or {})  # a tool declared with **kwargs takes any others
+        return values
 
     def _explain(self, exc: pydantic.ValidationError) -> str:
         err = exc.errors()[0]

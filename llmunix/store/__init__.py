@@ -1,0 +1,55 @@
+"""Durable state: the SQLite store, and how its rows become snapshots again."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from types import MappingProxyType
+
+from llmunix.models import (
+    EMPTY,
+    Context,
+    Phase,
+    Priority,
+    ProcessInfo,
+    ProcessKind,
+    Progress,
+    Resources,
+)
+from llmunix.store.sqlite import Store
+
+__all__ = ["Store", "row_to_info"]
+
+
+def row_to_info(row: sqlite3.Row) -> ProcessInfo:
+    """A snapshot of a process from an earlier session (history is in the events table)."""
+    progress = json.loads(row["progress"]) if row["progress"] else {}
+    phase = Phase.DONE if row["phase"] in ("done", "interrupted") else Phase(row["phase"])
+    output = json.loads(row["output"]) if row["output"] else None
+    started, finished = row["started"], row["finished"]
+    return ProcessInfo(
+        pid=row["pid"],
+        name=row["name"] or row["tool"],
+        tool_name=row["tool"],
+        kind=ProcessKind(row["kind"] or "tool"),
+        phase=phase,
+        state=row["state"] or "Pending",
+        detail=row["detail"] or "",
+        priority=Priority.parse(row["priority"] or "normal"),
+        effective_priority=Priority.parse(row["priority"] or "normal"),
+        owner=row["owner"] or "",
+        parent=row["parent"],
+        after=tuple(json.loads(row["after"] or "[]")),
+        created=row["created"] or 0.0,
+        started=started,
+        finished=finished,
+        runtime=row["runtime"] or 0.0,
+        exit_code=row["exit_code"],
+        error=row["error"],
+        output=output,
+        progress=Progress(progress.get("step") or 0, progress.get("total"), progress.get("percentage"), None,
+                          progress.get("message") or ""),
+        resources=Resources(),
+        context=Context(row["cwd"] or "", MappingProxyType(json.loads(row["params"] or "{}")), EMPTY),
+        history=(),
+    )

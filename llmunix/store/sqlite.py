@@ -1,0 +1,341 @@
+"""Durable state: one SQLite database (WAL) per home directory, written by one thread.
+
+The store is an event consumer like any other: it subscribes to the bus and turns events into
+rows (event sourcing). The writer thread owns the only writing connection and commits in groups
+— everything queued since the last commit goes in one transaction — so no worker waits on disk
+and the cost of a write does not depend on how much is stored.
+
+Durability rules (the engine waits on disk only for these):
+* a checkpoint is committed before `ctx.checkpoint()` returns;
+* a terminal state and output are committed before dependents are released.
+Both use `wait_durable(seq)`. With WAL and synchronous=NORMAL a commit is in the OS before it
+returns, so it survives a SIGKILL of llmunix (not a power cut: set `synchronous=FULL` for that).
+
+Reads use a connection per reading thread; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from llmunix.models import Event, LlmunixError
+
+log = logging.getLogger("llmunix.store")
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY, started REAL NOT NULL, ended REAL, os_pid INTEGER, clean INTEGER DEFAULT 0
+    );
+    CREATE TABLE processes (
+        pid INTEGER PRIMARY KEY, session INTEGER, name TEXT, tool TEXT, kind TEXT, priority TEXT,
+        owner TEXT, parent INTEGER, after TEXT, cwd TEXT, params TEXT, idempotent INTEGER DEFAULT 0,
+        state TEXT, phase TEXT, detail TEXT, exit_code INTEGER, error TEXT, output TEXT,
+        created REAL, started REAL, finished REAL, runtime REAL, progress TEXT, compacted INTEGER DEFAULT 0
+    );
+    CREATE INDEX processes_phase ON processes(phase);
+    CREATE INDEX processes_finished ON processes(finished);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, session INTEGER, seq INTEGER, time REAL, type TEXT,
+        pid INTEGER, data TEXT
+    );
+    CREATE INDEX events_pid ON events(pid, id);
+    CREATE INDEX events_time ON events(time);
+    CREATE TABLE checkpoints (
+        pid INTEGER NOT NULL, version INTEGER NOT NULL, time REAL, state TEXT, PRIMARY KEY (pid, version)
+    );
+    CREATE TABLE tool_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, tool TEXT, pid INTEGER, started REAL, finished REAL,
+        duration REAL, outcome TEXT
+    );
+    CREATE INDEX tool_runs_tool ON tool_runs(tool, id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, user TEXT, session INTEGER, kind TEXT,
+        command TEXT, target INTEGER, status INTEGER
+    );
+    CREATE INDEX audit_time ON audit(time);
+    """,
+}
+
+# Events whose data is not stored in the events table (kept elsewhere, or too bulky to repeat).
+_STRIP = {"process.checkpoint": ("state",)}
+TERMINAL = {"process.completed": "Completed", "process.failed": "Failed", "process.cancelled": "Cancelled",
+            "process.interrupted": "Interrupted"}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=repr, ensure_ascii=False, separators=(",", ":"))
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            raise LlmunixError(f"{self.path}: not a usable llmunix database ({exc})") from None
+        # Processes an earlier session left live did not end: they were interrupted.
+        cur = conn.execute(
+            "UPDATE processes SET phase='interrupted', state='Interrupted', "
+            "detail='interrupted: llmunix stopped while it was live' WHERE phase NOT IN ('done', 'interrupted')")
+        self.interrupted_at_start = cur.rowcount
+        cur = conn.execute("INSERT INTO sessions (started, os_pid) VALUES (?, ?)", (time.time(), _os_pid()))
+        self.session = int(cur.lastrowid or 0)
+        conn.commit()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._committed = 0  # highest kernel event seq committed
+        self._durable = threading.Condition()
+        self._commit_hooks: list[Callable[[int], None]] = []
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="llmunix-store", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LlmunixError(f"{self.path} was written by a newer llmunix (schema {version}); upgrade llmunix")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            conn.executescript("BEGIN;" + MIGRATIONS[v] + f"PRAGMA user_version={v}; COMMIT;")
+
+    # ------------------------------------------------------------------ writing
+
+    def consume(self, event: Event) -> None:
+        """Bus subscriber: queue the event for the writer (never blocks)."""
+        self._queue.put(event)
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        """Queue a statement for the writer, committed with the next group."""
+        self._queue.put((sql, args))
+
+    def on_commit(self, hook: Callable[[int], None]) -> None:
+        """Call `hook(seq)` on the writer thread after each commit (seq: highest event committed)."""
+        self._commit_hooks.append(hook)
+
+    def wait_durable(self, seq: int, timeout: float | None = 30.0) -> bool:
+        """Block until the event with kernel sequence number `seq` is committed."""
+        with self._durable:
+            return self._durable.wait_for(lambda: self._committed >= seq or self._closed, timeout)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything queued so far is committed."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.execute("UPDATE sessions SET ended=?, clean=1 WHERE id=?", (time.time(), self.session))
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self._closed = True
+        with self._durable:
+            self._durable.notify_all()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        writer = _EventWriter(conn, self.session)
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while True:  # group commit: everything that is already waiting goes in this transaction
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            markers = []
+            top = 0
+            try:
+                conn.execute("BEGIN")
+                for item in batch:
+                    if item is None:
+                        stop = True
+                    elif isinstance(item, Event):
+                        writer.write(item)
+                        top = max(top, item.seq)
+                    elif isinstance(item, threading.Event):
+                        markers.append(item)
+                    else:
+                        conn.execute(*item)
+                writer.flush_progress()
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # keep the engine alive; say so loudly in the log
+                log.exception("store write failed: %s", exc)
+                self._failed = exc
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if top:
+                with self._durable:
+                    self._committed = max(self._committed, top)
+                    self._durable.notify_all()
+                for hook in self._commit_hooks:
+                    try:
+                        hook(top)
+                    except Exception:
+                        log.exception("store commit hook failed")
+            for m in markers:
+                m.set()
+        conn.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def process_rows(self, *, pids: Iterable[int] | None = None) -> list[sqlite3.Row]:
+        conn = self._reader()
+        if pids is None:
+            return conn.execute("SELECT * FROM processes ORDER BY pid").fetchall()
+        ids = list(pids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        return conn.execute(f"SELECT * FROM processes WHERE pid IN ({marks}) ORDER BY pid", ids).fetchall()
+
+    def process_row(self, pid: int) -> sqlite3.Row | None:
+        return self._reader().execute("SELECT * FROM processes WHERE pid=?", (pid,)).fetchone()
+
+    def interrupted_rows(self) -> list[sqlite3.Row]:
+        return self._reader().execute(
+            "SELECT * FROM processes WHERE phase='interrupted' ORDER BY pid").fetchall()
+
+    def checkpoints(self, pid: int) -> list[tuple[int, float, Any]]:
+        rows = self._reader().execute(
+            "SELECT version, time, state FROM checkpoints WHERE pid=? ORDER BY version", (pid,)).fetchall()
+        return [(r["version"], r["time"], json.loads(r["state"])) for r in rows]
+
+    def events(self, *, pid: int | None = None, types: str | None = None, since: float | None = None,
+               after_id: int = 0, limit: int | None = None) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [after_id]
+        if pid is not None:
+            sql += " AND pid = ?"
+            args.append(pid)
+        if types:
+            sql += " AND (" + " OR ".join("type GLOB ?" for _ in types.split("|")) + ")"
+            args.extend(t.strip() for t in types.split("|"))
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql[:-len(' ORDER BY id')]} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
+        return self._reader().execute(sql, args).fetchall()
+
+    def log_lines(self, pid: int) -> list[tuple[float, str]]:
+        rows = self._reader().execute(
+            "SELECT time, data FROM events WHERE pid=? AND type='process.log' ORDER BY id", (pid,)).fetchall()
+        return [(r["time"], json.loads(r["data"]).get("line", "")) for r in rows]
+
+    def audit_rows(self, since: float | None = None, limit: int | None = None) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM audit WHERE time >= ? ORDER BY id"
+        rows = self._reader().execute(sql, (since or 0.0,)).fetchall()
+        return rows[-limit:] if limit else rows
+
+    def tool_durations(self, tool: str, limit: int = 20) -> list[float]:
+        rows = self._reader().execute(
+            "SELECT duration FROM tool_runs WHERE tool=? AND outcome='Completed' ORDER BY id DESC LIMIT ?",
+            (tool, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def integrity_check(self) -> str:
+        return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+class _EventWriter:
+    """Turns events into rows, on the writer thread. Progress rows are coalesced per batch."""
+
+    def __init__(self, conn: sqlite3.Connection, session: int) -> None:
+        self.conn = conn
+        self.session = session
+        self._progress: dict[int, str] = {}
+
+    def write(self, e: Event) -> None:
+        data = dict(e.data)
+        for key in _STRIP.get(e.type, ()):
+            data.pop(key, None)
+        self.conn.execute("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
+                          (self.session, e.seq, e.time, e.type, e.pid, _dumps(data)))
+        if e.pid is None or not e.type.startswith("process."):
+            return
+        d = e.data
+        kind = e.type[8:]
+        if kind == "spawned":
+            self.conn.execute(
+                "INSERT OR REPLACE INTO processes (pid, session, name, tool, kind, priority, owner, parent, after, "
+                "cwd, params, idempotent, state, phase, detail, created, runtime) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                (e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
+                 d.get("owner"), d.get("parent"), _dumps(d.get("after", [])), d.get("cwd"),
+                 _dumps(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
+                 d.get("detail", "queued"), e.time))
+        elif kind == "started":
+            self.conn.execute("UPDATE processes SET started=?, state='Running', phase='running', detail='running', "
+                              "session=? WHERE pid=?", (e.time, self.session, e.pid))
+        elif kind == "progress":
+            self._progress[e.pid] = _dumps({k: d.get(k) for k in ("step", "total", "percentage", "message")})
+        elif kind == "checkpoint":
+            self.conn.execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
+                              (e.pid, d.get("version"), e.time, _dumps(d.get("state"))))
+        elif kind in ("paused", "resumed", "preempted", "continued"):
+            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running"}[kind]
+            self.conn.execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
+        elif kind == "reniced":
+            self.conn.execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
+        elif e.type in TERMINAL:
+            state = TERMINAL[e.type]
+            phase = "interrupted" if state == "Interrupted" else "done"
+            self.conn.execute(
+                "UPDATE processes SET state=?, phase=?, detail=?, exit_code=?, error=?, output=?, finished=?, "
+                "runtime=? WHERE pid=?",
+                (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
+                 d.get("exit_code"), d.get("error"), _dumps(d.get("output")), e.time, d.get("runtime"), e.pid))
+            if state != "Interrupted":
+                self.conn.execute(
+                    "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome) "
+                    "SELECT tool, pid, started, ?, ?, ? FROM processes WHERE pid=?",
+                    (e.time, d.get("runtime"), state, e.pid))
+
+    def flush_progress(self) -> None:
+        if self._progress:
+            self.conn.executemany("UPDATE processes SET progress=? WHERE pid=?",
+                                  [(v, k) for k, v in self._progress.items()])
+            self._progress.clear()
+
+
+def _os_pid() -> int:
+    import os
+
+    return os.getpid()
