@@ -5,11 +5,12 @@ from __future__ import annotations
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
 from commands.process import ProcessCommands
+from commands.recovery import RecoveryCommands
 from commands.run import RunCommands
 
 
 def all_command_sets() -> list[ShellCommandSet]:
-    return [ProcessCommands(), ControlCommands(), RunCommands()]
+    return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -81,4 +81,4 @@ class ProcessCommands(ShellCommandSet):
             self._cmd.poutput(f"{iso_time(t)[11:23]}  {line}" if args.timestamps else line)
 
 
-_FINISHED = {"completed", "failed", "cancelled", "done"}
+_FINISHED = {"completed", "failed", "cancelled", "interrupted", "done"}

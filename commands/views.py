@@ -28,6 +28,7 @@ STATE_STYLES = {
     "Completed": "blue",
     "Failed": "bold red",
     "Cancelled": "red",
+    "Interrupted": "bold magenta",
 }
 
 PRIORITY_STYLES = {
@@ -171,7 +172,7 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         root.add(f"Intermediate: {_short(dict(info.context.intermediate_results))}")
     if info.is_done:
         root.add(f"Output: {_short(info.output)}")
-        root.add(f"Exit: {info.exit_code}")
+        root.add(f"Exit: {'-' if info.exit_code is None else info.exit_code}")
     if info.error:
         root.add(Text.assemble("Error: ", (info.error, "red")))
     if info.after:

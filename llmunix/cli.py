@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from llmunix import __version__
 from llmunix.config import load_config, resolve_home
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", action="append", default=[], metavar="MODULE",
                    help="import MODULE for its @tool functions (repeatable)")
     p.add_argument("--max-running", type=int, metavar="N", help="processes allowed to run at once")
+    p.add_argument("--recover", action="store_true",
+                   help="at start, continue processes interrupted when llmunix last stopped")
     p.add_argument("-k", "--keep-going", action="store_true",
                    help="in scripts and -c, go on after a failed command")
     p.add_argument("--version", action="version", version=f"llmunix {__version__}")
@@ -59,15 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     for err in load_errors:
         print(f"llmunix: could not load tools from {err}", file=sys.stderr)
 
-    kernel = Kernel(
-        home,
-        max_running=args.max_running or config.max_running,
-        max_threads=config.max_threads,
-        kill_grace=config.kill_grace,
-        time_slice=config.time_slice,
-        aging_interval=config.aging_interval,
-        monitor_interval=config.monitor_interval,
-    )
+    try:
+        kernel = Kernel(
+            home,
+            max_running=args.max_running or config.max_running,
+            max_threads=config.max_threads,
+            kill_grace=config.kill_grace,
+            time_slice=config.time_slice,
+            aging_interval=config.aging_interval,
+            monitor_interval=config.monitor_interval,
+        )
+    except LlmunixError as exc:
+        print(f"llmunix: {exc}", file=sys.stderr)
+        return 2
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
     shell = LlmunixShell(kernel, interactive=interactive, home=home)
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
     status = 0
     try:
+        for line in _start_notes(kernel, args.recover):
+            print(f"llmunix: {line}", file=sys.stderr)
         if args.commands is not None:
             status = shell.run_lines(args.commands, keep_going=args.keep_going)
         elif script_lines is not None:
@@ -91,9 +100,37 @@ def main(argv: list[str] | None = None) -> int:
         stopped = kernel.shutdown(reason="shell exited")
         if stopped and not interactive:
             pids = ", ".join(i.process_id for i in stopped)
-            print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
-                  "end a script with `wait` to let them finish", file=sys.stderr)
+            if kernel.store is not None:
+                print(f"llmunix: interrupted {len(stopped)} live process(es) on exit ({pids}); "
+                      "`recover` continues them", file=sys.stderr)
+            else:
+                print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
+                      "end a script with `wait` to let them finish", file=sys.stderr)
     return status
+
+
+def _start_notes(kernel: Any, recover: bool) -> list[str]:
+    """What a user should know as llmunix starts: read-only mode, interrupted work."""
+    notes = []
+    if kernel.read_only:
+        notes.append(f"{kernel.home} is in use by llmunix pid {kernel.home_owner}; opened read-only "
+                     "(ps, log, events and audit work; use another --home to run processes)")
+    elif recover:
+        infos = kernel.recover()
+        ok = [i.process_id for i in infos if i.state != "Failed"]
+        bad = [i.process_id for i in infos if i.state == "Failed"]
+        if ok:
+            notes.append(f"recovered {len(ok)} interrupted process(es): {', '.join(ok)}")
+        if bad:
+            notes.append(f"{len(bad)} interrupted process(es) could not be resumed: {', '.join(bad)} "
+                         "(see `ps -l PID`)")
+    else:
+        rows = kernel.ps(all=True, state="interrupted") if kernel.interrupted_at_start else []
+        if rows:
+            pids = ", ".join(i.process_id for i in rows[:10]) + (" ..." if len(rows) > 10 else "")
+            notes.append(f"{len(rows)} process(es) were interrupted when llmunix last stopped ({pids}); "
+                         "`recover` continues them, `ps -a --state interrupted` lists them")
+    return notes
 
 
 def _read_script(path: str) -> list[str]:

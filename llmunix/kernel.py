@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmunix.executor import ThreadExecutor, inject_exception
+from llmunix.home import HomeInUse, HomeLock
 from llmunix.ipc.bus import EventBus, Subscription
 from llmunix.models import (
     ALLOWED,
@@ -126,12 +127,28 @@ class Kernel:
         monitor_interval: float = 1.0,
         owner: str | None = None,
         store: bool = True,
+        read_only: bool | None = None,
     ) -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
         self.home = Path(home) if home is not None else None
+        # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
+        self.read_only = bool(read_only)
+        self.home_owner: str | None = None
+        self._home_lock: HomeLock | None = None
         if self.home is not None:
             self.home.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                lock = HomeLock(self.home)
+                try:
+                    lock.acquire()
+                    self._home_lock = lock
+                except HomeInUse as exc:
+                    if read_only is False:
+                        raise
+                    self.read_only, self.home_owner = True, exc.owner
+        elif read_only:
+            raise LlmunixError("read-only mode needs a home directory")
         self.max_running = max_running
         self.time_slice = time_slice
         self.kill_grace = kill_grace
@@ -150,7 +167,10 @@ class Kernel:
         self.interrupted_at_start = 0
         self._pending_release: list[tuple[int, Process]] = []  # (event seq, finished process)
         self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
-        if self.home is not None and store:
+        if self.home is not None and store and self.read_only:
+            db = self.home / "llmunix.db"
+            self.store = Store(db, read_only=True) if db.exists() else None
+        elif self.home is not None and store:
             self.store = Store(self.home / "llmunix.db")
             self.interrupted_at_start = self.store.interrupted_at_start
             self.bus.subscribe("*", self.store.consume)
@@ -189,6 +209,7 @@ class Kernel:
         process and return its PID. Tool parameters come as keyword arguments, or as the
         `params` mapping when a name clashes with spawn's own (`name`, `priority`, ...).
         They are validated now: a bad one raises LlmunixError."""
+        self._writable()
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
         prio = Priority.parse(priority)
@@ -249,6 +270,7 @@ class Kernel:
         reaches one gets an asynchronous exception after the grace period (at once with
         `force`); a subprocess group gets SIGTERM, then SIGKILL. With `interrupt` the process
         ends Interrupted instead of Cancelled: recoverable (llmunix itself is stopping)."""
+        self._writable()
         with self._lock:
             proc = self._live_process(pid, "kill")
             if proc.requests & REQ_KILL and not force:
@@ -275,6 +297,7 @@ class Kernel:
     def pause(self, pid: int) -> ProcessInfo:
         """Pause a process. A running one stops at its next control point (a subprocess tool at
         once, with SIGSTOP to its group) and gives its slot back."""
+        self._writable()
         with self._lock:
             proc = self._live_process(pid, "pause")
             if proc.phase is Phase.PAUSED or proc.requests & REQ_PAUSE:
@@ -298,6 +321,7 @@ class Kernel:
 
     def resume(self, pid: int) -> ProcessInfo:
         """Resume a paused process (or cancel a pause that has not taken effect yet)."""
+        self._writable()
         with self._lock:
             proc = self._live_process(pid, "resume")
             now = time.monotonic()
@@ -328,6 +352,7 @@ class Kernel:
 
     def renice(self, pid: int, priority: Priority | str) -> ProcessInfo:
         """Change a live process's priority level; may cause preemption."""
+        self._writable()
         prio = Priority.parse(priority)
         with self._lock:
             proc = self._live_process(pid, "change the priority of")
@@ -379,6 +404,13 @@ class Kernel:
     def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
         on the visible state or the phase, case-insensitively."""
+        if self.read_only:
+            rows = self.store.process_rows() if all else self.store.live_rows() if self.store else []
+            infos = [row_to_info(r) for r in rows]
+            if state:
+                want = state.strip().lower()
+                infos = [i for i in infos if want in (i.display_state.lower(), i.phase, i.state.lower())]
+            return infos
         history = self._load_history() if all else {}
         with self._lock:
             procs = self._procs if all else self._live
@@ -412,6 +444,7 @@ class Kernel:
     def recover(self, pids: Iterable[int] | None = None) -> list[ProcessInfo]:
         """Continue interrupted processes: from their last checkpoint, or from scratch if the tool
         is idempotent; otherwise they end Failed ("interrupted; not resumable")."""
+        self._writable()
         if self.store is None:
             raise LlmunixError("recover needs a home directory with a store")
         self.store.flush()
@@ -429,6 +462,7 @@ class Kernel:
     def rollback(self, pid: int, to: int | None = None) -> ProcessInfo:
         """Run a finished or interrupted process again from checkpoint version `to` (default: its
         last one), under the same PID."""
+        self._writable()
         if self.store is None:
             raise LlmunixError("rollback needs a home directory with a store")
         pid = _as_int(pid)
@@ -485,6 +519,11 @@ class Kernel:
             )
             return self._snapshot(self._procs[pid])
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise LlmunixError(f"read-only: {self.home} is in use by llmunix pid {self.home_owner}; "
+                               "only ps, log, events and audit work here")
+
     def _known(self, pid: int) -> bool:
         if pid in self._procs:
             return True
@@ -498,6 +537,8 @@ class Kernel:
         """Processes of earlier sessions, from the store (built once; they do not change)."""
         if self.store is None:
             return {}
+        if self.read_only:  # the owner keeps changing it: read it afresh each time
+            return {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
         if self._history is None:
             self.store.flush()
             self._history = {r["pid"]: row_to_info(r) for r in self.store.process_rows()
@@ -577,7 +618,10 @@ class Kernel:
         self.bus.close()
         if self.store is not None:
             self.store.close()
-        self._pids.close()
+        if not self.read_only:
+            self._pids.close()
+        if self._home_lock is not None:
+            self._home_lock.release()
         return infos if stopped else []
 
     # ------------------------------------------------------------------ called by ProcessContext

@@ -81,12 +81,12 @@ def test_commands_piped_on_stdin_run_too(tmp_path):
     assert '"tool_name": "echo"' in r.stdout and '"output": "piped"' in r.stdout
 
 
-def test_leaving_with_live_processes_stops_them_and_their_subprocesses(tmp_path):
+def test_leaving_with_live_processes_interrupts_them_and_stops_their_subprocesses(tmp_path):
     marker = f"{uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000 + 1}"
     r = llmunix("-c", f'run shell "cmd=sleep {marker}; echo never"', "-c", "run sleep seconds=60",
                 home=tmp_path, timeout=30)
     assert r.returncode == 0
-    assert "stopped 2 live process(es) on exit (001, 002)" in r.stderr
+    assert "interrupted 2 live process(es) on exit (001, 002); `recover` continues them" in r.stderr
 
     def leftover() -> list[psutil.Process]:
         found = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -78,19 +79,30 @@ def _dumps(value: Any) -> str:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._local = threading.local()
+        self._closed = False
+        self.interrupted_at_start = 0
+        self.session = 0
+        if read_only:
+            # Another llmunix owns this home and writes it; we only read (WAL allows it).
+            if not self.path.exists():
+                raise LlmunixError(f"{self.path} does not exist yet")
+            return
         conn = self._connect()
+        os.chmod(self.path, 0o600)  # parameters may hold secrets
         try:
             self._migrate(conn)
         except sqlite3.DatabaseError as exc:
             raise LlmunixError(f"{self.path}: not a usable llmunix database ({exc})") from None
         # Processes an earlier session left live did not end: they were interrupted.
-        cur = conn.execute(
+        conn.execute(
             "UPDATE processes SET phase='interrupted', state='Interrupted', "
             "detail='interrupted: llmunix stopped while it was live' WHERE phase NOT IN ('done', 'interrupted')")
-        self.interrupted_at_start = cur.rowcount
+        self.interrupted_at_start = conn.execute(
+            "SELECT count(*) FROM processes WHERE phase='interrupted'").fetchone()[0]
         cur = conn.execute("INSERT INTO sessions (started, os_pid) VALUES (?, ?)", (time.time(), _os_pid()))
         self.session = int(cur.lastrowid or 0)
         conn.commit()
@@ -98,7 +110,6 @@ class Store:
         self._committed = 0  # highest kernel event seq committed
         self._durable = threading.Condition()
         self._commit_hooks: list[Callable[[int], None]] = []
-        self._closed = False
         self._failed: BaseException | None = None
         self._writer = threading.Thread(target=self._write_loop, name="llmunix-store", daemon=True)
         self._writer.start()
@@ -129,6 +140,10 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise LlmunixError("this store is open read-only")
+
     def consume(self, event: Event) -> None:
         """Bus subscriber: queue the event for the writer (never blocks)."""
         self._queue.put(event)
@@ -148,12 +163,17 @@ class Store:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything queued so far is committed."""
+        if self.read_only or self._closed:
+            return True
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)
 
     def close(self) -> None:
         if self._closed:
+            return
+        if self.read_only:
+            self._closed = True
             return
         self.execute("UPDATE sessions SET ended=?, clean=1 WHERE id=?", (time.time(), self.session))
         self._queue.put(None)
@@ -226,6 +246,10 @@ class Store:
 
     def process_row(self, pid: int) -> sqlite3.Row | None:
         return self._reader().execute("SELECT * FROM processes WHERE pid=?", (pid,)).fetchone()
+
+    def live_rows(self) -> list[sqlite3.Row]:
+        return self._reader().execute(
+            "SELECT * FROM processes WHERE phase NOT IN ('done', 'interrupted') ORDER BY pid").fetchall()
 
     def interrupted_rows(self) -> list[sqlite3.Row]:
         return self._reader().execute(
@@ -336,6 +360,4 @@ class _EventWriter:
 
 
 def _os_pid() -> int:
-    import os
-
     return os.getpid()

@@ -26,9 +26,13 @@ def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
     if seconds < 0:
         raise ToolError("seconds must not be negative")
     ticks = max(1, min(100, math.ceil(seconds / 0.1)))
-    for i in range(ticks):
+    # The reference resumable tool: a checkpoint every tick, and after a crash or a restart
+    # `ctx.restored` is the last one, so it continues from the tick it had reached.
+    done = (ctx.restored or {}).get("tick", 0)
+    for i in range(done, ticks):
         ctx.sleep(seconds / ticks)
         ctx.progress(i + 1, ticks)
+        ctx.checkpoint({"tick": i + 1})
     return seconds
 
 
