@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
+from commands.maintenance import MaintenanceCommands
+from commands.observe import ObserveCommands
 from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
 from commands.run import RunCommands
 
 
 def all_command_sets() -> list[ShellCommandSet]:
-    return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands()]
+    return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
+            ObserveCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

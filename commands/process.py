@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+from contextlib import closing
 
 import cmd2
 
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
-from llmunix.models import LlmunixError, iso_time
+from llmunix.models import LlmunixError, iso_time, parse_duration
 
 
 class ProcessCommands(ShellCommandSet):
@@ -43,7 +45,7 @@ class ProcessCommands(ShellCommandSet):
             self.fail(str(exc))
             return
         if args.json:
-            self.out_json([i.to_dict() for i in infos])
+            self.out_json([views.process_record(i) for i in infos])
         elif args.long:
             if not infos:
                 self.out("no processes")
@@ -56,17 +58,23 @@ class ProcessCommands(ShellCommandSet):
 
     log_parser = LlmunixArgumentParser(
         description="Show a process's log: lines it wrote with ctx.log, and a subprocess tool's output.",
-        epilog="examples:\n  log 003\n  log 003 --tail 20\n  log 003 --json",
+        epilog="examples:\n  log 003\n  log 003 --tail 20\n  log 003 --json\n  log 003 --follow",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     log_parser.add_argument("pid", metavar="PID", choices_provider=ShellCommandSet.any_pid_choices)
     log_parser.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines")
     log_parser.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
     log_parser.add_argument("--json", action="store_true", help="print a JSON array of {time, line}")
+    log_parser.add_argument("-f", "--follow", action="store_true",
+                            help="keep printing new lines until the process finishes (or Ctrl-C)")
+    log_parser.add_argument("--timeout", metavar="DURATION", help="with --follow: stop after this long")
 
     @cmd2.with_argparser(log_parser)
     def do_log(self, args: argparse.Namespace) -> None:
         """Show a process's log."""
+        if args.follow:
+            self._follow_log(args)
+            return
         try:
             lines = self.kernel.logs(parse_pid(args.pid))
         except LlmunixError as exc:
@@ -79,6 +87,22 @@ class ProcessCommands(ShellCommandSet):
             return
         for t, line in lines:
             self._cmd.poutput(f"{iso_time(t)[11:23]}  {line}" if args.timestamps else line)
+
+    def _follow_log(self, args: argparse.Namespace) -> None:
+        """`log --follow`: lines as they come (JSON: one object per line); Ctrl-C is not a failure."""
+        try:
+            timeout = parse_duration(args.timeout) if args.timeout is not None else None
+            stream = self.kernel.follow_log(parse_pid(args.pid), tail=args.tail, timeout=timeout)
+            with closing(stream):
+                for t, line in stream:
+                    if args.json:
+                        self._cmd.poutput(json.dumps({"time": iso_time(t), "line": line}, ensure_ascii=False))
+                    else:
+                        self._cmd.poutput(f"{iso_time(t)[11:23]}  {line}" if args.timestamps else line)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+        except KeyboardInterrupt:
+            pass
 
 
 _FINISHED = {"completed", "failed", "cancelled", "interrupted", "done"}

@@ -17,6 +17,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from llmunix.models import ProcessInfo, format_duration, format_pid, iso_time
+from llmunix.observe.redact import redact
 from llmunix.tools.registry import Tool
 
 # The one place that maps states to styles.
@@ -167,9 +168,9 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         runtime += f" (ETA: {format_duration(p.eta)})"
     root.add(f"Runtime: {runtime}")
     root.add(f"Context: {info.context.working_directory}")
-    root.add(f"Input: {_short(dict(info.context.input_parameters))}")
+    root.add(f"Input: {_short(redact(info.context.input_parameters))}")
     if info.context.intermediate_results:
-        root.add(f"Intermediate: {_short(dict(info.context.intermediate_results))}")
+        root.add(f"Intermediate: {_short(redact(info.context.intermediate_results))}")
     if info.is_done:
         root.add(f"Output: {_short(info.output)}")
         root.add(f"Exit: {'-' if info.exit_code is None else info.exit_code}")
@@ -187,6 +188,15 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         for h in info.history[-history:]:
             branch.add(f"{iso_time(h.timestamp)[11:23]}  {h.event}" + (f": {h.details}" if h.details else ""))
     return root
+
+
+def process_record(info: ProcessInfo) -> dict[str, Any]:
+    """`ps --json`'s record: the execution-state structure, secrets in parameters redacted."""
+    record = info.to_dict()
+    context = record["context"]
+    context["input_parameters"] = redact(context["input_parameters"])
+    context["intermediate_results"] = redact(context["intermediate_results"])
+    return record
 
 
 def tools_table(tools: Iterable[Tool]) -> Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -51,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(home)
+    _setup_logging(home, config)
 
     from llmunix.kernel import Kernel
+    from llmunix.observe.logging import log_events
     from llmunix.shell import LlmunixShell
     from llmunix.tools.loader import load_user_tools
 
@@ -71,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             time_slice=config.time_slice,
             aging_interval=config.aging_interval,
             monitor_interval=config.monitor_interval,
+            retention_days=config.retention_days,
+            retention_count=config.retention_count,
         )
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
+    log_events(kernel)
     shell = LlmunixShell(kernel, interactive=interactive, home=home)
     if not interactive:
         # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
@@ -144,21 +147,11 @@ def _read_script(path: str) -> list[str]:
         raise LlmunixError(f"cannot read script {path}: {exc}") from None
 
 
-def _setup_logging(home: Path) -> None:
-    """Engine and shell log to a file in the home directory, never to the terminal."""
-    from logging.handlers import RotatingFileHandler
+def _setup_logging(home: Path, config: Any) -> None:
+    """Engine and shell log JSON lines to `<home>/llmunix.log`, never to the terminal."""
+    from llmunix.observe.logging import setup_logging
 
-    root = logging.getLogger("llmunix")
-    if root.handlers:
-        return
-    try:
-        handler = RotatingFileHandler(home / "llmunix.log", maxBytes=5_000_000, backupCount=3)
-    except OSError:
-        return
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    setup_logging(home, level=config.log_level, max_bytes=config.log_max_bytes, backups=config.log_backups)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 
@@ -22,8 +23,16 @@ class Config(pydantic.BaseModel):
     time_slice: float = pydantic.Field(0.5, gt=0, description="seconds before a process yields to its peers")
     aging_interval: float = pydantic.Field(5.0, ge=0, description="seconds of waiting per level of aging")
     monitor_interval: float = pydantic.Field(1.0, gt=0, description="seconds between resource samples")
+    retention_days: float = pydantic.Field(30.0, ge=0, description="finished processes older than this many "
+                                           "days are compacted (summary row kept; events, logs, checkpoints deleted)")
+    retention_count: int = pydantic.Field(10_000, ge=0, description="newest finished processes kept in full "
+                                          "(and the most held in memory); older ones are compacted")
     tool_paths: list[str] = pydantic.Field(default_factory=list, description="extra directories of tools")
     tool_modules: list[str] = pydantic.Field(default_factory=list, description="modules to import for tools")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = pydantic.Field(
+        "info", description="what llmunix.log records (the shell's `set loglevel` changes it)")
+    log_max_bytes: int = pydantic.Field(5_000_000, ge=0, description="rotate llmunix.log at this size (0: never)")
+    log_backups: int = pydantic.Field(3, ge=0, description="rotated llmunix.log files to keep")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:

@@ -11,10 +11,13 @@ import getpass
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from llmunix.home import HomeInUse, HomeLock
 from llmunix.ipc.bus import EventBus, Subscription
 from llmunix.models import (
     ALLOWED,
+    EMPTY,
     EXIT_CANCELLED,
     RUNNING,
     Event,
@@ -37,6 +41,9 @@ from llmunix.models import (
     ToolError,
     format_pid,
 )
+from llmunix.observe.audit import AuditEntry, current_user, row_to_audit
+from llmunix.observe.events import END_EVENTS, END_PATTERN, redacted, row_to_event, type_matcher
+from llmunix.observe.redact import redact_text
 from llmunix.process import (
     REQ_KILL,
     REQ_PAUSE,
@@ -54,6 +61,10 @@ from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 log = logging.getLogger("llmunix.kernel")
 
 DEFAULT_MAX_RUNNING = 8
+DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_RETENTION_COUNT = 10_000
+GC_EVERY_FINISHED = 1000  # automatic compaction: after this many processes finish...
+GC_INTERVAL = 300.0  # ...or this many seconds after the last one, if any finished since
 
 
 class PidAllocator:
@@ -128,9 +139,13 @@ class Kernel:
         owner: str | None = None,
         store: bool = True,
         read_only: bool | None = None,
+        retention_days: float = DEFAULT_RETENTION_DAYS,
+        retention_count: int = DEFAULT_RETENTION_COUNT,
     ) -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
+        if retention_days < 0 or retention_count < 0:
+            raise LlmunixError("retention_days and retention_count must not be negative")
         self.home = Path(home) if home is not None else None
         # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
         self.read_only = bool(read_only)
@@ -162,11 +177,23 @@ class Kernel:
         self._ready = ReadyQueue(aging_interval)
         self._pids = PidAllocator(self.home)
         self._closed = False
+        self._cwd_cache: str | None = None
         self.bus = EventBus()
         self.store: Store | None = None
         self.interrupted_at_start = 0
         self._pending_release: list[tuple[int, Process]] = []  # (event seq, finished process)
         self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
+        # Retention (see gc): finished processes in the order they finished, with the seq of their
+        # terminal event; the oldest leave memory once that event is committed (the store has them).
+        self.retention_days = float(retention_days)
+        self.retention_count = int(retention_count)
+        self._finished: deque[tuple[int, Process]] = deque()
+        self._committed_seq = 0
+        self._counted_seq = 0  # finishes up to this seq are counted in _finished_since_gc
+        self._history_loads = 0  # loads in progress: memory is not released meanwhile
+        self._finished_since_gc = 0
+        self._last_gc = time.monotonic()
+        self._gc_job: Any = None  # the automatic compaction in flight, if any
         if self.home is not None and store and self.read_only:
             db = self.home / "llmunix.db"
             self.store = Store(db, read_only=True) if db.exists() else None
@@ -175,6 +202,8 @@ class Kernel:
             self.interrupted_at_start = self.store.interrupted_at_start
             self.bus.subscribe("*", self.store.consume)
             self.store.on_commit(self._on_commit)
+            self.store.on_commit(self._retain)
+            self._gc_job = self._compact(wait=False)  # the first automatic pass, in the background
         self._executor = ThreadExecutor(self._execute, max_threads or max(64, 4 * max_running))
         self._monitor = None
         if monitor:
@@ -231,7 +260,7 @@ class Kernel:
         if pid is None:
             pid = self._pids.next()
         proc = Process(pid, t, params, name=name or t.name, priority=prio, owner=self.owner,
-                       parent=parent, after=deps, cwd=cwd or os.getcwd())
+                       parent=parent, after=deps, cwd=cwd or self._cwd())
         proc.restored = restored
         proc.checkpoints = list(checkpoints or [])
         self._procs[pid] = proc
@@ -278,6 +307,7 @@ class Kernel:
             proc.note("kill requested", reason + (" (force)" if force else ""))
             proc.kill_outcome = Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED
             if not proc.has_thread:
+                self._emit("process.kill_requested", proc, reason=reason, force=force)
                 self._finish_locked(proc, proc.kill_outcome, _exit_for(proc.kill_outcome), reason)
                 self._dispatch_locked(time.monotonic())
                 return proc.snapshot()
@@ -312,6 +342,7 @@ class Kernel:
                     proc.requests |= REQ_PAUSE
                     proc.detail = "pausing at its next control point"
                     proc.note("pause requested")
+                    self._emit("process.pause_requested", proc)
                     self._wake(proc)
             else:
                 self._ready.remove(proc)
@@ -329,6 +360,7 @@ class Kernel:
                 proc.requests &= ~REQ_PAUSE
                 proc.detail = "running"
                 proc.note("pause cancelled")
+                self._emit("process.pause_cancelled", proc)
                 return proc.snapshot()
             if proc.phase is not Phase.PAUSED:
                 raise IllegalTransition(
@@ -374,11 +406,20 @@ class Kernel:
     def wait(self, pids: Iterable[int] | None = None, timeout: float | None = None) -> list[ProcessInfo]:
         """Block until the given processes (default: all live now) have finished, or `timeout`
         passes. Returns their snapshots; check `.is_done` to see which finished."""
+        wanted = None if pids is None else [_as_int(p) for p in pids]
+        earlier: dict[int, ProcessInfo] = {}
+        if wanted is not None:
+            with self._lock:
+                absent = [p for p in wanted if p not in self._procs]
+            for p in absent:  # finished: in an earlier session, or released from memory (retention)
+                earlier[p] = self.info(p)  # unknown PIDs raise
         with self._lock:
-            if pids is None:
+            if wanted is None:
                 targets = list(self._live.values())
             else:
-                targets = [self._process(p) for p in pids]
+                found = [(p, self._procs.get(p)) for p in wanted if p not in earlier]
+                targets = [proc for _p, proc in found if proc is not None]
+                absent = [p for p, proc in found if proc is None]  # released since we looked
             i = 0
 
             def all_done() -> bool:
@@ -388,7 +429,12 @@ class Kernel:
                 return i == len(targets)
 
             self._done_cond.wait_for(all_done, timeout)
-            return [self._snapshot(p) for p in targets]
+            done = {p.pid: self._snapshot(p) for p in targets}
+        if wanted is None:
+            return list(done.values())
+        for p in absent:
+            earlier[p] = self.info(p)
+        return [done[p] if p in done else earlier[p] for p in wanted]
 
     def info(self, pid: int) -> ProcessInfo:
         with self._lock:
@@ -415,8 +461,9 @@ class Kernel:
         with self._lock:
             procs = self._procs if all else self._live
             infos = [self._snapshot(p) for p in procs.values()]
+            if history:  # under the lock: the store writer thread adds processes released from memory
+                infos.extend(i for pid, i in history.items() if pid not in self._procs)
         if history:
-            infos.extend(i for pid, i in history.items() if pid not in self._procs)
             infos.sort(key=lambda i: i.pid)
         if state:
             want = state.strip().lower()
@@ -471,7 +518,7 @@ class Kernel:
         if live is not None:
             raise IllegalTransition(f"process {format_pid(pid)} is {live.snapshot().display_state.lower()}; "
                                     "kill it or wait for it before rolling back")
-        self.store.flush()
+        self.flush()
         row = self.store.process_row(pid)
         if row is None:
             self._process(pid)
@@ -509,6 +556,8 @@ class Kernel:
                 self._live[pid] = proc
                 if self._history is not None:
                     self._history.pop(pid, None)
+                self._emit("process.restarted", proc, action="recover" if checkpoint is None else "rollback",
+                           how=how, resumed=False, error=reason)
                 self._finish_locked(proc, Outcome.FAILED, 1, reason)
                 return proc.snapshot()
             restored = versions[-1][2] if versions else None
@@ -517,7 +566,99 @@ class Kernel:
                 cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
                 note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
             )
+            self._emit("process.restarted", self._procs[pid], action="recover" if checkpoint is None else "rollback",
+                       how=self._procs[pid].history[0].details, resumed=True,
+                       checkpoint=versions[-1][0] if versions else None)
             return self._snapshot(self._procs[pid])
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until every event published so far is committed to the store: the bus delivers
+        them to the store first (`store.flush()` alone misses those still on the bus). True if
+        done in time; always True without a store."""
+        if self.store is None:
+            return True
+        deadline = time.monotonic() + timeout
+        return self.bus.flush(timeout) and self.store.flush(max(0.0, deadline - time.monotonic()))
+
+    def gc(self, days: float | None = None, keep: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
+        """Compact finished processes now: those that finished more than `days` ago, or that are
+        not among the newest `keep` finished ones (defaults: retention_days, retention_count),
+        keep only their summary row; their events, log lines and checkpoints are deleted. Live
+        and interrupted processes are never touched. The same `keep` bounds the finished
+        processes held in memory. Returns counts: processes, events, checkpoints (compacted in
+        the store) and released (dropped from memory; still listed from the store)."""
+        self._writable()
+        if self.store is None:
+            raise LlmunixError("gc needs a home directory with a store")
+        if (days is not None and days < 0) or (keep is not None and keep < 0):
+            raise LlmunixError("days and keep must not be negative")
+        keep = self.retention_count if keep is None else int(keep)
+        self.flush()  # what has finished so far is in the store before the pass
+        job = self._compact(days, keep, wait=True, timeout=timeout)
+        if job.error:
+            raise LlmunixError(f"gc failed: {job.error}")
+        with self._lock:
+            released = 0 if self._history_loads else self._release_memory_locked(keep)
+        return {**job.as_dict(), "released": released}
+
+    def _compact(self, days: float | None = None, keep: int | None = None, *, wait: bool,
+                 timeout: float = 300.0) -> Any:
+        assert self.store is not None
+        days = self.retention_days if days is None else days
+        keep = self.retention_count if keep is None else keep
+        with self._lock:
+            self._finished_since_gc = 0
+            self._last_gc = time.monotonic()
+        return self.store.compact(before=time.time() - days * 86400.0, keep=keep, protect=self.live_pids,
+                                  wait=wait, timeout=timeout)
+
+    def _retain(self, seq: int) -> None:
+        """Store writer thread, after a commit: bound the finished processes held in memory, and
+        start an automatic compaction when enough have finished (or time has passed)."""
+        with self._lock:
+            self._committed_seq = seq
+            for s, _p in reversed(self._finished):  # count finishes as they become durable
+                if s <= self._counted_seq:
+                    break
+                if s <= seq:
+                    self._finished_since_gc += 1
+            self._counted_seq = seq
+            if len(self._finished) > self.retention_count and not self._history_loads:
+                self._release_memory_locked(self.retention_count)
+            due = self._finished_since_gc and (self._finished_since_gc >= GC_EVERY_FINISHED
+                                               or time.monotonic() - self._last_gc >= GC_INTERVAL)
+            busy = self._gc_job is not None and not self._gc_job.done.is_set()
+            closed = self._closed
+        if due and not busy and not closed:
+            try:
+                self._gc_job = self._compact(wait=False)
+            except LlmunixError:  # the store is closing
+                pass
+
+    def _release_memory_locked(self, keep: int) -> int:
+        """Drop the oldest finished processes from memory until `keep` remain, but only those
+        whose terminal state is committed: from then on the store answers for them (`ps -a`,
+        `info`, `log`, `wait`). Mutates: hold the lock."""
+        released = 0
+        finished = self._finished
+        while len(finished) > keep and finished[0][0] <= self._committed_seq:
+            _seq, p = finished.popleft()
+            if self._procs.get(p.pid) is not p or p.phase is not Phase.DONE:
+                continue  # restarted since (rollback): the new Process is in the queue too
+            del self._procs[p.pid]
+            if self._history is not None:
+                info = p.snapshot()  # as slim as a store row: no history, no checkpoint
+                self._history[p.pid] = replace(info, history=(),
+                                               context=replace(info.context, intermediate_results=EMPTY))
+            released += 1
+        return released
+
+    def _cwd(self) -> str:
+        # os.getcwd() is a system call that releases the GIL: under the kernel lock it made
+        # threads queue behind each other. The shell's working directory rarely changes.
+        if self._cwd_cache is None:
+            self._cwd_cache = os.getcwd()
+        return self._cwd_cache
 
     def _writable(self) -> None:
         if self.read_only:
@@ -540,9 +681,17 @@ class Kernel:
         if self.read_only:  # the owner keeps changing it: read it afresh each time
             return {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
         if self._history is None:
-            self.store.flush()
-            self._history = {r["pid"]: row_to_info(r) for r in self.store.process_rows()
-                             if r["pid"] not in self._procs}
+            with self._lock:
+                self._history_loads += 1  # no process leaves memory while its row may be read stale
+            try:
+                self.store.flush()
+                loaded = {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
+                with self._lock:
+                    if self._history is None:
+                        self._history = {pid: i for pid, i in loaded.items() if pid not in self._procs}
+            finally:
+                with self._lock:
+                    self._history_loads -= 1
         return self._history
 
     def _historic(self, pid: Any) -> ProcessInfo | None:
@@ -568,6 +717,157 @@ class Kernel:
         (alternatives separated by `|`), optionally only for one PID. Delivered in order on the
         event thread; keep callbacks short."""
         return self.bus.subscribe(pattern, callback, pid=pid)
+
+    # ------------------------------------------------------------------ observability
+
+    def events(self, pid: int | None = None, types: str | None = None, since: float | None = None,
+               limit: int | None = None) -> list[Event]:
+        """The event log, oldest first: this session's events and earlier sessions', from the store.
+        `types` globs the type ("process.*", alternatives separated by "|"), `since` is a Unix
+        time, `limit` keeps the newest N. Secrets in event data are redacted. Without a store (no
+        home directory) no log is kept and the list is empty; `follow_events` still sees new ones."""
+        if pid is not None:
+            self.info(pid)  # unknown PIDs raise
+        return [row_to_event(r) for r in self._event_rows(pid, types, since, limit)]
+
+    def follow_events(self, pid: int | None = None, types: str | None = None, since: float | None = None,
+                      limit: int | None = None, *, timeout: float | None = None) -> Iterator[Event]:
+        """`events(...)`, then each new matching event as it is published (redacted the same way),
+        without gaps or repeats. Ends after `timeout` seconds, or, given a `pid`, once that
+        process has finished; closing the iterator (Ctrl-C in its consumer) ends it too."""
+        pid = None if pid is None else _as_int(pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.read_only:  # the owner publishes on its own bus: read what it commits
+            yield from self._poll_events(pid, types, since, limit, deadline)
+            return
+        if pid is not None:
+            self.info(pid)  # unknown PIDs raise
+        match = type_matcher(types)
+        live: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        marker = threading.Event()  # without a store: set by the bus after the events from before we began
+
+        def take(e: Event) -> None:
+            if marker.is_set():
+                live.put(e)
+
+        if self.store is not None:
+            marker.set()  # the replay's sequence mark tells what came before
+        sub = self.bus.subscribe("*", take, pid=pid)
+        try:
+            with self._lock:
+                proc = None if pid is None else self._procs.get(pid)
+                # Done before we subscribed: its end is not coming; the replay below has everything.
+                done = pid is not None and (proc is None or proc.phase is Phase.DONE)
+                if not marker.is_set():
+                    self.bus.mark(marker)
+            rows = self._event_rows(pid, types, since, None if limit is None else max(1, limit))
+            session = self.store.session if self.store is not None else None
+            mark = max((r["seq"] for r in rows if r["session"] == session), default=0)
+            for r in (rows if limit is None else rows[len(rows) - limit:] if limit else []):
+                yield row_to_event(r)
+            while not done:
+                e = self._next_event(live, deadline)
+                if e is None:
+                    return
+                if e.seq > mark and match(e.type):
+                    yield redacted(e)
+                done = pid is not None and e.type in END_EVENTS
+        finally:
+            sub.cancel()
+
+    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None
+                   ) -> Iterator[tuple[float, str]]:
+        """A process's log lines (the last `tail` of them), then each new line as the process
+        writes it, until the process has finished or `timeout` seconds have passed."""
+        pid = _as_int(pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        marker = threading.Event()  # set by the bus after the lines already in proc.logs
+        live: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+        def after_marker(e: Event) -> None:
+            if marker.is_set():
+                live.put(e)
+
+        sub = self.bus.subscribe("process.log|" + END_PATTERN, after_marker, pid=pid)
+        try:
+            with self._lock:
+                proc = self._procs.get(pid)
+                if proc is not None:
+                    lines, done = list(proc.logs), proc.phase is Phase.DONE
+                    self.bus.mark(marker)
+            if proc is None:  # an earlier session's process (or one released from memory)
+                if self.read_only:
+                    self.info(pid)
+                    for e in self._poll_events(pid, "process.log", None, tail, deadline):
+                        yield e.time, str(e.data.get("line", ""))
+                    return
+                lines, done = self.logs(pid), True
+            yield from (lines if tail is None else lines[len(lines) - tail:] if tail > 0 else [])
+            while not done:
+                e = self._next_event(live, deadline)
+                if e is None:
+                    return
+                if e.type == "process.log":
+                    yield e.time, str(e.data.get("line", ""))
+                done = e.type in END_EVENTS
+        finally:
+            sub.cancel()
+
+    def record_command(self, text: str, status: int) -> None:
+        """Audit trail: the shell reports each command it ran and its exit status (0 or 1). It is
+        published as a `shell.command` event (secrets redacted); the store writes the audit row."""
+        with self._lock:  # events are published under the lock, so in order
+            self.bus.publish("shell.command", None,
+                             {"command": redact_text(text), "status": int(status), "user": current_user()})
+
+    def audit(self, since: float | None = None, limit: int | None = None) -> list[AuditEntry]:
+        """The audit trail, oldest first: commands run in the shell (with their exit status) and
+        control actions (kill, pause, resume, priority, recover, rollback) with their target.
+        `since` is a Unix time; `limit` keeps the newest N. Empty without a store."""
+        if self.store is None or limit == 0:
+            return []
+        if not self.read_only:
+            self.flush()  # what has been published so far is committed, then read
+        return [row_to_audit(r) for r in self.store.audit_rows(since, limit)]
+
+    def _event_rows(self, pid: int | None, types: str | None, since: float | None, limit: int | None,
+                    after_id: int = 0) -> list[Any]:
+        if self.store is None:
+            return []
+        if not self.read_only:
+            self.flush()  # what has been published so far is committed, then read
+        return self.store.events(pid=pid, types=types, since=since, after_id=after_id, limit=limit)
+
+    def _next_event(self, live: queue.SimpleQueue[Event], deadline: float | None) -> Event | None:
+        """The next event a follower queued; None once the deadline has passed or the kernel shut down.
+        Waits in short steps so that Ctrl-C reaches the consumer promptly."""
+        while True:
+            step = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if step <= 0:
+                return None
+            try:
+                return live.get(timeout=step)
+            except queue.Empty:
+                if self._closed:
+                    return None
+
+    def _poll_events(self, pid: int | None, types: str | None, since: float | None, limit: int | None,
+                     deadline: float | None) -> Iterator[Event]:
+        """Read-only follower: the owner writes the store; read what it has committed, every 0.25 s."""
+        if pid is not None:
+            self.info(pid)
+        rows = self._event_rows(pid, types, since, None if limit is None else max(1, limit))
+        after = rows[-1]["id"] if rows else 0
+        for r in (rows if limit is None else rows[len(rows) - limit:] if limit else []):
+            yield row_to_event(r)
+        while deadline is None or time.monotonic() < deadline:
+            done = pid is not None and self.info(pid).is_done  # before reading: nothing comes after
+            for r in self._event_rows(pid, types, None, None, after_id=after):
+                after = r["id"]
+                yield row_to_event(r)
+            if done:
+                return
+            time.sleep(0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic())))
 
     def set_max_running(self, n: int) -> None:
         if n < 1:
@@ -643,7 +943,7 @@ class Kernel:
                 if proc.requests & REQ_PAUSE:
                     proc.requests &= ~REQ_PAUSE
                     self._leave_slot(proc, Phase.PAUSED, now)
-                    self._paused(proc)
+                    self._paused(proc, deferred=True)  # requested earlier: process.pause_requested
                     self._dispatch_locked(now)
                     continue
                 if proc.requests & REQ_PREEMPT:
@@ -666,8 +966,7 @@ class Kernel:
             # Paused or preempted. The dispatch above may already have handed the slot back
             # (phase RUNNING again): then the loop goes on without waiting for a wake-up that
             # was sent before we waited.
-            assert proc.cond is not None
-            proc.cond.wait()
+            self._cond(proc).wait()
 
     def _sleep(self, proc: Process, seconds: float) -> None:
         """Sleep `seconds` of running time; paused time does not count."""
@@ -676,8 +975,7 @@ class Kernel:
             self._control_point_locked(proc)
             while remaining > 0:
                 t0 = time.monotonic()
-                assert proc.cond is not None
-                proc.cond.wait(remaining)
+                self._cond(proc).wait(remaining)
                 remaining -= time.monotonic() - t0
                 self._control_point_locked(proc)
 
@@ -692,13 +990,17 @@ class Kernel:
                 proc.eta = ran * (total - step) / step if step > 0 else None
             if message:
                 proc.note("progress", message)
-            self._emit("process.progress", proc, step=step, total=total, percentage=proc.percentage,
-                       message=message)
+            event = self._emit("process.progress", proc, step=step, total=total, percentage=proc.percentage,
+                               message=message)
+        if self.store is not None:
+            self.store.throttle(event.seq)
 
     def _log(self, proc: Process, message: str) -> None:
         with self._lock:
             proc.logs.append((time.time(), message))
-            self._emit("process.log", proc, line=message)
+            event = self._emit("process.log", proc, line=message)
+        if self.store is not None:
+            self.store.throttle(event.seq)  # a flood of lines waits for the store, not memory
 
     def _checkpoint(self, proc: Process, state: Any) -> tuple[int, int]:
         with self._lock:
@@ -768,7 +1070,13 @@ class Kernel:
             raise NoSuchProcess(f"no process {_pid_text(pid)}; `ps -a` lists them") from None
 
     def _live_process(self, pid: int, action: str) -> Process:
-        proc = self._process(pid)
+        proc = self._procs.get(_as_int(pid))
+        if proc is None:
+            info = self._historic(pid)  # finished in an earlier session, or released from memory
+            if info is not None:
+                raise IllegalTransition(
+                    f"cannot {action} process {format_pid(info.pid)}: it has already finished ({info.state})")
+            proc = self._process(pid)
         if proc.phase is Phase.DONE:
             raise IllegalTransition(
                 f"cannot {action} process {format_pid(proc.pid)}: it has already finished ({proc.state})"
@@ -778,14 +1086,20 @@ class Kernel:
     def _waiting_detail(self, proc: Process) -> str:
         return "waiting for " + ", ".join(format_pid(d) for d in sorted(proc.deps_pending))
 
+    def _cond(self, proc: Process) -> threading.Condition:
+        """The process's condition (on the kernel lock), made the first time it has to wait."""
+        if proc.cond is None:
+            proc.cond = threading.Condition(self._lock)
+        return proc.cond
+
     def _wake(self, proc: Process) -> None:
         if proc.cond is not None:
             proc.cond.notify_all()
 
-    def _paused(self, proc: Process) -> None:
+    def _paused(self, proc: Process, **data: Any) -> None:
         proc.detail = "paused by user"
         proc.note("paused")
-        self._emit("process.paused", proc)
+        self._emit("process.paused", proc, **data)
 
     def _leave_slot(self, proc: Process, to: Phase, now: float) -> None:
         """A running process stops running (paused or preempted); its slot is freed."""
@@ -803,6 +1117,8 @@ class Kernel:
         running process and no slot is free. `spare_threads`: worker threads about to become
         idle (the caller's own, when a body has just ended). Mutates: hold the lock."""
         ready = self._ready
+        if self._closed:
+            return  # shutting down: nothing new starts, even when slots free up
         while len(self._running) < self.max_running and ready._count:
             proc = ready.peek(now)
             if proc is None:
@@ -867,6 +1183,8 @@ class Kernel:
             self._live.pop(p.pid, None)
             event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
                                runtime=round(p.runtime(now), 3), output=out)
+            if self.store is not None:
+                self._finished.append((event.seq, p))
             if not p.dependents:
                 continue
             if self.store is not None:
@@ -914,6 +1232,7 @@ class Kernel:
                     signal_tree(proc.subprocess, signal.SIGKILL)
                 elif proc.in_body and proc.thread_ident is not None:
                     inject_exception(proc.thread_ident, ProcessKilled)
+                    proc.injected = True
                     proc.note("kill escalated", "asynchronous exception injected")
                     self._emit("process.kill_escalated", proc)
                 self._wake(proc)
@@ -933,7 +1252,6 @@ class Kernel:
         """Run one process body on this worker thread, from start to its terminal state."""
         ctx = ProcessContext(self, proc)
         with self._lock:
-            proc.cond = threading.Condition(self._lock)
             proc.thread_ident = threading.get_ident()
             proc.native_id = threading.get_native_id()
             killed = bool(proc.requests & REQ_KILL)
@@ -963,7 +1281,10 @@ class Kernel:
             try:
                 with self._lock:
                     proc.in_body = False
-                    inject_exception(proc.thread_ident, None)
+                    if proc.injected:
+                        # Clear a kill that was injected but has not fired. Only then: on CPython
+                        # 3.11 a needless clear makes any traced thread (pdb, coverage) spin.
+                        inject_exception(proc.thread_ident, None)
                     if outcome is Outcome.CANCELLED or (proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED):
                         outcome = Outcome(proc.kill_outcome)
                         code, error = _exit_for(outcome), proc.kill_reason or error
@@ -986,7 +1307,12 @@ class Kernel:
             registered = getattr(tool, "__llmunix_tool__", None)
             if registered is not None:
                 return registered
-            return make_tool(tool, source="python")
+            made = make_tool(tool, source="python")
+            try:
+                tool.__llmunix_tool__ = made  # type: ignore[union-attr]  # build the model once
+            except (AttributeError, TypeError):
+                pass
+            return made
         raise LlmunixError(f"cannot run {tool!r}: give a tool name or a function taking ctx")
 
 

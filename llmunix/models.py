@@ -11,6 +11,7 @@ import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -325,3 +326,19 @@ def parse_duration(text: str | float | int) -> float:
     if value < 0:
         raise LlmunixError(f"bad duration {text!r}; it must not be negative")
     return value
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """A point in time for `--since`: a duration ago (`10m`, `2h`, `30s`, as `parse_duration`
+    reads them) or an ISO date/time (`2026-11-26`, `2026-11-26T07:03`, local time unless it
+    names a zone). Returns a Unix time."""
+    raw = str(text).strip()
+    try:
+        return (time.time() if now is None else now) - parse_duration(raw)
+    except LlmunixError:
+        pass
+    try:
+        return datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        raise LlmunixError(f"bad time {text!r}; use a duration ago (10m, 2h, 30s) or an ISO date/time "
+                           "(2026-11-26T07:00)") from None

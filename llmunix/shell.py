@@ -23,7 +23,8 @@ from commands.base import LlmunixArgumentParser
 from commands.views import STATE_STYLES
 from llmunix import __version__
 from llmunix.kernel import Kernel
-from llmunix.models import Event, format_pid
+from llmunix.models import Event, LlmunixError, format_pid
+from llmunix.observe.logging import LEVELS, current_level, parse_level, set_level
 
 log = logging.getLogger("llmunix.shell")
 
@@ -59,6 +60,9 @@ class LlmunixShell(cmd2.Cmd):
                                         "seconds between kill escalation steps", kernel))
         self.add_settable(cmd2.Settable("time_slice", _positive_float,
                                         "seconds a process runs before yielding to its peers", kernel))
+        self.loglevel = current_level()
+        self.add_settable(cmd2.Settable("loglevel", _log_level, "what llmunix.log records: " + ", ".join(LEVELS),
+                                        self, choices=LEVELS, onchange_cb=self._loglevel_changed))
         self._alerts = kernel.subscribe(ALERT_EVENTS, self._alert) if interactive else None
 
     # ------------------------------------------------------------------ output
@@ -89,6 +93,17 @@ class LlmunixShell(cmd2.Cmd):
     def consume_failure(self) -> bool:
         failed, self.failed = self.failed, False
         return failed
+
+    def onecmd_plus_hooks(self, line: str, **kwargs: Any) -> bool:
+        """Run one command line and record it in the audit trail with its exit status."""
+        earlier, self.failed = self.failed, False
+        try:
+            return super().onecmd_plus_hooks(line, **kwargs)
+        finally:
+            text = line.strip()
+            if text and text != "_eof" and not text.startswith("#"):
+                self.kernel.record_command(text, 1 if self.failed else 0)
+            self.failed = self.failed or earlier
 
     def onecmd(self, statement: Any, *, add_to_history: bool = True) -> bool:
         try:
@@ -167,12 +182,22 @@ class LlmunixShell(cmd2.Cmd):
     def _max_running_changed(self, _name: str, _old: Any, new: Any) -> None:
         self.kernel.set_max_running(new)
 
+    def _loglevel_changed(self, _name: str, _old: Any, new: Any) -> None:
+        set_level(new)
+
 
 def _positive_int(value: Any) -> int:
     n = int(value)
     if n < 1:
         raise ValueError("must be at least 1")
     return n
+
+
+def _log_level(value: Any) -> str:
+    try:
+        return parse_level(value)
+    except LlmunixError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _positive_float(value: Any) -> float:

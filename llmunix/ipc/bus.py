@@ -78,6 +78,14 @@ class EventBus:
         self._queue.put(marker)
         return marker.wait(timeout)
 
+    def mark(self, marker: threading.Event) -> None:
+        """Set `marker` once every event published so far has been delivered; do not wait.
+        A subscriber that checks the marker can tell the events before it from those after."""
+        if self._closed:
+            marker.set()
+        else:
+            self._queue.put(marker)
+
     def close(self, timeout: float = 5.0) -> None:
         if self._closed:
             return

@@ -23,15 +23,18 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 from llmunix.models import Event, LlmunixError
+from llmunix.observe.audit import audit_row
+from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
 SCHEMA_VERSION = 1
+BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -161,6 +164,14 @@ class Store:
         with self._durable:
             return self._durable.wait_for(lambda: self._committed >= seq or self._closed, timeout)
 
+    def throttle(self, seq: int) -> None:
+        """Backpressure for event producers (ctx.log, ctx.progress, a subprocess's output): the
+        caller has just published event `seq`; while more than BACKLOG events are still to be
+        committed, wait until half of them are. This bounds the memory a flood of events can
+        take and how long a checkpoint or terminal state queues behind it."""
+        if not self.read_only and seq - self._committed > BACKLOG and not self._closed:
+            self.wait_durable(seq - BACKLOG // 2, timeout=10)
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything queued so far is committed."""
         if self.read_only or self._closed:
@@ -168,6 +179,45 @@ class Store:
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)
+
+    def compact(self, *, before: float, keep: int, protect: Callable[[], Collection[int]] | None = None,
+                wait: bool = True, timeout: float = 300.0) -> Compaction:
+        """Compact finished processes that finished before `before` (a time.time()) or are older
+        than the newest `keep` finished ones: their events and checkpoints are deleted and their
+        row in `processes` stays as a summary (`compacted=1`). Interrupted and live rows are never
+        touched, nor the PIDs `protect()` returns when a step runs (live in the kernel).
+
+        The work runs on the writer thread in steps of `Compaction.STEP` processes, each its own
+        transaction; between steps the writer commits whatever events arrived, so checkpoints
+        and terminal states are not held up. With `wait`, blocks until it is done."""
+        self._check_writable()
+        if self._closed:
+            raise LlmunixError("the store is closed")
+        job = Compaction(before, max(0, int(keep)), protect)
+        self._queue.put(job)
+        if wait and not job.done.wait(timeout):
+            raise LlmunixError(f"compaction did not finish within {timeout:.0f} s")
+        return job
+
+    def _run_compaction(self, conn: sqlite3.Connection, job: Compaction, last: bool) -> None:
+        """Writer thread: one step of a compaction; queue the next unless done (or closing)."""
+        more = False
+        try:
+            conn.execute("BEGIN")
+            more = job.step(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.exception("compaction failed: %s", exc)
+            job.error = str(exc)
+            more = False
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if more and not last:
+            self._queue.put(job)
+        else:
+            job.done.set()
 
     def close(self) -> None:
         if self._closed:
@@ -179,6 +229,13 @@ class Store:
         self._queue.put(None)
         self._writer.join(timeout=30)
         self._closed = True
+        while True:  # a compaction still queued will not run now: release whoever waits for it
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Compaction):
+                item.done.set()
         with self._durable:
             self._durable.notify_all()
         conn = getattr(self._local, "conn", None)
@@ -197,6 +254,7 @@ class Store:
                 except queue.Empty:
                     break
             markers = []
+            jobs = []
             top = 0
             try:
                 conn.execute("BEGIN")
@@ -208,6 +266,8 @@ class Store:
                         top = max(top, item.seq)
                     elif isinstance(item, threading.Event):
                         markers.append(item)
+                    elif isinstance(item, Compaction):
+                        jobs.append(item)
                     else:
                         conn.execute(*item)
                 writer.flush_progress()
@@ -230,6 +290,8 @@ class Store:
                         log.exception("store commit hook failed")
             for m in markers:
                 m.set()
+            for job in jobs:
+                self._run_compaction(conn, job, last=stop)
         conn.close()
 
     # ------------------------------------------------------------------ reading
@@ -298,6 +360,63 @@ class Store:
         return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
 
 
+class Compaction:
+    """One retention pass over the store, run in steps on the writer thread (`Store.compact`).
+
+    Candidates are finished rows (phase 'done', not yet compacted) that are either older than
+    `before` or outside the newest `keep` finished ones; both limits become one bound on
+    (finished, pid), walked in that order with a cursor so no row is looked at twice. The
+    counts are totals so far; `done` is set when the pass is over.
+    """
+
+    STEP = 500  # processes per transaction (also keeps the IN (...) lists short)
+
+    def __init__(self, before: float, keep: int, protect: Callable[[], Collection[int]] | None) -> None:
+        self.before = before
+        self.keep = keep
+        self.protect = protect
+        self.processes = 0
+        self.events = 0
+        self.checkpoints = 0
+        self.error: str | None = None
+        self.done = threading.Event()
+        self._bound: tuple[float, int] | None = None
+        self._cursor: tuple[float, int] = (-1.0, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"processes": self.processes, "events": self.events, "checkpoints": self.checkpoints}
+
+    def step(self, conn: sqlite3.Connection) -> bool:
+        """Compact up to STEP processes; True if there may be more."""
+        if self._bound is None:
+            bound = (self.before, 0)  # (finished, pid) <= (before, 0) means finished < before
+            newest = conn.execute(
+                "SELECT finished, pid FROM processes WHERE +phase='done' ORDER BY finished DESC, pid DESC "
+                "LIMIT 1 OFFSET ?", (self.keep,)).fetchone()
+            if newest is not None and newest[0] is not None:
+                bound = max(bound, (float(newest[0]), int(newest[1])))
+            self._bound = bound
+        (bf, bp), (cf, cp) = self._bound, self._cursor
+        # Row values and `+phase` make SQLite walk the `finished` index from the cursor, in order,
+        # instead of collecting every done row and sorting it at each step.
+        rows = conn.execute(
+            "SELECT pid, finished FROM processes WHERE (finished, pid) > (?, ?) AND (finished, pid) <= (?, ?) "
+            "AND +phase='done' AND compacted=0 ORDER BY finished, pid LIMIT ?",
+            (cf, cp, bf, bp, self.STEP)).fetchall()
+        if not rows:
+            return False
+        self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
+        protected = set(self.protect()) if self.protect is not None else set()
+        pids = [r[0] for r in rows if r[0] not in protected]
+        if pids:
+            marks = ",".join("?" * len(pids))
+            self.events += conn.execute(f"DELETE FROM events WHERE pid IN ({marks})", pids).rowcount
+            self.checkpoints += conn.execute(f"DELETE FROM checkpoints WHERE pid IN ({marks})", pids).rowcount
+            conn.execute(f"UPDATE processes SET compacted=1 WHERE pid IN ({marks})", pids)
+            self.processes += len(pids)
+        return len(rows) == self.STEP
+
+
 class _EventWriter:
     """Turns events into rows, on the writer thread. Progress rows are coalesced per batch."""
 
@@ -311,7 +430,11 @@ class _EventWriter:
         for key in _STRIP.get(e.type, ()):
             data.pop(key, None)
         self.conn.execute("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
-                          (self.session, e.seq, e.time, e.type, e.pid, _dumps(data)))
+                          (self.session, e.seq, e.time, e.type, e.pid, _dumps(redact(data))))  # readable copy
+        audit = audit_row(e)
+        if audit is not None:
+            self.conn.execute("INSERT INTO audit (time, user, session, kind, command, target, status) "
+                              "VALUES (?,?,?,?,?,?,?)", (e.time, audit[0], self.session, *audit[1:]))
         if e.pid is None or not e.type.startswith("process."):
             return
         d = e.data

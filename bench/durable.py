@@ -1,0 +1,463 @@
+"""Durable-state benchmark: what the SQLite store costs, and whether that cost grows with history.
+
+    python bench/durable.py            # full run (under a minute on 2 cores)
+    python bench/durable.py --quick    # smaller sizes (under 15 s)
+    python bench/durable.py --n 5000 --history 100000 --workers 2
+
+Not a test: it makes no timed assertions and always exits 0 (unless the engine itself breaks,
+e.g. processes do not complete). Every kernel here has a home directory (a fresh temporary one),
+so every event goes through the store's writer thread into SQLite. Sections:
+
+(a) lifecycle overhead per no-op process with durable persistence on, against a raw
+    ThreadPoolExecutor in the same run (budget: within 8x); throughput (spawn N, wait for all)
+    and round trip (one at a time); the flush that follows (until the store has committed every
+    event) is timed on its own, and an in-memory kernel is measured alongside for reference;
+(b) events committed per second: processes emitting many ctx.progress / ctx.log events, until
+    `kernel.flush()` returns;
+(c) the cost of writes with H finished processes already in the store against an empty store
+    (budget: ratio about 1); also kernel start and the automatic compaction over that history;
+(d) checkpoint latency: the `ctx.checkpoint()` round trip, which returns once the checkpoint is
+    committed; idle, and while another process floods the store with events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+from llmunix import Kernel
+from llmunix.store import Store
+from llmunix.tools.registry import ToolRegistry, tool
+
+LIFECYCLE_BUDGET = 8.0  # x a raw ThreadPoolExecutor, with durable persistence on
+HISTORY_TOLERANCE = 1.25  # "about 1": cost with H finished processes stored / with none
+
+BENCH_TOOLS = ToolRegistry()  # keep the bench's tools out of the global registry
+
+
+@tool(registry=BENCH_TOOLS, name="bench-noop")
+def noop(ctx):
+    """Does nothing."""
+    return None
+
+
+@tool(registry=BENCH_TOOLS, name="bench-chatty")
+def chatty(ctx, n: int = 1000):
+    """Emits 2n events: a progress report and a log line per step."""
+    for i in range(n):
+        ctx.progress(i + 1, n)
+        ctx.log(f"line {i}")
+
+
+_latencies: list[float] = []
+_flood_stop = threading.Event()
+
+
+@tool(registry=BENCH_TOOLS, name="bench-checkpointer")
+def checkpointer(ctx, n: int = 200):
+    """Checkpoints n times, timing each round trip (recorded in _latencies)."""
+    for i in range(n):
+        t0 = time.perf_counter()
+        ctx.checkpoint({"i": i, "payload": "x" * 100})
+        _latencies.append(time.perf_counter() - t0)
+
+
+@tool(registry=BENCH_TOOLS, name="bench-flood")
+def flood(ctx):
+    """Logs as fast as it can until told to stop (background load for section d)."""
+    i = 0
+    while not _flood_stop.is_set():
+        ctx.log(f"flood {i}")
+        i += 1
+    return i
+
+
+def noop_plain():
+    return None
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def us(seconds: float, n: int) -> float:
+    return seconds / n * 1e6
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    cells = [headers, *rows]
+    widths = [max(len(r[c]) for r in cells) for c in range(len(headers))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
+           "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append("  ".join(f.ljust(w) if c == 0 else f.rjust(w)
+                             for c, (f, w) in enumerate(zip(r, widths, strict=True))))
+    return "\n".join(out)
+
+
+def settle() -> None:
+    gc.collect()
+
+
+class Homes:
+    """Fresh home directories under one temporary directory, removed at the end."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="llmunix-bench-"))
+        self._n = 0
+
+    def new(self) -> Path:
+        self._n += 1
+        path = self.root / f"home{self._n}"
+        path.mkdir()
+        return path
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def kernel(home: Path | None, workers: int, **kwargs) -> Kernel:
+    return Kernel(home, monitor=False, max_running=workers, registry=BENCH_TOOLS, **kwargs)
+
+
+def check_completed(infos, what: str) -> None:
+    bad = [i for i in infos if i.state != "Completed"]
+    if bad:
+        raise SystemExit(f"{what}: {len(bad)} processes did not complete, e.g. {bad[0]}")
+
+
+# ---------------------------------------------------------------------------- (a) lifecycle
+
+
+def durable_throughput(home: Path | None, n: int, workers: int) -> tuple[float, float]:
+    """Spawn n no-ops, wait for all; then flush. Returns (seconds to wait, seconds to flush)."""
+    with kernel(home, workers) as k:
+        k.wait([k.spawn("bench-noop") for _ in range(4)])
+        k.flush()
+        settle()
+        t0 = time.perf_counter()
+        infos = k.wait([k.spawn("bench-noop") for _ in range(n)])
+        t1 = time.perf_counter()
+        if not k.flush(timeout=120):
+            raise SystemExit("lifecycle: the store did not catch up within 120 s")
+        t2 = time.perf_counter()
+        check_completed(infos, "lifecycle")
+    return t1 - t0, t2 - t1
+
+
+def durable_roundtrip(home: Path | None, n: int, workers: int) -> float:
+    with kernel(home, workers) as k:
+        for _ in range(4):
+            k.wait([k.spawn("bench-noop")])
+        settle()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            k.wait([k.spawn("bench-noop")])
+        k.flush(timeout=120)
+        return time.perf_counter() - t0
+
+
+def pool_throughput(n: int, workers: int) -> float:
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        wait([ex.submit(noop_plain) for _ in range(workers * 2)])
+        settle()
+        t0 = time.perf_counter()
+        wait([ex.submit(noop_plain) for _ in range(n)])
+        return time.perf_counter() - t0
+
+
+def pool_roundtrip(n: int, workers: int) -> float:
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        for _ in range(4):
+            ex.submit(noop_plain).result()
+        settle()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ex.submit(noop_plain).result()
+        return time.perf_counter() - t0
+
+
+def bench_lifecycle(homes: Homes, n: int, n_rt: int, workers: int, repeats: int) -> list[tuple[str, bool]]:
+    print(f"\n(a) Lifecycle overhead per no-op process, durable (Kernel(home=tmp)); max_running = "
+          f"max_workers = {workers}; median of {repeats}")
+    d_wait, d_flush, m_wait, p_tp, d_rt, p_rt = [], [], [], [], [], []
+    for _ in range(repeats):  # interleaved, so drift and neighbours hit every side alike
+        p_tp.append(us(pool_throughput(n, workers), n))
+        w, f = durable_throughput(homes.new(), n, workers)
+        d_wait.append(us(w, n))
+        d_flush.append(us(f, n))
+        m_wait.append(us(durable_throughput(None, n, workers)[0], n))
+        p_rt.append(us(pool_roundtrip(n_rt, workers), n_rt))
+        d_rt.append(us(durable_roundtrip(homes.new(), n_rt, workers), n_rt))
+    med = statistics.median
+    d_total = [w + f for w, f in zip(d_wait, d_flush, strict=True)]
+    rows, results = [], []
+
+    def row(label: str, count: int, k_us: list[float], base_us: list[float], budgeted: bool) -> None:
+        ratio = med(k_us) / med(base_us)
+        ok = ratio <= LIFECYCLE_BUDGET
+        rows.append((label, f"{count:,}", f"{med(k_us):.1f}", f"{med(base_us):.1f}", f"{ratio:.1f}x",
+                     f"<= {LIFECYCLE_BUDGET:.0f}x" if budgeted else "(info)", verdict(ok) if budgeted else ""))
+        if budgeted:
+            results.append((f"(a) durable {label}: {ratio:.1f}x a raw pool ({med(k_us):.0f} vs "
+                            f"{med(base_us):.1f} us; budget {LIFECYCLE_BUDGET:.0f}x)", ok))
+
+    row("throughput: spawn N + wait", n, d_wait, p_tp, True)
+    row("throughput incl. flush", n, d_total, p_tp, False)
+    row("round trip, one at a time", n_rt, d_rt, p_rt, True)
+    row("in-memory kernel, spawn N + wait", n, m_wait, p_tp, False)
+    print(table(("variant", "n", "llmunix us", "pool us", "ratio", "budget", "result"), rows))
+    print(f"   flush after the wait (until the store has committed every event): median "
+          f"{med(d_flush) * n / 1e6 * 1e3:.0f} ms for {n:,} processes = {med(d_flush):.1f} us/process")
+    print(f"   durable / in-memory kernel, spawn N + wait: {med(d_wait) / med(m_wait):.2f}x; "
+          f"incl. flush: {med(d_total) / med(m_wait):.2f}x")
+    return results
+
+
+# ---------------------------------------------------------------------------- (b) events/s
+
+
+def bench_events(homes: Homes, procs: int, per_proc: int, workers: int) -> list[tuple[str, bool]]:
+    total = procs * per_proc * 2
+    print(f"\n(b) Events committed per second: {procs} processes x {per_proc:,} steps "
+          f"(ctx.progress + ctx.log each) = {total:,} events")
+    rows = []
+    for label, home in (("durable", homes.new()), ("in memory (bus only)", None)):
+        with kernel(home, workers) as k:
+            k.wait([k.spawn("bench-noop")])
+            k.flush()
+            settle()
+            t0 = time.perf_counter()
+            infos = k.wait([k.spawn("bench-chatty", n=per_proc) for _ in range(procs)])
+            t1 = time.perf_counter()
+            k.flush(timeout=300) if home is not None else k.bus.flush(timeout=300)
+            t2 = time.perf_counter()
+            check_completed(infos, "events")
+            stored = None
+            if k.store is not None:
+                stored = k.store._reader().execute("SELECT count(*) FROM events").fetchone()[0]
+        rows.append((label, f"{t1 - t0:.2f}", f"{t2 - t1:.2f}", f"{total / (t2 - t0):,.0f}",
+                     f"{us(t2 - t0, total):.1f}", "-" if stored is None else f"{stored:,}"))
+    print(table(("kernel", "emit s", "drain s", "events/s", "us/event", "rows"), rows))
+    print("   emit: until the processes finished; drain: then until flush() returned (bus + store)")
+    return []
+
+
+# ---------------------------------------------------------------------------- (c) history
+
+
+def fill_history(home: Path, count: int) -> float:
+    """A store holding `count` finished processes (3 events and a tool run each), written with
+    direct SQL into the store's own schema (quicker than running them). Returns seconds."""
+    t0 = time.perf_counter()
+    Store(home / "llmunix.db").close()  # creates the schema
+    conn = sqlite3.connect(home / "llmunix.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN")
+    base = time.time() - count * 0.001 - 60
+    params = json.dumps({"seconds": 0})
+    conn.executemany(
+        "INSERT INTO processes (pid, session, name, tool, kind, priority, owner, after, cwd, params, state, phase, "
+        "detail, exit_code, output, created, started, finished, runtime) "
+        "VALUES (?,1,'bench-noop','bench-noop','tool','normal','bench','[]','/',?,'Completed','done','exit 0',0,"
+        "'null',?,?,?,0.0001)",
+        ((pid, params, base + pid * 0.001, base + pid * 0.001, base + pid * 0.001 + 0.0001)
+         for pid in range(1, count + 1)))
+    conn.executemany(
+        "INSERT INTO events (session, seq, time, type, pid, data) VALUES (1,?,?,?,?,'{}')",
+        ((pid * 3 + j, base + pid * 0.001, t, pid) for pid in range(1, count + 1)
+         for j, t in enumerate(("process.spawned", "process.started", "process.completed"))))
+    conn.executemany(
+        "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome) VALUES "
+        "('bench-noop',?,?,?,0.0001,'Completed')",
+        ((pid, base + pid * 0.001, base + pid * 0.001) for pid in range(1, count + 1)))
+    conn.execute("COMMIT")
+    conn.close()
+    (home / "pids").write_text(f"{count + 1}\n")
+    return time.perf_counter() - t0
+
+
+def write_cycle(k: Kernel, n: int) -> tuple[float, float]:
+    """(us per process for spawn n + wait + flush, us per process for n one-at-a-time round trips
+    each followed by a flush)."""
+    settle()
+    t0 = time.perf_counter()
+    check_completed(k.wait([k.spawn("bench-noop") for _ in range(n)]), "history")
+    k.flush(timeout=120)
+    batch = us(time.perf_counter() - t0, n)
+    m = max(50, n // 10)
+    t0 = time.perf_counter()
+    for _ in range(m):
+        k.wait([k.spawn("bench-noop")])
+        k.flush()
+    single = us(time.perf_counter() - t0, m)
+    return batch, single
+
+
+def bench_history(homes: Homes, history: int, n: int, workers: int, repeats: int) -> list[tuple[str, bool]]:
+    print(f"\n(c) Writes with {history:,} finished processes in the store vs an empty store "
+          f"({n:,} spawn+complete+flush, then {max(50, n // 10)} single ones with a flush each; median of {repeats})")
+    big = homes.new()
+    fill_s = fill_history(big, history)
+    empty = homes.new()
+    starts: dict[str, float] = {}
+    batch: dict[str, list[float]] = {"empty": [], "full": []}
+    single: dict[str, list[float]] = {"empty": [], "full": []}
+    # retention_count above the history: nothing is compacted while we measure writes.
+    for label, home in (("empty", empty), ("full", big)):
+        t0 = time.perf_counter()
+        k = kernel(home, workers, retention_count=10 * history)
+        starts[label] = time.perf_counter() - t0
+        try:
+            k.wait([k.spawn("bench-noop") for _ in range(4)])
+            k.flush()
+            for _ in range(repeats):
+                b, s = write_cycle(k, n)
+                batch[label].append(b)
+                single[label].append(s)
+        finally:
+            k.shutdown()
+    med = statistics.median
+    r_batch = med(batch["full"]) / med(batch["empty"])
+    r_single = med(single["full"]) / med(single["empty"])
+    ok_b, ok_s = r_batch <= HISTORY_TOLERANCE, r_single <= HISTORY_TOLERANCE
+
+    # The automatic compaction at start, over the same history (default retention: newest 10,000).
+    t0 = time.perf_counter()
+    k = kernel(big, workers)
+    start_full = time.perf_counter() - t0
+    job = k._gc_job
+    job.done.wait(600)
+    gc_s = time.perf_counter() - t0
+    counts = job.as_dict()
+    t0 = time.perf_counter()
+    k.wait([k.spawn("bench-noop")])
+    k.flush()
+    after = time.perf_counter() - t0
+    k.shutdown()
+    size_mb = (big / "llmunix.db").stat().st_size / 1e6
+
+    rows = [
+        ("spawn N + wait + flush", f"{med(batch['empty']):.1f}", f"{med(batch['full']):.1f}", f"{r_batch:.2f}x",
+         f"<= {HISTORY_TOLERANCE}x", verdict(ok_b)),
+        ("one round trip + flush", f"{med(single['empty']):.1f}", f"{med(single['full']):.1f}",
+         f"{r_single:.2f}x", f"<= {HISTORY_TOLERANCE}x", verdict(ok_s)),
+    ]
+    print(table(("us per process", "empty", f"{history // 1000}k stored", "ratio", "budget", "result"), rows))
+    print(f"   filling the store with {history:,} processes and {3 * history:,} events by direct SQL: {fill_s:.1f} s")
+    print(f"   Kernel start: {starts['empty'] * 1e3:.0f} ms empty, {starts['full'] * 1e3:.0f} ms with "
+          f"{history:,} stored")
+    print(f"   automatic compaction at start (retention_count 10,000): {counts['processes']:,} processes, "
+          f"{counts['events']:,} events in {gc_s:.2f} s on the writer thread (start itself {start_full * 1e3:.0f} ms); "
+          f"a spawn+wait+flush right after it {after * 1e3:.1f} ms; db file {size_mb:.0f} MB")
+    return [
+        (f"(c) spawn+complete+flush with {history:,} stored / empty = {r_batch:.2f}x (budget ~1x)", ok_b),
+        (f"(c) single round trip + flush with {history:,} stored / empty = {r_single:.2f}x (budget ~1x)", ok_s),
+    ]
+
+
+# ---------------------------------------------------------------------------- (d) checkpoints
+
+
+def raw_commit_latency(home: Path, n: int) -> list[float]:
+    """The floor: one INSERT + COMMIT on a WAL database with synchronous=NORMAL, same disk."""
+    conn = sqlite3.connect(home / "raw.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE t (pid INTEGER, version INTEGER, state TEXT, PRIMARY KEY (pid, version))")
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (1, ?, ?)", (i, json.dumps({"i": i, "payload": "x" * 100})))
+        conn.execute("COMMIT")
+        out.append(time.perf_counter() - t0)
+    conn.close()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bench_checkpoints(homes: Homes, n: int, workers: int) -> list[tuple[str, bool]]:
+    print(f"\n(d) Checkpoint latency: ctx.checkpoint() round trip (returns once committed), {n} checkpoints")
+    results: dict[str, list[float]] = {}
+    for label, load in (("idle", False), ("while another process floods the log", True)):
+        with kernel(homes.new(), workers) as k:
+            _latencies.clear()
+            _flood_stop.clear()
+            bg = k.spawn("bench-flood") if load else None
+            if bg is not None:
+                time.sleep(0.2)  # let the flood get going
+            settle()
+            check_completed(k.wait([k.spawn("bench-checkpointer", n=n)]), "checkpoints")
+            _flood_stop.set()
+            if bg is not None:
+                flooded = k.wait([bg])[0].output
+                print(f"   (the flood wrote {flooded:,} log events meanwhile)")
+            results[label] = list(_latencies)
+    results["raw SQLite INSERT + COMMIT (floor)"] = raw_commit_latency(homes.new(), n)
+    rows = []
+    for label, values in results.items():
+        rows.append((label, f"{statistics.median(values) * 1e3:.3f}", f"{pct(values, 0.9) * 1e3:.3f}",
+                     f"{pct(values, 0.99) * 1e3:.3f}", f"{max(values) * 1e3:.3f}"))
+    print(table(("checkpoint", "median ms", "p90 ms", "p99 ms", "max ms"), rows))
+    floor = statistics.median(results["raw SQLite INSERT + COMMIT (floor)"])
+    print(f"   idle median / raw commit: {statistics.median(results['idle']) / floor:.1f}x")
+    return []
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (under 15 s instead of about a minute)")
+    ap.add_argument("--n", type=int, default=None, help="processes per throughput run (default 5000; quick 1500)")
+    ap.add_argument("--history", type=int, default=None,
+                    help="finished processes already stored in (c) (default 100000; quick 20000)")
+    ap.add_argument("--workers", type=int, default=2, help="max_running and pool max_workers (default 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of (a) and (c) (default 3; quick 1)")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    n = args.n or (1_500 if quick else 5_000)
+    history = args.history or (20_000 if quick else 100_000)
+    repeats = args.repeats or (1 if quick else 3)
+    print(f"llmunix durable-state benchmark{' (quick)' if quick else ''}: Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+    started = time.perf_counter()
+    homes = Homes()
+    results: list[tuple[str, bool]] = []
+    try:
+        results += bench_lifecycle(homes, n, max(100, n // 5), args.workers, repeats)
+        results += bench_events(homes, 4, 1_000 if quick else 5_000, args.workers)
+        results += bench_history(homes, history, max(500, n // 5), args.workers, repeats)
+        results += bench_checkpoints(homes, 100 if quick else 300, args.workers)
+    finally:
+        homes.cleanup()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nBudgets ({time.perf_counter() - started:.1f} s total, peak RSS {peak_mb:.0f} MB):")
+    for text, ok in results:
+        print(f"  [{verdict(ok)}] {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Observability commands: `events` (the event log, replayed and followed) and `audit`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from contextlib import closing
+
+import cmd2
+
+from commands import observe_views as views
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from llmunix.models import Event, LlmunixError, parse_duration, parse_since
+
+
+def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
+    return LlmunixArgumentParser(description=description, epilog=epilog,
+                                 formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
+
+
+def _tail(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"bad count {value!r}; give a number such as 20")
+    return n
+
+
+class ObserveCommands(ShellCommandSet):
+    DEFAULT_CATEGORY = "Observability commands"
+
+    events_parser = _parser(
+        "Show the event log: every lifecycle, state, progress and log event, of this session and "
+        "earlier ones. With --follow, keep printing new events until Ctrl-C, the --timeout, or "
+        "(with --pid) the end of that process.",
+        "examples:\n  events --tail 20\n  events --pid 003\n  events --type 'process.failed|process.cancelled' "
+        "--since 2h\n  events --follow --type 'process.*'\n  events --pid 003 --follow --json")
+    events_parser.add_argument("-p", "--pid", metavar="PID", help="only this process's events",
+                               choices_provider=ShellCommandSet.any_pid_choices)
+    events_parser.add_argument("-t", "--type", metavar="GLOB",
+                               help="only these types: a glob such as 'process.*'; '|' between alternatives")
+    events_parser.add_argument("-s", "--since", metavar="WHEN",
+                               help="only newer ones: a duration ago (30s, 10m, 2h) or an ISO date/time")
+    events_parser.add_argument("-n", "--tail", type=_tail, metavar="N", help="only the last N (then follow)")
+    events_parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    events_parser.add_argument("--timeout", metavar="DURATION", help="with --follow: stop after this long")
+    events_parser.add_argument("--json", action="store_true",
+                               help="a JSON array (with --follow: one JSON object per line)")
+
+    @cmd2.with_argparser(events_parser)
+    def do_events(self, args: argparse.Namespace) -> None:
+        """Show the event log."""
+        try:
+            pid = parse_pid(args.pid) if args.pid is not None else None
+            since = parse_since(args.since) if args.since is not None else None
+            timeout = parse_duration(args.timeout) if args.timeout is not None else None
+            if args.follow:
+                self._follow(self.kernel.follow_events(pid=pid, types=args.type, since=since, limit=args.tail,
+                                                       timeout=timeout), args.json)
+                return
+            events = self.kernel.events(pid=pid, types=args.type, since=since, limit=args.tail)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        if args.json:
+            self.out_json([views.event_record(e) for e in events])
+        elif self.plain:
+            self.out(views.events_plain(events))
+        else:
+            self.out(views.events_rich(events))
+
+    def _follow(self, stream: Iterator[Event], as_json: bool) -> None:
+        """Print events as they come (JSON: one object per line) until the stream ends or Ctrl-C.
+        A plain header goes out with the first event, so an error is not preceded by one."""
+        header = not as_json and self.plain
+        try:
+            with closing(stream):
+                for e in stream:
+                    if header:
+                        self.out(views.events_header())
+                        header = False
+                    if as_json:
+                        self._cmd.poutput(json.dumps(views.event_record(e), ensure_ascii=False))
+                    else:
+                        self.out(views.event_plain(e) if self.plain else views.event_line(e))
+        except KeyboardInterrupt:  # Ctrl-C ends following; that is not a failure
+            pass
+        if header:
+            self.out(views.events_header())
+
+    audit_parser = _parser(
+        "Show the audit trail: every command run in the shell (who, when, exit status) and every "
+        "control action (kill, pause, resume, priority, recover, rollback) with the process it changed.",
+        "examples:\n  audit --tail 20\n  audit --since 1h\n  audit --json")
+    audit_parser.add_argument("-s", "--since", metavar="WHEN",
+                              help="only newer ones: a duration ago (30s, 10m, 2h) or an ISO date/time")
+    audit_parser.add_argument("-n", "--tail", type=_tail, metavar="N", help="only the last N")
+    audit_parser.add_argument("--json", action="store_true", help="print a JSON array")
+
+    @cmd2.with_argparser(audit_parser)
+    def do_audit(self, args: argparse.Namespace) -> None:
+        """Show the audit trail."""
+        try:
+            since = parse_since(args.since) if args.since is not None else None
+            entries = self.kernel.audit(since=since, limit=args.tail)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        if args.json:
+            self.out_json([views.audit_record(a) for a in entries])
+        elif self.plain:
+            self.out(views.audit_plain(entries))
+        else:
+            self.out(views.audit_table(entries))

@@ -1,0 +1,1 @@
+"""Observability: the event log, the audit trail, structured logging and secrets redaction."""

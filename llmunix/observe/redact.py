@@ -1,0 +1,111 @@
+"""Secrets redaction: what llmunix writes for people to read never shows a secret.
+
+Applied to every copy meant for reading: event data in the events table and the log file, audit
+command text, and the shell's `ps -l` / `ps --json` views. Not applied where the real value is
+needed: the processes table keeps real parameters, because `recover` re-runs the tool with them
+(the database file is mode 0600).
+
+What counts as a secret:
+* the value of a key whose name contains one of `SECRET_WORDS` (case-insensitive; `-` and `_`
+  are the same), in mappings and in text (`api_key=abc`, `"token": "abc"`, `Authorization: x`,
+  `--password abc`). Names that only count tokens (`max_tokens`, `llm_tokens`, `tokenizer`) and
+  `author` are not secrets;
+* `Bearer <credential>` and OpenAI-style `sk-...` keys anywhere in a string;
+* the password in a URL (`https://user:pw@host`).
+
+>>> redact({"url": "https://x.org", "api_key": "abc", "headers": {"Authorization": "Bearer t0k3n"}})
+{'url': 'https://x.org', 'api_key': '***', 'headers': {'Authorization': '***'}}
+>>> redact_text("run fetch url=https://x.org api_key=abc max_tokens=50")
+'run fetch url=https://x.org api_key=*** max_tokens=50'
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "passwd", "authorization", "auth",
+                "cookie", "private_key", "credentials")
+
+# Key names that contain a secret word but name no secret: counts of LLM tokens, and authors.
+_NOT_SECRET = re.compile(r"tokens|tokenizer|token_count|token_limit|author(?!i[sz]ation)")
+
+_KEY = r"[A-Za-z_][\w.-]*"
+# A value: an auth scheme and its credential, a quoted string, or a bare word.
+_VALUE = r"""(?:(?:bearer|basic|token)[ \t]+[^\s"',;&]+|"[^"]*"|'[^']*'|[^\s"',;&)}\]]+)"""
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+(?=@)")  # https://user:pw@host
+_BEARER = re.compile(r"(\bbearer[ \t]+)[^\s\"',;&]+", re.IGNORECASE)  # Bearer abc
+_SK = re.compile(r"(?<![\w-])sk-[A-Za-z0-9][A-Za-z0-9_-]{7,}")  # sk-proj-abc123...
+# A whole pair quoted as one shell word: "api_key=abc def".
+_QUOTED_PAIR = re.compile(rf"(?P<q>[\"'])(?P<key>{_KEY})=(?P<val>[^\"']*)(?P=q)")
+_PAIR = re.compile(  # --password abc | key=abc | "key": "abc" | Authorization: Basic abc
+    rf"(?P<lead>--(?P<option>{_KEY})[ \t]+|(?P<key>{_KEY})[\"']?[ \t]*[=:][ \t]*)(?P<val>{_VALUE})",
+    re.IGNORECASE,
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    """Whether a key's name says its value is a secret."""
+    name = _NOT_SECRET.sub("", key.lower().replace("-", "_"))
+    return any(word in name for word in SECRET_WORDS)
+
+
+MAX_DEPTH = 32  # deeper nesting (or a structure that contains itself) is cut off: "..."
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A copy of `value` (mappings, lists and strings, nested) with secrets replaced by `***`.
+    Other values are returned as they are."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if _depth >= MAX_DEPTH and isinstance(value, Mapping | list | tuple):
+        return "..."
+    if isinstance(value, Mapping):
+        return {k: (_mask(v) if isinstance(k, str) and is_secret_key(k) else redact(v, _depth + 1))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, _depth + 1) for v in value]
+    return value
+
+
+def redact_text(text: str) -> str:
+    """`text` with secret values replaced by `***` (see the module docstring for what counts)."""
+    if not text:
+        return text
+    # Each pass only where it could match: most text (progress messages, names) skips them all.
+    if "@" in text and "://" in text:
+        text = _URL_PASSWORD.sub(rf"\g<1>{MASK}", text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(rf"\g<1>{MASK}", text)
+    if "sk-" in text:
+        text = _SK.sub(MASK, text)
+    if "=" in text and ('"' in text or "'" in text):
+        text = _QUOTED_PAIR.sub(_quoted_pair, text)
+    if "=" not in text and ":" not in text and "--" not in text:
+        return text
+    return _PAIR.sub(_pair, text)
+
+
+def _mask(value: Any) -> Any:
+    """The masked form of a secret value: empty values stay empty (nothing to hide)."""
+    return value if value is None or value == "" else MASK
+
+
+def _quoted_pair(m: re.Match[str]) -> str:
+    q, key = m.group("q"), m.group("key")
+    value = MASK if is_secret_key(key) else redact_text(m.group("val"))
+    return f"{q}{key}={value}{q}"
+
+
+def _pair(m: re.Match[str]) -> str:
+    lead, value = m.group("lead"), m.group("val")
+    quoted = len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]
+    if is_secret_key(m.group("option") or m.group("key")):
+        return lead + (value[0] + MASK + value[0] if quoted else MASK)
+    # Not a secret itself, but it may hold one: `cmd="export API_KEY=abc; ..."`.
+    return lead + (value[0] + redact_text(value[1:-1]) + value[0] if quoted else _PAIR.sub(_pair, value))
