@@ -72,10 +72,14 @@ class PidAllocator:
 
     With a home directory, the high-water mark is kept in `<home>/pids`. PIDs are reserved in
     blocks so that spawning does not write to disk each time; a clean close records the exact
-    next PID, and after a crash at most one block of numbers is skipped, never reused.
+    next PID, and after a crash at most one block of numbers is skipped, never reused. Blocks
+    grow while PIDs go fast (a block used up within a second: double it, up to MAX_BLOCK) and
+    shrink back when they do not, so a burst of spawns costs about one fsync a second (each
+    is made under the kernel lock) and a crash skips about a second's worth of numbers.
     """
 
     BLOCK = 64
+    MAX_BLOCK = 65536
 
     def __init__(self, home: Path | None) -> None:
         self._path = home / "pids" if home is not None else None
@@ -86,6 +90,8 @@ class PidAllocator:
             except ValueError:
                 raise LlmunixError(f"{self._path} is corrupt; it should hold the next PID") from None
         self._reserved = self._next
+        self._block = self.BLOCK
+        self._reserved_at = float("-inf")
         self._lock = threading.Lock()
 
     def next(self) -> int:
@@ -93,7 +99,11 @@ class PidAllocator:
             pid = self._next
             self._next += 1
             if self._path is not None and self._next > self._reserved:
-                self._reserved = self._next + self.BLOCK
+                now = time.monotonic()
+                fast = now - self._reserved_at < 1.0
+                self._block = min(self._block * 2, self.MAX_BLOCK) if fast else max(self._block // 2, self.BLOCK)
+                self._reserved_at = now
+                self._reserved = self._next + self._block
                 self._write(self._reserved)
             return pid
 
@@ -407,6 +417,7 @@ class Kernel:
         """Block until the given processes (default: all live now) have finished, or `timeout`
         passes. Returns their snapshots; check `.is_done` to see which finished."""
         wanted = None if pids is None else [_as_int(p) for p in pids]
+        deadline = None if timeout is None else time.monotonic() + timeout
         earlier: dict[int, ProcessInfo] = {}
         if wanted is not None:
             with self._lock:
@@ -434,6 +445,13 @@ class Kernel:
             return list(done.values())
         for p in absent:
             earlier[p] = self.info(p)
+        # Live but not ours: another llmunix owns the home (we are read-only). Follow the store.
+        while any(not i.is_done for i in earlier.values()):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            time.sleep(0.1 if left is None else min(0.1, left))
+            earlier = {p: i if i.is_done else self.info(p) for p, i in earlier.items()}
         return [done[p] if p in done else earlier[p] for p in wanted]
 
     def info(self, pid: int) -> ProcessInfo:

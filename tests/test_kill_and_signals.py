@@ -244,7 +244,9 @@ def test_shell_kill_also_stops_a_descendant_that_left_the_group(make_kernel, wai
     pid = k.spawn("shell", cmd="setsid sleep 30 & wait")
     group = process_group(k, pid, wait_until, members=2)
     try:
-        assert len({os.getsid(p.pid) for p in group}) == 2  # the sleep leads its own session
+        # the sleep leads its own session once setsid(1) has run (it may not have yet)
+        wait_until(lambda: len({os.getsid(p.pid) for p in group}) == 2, timeout=10,
+                   message="the setsid child to lead its own session")
         k.kill(pid)
         assert_cancelled(k.wait([pid], timeout=10)[0])
         wait_until(lambda: all(gone(p) for p in group), timeout=2, message="the setsid descendant to be gone")

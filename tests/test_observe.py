@@ -81,13 +81,6 @@ def gated(gate: threading.Event, started: threading.Event | None = None):
     return body
 
 
-def _wait_for(predicate, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        threading.Event().wait(0.01)
-
-
 def wait_phase(kernel: Kernel, pid: int, phase: str) -> None:
     reached = threading.Event()
     sub = kernel.subscribe("*", lambda e: kernel.info(pid).phase == phase and reached.set(), pid=pid)

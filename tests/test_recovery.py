@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 
 from llmunix import kernel as kernel_module
 from llmunix.models import IllegalTransition, LlmunixError
+from llmunix.store.sqlite import BACKLOG
 
 LLMUNIX = shutil.which("llmunix") or "llmunix"
 
@@ -241,6 +243,8 @@ def test_a_second_llmunix_opens_read_only_while_a_script_runs(home, start, wait_
     assert f"run: read-only: {home} is in use by llmunix pid {first.pid}" in r.stderr
     r = llmunix("-c", "gc", home=home)
     assert r.returncode == 1 and "gc: read-only" in r.stderr
+    r = llmunix("-c", "wait 1 -t 0.2", home=home)  # follows the owner's process through the store
+    assert r.returncode == 1 and "still running: 001" in r.stderr
 
     first.send_signal(signal.SIGTERM)  # a clean stop: the live process ends Interrupted
     _out, err = first.communicate(timeout=20)
@@ -408,3 +412,60 @@ def test_a_second_kernel_on_the_same_home_is_read_only(tmp_path, make_kernel):
     assert [i.state for i in other.ps(all=True)] == ["Completed"]
     with pytest.raises(LlmunixError, match="read-only"):
         other.gc()
+
+
+def test_a_flood_of_log_lines_waits_for_the_store_instead_of_starving_checkpoints(tmp_path, make_kernel,
+                                                                                 wait_until):
+    k = make_kernel(home=tmp_path / "home")
+    stop = threading.Event()
+    backlog: list[int] = []
+
+    def flood(ctx) -> int:
+        n = 0
+        while not stop.is_set():
+            ctx.log(f"line {n}")
+            n += 1
+            if n % 500 == 0:  # events not yet committed (private state, checked on purpose)
+                backlog.append(k.bus._queue.qsize() + k.store._queue.qsize())
+        return n
+
+    def checkpointer(ctx) -> int:
+        for i in range(3):
+            ctx.checkpoint({"i": i})
+        return 3
+
+    flooder = k.spawn(flood)
+    wait_until(lambda: len(backlog) >= 4, message="the flood under way")
+    [info] = k.wait([k.spawn(checkpointer)], timeout=20)  # without backpressure: minutes
+    stop.set()
+    assert info.state == "Completed"
+    assert k.wait([flooder], timeout=20)[0].state == "Completed"
+    assert max(backlog) < 2 * BACKLOG  # bounded: the producer waited whenever the store fell behind
+
+
+def test_pid_blocks_grow_in_a_burst_and_a_crash_never_reuses_a_pid(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    pids = kernel_module.PidAllocator(home)
+    given = [pids.next() for _ in range(5000)]
+    reserved = int((home / "pids").read_text())
+    assert reserved > given[-1]
+    assert reserved - given[-1] <= kernel_module.PidAllocator.MAX_BLOCK
+    # Fewer fsyncs than blocks of 64 would need: the block doubled while PIDs went fast.
+    assert reserved - given[-1] > kernel_module.PidAllocator.BLOCK
+    after_crash = kernel_module.PidAllocator(home)  # no close(): as after kill -9
+    assert after_crash.next() > given[-1]
+
+
+def test_a_completed_process_from_an_earlier_session_shows_full_progress(tmp_path, make_kernel):
+    def halfway(ctx) -> str:
+        ctx.progress(1, 2, "first half")
+        return "done early"
+
+    home = tmp_path / "home"
+    k = make_kernel(home=home)
+    pid = k.spawn(halfway)
+    assert k.wait([pid])[0].progress.percentage == 100.0
+    k.shutdown()
+    info = make_kernel(home=home).info(pid)  # from the store row now
+    assert (info.progress.current_step, info.progress.percentage) == (2, 100.0)

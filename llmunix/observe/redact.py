@@ -21,7 +21,6 @@ What counts as a secret:
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -42,17 +41,26 @@ _BEARER = re.compile(r"(\bbearer[ \t]+)[^\s\"',;&]+", re.IGNORECASE)  # Bearer a
 _SK = re.compile(r"(?<![\w-])sk-[A-Za-z0-9][A-Za-z0-9_-]{7,}")  # sk-proj-abc123...
 # A whole pair quoted as one shell word: "api_key=abc def".
 _QUOTED_PAIR = re.compile(rf"(?P<q>[\"'])(?P<key>{_KEY})=(?P<val>[^\"']*)(?P=q)")
+# Keys start a word (never mid-word: that would make long words cost quadratic time).
 _PAIR = re.compile(  # --password abc | key=abc | "key": "abc" | Authorization: Basic abc
-    rf"(?P<lead>--(?P<option>{_KEY})[ \t]+|(?P<key>{_KEY})[\"']?[ \t]*[=:][ \t]*)(?P<val>{_VALUE})",
+    rf"(?P<lead>--(?P<option>{_KEY})[ \t]+|(?<![\w.-])(?P<key>{_KEY})[\"']?[ \t]*[=:][ \t]*)(?P<val>{_VALUE})",
     re.IGNORECASE,
 )
 
 
-@functools.lru_cache(maxsize=4096)
+_SECRET_KEYS: dict[str, bool] = {}  # key name -> is_secret_key(name); key names are few
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def is_secret_key(key: str) -> bool:
     """Whether a key's name says its value is a secret."""
-    name = _NOT_SECRET.sub("", key.lower().replace("-", "_"))
-    return any(word in name for word in SECRET_WORDS)
+    secret = _SECRET_KEYS.get(key)
+    if secret is None:
+        name = _NOT_SECRET.sub("", key.lower().replace("-", "_"))
+        secret = any(word in name for word in SECRET_WORDS)
+        if len(_SECRET_KEYS) < 10_000:
+            _SECRET_KEYS[key] = secret
+    return secret
 
 
 MAX_DEPTH = 32  # deeper nesting (or a structure that contains itself) is cut off: "..."
@@ -61,15 +69,30 @@ MAX_DEPTH = 32  # deeper nesting (or a structure that contains itself) is cut of
 def redact(value: Any, _depth: int = 0) -> Any:
     """A copy of `value` (mappings, lists and strings, nested) with secrets replaced by `***`.
     Other values are returned as they are."""
-    if isinstance(value, str):
+    # The store's writer runs this on every event: exact type checks first, ABCs last.
+    kind = type(value)
+    if kind is str:
         return redact_text(value)
-    if _depth >= MAX_DEPTH and isinstance(value, Mapping | list | tuple):
-        return "..."
-    if isinstance(value, Mapping):
-        return {k: (_mask(v) if isinstance(k, str) and is_secret_key(k) else redact(v, _depth + 1))
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v, _depth + 1) for v in value]
+    if kind in _PLAIN:
+        return value
+    if kind is list or kind is tuple or (kind is not dict and isinstance(value, list | tuple)):
+        return "..." if _depth >= MAX_DEPTH else [redact(v, _depth + 1) for v in value]
+    if kind is dict or isinstance(value, Mapping):
+        if _depth >= MAX_DEPTH:
+            return "..."
+        out = {}
+        for k, v in value.items():
+            if type(k) is str and is_secret_key(k):
+                out[k] = _mask(v)
+            elif type(v) in _PLAIN:
+                out[k] = v
+            elif type(v) is str:
+                out[k] = redact_text(v)
+            else:
+                out[k] = redact(v, _depth + 1)
+        return out
+    if isinstance(value, str):  # a str subclass
+        return redact_text(value)
     return value
 
 
@@ -77,6 +100,20 @@ def redact_text(text: str) -> str:
     """`text` with secret values replaced by `***` (see the module docstring for what counts)."""
     if not text:
         return text
+    if len(text) <= 64:  # names, tools, paths: the same short strings come again and again
+        done = _SHORT.get(text)
+        if done is None:
+            if len(_SHORT) >= 10_000:
+                _SHORT.clear()
+            done = _SHORT[text] = _redact_text(text)
+        return done
+    return _redact_text(text)
+
+
+_SHORT: dict[str, str] = {}
+
+
+def _redact_text(text: str) -> str:
     # Each pass only where it could match: most text (progress messages, names) skips them all.
     if "@" in text and "://" in text:
         text = _URL_PASSWORD.sub(rf"\g<1>{MASK}", text)

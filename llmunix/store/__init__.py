@@ -24,6 +24,8 @@ __all__ = ["Store", "row_to_info"]
 def row_to_info(row: sqlite3.Row) -> ProcessInfo:
     """A snapshot of a process from an earlier session (history is in the events table)."""
     progress = json.loads(row["progress"]) if row["progress"] else {}
+    if row["state"] == "Completed" and progress.get("total"):  # as the kernel shows a completed process
+        progress.update(step=progress["total"], percentage=100.0)
     phase = Phase.DONE if row["phase"] in ("done", "interrupted") else Phase(row["phase"])
     output = json.loads(row["output"]) if row["output"] else None
     started, finished = row["started"], row["finished"]
