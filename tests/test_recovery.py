@@ -469,3 +469,18 @@ def test_a_completed_process_from_an_earlier_session_shows_full_progress(tmp_pat
     k.shutdown()
     info = make_kernel(home=home).info(pid)  # from the store row now
     assert (info.progress.current_step, info.progress.percentage) == (2, 100.0)
+
+
+def test_gc_ages_out_audit_rows_and_events_that_belong_to_no_process(tmp_path):
+    from llmunix import Kernel
+
+    with Kernel(tmp_path, monitor=False) as k:
+        k.record_command("ps -a", 0)
+        k.flush()
+        assert [a.command for a in k.audit()] == ["ps -a"]
+        assert any(e.type == "shell.command" for e in k.events())
+        k.gc(days=1)  # a day is not over yet: nothing goes
+        assert len(k.audit()) == 1
+        k.gc(days=0)  # everything older than now goes
+        assert k.audit() == []
+        assert not any(e.type == "shell.command" for e in k.events())

@@ -414,6 +414,12 @@ class Compaction:
             "AND +phase='done' AND compacted=0 ORDER BY finished, pid LIMIT ?",
             (cf, cp, bf, bp, self.STEP)).fetchall()
         if not rows:
+            # Last step: what belongs to no process ages out by time alone (shell.command events,
+            # the audit trail, tool run history), so none of them grows without bound.
+            self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL",
+                                        (self.before,)).rowcount
+            conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
+            conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
             return False
         self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
         protected = set(self.protect()) if self.protect is not None else set()
