@@ -81,12 +81,15 @@ def ps_row(info: ProcessInfo) -> tuple[str, ...]:
 
 
 def ps_plain(infos: Sequence[ProcessInfo]) -> str:
-    """Aligned, whitespace-separated columns with a header line."""
-    rows = [PS_COLUMNS, *[tuple(_word(f) for f in ps_row(i)) for i in infos]]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(PS_COLUMNS))]
-    return "\n".join(
-        "  ".join(field.ljust(widths[c]) for c, field in enumerate(r)).rstrip() for r in rows
-    )
+    """Aligned, whitespace-separated columns with a header line. (Listings can be 100,000 rows
+    long: only the name can hold spaces, and each line is formatted in one step.)"""
+    rows = [PS_COLUMNS]
+    for i in infos:
+        row = ps_row(i)
+        rows.append((row[0], _word(row[1]), *row[2:]))
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join(line.format(*r) for r in rows)
 
 
 def progress_bar(percentage: float | None, width: int = 10) -> Text:
