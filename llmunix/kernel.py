@@ -8,16 +8,13 @@ immutable `ProcessInfo` snapshots back, never a live `Process`.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
-import queue
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,6 @@ from llmunix.home import HomeInUse, HomeLock
 from llmunix.ipc.bus import EventBus, Subscription
 from llmunix.models import (
     ALLOWED,
-    EMPTY,
     EXIT_CANCELLED,
     RUNNING,
     Event,
@@ -39,11 +35,10 @@ from llmunix.models import (
     ProcessInfo,
     ProcessKilled,
     ToolError,
+    as_pid,
     format_pid,
 )
-from llmunix.observe.audit import AuditEntry, current_user, row_to_audit
-from llmunix.observe.events import END_EVENTS, END_PATTERN, redacted, row_to_event, type_matcher
-from llmunix.observe.redact import redact_text
+from llmunix.observe.queries import EventQueries
 from llmunix.process import (
     REQ_KILL,
     REQ_PAUSE,
@@ -56,6 +51,7 @@ from llmunix.process import (
 )
 from llmunix.scheduler import ReadyQueue, preemption_victim
 from llmunix.store import Store, row_to_info
+from llmunix.store.durable import DurableState
 from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 
 log = logging.getLogger("llmunix.kernel")
@@ -63,8 +59,6 @@ log = logging.getLogger("llmunix.kernel")
 DEFAULT_MAX_RUNNING = 8
 DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_RETENTION_COUNT = 10_000
-GC_EVERY_FINISHED = 1000  # automatic compaction: after this many processes finish...
-GC_INTERVAL = 300.0  # ...or this many seconds after the last one, if any finished since
 
 
 class PidAllocator:
@@ -125,7 +119,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel:
+class Kernel(DurableState, EventQueries):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -416,7 +410,7 @@ class Kernel:
     def wait(self, pids: Iterable[int] | None = None, timeout: float | None = None) -> list[ProcessInfo]:
         """Block until the given processes (default: all live now) have finished, or `timeout`
         passes. Returns their snapshots; check `.is_done` to see which finished."""
-        wanted = None if pids is None else [_as_int(p) for p in pids]
+        wanted = None if pids is None else [as_pid(p) for p in pids]
         deadline = None if timeout is None else time.monotonic() + timeout
         earlier: dict[int, ProcessInfo] = {}
         if wanted is not None:
@@ -456,7 +450,7 @@ class Kernel:
 
     def info(self, pid: int) -> ProcessInfo:
         with self._lock:
-            proc = self._procs.get(_as_int(pid))
+            proc = self._procs.get(as_pid(pid))
             if proc is not None:
                 return self._snapshot(proc)
         info = self._historic(pid)
@@ -492,185 +486,6 @@ class Kernel:
     def exists(self, pid: int) -> bool:
         return self._known(pid)
 
-    # ------------------------------------------------------------------ durable state
-
-    def checkpoints(self, pid: int) -> list[tuple[int, Any]]:
-        """Every checkpoint version of a process: [(version, state), ...]."""
-        with self._lock:
-            proc = self._procs.get(_as_int(pid))
-            if proc is not None and (self.store is None or proc.checkpoints):
-                return list(enumerate(proc.checkpoints, 1))
-        if self.store is None:
-            self._process(pid)
-            return []
-        self.info(pid)
-        return [(v, state) for v, _t, state in self.store.checkpoints(_as_int(pid))]
-
-    def recover(self, pids: Iterable[int] | None = None) -> list[ProcessInfo]:
-        """Continue interrupted processes: from their last checkpoint, or from scratch if the tool
-        is idempotent; otherwise they end Failed ("interrupted; not resumable")."""
-        self._writable()
-        if self.store is None:
-            raise LlmunixError("recover needs a home directory with a store")
-        self.store.flush()
-        rows = {r["pid"]: r for r in self.store.interrupted_rows()}
-        wanted = list(rows) if pids is None else [_as_int(p) for p in pids]
-        for pid in wanted:
-            if pid not in rows:
-                state = self.info(pid).display_state
-                raise IllegalTransition(f"process {format_pid(pid)} was not interrupted (it is {state})")
-        out = []
-        for pid in wanted:
-            out.append(self._restart(rows[pid], checkpoint=None, how="recovered"))
-        return out
-
-    def rollback(self, pid: int, to: int | None = None) -> ProcessInfo:
-        """Run a finished or interrupted process again from checkpoint version `to` (default: its
-        last one), under the same PID."""
-        self._writable()
-        if self.store is None:
-            raise LlmunixError("rollback needs a home directory with a store")
-        pid = _as_int(pid)
-        with self._lock:
-            live = self._live.get(pid)
-        if live is not None:
-            raise IllegalTransition(f"process {format_pid(pid)} is {live.snapshot().display_state.lower()}; "
-                                    "kill it or wait for it before rolling back")
-        self.flush()
-        row = self.store.process_row(pid)
-        if row is None:
-            self._process(pid)
-        versions = self.store.checkpoints(pid)
-        if not versions:
-            raise LlmunixError(f"process {format_pid(pid)} has no checkpoints to roll back to")
-        numbers = [v for v, _t, _s in versions]
-        version = numbers[-1] if to is None else to
-        if version not in numbers:
-            raise LlmunixError(f"process {format_pid(pid)} has no checkpoint version {version} "
-                               f"(it has {numbers[0]}..{numbers[-1]})")
-        return self._restart(row, checkpoint=version, how=f"rolled back to checkpoint {version}")
-
-    def _restart(self, row: Any, checkpoint: int | None, how: str) -> ProcessInfo:
-        assert self.store is not None
-        pid = row["pid"]
-        versions = self.store.checkpoints(pid)
-        if checkpoint is not None:
-            versions = [v for v in versions if v[0] <= checkpoint]
-        try:
-            t = self.registry.get(row["tool"])
-        except LlmunixError:
-            t = None
-        params = json.loads(row["params"] or "{}")
-        with self._lock:
-            if t is None or (not versions and not t.idempotent):
-                reason = (f"interrupted; tool {row['tool']!r} is no longer available" if t is None
-                          else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
-                proc = Process(pid, t or make_tool(_gone, name=row["tool"]), params, name=row["name"],
-                               priority=Priority.parse(row["priority"] or "normal"), owner=row["owner"] or self.owner,
-                               parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
-                               cwd=row["cwd"] or os.getcwd())
-                proc.phase = Phase.READY
-                self._procs[pid] = proc
-                self._live[pid] = proc
-                if self._history is not None:
-                    self._history.pop(pid, None)
-                self._emit("process.restarted", proc, action="recover" if checkpoint is None else "rollback",
-                           how=how, resumed=False, error=reason)
-                self._finish_locked(proc, Outcome.FAILED, 1, reason)
-                return proc.snapshot()
-            restored = versions[-1][2] if versions else None
-            self._spawn_locked(
-                t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
-                cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
-                note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
-            )
-            self._emit("process.restarted", self._procs[pid], action="recover" if checkpoint is None else "rollback",
-                       how=self._procs[pid].history[0].details, resumed=True,
-                       checkpoint=versions[-1][0] if versions else None)
-            return self._snapshot(self._procs[pid])
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Block until every event published so far is committed to the store: the bus delivers
-        them to the store first (`store.flush()` alone misses those still on the bus). True if
-        done in time; always True without a store."""
-        if self.store is None:
-            return True
-        deadline = time.monotonic() + timeout
-        return self.bus.flush(timeout) and self.store.flush(max(0.0, deadline - time.monotonic()))
-
-    def gc(self, days: float | None = None, keep: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
-        """Compact finished processes now: those that finished more than `days` ago, or that are
-        not among the newest `keep` finished ones (defaults: retention_days, retention_count),
-        keep only their summary row; their events, log lines and checkpoints are deleted. Live
-        and interrupted processes are never touched. The same `keep` bounds the finished
-        processes held in memory. Returns counts: processes, events, checkpoints (compacted in
-        the store) and released (dropped from memory; still listed from the store)."""
-        self._writable()
-        if self.store is None:
-            raise LlmunixError("gc needs a home directory with a store")
-        if (days is not None and days < 0) or (keep is not None and keep < 0):
-            raise LlmunixError("days and keep must not be negative")
-        keep = self.retention_count if keep is None else int(keep)
-        self.flush()  # what has finished so far is in the store before the pass
-        job = self._compact(days, keep, wait=True, timeout=timeout)
-        if job.error:
-            raise LlmunixError(f"gc failed: {job.error}")
-        with self._lock:
-            released = 0 if self._history_loads else self._release_memory_locked(keep)
-        return {**job.as_dict(), "released": released}
-
-    def _compact(self, days: float | None = None, keep: int | None = None, *, wait: bool,
-                 timeout: float = 300.0) -> Any:
-        assert self.store is not None
-        days = self.retention_days if days is None else days
-        keep = self.retention_count if keep is None else keep
-        with self._lock:
-            self._finished_since_gc = 0
-            self._last_gc = time.monotonic()
-        return self.store.compact(before=time.time() - days * 86400.0, keep=keep, protect=self.live_pids,
-                                  wait=wait, timeout=timeout)
-
-    def _retain(self, seq: int) -> None:
-        """Store writer thread, after a commit: bound the finished processes held in memory, and
-        start an automatic compaction when enough have finished (or time has passed)."""
-        with self._lock:
-            self._committed_seq = seq
-            for s, _p in reversed(self._finished):  # count finishes as they become durable
-                if s <= self._counted_seq:
-                    break
-                if s <= seq:
-                    self._finished_since_gc += 1
-            self._counted_seq = seq
-            if len(self._finished) > self.retention_count and not self._history_loads:
-                self._release_memory_locked(self.retention_count)
-            due = self._finished_since_gc and (self._finished_since_gc >= GC_EVERY_FINISHED
-                                               or time.monotonic() - self._last_gc >= GC_INTERVAL)
-            busy = self._gc_job is not None and not self._gc_job.done.is_set()
-            closed = self._closed
-        if due and not busy and not closed:
-            try:
-                self._gc_job = self._compact(wait=False)
-            except LlmunixError:  # the store is closing
-                pass
-
-    def _release_memory_locked(self, keep: int) -> int:
-        """Drop the oldest finished processes from memory until `keep` remain, but only those
-        whose terminal state is committed: from then on the store answers for them (`ps -a`,
-        `info`, `log`, `wait`). Mutates: hold the lock."""
-        released = 0
-        finished = self._finished
-        while len(finished) > keep and finished[0][0] <= self._committed_seq:
-            _seq, p = finished.popleft()
-            if self._procs.get(p.pid) is not p or p.phase is not Phase.DONE:
-                continue  # restarted since (rollback): the new Process is in the queue too
-            del self._procs[p.pid]
-            if self._history is not None:
-                info = p.snapshot()  # as slim as a store row: no history, no checkpoint
-                self._history[p.pid] = replace(info, history=(),
-                                               context=replace(info.context, intermediate_results=EMPTY))
-            released += 1
-        return released
-
     def _cwd(self) -> str:
         # os.getcwd() is a system call that releases the GIL: under the kernel lock it made
         # threads queue behind each other. The shell's working directory rarely changes.
@@ -683,48 +498,6 @@ class Kernel:
             raise LlmunixError(f"read-only: {self.home} is in use by llmunix pid {self.home_owner}; "
                                "only ps, log, events and audit work here")
 
-    def _known(self, pid: int) -> bool:
-        if pid in self._procs:
-            return True
-        return self.store is not None and self.store.process_row(pid) is not None
-
-    def _history_state(self, pid: int) -> str:
-        row = self.store.process_row(pid) if self.store is not None else None
-        return row["state"] if row is not None else "unknown"
-
-    def _load_history(self) -> dict[int, ProcessInfo]:
-        """Processes of earlier sessions, from the store (built once; they do not change)."""
-        if self.store is None:
-            return {}
-        if self.read_only:  # the owner keeps changing it: read it afresh each time
-            return {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
-        if self._history is None:
-            with self._lock:
-                self._history_loads += 1  # no process leaves memory while its row may be read stale
-            try:
-                self.store.flush()
-                loaded = {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
-                with self._lock:
-                    if self._history is None:
-                        self._history = {pid: i for pid, i in loaded.items() if pid not in self._procs}
-            finally:
-                with self._lock:
-                    self._history_loads -= 1
-        return self._history
-
-    def _historic(self, pid: Any) -> ProcessInfo | None:
-        if self.store is None:
-            return None
-        try:
-            pid = int(pid)
-        except (TypeError, ValueError):
-            return None
-        history = self._history
-        if history is not None and pid in history:
-            return history[pid]
-        row = self.store.process_row(pid)
-        return row_to_info(row) if row is not None else None
-
     def live_pids(self) -> list[int]:
         with self._lock:
             return list(self._live)
@@ -735,157 +508,6 @@ class Kernel:
         (alternatives separated by `|`), optionally only for one PID. Delivered in order on the
         event thread; keep callbacks short."""
         return self.bus.subscribe(pattern, callback, pid=pid)
-
-    # ------------------------------------------------------------------ observability
-
-    def events(self, pid: int | None = None, types: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[Event]:
-        """The event log, oldest first: this session's events and earlier sessions', from the store.
-        `types` globs the type ("process.*", alternatives separated by "|"), `since` is a Unix
-        time, `limit` keeps the newest N. Secrets in event data are redacted. Without a store (no
-        home directory) no log is kept and the list is empty; `follow_events` still sees new ones."""
-        if pid is not None:
-            self.info(pid)  # unknown PIDs raise
-        return [row_to_event(r) for r in self._event_rows(pid, types, since, limit)]
-
-    def follow_events(self, pid: int | None = None, types: str | None = None, since: float | None = None,
-                      limit: int | None = None, *, timeout: float | None = None) -> Iterator[Event]:
-        """`events(...)`, then each new matching event as it is published (redacted the same way),
-        without gaps or repeats. Ends after `timeout` seconds, or, given a `pid`, once that
-        process has finished; closing the iterator (Ctrl-C in its consumer) ends it too."""
-        pid = None if pid is None else _as_int(pid)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self.read_only:  # the owner publishes on its own bus: read what it commits
-            yield from self._poll_events(pid, types, since, limit, deadline)
-            return
-        if pid is not None:
-            self.info(pid)  # unknown PIDs raise
-        match = type_matcher(types)
-        live: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        marker = threading.Event()  # without a store: set by the bus after the events from before we began
-
-        def take(e: Event) -> None:
-            if marker.is_set():
-                live.put(e)
-
-        if self.store is not None:
-            marker.set()  # the replay's sequence mark tells what came before
-        sub = self.bus.subscribe("*", take, pid=pid)
-        try:
-            with self._lock:
-                proc = None if pid is None else self._procs.get(pid)
-                # Done before we subscribed: its end is not coming; the replay below has everything.
-                done = pid is not None and (proc is None or proc.phase is Phase.DONE)
-                if not marker.is_set():
-                    self.bus.mark(marker)
-            rows = self._event_rows(pid, types, since, None if limit is None else max(1, limit))
-            session = self.store.session if self.store is not None else None
-            mark = max((r["seq"] for r in rows if r["session"] == session), default=0)
-            for r in (rows if limit is None else rows[len(rows) - limit:] if limit else []):
-                yield row_to_event(r)
-            while not done:
-                e = self._next_event(live, deadline)
-                if e is None:
-                    return
-                if e.seq > mark and match(e.type):
-                    yield redacted(e)
-                done = pid is not None and e.type in END_EVENTS
-        finally:
-            sub.cancel()
-
-    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None
-                   ) -> Iterator[tuple[float, str]]:
-        """A process's log lines (the last `tail` of them), then each new line as the process
-        writes it, until the process has finished or `timeout` seconds have passed."""
-        pid = _as_int(pid)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        marker = threading.Event()  # set by the bus after the lines already in proc.logs
-        live: queue.SimpleQueue[Event] = queue.SimpleQueue()
-
-        def after_marker(e: Event) -> None:
-            if marker.is_set():
-                live.put(e)
-
-        sub = self.bus.subscribe("process.log|" + END_PATTERN, after_marker, pid=pid)
-        try:
-            with self._lock:
-                proc = self._procs.get(pid)
-                if proc is not None:
-                    lines, done = list(proc.logs), proc.phase is Phase.DONE
-                    self.bus.mark(marker)
-            if proc is None:  # an earlier session's process (or one released from memory)
-                if self.read_only:
-                    self.info(pid)
-                    for e in self._poll_events(pid, "process.log", None, tail, deadline):
-                        yield e.time, str(e.data.get("line", ""))
-                    return
-                lines, done = self.logs(pid), True
-            yield from (lines if tail is None else lines[len(lines) - tail:] if tail > 0 else [])
-            while not done:
-                e = self._next_event(live, deadline)
-                if e is None:
-                    return
-                if e.type == "process.log":
-                    yield e.time, str(e.data.get("line", ""))
-                done = e.type in END_EVENTS
-        finally:
-            sub.cancel()
-
-    def record_command(self, text: str, status: int) -> None:
-        """Audit trail: the shell reports each command it ran and its exit status (0 or 1). It is
-        published as a `shell.command` event (secrets redacted); the store writes the audit row."""
-        with self._lock:  # events are published under the lock, so in order
-            self.bus.publish("shell.command", None,
-                             {"command": redact_text(text), "status": int(status), "user": current_user()})
-
-    def audit(self, since: float | None = None, limit: int | None = None) -> list[AuditEntry]:
-        """The audit trail, oldest first: commands run in the shell (with their exit status) and
-        control actions (kill, pause, resume, priority, recover, rollback) with their target.
-        `since` is a Unix time; `limit` keeps the newest N. Empty without a store."""
-        if self.store is None or limit == 0:
-            return []
-        if not self.read_only:
-            self.flush()  # what has been published so far is committed, then read
-        return [row_to_audit(r) for r in self.store.audit_rows(since, limit)]
-
-    def _event_rows(self, pid: int | None, types: str | None, since: float | None, limit: int | None,
-                    after_id: int = 0) -> list[Any]:
-        if self.store is None:
-            return []
-        if not self.read_only:
-            self.flush()  # what has been published so far is committed, then read
-        return self.store.events(pid=pid, types=types, since=since, after_id=after_id, limit=limit)
-
-    def _next_event(self, live: queue.SimpleQueue[Event], deadline: float | None) -> Event | None:
-        """The next event a follower queued; None once the deadline has passed or the kernel shut down.
-        Waits in short steps so that Ctrl-C reaches the consumer promptly."""
-        while True:
-            step = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
-            if step <= 0:
-                return None
-            try:
-                return live.get(timeout=step)
-            except queue.Empty:
-                if self._closed:
-                    return None
-
-    def _poll_events(self, pid: int | None, types: str | None, since: float | None, limit: int | None,
-                     deadline: float | None) -> Iterator[Event]:
-        """Read-only follower: the owner writes the store; read what it has committed, every 0.25 s."""
-        if pid is not None:
-            self.info(pid)
-        rows = self._event_rows(pid, types, since, None if limit is None else max(1, limit))
-        after = rows[-1]["id"] if rows else 0
-        for r in (rows if limit is None else rows[len(rows) - limit:] if limit else []):
-            yield row_to_event(r)
-        while deadline is None or time.monotonic() < deadline:
-            done = pid is not None and self.info(pid).is_done  # before reading: nothing comes after
-            for r in self._event_rows(pid, types, None, None, after_id=after):
-                after = r["id"]
-                yield row_to_event(r)
-            if done:
-                return
-            time.sleep(0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic())))
 
     def set_max_running(self, n: int) -> None:
         if n < 1:
@@ -1056,11 +678,11 @@ class Kernel:
 
     def logs(self, pid: int) -> list[tuple[float, str]]:
         with self._lock:
-            proc = self._procs.get(_as_int(pid))
+            proc = self._procs.get(as_pid(pid))
             if proc is not None:
                 return list(proc.logs)
         self.info(pid)  # unknown PIDs raise
-        return self.store.log_lines(_as_int(pid)) if self.store is not None else []
+        return self.store.log_lines(as_pid(pid)) if self.store is not None else []
 
     # ------------------------------------------------------------------ internals (lock held)
 
@@ -1088,7 +710,7 @@ class Kernel:
             raise NoSuchProcess(f"no process {_pid_text(pid)}; `ps -a` lists them") from None
 
     def _live_process(self, pid: int, action: str) -> Process:
-        proc = self._procs.get(_as_int(pid))
+        proc = self._procs.get(as_pid(pid))
         if proc is None:
             info = self._historic(pid)  # finished in an earlier session, or released from memory
             if info is not None:
@@ -1342,17 +964,6 @@ def _exit_for(outcome: Outcome) -> int | None:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _as_int(pid: Any) -> int:
-    try:
-        return int(pid)
-    except (TypeError, ValueError):
-        raise NoSuchProcess(f"no process {pid!r}; `ps -a` lists them") from None
-
-
-def _gone(ctx: Any) -> None:
-    raise ToolError("this tool is no longer available")
 
 
 def _pid_text(pid: object) -> str:

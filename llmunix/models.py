@@ -122,6 +122,14 @@ PAUSED = "Paused"
 EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a terminated job
 
 
+def as_pid(pid: Any) -> int:
+    """A PID from user input (int or text), or NoSuchProcess saying there is none such."""
+    try:
+        return int(pid)
+    except (TypeError, ValueError):
+        raise NoSuchProcess(f"no process {pid!r}; `ps -a` lists them") from None
+
+
 def format_pid(pid: int) -> str:
     """PIDs are shown zero-padded to three digits: 001, 042, 1234."""
     return f"{pid:03d}"

@@ -1,13 +1,17 @@
-"""Shared fixtures for the engine tests: kernels that always shut down, a condition poller,
-and a gate tool whose body blocks cooperatively until the test opens it."""
+"""Shared fixtures: kernels that always shut down, a condition poller, a gate tool whose body
+blocks cooperatively until the test opens it, a wait for a process phase, and the real
+`llmunix` prompt in a pty."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pexpect
 import pytest
 
 from llmunix import Kernel, ProcessContext
@@ -75,3 +79,38 @@ class Gate:
 @pytest.fixture
 def make_gate() -> Callable[[], Gate]:
     return Gate
+
+
+def wait_phase(kernel: Kernel, pid: int, phase: str, timeout: float = WAIT) -> None:
+    """Block until process `pid` is in `phase`, woken by its events (no polling)."""
+    reached = threading.Event()
+    sub = kernel.subscribe("*", lambda e: kernel.info(pid).phase == phase and reached.set(), pid=pid)
+    try:
+        if kernel.info(pid).phase != phase:
+            assert reached.wait(timeout), f"process {pid} never reached {phase}"
+    finally:
+        sub.cancel()
+
+
+LLMUNIX = shutil.which("llmunix") or "llmunix"
+PROMPT = r"llmunix\$"
+
+
+def spawn_prompt(home: Any, *, width: int = 140, env: dict[str, str] | None = None) -> pexpect.spawn:
+    """The real `llmunix` at its prompt in a pty. prompt_toolkit asks the terminal where the
+    cursor is and waits for an answer; PROMPT_TOOLKIT_NO_CPR=1 stops it asking."""
+    full_env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LLMUNIX_HOME": str(home), "TERM": "xterm",
+                **(env or {})}
+    full_env.pop("NO_COLOR", None)
+    child = pexpect.spawn(LLMUNIX, env=full_env, encoding="utf-8", timeout=20, dimensions=(40, width))
+    child.expect(PROMPT)
+    return child
+
+
+def close_prompt(child: pexpect.spawn) -> None:
+    if child.isalive():
+        child.sendline("quit -f")
+        try:
+            child.expect(pexpect.EOF, timeout=10)
+        except pexpect.TIMEOUT:
+            child.terminate(force=True)

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pexpect
 import pytest
+from conftest import PROMPT, close_prompt, spawn_prompt
 
-LLMUNIX = shutil.which("llmunix") or "llmunix"
-PROMPT = r"llmunix\$"
 # pexpect compiles patterns with re.DOTALL, so `.*` would run across lines: use ANY.
 ANY = r"[^\n]*"
 
 
 @pytest.fixture
 def session(tmp_path):
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LLMUNIX_HOME": str(tmp_path), "TERM": "xterm"}
-    env.pop("NO_COLOR", None)
-    child = pexpect.spawn(LLMUNIX, env=env, encoding="utf-8", timeout=20, dimensions=(40, 140))
-    child.expect(PROMPT)
+    child = spawn_prompt(tmp_path)
     yield child
-    if child.isalive():
-        child.sendline("quit -f")
-        try:
-            child.expect(pexpect.EOF, timeout=10)
-        except pexpect.TIMEOUT:
-            child.terminate(force=True)
+    close_prompt(child)
 
 
 def test_run_shows_the_pid_then_a_completion_alert_and_ps_pipes_to_grep(session):

@@ -14,8 +14,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-import pexpect
 import pytest
+from conftest import close_prompt, spawn_prompt
 
 LLMUNIX = shutil.which("llmunix") or "llmunix"
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -177,17 +177,9 @@ def test_a_secret_param_is_never_written_where_people_read_but_recover_gets_it(t
 
 @pytest.fixture
 def shell(tmp_path):
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LLMUNIX_HOME": str(tmp_path), "TERM": "xterm"}
-    env.pop("NO_COLOR", None)
-    child = pexpect.spawn(LLMUNIX, env=env, encoding="utf-8", timeout=20, dimensions=(40, 200))
-    child.expect(r"llmunix\$")
+    child = spawn_prompt(tmp_path, width=200)
     yield child
-    if child.isalive():
-        child.sendline("quit -f")
-        try:
-            child.expect(pexpect.EOF, timeout=10)
-        except pexpect.TIMEOUT:
-            child.terminate(force=True)
+    close_prompt(child)
 
 
 def test_ctrl_c_ends_following_in_the_interactive_shell_and_is_not_a_failure(shell):

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from conftest import wait_phase
 
 from llmunix import Event, Kernel, ProcessContext
 from llmunix.models import LlmunixError, parse_since
@@ -79,16 +80,6 @@ def gated(gate: threading.Event, started: threading.Event | None = None):
         return "opened"
 
     return body
-
-
-def wait_phase(kernel: Kernel, pid: int, phase: str) -> None:
-    reached = threading.Event()
-    sub = kernel.subscribe("*", lambda e: kernel.info(pid).phase == phase and reached.set(), pid=pid)
-    try:
-        if kernel.info(pid).phase != phase:
-            assert reached.wait(WAIT), f"process {pid} never reached {phase}"
-    finally:
-        sub.cancel()
 
 
 # ---------------------------------------------------------------------------------------- events

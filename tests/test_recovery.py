@@ -25,6 +25,7 @@ import pytest
 
 from llmunix import kernel as kernel_module
 from llmunix.models import IllegalTransition, LlmunixError
+from llmunix.store import durable as durable_module
 from llmunix.store.sqlite import BACKLOG
 
 LLMUNIX = shutil.which("llmunix") or "llmunix"
@@ -359,7 +360,7 @@ def test_compaction_runs_by_itself_at_start_and_as_processes_finish(tmp_path, ma
     k = make_kernel(home=home, retention_count=2)  # at start: 3 of the 5 are beyond the newest 2
     wait_until(lambda: query(home, "SELECT count(*) FROM processes WHERE compacted=1") == [(3,)],
                message="compaction at start")
-    monkeypatch.setattr(kernel_module, "GC_EVERY_FINISHED", 4)
+    monkeypatch.setattr(durable_module, "GC_EVERY_FINISHED", 4)
     k.wait([k.spawn("echo", text=str(i)) for i in range(4)])  # the 4th finish triggers a pass
     wait_until(lambda: query(home, "SELECT count(*) FROM processes WHERE compacted=1") == [(7,)],
                message="compaction after 4 more finished")

@@ -7,6 +7,7 @@ import json
 import threading
 
 import pytest
+from conftest import wait_phase
 
 from llmunix import Kernel, ProcessContext
 from llmunix.shell import LlmunixShell
@@ -134,7 +135,7 @@ def test_pause_resume_priority_and_kill_report_what_they_did(sh):
     pid = sh.kernel.spawn(gate_tool(gate))
     p = f"{pid:03d}"
     assert p in sh.ok(f"pause {p}")
-    _wait_phase(sh.kernel, pid, "paused")
+    wait_phase(sh.kernel, pid, "paused")
     assert "Paused" in sh.ok("ps")
     assert sh.ok(f"resume {p}").startswith(f"resumed {p}")
     assert sh.ok(f"priority {p} high").strip().endswith("priority high")
@@ -230,16 +231,6 @@ def test_completion_offers_live_pids_tools_and_levels(sh):
     assert "sleep" in [c.text for c in cmdset.tool_choices()]
     assert [c.text for c in cmdset.priority_choices()] == ["critical", "high", "normal", "low", "idle"]
     gate.set()
-
-
-def _wait_phase(kernel: Kernel, pid: int, phase: str, timeout: float = 10.0) -> None:
-    done = threading.Event()
-    sub = kernel.subscribe("process.*", lambda e: kernel.info(pid).phase == phase and done.set(), pid=pid)
-    try:
-        if kernel.info(pid).phase != phase:
-            assert done.wait(timeout), f"process {pid} never reached {phase}"
-    finally:
-        sub.cancel()
 
 
 def test_quoted_values_with_spaces_reach_the_tool_whole(sh):
