@@ -11,6 +11,8 @@ from llmunix.models import LlmunixError
 
 
 class MaintenanceCommands(ShellCommandSet):
+    DEFAULT_CATEGORY = "Durable state commands"
+
     gc_parser = LlmunixArgumentParser(
         description="Compact finished processes now: those older than retention_days, or beyond the "
                     "newest retention_count, keep a summary row (still in `ps -a`); their events, log "

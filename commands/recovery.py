@@ -11,6 +11,8 @@ from llmunix.models import LlmunixError, ProcessInfo
 
 
 class RecoveryCommands(ShellCommandSet):
+    DEFAULT_CATEGORY = "Durable state commands"
+
     def interrupted_choices(self) -> cmd2.Choices:
         items = [cmd2.CompletionItem(i.process_id, display_meta=i.name)
                  for i in self.kernel.ps(all=True, state="interrupted")]

@@ -15,6 +15,8 @@ from typing import Any
 
 import cmd2
 from cmd2 import Cmd2ArgparseError
+from cmd2.constants import COMMAND_ATTR_HELP_CATEGORY as HELP_CATEGORY
+from cmd2.utils import get_defining_class
 from rich.console import Console
 from rich.text import Text
 
@@ -33,6 +35,8 @@ ALERT_EVENTS = "process.completed|process.failed|process.cancelled|process.unkil
 
 
 class LlmunixShell(cmd2.Cmd):
+    DEFAULT_CATEGORY = "Shell commands"  # cmd2's own: alias, history, set, quit, ...
+
     def __init__(self, kernel: Kernel, *, interactive: bool, home: Path | None = None,
                  stdin: Any = None, stdout: Any = None) -> None:
         cmd2.set_default_argument_parser(LlmunixArgumentParser)
@@ -47,10 +51,14 @@ class LlmunixShell(cmd2.Cmd):
             include_py=False,
             suggest_similar_command=True,
         )
+        # cmd2's own commands (alias, history, set, ...) join ours under one heading.
+        for name in self.get_all_commands():
+            func = self.get_command_func(name)
+            if func is not None and get_defining_class(func) is cmd2.Cmd:
+                setattr(func.__func__, HELP_CATEGORY, self.DEFAULT_CATEGORY)
         self.kernel = kernel
         self.interactive = interactive
         self.prompt = PROMPT
-        self.default_category = "Shell commands"
         self.failed = False  # set by any error report; read and reset by consume_failure()
         self.intro = (f"llmunix {__version__} — `help` lists commands, `tools` what can run, "
                       "`run sleep seconds=5` starts one.") if interactive else ""
