@@ -49,6 +49,7 @@ from llmunix.process import (
     signal_group,
     signal_tree,
 )
+from llmunix.resources import ResourceSample, SystemSample
 from llmunix.scheduler import ReadyQueue, preemption_victim
 from llmunix.store import Store, row_to_info
 from llmunix.store.durable import DurableState
@@ -508,6 +509,30 @@ class Kernel(DurableState, EventQueries):
         (alternatives separated by `|`), optionally only for one PID. Delivered in order on the
         event thread; keep callbacks short."""
         return self.bus.subscribe(pattern, callback, pid=pid)
+
+    def samples(self, pid: int) -> list[ResourceSample]:
+        """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
+        with self._lock:
+            proc = self._procs.get(as_pid(pid))
+            if proc is None:
+                self.info(pid)  # unknown PIDs raise; earlier sessions' have no samples
+                return []
+            return list(proc.samples or ())
+
+    def system(self) -> list[SystemSample]:
+        """Recent measurements of the whole machine, oldest first (empty without a monitor)."""
+        return list(self._monitor.system) if self._monitor is not None else []
+
+    @property
+    def monitor_interval(self) -> float | None:
+        return self._monitor.interval if self._monitor is not None else None
+
+    @monitor_interval.setter
+    def monitor_interval(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise LlmunixError("the monitor interval must be greater than 0")
+        if self._monitor is not None:
+            self._monitor.set_interval(seconds)
 
     def set_max_running(self, n: int) -> None:
         if n < 1:

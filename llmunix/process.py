@@ -56,7 +56,7 @@ class Process:
         "checkpoints", "requests", "kill_reason", "has_thread", "thread_ident", "native_id",
         "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
-        "unkillable", "kill_outcome", "restored", "injected", "_snapshot",
+        "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -108,6 +108,8 @@ class Process:
         self.io_operations: int | None = None
         self.unkillable = False
         self.injected = False  # an asynchronous ProcessKilled was sent to its thread
+        self.samples: Any = None  # deque of ResourceSample, made by the monitor when it first measures
+        self.peak_memory_mb: float | None = None
         self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
         self.restored: Any = None  # the checkpoint a recovered process resumes from
         self._snapshot: ProcessInfo | None = None

@@ -4,6 +4,9 @@ Thread-backed processes are measured by their worker thread's native id: CPU fro
 own times, I/O operations from /proc/self/task/TID/io. Their memory is not attributed (threads
 share one heap); it shows as "-". Subprocess tools are measured over the whole child tree: CPU,
 resident memory and I/O operations.
+
+Each process keeps its last `HISTORY` samples (for trend arrows, sparklines and ETA), and the
+monitor keeps the same for the whole system. The interval is settable while it runs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
@@ -22,10 +27,39 @@ if TYPE_CHECKING:
     from llmunix.process import Process
 
 
+HISTORY = 60  # samples kept per process and for the system
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSample:
+    """One measurement of one process (None: not measured for this kind of process)."""
+
+    time: float  # time.time()
+    cpu_percent: float | None
+    memory_mb: float | None
+    io_operations: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSample:
+    """The machine as a whole, and llmunix's own share of it."""
+
+    time: float
+    cpu_percent: float  # all cores, 0-100
+    cpu_count: int
+    memory_total_mb: float
+    memory_available_mb: float
+    load: tuple[float, float, float]  # 1, 5, 15 minutes
+    llmunix_cpu_percent: float  # the llmunix process itself (its threads, not child processes)
+    llmunix_memory_mb: float
+
+
 class Monitor:
     def __init__(self, kernel: Kernel, interval: float = 1.0) -> None:
         self.kernel = kernel
         self.interval = interval
+        self.system: deque[SystemSample] = deque(maxlen=HISTORY)
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llmunix-monitor", daemon=True)
         self._last: dict[int, tuple[float, float]] = {}  # pid -> (wall, cpu seconds)
@@ -34,17 +68,39 @@ class Monitor:
     def start(self) -> None:
         self._thread.start()
 
+    def set_interval(self, seconds: float) -> None:
+        self.interval = seconds
+        self._wake.set()  # start the new pace now, not after the old interval
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        psutil.cpu_percent(None)  # the first call only starts the measurement
+        self._self.cpu_percent(None)
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.sample()
+                self.sample_system()
             except Exception:  # never let a measuring hiccup kill the monitor
                 pass
+
+    def sample_system(self) -> None:
+        vm = psutil.virtual_memory()
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = (0.0, 0.0, 0.0)
+        self.system.append(SystemSample(
+            time.time(), psutil.cpu_percent(None), psutil.cpu_count() or 1, vm.total / 1e6,
+            vm.available / 1e6, load, self._self.cpu_percent(None), self._self.memory_info().rss / 1e6))
 
     def sample(self) -> None:
         k = self.kernel
@@ -68,12 +124,15 @@ class Monitor:
                 prev = self._last.get(p.pid)
                 if prev is not None and now > prev[0]:
                     pct = max(0.0, 100.0 * (cpu - prev[1]) / (now - prev[0]))
+                    if p.subprocess is None:
+                        pct = min(pct, 100.0)  # one thread is at most one core (sampling jitter aside)
                 self._last[p.pid] = (now, cpu)
             results.append((p, pct, mem, io))
         live = {p.pid for p in running}
         for pid in list(self._last):
             if pid not in live:
                 del self._last[pid]
+        wall = time.time()
         with k._lock:
             for p, pct, mem, io in results:
                 if p.phase is Phase.DONE:
@@ -82,6 +141,11 @@ class Monitor:
                     p.cpu_percent = pct
                 p.memory_mb = mem
                 p.io_operations = io
+                if p.samples is None:
+                    p.samples = deque(maxlen=HISTORY)
+                p.samples.append(ResourceSample(wall, pct, mem, io))
+                if mem is not None and (p.peak_memory_mb is None or mem > p.peak_memory_mb):
+                    p.peak_memory_mb = mem
 
 
 def _tree(pid: int) -> tuple[float | None, float | None, int | None]:
