@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
+from commands.limits import LimitsCommands
 from commands.maintenance import MaintenanceCommands
 from commands.observe import ObserveCommands
 from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
 from commands.run import RunCommands
+from commands.top import TopCommands
 
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from llmunix.admission import fmt_amount
 from llmunix.models import ProcessInfo, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
 from llmunix.tools.registry import Tool
@@ -62,7 +63,7 @@ def fmt_progress(info: ProcessInfo) -> str:
     return "-"
 
 
-def _word(text: str) -> str:
+def plain_word(text: str) -> str:
     """Plain output keeps one field per column: no spaces inside a field."""
     return "_".join(text.split()) or "-"
 
@@ -86,7 +87,7 @@ def ps_plain(infos: Sequence[ProcessInfo]) -> str:
     rows = [PS_COLUMNS]
     for i in infos:
         row = ps_row(i)
-        rows.append((row[0], _word(row[1]), *row[2:]))
+        rows.append((row[0], plain_word(row[1]), *row[2:]))
     widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
     return "\n".join(line.format(*r) for r in rows)
@@ -161,6 +162,8 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
     cpu = f"{fmt_cpu(r.cpu_percent)}% CPU" if r.cpu_percent is not None else "CPU not sampled yet"
     io = f", {r.io_operations} I/O ops" if r.io_operations is not None else ""
     root.add(f"Resources: {memory}, {cpu}{io}")
+    if info.needs:
+        root.add("Needs: " + needs_text(info.needs, info.predicted_needs))
     p = info.progress
     if p.percentage is not None:
         root.add(f"Progress: {p.percentage:.0f}% complete ({p.current_step} of {p.total_steps})")
@@ -191,6 +194,12 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         for h in info.history[-history:]:
             branch.add(f"{iso_time(h.timestamp)[11:23]}  {h.event}" + (f": {h.details}" if h.details else ""))
     return root
+
+
+def needs_text(needs: Any, predicted: Sequence[str] = ()) -> str:
+    """`memory_mb=105 (predicted), gpu=1`."""
+    return ", ".join(f"{k}={fmt_amount(v)}" + (" (predicted)" if k in predicted else "")
+                     for k, v in sorted(needs.items()))
 
 
 def process_record(info: ProcessInfo) -> dict[str, Any]:

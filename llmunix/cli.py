@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             monitor_interval=config.monitor_interval,
             retention_days=config.retention_days,
             retention_count=config.retention_count,
+            limits=config.limits,
+            memory_pressure_mb=config.memory_pressure_mb,
         )
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)

@@ -33,6 +33,11 @@ class Config(pydantic.BaseModel):
         "info", description="what llmunix.log records (the shell's `set loglevel` changes it)")
     log_max_bytes: int = pydantic.Field(5_000_000, ge=0, description="rotate llmunix.log at this size (0: never)")
     log_backups: int = pydantic.Field(3, ge=0, description="rotated llmunix.log files to keep")
+    limits: dict[str, float] = pydantic.Field(
+        default_factory=dict, description="resource capacities, e.g. memory_mb = 8000, gpu = 1, "
+        "llm_tokens_per_min = 90000 (the `limits` command changes them)")
+    memory_pressure_mb: float | None = pydantic.Field(
+        None, ge=0, description="below this much available memory, low and idle work waits (default: 5% of total)")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from llmunix.admission import ResourcePool
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.home import HomeInUse, HomeLock
 from llmunix.ipc.bus import EventBus, Subscription
+from llmunix.limits import PRESSURE_RECHECK, ResourceLimits
 from llmunix.models import (
     ALLOWED,
     EXIT_CANCELLED,
@@ -39,6 +41,7 @@ from llmunix.models import (
     format_pid,
 )
 from llmunix.observe.queries import EventQueries
+from llmunix.observe.stats import ToolStats, empty_stats, summarize_runs
 from llmunix.process import (
     REQ_KILL,
     REQ_PAUSE,
@@ -120,7 +123,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries):
+class Kernel(DurableState, EventQueries, ResourceLimits):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -146,11 +149,18 @@ class Kernel(DurableState, EventQueries):
         read_only: bool | None = None,
         retention_days: float = DEFAULT_RETENTION_DAYS,
         retention_count: int = DEFAULT_RETENTION_COUNT,
+        limits: Mapping[str, Any] | None = None,
+        pool: ResourcePool | None = None,
+        memory_pressure_mb: float | None = None,
+        available_memory: Callable[[], float] | None = None,
     ) -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
         if retention_days < 0 or retention_count < 0:
             raise LlmunixError("retention_days and retention_count must not be negative")
+        # Resource admission (limits.py): `limits` capacities on `pool` (default: the machine's);
+        # `available_memory()` in MB is read to detect memory pressure (injectable for tests).
+        self._init_admission(limits, pool, memory_pressure_mb, available_memory)
         self.home = Path(home) if home is not None else None
         # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
         self.read_only = bool(read_only)
@@ -237,23 +247,28 @@ class Kernel(DurableState, EventQueries):
         parent: int | None = None,
         cwd: str | None = None,
         params: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
         process and return its PID. Tool parameters come as keyword arguments, or as the
         `params` mapping when a name clashes with spawn's own (`name`, `priority`, ...).
-        They are validated now: a bad one raises LlmunixError."""
+        They are validated now: a bad one raises LlmunixError. `needs` are the resources it
+        must hold to run (`{"memory_mb": 500, "gpu": 1}`), over the tool's own defaults."""
         self._writable()
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
+        wants, predicted = self._needs_for(t, needs)
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(int(a) for a in after))
         with self._lock:
-            return self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd)
+            return self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd,
+                                      needs=(wants, predicted))
 
     def _spawn_locked(self, t: Tool, params: dict[str, Any], prio: Priority, deps: tuple[int, ...], *,
                       name: str | None, parent: int | None, cwd: str | None, pid: int | None = None,
-                      restored: Any = None, checkpoints: list[Any] | None = None, note: str = "") -> int:
+                      restored: Any = None, checkpoints: list[Any] | None = None, note: str = "",
+                      needs: tuple[dict[str, float], tuple[str, ...]] | None = None) -> int:
         """Create a process (a new PID, or an old one being recovered) and queue it."""
         if self._closed:
             raise LlmunixError("the kernel has shut down; no new processes")
@@ -268,6 +283,7 @@ class Kernel(DurableState, EventQueries):
                        parent=parent, after=deps, cwd=cwd or self._cwd())
         proc.restored = restored
         proc.checkpoints = list(checkpoints or [])
+        proc.needs, proc.predicted = needs if needs is not None else (dict(t.needs), ())
         self._procs[pid] = proc
         self._live[pid] = proc
         if self._history is not None:
@@ -288,7 +304,10 @@ class Kernel(DurableState, EventQueries):
                 proc.deps_pending.add(a)
                 dep.dependents.append(proc)
         now = time.monotonic()
-        if failed is not None:
+        never = self.pool.never_fits(proc.needs) if proc.needs else None
+        if never is not None:
+            self._finish_locked(proc, Outcome.FAILED, 1, never)
+        elif failed is not None:
             self._finish_locked(proc, Outcome.FAILED, 1, f"dependency failed: {format_pid(failed[0])} {failed[1]}")
         elif proc.deps_pending:
             proc.phase = Phase.WAITING
@@ -523,6 +542,40 @@ class Kernel(DurableState, EventQueries):
         """Recent measurements of the whole machine, oldest first (empty without a monitor)."""
         return list(self._monitor.system) if self._monitor is not None else []
 
+    def recent(self, seconds: float = 5.0) -> list[ProcessInfo]:
+        """Live processes and those that finished in the last `seconds`, by PID (what `top` lists)."""
+        if self.read_only:
+            return self.ps()
+        cutoff = time.time() - seconds
+        with self._lock:
+            procs = dict(self._live)
+            if self.store is not None:  # finished processes are kept in the order they finished
+                for _seq, p in reversed(self._finished):
+                    if p.finished is None or p.finished < cutoff:
+                        break
+                    procs.setdefault(p.pid, p)
+            else:
+                procs.update((p.pid, p) for p in self._procs.values()
+                             if p.finished is not None and p.finished >= cutoff)
+            infos = [self._snapshot(p) for p in procs.values()]
+        infos.sort(key=lambda i: i.pid)
+        return infos
+
+    def tool_stats(self, tool: str | None = None) -> list[ToolStats]:
+        """Per-tool run counts, outcomes and durations, from the store's run history (without a
+        store: this session's finished processes). An unknown tool with no runs raises."""
+        if self.store is not None:
+            runs = self.store.tool_runs(tool)
+        else:
+            runs = [(i.tool_name, i.state, i.runtime) for i in self.ps(all=True)
+                    if i.is_done and (tool is None or i.tool_name == tool)]
+        stats = summarize_runs(runs)
+        if tool is not None and not stats:
+            if tool not in self.registry:
+                raise LlmunixError(f"no tool {tool!r} and no runs of it; `tools` lists them")
+            stats = [empty_stats(tool)]
+        return stats
+
     @property
     def monitor_interval(self) -> float | None:
         return self._monitor.interval if self._monitor is not None else None
@@ -620,7 +673,7 @@ class Kernel(DurableState, EventQueries):
                     self._dispatch_locked(now)
                     continue
                 if (now - proc.slice_start >= self.time_slice
-                      and self._ready.waiting_at_or_above(proc.priority, now)):
+                      and self._slot_wanted(proc.priority, now)):
                     self._leave_slot(proc, Phase.PREEMPTED, now)
                     self._ready.push(proc, now)
                     proc.detail = "time slice used; waiting for its turn"
@@ -771,6 +824,7 @@ class Kernel(DurableState, EventQueries):
         self._transition(proc, to)
         proc.requests &= ~REQ_PREEMPT  # whatever stops it also answers a pending preemption
         self._running.discard(proc)
+        self._release(proc)
         if proc.run_since is not None:
             proc.run_accum += now - proc.run_since
             proc.run_since = None
@@ -784,13 +838,24 @@ class Kernel(DurableState, EventQueries):
         ready = self._ready
         if self._closed:
             return  # shutting down: nothing new starts, even when slots free up
+        if ready._count and now - self._pressure_read >= PRESSURE_RECHECK:
+            self._maybe_read_pressure(now)
         while len(self._running) < self.max_running and ready._count:
             proc = ready.peek(now)
             if proc is None:
                 break
+            head = proc
+            if proc.needs or self._pressure.on:
+                proc = self._admissible(head, now)  # needs must fit the pool (scheduler.py: Admission)
+                if proc is None:
+                    break
             if not proc.has_thread and self._executor.available() + spare_threads <= 0:
                 break
-            ready.pop(proc)
+            if proc is head:
+                ready.pop(proc)
+            else:
+                ready.remove(proc)
+            self._acquire(proc)
             self._transition(proc, Phase.RUNNING)
             self._running.add(proc)
             proc.slice_start = now
@@ -811,8 +876,8 @@ class Kernel(DurableState, EventQueries):
             if any(p.requests & REQ_PREEMPT for p in self._running):
                 return  # one preemption at a time
             level = ready.highest_base(now)
-            if level is None:
-                return
+            if level is None or ready.head(level).blocked_on:
+                return  # preemption frees slots, not resources
             victim = preemption_victim(self._running, level)
             if victim is not None:
                 victim.requests |= REQ_PREEMPT
@@ -831,6 +896,7 @@ class Kernel(DurableState, EventQueries):
             now = time.monotonic()
             self._ready.remove(p)
             self._running.discard(p)
+            self._release(p)
             if p.run_since is not None:
                 p.run_accum += now - p.run_since
                 p.run_since = None
@@ -847,7 +913,9 @@ class Kernel(DurableState, EventQueries):
             p.note(oc.value.lower(), err or "")
             self._live.pop(p.pid, None)
             event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
-                               runtime=round(p.runtime(now), 3), output=out)
+                               runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb)
+            if oc is Outcome.COMPLETED:
+                self._record_run(p)
             if self.store is not None:
                 self._finished.append((event.seq, p))
             if not p.dependents:

@@ -193,6 +193,8 @@ class ProcessInfo:
     context: Context
     history: tuple[HistoryEntry, ...]
     subprocess_pid: int | None = None
+    needs: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # resources it must hold to run
+    predicted_needs: tuple[str, ...] = ()  # which needs were predicted from the tool's past runs
 
     @property
     def process_id(self) -> str:
@@ -251,6 +253,7 @@ class ProcessInfo:
             "owner": self.owner,
             "parent": None if self.parent is None else format_pid(self.parent),
             "after": [format_pid(a) for a in self.after],
+            "needs": dict(self.needs),
             "created": iso_time(self.created),
             "started": None if self.started is None else iso_time(self.started),
             "finished": None if self.finished is None else iso_time(self.finished),

@@ -57,6 +57,7 @@ class Process:
         "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
         "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
+        "needs", "predicted", "holds", "blocked_on",
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -113,6 +114,10 @@ class Process:
         self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
         self.restored: Any = None  # the checkpoint a recovered process resumes from
         self._snapshot: ProcessInfo | None = None
+        self.needs: dict[str, float] = {}  # resources it must hold to run (admission.py)
+        self.predicted: tuple[str, ...] = ()  # which of those were predicted from past runs
+        self.holds = False  # its needs are acquired from the pool (only while running)
+        self.blocked_on: tuple[str, ...] = ()  # what it waited for when last considered
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
@@ -157,6 +162,8 @@ class Process:
             ),
             history=tuple(self.history),
             subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
+            needs=MappingProxyType(dict(self.needs)) if self.needs else EMPTY,
+            predicted_needs=self.predicted,
         )
         if self.phase is Phase.DONE:
             self._snapshot = info

@@ -101,6 +101,7 @@ class Monitor:
         self.system.append(SystemSample(
             time.time(), psutil.cpu_percent(None), psutil.cpu_count() or 1, vm.total / 1e6,
             vm.available / 1e6, load, self._self.cpu_percent(None), self._self.memory_info().rss / 1e6))
+        self.kernel.check_resources()  # memory pressure on/off; start what now fits (token buckets refill)
 
     def sample(self) -> None:
         k = self.kernel

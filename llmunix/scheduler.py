@@ -17,7 +17,25 @@ Policy
   stopped when it is picked again. Aging does not preempt: it reorders the queue only, so an
   aged process waits for a slot to be given back instead of causing churn.
 * Admission: a process is started only when a slot is free and, if it has never run, when a
-  worker thread is available (paused and preempted processes keep theirs).
+  worker thread is available (paused and preempted processes keep theirs), and only when its
+  resource *needs* fit what is free in the pool (`admission.ResourcePool`: counters such as
+  `memory_mb`, `cpu`, `gpu`, and token buckets such as `llm_tokens_per_min`). Needs are acquired
+  each time a process starts or continues and given back whenever it stops running (paused,
+  preempted, finished); tokens are taken once, at its first start. Needs that can never fit the
+  pool's capacity fail the process at spawn. Unstated `memory_mb` is predicted from the tool's
+  recent runs (p90 of their peak memory).
+* Resource waits, bounded look-ahead: if the next process's needs do not fit, the scheduler
+  looks at most ADMISSION_LOOKAHEAD queued processes (in the order they would run) and starts
+  the first that fits; the others stay queued with detail `waiting for resources: NAME`.
+  Starvation: a process that has waited at least `aging_interval` seconds (5 s when aging is
+  off) *reserves* its needs: processes behind it in that order start only if they fit in what
+  is left after its reservation. Aging moves a long-waiting process to the front of that order,
+  so a big process is overtaken only for a while.
+* A process waiting for resources (or deferred) neither preempts nor takes a running process's
+  turn: preemption and time slices free slots, not resources.
+* Memory pressure: while available system memory is under `memory_pressure_mb`, processes of
+  base level low or idle are not admitted (detail `deferred: memory pressure`); the kernel
+  publishes `system.memory_pressure` (state on/off) when it starts and ends.
 * Dependencies are handled by the kernel before a process reaches this queue: a process waiting
   on others is in phase `waiting` and not in the ready queue at all.
 
@@ -27,22 +45,32 @@ State (all guarded by the kernel lock)
   `ready` (never run) or `preempted` (has a thread, waits to continue).
 * `ReadyQueue._count`: number of live entries.
 * A removed process is not searched for: its `queue_token` changes, and the stale entry is
-  dropped when it reaches the head of its deque. Push, pop and remove are O(1).
+  dropped when it reaches the head of its deque. Push, pop and remove are O(1); `candidates`
+  (the admission look-ahead) looks at O(levels * ADMISSION_LOOKAHEAD) entries.
+* `Process.needs` (declared or predicted), `Process.holds` (its needs are counted in the pool's
+  `in_use`), `Process.blocked_on` (what it lacked when last considered).
+* `ResourcePool.in_use[name]`: the sum of the needs of the processes that hold them; token
+  buckets' levels. Reservations are not state: each dispatch recomputes them.
 
 Invariants
 ----------
 * A process is in the ready queue iff its phase is `ready` or `preempted` (one live entry).
 * A slot is held only by a process in phase `running`; running count <= max_running.
+* Needs are held only by running processes: `holds` implies phase `running`, and each counter's
+  `in_use` is the sum of the needs of the processes that hold. A running process's needs fit
+  when it was admitted (a later `limits` change may leave `in_use` above capacity until it ends).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 from llmunix.models import Phase, Priority
 from llmunix.process import Process
 
 LEVELS = tuple(sorted(Priority, reverse=True))
+ADMISSION_LOOKAHEAD = 8  # queued processes considered when the next one's needs do not fit
 
 
 class ReadyQueue:
@@ -100,6 +128,36 @@ class ReadyQueue:
             if best_key[0] == Priority.CRITICAL:
                 break
         return best
+
+    def candidates(self, now: float, limit: int) -> list[Process]:
+        """Up to `limit` queued processes in the order they would start if each one ahead
+        stepped aside: levels ordered by their heads as `peek` orders them, FIFO within a
+        level; so the first is `peek`'s. Bounded: at most 4 * `limit` entries per level are
+        looked at (removed processes leave stale entries behind)."""
+        heads = []
+        for level in LEVELS:
+            q = self._levels[level]
+            while q and q[0][1].queue_token != q[0][0]:
+                q.popleft()
+            if q:
+                head = q[0][1]
+                heads.append((self.effective(head, now), -head.ready_since, level))
+        heads.sort(reverse=True)
+        out: list[Process] = []
+        for _eff, _age, level in heads:
+            for token, proc in islice(self._levels[level], 4 * limit):
+                if proc.queue_token == token:
+                    out.append(proc)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def head(self, level: Priority) -> Process | None:
+        """The first live process of base `level`, if any."""
+        q = self._levels[level]
+        while q and q[0][1].queue_token != q[0][0]:
+            q.popleft()
+        return q[0][1] if q else None
 
     def pop(self, proc: Process) -> None:
         """Take `proc`, which `peek` just returned, off the queue."""

@@ -33,7 +33,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -68,6 +68,10 @@ MIGRATIONS: dict[int, str] = {
         command TEXT, target INTEGER, status INTEGER
     );
     CREATE INDEX audit_time ON audit(time);
+    """,
+    # Peak memory of each run (from the monitor), for predicting a tool's memory need.
+    2: """
+    ALTER TABLE tool_runs ADD COLUMN peak_memory_mb REAL;
     """,
 }
 
@@ -352,6 +356,15 @@ class Store:
             "SELECT time, data FROM events WHERE pid=? AND type='process.log' ORDER BY id", (pid,)).fetchall()
         return [(r["time"], json.loads(r["data"]).get("line", "")) for r in rows]
 
+    def tool_runs(self, tool: str | None = None) -> list[tuple[str, str, float | None]]:
+        """(tool, outcome, duration) of every recorded run, oldest first; only `tool`'s if given."""
+        if tool is None:
+            rows = self._reader().execute("SELECT tool, outcome, duration FROM tool_runs ORDER BY id").fetchall()
+        else:
+            rows = self._reader().execute(
+                "SELECT tool, outcome, duration FROM tool_runs WHERE tool=? ORDER BY id", (tool,)).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def audit_rows(self, since: float | None = None, limit: int | None = None) -> list[sqlite3.Row]:
         sql = "SELECT * FROM audit WHERE time >= ? ORDER BY id"
         rows = self._reader().execute(sql, (since or 0.0,)).fetchall()
@@ -361,6 +374,13 @@ class Store:
         rows = self._reader().execute(
             "SELECT duration FROM tool_runs WHERE tool=? AND outcome='Completed' ORDER BY id DESC LIMIT ?",
             (tool, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def tool_peak_memory(self, tool: str, limit: int = 20) -> list[float]:
+        """Peak memory (MB) of the tool's last completed runs that were measured, newest first."""
+        rows = self._reader().execute(
+            "SELECT peak_memory_mb FROM tool_runs WHERE tool=? AND outcome='Completed' "
+            "AND peak_memory_mb IS NOT NULL ORDER BY id DESC LIMIT ?", (tool, limit)).fetchall()
         return [r[0] for r in rows]
 
     def integrity_check(self) -> str:
@@ -487,9 +507,9 @@ class _EventWriter:
                  d.get("exit_code"), d.get("error"), _dumps(d.get("output")), e.time, d.get("runtime"), e.pid))
             if state != "Interrupted":
                 self.conn.execute(
-                    "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome) "
-                    "SELECT tool, pid, started, ?, ?, ? FROM processes WHERE pid=?",
-                    (e.time, d.get("runtime"), state, e.pid))
+                    "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
+                    "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
+                    (e.time, d.get("runtime"), state, d.get("peak_memory_mb"), e.pid))
 
     def flush_progress(self) -> None:
         if self._progress:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 
+from llmunix.admission import parse_needs
 from llmunix.models import LlmunixError
 
 ToolFunc = Callable[..., Any]
@@ -40,6 +41,7 @@ class Tool:
     idempotent: bool = False  # safe to re-run from scratch after an interruption
     source: str = "builtin"
     params: tuple[ParamSpec, ...] = ()
+    needs: Mapping[str, float] = field(default_factory=dict)  # default resource needs (see admission.py)
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +108,7 @@ def make_tool(
     subprocess: bool = False,
     idempotent: bool = False,
     source: str = "builtin",
+    needs: Mapping[str, Any] | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -143,6 +146,7 @@ def make_tool(
         idempotent=idempotent,
         source=source,
         params=tuple(specs),
+        needs=parse_needs(needs),
         _model=model,
     )
 
@@ -154,13 +158,15 @@ def tool(
     description: str | None = None,
     subprocess: bool = False,
     idempotent: bool = False,
+    needs: Mapping[str, Any] | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
 
     The function's first parameter is the process context; the rest are the tool's parameters.
     The first paragraph of its docstring is the description; an `Args:` section documents
-    parameters (`name: what it is`).
+    parameters (`name: what it is`). `needs` are the resources each run needs by default
+    (`{"memory_mb": 500, "gpu": 1}`); `spawn(needs=...)` and `run --need` override them.
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -168,7 +174,7 @@ def tool(
         if source.startswith("llmunix."):
             source = "builtin"
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
-                      idempotent=idempotent, source=source)
+                      idempotent=idempotent, source=source, needs=needs)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f

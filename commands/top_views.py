@@ -1,0 +1,261 @@
+"""Pure renderers for `top` and `stats`: snapshots in, rich renderables, plain text or JSON out.
+
+A `TopFrame` is everything one screen of `top` shows, gathered by the command from Kernel
+queries (`recent`, `samples`, `system`); nothing here asks the kernel anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from commands.views import PRIORITY_STYLES, STATE_STYLES, fmt_cpu, fmt_memory, plain_word
+from llmunix.models import ProcessInfo, format_duration
+from llmunix.observe.stats import ToolStats
+from llmunix.resources import ResourceSample, SystemSample
+
+TOP_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "PROGRESS")
+STATS_COLUMNS = ("TOOL", "RUNS", "COMPLETED", "FAILED", "CANCELLED", "SUCCESS", "MEAN", "P95")
+SORTS = {"cpu": "CPU", "mem": "memory", "priority": "priority", "pid": "PID"}
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 20
+UP, DOWN = "↑", "↓"
+
+
+@dataclass(frozen=True, slots=True)
+class TopRow:
+    info: ProcessInfo
+    samples: tuple[ResourceSample, ...]  # oldest first
+    progress_trend: str = ""  # UP / DOWN / "" against the previous frame
+
+
+@dataclass(frozen=True, slots=True)
+class TopFrame:
+    time: float
+    system: SystemSample | None  # None: no monitor, or no measurement yet
+    rows: tuple[TopRow, ...]  # sorted and filtered
+    counts: dict[str, int]  # processes by display state, before filtering
+    sort: str = "pid"
+    filter: str = ""
+    editing: str | None = None  # the filter being typed after `/`
+    delay: float = 1.0
+
+
+# ---------------------------------------------------------------------- arranging rows
+
+
+def arrange(rows: Sequence[TopRow], sort: str, text: str = "") -> tuple[TopRow, ...]:
+    """Filter (tool, name or state containing `text`, any case), then sort: CPU and memory
+    highest first, priority most urgent first, PID ascending; ties by PID."""
+    want = text.strip().lower()
+    if want:
+        rows = [r for r in rows if any(want in f.lower() for f in
+                                       (r.info.tool_name, r.info.name, r.info.display_state))]
+    keys = {
+        "cpu": lambda r: (-(r.info.resources.cpu_percent or 0.0), r.info.pid),
+        "mem": lambda r: (-(r.info.resources.memory_mb or 0.0), r.info.pid),
+        "priority": lambda r: (-int(r.info.priority), r.info.pid),
+        "pid": lambda r: (r.info.pid,),
+    }
+    return tuple(sorted(rows, key=keys[sort]))
+
+
+def count_states(infos: Sequence[ProcessInfo]) -> dict[str, int]:
+    return dict(Counter(i.display_state for i in infos))
+
+
+# ---------------------------------------------------------------------- row figures
+
+
+def cpu_trend(samples: Sequence[ResourceSample]) -> str:
+    """↑ or ↓ when the last two CPU measurements differ by more than half a point."""
+    cpu = [s.cpu_percent for s in samples[-2:] if s.cpu_percent is not None]
+    if len(cpu) < 2 or abs(cpu[1] - cpu[0]) < 0.5:
+        return ""
+    return UP if cpu[1] > cpu[0] else DOWN
+
+
+def sparkline(samples: Sequence[ResourceSample], width: int = SPARK_WIDTH) -> str:
+    """CPU over the last `width` samples, 0-100% scale (more than one core shows as full)."""
+    chars = []
+    for s in samples[-width:]:
+        if s.cpu_percent is None:
+            chars.append(" ")
+        else:
+            level = min(len(SPARK) - 1, int(min(s.cpu_percent, 100.0) / 100 * len(SPARK)))
+            chars.append(SPARK[level])
+    return "".join(chars)
+
+
+def top_progress(info: ProcessInfo) -> str:
+    p = info.progress
+    if p.percentage is not None:
+        return f"{p.percentage:.0f}%"
+    if p.current_step:
+        return f"step {p.current_step}"
+    if info.phase != "running" and not info.is_done:
+        return info.detail or "-"  # why it is not running: queued, waiting for 003, paused by user
+    return "-"
+
+
+def _with_trend(text: str, trend: str) -> str:
+    return f"{text} ({trend})" if trend else text
+
+
+# ---------------------------------------------------------------------- header
+
+
+def header_pairs(frame: TopFrame) -> list[tuple[str, str]]:
+    """The header as (key, value) pairs, shared by the plain and rich faces."""
+    s = frame.system
+    pairs = [("time", time.strftime("%H:%M:%S", time.localtime(frame.time)))]
+    if s is None:
+        pairs += [("cpu", "-"), ("memory", "-"), ("load", "-"), ("llmunix", "-")]
+    else:
+        used = s.memory_total_mb - s.memory_available_mb
+        pairs += [
+            ("cpu", f"{s.cpu_percent:.1f}% ({s.cpu_count} cores)"),
+            ("memory", f"{fmt_memory(used)} used / {fmt_memory(s.memory_total_mb)} total"),
+            ("load", " ".join(f"{x:.2f}" for x in s.load)),
+            ("llmunix", f"{s.llmunix_cpu_percent:.1f}% CPU, {fmt_memory(s.llmunix_memory_mb)}"),
+        ]
+    total = sum(frame.counts.values())
+    by_state = ", ".join(f"{n} {state.lower()}" for state, n in sorted(frame.counts.items()))
+    pairs.append(("processes", f"{total} total" + (f", {by_state}" if by_state else "")))
+    pairs.append(("sort", frame.sort))
+    if frame.editing is not None:
+        pairs.append(("filter", frame.editing + "_"))
+    elif frame.filter:
+        pairs.append(("filter", frame.filter))
+    return pairs
+
+
+# ---------------------------------------------------------------------- three faces
+
+
+def top_row(row: TopRow) -> tuple[str, ...]:
+    i = row.info
+    return (i.process_id, i.name, i.display_state, i.priority.label, fmt_cpu(i.resources.cpu_percent),
+            fmt_memory(i.resources.memory_mb), top_progress(i))
+
+
+def top_plain(frame: TopFrame) -> str:
+    """`key: value` header lines, then aligned whitespace-separated columns (TREND: the CPU
+    arrow, or - when steady or unknown). No colour, no box characters."""
+    lines = [f"{k}: {v}" for k, v in header_pairs(frame)]
+    table = [(*TOP_COLUMNS, "TREND")]
+    for r in frame.rows:
+        row = top_row(r)
+        table.append((row[0], plain_word(row[1]), *row[2:6], plain_word(row[6]), cpu_trend(r.samples) or "-"))
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join(lines + [fmt.format(*t) for t in table])
+
+
+def top_rich(frame: TopFrame) -> Group:
+    pairs = dict(header_pairs(frame))
+    title = Text.assemble(("llmunix top", "bold"), f"  {pairs['time']}   refresh {frame.delay:g}s   ",
+                          ("sort: ", "dim"), (frame.sort, "bold cyan"))
+    if "filter" in pairs:
+        title.append_text(Text.assemble(("   filter: ", "dim"), (pairs["filter"], "bold yellow")))
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    for key, label in (("cpu", "CPU"), ("memory", "Memory"), ("load", "Load"), ("llmunix", "llmunix"),
+                       ("processes", "Processes")):
+        head.add_row(label, Text(pairs[key]))
+    keys = Text("q quit · c cpu · m memory · p priority · n pid · / filter (Enter apply, Esc clear)", style="dim")
+    table = Table(box=None, header_style="bold reverse", pad_edge=False, expand=True)
+    for col in (*TOP_COLUMNS, "CPU HISTORY"):
+        table.add_column(col, justify="right" if col in ("CPU%", "MEM") else "left", no_wrap=True)
+    for r in frame.rows:
+        row = top_row(r)
+        table.add_row(
+            Text(row[0], style="cyan"),
+            Text(row[1]),
+            Text(row[2], style=STATE_STYLES.get(row[2], "")),
+            Text(row[3], style=PRIORITY_STYLES.get(row[3], "")),
+            _with_trend(row[4], cpu_trend(r.samples)),
+            row[5],
+            Text(_with_trend(row[6], r.progress_trend)),
+            Text(sparkline(r.samples), style="green"),
+        )
+    if not frame.rows:
+        table.caption = "no processes match" if frame.filter else "no live processes"
+    return Group(title, head, keys, Text(""), table)
+
+
+def top_record(frame: TopFrame) -> dict[str, Any]:
+    """`top --json`: one frame."""
+    s = frame.system
+    system = None if s is None else {
+        "cpu_percent": round(s.cpu_percent, 1), "cpu_count": s.cpu_count,
+        "memory_total_mb": round(s.memory_total_mb, 1),
+        "memory_used_mb": round(s.memory_total_mb - s.memory_available_mb, 1),
+        "load": [round(x, 2) for x in s.load],
+        "llmunix_cpu_percent": round(s.llmunix_cpu_percent, 1), "llmunix_memory_mb": round(s.llmunix_memory_mb, 1),
+    }
+    return {
+        "time": frame.time,
+        "system": system,
+        "counts": frame.counts,
+        "sort": frame.sort,
+        "filter": frame.filter,
+        "processes": [{
+            "process_id": r.info.process_id,
+            "pid": r.info.pid,
+            "name": r.info.name,
+            "tool_name": r.info.tool_name,
+            "state": r.info.display_state.lower(),
+            "priority": r.info.priority.label,
+            "cpu_percent": None if r.info.resources.cpu_percent is None else round(r.info.resources.cpu_percent, 1),
+            "memory_mb": None if r.info.resources.memory_mb is None else round(r.info.resources.memory_mb, 1),
+            "progress": None if r.info.progress.percentage is None else round(r.info.progress.percentage, 1),
+            "cpu_trend": {UP: "up", DOWN: "down"}.get(cpu_trend(r.samples)),
+            "cpu_history": [None if x.cpu_percent is None else round(x.cpu_percent, 1)
+                            for x in r.samples[-SPARK_WIDTH:]],
+        } for r in frame.rows],
+    }
+
+
+# ---------------------------------------------------------------------- stats
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.2f}s" if seconds < 60 else format_duration(seconds)
+
+
+def stats_row(s: ToolStats) -> tuple[str, ...]:
+    rate = s.success_rate
+    return (s.tool, str(s.runs), str(s.completed), str(s.failed), str(s.cancelled),
+            "-" if rate is None else f"{rate:.0f}%", fmt_seconds(s.mean_duration), fmt_seconds(s.p95_duration))
+
+
+def stats_plain(stats: Sequence[ToolStats]) -> str:
+    rows = [STATS_COLUMNS] + [stats_row(s) for s in stats]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join(fmt.format(*r) for r in rows)
+
+
+def stats_table(stats: Sequence[ToolStats]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in STATS_COLUMNS:
+        table.add_column(col, justify="left" if col == "TOOL" else "right", no_wrap=True)
+    for s in stats:
+        row = stats_row(s)
+        rate = s.success_rate
+        style = "" if rate is None else "green" if rate >= 95 else "yellow" if rate >= 75 else "red"
+        table.add_row(Text(row[0], style="cyan"), *row[1:5], Text(row[5], style=style), *row[6:])
+    if not stats:
+        table.caption = "no finished runs yet"
+    return table
