@@ -4,6 +4,7 @@ blocks cooperatively until the test opens it, a wait for a process phase, and th
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import threading
@@ -114,3 +115,56 @@ def close_prompt(child: pexpect.spawn) -> None:
             child.expect(pexpect.EOF, timeout=10)
         except pexpect.TIMEOUT:
             child.terminate(force=True)
+
+
+class Session:
+    """The shell over a kernel, run without a terminal: each command's stdout is captured, and
+    stderr through pytest's capsys. `ok` and `bad` assert success, or a one-line failure."""
+
+    def __init__(self, kernel: Kernel, capsys: pytest.CaptureFixture[str], tty: bool = False) -> None:
+        from llmunix.shell import LlmunixShell
+
+        self.kernel = kernel
+        self.capsys = capsys
+        self.stdout = _TTYStringIO() if tty else io.StringIO()
+        self.shell = LlmunixShell(kernel, interactive=False, stdout=self.stdout)
+
+    def run(self, line: str) -> tuple[str, str, bool]:
+        """Run one command line; return (stdout, stderr, failed)."""
+        self.stdout.seek(0)
+        self.stdout.truncate()
+        self.capsys.readouterr()
+        self.shell.onecmd_plus_hooks(line)
+        err = self.capsys.readouterr().err
+        return self.stdout.getvalue(), err, self.shell.consume_failure()
+
+    def ok(self, line: str) -> str:
+        out, err, failed = self.run(line)
+        assert not failed, f"{line!r} failed: {err}"
+        return out
+
+    def bad(self, line: str) -> str:
+        out, err, failed = self.run(line)
+        assert failed, f"{line!r} should have failed; out={out!r}"
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert len(lines) == 1, f"expected a one-line error, got {err!r}"
+        assert "Traceback" not in err
+        return lines[0]
+
+
+class _TTYStringIO(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def kernel(tmp_path: Any) -> Iterator[Kernel]:
+    """A kernel with a home (and so a store) in the test's directory."""
+    k = Kernel(tmp_path, monitor=False, kill_grace=0.3)
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def sh(kernel: Kernel, capsys: pytest.CaptureFixture[str]) -> Session:
+    return Session(kernel, capsys)

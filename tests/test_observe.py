@@ -13,58 +13,16 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from conftest import wait_phase
+from conftest import Session, wait_phase
 
 from llmunix import Event, Kernel, ProcessContext
 from llmunix.models import LlmunixError, parse_since
 from llmunix.observe.audit import ACTION, COMMAND
 from llmunix.observe.logging import JsonFormatter, log_events, parse_level
 from llmunix.observe.redact import redact, redact_text
-from llmunix.shell import LlmunixShell
 from llmunix.tools.registry import REGISTRY, ToolRegistry, make_tool
 
 WAIT = 10.0
-
-
-class Session:
-    """A non-interactive shell over a kernel, capturing stdout; stderr via capsys."""
-
-    def __init__(self, kernel: Kernel, capsys: pytest.CaptureFixture[str]) -> None:
-        self.kernel = kernel
-        self.capsys = capsys
-        self.stdout = io.StringIO()
-        self.shell = LlmunixShell(kernel, interactive=False, stdout=self.stdout)
-
-    def run(self, line: str) -> tuple[str, str, bool]:
-        self.stdout.seek(0)
-        self.stdout.truncate()
-        self.capsys.readouterr()
-        self.shell.onecmd_plus_hooks(line)
-        return self.stdout.getvalue(), self.capsys.readouterr().err, self.shell.consume_failure()
-
-    def ok(self, line: str) -> str:
-        out, err, failed = self.run(line)
-        assert not failed, f"{line!r} failed: {err}"
-        return out
-
-    def bad(self, line: str) -> str:
-        out, err, failed = self.run(line)
-        assert failed, f"{line!r} should have failed; out={out!r}"
-        lines = [x for x in err.splitlines() if x.strip()]
-        assert len(lines) == 1 and "Traceback" not in err, err
-        return lines[0]
-
-
-@pytest.fixture
-def kernel(tmp_path):
-    k = Kernel(tmp_path, monitor=False, kill_grace=0.3)
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def sh(kernel, capsys):
-    return Session(kernel, capsys)
 
 
 def gated(gate: threading.Event, started: threading.Event | None = None):

@@ -2,64 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 
 import pytest
-from conftest import wait_phase
+from conftest import Session, wait_phase
 
-from llmunix import Kernel, ProcessContext
-from llmunix.shell import LlmunixShell
-
-
-class Session:
-    """A non-interactive shell over a fresh kernel, capturing stdout; stderr via capsys."""
-
-    def __init__(self, kernel: Kernel, capsys: pytest.CaptureFixture[str], tty: bool = False) -> None:
-        self.kernel = kernel
-        self.capsys = capsys
-        self.stdout = _TTYStringIO() if tty else io.StringIO()
-        self.shell = LlmunixShell(kernel, interactive=False, stdout=self.stdout)
-
-    def run(self, line: str) -> tuple[str, str, bool]:
-        """Run one command line; return (stdout, stderr, failed)."""
-        self.stdout.seek(0)
-        self.stdout.truncate()
-        self.capsys.readouterr()
-        self.shell.onecmd_plus_hooks(line)
-        err = self.capsys.readouterr().err
-        return self.stdout.getvalue(), err, self.shell.consume_failure()
-
-    def ok(self, line: str) -> str:
-        out, err, failed = self.run(line)
-        assert not failed, f"{line!r} failed: {err}"
-        return out
-
-    def bad(self, line: str) -> str:
-        out, err, failed = self.run(line)
-        assert failed, f"{line!r} should have failed; out={out!r}"
-        lines = [x for x in err.splitlines() if x.strip()]
-        assert len(lines) == 1, f"expected a one-line error, got {err!r}"
-        assert "Traceback" not in err
-        return lines[0]
-
-
-class _TTYStringIO(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def kernel(tmp_path):
-    k = Kernel(tmp_path, monitor=False, kill_grace=0.3)
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def sh(kernel, capsys):
-    return Session(kernel, capsys)
+from llmunix import ProcessContext
 
 
 def gate_tool(gate: threading.Event):
