@@ -40,6 +40,7 @@ from llmunix.models import (
     as_pid,
     format_pid,
 )
+from llmunix.observe.inspect_mixin import Inspection
 from llmunix.observe.queries import EventQueries
 from llmunix.observe.stats import ToolStats, empty_stats, summarize_runs
 from llmunix.process import (
@@ -123,7 +124,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, ResourceLimits):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:

@@ -1,0 +1,195 @@
+"""Renderers for `debug` and `profile`: pure functions from DebugInfo / ProfileReport to text,
+rich renderables and JSON-ready dicts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from llmunix.models import format_pid
+from llmunix.observe.debug import DebugInfo, ProfileReport, StackFrame
+
+TOP_HOTSPOTS = 5  # in the report's Hotspots line
+TABLE_ROWS = 10  # in the table below it
+
+
+def fmt_mb(mb: float | None) -> str:
+    if mb is None:
+        return "-"
+    return f"{mb / 1024:.1f}GB" if mb >= 1024 else f"{mb:.1f}MB" if mb < 10 else f"{mb:.0f}MB"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def fmt_seconds(seconds: float) -> str:
+    text = f"{seconds:g}" if seconds >= 0.1 else f"{seconds:.3f}".rstrip("0")
+    return f"{text} second" if text == "1" else f"{text} seconds"
+
+
+def frame_text(f: StackFrame, lines: bool) -> str:
+    return f"{f.function}() ({os.path.basename(f.file)}:{f.line})" if lines else f"{f.function}()"
+
+
+def stack_text(d: DebugInfo, lines: bool) -> str:
+    if not d.stack:
+        return f"none: {d.reason}" if d.reason else "none"
+    return " → ".join(frame_text(f, lines) for f in d.stack)
+
+
+def variables_text(d: DebugInfo) -> str:
+    if not d.stack:
+        return "-"
+    shown = {k: v for k, v in d.stack[-1].locals.items() if k != "ctx"}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "(none)"
+
+
+def memory_text(d: DebugInfo, llmunix_mb: float | None) -> str:
+    mb = d.sample.memory_mb if d.sample is not None else d.info.resources.memory_mb
+    if d.thread_backed:
+        whole = f"; llmunix as a whole uses {fmt_mb(llmunix_mb)}" if llmunix_mb is not None else ""
+        return f"not attributed (a thread-backed tool shares llmunix's heap{whole})"
+    if mb is None:
+        return "not measured yet (the monitor samples it)"
+    return f"{fmt_mb(mb)} resident (the child process tree, latest monitor sample)"
+
+
+def debug_pairs(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> list[tuple[str, str]]:
+    cpu = d.sample.cpu_percent if d.sample is not None else d.info.resources.cpu_percent
+    pairs = [
+        ("Current State", d.info.display_state + (f" ({d.info.detail})" if d.info.detail and
+                                                  d.info.detail.lower() != d.info.display_state.lower() else "")),
+        ("Stack Trace", stack_text(d, lines)),
+        ("Variables", variables_text(d)),
+        ("CPU", "not measured yet (the monitor's next sample)" if cpu is None and not d.info.is_done
+                else fmt_pct(cpu)),
+        ("Memory", memory_text(d, llmunix_mb)),
+    ]
+    if d.child is not None:
+        c = d.child
+        pairs += [
+            ("Command", f"{c.command} (pid {c.pid})"),
+            ("Status", c.status + (f"; {c.note}" if c.note else "")),
+            ("Open files", ", ".join(c.open_files) or "none"),
+            ("Connections", ", ".join(c.connections) or "none"),
+        ]
+    return pairs
+
+
+def tree_lines(title: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(guide, label, value) rows of a seed-style tree."""
+    return [("└── " if i == len(pairs) - 1 else "├── ", label, value) for i, (label, value) in enumerate(pairs)]
+
+
+def tree_plain(title: str, pairs: Sequence[tuple[str, str]]) -> str:
+    return "\n".join([title, *(f"{g}{label}: {value}" for g, label, value in tree_lines(title, pairs))])
+
+
+def tree_rich(title: str, pairs: Sequence[tuple[str, str]]) -> Text:
+    text = Text(title, style="bold")
+    for g, label, value in tree_lines(title, pairs):
+        text.append("\n" + g, style="dim")
+        text.append(f"{label}:", style="cyan")
+        text.append(f" {value}")
+    return text
+
+
+def debug_title(d: DebugInfo) -> str:
+    return f"Debugging Process {format_pid(d.info.pid)} ({d.info.name}):"
+
+
+def debug_plain(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> str:
+    return tree_plain(debug_title(d), debug_pairs(d, lines=lines, llmunix_mb=llmunix_mb))
+
+
+def debug_rich(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> Text:
+    return tree_rich(debug_title(d), debug_pairs(d, lines=lines, llmunix_mb=llmunix_mb))
+
+
+# ---------------------------------------------------------------------- profile
+
+
+def profile_title(pid: int, duration: float) -> str:
+    return f"Profiling Process {format_pid(pid)} for {fmt_seconds(duration)}..."
+
+
+def hotspots_text(r: ProfileReport) -> str:
+    spots = [h for h in r.hotspots if h.self_share > 0][:TOP_HOTSPOTS]
+    if not spots:
+        return "none (no Python stacks sampled)"
+    return ", ".join(f"{h.function}() {h.self_share * 100:.0f}%" for h in spots)
+
+
+def profile_pairs(r: ProfileReport) -> list[tuple[str, str]]:
+    ended = {"duration": "", "process ended": ", the process ended", "stopped": ", stopped early"}[r.ended_by]
+    if r.thread_backed:
+        memory = "not attributed (a thread-backed tool shares llmunix's heap)"
+    elif r.memory_average is None:
+        memory = "-"
+    else:
+        memory = f"{fmt_mb(r.memory_average)} average, {fmt_mb(r.memory_peak)} peak"
+    cpu = "-" if r.cpu_average is None else f"{fmt_pct(r.cpu_average)} average, {fmt_pct(r.cpu_peak)} peak"
+    pairs = [
+        ("Samples", f"{r.samples} stacks in {r.duration:.1f}s, every {r.interval * 1000:g}ms{ended}"),
+        ("CPU Usage", cpu),
+        ("Memory", memory),
+        ("I/O Operations", "-" if r.io_operations is None else f"{r.io_operations} (read and write system calls)"),
+    ]
+    if r.note:
+        pairs.append(("Note", r.note))
+    pairs.append(("Hotspots", hotspots_text(r)))
+    return pairs
+
+
+def hotspot_rows(r: ProfileReport) -> list[tuple[str, str, str, str]]:
+    return [(f"{h.function}()", f"{os.path.basename(h.file)}:{h.line}", f"{h.inclusive * 100:.1f}%",
+             f"{h.self_share * 100:.1f}%") for h in r.hotspots[:TABLE_ROWS]]
+
+
+HOTSPOT_HEADER = ("FUNCTION", "DEFINED AT", "INCLUSIVE", "SELF")
+
+
+def profile_plain(r: ProfileReport) -> str:
+    text = tree_plain(profile_title(r.pid, r.requested), profile_pairs(r))
+    rows = hotspot_rows(r)
+    if not rows:
+        return text
+    widths = [max(len(x) for x in col) for col in zip(HOTSPOT_HEADER, *rows, strict=False)]
+    table = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             .rstrip() for row in (HOTSPOT_HEADER, *rows)]
+    return text + "\n\n" + "\n".join(table)
+
+
+def profile_rich(r: ProfileReport) -> Group:
+    parts: list[Any] = [tree_rich(profile_title(r.pid, r.requested), profile_pairs(r))]
+    rows = hotspot_rows(r)
+    if rows:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for i, h in enumerate(HOTSPOT_HEADER):
+            table.add_column(h, justify="right" if i >= 2 else "left")
+        for row in rows:
+            table.add_row(*row)
+        parts += [Text(""), table]
+    return Group(*parts)
+
+
+def export_text(r: ProfileReport, fmt: str) -> str:
+    import json
+
+    if fmt == "speedscope":
+        return json.dumps(r.speedscope(), indent=1) + "\n"
+    lines = r.collapsed()
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def format_for(path: str, fmt: str | None) -> str:
+    """The export format: as given, else from the file's extension (.json: speedscope)."""
+    if fmt:
+        return fmt
+    return "speedscope" if path.lower().endswith(".json") else "collapsed"

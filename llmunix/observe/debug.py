@@ -1,0 +1,278 @@
+"""Looking inside a running process: its tool's stack and locals (`debug`), and a sampling
+profiler (`profile`). Pure functions and frozen records; the Kernel's side is in inspect_mixin.py.
+
+A thread-backed tool's stack is read from `sys._current_frames()` for its worker thread. Only
+the tool's own frames are kept: from the frame of the tool function inward, stopping at the first
+llmunix engine frame (a `ctx.sleep()` or `ctx.check()` call goes on into the kernel; that part is
+not the tool's). Local values are shown as truncated reprs, and secret-looking ones are redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import CodeType, FrameType, MappingProxyType
+from typing import Any
+
+from llmunix.models import EMPTY, ProcessInfo
+from llmunix.observe.redact import MASK, is_secret_key, redact_text
+from llmunix.resources import ResourceSample
+
+REPR_LIMIT = 80
+LOCALS_LIMIT = 40  # locals shown per frame
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../llmunix
+_TOOLS = os.path.join(_PACKAGE, "tools") + os.sep
+_THREADING = os.path.abspath(threading.__file__)
+
+
+@dataclass(frozen=True, slots=True)
+class StackFrame:
+    """One frame of a tool's stack: the function, where it is now, and its locals as text."""
+
+    function: str
+    file: str
+    line: int
+    locals: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"function": self.function, "file": self.file, "line": self.line, "locals": dict(self.locals)}
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """A subprocess tool's child as psutil sees it (best effort: unreadable parts are empty)."""
+
+    pid: int
+    command: str
+    status: str
+    open_files: tuple[str, ...] = ()
+    connections: tuple[str, ...] = ()
+    note: str = ""  # e.g. "access denied" for what could not be read
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "command": self.command, "status": self.status,
+                "open_files": list(self.open_files), "connections": list(self.connections), "note": self.note}
+
+
+@dataclass(frozen=True, slots=True)
+class DebugInfo:
+    """What `debug PID` shows: the snapshot, the tool's stack (outermost first, innermost last;
+    empty with `reason` when there is none), the latest monitor sample and a subprocess's child."""
+
+    info: ProcessInfo
+    stack: tuple[StackFrame, ...]
+    reason: str  # why the stack is empty ("" when it is not)
+    sample: ResourceSample | None
+    child: ChildInfo | None
+    thread_backed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.sample
+        return {
+            "pid": self.info.pid, "name": self.info.name, "tool": self.info.tool_name,
+            "state": self.info.display_state, "stack": [f.to_dict() for f in self.stack],
+            "reason": self.reason, "thread_backed": self.thread_backed,
+            "sample": None if s is None else {"time": s.time, "cpu_percent": s.cpu_percent,
+                                              "memory_mb": s.memory_mb, "io_operations": s.io_operations},
+            "child": None if self.child is None else self.child.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------- stacks
+
+
+def is_engine_file(filename: str) -> bool:
+    """llmunix's own machinery (kernel, process, executor, ...) and threading: not tool code.
+    The built-in tools under llmunix/tools are tool code."""
+    path = os.path.abspath(filename)
+    if path == _THREADING:
+        return True
+    return path.startswith(_PACKAGE + os.sep) and not path.startswith(_TOOLS)
+
+
+def tool_frames(frame: FrameType | None, tool_code: CodeType) -> list[FrameType]:
+    """The tool's frames in `frame`'s stack (the thread's innermost frame), outermost first:
+    from the frame running `tool_code` inward, up to the first engine frame. Empty when the tool
+    function is not on the stack."""
+    chain: list[FrameType] = []
+    while frame is not None:
+        chain.append(frame)
+        frame = frame.f_back
+    chain.reverse()  # outermost first
+    start = next((i for i, f in enumerate(chain) if f.f_code is tool_code), None)
+    if start is None:
+        return []
+    kept = [chain[start]]
+    for f in chain[start + 1:]:
+        if is_engine_file(f.f_code.co_filename):
+            break
+        kept.append(f)
+    return kept
+
+
+def safe_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not break debugging
+        text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+    text = redact_text(text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def frame_locals(frame: FrameType, limit: int = REPR_LIMIT) -> Mapping[str, str]:
+    """A frame's locals as truncated reprs; values of secret-looking names are masked."""
+    shown: dict[str, str] = {}
+    for name, value in list(frame.f_locals.items())[:LOCALS_LIMIT]:
+        if name.startswith("__"):
+            continue
+        shown[name] = MASK if is_secret_key(name) else safe_repr(value, limit)
+    return MappingProxyType(shown)
+
+
+def capture_stack(thread_ident: int | None, tool_code: CodeType, *, with_locals: bool = True
+                  ) -> tuple[StackFrame, ...]:
+    """The tool's stack on thread `thread_ident` now, outermost first (empty if not in the tool)."""
+    if thread_ident is None:
+        return ()
+    import sys
+
+    frame = sys._current_frames().get(thread_ident)
+    try:
+        return tuple(
+            StackFrame(f.f_code.co_name, f.f_code.co_filename, f.f_lineno or 0,
+                       frame_locals(f) if with_locals else EMPTY)
+            for f in tool_frames(frame, tool_code)
+        )
+    finally:
+        del frame
+
+
+FrameId = tuple[str, str, int]  # (function, file, first line of the function)
+
+
+def sample_ids(frame: FrameType | None, tool_code: CodeType) -> tuple[FrameId, ...]:
+    """The profiler's cheap view of a stack: function identities, outermost first."""
+    return tuple((f.f_code.co_name, f.f_code.co_filename, f.f_code.co_firstlineno)
+                 for f in tool_frames(frame, tool_code))
+
+
+def frame_label(fid: FrameId) -> str:
+    """A frame as one word for collapsed stacks: `name@file.py:line` (no spaces, no `;`)."""
+    name, file, line = fid
+    text = f"{name}@{os.path.basename(file)}:{line}"
+    return text.replace(" ", "_").replace(";", ",")
+
+
+# ---------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True, slots=True)
+class Hotspot:
+    function: str
+    file: str
+    line: int  # where the function is defined
+    inclusive: float  # share of samples with it anywhere on the stack, 0-1
+    self_share: float  # share of samples with it innermost, 0-1
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileReport:
+    """A profile of one process over a window. `timeline` holds each sample's stack (frame
+    indexes into `frames`, outermost first) and `weights` its duration in seconds."""
+
+    pid: int
+    name: str
+    tool: str
+    duration: float  # seconds sampled
+    requested: float  # seconds asked for
+    interval: float
+    samples: int
+    ended_by: str  # "duration", "process ended", "stopped"
+    frames: tuple[FrameId, ...]
+    timeline: tuple[tuple[int, ...], ...]
+    weights: tuple[float, ...]
+    hotspots: tuple[Hotspot, ...]
+    cpu_average: float | None
+    cpu_peak: float | None
+    memory_average: float | None
+    memory_peak: float | None
+    io_operations: int | None
+    monitor_samples: int
+    thread_backed: bool
+    note: str = ""
+
+    def collapsed(self) -> list[str]:
+        """flamegraph.pl's input: one `outer;middle;inner COUNT` line per distinct stack."""
+        counts = Counter(self.timeline)
+        return [f"{';'.join(frame_label(self.frames[i]) for i in stack)} {n}"
+                for stack, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if stack]
+
+    def speedscope(self) -> dict[str, Any]:
+        """The profile in speedscope's file format (a "sampled" profile, weights in milliseconds)."""
+        weights = [round(w * 1000, 3) for w in self.weights]
+        return {
+            "$schema": "https://www.speedscope.app/file-format-schema.json",
+            "shared": {"frames": [{"name": n, "file": f, "line": line} for n, f, line in self.frames]},
+            "profiles": [{
+                "type": "sampled",
+                "name": f"process {self.pid:03d} ({self.name})",
+                "unit": "milliseconds",
+                "startValue": 0,
+                "endValue": round(sum(weights), 3),
+                "samples": [list(s) for s in self.timeline],
+                "weights": weights,
+            }],
+            "name": f"llmunix profile of process {self.pid:03d}",
+            "activeProfileIndex": 0,
+            "exporter": "llmunix",
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid, "name": self.name, "tool": self.tool, "duration": round(self.duration, 3),
+            "requested": self.requested, "interval": self.interval, "samples": self.samples,
+            "ended_by": self.ended_by, "cpu_average": self.cpu_average, "cpu_peak": self.cpu_peak,
+            "memory_average_mb": self.memory_average, "memory_peak_mb": self.memory_peak,
+            "io_operations": self.io_operations, "monitor_samples": self.monitor_samples,
+            "thread_backed": self.thread_backed, "note": self.note,
+            "hotspots": [{"function": h.function, "file": h.file, "line": h.line,
+                          "inclusive": round(h.inclusive, 4), "self": round(h.self_share, 4)}
+                         for h in self.hotspots],
+        }
+
+
+def hotspots(frames: Sequence[FrameId], timeline: Sequence[tuple[int, ...]]) -> tuple[Hotspot, ...]:
+    """Per function: the share of samples it is on the stack (inclusive) and innermost (self),
+    highest self share first."""
+    stacks = [s for s in timeline if s]
+    if not stacks:
+        return ()
+    inclusive: Counter[int] = Counter()
+    own: Counter[int] = Counter()
+    for s in stacks:
+        inclusive.update(set(s))
+        own[s[-1]] += 1
+    n = len(stacks)
+    spots = [Hotspot(frames[i][0], frames[i][1], frames[i][2], inclusive[i] / n, own[i] / n) for i in inclusive]
+    return tuple(sorted(spots, key=lambda h: (-h.self_share, -h.inclusive, h.function)))
+
+
+def window_figures(samples: Sequence[ResourceSample], start: float, end: float
+                   ) -> tuple[float | None, float | None, float | None, float | None, int | None, int]:
+    """CPU average/peak, memory average/peak and the I/O operations delta from monitor samples
+    taken in [start, end] (Unix times); the last sample before the window is the I/O baseline."""
+    inside = [s for s in samples if start <= s.time <= end]
+    before = [s for s in samples if s.time < start]
+    cpu = [s.cpu_percent for s in inside if s.cpu_percent is not None]
+    mem = [s.memory_mb for s in inside if s.memory_mb is not None]
+    io = [s.io_operations for s in (before[-1:] + inside) if s.io_operations is not None]
+    return (
+        sum(cpu) / len(cpu) if cpu else None, max(cpu) if cpu else None,
+        sum(mem) / len(mem) if mem else None, max(mem) if mem else None,
+        io[-1] - io[0] if len(io) >= 2 else None,
+        len(inside),
+    )

@@ -1,0 +1,185 @@
+"""The Kernel's inspection methods: `debug_info` (a process's stack, locals, resources and child)
+and `profile` (a sampling profiler). A part of `Kernel` (mixed in), kept in its own room.
+Both return frozen records (llmunix/observe/debug.py); no live frame or Process leaves here.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from llmunix.models import LlmunixError, Phase, as_pid, format_pid
+from llmunix.observe.debug import (
+    ChildInfo,
+    DebugInfo,
+    FrameId,
+    ProfileReport,
+    capture_stack,
+    hotspots,
+    sample_ids,
+    window_figures,
+)
+
+MAX_LISTED = 20  # open files / connections listed for a child
+
+
+class Inspection:
+
+    def debug_info(self, pid: int) -> DebugInfo:
+        """A look inside process `pid` now: its snapshot, its tool's stack with locals (innermost
+        last; empty with a reason when it is not running tool code), the latest monitor sample,
+        and for subprocess tools the child's command line, status, open files and connections."""
+        pid = as_pid(pid)
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is not None:
+                info = self._snapshot(proc)
+                ident = proc.thread_ident if proc.in_body else None
+                code = getattr(proc.tool.func, "__code__", None)
+                child = proc.subprocess
+                sample = proc.samples[-1] if proc.samples else None
+        if proc is None:
+            info = self.info(pid)  # unknown PIDs raise
+            reason = (f"the process has finished ({info.state})" if info.is_done
+                      else "the process runs in another llmunix")
+            return DebugInfo(info, (), reason, None, None, info.subprocess_pid is None)
+        stack = capture_stack(ident, code) if ident is not None and code is not None else ()
+        if info.is_done:
+            stack, reason = (), f"the process has finished ({info.state})"
+        elif ident is None:
+            reason = f"the process has not started yet ({info.detail})"
+        elif code is None:
+            reason = "its tool is not a Python function"
+        elif not stack:
+            reason = "its thread is not in the tool's code right now"
+        else:
+            reason = ""
+        with self._lock:  # it may have finished while we looked: then its stack is gone
+            if proc.phase is Phase.DONE and stack:
+                info = self._snapshot(proc)
+                stack, reason = (), f"the process has finished ({info.state})"
+        return DebugInfo(info, stack, reason, sample, _child_info(child) if child is not None else None,
+                         child is None)
+
+    def profile(self, pid: int, duration: float, interval: float = 0.01, stop: threading.Event | None = None,
+                on_tick: Callable[[float, int], Any] | None = None) -> ProfileReport:
+        """Sample process `pid`'s tool stack every `interval` seconds in the calling thread, for
+        `duration` seconds, until the process ends or until `stop` is set. `on_tick(elapsed,
+        samples)` is called after each sample. Subprocess tools have no Python stack: their
+        report has the monitor's CPU, memory and I/O figures only."""
+        pid = as_pid(pid)
+        if not duration > 0:
+            raise LlmunixError("the profile duration must be more than 0")
+        if not interval > 0:
+            raise LlmunixError("the sampling interval must be more than 0")
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is None:
+                info = self.info(pid)  # unknown PIDs raise
+                raise LlmunixError(f"cannot profile process {format_pid(pid)}: it is not running here ({info.state})")
+            if proc.phase is Phase.DONE:
+                raise LlmunixError(f"cannot profile process {format_pid(pid)}: it has already finished ({proc.state})")
+            code = getattr(proc.tool.func, "__code__", None)
+            name, tool = proc.name, proc.tool.name
+        stop = stop or threading.Event()
+        index: dict[FrameId, int] = {}
+        timeline: list[tuple[int, ...]] = []
+        weights: list[float] = []
+        wall0, t0 = time.time(), time.monotonic()
+        deadline = t0 + duration
+        last = t0
+        ended_by = "duration"
+        subprocess_seen = False
+        while True:
+            with self._lock:
+                phase, ident, running = proc.phase, proc.thread_ident, proc.in_body
+                subprocess_seen = subprocess_seen or proc.subprocess is not None
+            if phase is Phase.DONE:
+                ended_by = "process ended"
+                break
+            now = time.monotonic()
+            if phase is Phase.RUNNING and running and code is not None and ident is not None:
+                frame = sys._current_frames().get(ident)
+                ids = sample_ids(frame, code)
+                del frame
+                if ids:
+                    timeline.append(tuple(index.setdefault(f, len(index)) for f in ids))
+                    weights.append(now - last if len(timeline) > 1 else interval)  # the first: one interval
+            last = now
+            if on_tick is not None:
+                on_tick(now - t0, len(timeline))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if stop.wait(min(interval, remaining)):
+                ended_by = "stopped"
+                break
+        elapsed = time.monotonic() - t0
+        figures = window_figures(self.samples(pid), wall0, time.time())
+        frames = tuple(index)
+        thread_backed = not subprocess_seen
+        if subprocess_seen:
+            note = ("subprocess tool: the stacks are the tool thread's; the child's own code is not sampled "
+                    "(py-spy not used); CPU, memory and I/O are the child tree's, from the monitor")
+        elif code is None:
+            note = "the tool is not a Python function: no stacks"
+        elif not timeline:
+            note = "no samples: the process was not running tool code during the window"
+        else:
+            note = ""
+        if figures[5] == 0:
+            note = "; ".join(x for x in (note, "no monitor samples in the window") if x)
+        return ProfileReport(
+            pid=pid, name=name, tool=tool, duration=elapsed, requested=float(duration), interval=float(interval),
+            samples=len(timeline), ended_by=ended_by, frames=frames, timeline=tuple(timeline),
+            weights=tuple(weights), hotspots=hotspots(frames, timeline),
+            cpu_average=figures[0], cpu_peak=figures[1], memory_average=figures[2], memory_peak=figures[3],
+            io_operations=figures[4], monitor_samples=figures[5], thread_backed=thread_backed, note=note,
+        )
+
+
+def _child_info(child: Any) -> ChildInfo:
+    """psutil's view of a subprocess (best effort: what cannot be read is left empty)."""
+    notes: list[str] = []
+    try:
+        p = psutil.Process(child.pid)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        args = child.args if isinstance(child.args, str) else " ".join(map(str, child.args))
+        code = child.poll()
+        return ChildInfo(child.pid, args, "exited" if code is None else f"exited ({code})")
+
+    def read(what: str, fn: Callable[[], Any], default: Any) -> Any:
+        try:
+            return fn()
+        except psutil.AccessDenied:
+            notes.append(f"{what}: access denied")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            notes.append(f"{what}: gone")
+        except Exception as exc:  # noqa: BLE001 - best effort
+            notes.append(f"{what}: {type(exc).__name__}")
+        return default
+
+    with p.oneshot():
+        cmdline = read("command", p.cmdline, [])
+        status = read("status", p.status, "unknown")
+    procs = [p, *read("children", lambda: p.children(recursive=True), [])]
+    files: list[str] = []
+    conns: list[str] = []
+    for q in procs:
+        files.extend(f.path for f in read("open files", q.open_files, []))
+        for c in read("connections", q.net_connections, []):
+            local = f"{c.laddr.ip}:{c.laddr.port}" if c.laddr else "-"
+            remote = f"{c.raddr.ip}:{c.raddr.port}" if c.raddr else "-"
+            conns.append(f"{local} -> {remote} {c.status}")
+    command = " ".join(cmdline) if cmdline else (child.args if isinstance(child.args, str) else
+                                                 " ".join(map(str, child.args)))
+    kids = len(procs) - 1
+    if kids:
+        notes.insert(0, f"{kids} descendant process{'es' if kids > 1 else ''}")
+    return ChildInfo(child.pid, command, str(status), tuple(dict.fromkeys(files))[:MAX_LISTED],
+                     tuple(conns[:MAX_LISTED]), "; ".join(dict.fromkeys(notes)))
