@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             retention_count=config.retention_count,
             limits=config.limits,
             memory_pressure_mb=config.memory_pressure_mb,
+            pause_idle_under_pressure=config.pause_idle_under_pressure,
         )
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)

@@ -38,6 +38,8 @@ class Config(pydantic.BaseModel):
         "llm_tokens_per_min = 90000 (the `limits` command changes them)")
     memory_pressure_mb: float | None = pydantic.Field(
         None, ge=0, description="below this much available memory, low and idle work waits (default: 5% of total)")
+    pause_idle_under_pressure: bool = pydantic.Field(
+        False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:

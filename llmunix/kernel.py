@@ -154,6 +154,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
         pool: ResourcePool | None = None,
         memory_pressure_mb: float | None = None,
         available_memory: Callable[[], float] | None = None,
+        pause_idle_under_pressure: bool = False,
     ) -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
@@ -161,7 +162,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
             raise LlmunixError("retention_days and retention_count must not be negative")
         # Resource admission (limits.py): `limits` capacities on `pool` (default: the machine's);
         # `available_memory()` in MB is read to detect memory pressure (injectable for tests).
-        self._init_admission(limits, pool, memory_pressure_mb, available_memory)
+        self._init_admission(limits, pool, memory_pressure_mb, available_memory, pause_idle_under_pressure)
         self.home = Path(home) if home is not None else None
         # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
         self.read_only = bool(read_only)
@@ -357,55 +358,63 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
             proc = self._live_process(pid, "pause")
             if proc.phase is Phase.PAUSED or proc.requests & REQ_PAUSE:
                 raise IllegalTransition(f"process {format_pid(pid)} is already paused")
-            now = time.monotonic()
-            if proc.phase is Phase.RUNNING:
-                if proc.subprocess is not None and proc.in_body:
-                    self._leave_slot(proc, Phase.PAUSED, now)
-                    self._paused(proc)
-                    self._dispatch_locked(now)
-                else:
-                    proc.requests |= REQ_PAUSE
-                    proc.detail = "pausing at its next control point"
-                    proc.note("pause requested")
-                    self._emit("process.pause_requested", proc)
-                    self._wake(proc)
-            else:
-                self._ready.remove(proc)
-                self._transition(proc, Phase.PAUSED)
-                self._paused(proc)
+            self._pause_locked(proc)
             return proc.snapshot()
+
+    def _pause_locked(self, proc: Process) -> None:
+        """Pause a live process that is not paused yet (see `pause`). Mutates: hold the lock."""
+        now = time.monotonic()
+        if proc.phase is Phase.RUNNING:
+            if proc.subprocess is not None and proc.in_body:
+                self._leave_slot(proc, Phase.PAUSED, now)
+                self._paused(proc)
+                self._dispatch_locked(now)
+            else:
+                proc.requests |= REQ_PAUSE
+                proc.detail = "pausing at its next control point"
+                proc.note("pause requested")
+                self._emit("process.pause_requested", proc)
+                self._wake(proc)
+        else:
+            self._ready.remove(proc)
+            self._transition(proc, Phase.PAUSED)
+            self._paused(proc)
 
     def resume(self, pid: int) -> ProcessInfo:
         """Resume a paused process (or cancel a pause that has not taken effect yet)."""
         self._writable()
         with self._lock:
             proc = self._live_process(pid, "resume")
-            now = time.monotonic()
-            if proc.phase is Phase.RUNNING and proc.requests & REQ_PAUSE:
-                proc.requests &= ~REQ_PAUSE
-                proc.detail = "running"
-                proc.note("pause cancelled")
-                self._emit("process.pause_cancelled", proc)
-                return proc.snapshot()
-            if proc.phase is not Phase.PAUSED:
+            if not (proc.phase is Phase.PAUSED or (proc.phase is Phase.RUNNING and proc.requests & REQ_PAUSE)):
                 raise IllegalTransition(
                     f"process {format_pid(pid)} is not paused (it is {proc.snapshot().display_state})"
                 )
-            if proc.deps_pending:
-                self._transition(proc, Phase.WAITING)
-                proc.detail = self._waiting_detail(proc)
-            elif proc.has_thread:
-                self._transition(proc, Phase.PREEMPTED)
-                proc.detail = "resumed; waiting for a slot"
-                self._ready.push(proc, now, front=True)
-            else:
-                self._transition(proc, Phase.READY)
-                proc.detail = "queued"
-                self._ready.push(proc, now)
-            proc.note("resumed")
-            self._emit("process.resumed", proc)
-            self._dispatch_locked(now)
+            self._resume_locked(proc)
             return proc.snapshot()
+
+    def _resume_locked(self, proc: Process) -> None:
+        """Resume a paused process, or cancel its pending pause (see `resume`). Hold the lock."""
+        now = time.monotonic()
+        if proc.phase is Phase.RUNNING and proc.requests & REQ_PAUSE:
+            proc.requests &= ~REQ_PAUSE
+            proc.detail = "running"
+            proc.note("pause cancelled")
+            self._emit("process.pause_cancelled", proc)
+            return
+        if proc.deps_pending:
+            self._transition(proc, Phase.WAITING)
+            proc.detail = self._waiting_detail(proc)
+        elif proc.has_thread:
+            self._transition(proc, Phase.PREEMPTED)
+            proc.detail = "resumed; waiting for a slot"
+            self._ready.push(proc, now, front=True)
+        else:
+            self._transition(proc, Phase.READY)
+            proc.detail = "queued"
+            self._ready.push(proc, now)
+        proc.note("resumed")
+        self._emit("process.resumed", proc)
+        self._dispatch_locked(now)
 
     def renice(self, pid: int, priority: Priority | str) -> ProcessInfo:
         """Change a live process's priority level; may cause preemption."""
@@ -816,7 +825,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
             proc.cond.notify_all()
 
     def _paused(self, proc: Process, **data: Any) -> None:
-        proc.detail = "paused by user"
+        proc.detail = "paused: memory pressure" if proc.pid in self._pressure_paused else "paused by user"
         proc.note("paused")
         self._emit("process.paused", proc, **data)
 

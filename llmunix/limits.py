@@ -25,8 +25,8 @@ from llmunix.admission import (
     parse_needs,
     predict_memory,
 )
-from llmunix.models import LlmunixError, Priority
-from llmunix.process import Process
+from llmunix.models import LlmunixError, Phase, Priority
+from llmunix.process import REQ_PAUSE, Process
 from llmunix.scheduler import ADMISSION_LOOKAHEAD
 from llmunix.tools.registry import Tool
 
@@ -39,7 +39,8 @@ DEFERRED = ("memory pressure",)  # blocked_on of a process deferred by memory pr
 class ResourceLimits:
 
     def _init_admission(self, limits: Mapping[str, Any] | None, pool: ResourcePool | None,
-                        memory_pressure_mb: float | None, available_memory: Callable[[], float] | None) -> None:
+                        memory_pressure_mb: float | None, available_memory: Callable[[], float] | None,
+                        pause_idle_under_pressure: bool = False) -> None:
         self.pool = pool if pool is not None else ResourcePool()
         for name, value in (limits or {}).items():
             self.pool.set_limit(name, value)
@@ -49,6 +50,8 @@ class ResourceLimits:
         self._available_memory = available_memory or available_memory_mb
         self._pressure = MemoryPressure(False, None, round(float(threshold), 1))
         self._pressure_read = float("-inf")
+        self._pause_idle = pause_idle_under_pressure
+        self._pressure_paused: set[int] = set()  # idle processes paused by memory pressure
         self._memory_runs: dict[str, deque[float]] = {}  # tool -> peak MB of its recent completed runs
         self._refill_at: float | None = None  # when the pending token-bucket wake-up fires
 
@@ -86,8 +89,28 @@ class ResourceLimits:
         available = self._available_memory()
         with self._lock:
             self._set_pressure_locked(available)
+            self._pause_idle_locked()
             self._dispatch_locked(time.monotonic())
             return self._pressure
+
+    def _pause_idle_locked(self) -> None:
+        """With `pause_idle_under_pressure`: under memory pressure, pause running idle processes;
+        when it ends, resume the ones it paused (not those a user paused). Runs from
+        `check_resources` (the monitor's pace), never from inside a dispatch."""
+        if not self._pause_idle:
+            return
+        if self._pressure.on:
+            for p in list(self._live.values()):
+                if (p.priority is Priority.IDLE and p.phase is Phase.RUNNING and not p.requests & REQ_PAUSE
+                        and p.pid not in self._pressure_paused):
+                    self._pressure_paused.add(p.pid)
+                    self._pause_locked(p)
+            return
+        for pid in list(self._pressure_paused):
+            self._pressure_paused.discard(pid)
+            p = self._live.get(pid)
+            if p is not None and (p.phase is Phase.PAUSED or (p.phase is Phase.RUNNING and p.requests & REQ_PAUSE)):
+                self._resume_locked(p)
 
     # ------------------------------------------------------------------ spawning
 

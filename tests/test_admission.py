@@ -212,6 +212,28 @@ def test_memory_pressure_defers_low_and_idle_work_until_it_ends(make_kernel):
     assert seen == ["on", "off"]
 
 
+def test_memory_pressure_can_pause_running_idle_work_and_resumes_it_after(make_kernel, wait_until):
+    available = [20_000.0]
+    k = make_kernel(memory_pressure_mb=1000, available_memory=lambda: available[0],
+                    pause_idle_under_pressure=True)
+    idle = k.spawn("sleep", seconds=30, priority="idle")
+    normal = k.spawn("sleep", seconds=30)
+    wait_until(lambda: k.info(idle).phase == "running" and k.info(normal).phase == "running")
+    user_paused = k.spawn("sleep", seconds=30, priority="idle")
+    wait_until(lambda: k.info(user_paused).phase == "running")
+    k.pause(user_paused)
+    wait_until(lambda: k.info(user_paused).phase == "paused")
+    available[0] = 500.0
+    assert k.check_resources().on
+    wait_until(lambda: k.info(idle).phase == "paused", message="the idle process paused by pressure")
+    assert k.info(idle).detail == "paused: memory pressure"
+    assert k.info(normal).phase == "running"  # only idle work is paused
+    available[0] = 20_000.0
+    assert not k.check_resources().on
+    wait_until(lambda: k.info(idle).phase == "running", message="the idle process resumed")
+    assert k.info(user_paused).phase == "paused"  # what a user paused stays paused
+
+
 # ------------------------------------------------------------------ the limits command
 
 
