@@ -23,7 +23,6 @@ so every event goes through the store's writer thread into SQLite. Sections:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -34,8 +33,9 @@ import statistics
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+
+from baseline import pool_roundtrip, pool_throughput, settle, table, us, verdict
 
 from llmunix import Kernel
 from llmunix.store import Store
@@ -84,34 +84,7 @@ def flood(ctx):
     return i
 
 
-def noop_plain():
-    return None
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def us(seconds: float, n: int) -> float:
-    return seconds / n * 1e6
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    cells = [headers, *rows]
-    widths = [max(len(r[c]) for r in cells) for c in range(len(headers))]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
-           "  ".join("-" * w for w in widths)]
-    for r in rows:
-        out.append("  ".join(f.ljust(w) if c == 0 else f.rjust(w)
-                             for c, (f, w) in enumerate(zip(r, widths, strict=True))))
-    return "\n".join(out)
-
-
-def settle() -> None:
-    gc.collect()
 
 
 class Homes:
@@ -169,26 +142,6 @@ def durable_roundtrip(home: Path | None, n: int, workers: int) -> float:
         for _ in range(n):
             k.wait([k.spawn("bench-noop")])
         k.flush(timeout=120)
-        return time.perf_counter() - t0
-
-
-def pool_throughput(n: int, workers: int) -> float:
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        wait([ex.submit(noop_plain) for _ in range(workers * 2)])
-        settle()
-        t0 = time.perf_counter()
-        wait([ex.submit(noop_plain) for _ in range(n)])
-        return time.perf_counter() - t0
-
-
-def pool_roundtrip(n: int, workers: int) -> float:
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        for _ in range(4):
-            ex.submit(noop_plain).result()
-        settle()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            ex.submit(noop_plain).result()
         return time.perf_counter() - t0
 
 

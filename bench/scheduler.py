@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+
+from baseline import pool_roundtrip, pool_throughput, settle, table, us, verdict
 
 from commands.views import ps_plain
 from llmunix import Kernel
@@ -53,10 +54,6 @@ def noop_raw(ctx):
     return None
 
 
-def noop_plain():
-    return None
-
-
 _gate_release = threading.Event()
 
 
@@ -69,32 +66,8 @@ def gate(ctx):
 # ---------------------------------------------------------------------------- helpers
 
 
-def us(seconds: float, n: int) -> float:
-    return seconds / n * 1e6
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
-def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    cells = [headers, *rows]
-    widths = [max(len(r[c]) for r in cells) for c in range(len(headers))]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
-    for r in rows:
-        out.append("  ".join(f.ljust(w) if c == 0 else f.rjust(w)
-                             for c, (f, w) in enumerate(zip(r, widths, strict=True))))
-    return "\n".join(out)
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def settle() -> None:
-    """Start each measurement from the same place: no pending garbage."""
-    gc.collect()
 
 
 # ---------------------------------------------------------------------------- 1. lifecycle
@@ -135,27 +108,6 @@ def kernel_roundtrip(n: int, workers: int, target: Callable) -> float:
         for _ in range(n):
             k.wait([k.spawn(target)])
         k.bus.flush(timeout=60)
-        return time.perf_counter() - t0
-
-
-def pool_throughput(n: int, workers: int) -> float:
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        wait([ex.submit(noop_plain) for _ in range(workers * 2)])
-        settle()
-        t0 = time.perf_counter()
-        futures = [ex.submit(noop_plain) for _ in range(n)]
-        wait(futures)
-        return time.perf_counter() - t0
-
-
-def pool_roundtrip(n: int, workers: int) -> float:
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        for _ in range(4):
-            ex.submit(noop_plain).result()
-        settle()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            ex.submit(noop_plain).result()
         return time.perf_counter() - t0
 
 
