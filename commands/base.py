@@ -55,8 +55,10 @@ class ShellCommandSet(cmd2.CommandSet["LlmunixShell"]):
         return Choices(items=items, is_sorted=True)
 
     def any_pid_choices(self) -> Choices:
+        # Live and recently finished ones only: `ps(all=True)` would load every earlier session's
+        # record from the store on each Tab press.
         items = [CompletionItem(format_pid(i.pid), display_meta=f"{i.name} {i.display_state}")
-                 for i in self.kernel.ps(all=True)[-200:]]
+                 for i in self.kernel.recent(3600)[-200:]]
         return Choices(items=items, is_sorted=True)
 
     def priority_choices(self) -> Choices:

@@ -16,7 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from commands.views import PRIORITY_STYLES, STATE_STYLES, fmt_cpu, fmt_memory, plain_word
+from commands.views import PRIORITY_STYLES, STATE_STYLES, fmt_cpu, fmt_memory, fmt_progress, plain_word
 from llmunix.models import ProcessInfo, format_duration
 from llmunix.observe.stats import ToolStats
 from llmunix.resources import ResourceSample, SystemSample
@@ -95,14 +95,12 @@ def sparkline(samples: Sequence[ResourceSample], width: int = SPARK_WIDTH) -> st
 
 
 def top_progress(info: ProcessInfo) -> str:
-    p = info.progress
-    if p.percentage is not None:
-        return f"{p.percentage:.0f}%"
-    if p.current_step:
-        return f"step {p.current_step}"
-    if info.phase != "running" and not info.is_done:
-        return info.detail or "-"  # why it is not running: queued, waiting for 003, paused by user
-    return "-"
+    """`ps`'s progress, or, for a process that is not running, why not (queued, waiting for 003,
+    paused by user)."""
+    text = fmt_progress(info)
+    if text == "-" and info.phase != "running" and not info.is_done:
+        return info.detail or "-"
+    return text
 
 
 def _with_trend(text: str, trend: str) -> str:
