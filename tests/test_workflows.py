@@ -421,7 +421,7 @@ def test_retrying_a_running_workflow_is_refused(make_kernel, tmp_path):
     gate = tmp_path / "gate"
     pid = k.workflow_run(spec_from_data({"name": "busy", "steps": [
         {"id": "g", "tool": "wft_gate", "with": {"path": str(gate)}}]}))
-    with pytest.raises(IllegalTransition, match="before retrying"):
+    with pytest.raises(IllegalTransition, match="is still running"):
         k.workflow_retry(pid)
     gate.touch()
     assert k.wait([pid], timeout=10)[0].state == "Completed"
@@ -505,3 +505,29 @@ def test_workflow_status_json_has_steps_progress_and_eta_fields(make_kernel):
     d = json.loads(json.dumps(k.workflow_status(pid).to_dict()))
     assert d["state"] == "Completed" and d["progress"] == {"done": 1, "total": 1, "percentage": 100.0}
     assert d["steps"][0]["id"] == "a" and d["steps"][0]["state"] == "completed" and "eta" in d
+
+
+def test_an_interrupted_workflow_recovers_and_reruns_only_its_unfinished_steps(tmp_path, wait_until):
+    home = tmp_path / "home"
+    gate = tmp_path / "gate"
+    first = tmp_path / "first"
+    data = {"name": "recoverable", "steps": [
+        {"id": "first", "tool": "wft_count", "with": {"path": str(first), "text": "one"}},
+        {"id": "held", "tool": "wft_gate", "needs": ["first"], "with": {"path": str(gate)}}]}
+    k = Kernel(home, monitor=False, kill_grace=0.3)
+    pid = k.workflow_run(spec_from_data(data))
+    wait_until(lambda: Path(str(gate) + ".started").exists(), message="the held step to start")
+    old_step = k.workflow_status(pid).steps[1].pid
+    k.shutdown()  # llmunix stops: both end Interrupted
+    with Kernel(home, monitor=False, kill_grace=0.3) as k:
+        assert {i.pid: i.state for i in k.ps(all=True, state="interrupted")} == {pid: "Interrupted",
+                                                                                 old_step: "Interrupted"}
+        gate.touch()
+        infos = {i.pid: i for i in k.recover()}
+        assert infos[old_step].state == "Cancelled"
+        assert infos[old_step].error == f"interrupted; its workflow {pid:03d} runs it again"
+        [info] = k.wait([pid], timeout=20)
+        assert info.state == "Completed", info.error
+        assert lines(first) == 1  # the finished step was not run again
+        new_step = k.workflow_status(pid).steps[1].pid
+        assert new_step != old_step and k.info(new_step).state == "Completed"

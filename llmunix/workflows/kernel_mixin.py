@@ -170,8 +170,9 @@ class Workflows:
         pid = self.workflow_pid(target)
         info = self.info(pid)
         if not info.is_done:
-            raise IllegalTransition(f"workflow {format_pid(pid)} ({info.name}) is {info.display_state.lower()}; "
-                                    "pause or kill it, or wait for it, before retrying")
+            what = "paused" if info.phase == "paused" else f"still running ({info.display_state})"
+            raise IllegalTransition(f"workflow {format_pid(pid)} ({info.name}) is {what}; "
+                                    "kill it, or wait for it to end, before retrying")
         spec, state = self._workflow_state(info)
         if state is None:
             raise LlmunixError(f"workflow {format_pid(pid)} has no committed state to retry from")
