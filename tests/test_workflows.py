@@ -190,6 +190,8 @@ def test_a_cycle_is_rejected_with_the_cycle_printed(make_kernel):
 @pytest.mark.parametrize("steps,expected", [
     ([{"id": "a", "tool": "echo", "needs": ["nope"]}], "step 'a' needs unknown step 'nope'"),
     ([{"id": "a", "tool": "no_such_tool"}], "step 'a': unknown tool 'no_such_tool'"),
+    ([{"id": "a", "tool": "shell", "with": {"command": "ls"}}], "tool 'shell' needs parameter 'cmd' in 'with'"),
+    ([{"id": "a", "tool": "echo", "with": {"text": "x", "colour": 1}}], "tool 'echo' has no parameter 'colour'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ steps.zz.output }}"}}], "needs unknown step 'zz'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ secrets.x }}"}}], "it starts with one of: inputs, steps"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ inputs.nope }}"}}], "{{ inputs.nope }} names no input"),
@@ -285,7 +287,7 @@ def test_retry_gives_up_after_max_attempts_and_only_on_matching_errors(make_kern
     assert info.state == "Failed" and info.error == "step f failed: flaky failure 2"
     pid, info = run(k, {"name": "picky", "steps": [
         {"id": "f", "tool": "wft_flaky", "with": {"path": str(tmp_path / "m"), "fail_times": 5},
-         "retry": {"max_attempts": 5, "initial": 0.01, "on": ["timed out*", "HTTP 5*"]}}]})
+         "retry": {"max_attempts": 5, "initial": 0.01, "retry_on": ["timed out*", "HTTP 5*"]}}]})
     assert info.error == "step f failed: flaky failure 1"  # not a retryable error: one attempt
 
 

@@ -104,11 +104,23 @@ class Workflows:
         dag.build(spec)
         where = spec.source or spec.name
         for s in spec.steps:
-            if s.tool is not None and s.tool not in self.registry:
-                try:
-                    self.registry.get(s.tool)
-                except LlmunixError as exc:
-                    raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
+            if s.tool is None:
+                continue
+            try:
+                t = self.registry.get(s.tool)
+            except LlmunixError as exc:
+                raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
+            # Parameter names now; their values (references included) when the step starts.
+            names = [p.name for p in t.params]
+            missing = [p.name for p in t.params if p.required and p.name not in s.with_]
+            if missing:
+                raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} needs parameter {missing[0]!r} "
+                                f"in 'with' (its parameters: {', '.join(names)})")
+            open_ended = t._model is not None and t._model.model_config.get("extra") == "allow"
+            unknown = [k for k in s.with_ if k not in names]
+            if unknown and not open_ended and t._model is not None:
+                raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} has no parameter {unknown[0]!r} "
+                                f"(its parameters: {', '.join(names) or 'none'})")
         return spec
 
     # ------------------------------------------------------------------ running
