@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import tests.test_workflows  # noqa: F401 - registers the wft_* test tools
+import tests.workflow_tools  # noqa: F401 - registers the wft_* test tools
 from llmunix import Kernel
 from tests.conftest import LLMUNIX, PROMPT, Session, close_prompt, spawn_prompt
 
@@ -119,7 +119,7 @@ def test_pause_and_resume_by_name(wsh, tmp_path, wait_until):
 
 def _llmunix(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LLMUNIX_HOME": str(home), "PYTHONPATH": str(Path(__file__).parent.parent)}
-    return subprocess.run([LLMUNIX, "--tools", "tests.test_workflows", *args], cwd=cwd, env=env,
+    return subprocess.run([LLMUNIX, "--tools", "tests.workflow_tools", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -9,84 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from llmunix import Kernel, ProcessContext
-from llmunix.models import IllegalTransition, LlmunixError, ToolError
+from llmunix import Kernel
+from llmunix.models import IllegalTransition, LlmunixError
 from llmunix.retry import RetryPolicy
-from llmunix.tools.registry import tool
 from llmunix.workflows.kernel_mixin import EXAMPLES
 from llmunix.workflows.spec import SpecError, load_spec, spec_from_data
 from llmunix.workflows.status import StepStatus, _eta
+from tests import workflow_tools as wt
 from tests.conftest import wait_phase
-
-# ------------------------------------------------------------------ test tools (hidden from `tools`)
-
-_active = 0
-_peak = 0
-_lock = threading.Lock()
-_release = threading.Event()
-
-
-@tool(name="wft_count", hidden=True)
-def wft_count(ctx: ProcessContext, path: str, text: str = "") -> str:
-    """Append a line to a file (to count how often a step ran) and return `text`."""
-    with open(path, "a") as f:
-        f.write("x\n")
-    return text
-
-
-@tool(name="wft_flaky", hidden=True)
-def wft_flaky(ctx: ProcessContext, path: str, fail_times: int) -> int:
-    """Fail the first `fail_times` calls (counted in a file), then succeed."""
-    p = Path(path)
-    n = int(p.read_text()) if p.exists() else 0
-    p.write_text(str(n + 1))
-    if n < fail_times:
-        raise ToolError(f"flaky failure {n + 1}")
-    return n + 1
-
-
-@tool(name="wft_fail_if", hidden=True)
-def wft_fail_if(ctx: ProcessContext, flag: str, text: str = "ok") -> str:
-    """Fail while the file `flag` exists."""
-    if Path(flag).exists():
-        raise ToolError(f"flag {Path(flag).name} is set")
-    return text
-
-
-@tool(name="wft_hang", hidden=True)
-def wft_hang(ctx: ProcessContext) -> None:
-    while True:
-        ctx.sleep(0.01)
-
-
-@tool(name="wft_parallel", hidden=True)
-def wft_parallel(ctx: ProcessContext, expect: int) -> int:
-    """Wait (cooperatively) until `expect` of these run at once, or `_release` is set."""
-    global _active, _peak
-    with _lock:
-        _active += 1
-        _peak = max(_peak, _active)
-    try:
-        for _ in range(1000):
-            with _lock:
-                if _peak >= expect:
-                    break
-            if _release.is_set():
-                break
-            ctx.sleep(0.005)
-        return _peak
-    finally:
-        with _lock:
-            _active -= 1
-
-
-@tool(name="wft_gate", hidden=True)
-def wft_gate(ctx: ProcessContext, path: str) -> str:
-    """Run until the file `path` exists (a step a test can hold open)."""
-    Path(path + ".started").touch()
-    while not Path(path).exists():
-        ctx.sleep(0.01)
-    return "opened"
 
 
 def lines(path: Path) -> int:
@@ -238,30 +168,26 @@ def test_steps_run_in_dependency_order_and_outputs_flow_downstream(make_kernel):
 
 
 def test_independent_steps_really_run_at_the_same_time(make_kernel):
-    global _peak
-    _peak = 0
-    _release.clear()
+    wt.reset()
     k = make_kernel(max_running=3)
     pid, info = run(k, {"name": "par", "steps": [
         {"id": f"s{i}", "tool": "wft_parallel", "with": {"expect": 3}} for i in range(3)
     ] + [{"id": "join", "tool": "echo", "needs": ["s0", "s1", "s2"], "with": {"text": "joined"}}]})
-    _release.set()
+    wt.release.set()
     assert info.state == "Completed", info.error
-    assert _peak == 3
+    assert wt.peak == 3
     assert info.output["steps"]["join"] == "joined"
 
 
 def test_parallelism_is_bounded_by_the_schedulers_slots(make_kernel):
-    global _peak
-    _peak = 0
-    _release.clear()
+    wt.reset()
     k = make_kernel(max_running=2, time_slice=1000)  # no round robin: a started body keeps its slot
     pid = k.workflow_run(spec_from_data({"name": "bounded", "steps": [
         {"id": f"s{i}", "tool": "wft_parallel", "with": {"expect": 4}} for i in range(4)]}))
     # each waits for 4 to run at once, which two slots never allow: release them once 2 ran together
-    threading.Thread(target=lambda: (k.wait([pid], timeout=0.5), _release.set()), daemon=True).start()
+    threading.Thread(target=lambda: (k.wait([pid], timeout=0.5), wt.release.set()), daemon=True).start()
     [info] = k.wait([pid], timeout=20)
-    assert info.state == "Completed" and _peak == 2
+    assert info.state == "Completed" and wt.peak == 2
 
 
 def test_a_failing_step_is_retried_with_backoff_until_it_succeeds(make_kernel, tmp_path):

@@ -84,30 +84,37 @@ class WorkflowRun:
             self.ctx.set_state("Monitoring", self.describe())
             timeout = max(0.0, min(retrying) - time.time()) if retrying else None
             if self.running:
-                infos = self.ctx.wait(list(self.running), timeout=timeout, any=True)
-                for info in infos:
-                    if info.is_done and info.pid in self.running:
+                ended = self.kernel._wait_for(self.ctx._proc, list(self.running), timeout, True, done_only=True)
+                for info in ended:
+                    if info.pid in self.running:
                         self.ended(self.running.pop(info.pid), info)
+                if ended:
+                    self.commit()  # durable before any dependent starts
             elif timeout:
                 self.kernel._block(self.ctx._proc, lambda: False, "waiting to retry a step", timeout)
             self.ctx.set_state("Executing", self.describe())
         return self.finish()
 
     def start_ready(self) -> None:
+        """Start every step whose needs are met (or whose retry is due); one checkpoint for all."""
         now = time.time()
+        started = False
         for sid in self.order:
             st = self.steps[sid]
-            if st["state"] == "retrying" and st["next_at"] <= now and not self.stopping:
+            if self.stopping:
+                break
+            due = st["state"] == "retrying" and st["next_at"] <= now
+            ready = (st["state"] == "pending" and sid not in self.standby
+                     and all(self.steps[d]["state"] in DONE_OK for d in self.graph.predecessors(sid)))
+            if due or ready:
                 self.start(sid)
-            elif st["state"] == "pending" and sid not in self.standby and not self.stopping:
-                needs = list(self.graph.predecessors(sid))
-                if all(self.steps[d]["state"] in DONE_OK for d in needs):
-                    self.start(sid)
+                started = True
+        if started:
+            self.commit()
 
     def start(self, sid: str, standing_in_for: str | None = None) -> None:
         step = self.spec.step(sid)
         st = self.steps[sid]
-        self.ctx.set_state("Executing", f"starting {step.label}")
         st["attempts"] += 1
         try:
             params = refs.resolve(step.with_, self.scope())
@@ -119,7 +126,6 @@ class WorkflowRun:
             self.kernel._workflow_event(self.ctx._proc, "workflow.step_failed", step=sid, error=str(exc),
                                         attempt=st["attempts"])
             self.on_failure(sid, str(exc), retryable=False)
-            self.commit()
             return
         st.update(state="running", pid=pid, started=time.time(), next_at=None, error=None,
                   via=standing_in_for or st.get("via"))
@@ -127,7 +133,6 @@ class WorkflowRun:
         self.kernel._workflow_event(self.ctx._proc, "workflow.step_started", step=sid, child=pid,
                                     attempt=st["attempts"])
         self.log(f"step {sid} started as process {pid:03d} (attempt {st['attempts']})")
-        self.commit()
 
     def spawn(self, step: StepSpec, params: dict[str, Any], goal: str | None) -> int:
         name = f"{self.spec.name}/{step.id}"
@@ -165,7 +170,6 @@ class WorkflowRun:
             else:
                 st.update(state="failed")
                 self.on_failure(sid, error, retryable=True)
-        self.commit()
 
     def on_failure(self, sid: str, error: str, retryable: bool) -> None:
         step = self.spec.step(sid)
