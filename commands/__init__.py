@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from commands.base import ShellCommandSet
+from commands.cluster import ClusterCommands
 from commands.control import ControlCommands
 from commands.debug import DebugCommands
 from commands.limits import LimitsCommands
@@ -17,7 +18,8 @@ from commands.workflow import WorkflowCommands
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
+            ClusterCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

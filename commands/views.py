@@ -193,6 +193,8 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         root.add(f"Parent: {format_pid(info.parent)}")
     if info.subprocess_pid is not None:
         root.add(f"Subprocess: OS pid {info.subprocess_pid}")
+    if info.worker is not None:
+        root.add(f"Worker: {info.worker} (its body {'ran' if info.is_done else 'runs'} on this Dask worker)")
     root.add(f"Owner: {info.owner}")
     if history and info.history:
         branch = root.add("History:")
@@ -245,6 +247,7 @@ def tool_tree(t: Tool) -> Group:
     root.add(f"Kind: {kind}")
     root.add(f"Source: {t.source}")
     root.add(f"Idempotent: {'yes' if t.idempotent else 'no'}")
+    root.add(f"Remote: {'yes (runs on a Dask worker with --backend dask)' if t.remote else 'no (runs here)'}")
     params = root.add("Parameters:" if t.params else "Parameters: none")
     for p in t.params:
         label = f"{p.name}: {p.type}"

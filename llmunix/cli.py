@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", action="append", default=[], metavar="MODULE",
                    help="import MODULE for its @tool functions (repeatable)")
     p.add_argument("--max-running", type=int, metavar="N", help="processes allowed to run at once")
+    p.add_argument("--backend", choices=("threads", "dask"),
+                   help="where bodies of remote tools run: threads (this machine, the default) or dask "
+                        "(a Dask cluster; see docs/cluster.md)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="the Dask scheduler for --backend dask, e.g. tcp://10.0.0.5:8786 "
+                        "(default: a local cluster)")
     p.add_argument("--recover", action="store_true",
                    help="at start, continue processes interrupted when llmunix last stopped")
     p.add_argument("-k", "--keep-going", action="store_true",
@@ -62,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     for err in load_errors:
         print(f"llmunix: could not load tools from {err}", file=sys.stderr)
 
+    backend = None
     try:
+        backend = _backend(args, config)
         kernel = Kernel(
             home,
             max_running=args.max_running or config.max_running,
@@ -76,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             limits=config.limits,
             memory_pressure_mb=config.memory_pressure_mb,
             pause_idle_under_pressure=config.pause_idle_under_pressure,
+            backend=backend,
         )
     except LlmunixError as exc:
+        if backend is not None:
+            backend.close()
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
@@ -137,6 +148,21 @@ def _start_notes(kernel: Any, recover: bool) -> list[str]:
             notes.append(f"{len(rows)} process(es) were interrupted when llmunix last stopped ({pids}); "
                          "`recover` continues them, `ps -a --state interrupted` lists them")
     return notes
+
+
+def _backend(args: argparse.Namespace, config: Any) -> Any:
+    """The backend from --backend/--scheduler, else the config; `--scheduler` alone means dask.
+    A cluster library's own log lines go to llmunix.log, not over the shell."""
+    from llmunix.backends import make_backend
+    from llmunix.observe.logging import capture_library_logs
+
+    name = args.backend or ("dask" if args.scheduler else config.backend)
+    if args.scheduler and name != "dask":
+        raise LlmunixError("--scheduler only applies to --backend dask")
+    backend = make_backend(name, scheduler=(args.scheduler or config.dask_scheduler) if name == "dask" else None)
+    if name == "dask":
+        capture_library_logs("distributed")
+    return backend
 
 
 def _read_script(path: str) -> list[str]:

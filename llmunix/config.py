@@ -40,6 +40,11 @@ class Config(pydantic.BaseModel):
         None, ge=0, description="below this much available memory, low and idle work waits (default: 5% of total)")
     pause_idle_under_pressure: bool = pydantic.Field(
         False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
+    backend: Literal["threads", "dask"] = pydantic.Field(
+        "threads", description="where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")
+    dask_scheduler: str | None = pydantic.Field(
+        None, description="the Dask scheduler's address for the dask backend, e.g. tcp://10.0.0.5:8786 "
+        "(unset: a local cluster is started)")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:

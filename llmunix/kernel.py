@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmunix.admission import ResourcePool
+from llmunix.backends import Backend, ClusterInfo, make_backend
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.home import HomeInUse, HomeLock
 from llmunix.ipc.bus import EventBus, Subscription
@@ -157,11 +158,14 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         memory_pressure_mb: float | None = None,
         available_memory: Callable[[], float] | None = None,
         pause_idle_under_pressure: bool = False,
+        backend: Backend | str | None = None,
     ) -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
         if retention_days < 0 or retention_count < 0:
             raise LlmunixError("retention_days and retention_count must not be negative")
+        # Where bodies of tools declared remote run (backends/); threads: here, like every other.
+        self.backend = make_backend(backend)
         # Resource admission (limits.py): `limits` capacities on `pool` (default: the machine's);
         # `available_memory()` in MB is read to detect memory pressure (injectable for tests).
         self._init_admission(limits, pool, memory_pressure_mb, available_memory, pause_idle_under_pressure)
@@ -226,6 +230,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
             self.store.on_commit(self._retain)
             self._gc_job = self._compact(wait=False)  # the first automatic pass, in the background
         self._executor = ThreadExecutor(self._execute, max_threads or max(64, 4 * max_running))
+        self.backend.bind(self)
+        self._remote = self.backend if self.backend.distributed else None
         self._monitor = None
         if monitor:
             from llmunix.resources import Monitor
@@ -658,6 +664,11 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
             self.max_running = n
             self._dispatch_locked(time.monotonic())
 
+    def cluster(self) -> ClusterInfo:
+        """Where process bodies run: the backend and, for a cluster, its workers and which
+        processes run on each."""
+        return self.backend.cluster()
+
     @property
     def next_pid(self) -> int:
         return self._pids.peek()
@@ -696,6 +707,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         if self._monitor is not None:
             self._monitor.stop()
         self._executor.shutdown(timeout=1.0)
+        self.backend.close()
         self.bus.flush(timeout=5.0)
         self.bus.close()
         if self.store is not None:
@@ -1170,7 +1182,10 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         if not killed:
             try:
                 try:
-                    output = proc.tool.func(ctx, **proc.params)
+                    if self._remote is not None and proc.tool.remote:
+                        output = self._remote.run(ctx, proc)  # a proxy for the body on a cluster worker
+                    else:
+                        output = proc.tool.func(ctx, **proc.params)
                     outcome, code, error = Outcome.COMPLETED, 0, None
                 except ProcessKilled:
                     pass

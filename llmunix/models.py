@@ -201,6 +201,7 @@ class ProcessInfo:
     subprocess_pid: int | None = None
     needs: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # resources it must hold to run
     predicted_needs: tuple[str, ...] = ()  # which needs were predicted from the tool's past runs
+    worker: str | None = None  # the cluster worker its body runs (or ran) on; None: this machine
 
     @property
     def process_id(self) -> str:
@@ -268,6 +269,7 @@ class ProcessInfo:
             "error": self.error,
             "output": _jsonable(self.output),
             "subprocess_pid": self.subprocess_pid,
+            "worker": self.worker,
         }
 
 

@@ -57,7 +57,7 @@ class Process:
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
         "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
         "needs", "predicted", "holds", "blocked_on",
-        "waiting", "timeout", "paused_by", "end_seq",
+        "waiting", "timeout", "paused_by", "end_seq", "worker",
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -122,6 +122,7 @@ class Process:
         self.timeout: float | None = None  # seconds of running time before it is stopped as Failed
         self.paused_by: int | None = None  # the parent whose pause paused it (resumed with it)
         self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
+        self.worker: str | None = None  # the cluster worker running its body (backends/), if any
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
@@ -168,6 +169,7 @@ class Process:
             subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
             needs=MappingProxyType(dict(self.needs)) if self.needs else EMPTY,
             predicted_needs=self.predicted,
+            worker=self.worker,
         )
         if self.phase is Phase.DONE:
             self._snapshot = info
@@ -211,6 +213,16 @@ class ProcessContext:
         """Append a line to this process's log (`log PID`); never printed by the engine."""
         self._kernel._log(self._proc, str(message))
         self.check()
+
+    def output(self, line: str) -> None:
+        """Append a line to the log without a control point: for threads that read a child's
+        output while the body itself waits (they must not block on a pause)."""
+        self._kernel._log(self._proc, str(line))
+
+    @property
+    def kill_grace(self) -> float:
+        """Seconds a stopping subprocess gets between SIGTERM and SIGKILL."""
+        return self._kernel.kill_grace
 
     def checkpoint(self, state: Any) -> int:
         """Record a new checkpoint version of JSON-serialisable state; returns its version."""

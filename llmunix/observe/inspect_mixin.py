@@ -55,6 +55,8 @@ class Inspection:
             reason = f"the process has not started yet ({info.detail})"
         elif code is None:
             reason = "its tool is not a Python function"
+        elif not stack and info.worker is not None:
+            reason = f"its body runs on the Dask worker {info.worker}; debug sees this machine's threads only"
         elif not stack:
             reason = "its thread is not in the tool's code right now"
         else:

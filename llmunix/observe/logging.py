@@ -98,6 +98,19 @@ def setup_logging(home: Path, *, level: str = "info", max_bytes: int = 5_000_000
     return handler
 
 
+def capture_library_logs(name: str, level: str = "warning") -> None:
+    """Send a library's logger (`distributed`) to llmunix.log, at `level` and above, instead of
+    the terminal handler it installed for itself."""
+    lib = logging.getLogger(name)
+    for h in [h for h in lib.handlers if type(h) is logging.StreamHandler]:
+        lib.removeHandler(h)
+    for h in logging.getLogger(ROOT).handlers:
+        if h not in lib.handlers:
+            lib.addHandler(h)
+    lib.setLevel(level.upper())
+    lib.propagate = False
+
+
 def parse_level(value: Any) -> str:
     """`debug`, `info`, `warning`, `error` or `critical` (any case); else a one-line error."""
     name = str(value).strip().lower()

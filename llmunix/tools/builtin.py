@@ -16,7 +16,7 @@ POLL = 0.05  # how often a subprocess tool reaches a control point while its chi
 OUTPUT_LIMIT = 64 * 1024
 
 
-@tool(idempotent=True)
+@tool(idempotent=True, remote=True)
 def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
     """Sleep cooperatively, reporting progress every tick (a tenth of a second, at most 100 ticks).
 
@@ -50,7 +50,7 @@ def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
     return n
 
 
-@tool(idempotent=True)
+@tool(idempotent=True, remote=True)
 def echo(ctx: ProcessContext, text: str) -> str:
     """Return the text (and write it to the process log).
 
@@ -61,7 +61,7 @@ def echo(ctx: ProcessContext, text: str) -> str:
     return text
 
 
-@tool
+@tool(remote=True)
 def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
     """Fail with the given message.
 
@@ -71,7 +71,7 @@ def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
     raise ToolError(message)
 
 
-@tool(subprocess=True)
+@tool(subprocess=True, remote=True)
 def shell(ctx: ProcessContext, cmd: str) -> str:
     """Run a shell command in its own process group; its output goes to the process log.
 
@@ -92,7 +92,7 @@ def shell(ctx: ProcessContext, cmd: str) -> str:
         assert child.stdout is not None
         for raw in iter(child.stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            ctx._kernel._log(ctx._proc, line)  # not ctx.log: this thread must not block on pause
+            ctx.output(line)  # not ctx.log: this thread must not block on pause
             with lock:
                 tail.append(line)
                 size += len(line) + 1
@@ -110,7 +110,7 @@ def shell(ctx: ProcessContext, cmd: str) -> str:
                 ctx.check()
     finally:
         if child.poll() is None:
-            terminate_group(child, ctx._kernel.kill_grace)
+            terminate_group(child, ctx.kill_grace)
         reader.join(timeout=2)
     if code != 0:
         raise ToolError(f"exit status {code}" if code > 0 else f"killed by signal {-code}",

@@ -44,6 +44,7 @@ class Tool:
     needs: Mapping[str, float] = field(default_factory=dict)  # default resource needs (see admission.py)
     kind: ProcessKind = ProcessKind.TOOL  # agent and workflow bodies are tools of those kinds
     hidden: bool = False  # internal (e.g. the workflow runner): not listed by `tools`
+    remote: bool = False  # may run on a cluster worker (backends/): importable, JSON-able params, no ctx.spawn
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,6 +115,7 @@ def make_tool(
     needs: Mapping[str, Any] | None = None,
     kind: ProcessKind = ProcessKind.TOOL,
     hidden: bool = False,
+    remote: bool = False,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -154,6 +156,7 @@ def make_tool(
         needs=parse_needs(needs),
         kind=kind,
         hidden=hidden,
+        remote=remote,
         _model=model,
     )
 
@@ -168,6 +171,7 @@ def tool(
     needs: Mapping[str, Any] | None = None,
     kind: ProcessKind = ProcessKind.TOOL,
     hidden: bool = False,
+    remote: bool = False,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -176,6 +180,8 @@ def tool(
     The first paragraph of its docstring is the description; an `Args:` section documents
     parameters (`name: what it is`). `needs` are the resources each run needs by default
     (`{"memory_mb": 500, "gpu": 1}`); `spawn(needs=...)` and `run --need` override them.
+    `remote=True` lets a cluster backend run it on a worker (docs/cluster.md): its module must be
+    importable there and it must not use `ctx.spawn`, `ctx.wait` or `ctx.run`.
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -183,7 +189,8 @@ def tool(
         if source.startswith("llmunix."):
             source = "builtin"
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
-                      idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden)
+                      idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
+                      remote=remote)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f

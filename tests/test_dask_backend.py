@@ -1,0 +1,282 @@
+"""The dask backend against a real local Dask cluster: two worker processes with one thread each,
+started once for the module. Remote tool bodies run on them (tests/remote_tools.py); the kernel,
+its store and the shell stay in the test process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+distributed = pytest.importorskip(
+    "distributed", reason='the dask backend needs Dask distributed: pip install "llmunix[dask]"')
+
+from llmunix import Kernel  # noqa: E402
+from llmunix.backends.dask import DASK_PRIORITY, DaskBackend  # noqa: E402
+from llmunix.models import LlmunixError, Priority  # noqa: E402
+from llmunix.workflows.spec import spec_from_data  # noqa: E402
+from tests import remote_tools  # noqa: E402, F401 - registers the rt_* tools here
+from tests.conftest import LLMUNIX, Session, wait_phase  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Worker processes are started with multiprocessing's spawn and get this sys.path: with the
+    # repository on it they import tests.remote_tools by name, as a real cluster needs.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    cl = distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0",
+                                  resources={"slots": 4}, silence_logs=logging.CRITICAL)
+    yield cl
+    cl.close(timeout=10)
+
+
+@pytest.fixture
+def dk(cluster, tmp_path):
+    """A kernel with a store whose remote tools run on the cluster."""
+    k = Kernel(tmp_path / "home", monitor=False, kill_grace=0.3, backend=DaskBackend(cluster.scheduler_address))
+    yield k
+    k.shutdown()
+
+
+def workers_ready(cluster, n: int = 2) -> None:
+    """After a test killed a worker, its nanny starts a new one: wait for it."""
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as c:
+        c.wait_for_workers(n, timeout=20)
+
+
+def history(k: Kernel, pid: int, event: str) -> list[str]:
+    return [h.details for h in k.info(pid).history if h.event == event]
+
+
+def worker_os_pid(k: Kernel, pid: int) -> int:
+    """The OS pid of the worker process running a body (from its "worker" history entry)."""
+    (where,) = history(k, pid, "worker")
+    return int(where.rsplit("OS pid ", 1)[1].rstrip(")"))
+
+
+def wait_for(predicate, timeout: float = 10.0, message: str = ""):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {message or predicate}")
+        time.sleep(0.01)
+    return value
+
+
+# ------------------------------------------------------------------ where bodies run
+
+
+def test_workflow_steps_spread_over_both_workers_and_their_outputs_are_committed(dk):
+    spec = spec_from_data({"name": "spread", "steps": [
+        *({"id": f"s{i}", "tool": "rt_where", "with": {"seconds": 0.3, "text": f"part {i}"}} for i in range(4)),
+        {"id": "join", "tool": "rt_where", "needs": ["s0", "s1", "s2", "s3"],
+         "with": {"text": "{{ steps.s0.output.text }} + {{ steps.s3.output.text }}"}},
+    ]})
+    pid = dk.workflow_run(spec)
+    info = dk.wait([pid], timeout=20)[0]
+    assert info.state == "Completed", info.error
+    outputs = info.output["steps"]
+    assert {outputs[f"s{i}"]["worker"] for i in range(4)} == {"0", "1"}  # both workers ran steps
+    assert outputs["join"]["text"] == "part 0 + part 3"  # upstream outputs came back and were committed
+    status = dk.workflow_status(pid)
+    step_infos = [dk.info(s.pid) for s in status.steps]
+    assert {i.worker for i in step_infos} == {outputs[s.id]["address"] for s in status.steps}
+    assert dk.info(pid).worker is None  # the workflow itself runs here; only its steps went out
+    # The runner's committed state (its checkpoint, durable) holds the outputs too.
+    state = dk.checkpoints(pid)[-1][1]
+    assert state["steps"]["s1"]["output"]["text"] == "part 1"
+
+
+def test_progress_logs_states_and_checkpoints_arrive_and_checkpoints_are_durable_first(dk):
+    db = dk.home / "llmunix.db"
+    pid = dk.spawn("rt_ticks", n=4, db=str(db))
+    info = dk.wait([pid], timeout=20)[0]
+    assert info.state == "Completed", info.error
+    out = info.output
+    assert out["versions"] == [1, 2, 3, 4]
+    assert out["stored"] == [1, 2, 3, 4]  # each ctx.checkpoint() on the worker returned once stored here
+    assert info.progress.percentage == 100.0 and info.progress.message == "tick 4"
+    assert [line for _t, line in dk.logs(pid)] == [f"tick {i} on {out['worker']}" for i in range(1, 5)]
+    assert [s for _v, s in dk.checkpoints(pid)] == [{"tick": i} for i in range(1, 5)]
+    dk.flush()
+    types = [e.type for e in dk.events(pid)]
+    assert types.count("process.progress") == 4 and types.count("process.checkpoint") == 4
+    assert "process.state" in types
+    (remote,) = dk.events(pid, types="process.remote")
+    assert remote.data["worker"] == info.worker == out["address"] and remote.data["worker_name"] == out["worker"]
+
+
+def test_an_interrupted_remote_process_recovers_from_its_last_checkpoint(cluster, tmp_path):
+    home = tmp_path / "home"
+    with Kernel(home, monitor=False, kill_grace=0.3, backend=DaskBackend(cluster.scheduler_address)) as k:
+        pid = k.spawn("rt_ticks", n=20, delay=0.05)
+        wait_for(lambda: len(k.checkpoints(pid)) >= 2, message="two checkpoints")
+    with Kernel(home, monitor=False, kill_grace=0.3, backend=DaskBackend(cluster.scheduler_address)) as k:
+        assert k.info(pid).state == "Interrupted"
+        reached = k.checkpoints(pid)[-1][1]["tick"]
+        k.recover([pid])
+        info = k.wait([pid], timeout=20)[0]
+        assert info.state == "Completed", info.error
+        assert info.output["start"] == reached >= 2  # ctx.restored reached the worker
+
+
+def test_tool_errors_crashes_and_local_tools(dk):
+    failed = dk.info(dk.spawn("rt_fail", code=7))
+    failed = dk.wait([failed.pid], timeout=20)[0]
+    assert (failed.state, failed.exit_code) == ("Failed", 7) and failed.error.startswith("failed on ")
+    crashed = dk.wait([dk.spawn("rt_crash")], timeout=20)[0]
+    assert crashed.state == "Failed" and crashed.error == "ValueError: not a ToolError"
+    local = dk.wait([dk.spawn("rt_local")], timeout=20)[0]
+    assert local.output == os.getpid() and local.worker is None  # not declared remote: runs here
+
+
+def test_priority_and_worker_resources_map_onto_dask(dk, tmp_path):
+    flag = tmp_path / "go"
+    pid = dk.spawn("rt_gate", path=str(flag), priority="high", needs={"slots": 2, "gpu": 1})
+    wait_for(lambda: dk.info(pid).worker, message="the body to start on a worker")
+
+    def ours(dask_scheduler):  # noqa: ANN001 - runs on the scheduler
+        return {k: (ts.priority[0], dict(ts.resource_restrictions or {}))
+                for k, ts in dask_scheduler.tasks.items() if str(k).startswith("llmunix-")}
+
+    tasks = dk.backend.client.run_on_scheduler(ours)
+    # high -> Dask priority 10 (Dask keeps it negated); slots is a worker resource, gpu is not
+    assert list(tasks.values()) == [(-DASK_PRIORITY[Priority.HIGH], {"slots": 2.0})]
+    flag.touch()
+    assert dk.wait([pid], timeout=20)[0].state == "Completed"
+
+
+# ------------------------------------------------------------------ pause and kill
+
+
+def test_pause_stops_a_remote_body_until_resume_and_kill_stops_it_there(dk, tmp_path):
+    count = tmp_path / "count"
+    pid = dk.spawn("rt_count", path=str(count))
+    wait_for(count.exists, message="the body to start counting")
+    dk.pause(pid)
+    wait_phase(dk, pid, "paused")  # Paused once the body itself has stopped at a control point
+    before = count.read_text()
+    time.sleep(0.3)  # nothing to wait for: the point is that nothing happens
+    assert count.read_text() == before
+    assert dk.info(pid).detail == "paused by user"
+    dk.resume(pid)
+    wait_for(lambda: count.read_text() != before, message="counting to go on after resume")
+    wait_for(lambda: dk.info(pid).detail.startswith("running on tcp://"), message="the detail to name the worker")
+    dk.kill(pid)
+    info = dk.wait([pid], timeout=10)[0]
+    assert info.state == "Cancelled" and info.error == "killed by user"
+    wait_for(Path(f"{count}.stopped").exists, message="the body's finally clause on the worker")
+
+
+def test_a_remote_subprocess_group_is_stopped_continued_and_killed_on_its_worker(dk):
+    pid = dk.spawn("shell", cmd="sleep 30")
+    details = wait_for(lambda: history(dk, pid, "subprocess"), message="the subprocess to start")
+    child = psutil.Process(int(details[0].split()[1]))
+    dk.pause(pid)
+    wait_phase(dk, pid, "paused")
+    wait_for(lambda: child.status() == psutil.STATUS_STOPPED, message="SIGSTOP on the worker")
+    dk.resume(pid)
+    wait_for(lambda: child.status() != psutil.STATUS_STOPPED, message="SIGCONT on the worker")
+    dk.kill(pid)
+    assert dk.wait([pid], timeout=10)[0].state == "Cancelled"
+    wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, message="the group to end")
+
+
+def test_a_remote_timeout_fails_the_process(dk, tmp_path):
+    info = dk.wait([dk.spawn("rt_count", path=str(tmp_path / "c"), timeout=0.3)], timeout=10)[0]
+    assert info.state == "Failed" and info.error == "timed out after 0.3s"
+    wait_for(Path(f"{tmp_path / 'c'}.stopped").exists, message="the body to stop on its worker")
+
+
+# ------------------------------------------------------------------ the shell
+
+
+def test_cluster_and_ps_show_the_workers_and_what_runs_where(dk, tmp_path, capsys):
+    sh = Session(dk, capsys)
+    flag = tmp_path / "go"
+    pid = dk.spawn("rt_gate", path=str(flag))
+    address = wait_for(lambda: dk.info(pid).worker, message="the body to start")
+    data = json.loads(sh.ok("cluster --json"))
+    assert data["backend"] == "dask" and len(data["workers"]) == 2
+    assert {w["nthreads"] for w in data["workers"]} == {1}
+    assert {w["resources"]["slots"] for w in data["workers"]} == {4}
+    by_address = {w["address"]: w for w in data["workers"]}
+    assert by_address[address]["processes"] == [pid]
+    plain = sh.ok("cluster").splitlines()
+    assert plain[0].startswith("backend: dask, scheduler tcp://") and plain[1].split()[:2] == ["WORKER", "ADDRESS"]
+    assert any(line.split()[1] == address and line.split()[-1] == f"{pid:03d}" for line in plain[2:])
+    assert f"Worker: {address}" in sh.ok(f"ps -l {pid}")
+    assert json.loads(sh.ok(f"ps --json {pid}"))[0]["worker"] == address
+    flag.touch()
+    dk.wait([pid], timeout=20)
+
+
+def test_cluster_with_the_thread_backend_says_there_is_none(kernel, capsys):
+    out = Session(kernel, capsys).ok("cluster")
+    assert out.startswith("backend: threads: process bodies run on this machine")
+    assert json.loads(Session(kernel, capsys).ok("cluster --json"))["workers"] == []
+
+
+def test_the_cli_takes_the_backend_from_config_and_rejects_a_stray_scheduler(cluster, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'backend = "dask"\ndask_scheduler = "{cluster.scheduler_address}"\n')
+    env = {**os.environ, "LLMUNIX_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([LLMUNIX, "-c", "run echo text=hi", "-c", "wait", "-c", "ps -a --json", "-c", "cluster --json"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    records = json.loads("\n".join(lines[lines.index("["):lines.index("]") + 1]))
+    assert records[0]["output"] == "hi" and records[0]["worker"].startswith("tcp://")
+    cluster_info = json.loads("\n".join(lines[lines.index("{"):]))
+    assert cluster_info["scheduler"] == cluster.scheduler_address and len(cluster_info["workers"]) == 2
+    bad = subprocess.run([LLMUNIX, "--backend", "threads", "--scheduler", "tcp://127.0.0.1:1", "-c", "ps"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.strip() == "llmunix: --scheduler only applies to --backend dask"
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error():
+    with pytest.raises(LlmunixError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:1: .*dask scheduler"):
+        DaskBackend("tcp://127.0.0.1:1", timeout=0.5)
+
+
+# ------------------------------------------------------------------ losing a worker (last: workers restart)
+
+
+def test_losing_the_worker_fails_the_process_with_worker_lost_and_stops_the_rerun(cluster, dk, tmp_path):
+    workers_ready(cluster)
+    count = tmp_path / "count"
+    pid = dk.spawn("rt_count", path=str(count))
+    address = wait_for(lambda: dk.info(pid).worker, message="the body to start")
+    psutil.Process(worker_os_pid(dk, pid)).kill()
+    info = dk.wait([pid], timeout=15)[0]
+    assert info.state == "Failed" and info.error == f"worker lost: {address}"
+    # Dask starts the task again on the other worker; llmunix has given up on it and stops it.
+    wait_for(Path(f"{count}.stopped").exists, message="the rerun to be stopped")
+
+
+def test_a_workflow_step_retries_after_losing_its_worker(cluster, dk, tmp_path):
+    workers_ready(cluster)
+    flag = tmp_path / "go"
+    spec = spec_from_data({"name": "survive", "steps": [
+        {"id": "gate", "tool": "rt_gate", "with": {"path": str(flag)},
+         "retry": {"max_attempts": 2, "initial": 0, "jitter": "none", "retry_on": ["worker lost*"]}}]})
+    wf = dk.workflow_run(spec)
+    step = wait_for(lambda: dk.workflow_status(wf).steps[0].pid, message="the step to start")
+    wait_for(lambda: dk.info(step).worker, message="the step's body to start")
+    psutil.Process(worker_os_pid(dk, step)).kill()
+    wait_for(lambda: dk.workflow_status(wf).steps[0].attempts == 2, message="the retry")
+    flag.touch()
+    info = dk.wait([wf], timeout=20)[0]
+    assert info.state == "Completed", info.error
+    assert dk.info(step).error.startswith("worker lost: tcp://")
