@@ -81,3 +81,9 @@ def rt_gate(ctx: ProcessContext, path: str) -> dict:
     while not Path(path).exists():
         ctx.sleep(0.01)
     return _worker()
+
+
+@tool(name="rt_value", hidden=True, remote=True)
+def rt_value(ctx: ProcessContext, big: bool = False) -> object:
+    """A value that is not JSON-native (so it is fetched from the worker), or a large one."""
+    return "x" * 100_000 if big else (1, {2: "two"})

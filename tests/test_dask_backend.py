@@ -131,11 +131,13 @@ def test_an_interrupted_remote_process_recovers_from_its_last_checkpoint(cluster
 
 
 def test_tool_errors_crashes_and_local_tools(dk):
-    failed = dk.info(dk.spawn("rt_fail", code=7))
-    failed = dk.wait([failed.pid], timeout=20)[0]
+    failed = dk.wait([dk.spawn("rt_fail", code=7)], timeout=20)[0]
     assert (failed.state, failed.exit_code) == ("Failed", 7) and failed.error.startswith("failed on ")
     crashed = dk.wait([dk.spawn("rt_crash")], timeout=20)[0]
     assert crashed.state == "Failed" and crashed.error == "ValueError: not a ToolError"
+    # Small JSON outputs come back with the body's events; others are fetched from the worker as is.
+    assert dk.wait([dk.spawn("rt_value")], timeout=20)[0].output == (1, {2: "two"})
+    assert dk.wait([dk.spawn("rt_value", big=True)], timeout=20)[0].output == "x" * 100_000
     local = dk.wait([dk.spawn("rt_local")], timeout=20)[0]
     assert local.output == os.getpid() and local.worker is None  # not declared remote: runs here
 

@@ -32,6 +32,7 @@ What the proxy does, and why:
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import queue
 import secrets
@@ -94,7 +95,7 @@ class RemoteRun:
     (`control`, `ack`) is what the sender thread delivers; `version` orders deliveries."""
 
     __slots__ = ("key", "pid", "future", "inbox", "lock", "worker", "control", "reason", "version",
-                 "sent", "ack", "ack_version", "pause_version", "paused_ack")
+                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output")
 
     def __init__(self, key: str, pid: int) -> None:
         self.key = key
@@ -111,6 +112,7 @@ class RemoteRun:
         self.ack_version = 0
         self.pause_version = 0  # the version that asked for the current pause
         self.paused_ack = 0  # the highest version the body reported being paused at
+        self.output: tuple[Any] | None = None  # a small output that came with the events
 
     def state(self) -> dict[str, Any]:
         return {"v": self.version, "control": self.control, "reason": self.reason, "ack": self.ack,
@@ -148,6 +150,7 @@ class DaskBackend:
         self._counter = itertools.count(1)
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._resources: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._resource_names()  # now, so that the first process with needs is not held up asking
         self._closed = False
         self.client.subscribe_topic(self.topic, self._on_message)
         self.client.subscribe_topic("all", self._on_cluster_event)
@@ -233,13 +236,15 @@ class DaskBackend:
         elif kind == "log":
             kernel._log(proc, msg["line"])
         elif kind == "checkpoint":
-            version, seq = kernel._checkpoint(proc, msg["state"])
+            version, seq = kernel._checkpoint(proc, _lists(msg["state"]))
             kernel._wait_durable(seq)  # durable before the body hears that it is
             with run.lock:
                 run.ack, run.ack_version = msg["n"], version
             self._steer(run, run.control)
         elif kind == "paused":
             run.paused_ack = max(run.paused_ack, msg["v"])
+        elif kind == "result":
+            run.output = (_lists(msg["value"]),)
         elif kind == "state":
             kernel._set_state(proc, msg["state"], msg["detail"])
         elif kind == "started":
@@ -272,7 +277,7 @@ class DaskBackend:
                 break
             if isinstance(item, _Lost):
                 break
-            if item is not _WAKE and item.get("t") in ("progress", "log", "state"):
+            if item is not _WAKE and item.get("t") in ("progress", "log", "state", "result"):
                 self._apply(proc, run, item)
         raise ProcessKilled(proc.kill_reason)
 
@@ -286,6 +291,8 @@ class DaskBackend:
                 raise WorkerLost(f"worker lost: {run.worker or exc.last_worker.address}") from None
             raise exc
         if status == "finished":
+            if run.output is not None:  # it came with the events: no need to fetch it
+                return run.output[0]
             try:
                 outcome = future.result(timeout=RESULT_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - the result is on a worker that went away
@@ -294,6 +301,8 @@ class DaskBackend:
                 raise ToolError(outcome[1], exit_code=outcome[2])
             if outcome[0] == "killed":
                 raise ProcessKilled(outcome[1])
+            if outcome[0] == "sent":
+                raise ToolError("its output was sent with its events but did not arrive")
             return outcome[1]
         if self.client.status != "running":
             raise ToolError(f"lost the connection to the Dask scheduler at {self.address}")
@@ -386,11 +395,17 @@ class DaskBackend:
             return None
         at, names = self._resources
         if time.monotonic() - at > RESOURCES_TTL:
-            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
-            names = frozenset(n for w in workers.values() for n in (w.get("resources") or {}))
-            self._resources = (time.monotonic(), names)
+            names = self._resource_names()
         wanted = {n: a for n, a in needs.items() if n in names}
         return wanted or None
+
+    def _resource_names(self) -> frozenset[str]:
+        """The resources the workers declare (cached RESOURCES_TTL seconds, and until a worker
+        comes or goes)."""
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        names = frozenset(n for w in workers.values() for n in (w.get("resources") or {}))
+        self._resources = (time.monotonic(), names)
+        return names
 
     def cluster(self) -> ClusterInfo:
         try:
@@ -440,6 +455,11 @@ def _tool_ref(func: Any) -> tuple[str, str, str | None]:
                         "of an importable module, or declare it remote=False")
     path = getattr(sys.modules.get(module), "__file__", None)
     return module, qualname, path
+
+
+def _lists(value: Any) -> Any:
+    """JSON data as it left the worker: Dask's msgpack brings arrays back as tuples."""
+    return json.loads(json.dumps(value))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -67,7 +67,11 @@ def run_body(spec: dict[str, Any]) -> tuple[Any, ...]:
     try:
         ctx._send("started", worker=worker.address, name=str(worker.name), host=socket.gethostname(),
                   os_pid=os.getpid())
-        return ("ok", ctx._run(func))
+        output = ctx._run(func)
+        if _small(output):  # it travels with the events: llmunix need not fetch it from here
+            ctx._send("result", value=output)
+            return ("sent",)
+        return ("ok", output)
     except ToolError as exc:
         return ("error", str(exc), exc.exit_code)
     except ProcessKilled as exc:
@@ -333,6 +337,20 @@ class RemoteContext:
                 signal_tree(child, signal.SIGKILL)
             else:
                 self._injected = inject_exception(self._thread, ProcessKilled)
+
+
+RESULT_INLINE = 16_384  # outputs up to this size (as JSON) go back with the events
+
+
+def _small(value: Any) -> bool:
+    """JSON-native (so it arrives as it left: no tuples, no int keys) and small."""
+    if value is None or isinstance(value, bool | int | float | str) and len(str(value)) <= RESULT_INLINE:
+        return True
+    try:
+        text = json.dumps(value)
+        return len(text) <= RESULT_INLINE and json.loads(text) == value
+    except (TypeError, ValueError):
+        return False
 
 
 class _QuietDeliver(logging.Filter):
