@@ -2,7 +2,8 @@
 
 Slots, not threads, bound concurrency: the scheduler decides what may run; the executor only
 provides threads. A paused or preempted process keeps its thread while giving its slot back, so
-the pool grows a worker to use the freed slot, up to `max_threads`.
+the pool grows a worker to use the freed slot, up to `max_threads`. A backend (backends/) may take
+a body elsewhere, a Dask cluster say; its process still has one of these threads, as its proxy.
 """
 
 from __future__ import annotations

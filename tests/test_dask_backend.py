@@ -180,6 +180,21 @@ def test_pause_stops_a_remote_body_until_resume_and_kill_stops_it_there(dk, tmp_
     wait_for(Path(f"{count}.stopped").exists, message="the body's finally clause on the worker")
 
 
+def test_a_process_waiting_for_a_worker_pauses_at_once_and_runs_after_resume(dk, tmp_path):
+    flag = tmp_path / "go"
+    busy = [dk.spawn("rt_gate", path=str(flag)) for _ in range(2)]  # one per worker thread
+    for pid in busy:
+        wait_for(lambda pid=pid: dk.info(pid).worker, message="both workers to be busy")
+    queued = dk.spawn("rt_where", text="later")
+    wait_for(lambda: queued in dk.cluster().waiting, message="the third to wait for a worker")
+    dk.pause(queued)
+    wait_phase(dk, queued, "paused")
+    dk.resume(queued)
+    flag.touch()
+    infos = dk.wait([*busy, queued], timeout=20)
+    assert [i.state for i in infos] == ["Completed"] * 3 and infos[2].output["text"] == "later"
+
+
 def test_a_remote_subprocess_group_is_stopped_continued_and_killed_on_its_worker(dk):
     pid = dk.spawn("shell", cmd="sleep 30")
     details = wait_for(lambda: history(dk, pid, "subprocess"), message="the subprocess to start")
@@ -219,6 +234,7 @@ def test_cluster_and_ps_show_the_workers_and_what_runs_where(dk, tmp_path, capsy
     assert any(line.split()[1] == address and line.split()[-1] == f"{pid:03d}" for line in plain[2:])
     assert f"Worker: {address}" in sh.ok(f"ps -l {pid}")
     assert json.loads(sh.ok(f"ps --json {pid}"))[0]["worker"] == address
+    assert f"its body runs on the Dask worker {address}" in sh.ok(f"debug {pid}")
     flag.touch()
     dk.wait([pid], timeout=20)
 

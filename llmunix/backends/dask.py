@@ -20,6 +20,8 @@ What the proxy does, and why:
   thread delivers the latest state to the worker running the body (`Client.run`, see remote.py).
   A pause takes effect when the body reaches a control point and says "paused": only then does
   the process give its slot back here (Paused), so `ps` never shows Paused while the body runs.
+  (A body still waiting for a worker pauses at once; should it start meanwhile, it is told on
+  its "started" message and stops at its first control point.)
 * Kill: the body is told to stop and gets half the kill grace to do so; then its task is
   cancelled on the cluster and the process ends Cancelled. The worker escalates on its side.
 * Worker lost: when the scheduler removes the worker a body runs on (its "all" topic reports
@@ -203,7 +205,9 @@ class DaskBackend:
             if requests & (REQ_PAUSE | REQ_PREEMPT):
                 if run.control == "run":
                     self._steer(run, "pause")
-                elif run.paused_ack >= run.pause_version:  # the body is paused: so is the process
+                elif run.paused_ack >= run.pause_version or run.worker is None:
+                    # The body has stopped at a control point (or has not started: when it does,
+                    # it is told at once and stops at its first): the process pauses here.
                     try:
                         kernel._control_point(proc)  # blocks until resumed or given a slot again
                     except ProcessKilled:
