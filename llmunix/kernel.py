@@ -682,6 +682,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
                     self._emit("process.preempted", proc, reason="priority")
                     self._dispatch_locked(now)
                     continue
+                if proc.debug and self._debug_control_point_locked(proc, now):
+                    continue  # stopped by a breakpoint (observe/debug_mixin.py)
                 if (now - proc.slice_start >= self.time_slice
                       and self._slot_wanted(proc.priority, now)):
                     self._leave_slot(proc, Phase.PREEMPTED, now)

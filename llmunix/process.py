@@ -58,6 +58,7 @@ class Process:
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
         "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
         "needs", "predicted", "holds", "blocked_on",
+        "debug",  # a ProcessDebugger (llmunix/observe/debugger.py) once someone debugs it, else None
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -118,6 +119,7 @@ class Process:
         self.predicted: tuple[str, ...] = ()  # which of those were predicted from past runs
         self.holds = False  # its needs are acquired from the pool (only while running)
         self.blocked_on: tuple[str, ...] = ()  # what it waited for when last considered
+        self.debug: Any = None  # breakpoints, stepping and tracing state (observe/debugger.py)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
@@ -195,7 +197,8 @@ class ProcessContext:
         proc = self._proc
         # Lock-free fast path: nothing asked of this process and nothing waiting for its slot.
         # (A subprocess tool can be paused or preempted from outside without a request flag.)
-        if proc.requests or proc.phase is not Phase.RUNNING or self._kernel._slice_expired(proc):
+        # `proc.debug` is true only while the debugger has work at control points.
+        if proc.requests or proc.phase is not Phase.RUNNING or proc.debug or self._kernel._slice_expired(proc):
             self._kernel._control_point(proc)
 
     def progress(self, step: int, total: int | None = None, message: str = "") -> None:

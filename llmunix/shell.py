@@ -31,7 +31,7 @@ from llmunix.observe.logging import LEVELS, current_level, parse_level, set_leve
 log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
-ALERT_EVENTS = "process.completed|process.failed|process.cancelled|process.unkillable"
+ALERT_EVENTS = "process.completed|process.failed|process.cancelled|process.unkillable|process.breakpoint"
 
 
 class LlmunixShell(cmd2.Cmd):
@@ -135,6 +135,10 @@ class LlmunixShell(cmd2.Cmd):
         if event.type == "process.completed":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ",
                                  ("completed", STATE_STYLES["Completed"]), f" in {d.get('runtime', 0):.1f}s")
+        elif event.type == "process.breakpoint":
+            text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", ("stopped", STATE_STYLES["Paused"]),
+                                 f" at breakpoint {d.get('number')} ({d.get('description', '')}); "
+                                 f"`debug {pid}` to look, `debug {pid} continue` to go on")
         elif event.type == "process.unkillable":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", ("unkillable", "bold red"),
                                  f": {d.get('reason', '')}")

@@ -492,8 +492,9 @@ class _EventWriter:
         elif kind == "checkpoint":
             self.conn.execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
                               (e.pid, d.get("version"), e.time, _dumps(d.get("state"))))
-        elif kind in ("paused", "resumed", "preempted", "continued"):
-            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running"}[kind]
+        elif kind in ("paused", "resumed", "preempted", "continued", "breakpoint", "stepped"):
+            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
+                     "breakpoint": "paused", "stepped": "paused"}[kind]  # the debugger stops it as a pause does
             self.conn.execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
         elif kind == "reniced":
             self.conn.execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
