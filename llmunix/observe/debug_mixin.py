@@ -403,7 +403,7 @@ class Debugging:
         where = {} if location is None else {"file": location.file, "line": location.line,
                                              "function": location.function}
         if d.tracing and d.log is not None:
-            d.log.add("stop", location.function if location else "", location.file if location else "",
+            d.log.add("stop", (location.function, location.file) if location else ("", ""),
                       location.line if location else 0, 0, detail)
         if bp is not None:
             self._emit("process.breakpoint", proc, number=bp.number, description=bp.snapshot().describe(),
@@ -440,8 +440,8 @@ class Debugging:
             total = f"/{proc.total}" if proc.total else ""
             if inner:
                 f = inner[0]
-                d.log.add("control", f.f_code.co_name, f.f_code.co_filename, f.f_lineno or 0,
-                          tracer._depth(f), f"{control_point_name(frame, tracer.code)} step {proc.step}{total}")
+                d.log.add("control", f.f_code, f.f_lineno or 0, len(inner) - 1,
+                          f"{control_point_name(frame, tracer.code)} step {proc.step}{total}")
             del frame, inner
         if not d.breakpoints:
             return False

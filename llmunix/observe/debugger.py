@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import linecache
 import os
+import reprlib
 import site
 import sys
 import sysconfig
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -40,8 +40,8 @@ from types import CodeType, FrameType
 from typing import Any
 
 from llmunix.observe.condition import Condition
-from llmunix.observe.debug import is_engine_file, safe_repr
-from llmunix.observe.redact import MASK, is_secret_key
+from llmunix.observe.debug import is_engine_file
+from llmunix.observe.redact import MASK, is_secret_key, redact_text
 
 TRACE_LIMIT = 10_000  # entries kept by `trace on` (the oldest are dropped)
 STEP = "step"
@@ -217,27 +217,38 @@ class BreakpointState:
 
 
 class TraceBuffer:
-    """The last TRACE_LIMIT trace entries. Filled by the process's thread without the kernel lock."""
+    """The last TRACE_LIMIT trace entries, filled by the process's thread without any lock (a
+    deque's append is atomic) and read by another thread (`copy` retries if it races an append).
+    Entries are kept raw — code object, reprs not yet redacted — and made into TraceEntry records
+    only when read: the trace function is on the tool's hot path."""
 
-    __slots__ = ("entries", "dropped", "t0", "started", "_lock")
+    __slots__ = ("entries", "dropped", "t0", "started")
 
     def __init__(self) -> None:
-        self.entries: deque[TraceEntry] = deque(maxlen=TRACE_LIMIT)
+        self.entries: deque[tuple[float, str, Any, int, int, str]] = deque(maxlen=TRACE_LIMIT)
         self.dropped = 0
         self.t0 = time.perf_counter()
         self.started = time.time()
-        self._lock = threading.Lock()
 
-    def add(self, kind: str, function: str, file: str, line: int, depth: int, detail: str = "") -> None:
-        entry = TraceEntry(time.perf_counter() - self.t0, kind, function, file, line, depth, detail)
-        with self._lock:
-            if len(self.entries) == TRACE_LIMIT:
-                self.dropped += 1
-            self.entries.append(entry)
+    def add(self, kind: str, code: Any, line: int, depth: int, detail: str = "") -> None:
+        """`code`: a code object, or a (function, file) pair for entries not tied to one."""
+        if len(self.entries) == TRACE_LIMIT:
+            self.dropped += 1
+        self.entries.append((time.perf_counter() - self.t0, kind, code, line, depth, detail))
 
     def copy(self) -> tuple[tuple[TraceEntry, ...], int]:
-        with self._lock:
-            return tuple(self.entries), self.dropped
+        while True:
+            try:
+                raw = tuple(self.entries)
+                break
+            except RuntimeError:  # appended to while we copied: again
+                continue
+        return tuple(_entry(*r) for r in raw), self.dropped
+
+
+def _entry(t: float, kind: str, code: Any, line: int, depth: int, detail: str) -> TraceEntry:
+    function, file = (code.co_name, code.co_filename) if isinstance(code, CodeType) else code
+    return TraceEntry(t, kind, function, file, line, depth, redact_text(detail))
 
 
 class ProcessDebugger:
@@ -370,17 +381,19 @@ class Tracer:
     `global_trace` is what `sys.settrace` gets (CPython calls it for each new frame, 'call'
     events); it returns `local_trace` for tool frames only, so the machinery and libraries run
     untraced. `local_trace` gets the tool frames' line, return and exception events. The kernel
-    side (`bind`) decides what a stop means; this class only knows frames.
+    side (`bind`) decides what a stop means; this class only knows frames. `level` counts the
+    traced tool frames below the tool function (set when installing, then +1 per traced call and
+    -1 per return), for the trace's indentation.
     """
 
-    __slots__ = ("code", "debugger", "on_line", "alive", "record_return")
+    __slots__ = ("code", "debugger", "on_line", "alive", "level")
 
     def __init__(self, tool_code: CodeType) -> None:
         self.code = ToolCode(tool_code)
         self.debugger: ProcessDebugger | None = None
         self.on_line: Callable[[FrameType], None] | None = None  # the kernel's stop: blocks, may raise
         self.alive: Callable[[], bool] = lambda: True  # False once the process has ended
-        self.record_return = True
+        self.level = 0
 
     def bind(self, debugger: ProcessDebugger, on_line: Callable[[FrameType], None], alive: Callable[[], bool]) -> None:
         self.debugger, self.on_line, self.alive = debugger, on_line, alive
@@ -392,9 +405,11 @@ class Tracer:
         d = self.debugger
         assert d is not None
         lines = d.mode is not None
-        for f in tool_stack(frame, self.code):
+        frames = tool_stack(frame, self.code)
+        for f in frames:
             f.f_trace = self.local_trace
             f.f_trace_lines = lines
+        self.level = len(frames) - 1
         if not d.installed:
             sys.settrace(self.global_trace)
             d.installed = True
@@ -416,14 +431,18 @@ class Tracer:
             return None
         if frame.f_code not in self.code:
             return None
-        if not d.wants_tracing:
+        mode = d.mode
+        if mode is None and not d.tracing:
+            sys.settrace(None)  # nothing asked of us any more (the kernel's next control point agrees)
+            d.installed = False
             return None
-        lines = d.mode == STEP or (d.mode == NEXT and (d.next_depth is None or depth_of(frame) <= d.next_depth))
-        if d.tracing and d.log is not None:
-            d.log.add("call", frame.f_code.co_name, frame.f_code.co_filename, frame.f_lineno or 0,
-                      self._depth(frame), _call_args(frame))
-        elif not lines:
+        lines = mode == STEP or (mode == NEXT and (d.next_depth is None or depth_of(frame) <= d.next_depth))
+        log = d.log if d.tracing else None
+        if log is None and not lines:
             return None
+        self.level += 1
+        if log is not None:
+            log.add("call", frame.f_code, frame.f_lineno or 0, self.level, _call_args(frame))
         frame.f_trace_lines = lines
         return self.local_trace
 
@@ -446,35 +465,51 @@ class Tracer:
                 return None
         elif event == "return":
             if d.tracing and d.log is not None:
-                d.log.add("return", frame.f_code.co_name, frame.f_code.co_filename, frame.f_lineno or 0,
-                          self._depth(frame), safe_repr(arg, 60))
+                d.log.add("return", frame.f_code, frame.f_lineno or 0, max(self.level, 0), _short(arg, 60))
+            self.level -= 1
             if frame.f_code is self.code.top:
                 self.uninstall(frame)  # the tool function returns: nothing of the tool is left to trace
                 return None
         elif event == "exception" and d.tracing and d.log is not None:
             exc_type, exc, _tb = arg
-            d.log.add("exception", frame.f_code.co_name, frame.f_code.co_filename, frame.f_lineno or 0,
-                      self._depth(frame), safe_repr(exc, 80) if exc is not None else exc_type.__name__)
+            d.log.add("exception", frame.f_code, frame.f_lineno or 0, max(self.level, 0),
+                      _short(exc, 80) if exc is not None else exc_type.__name__)
         return self.local_trace
 
-    def _depth(self, frame: FrameType) -> int:
-        """Tool frames between this one and the tool function (0 for the tool function)."""
-        n = 0
-        f = frame
-        while f is not None and f.f_code is not self.code.top:
-            if f.f_code in self.code:
-                n += 1
-            f = f.f_back
-        return n if f is not None else 0
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _short(value: Any, limit: int) -> str:
+    """A bounded repr, cheap for big values (reprlib); redacted when the trace is read."""
+    kind = type(value)
+    if kind in _PLAIN:
+        text = repr(value)
+    elif kind is str:
+        text = repr(value) if len(value) <= limit else repr(value[:limit])
+    else:
+        text = _slow_repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _slow_repr(value: Any) -> str:
+    try:
+        return _REPR.repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break the tool
+        return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
 
 
 def _call_args(frame: FrameType) -> str:
     code = frame.f_code
-    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
     local = frame.f_locals
     shown = []
-    for n in names:
+    for n in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]:
         if n == "ctx" or n not in local:
             continue
-        shown.append(f"{n}={MASK if is_secret_key(n) else safe_repr(local[n], 40)}")
+        shown.append(f"{n}={MASK if is_secret_key(n) else _short(local[n], 40)}")
     return ", ".join(shown)
