@@ -186,6 +186,7 @@ class DebugCommands(DebugCompletion):
         self._prompt_parser: LlmunixArgumentParser | None = None
 
     debug_parser = LlmunixArgumentParser(
+        usage="debug [-h] [--lines] [--json] PID [ACTION ...]",
         description="Look inside a process now: its state, the stack of its tool's code (outermost "
                     "first), the innermost frame's local variables (reprs truncated, secrets redacted), "
                     "CPU and memory from the monitor, and for subprocess tools the child's command line, "

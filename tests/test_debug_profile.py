@@ -298,6 +298,18 @@ def test_a_python_subprocess_is_sampled_with_py_spy(sh, python_child):
     assert "<module>() → hot_loop()" in child_stack and "by py-spy" in child_stack
 
 
+def test_when_py_spy_may_not_attach_the_report_says_so_and_falls_back(sh, python_child, monkeypatch, tmp_path):
+    fake = tmp_path / "py-spy"  # a py-spy refused by the system, as under a strict ptrace_scope
+    fake.write_text("#!/bin/sh\necho 'Error: Failed to open process - Operation not permitted (os error 1)' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(pyspy, "py_spy_path", lambda: str(fake))
+    out = sh.ok(f"profile {python_child} -d 200ms")
+    assert "subprocess tool: py-spy cannot attach: ptrace is not permitted here" in out
+    assert "the stacks are the tool thread's" in out and "_wait()" in out
+    assert "├── Child Stack: none: py-spy cannot attach: ptrace is not permitted" in sh.ok(f"debug {python_child}")
+
+
 def test_without_py_spy_the_reports_say_so(sh, python_child, monkeypatch):
     monkeypatch.setattr(pyspy, "PY_SPY", "no-such-py-spy")
     out = sh.ok(f"profile {python_child} -d 200ms")
