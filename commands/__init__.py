@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from commands.agents import AgentCommands
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
 from commands.debug import DebugCommands
@@ -16,7 +17,8 @@ from commands.top import TopCommands
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(),
+            AgentCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -12,6 +12,7 @@ from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
 from llmunix.admission import parse_needs
 from llmunix.models import LlmunixError, format_pid
+from llmunix.tools.markdown import find_tool_name
 
 
 class RunCommands(ShellCommandSet):
@@ -69,7 +70,7 @@ class RunCommands(ShellCommandSet):
 
     tools_parser = LlmunixArgumentParser(
         description="List the tools that can be run, or show one tool's parameters.",
-        epilog="examples:\n  tools\n  tools sleep",
+        epilog="examples:\n  tools\n  tools sleep\n  tools Read      (LLMunix spellings find read_file)",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices)
@@ -79,7 +80,13 @@ class RunCommands(ShellCommandSet):
     def do_tools(self, args: argparse.Namespace) -> None:
         """List tools."""
         try:
-            tools = [self.kernel.registry.get(args.name)] if args.name else list(self.kernel.registry)
+            if args.name:
+                # Any spelling of a tool's name finds it: `Read`, `read-file`, `read_file` (tools/markdown.py).
+                found = args.name if args.name in self.kernel.registry else find_tool_name(
+                    self.kernel.registry.names(), args.name)
+                tools = [self.kernel.registry.get(found or args.name)]
+            else:
+                tools = list(self.kernel.registry)
         except LlmunixError as exc:
             self.fail(str(exc))
             return

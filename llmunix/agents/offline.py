@@ -11,7 +11,7 @@ final answer with the extractive summariser. The rules (docs/agents.md has them 
 * `read_file` for each file the goal names (words with an extension, except the output file);
   if it names none: the 3 files with the most grep matches, else the first 3 text files listed.
 * `write_file` once, to the output file (the file after "into", "to", "as", "write" or "save"
-  in the goal; else `<agent>-output.md`), with the report.
+  in the goal; else `<agent name>-output.md`), with the report.
 * any other tool once, when each required parameter can be filled: text-like parameters (`text`,
   `content`, `input`, `prompt`, `query`, `goal`, `question`, `topic`) get the report if files were
   read, else the goal; `path`/`file` the first file named; `url` the first URL. `shell` is never
@@ -95,12 +95,11 @@ class Planner:
         dirs = _DIR.findall(self.goal)
         self.directory = dirs[0].rstrip("/") if dirs else "."
         quoted = [next(g for g in m if g) for m in _QUOTED.findall(self.goal)]
-        file_words = set(summarizer.words(" ".join(named + dirs)))
         if quoted:
             self.terms = quoted[:5]
-        else:
-            self.terms = [w for w in dict.fromkeys(summarizer.words(self.goal)) if w not in file_words
-                          and w not in _agent_words(turn.agent)][:5]
+        else:  # the goal's words, without the files and directories it names
+            prose = _DIR.sub(" ", _FILE.sub(" ", _URL.sub(" ", self.goal)))
+            self.terms = [w for w in dict.fromkeys(summarizer.words(prose)) if w not in _agent_words(turn.agent)][:5]
         count = _COUNT.search(self.goal)
         self.count = None
         if count:
@@ -155,7 +154,7 @@ class Planner:
         if kind == "write_file":
             if self._used(t):
                 return []
-            path = self.output or f"{tool_key(self.turn.agent) or 'agent'}-output.md"
+            path = self.output or f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.turn.agent).strip('-') or 'agent'}-output.md"
             return [({"path": path, "content": self.report()}, f"write the {self._what()} to {path}")]
         if kind == "shell":
             self._skip(f"{t.name} is not called offline (it would need a model to choose a command)")
@@ -242,7 +241,7 @@ class Planner:
             topic = " ".join(self.terms) if self.terms else self.goal
             lines.append(f"# Findings: {topic}")
             for path, text in texts:
-                chosen = summarizer.summarize(text, self.count or 3, focus=" ".join(self.terms))
+                chosen = summarizer.summarize(text, self.count or 3, focus=" ".join(self.terms), only_focus=True)
                 lines += ["", f"## {path}", ""] + [f"- {s}" for s in chosen or ["(nothing to summarise)"]]
             matches = [m for r in self._outputs("grep") for m in (r if isinstance(r, list) else [])
                        if isinstance(m, Mapping)]

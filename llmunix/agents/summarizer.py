@@ -9,7 +9,8 @@ docs/agents.md:
 2. Each word (lower-cased letters and digits, stop words and words of 1-2 letters removed) is
    weighted by its count in the whole text divided by the largest count.
 3. A sentence scores the sum of its words' weights divided by the square root of its word count,
-   times 1.5 when it shares a word with the focus (the goal), plus 0.1 for the first sentence.
+   times 1 + 0.5 for each distinct word it shares with the focus (the goal), plus 0.3 for the first sentence.
+   With `only_focus`, sentences sharing no word with the focus are dropped first (if any share one).
 4. The `count` best (ties: the earlier) are returned in their original order. By default
    `count` is a quarter of the sentences, at least 1 and at most 7.
 """
@@ -78,11 +79,16 @@ def sentences(text: str) -> list[str]:
     return [s for s in out if len(s.split()) >= 4]
 
 
-def summarize(text: str, count: int | None = None, focus: str = "") -> list[str]:
-    """The `count` most representative sentences of `text`, in their original order."""
+def summarize(text: str, count: int | None = None, focus: str = "", only_focus: bool = False) -> list[str]:
+    """The `count` most representative sentences of `text`, in their original order. With
+    `only_focus`, sentences that share no word with `focus` are left out when any share one."""
     units = sentences(text)
     if not units:
         return []
+    focus_words = set(words(focus))
+    if only_focus and focus_words:
+        focused = [s for s in units if focus_words & set(words(s))]
+        units = focused or units
     if count is None:
         count = min(7, max(1, round(len(units) / 4)))
     count = max(1, min(count, len(units)))
@@ -90,15 +96,13 @@ def summarize(text: str, count: int | None = None, focus: str = "") -> list[str]
     if not freq:
         return units[:count]
     top = max(freq.values())
-    focus_words = set(words(focus))
     scored = []
     for i, s in enumerate(units):
         ws = words(s)
         score = sum(freq[w] / top for w in ws) / math.sqrt(len(ws)) if ws else 0.0
-        if focus_words and focus_words & set(ws):
-            score *= 1.5
+        score *= 1 + 0.5 * len(focus_words & set(ws))
         if i == 0:
-            score += 0.1
+            score += 0.3
         scored.append((-round(score, 9), i))
     chosen = sorted(i for _score, i in sorted(scored)[:count])
     return [units[i] for i in chosen]
