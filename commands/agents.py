@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 
 import cmd2
 from cmd2 import Choices, CompletionItem
@@ -137,8 +138,8 @@ class AgentCommands(ShellCommandSet):
             self.out(views.agents_plain(infos))
         else:
             self.out(views.agents_table(infos))
-        for err in self.agents.errors:
-            self._cmd.pwarning(f"agents: could not load {err}")
+        for err in self.agents.errors:  # a warning, not a failure: the listing itself worked
+            sys.stderr.write(f"agents: could not load {err}\n")
 
     # ------------------------------------------------------------------ memory
 
