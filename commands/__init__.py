@@ -13,11 +13,12 @@ from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
 from commands.run import RunCommands
 from commands.top import TopCommands
+from commands.workflow import WorkflowCommands
 
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(),
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
             AgentCommands()]
 
 

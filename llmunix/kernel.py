@@ -59,6 +59,7 @@ from llmunix.scheduler import ReadyQueue, preemption_victim
 from llmunix.store import Store, row_to_info
 from llmunix.store.durable import DurableState
 from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
+from llmunix.workflows.kernel_mixin import Workflows
 
 log = logging.getLogger("llmunix.kernel")
 
@@ -125,7 +126,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -164,6 +165,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
         # Resource admission (limits.py): `limits` capacities on `pool` (default: the machine's);
         # `available_memory()` in MB is read to detect memory pressure (injectable for tests).
         self._init_admission(limits, pool, memory_pressure_mb, available_memory, pause_idle_under_pressure)
+        self._init_workflows()
         self.home = Path(home) if home is not None else None
         # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
         self.read_only = bool(read_only)
@@ -231,6 +233,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
             self._monitor = Monitor(self, monitor_interval)
             self._monitor.start()
         import llmunix.tools.builtin  # noqa: F401 - registers the built-in tools
+        import llmunix.workflows.runner  # noqa: F401 - registers the workflow process body
 
     # ------------------------------------------------------------------ public API
 
@@ -421,6 +424,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
         else:
             self._ready.remove(proc)
             self._transition(proc, Phase.PAUSED)
+            if proc.run_since is not None:  # blocked off-slot: its clock stops now
+                proc.run_accum += now - proc.run_since
+                proc.run_since = None
             self._paused(proc)
 
     def resume(self, pid: int) -> ProcessInfo:
@@ -885,7 +891,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
         self._release(proc)
         if proc.run_since is not None:
             proc.run_accum += now - proc.run_since
-            proc.run_since = None
+            # Blocked (waiting for children, a message, a lock) still counts as running time; it
+            # is the work's own wait. Paused and preempted time does not.
+            proc.run_since = now if to is Phase.WAITING else None
         if proc.subprocess is not None and to is not Phase.WAITING:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
@@ -917,6 +925,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
             self._transition(proc, Phase.RUNNING)
             self._running.add(proc)
             proc.slice_start = now
+            if proc.run_since is not None:  # back from an off-slot wait, whose time counts
+                proc.run_accum += now - proc.run_since
             proc.run_since = now
             if proc.has_thread:
                 proc.detail = "running"
@@ -1107,10 +1117,11 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits):
         with self._lock:
             if proc.state == state and (not detail or proc.detail == detail):
                 return
+            if proc.state != state:  # history keeps state changes, not every new detail
+                proc.note("state", f"{state}: {detail}" if detail else state)
             proc.state = state
             if detail:
                 proc.detail = detail
-            proc.note("state", f"{state}: {detail}" if detail else state)
             self._emit("process.state", proc, state=state, detail=detail)
 
     def _arm_timeout(self, proc: Process, after: float) -> None:
