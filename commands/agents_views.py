@@ -163,10 +163,11 @@ def agent_branches(info: ProcessInfo, tree: Tree) -> bool:
     if actions:
         branch = tree.add(Text(f"Actions: {len(actions)}"))
         for a in actions[-5:]:
-            mark = ("✓", "green") if a.get("status") == "ok" else ("✗", "red")
+            mark = {"ok": ("✓", "green"), "running": ("◐", "yellow")}.get(a.get("status"), ("✗", "red"))
             child = f" → {a['child']}" if a.get("child") else ""
+            outcome = f": {a['result']}" if a.get("result") else " (running)" if a.get("status") == "running" else ""
             branch.add(Text.assemble((mark[0], mark[1]), f" {a.get('iteration')}. {a.get('tool')} {a.get('args')}"
-                                     f"{child}: {a.get('result', '')}"))
+                                     f"{child}{outcome}"))
     if state.get("learning"):
         tree.add(Text(f"Learning: {state['learning']}"))
     tokens = state.get("tokens") or {}

@@ -11,8 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Session, wait_phase
+from conftest import PROMPT, Session, close_prompt, spawn_prompt, wait_phase
 
+from commands.base import plain_text
+from commands.views import ps_tree
 from llmunix import Kernel, ProcessContext
 from llmunix.agents import attach
 from llmunix.agents.service import EXAMPLES, default_directories
@@ -104,6 +106,8 @@ def gated_service(kernel: Kernel, agent_dir: Path, gate: threading.Event, starte
 
 @pytest.fixture
 def registry():
+    import llmunix.tools.builtin  # noqa: F401 - the built-in tools, registered on import
+
     r = ToolRegistry()
     for t in REGISTRY:
         r.register(t)
@@ -119,6 +123,10 @@ def test_pausing_an_agent_mid_run_pauses_its_tool_and_resume_finishes_it(tmp_pat
         child = next(i for i in k.ps() if i.parent == pid)
         agent = k.info(pid)
         assert (agent.state, agent.phase, child.name) == ("Acting", "waiting", "slow_step")
+        shown = plain_text(ps_tree(agent))
+        assert f"State: Acting (waiting for {child.process_id})" in shown
+        assert "Reasoning: Analysis phase 1/2: run slow_step on the goal" in shown
+        assert "◐ 1. slow_step {} (running)" in shown and "Tools Used: [slow_step]" in shown
         k.pause(pid)
         wait_phase(k, pid, "paused")
         wait_phase(k, child.pid, "paused")
@@ -214,3 +222,42 @@ def test_agent_run_from_llmunix_c_prints_the_pid_and_the_run_is_remembered(tmp_p
     bad = subprocess.run([LLMUNIX, "-c", "agent run nobody --goal x"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=60)
     assert bad.returncode == 1 and bad.stderr.strip() == "agent: unknown agent 'nobody'; `agents` lists them"
+
+
+def test_an_interrupted_agent_is_recovered_from_its_last_checkpoint(tmp_path, registry, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "workspace" / "notes.txt").write_text("Checkpoints let interrupted work continue later on.\n")
+    gate, started = threading.Event(), threading.Event()
+    k = Kernel(tmp_path / "home", monitor=False, kill_grace=0.3, registry=registry)
+    service = gated_service(k, tmp_path / "agents", gate, started)
+    pid = service.run("waiter", "Read notes.txt, then do the slow step")
+    assert started.wait(10)
+    k.shutdown()  # llmunix stops while the agent is Acting: it is interrupted, not cancelled
+    gate.set()
+    with Kernel(tmp_path / "home", monitor=False, kill_grace=0.3, registry=registry) as k2:
+        again = attach(k2, Config(), directories=[(tmp_path / "agents", AGENT)])
+        assert pid in [i.pid for i in k2.recover()]
+        info = k2.wait([pid], timeout=10)[0]
+        assert info.state == "Completed", info.error
+        steps = [(i.name, i.state) for i in k2.ps(all=True) if i.parent == pid]
+        assert steps[0] == ("read_file", "Completed") and steps[-1] == ("slow_step", "Completed")
+        assert [n for n, _s in steps].count("read_file") == 1  # iteration 1 was not done again
+        assert [r.outcome for r in again.memory.runs("waiter")] == ["Completed"]  # remembered once
+
+
+def test_agent_names_complete_at_the_prompt_and_the_run_is_announced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(EXAMPLES / "samples", tmp_path / "workspace" / "samples")
+    child = spawn_prompt(tmp_path / "home")
+    try:
+        child.send("agent run summ\t")
+        child.expect("arization-agent")  # completed after what was typed
+        child.send(' --goal "Summarize samples/agents.md"\r')
+        child.expect(r"001\r\n")
+        child.expect(r"\[001\][^\n]*summarization-agent[^\n]*completed")
+        child.sendline("memory")
+        child.expect(r"summarization-agent[^\n]*001[^\n]*Completed")
+        child.expect(PROMPT)
+    finally:
+        close_prompt(child)

@@ -100,8 +100,8 @@ class AgentRun:
                 results: list[ActionResult] = []
                 for n, call in enumerate(decision.calls, 1):
                     self._enter("Acting", f"iteration {i}: {call.name} ({n} of {len(decision.calls)})")
+                    self._checkpoint(Step(decision, tuple(results)), running=call)
                     results.append(self._act(call))
-                    self._checkpoint(Step(decision, tuple(results)))
                 self.steps.append(Step(decision, tuple(results)))
                 if results:
                     self._enter("Learning", f"iteration {i}: recording {len(results)} tool call(s)")
@@ -204,7 +204,9 @@ class AgentRun:
     def _tools_used(self) -> list[str]:
         return list(dict.fromkeys(r.tool for s in self.steps for r in s.results if r.tool))
 
-    def _checkpoint(self, partial: Step | None = None) -> None:
+    def _checkpoint(self, partial: Step | None = None, running: ToolCall | None = None) -> None:
+        """Record where the run is (what `ps -l` shows, and what `recover` resumes from).
+        `partial`: the iteration in progress; `running`: the call about to run in it."""
         steps = [*self.steps, partial] if partial is not None else self.steps
         actions = []
         for i, s in enumerate(steps, 1):
@@ -214,6 +216,9 @@ class AgentRun:
                                 "status": "ok" if r.ok else "failed",
                                 "child": None if r.pid is None else format_pid(r.pid),
                                 "result": _short(r.text(), 100)})
+        if running is not None:
+            actions.append({"iteration": len(steps), "tool": running.name, "status": "running",
+                            "args": _short(json.dumps(_public_args(running.arguments), ensure_ascii=False), 80)})
         self.ctx.checkpoint({
             "agent": self.d.name, "phase": self.phase, "iteration": len(steps), "max_iterations": self.max_iterations,
             "reasoning": self.reasoning, "tools_used": list(dict.fromkeys(a["tool"] for a in actions)),
