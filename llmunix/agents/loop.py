@@ -82,6 +82,7 @@ class AgentRun:
         avoid = memory.avoid(self.d.name) if self.backend_name == "offline" else {}
         expected = memory.expected_iterations(self.d.name)
         schemas = [self._schema(t) for t in self.tools]
+        total = expected or self.max_iterations
         answer: str | None = None
         error: str | None = None
         outcome = Outcome.FAILED
@@ -95,7 +96,8 @@ class AgentRun:
                             self.max_iterations, avoid, self.model)
                 decision = self.backend.decide(turn, check=self.ctx.check, sleep=self.ctx.sleep, log=self.ctx.log)
                 self._count_tokens(decision.usage)
-                self.reasoning = decision.reasoning or ("final answer" if decision.final is not None else "")
+                self.reasoning = decision.reasoning or (
+                    f"call {', '.join(c.name for c in decision.calls)}" if decision.calls else "final answer")
                 self.ctx.progress(i - 1, total, _first_line(self.reasoning) or f"iteration {i}")
                 results: list[ActionResult] = []
                 for n, call in enumerate(decision.calls, 1):
@@ -116,6 +118,8 @@ class AgentRun:
                                 f"(agent run ... --max-iterations N allows more)")
             outcome = Outcome.COMPLETED
             self._enter("Learning", "recording the run in memory")
+            if total != len(self.steps):  # the estimate was off: it took what it took
+                self.ctx.progress(len(self.steps), len(self.steps))
             self.learning = f"remembered this run ({len(self.steps)} iterations)"
             self._checkpoint()
         except ProcessKilled:
