@@ -41,8 +41,8 @@ def agents_table(infos: Sequence[AgentInfo]) -> Table:
         table.add_row(i.name, tools, _source(i), i.description)
     if not infos:
         table.caption = "no agents"
-    table.caption = (table.caption or "") + ("" if all(not i.missing for i in infos) else
-                                              "struck out: granted but no such tool here")
+    elif any(i.missing for i in infos):
+        table.caption = "struck out: granted, but no such tool here"
     return table
 
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from llmunix.agents.backend import (
     ActionResult,
     Backend,
-    BackendError,
     Step,
     ToolSchema,
     Turn,
@@ -126,12 +125,11 @@ class AgentRun:
             outcome = Outcome.CANCELLED
             error = "killed"
             raise
-        except BackendError as exc:
+        except LlmunixError as exc:  # the backend's errors too: the process fails with the reason
             error = str(exc)
+            if isinstance(exc, ToolError):
+                raise
             raise ToolError(error) from None
-        except LlmunixError as exc:
-            error = str(exc)
-            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise

@@ -22,7 +22,7 @@ from llmunix.agents.backend import BACKENDS, BackendSettings
 from llmunix.agents.memory import AgentMemory
 from llmunix.config import Config, active_config
 from llmunix.kernel import Kernel
-from llmunix.models import LlmunixError, Priority, ProcessKind
+from llmunix.models import LlmunixError, Priority, ProcessKind, ToolError
 from llmunix.process import ProcessContext
 from llmunix.tools.markdown import (
     AGENT,
@@ -193,7 +193,11 @@ def _agent_tool(d: MarkdownDefinition) -> Tool:
         from llmunix.agents.loop import AgentRun
 
         service = service_for(ctx._kernel)
-        return AgentRun(ctx, service, service.definition(key), goal, backend, max_iterations, model).run()
+        try:
+            run = AgentRun(ctx, service, service.definition(key), goal, backend, max_iterations, model)
+        except LlmunixError as exc:  # a bad backend name, an agent since removed: fail with the reason
+            raise ToolError(str(exc)) from None
+        return run.run()
 
     t = make_tool(agent, name=d.name, description=d.description, source=str(d.path), kind=ProcessKind.AGENT,
                   hidden=True)
