@@ -1091,8 +1091,10 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
                     self._ready.push(proc, now, front=True)
                     self._dispatch_locked(now)
 
-    def _wait_for(self, proc: Process, pids: list[int], timeout: float | None, any_: bool) -> list[ProcessInfo]:
-        """ProcessContext.wait: block off-slot until the processes end; their ends are durable."""
+    def _wait_for(self, proc: Process, pids: list[int], timeout: float | None, any_: bool,
+                  done_only: bool = False) -> list[ProcessInfo]:
+        """ProcessContext.wait: block off-slot until the processes end; their ends are durable.
+        With `done_only`, only the snapshots of those that have ended (cheap for many pids)."""
         wanted = [as_pid(p) for p in pids]
         with self._lock:
             targets = [t for t in (self._procs.get(p) for p in wanted) if t is not None]
@@ -1111,6 +1113,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         seq = max((t.end_seq for t in targets if t.phase is Phase.DONE), default=0)
         if seq:
             self._wait_durable(seq)  # an output is committed before anything acts on it
+        if done_only:
+            with self._lock:
+                return [t.snapshot() for t in targets if t.phase is Phase.DONE]
         return [self.info(p) for p in wanted]
 
     def _set_state(self, proc: Process, state: str, detail: str) -> None:

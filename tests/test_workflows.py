@@ -9,84 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from llmunix import Kernel, ProcessContext
-from llmunix.models import IllegalTransition, LlmunixError, ToolError
+from llmunix import Kernel
+from llmunix.models import IllegalTransition, LlmunixError
 from llmunix.retry import RetryPolicy
-from llmunix.tools.registry import tool
 from llmunix.workflows.kernel_mixin import EXAMPLES
 from llmunix.workflows.spec import SpecError, load_spec, spec_from_data
 from llmunix.workflows.status import StepStatus, _eta
+from tests import workflow_tools as wt
 from tests.conftest import wait_phase
-
-# ------------------------------------------------------------------ test tools (hidden from `tools`)
-
-_active = 0
-_peak = 0
-_lock = threading.Lock()
-_release = threading.Event()
-
-
-@tool(name="wft_count", hidden=True)
-def wft_count(ctx: ProcessContext, path: str, text: str = "") -> str:
-    """Append a line to a file (to count how often a step ran) and return `text`."""
-    with open(path, "a") as f:
-        f.write("x\n")
-    return text
-
-
-@tool(name="wft_flaky", hidden=True)
-def wft_flaky(ctx: ProcessContext, path: str, fail_times: int) -> int:
-    """Fail the first `fail_times` calls (counted in a file), then succeed."""
-    p = Path(path)
-    n = int(p.read_text()) if p.exists() else 0
-    p.write_text(str(n + 1))
-    if n < fail_times:
-        raise ToolError(f"flaky failure {n + 1}")
-    return n + 1
-
-
-@tool(name="wft_fail_if", hidden=True)
-def wft_fail_if(ctx: ProcessContext, flag: str, text: str = "ok") -> str:
-    """Fail while the file `flag` exists."""
-    if Path(flag).exists():
-        raise ToolError(f"flag {Path(flag).name} is set")
-    return text
-
-
-@tool(name="wft_hang", hidden=True)
-def wft_hang(ctx: ProcessContext) -> None:
-    while True:
-        ctx.sleep(0.01)
-
-
-@tool(name="wft_parallel", hidden=True)
-def wft_parallel(ctx: ProcessContext, expect: int) -> int:
-    """Wait (cooperatively) until `expect` of these run at once, or `_release` is set."""
-    global _active, _peak
-    with _lock:
-        _active += 1
-        _peak = max(_peak, _active)
-    try:
-        for _ in range(1000):
-            with _lock:
-                if _peak >= expect:
-                    break
-            if _release.is_set():
-                break
-            ctx.sleep(0.005)
-        return _peak
-    finally:
-        with _lock:
-            _active -= 1
-
-
-@tool(name="wft_gate", hidden=True)
-def wft_gate(ctx: ProcessContext, path: str) -> str:
-    """Run until the file `path` exists (a step a test can hold open)."""
-    Path(path + ".started").touch()
-    while not Path(path).exists():
-        ctx.sleep(0.01)
-    return "opened"
 
 
 def lines(path: Path) -> int:
@@ -190,6 +120,8 @@ def test_a_cycle_is_rejected_with_the_cycle_printed(make_kernel):
 @pytest.mark.parametrize("steps,expected", [
     ([{"id": "a", "tool": "echo", "needs": ["nope"]}], "step 'a' needs unknown step 'nope'"),
     ([{"id": "a", "tool": "no_such_tool"}], "step 'a': unknown tool 'no_such_tool'"),
+    ([{"id": "a", "tool": "shell", "with": {"command": "ls"}}], "tool 'shell' needs parameter 'cmd' in 'with'"),
+    ([{"id": "a", "tool": "echo", "with": {"text": "x", "colour": 1}}], "tool 'echo' has no parameter 'colour'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ steps.zz.output }}"}}], "needs unknown step 'zz'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ secrets.x }}"}}], "it starts with one of: inputs, steps"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ inputs.nope }}"}}], "{{ inputs.nope }} names no input"),
@@ -236,30 +168,26 @@ def test_steps_run_in_dependency_order_and_outputs_flow_downstream(make_kernel):
 
 
 def test_independent_steps_really_run_at_the_same_time(make_kernel):
-    global _peak
-    _peak = 0
-    _release.clear()
+    wt.reset()
     k = make_kernel(max_running=3)
     pid, info = run(k, {"name": "par", "steps": [
         {"id": f"s{i}", "tool": "wft_parallel", "with": {"expect": 3}} for i in range(3)
     ] + [{"id": "join", "tool": "echo", "needs": ["s0", "s1", "s2"], "with": {"text": "joined"}}]})
-    _release.set()
+    wt.release.set()
     assert info.state == "Completed", info.error
-    assert _peak == 3
+    assert wt.peak == 3
     assert info.output["steps"]["join"] == "joined"
 
 
 def test_parallelism_is_bounded_by_the_schedulers_slots(make_kernel):
-    global _peak
-    _peak = 0
-    _release.clear()
+    wt.reset()
     k = make_kernel(max_running=2, time_slice=1000)  # no round robin: a started body keeps its slot
     pid = k.workflow_run(spec_from_data({"name": "bounded", "steps": [
         {"id": f"s{i}", "tool": "wft_parallel", "with": {"expect": 4}} for i in range(4)]}))
     # each waits for 4 to run at once, which two slots never allow: release them once 2 ran together
-    threading.Thread(target=lambda: (k.wait([pid], timeout=0.5), _release.set()), daemon=True).start()
+    threading.Thread(target=lambda: (k.wait([pid], timeout=0.5), wt.release.set()), daemon=True).start()
     [info] = k.wait([pid], timeout=20)
-    assert info.state == "Completed" and _peak == 2
+    assert info.state == "Completed" and wt.peak == 2
 
 
 def test_a_failing_step_is_retried_with_backoff_until_it_succeeds(make_kernel, tmp_path):
@@ -285,7 +213,7 @@ def test_retry_gives_up_after_max_attempts_and_only_on_matching_errors(make_kern
     assert info.state == "Failed" and info.error == "step f failed: flaky failure 2"
     pid, info = run(k, {"name": "picky", "steps": [
         {"id": "f", "tool": "wft_flaky", "with": {"path": str(tmp_path / "m"), "fail_times": 5},
-         "retry": {"max_attempts": 5, "initial": 0.01, "on": ["timed out*", "HTTP 5*"]}}]})
+         "retry": {"max_attempts": 5, "initial": 0.01, "retry_on": ["timed out*", "HTTP 5*"]}}]})
     assert info.error == "step f failed: flaky failure 1"  # not a retryable error: one attempt
 
 
@@ -421,7 +349,7 @@ def test_retrying_a_running_workflow_is_refused(make_kernel, tmp_path):
     gate = tmp_path / "gate"
     pid = k.workflow_run(spec_from_data({"name": "busy", "steps": [
         {"id": "g", "tool": "wft_gate", "with": {"path": str(gate)}}]}))
-    with pytest.raises(IllegalTransition, match="before retrying"):
+    with pytest.raises(IllegalTransition, match="is still running"):
         k.workflow_retry(pid)
     gate.touch()
     assert k.wait([pid], timeout=10)[0].state == "Completed"
@@ -505,3 +433,51 @@ def test_workflow_status_json_has_steps_progress_and_eta_fields(make_kernel):
     d = json.loads(json.dumps(k.workflow_status(pid).to_dict()))
     assert d["state"] == "Completed" and d["progress"] == {"done": 1, "total": 1, "percentage": 100.0}
     assert d["steps"][0]["id"] == "a" and d["steps"][0]["state"] == "completed" and "eta" in d
+
+
+def test_an_interrupted_workflow_recovers_and_reruns_only_its_unfinished_steps(tmp_path, wait_until):
+    home = tmp_path / "home"
+    gate = tmp_path / "gate"
+    first = tmp_path / "first"
+    data = {"name": "recoverable", "steps": [
+        {"id": "first", "tool": "wft_count", "with": {"path": str(first), "text": "one"}},
+        {"id": "held", "tool": "wft_gate", "needs": ["first"], "with": {"path": str(gate)}}]}
+    k = Kernel(home, monitor=False, kill_grace=0.3)
+    pid = k.workflow_run(spec_from_data(data))
+    wait_until(lambda: Path(str(gate) + ".started").exists(), message="the held step to start")
+    old_step = k.workflow_status(pid).steps[1].pid
+    k.shutdown()  # llmunix stops: both end Interrupted
+    with Kernel(home, monitor=False, kill_grace=0.3) as k:
+        assert {i.pid: i.state for i in k.ps(all=True, state="interrupted")} == {pid: "Interrupted",
+                                                                                 old_step: "Interrupted"}
+        gate.touch()
+        infos = {i.pid: i for i in k.recover()}
+        assert infos[old_step].state == "Cancelled"
+        assert infos[old_step].error == f"interrupted; its workflow {pid:03d} runs it again"
+        [info] = k.wait([pid], timeout=20)
+        assert info.state == "Completed", info.error
+        assert lines(first) == 1  # the finished step was not run again
+        new_step = k.workflow_status(pid).steps[1].pid
+        assert new_step != old_step and k.info(new_step).state == "Completed"
+
+
+def test_long_runs_checkpoint_deltas_and_fold_back_to_the_whole_state(make_kernel):
+    from llmunix.workflows.runner import FULL_EVERY, fold
+
+    k = make_kernel()
+    n = FULL_EVERY + 15
+    steps = [{"id": "s0", "tool": "echo", "with": {"text": "0"}}]
+    steps += [{"id": f"s{i}", "tool": "echo", "needs": [f"s{i - 1}"], "with": {"text": str(i)}} for i in range(1, n)]
+    pid, info = run(k, {"name": "long", "steps": steps})
+    assert info.state == "Completed"
+    versions = [s for _v, s in k.checkpoints(pid)]
+    deltas = [v for v in versions if v.get("delta")]
+    assert deltas and len(versions) - len(deltas) >= 2  # mostly deltas, a full one now and then
+    assert all(len(d["steps"]) <= 2 for d in deltas)  # a delta carries only what changed
+    state = fold(versions)
+    assert [state["steps"][f"s{i}"]["output"] for i in range(n)] == [str(i) for i in range(n)]
+    k.workflow_retry(pid, step=f"s{n - 3}")
+    [info] = k.wait([pid], timeout=20)
+    st = k.workflow_status(pid)
+    assert info.state == "Completed" and st.attempt == 2
+    assert [s.attempts for s in st.steps][-4:] == [1, 1, 1, 1] and st.steps[0].pid < st.steps[-1].pid

@@ -39,6 +39,19 @@ class SpecInfo:
                 "steps": self.steps, "error": self.error}
 
 
+@dataclass(frozen=True, slots=True)
+class RetryStarted:
+    """What `workflow_retry` started: the workflow (same PID), the steps it re-runs, the attempt."""
+
+    info: ProcessInfo
+    steps: tuple[str, ...]
+    attempt: int
+
+    @property
+    def pid(self) -> int:
+        return self.info.pid
+
+
 class Workflows:
     """Mixed into Kernel. State: `_step_durations[(workflow, step)]`, recent step durations."""
 
@@ -104,11 +117,23 @@ class Workflows:
         dag.build(spec)
         where = spec.source or spec.name
         for s in spec.steps:
-            if s.tool is not None and s.tool not in self.registry:
-                try:
-                    self.registry.get(s.tool)
-                except LlmunixError as exc:
-                    raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
+            if s.tool is None:
+                continue
+            try:
+                t = self.registry.get(s.tool)
+            except LlmunixError as exc:
+                raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
+            # Parameter names now; their values (references included) when the step starts.
+            names = [p.name for p in t.params]
+            missing = [p.name for p in t.params if p.required and p.name not in s.with_]
+            if missing:
+                raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} needs parameter {missing[0]!r} "
+                                f"in 'with' (its parameters: {', '.join(names)})")
+            open_ended = t._model is not None and t._model.model_config.get("extra") == "allow"
+            unknown = [k for k in s.with_ if k not in names]
+            if unknown and not open_ended and t._model is not None:
+                raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} has no parameter {unknown[0]!r} "
+                                f"(its parameters: {', '.join(names) or 'none'})")
         return spec
 
     # ------------------------------------------------------------------ running
@@ -162,7 +187,7 @@ class Workflows:
                     pass
         return build_status(info, spec, state, children, lambda sid: self._step_estimate(spec.name, sid))
 
-    def workflow_retry(self, target: str | int, step: str | None = None) -> ProcessInfo:
+    def workflow_retry(self, target: str | int, step: str | None = None) -> RetryStarted:
         """Run a finished workflow again under the same PID: `step` (an id, or a number counted
         from 1) and everything that depends on it, or else its failed and unfinished steps. The
         committed outputs of the steps upstream are reused."""
@@ -170,8 +195,9 @@ class Workflows:
         pid = self.workflow_pid(target)
         info = self.info(pid)
         if not info.is_done:
-            raise IllegalTransition(f"workflow {format_pid(pid)} ({info.name}) is {info.display_state.lower()}; "
-                                    "pause or kill it, or wait for it, before retrying")
+            what = "paused" if info.phase == "paused" else f"still running ({info.display_state})"
+            raise IllegalTransition(f"workflow {format_pid(pid)} ({info.name}) is {what}; "
+                                    "kill it, or wait for it to end, before retrying")
         spec, state = self._workflow_state(info)
         if state is None:
             raise LlmunixError(f"workflow {format_pid(pid)} has no committed state to retry from")
@@ -206,7 +232,10 @@ class Workflows:
             proc.history.extendleft(reversed(history))
             self._emit("process.restarted", proc, action="workflow retry", how=f"attempt {state['attempt']}",
                        resumed=True, steps=sorted(again))
-            return self._snapshot(proc)
+        # The reset state is a version of its own at once, so `workflow status` shows the new
+        # attempt even before the process has started.
+        self._wait_durable(self._checkpoint(proc, state)[1])
+        return RetryStarted(self.info(pid), tuple(s.id for s in spec.steps if s.id in again), state["attempt"])
 
     def _step_id(self, spec: WorkflowSpec, step: str) -> str:
         text = str(step).strip()
@@ -223,8 +252,7 @@ class Workflows:
         from llmunix.workflows.spec import spec_from_data
 
         spec = spec_from_data(dict(params["spec"]), params["spec"].get("source") or info.name)
-        versions = self.checkpoints(info.pid)
-        state = versions[-1][1] if versions else None
+        state = runner.fold([s for _v, s in self.checkpoints(info.pid)])
         return spec, state
 
     # ------------------------------------------------------------------ called by the runner

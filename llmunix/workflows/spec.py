@@ -9,7 +9,7 @@ A spec is YAML or TOML::
       - id: fetch
         tool: web_fetch
         with: {urls: "{{ inputs.urls }}"}
-        retry: {max_attempts: 3, initial: 1s, factor: 2, max: 30s}
+        retry: {max_attempts: 3, initial: 1s, factor: 2, max: 30s, retry_on: ["HTTP 5*"]}
         timeout: 2m
       - id: summarize
         tool: summarize
@@ -61,12 +61,14 @@ class RetrySpec(BaseModel):
     factor: float = Field(2.0, ge=1)
     max: float = 60.0
     jitter: Literal["full", "none"] | float = "full"
-    on: list[str] = Field(default_factory=list)  # error patterns that retry; empty: any error
+    # error patterns (glob or substring) worth another attempt; empty: any error. (Not `on`: YAML reads
+    # that key as the boolean true.)
+    retry_on: list[str] = Field(default_factory=list)
 
     _durations = field_validator("initial", "max", mode="before")(lambda v: _duration(v))
 
     def policy(self) -> RetryPolicy:
-        return RetryPolicy(self.max_attempts, self.initial, self.factor, self.max, self.jitter, tuple(self.on))
+        return RetryPolicy(self.max_attempts, self.initial, self.factor, self.max, self.jitter, tuple(self.retry_on))
 
 
 class InputSpec(BaseModel):
