@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmunix.admission import ResourcePool
+from llmunix.agents.kernel_mixin import Agents
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.home import HomeInUse, HomeLock
 from llmunix.ipc.bus import EventBus, Subscription
@@ -126,7 +127,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Agents):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:

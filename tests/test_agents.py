@@ -265,3 +265,22 @@ def test_agent_names_complete_at_the_prompt_and_the_run_is_announced(tmp_path, m
         child.expect(PROMPT)
     finally:
         close_prompt(child)
+
+
+def test_a_workflow_step_can_be_an_agent(here, kernel, capsys):
+    spec = here / "digest.yaml"
+    spec.write_text("name: digest\nsteps:\n"
+                    "  - id: summarise\n    agent: summarization-agent\n"
+                    "    goal: \"Summarize samples/agents.md into digest.md in 2 sentences\"\n"
+                    "  - id: announce\n    tool: echo\n    needs: [summarise]\n"
+                    "    with: {text: \"{{ steps.summarise.output.answer }}\"}\n")
+    sh = Session(kernel, capsys)
+    assert "Starting workflow: digest (PID: 001)" in sh.ok(f"workflow run {spec}")
+    pid = 1
+    info = kernel.wait([pid], timeout=20)[0]
+    assert info.state == "Completed", info.error
+    agent = next(i for i in kernel.ps(all=True) if i.kind == "agent")
+    assert (agent.parent, agent.name, agent.state) == (pid, "digest/summarise", "Completed")
+    assert (here / "workspace" / "digest.md").exists()
+    announce = next(i for i in kernel.ps(all=True) if i.name == "digest/announce")
+    assert announce.output.startswith("# Summary of samples/agents.md")

@@ -16,12 +16,11 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmunix.agents.backend import BACKENDS, BackendSettings
 from llmunix.agents.memory import AgentMemory
 from llmunix.config import Config, active_config
-from llmunix.kernel import Kernel
 from llmunix.models import LlmunixError, Priority, ProcessKind, ToolError
 from llmunix.process import ProcessContext
 from llmunix.tools.markdown import (
@@ -35,6 +34,9 @@ from llmunix.tools.markdown import (
     tool_key,
 )
 from llmunix.tools.registry import Tool, make_tool
+
+if TYPE_CHECKING:
+    from llmunix.kernel import Kernel
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -183,6 +185,16 @@ class AgentService:
         if model:
             params["model"] = model
         return self.kernel.spawn(d.name, priority=priority, params=params)
+
+
+    def spawn_child(self, ctx: ProcessContext, agent: str, goal: str, params: Mapping[str, Any], **kw: Any) -> int:
+        """Start an agent as a child of `ctx`'s process (a workflow step); see Kernel.agent_step.
+        `kw` are ctx.spawn's own (name, priority, timeout, needs)."""
+        d = self.definition(agent)
+        if not goal or not str(goal).strip():
+            raise LlmunixError(f"agent {d.name} needs a goal (give the step a 'goal')")
+        self.kernel.registry.register(_agent_tool(d))
+        return ctx.spawn(d.name, params={**params, "goal": str(goal)}, **kw)
 
 
 def _agent_tool(d: MarkdownDefinition) -> Tool:
