@@ -5,6 +5,7 @@ Snapshots in (AgentInfo, RunMemory, ProcessInfo), rich renderables or plain text
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,14 @@ from llmunix.models import ProcessInfo, format_pid, iso_time
 
 
 def _source(info: AgentInfo) -> str:
-    return "builtin" if info.builtin else info.source
+    """`builtin`, or the file: relative to the working directory when it is under it."""
+    if info.builtin:
+        return "builtin"
+    try:
+        rel = os.path.relpath(info.source)
+    except ValueError:
+        return info.source
+    return info.source if rel.startswith("..") else rel
 
 
 def _tools(info: AgentInfo) -> str:
@@ -104,7 +112,9 @@ def _memory_row(r: RunMemory) -> tuple[str, ...]:
 def memory_table(runs: Sequence[RunMemory], search: str | None = None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in MEMORY_COLUMNS:
-        table.add_column(col, no_wrap=col != "GOAL", justify="right" if col in ("DURATION", "ITER") else "left")
+        table.add_column(col, no_wrap=col not in ("TOOLS", "GOAL"), min_width=20 if col == "GOAL" else None,
+                         overflow="fold" if col == "TOOLS" else "ellipsis",
+                         justify="right" if col in ("DURATION", "ITER") else "left")
     for r in runs:
         row = _memory_row(r)
         table.add_row(row[0], Text(row[1], style="cyan"), row[2], Text(row[3], style=STATE_STYLES.get(r.outcome, "")),
