@@ -284,3 +284,20 @@ def test_a_workflow_step_can_be_an_agent(here, kernel, capsys):
     assert (here / "workspace" / "digest.md").exists()
     announce = next(i for i in kernel.ps(all=True) if i.name == "digest/announce")
     assert announce.output.startswith("# Summary of samples/agents.md")
+
+
+def test_an_agent_can_delegate_to_another_but_never_back_to_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "boss.md").write_text("---\nname: boss\ndescription: delegates\ntools: helper\n---\n")
+    (tmp_path / "agents" / "helper.md").write_text("---\nname: helper\ndescription: helps\ntools: Boss\n---\n")
+    with Kernel(tmp_path / "home", monitor=False, kill_grace=0.3) as k:
+        service = attach(k, Config(), directories=[(tmp_path / "agents", AGENT)])
+        boss = k.wait([service.run("boss", "plan the week")], timeout=20)[0]
+        assert boss.state == "Completed", boss.error
+        helper = next(i for i in k.ps(all=True) if i.parent == boss.pid)
+        assert (helper.name, helper.kind, helper.state) == ("helper", "agent", "Completed")
+        assert helper.context.input_parameters["goal"] == "plan the week"  # the offline planner passes the goal on
+        refused = helper.context.intermediate_results["checkpoint"]["actions"][0]
+        assert refused["tool"] == "boss" and refused["status"] == "failed"
+        assert "an agent cannot call itself" in helper.output["answer"]

@@ -34,7 +34,7 @@ from llmunix.agents.backend import (
 from llmunix.agents.memory import RunMemory, ToolUse
 from llmunix.agents.offline import call_key
 from llmunix.agents.parsing import ToolCall
-from llmunix.models import LlmunixError, Outcome, ProcessKilled, ToolError, format_pid
+from llmunix.models import LlmunixError, Outcome, ProcessKilled, ProcessKind, ToolError, format_pid
 from llmunix.process import ProcessContext
 from llmunix.tools.markdown import MarkdownDefinition, find_tool_name
 from llmunix.tools.registry import Tool
@@ -155,6 +155,9 @@ class AgentRun:
         if tool.subprocess and tool.name == "shell" and not self.service.settings.allow_shell_tools:
             return ActionResult(call, tool.name, False, error="shell tools are not allowed; set "
                                 "allow_shell_tools = true in config.toml to let agents use them")
+        if tool.kind is ProcessKind.AGENT and tool.name in self._ancestors():
+            return ActionResult(call, tool.name, False, error=f"{tool.name} is already running above this agent; "
+                                                              "an agent cannot call itself, even through others")
         args = {k: v for k, v in call.arguments.items() if k != "workspace"}
         if any(p.name == "workspace" for p in tool.params):
             args["workspace"] = self.workspace  # the agent's workspace, never one the model chose
@@ -166,6 +169,19 @@ class AgentRun:
         ok = info.state == Outcome.COMPLETED
         return ActionResult(call, tool.name, ok, info.output if ok else None,
                             None if ok else (info.error or info.state), info.pid, time.monotonic() - t0)
+
+    def _ancestors(self) -> set[str]:
+        """The tools (agents) of this process and every process above it."""
+        names = {self.d.name}
+        parent = self.ctx._proc.parent
+        while parent is not None:
+            try:
+                info = self.ctx._kernel.info(parent)
+            except LlmunixError:
+                break
+            names.add(info.tool_name)
+            parent = info.parent
+        return names
 
     def _learn(self, results: list[ActionResult]) -> None:
         memory = self.service.memory

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import statistics
 import threading
-import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,14 +202,3 @@ def _loads(text: str | None) -> list[str]:
 def _haystack(r: RunMemory) -> str:
     return " ".join([r.agent, r.goal, r.outcome, r.answer, *r.tools, *r.errors]).lower()
 
-
-def now() -> float:
-    return time.time()
-
-
-def first_seen(names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(n for n in names if n))
-
-
-def median_or_none(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from llmunix.agents import summarizer
@@ -287,7 +287,3 @@ def _short_args(args: Mapping[str, Any]) -> str:
     text = json.dumps(dict(args), ensure_ascii=False, default=str)
     return text if len(text) <= 60 else text[:59] + "…"
 
-
-def tools_in_order(tools: Sequence[ToolSchema]) -> list[str]:
-    """The order the planner would use the tools in (for `agent show`)."""
-    return [t.name for p in PHASES for t in tools if _phase(t) == p]
