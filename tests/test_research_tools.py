@@ -27,7 +27,7 @@ from llmunix.tools.text import (
     summarize_text,
     text_stats,
 )
-from tests.conftest import WAIT
+from tests.conftest import WAIT, wait_phase
 
 # Five sentences whose ranking follows from the rules in llmunix/tools/text.py. "scheduler",
 # "process" and "queue" occur 3 times each (weight 1); every other content word once (1/3).
@@ -201,8 +201,22 @@ def test_a_server_that_goes_silent_times_out_and_the_other_urls_still_count(k, s
     assert [d["url"] for d in info.output["documents"]] == [site.url("/agents.txt")]
 
 
+def test_time_spent_paused_does_not_count_towards_the_timeout(k, site, tmp_path):
+    t0 = time.monotonic()
+    # params=: spawn has a `timeout` of its own (running time of the whole process)
+    pid = k.spawn("web_fetch", cwd=str(tmp_path), params={"urls": [site.url("/slow")], "timeout": 0.4})
+    assert site.stalled.wait(WAIT)
+    k.pause(pid)
+    wait_phase(k, pid, "paused")
+    time.sleep(0.6)  # longer than the timeout: what is measured, not a synchronisation
+    k.resume(pid)
+    [info] = k.wait([pid], timeout=WAIT)
+    assert info.error == "could not fetch " + site.url("/slow") + ": timed out after 0.4s"
+    assert time.monotonic() - t0 >= 0.6 + 0.4 - 0.1  # paused 0.6 s, then ran until 0.4 s of running time
+
+
 def test_kill_while_the_server_has_not_answered_ends_cancelled_at_once(k, site, tmp_path):
-    pid = k.spawn("web_fetch", cwd=str(tmp_path), urls=[site.url("/stall")], timeout=30)
+    pid = k.spawn("web_fetch", cwd=str(tmp_path), params={"urls": [site.url("/stall")], "timeout": 30})
     assert site.stalled.wait(WAIT)  # the request is in, and the server sits on it
     t0 = time.monotonic()
     k.kill(pid)

@@ -62,6 +62,8 @@ from llmunix.tools.text import (
 
 CHUNK = 64 * 1024  # bytes read at a time; a control point between chunks
 POLL = 0.05  # longest a fetch goes without reaching a control point while the network is silent
+SOCKET_IDLE = 120.0  # the helper's own socket timeout: a safety net under the per-URL deadline, which
+# the process thread enforces in running time (a pause must not turn into a dead connection at once)
 USER_AGENT = "llmunix-web_fetch/0.1"
 DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".rst", ".text")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -136,7 +138,7 @@ def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0,
     out_dir = _directory(ctx, dest or "fetched", "dest")
     # After a crash, `recover` restarts the tool with its last checkpoint: it goes on from there.
     state = ctx.restored if isinstance(ctx.restored, dict) else {}
-    documents: list[dict[str, Any]] = [d for d in state.get("documents", []) if Path(d["path"]).is_file()]
+    documents: list[dict[str, Any]] = list(state.get("documents", []))
     failed: list[dict[str, Any]] = list(state.get("failed", []))
     n = len(targets)
     for i in range(int(state.get("next", 0)), n):
@@ -144,7 +146,7 @@ def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0,
         ctx.progress(i, n, f"fetching URL {i + 1} of {n}")
         try:
             got = _fetch(ctx, url, timeout, max_bytes)
-            title, text = _readable(got, url)
+            title, text = _readable(got)
         except _FetchFailed as exc:
             failed.append({"url": url, "error": str(exc)})
             ctx.log(f"{url}: failed: {exc}")
@@ -254,7 +256,7 @@ class _Exchange:
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
-        self.timeout = timeout
+        self.timeout = timeout  # the URL's deadline; the process thread enforces it
         self.items: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -267,7 +269,7 @@ class _Exchange:
             request = urllib.request.Request(self.url, headers={
                 "User-Agent": USER_AGENT, "Accept-Encoding": "identity",
                 "Accept": "text/html,text/plain;q=0.9,*/*;q=0.5"})
-            with opener.open(request, timeout=self.timeout) as resp:
+            with opener.open(request, timeout=max(self.timeout, SOCKET_IDLE)) as resp:
                 self._put(("head", resp.status, resp.headers))
                 while not self.cancelled.is_set():
                     chunk = resp.read1(CHUNK)
@@ -279,7 +281,7 @@ class _Exchange:
             exc.close()
             self._put(("error", f"HTTP {exc.code} {exc.reason}"))
         except Exception as exc:  # reported to the process thread, which decides
-            self._put(("error", _describe(exc, self.timeout)))
+            self._put(("error", _describe(exc, max(self.timeout, SOCKET_IDLE))))
 
     def _put(self, item: tuple[Any, ...]) -> None:
         while not self.cancelled.is_set():
@@ -393,7 +395,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     """One line saying why a request failed."""
     reason: Any = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, TimeoutError | socket.timeout):
-        return f"timed out after {timeout:g}s"
+        return f"no data for {timeout:g}s"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, socket.gaierror):
@@ -408,7 +410,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return " ".join(text.split())
 
 
-def _readable(got: _Fetched, url: str) -> tuple[str, str]:
+def _readable(got: _Fetched) -> tuple[str, str]:
     """(title, readable text) of a fetched document; binary content fails the URL."""
     head = got.raw[:8192]
     major = got.content_type.split("/", 1)[0]
