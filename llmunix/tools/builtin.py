@@ -127,5 +127,5 @@ def collect_output(ctx: ProcessContext, child: subprocess.Popen[bytes]) -> str:
         return "\n".join(tail)
 
 
-# The workspace file tools (read_file, write_file, list_files, grep) are built-ins too.
-import llmunix.tools.files  # noqa: E402, F401
+import llmunix.tools.files  # noqa: E402, F401 - the workspace file tools: read_file, write_file, list_files, grep
+import llmunix.tools.research  # noqa: E402, F401 - registers web_fetch, summarize, analyze and report
