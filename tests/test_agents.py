@@ -202,12 +202,12 @@ def test_a_malformed_definition_is_reported_by_agents_and_the_others_still_load(
     (here / "agents").mkdir()
     (here / "agents" / "broken.md").write_text("---\nname: broken\nno colon here\n---\n")
     (here / "agents" / "Helper.md").write_text("# Component: HelperAgent\n\n- **Name**: HelperAgent\n"
-                                               "- **Type**: AGENT\n- **Claude Tools**: Read, WebFetch\n")
+                                               "- **Type**: AGENT\n- **Claude Tools**: Read, WebFetch, Task\n")
     sh = Session(kernel, capsys)
     out, err, failed = sh.run("agents")
     assert not failed and "HelperAgent" in out
     assert f"could not load {here / 'agents' / 'broken.md'}:3: expected 'key: value'" in err
-    assert "WebFetch?" in out  # granted but no such tool here
+    assert "read_file,web_fetch,Task?" in out  # Task: granted but no such tool here
     assert [d for d, _k in default_directories(None, here)][-2:] == [here / "agents", here / "tools"]
 
 
@@ -301,3 +301,13 @@ def test_an_agent_can_delegate_to_another_but_never_back_to_itself(tmp_path, mon
         refused = helper.context.intermediate_results["checkpoint"]["actions"][0]
         assert refused["tool"] == "boss" and refused["status"] == "failed"
         assert "an agent cannot call itself" in helper.output["answer"]
+
+
+def test_offline_goal_reading_and_focused_findings():
+    from llmunix.agents.offline import content_words, focused_sentences
+
+    assert content_words("Research priority aging and write the report") == ["priority", "aging"]
+    text = ("Schedulers choose which process runs next. Aging raises the priority of waiting work. "
+            "Round robin shares a level fairly among its peers. Admission keeps the machine out of swap.")
+    assert focused_sentences(text, ["aging"], 3) == ["Aging raises the priority of waiting work."]
+    assert len(focused_sentences(text, ["nothing"], 2)) == 2  # no sentence has a term: all compete

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from llmunix.agents.parsing import parse_native, parse_pairs, parse_text
-from llmunix.agents.summarizer import sentences, summarize
 
 
 def test_tool_call_blocks_with_json_parameters_holding_commas_and_quotes():
@@ -86,14 +85,3 @@ def test_native_tool_calls_including_broken_json_arguments():
     text_in_content = parse_native({"content": '<tool_call name="grep">{"pattern": "q"}</tool_call>'})
     assert text_in_content.calls[0].name == "grep"
 
-
-def test_the_extractive_summariser_is_deterministic_and_keeps_order():
-    text = ("# Title\n\nSchedulers choose which process runs next. Priority levels order the work. "
-            "Aging raises the priority of processes that waited long. Round robin shares a level fairly.\n\n"
-            "- Preemption stops low priority work when urgent work arrives.\n\n```\ncode is skipped here\n```\n")
-    units = sentences(text)
-    assert units[0] == "Schedulers choose which process runs next." and "code is skipped here" not in units
-    assert summarize(text, 2) == summarize(text, 2)
-    picked = summarize(text, 2, focus="aging priority")
-    assert len(picked) == 2 and picked == sorted(picked, key=units.index)
-    assert "Aging raises the priority of processes that waited long." in picked

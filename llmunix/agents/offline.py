@@ -7,7 +7,7 @@ final answer with the extractive summariser. The rules (docs/agents.md has them 
 * Calls run in four phases, and in the agent's declared tool order within a phase:
   gather (`list_files`, `grep`), read (`read_file`), process (any other tool), write (`write_file`).
 * `list_files` once, on the first directory the goal names (a word ending in `/`), else `.`.
-* `grep` once, for the goal's quoted phrases, else its keywords (up to 5), joined with `|`.
+* `grep` once, for the goal's quoted phrases, else its content words (up to 5), joined with `|`.
 * `read_file` for each file the goal names (words with an extension, except the output file);
   if it names none: the 3 files with the most grep matches, else the first 3 text files listed.
 * `write_file` once, to the output file (the file after "into", "to", "as", "write" or "save"
@@ -19,8 +19,9 @@ final answer with the extractive summariser. The rules (docs/agents.md has them 
 * A call that failed is not repeated, nor a call memory says failed the last two times (`avoid`).
 
 The report: "summary" mode (the agent's name or the goal says summar...) gives each file's
-summary as prose; otherwise "findings" give each file's key sentences (focused on the goal's
-keywords) as bullets and the top 10 grep matches.
+summary as prose; otherwise "findings" give each file's key sentences (among those with a search
+term) as bullets and the top 10 grep matches. Sentences are chosen by the extractive summariser
+of `llmunix.tools.text` (the `summarize` tool's).
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from llmunix.agents import summarizer
 from llmunix.agents.backend import ActionResult, Check, Decision, Log, Sleep, ToolSchema, Turn, Usage
 from llmunix.agents.parsing import ToolCall
 from llmunix.tools.markdown import canonical_tool_name, tool_key
+from llmunix.tools.text import is_content_word, select_sentences, split_sentences, word_tokens
 
 GATHER, READ, PROCESS, WRITE = "Gathering", "Reading", "Analysis", "Writing"
 PHASES = (GATHER, READ, PROCESS, WRITE)
 TEXT_PARAMS = ("text", "content", "input", "prompt", "query", "goal", "question", "topic", "task")
 TEXT_EXTENSIONS = (".md", ".txt", ".rst", ".markdown", ".text", ".csv", ".json", ".yaml", ".yml", ".html", ".log")
 READ_LIMIT = 3
+# Words of a goal that say what to do, not what about: never search terms.
+_GOAL_VERBS = """
+summarize summarise summary summaries research report write read file files find search look check
+list save output document documents text notes sentence sentences point points bullet bullets
+"""
+GOAL_VERBS = frozenset(_GOAL_VERBS.split())
 
 _FILE = re.compile(r"(?<![\w/.:-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z][A-Za-z0-9]{0,5})(?![\w/-])")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
@@ -99,7 +106,7 @@ class Planner:
             self.terms = quoted[:5]
         else:  # the goal's words, without the files and directories it names
             prose = _DIR.sub(" ", _FILE.sub(" ", _URL.sub(" ", self.goal)))
-            self.terms = [w for w in dict.fromkeys(summarizer.words(prose)) if w not in _agent_words(turn.agent)][:5]
+            self.terms = [w for w in dict.fromkeys(content_words(prose)) if w not in _agent_words(turn.agent)][:5]
         count = _COUNT.search(self.goal)
         self.count = None
         if count:
@@ -233,7 +240,7 @@ class Planner:
             names = ", ".join(p for p, _t in texts)
             lines.append(f"# Summary of {names}")
             for path, text in texts:
-                chosen = summarizer.summarize(text, self.count)
+                chosen = select_sentences(text, self.count or default_count(text)) if text.strip() else []
                 if len(texts) > 1:
                     lines += ["", f"## {path}"]
                 lines += ["", " ".join(chosen) if chosen else "(nothing to summarise)"]
@@ -241,7 +248,7 @@ class Planner:
             topic = " ".join(self.terms) if self.terms else self.goal
             lines.append(f"# Findings: {topic}")
             for path, text in texts:
-                chosen = summarizer.summarize(text, self.count or 3, focus=" ".join(self.terms), only_focus=True)
+                chosen = focused_sentences(text, self.terms, self.count or 3)
                 lines += ["", f"## {path}", ""] + [f"- {s}" for s in chosen or ["(nothing to summarise)"]]
             matches = [m for r in self._outputs("grep") for m in (r if isinstance(r, list) else [])
                        if isinstance(m, Mapping)]
@@ -280,7 +287,28 @@ def _phase(t: ToolSchema) -> str:
 
 
 def _agent_words(agent: str) -> set[str]:
-    return set(summarizer.words(re.sub(r"[-_]", " ", re.sub(r"(?<=[a-z])(?=[A-Z])", " ", agent)))) | {"agent"}
+    return set(content_words(re.sub(r"[-_]", " ", re.sub(r"(?<=[a-z])(?=[A-Z])", " ", agent)))) | {"agent"}
+
+
+def content_words(text: str) -> list[str]:
+    """The words of a goal that can be search terms: content words (llmunix.tools.text), less GOAL_VERBS."""
+    return [w for w in word_tokens(text) if is_content_word(w) and w not in GOAL_VERBS]
+
+
+def default_count(text: str) -> int:
+    """A summary's length when the goal does not say: a quarter of the sentences, 1 to 7."""
+    return min(7, max(1, round(len(split_sentences(text)) / 4)))
+
+
+def focused_sentences(text: str, terms: list[str], count: int) -> list[str]:
+    """The `count` most representative sentences of `text` among those that contain a term (all
+    of its sentences when none does), in their order."""
+    wanted = {t.lower() for t in terms}
+    sentences = split_sentences(text)
+    focused = [s for s in sentences if wanted & set(word_tokens(s))]
+    if not sentences:
+        return []
+    return select_sentences("\n\n".join(focused) if focused else text, count)
 
 
 def _short_args(args: Mapping[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 Run with the configured backend: `openai` sends the tool's markdown as the system prompt and its
 parameters as the user message and returns the reply; `offline` returns the extractive summary
-of the parameter values (the only deterministic reading of "do what this prompt says").
+(3 sentences) of the parameter values (the only deterministic reading of "do what this prompt says").
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmunix.agents import summarizer
 from llmunix.agents.backend import BackendError
 from llmunix.models import ToolError
 from llmunix.process import ProcessContext
 from llmunix.tools.markdown import MarkdownDefinition
+from llmunix.tools.text import summarize_text
 
 
 def run_prompt_tool(ctx: ProcessContext, d: MarkdownDefinition, params: Mapping[str, Any]) -> str:
@@ -31,5 +31,4 @@ def run_prompt_tool(ctx: ProcessContext, d: MarkdownDefinition, params: Mapping[
             raise ToolError(str(exc)) from None
         return text
     text = "\n\n".join(str(v) for v in params.values())
-    chosen = summarizer.summarize(text) if text.strip() else []
-    return " ".join(chosen) if chosen else text
+    return summarize_text(text, 3) if text.strip() else text
