@@ -117,6 +117,13 @@ class Workflows:
         dag.build(spec)
         where = spec.source or spec.name
         for s in spec.steps:
+            if s.agent is not None:
+                from llmunix.agents.service import service_for
+
+                try:
+                    service_for(self).definition(s.agent)  # type: ignore[arg-type]
+                except LlmunixError as exc:
+                    raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
             if s.tool is None:
                 continue
             try:
