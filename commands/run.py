@@ -59,6 +59,7 @@ class RunCommands(ShellCommandSet):
                     if exc.code:
                         self._cmd.failed = True
                     return
+            self._refuse_internal(args.tool)
             params = parse_params(args.params)
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
                                     name=args.name, params=params, needs=parse_needs(args.need))
@@ -67,6 +68,13 @@ class RunCommands(ShellCommandSet):
             return
         self._cmd.last_result = pid
         self.out(format_pid(pid))
+
+    def _refuse_internal(self, name: str) -> None:
+        """Workflow and agent bodies are tools too, but they are started by their own commands."""
+        if name in self.kernel.registry and self.kernel.registry.get(name).hidden:
+            kind = self.kernel.registry.get(name).kind
+            how = {"workflow": "workflow run NAME", "agent": f"agent run {name} --goal ..."}.get(str(kind))
+            raise LlmunixError(f"{name!r} is not a tool to run by hand" + (f"; use `{how}`" if how else ""))
 
     tools_parser = LlmunixArgumentParser(
         description="List the tools that can be run, or show one tool's parameters.",
