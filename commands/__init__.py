@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from commands.agents import AgentCommands
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
 from commands.debug import DebugCommands
@@ -12,11 +13,13 @@ from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
 from commands.run import RunCommands
 from commands.top import TopCommands
+from commands.workflow import WorkflowCommands
 
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
+            AgentCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -465,7 +465,7 @@ class DebugCommands(DebugCompletion):
             if bar is not None:
                 bar.update(task, completed=min(elapsed, duration), samples=samples)
 
-        done = threading.Event()
+        finished = threading.Event()
 
         def run() -> None:
             try:
@@ -473,7 +473,7 @@ class DebugCommands(DebugCompletion):
             except BaseException as exc:  # noqa: BLE001 - handed to the command's thread
                 error.append(exc)
             finally:
-                done.set()
+                finished.set()
 
         worker = threading.Thread(target=run, name=f"llmunix-profile-{pid}", daemon=True)
         progress = None
@@ -485,18 +485,18 @@ class DebugCommands(DebugCompletion):
                                 console=self._cmd.rich_console(), transient=True)
             progress.start()
             bar, task = progress, progress.add_task("profile", total=duration, samples=0)
-        # Wait on an Event, not Thread.join: on CPython 3.11 a Ctrl-C that interrupts join() can
-        # mark the still-running thread as stopped (the bpo-45274 fix), and join() then returns early.
         try:
             worker.start()
-            while not done.is_set():
+            # Wait on an Event, not Thread.join: on CPython 3.11 a join cut short by Ctrl-C can
+            # leave is_alive() False while the thread still runs (and the result not there yet).
+            while not finished.is_set():
                 try:
-                    done.wait(0.1)
+                    finished.wait(0.1)
                 except KeyboardInterrupt:
                     stop.set()
         finally:
             stop.set()
-            done.wait()
+            finished.wait()
             if progress is not None:
                 progress.stop()
         if error:

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
     _setup_logging(home, config)
+    from llmunix.config import activate
+
+    activate(config)  # tools and agents read their settings from it
 
     from llmunix.kernel import Kernel
     from llmunix.observe.logging import log_events
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
+    from llmunix.agents import attach
+
+    reported = {str(e) for e in load_errors}
+    for err in attach(kernel, config).errors:  # agents: built-in, <home>/agents, ./agents
+        if str(err) not in reported:
+            print(f"llmunix: could not load {err}", file=sys.stderr)
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
     log_events(kernel)

@@ -362,7 +362,10 @@ def test_breakpoint_alert_and_completion_at_the_real_prompt(tmp_path):
         child.expect(SUB)
         child.send("insp\t")  # completion: the actions, then the names they take
         child.expect("inspect")
-        child.send("checkpoint.ti\t")  # completes to checkpoint.tick (the output below proves it)
+        child.send("checkpoint.ti")
+        child.expect("checkpoint.ti")
+        child.send("\t")
+        child.expect("ck")  # completed to checkpoint.tick (the output below proves it)
         child.sendline("")
         child.expect(r"checkpoint\.tick = 2\d  \(int, checkpoint version 2\d\)")
         child.expect(SUB)

@@ -33,7 +33,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -72,6 +72,19 @@ MIGRATIONS: dict[int, str] = {
     # Peak memory of each run (from the monitor), for predicting a tool's memory need.
     2: """
     ALTER TABLE tool_runs ADD COLUMN peak_memory_mb REAL;
+    """,
+    # Agents' learning memory (llmunix/agents/memory.py): one row per run, one per tool call.
+    4: """
+    CREATE TABLE IF NOT EXISTS agent_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, agent TEXT, pid INTEGER, goal TEXT, outcome TEXT,
+        duration REAL, iterations INTEGER, tools TEXT, errors TEXT, tokens INTEGER, backend TEXT, answer TEXT
+    );
+    CREATE INDEX IF NOT EXISTS agent_runs_agent ON agent_runs(agent, id);
+    CREATE TABLE IF NOT EXISTS agent_tool_uses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, agent TEXT, pid INTEGER, tool TEXT, call TEXT,
+        child INTEGER, ok INTEGER, duration REAL, error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS agent_tool_uses_agent ON agent_tool_uses(agent, tool, id);
     """,
 }
 
@@ -150,7 +163,7 @@ class Store:
         if version > SCHEMA_VERSION:
             raise LlmunixError(f"{self.path} was written by a newer llmunix (schema {version}); upgrade llmunix")
         for v in range(version + 1, SCHEMA_VERSION + 1):
-            conn.executescript("BEGIN;" + MIGRATIONS[v] + f"PRAGMA user_version={v}; COMMIT;")
+            conn.executescript("BEGIN;" + MIGRATIONS.get(v, "") + f"PRAGMA user_version={v}; COMMIT;")
 
     # ------------------------------------------------------------------ writing
 
@@ -376,12 +389,28 @@ class Store:
             (tool, limit)).fetchall()
         return [r[0] for r in rows]
 
+    def durations_by_name(self, name: str, limit: int = 20) -> list[float]:
+        """Running times of the last completed processes called `name` (workflow steps), newest first."""
+        rows = self._reader().execute(
+            "SELECT runtime FROM processes WHERE name=? AND state='Completed' AND runtime IS NOT NULL "
+            "ORDER BY finished DESC LIMIT ?", (name, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def latest_by_name(self, name: str, kind: str) -> int | None:
+        """The newest process of `kind` called `name`."""
+        row = self._reader().execute("SELECT MAX(pid) FROM processes WHERE name=? AND kind=?", (name, kind)).fetchone()
+        return row[0] if row is not None else None
+
     def tool_peak_memory(self, tool: str, limit: int = 20) -> list[float]:
         """Peak memory (MB) of the tool's last completed runs that were measured, newest first."""
         rows = self._reader().execute(
             "SELECT peak_memory_mb FROM tool_runs WHERE tool=? AND outcome='Completed' "
             "AND peak_memory_mb IS NOT NULL ORDER BY id DESC LIMIT ?", (tool, limit)).fetchall()
         return [r[0] for r in rows]
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query, on this thread's reading connection."""
+        return self._reader().execute(sql, args).fetchall()
 
     def integrity_check(self) -> str:
         return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
@@ -485,15 +514,19 @@ class _EventWriter:
                  _dumps(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
                  d.get("detail", "queued"), e.time))
         elif kind == "started":
-            self.conn.execute("UPDATE processes SET started=?, state='Running', phase='running', detail='running', "
-                              "session=? WHERE pid=?", (e.time, self.session, e.pid))
+            self.conn.execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
+                              "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
+        elif kind == "state":
+            self.conn.execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
+                              (d.get("state"), d.get("detail") or d.get("state"), e.pid))
         elif kind == "progress":
             self._progress[e.pid] = _dumps({k: d.get(k) for k in ("step", "total", "percentage", "message")})
         elif kind == "checkpoint":
             self.conn.execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
                               (e.pid, d.get("version"), e.time, _dumps(d.get("state"))))
-        elif kind in ("paused", "resumed", "preempted", "continued", "breakpoint", "stepped"):
+        elif kind in ("paused", "resumed", "preempted", "continued", "blocked", "breakpoint", "stepped"):
             phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
+                     "blocked": "waiting",
                      "breakpoint": "paused", "stepped": "paused"}[kind]  # the debugger stops it as a pause does
             self.conn.execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
         elif kind == "reniced":
