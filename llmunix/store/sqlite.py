@@ -33,7 +33,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -72,6 +72,14 @@ MIGRATIONS: dict[int, str] = {
     # Peak memory of each run (from the monitor), for predicting a tool's memory need.
     2: """
     ALTER TABLE tool_runs ADD COLUMN peak_memory_mb REAL;
+    """,
+    # Persistent mailboxes (llmunix/ipc/persist.py): a row lives until its message is acknowledged.
+    3: """
+    CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY, recipient INTEGER NOT NULL, sender INTEGER, type TEXT NOT NULL, topic TEXT,
+        body TEXT, sensitive INTEGER DEFAULT 0, sent REAL, deliveries INTEGER DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient);
     """,
 }
 
