@@ -284,7 +284,7 @@ class Communication:
                     self._msgstore.save(env)
                 box.append(env)
                 self._ipc.users.add(pid)
-                data = {"from": None if sender is None else format_pid(sender), "id": env.id, "type": name,
+                data = {"from": None if sender is None else format_pid(sender), "id": env.id, "message_type": name,
                         "topic": topic, "persistent": persistent, "sensitive": sensitive, "bytes": env.size}
                 if proc is not None:
                     self._emit("ipc.message", proc, **data)
@@ -353,7 +353,7 @@ class Communication:
                     self._ipc.unacked.setdefault(pid, {})[env.id] = env
                     assert self._msgstore is not None
                     self._msgstore.delivered(env)
-                self._emit("ipc.received", proc, id=env.id, type=env.type, deliveries=env.deliveries,
+                self._emit("ipc.received", proc, id=env.id, message_type=env.type, deliveries=env.deliveries,
                            **{"from": None if env.sender is None else format_pid(env.sender)})
             try:
                 body = decode(env.type, env.payload)
@@ -370,7 +370,7 @@ class Communication:
                 assert self._msgstore is not None
                 self._msgstore.forget([env.id])
             proc.note("message rejected", f"{env.id} ({env.type}): {why}")
-            self._emit("ipc.rejected", proc, id=env.id, type=env.type, error=why)
+            self._emit("ipc.rejected", proc, id=env.id, message_type=env.type, error=why)
 
     def _ipc_ack(self, proc: Process, mid: str) -> None:
         with self._lock:
@@ -407,9 +407,9 @@ class Communication:
         if not _EVENT_NAME.match(str(name)):
             raise LlmunixError(f"bad event name {name!r}; use letters, digits and _ . : - (it becomes tool.NAME)")
         payload = copy_json(dict(data or {}))
-        payload.pop("name", None)  # every event's data names its process
+        payload["name"] = proc.name  # every event's data names its process
         with self._lock:
-            event = self._emit(f"tool.{name}", proc, **payload)
+            event = self.bus.publish(f"tool.{name}", proc.pid, payload)
         if self.store is not None:
             self.store.throttle(event.seq)  # a flood of tool events waits for the store, not memory
         self._ipc_check(proc)
