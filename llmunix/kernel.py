@@ -27,7 +27,8 @@ from llmunix.limits import PRESSURE_RECHECK, ResourceLimits
 from llmunix.models import (
     ALLOWED,
     EXIT_CANCELLED,
-    RUNNING,
+    EXIT_TIMEOUT,
+    STARTED_STATE,
     Event,
     IllegalTransition,
     LlmunixError,
@@ -201,6 +202,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         self.store: Store | None = None
         self.interrupted_at_start = 0
         self._pending_release: list[tuple[int, Process]] = []  # (event seq, finished process)
+        self._watchers: dict[int, list[Process]] = {}  # pid -> processes blocked until it ends (ctx.wait)
         self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
         # Retention (see gc): finished processes in the order they finished, with the seq of their
         # terminal event; the oldest leave memory once that event is committed (the store has them).
@@ -253,14 +255,18 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         cwd: str | None = None,
         params: Mapping[str, Any] | None = None,
         needs: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
         process and return its PID. Tool parameters come as keyword arguments, or as the
         `params` mapping when a name clashes with spawn's own (`name`, `priority`, ...).
         They are validated now: a bad one raises LlmunixError. `needs` are the resources it
-        must hold to run (`{"memory_mb": 500, "gpu": 1}`), over the tool's own defaults."""
+        must hold to run (`{"memory_mb": 500, "gpu": 1}`), over the tool's own defaults. After
+        `timeout` seconds of running time it is stopped and ends Failed ("timed out after 30s")."""
         self._writable()
+        if timeout is not None and not timeout > 0:
+            raise LlmunixError(f"timeout must be a positive number of seconds, not {timeout!r}")
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
         wants, predicted = self._needs_for(t, needs)
@@ -268,12 +274,13 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         deps = tuple(dict.fromkeys(int(a) for a in after))
         with self._lock:
             return self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd,
-                                      needs=(wants, predicted))
+                                      needs=(wants, predicted), timeout=timeout)
 
     def _spawn_locked(self, t: Tool, params: dict[str, Any], prio: Priority, deps: tuple[int, ...], *,
                       name: str | None, parent: int | None, cwd: str | None, pid: int | None = None,
                       restored: Any = None, checkpoints: list[Any] | None = None, note: str = "",
-                      needs: tuple[dict[str, float], tuple[str, ...]] | None = None) -> int:
+                      needs: tuple[dict[str, float], tuple[str, ...]] | None = None,
+                      timeout: float | None = None) -> int:
         """Create a process (a new PID, or an old one being recovered) and queue it."""
         if self._closed:
             raise LlmunixError("the kernel has shut down; no new processes")
@@ -289,6 +296,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         proc.restored = restored
         proc.checkpoints = list(checkpoints or [])
         proc.needs, proc.predicted = needs if needs is not None else (dict(t.needs), ())
+        proc.timeout = timeout
         self._procs[pid] = proc
         self._live[pid] = proc
         if self._history is not None:
@@ -310,7 +318,11 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
                 dep.dependents.append(proc)
         now = time.monotonic()
         never = self.pool.never_fits(proc.needs) if proc.needs else None
-        if never is not None:
+        up = self._live.get(parent) if parent is not None else None
+        if up is not None and up.requests & REQ_KILL:  # its parent is being stopped: so is it
+            self._finish_locked(proc, Outcome(up.kill_outcome), _exit_for(Outcome(up.kill_outcome)),
+                                f"parent {format_pid(up.pid)} was stopping")
+        elif never is not None:
             self._finish_locked(proc, Outcome.FAILED, 1, never)
         elif failed is not None:
             self._finish_locked(proc, Outcome.FAILED, 1, f"dependency failed: {format_pid(failed[0])} {failed[1]}")
@@ -319,6 +331,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
             proc.detail = self._waiting_detail(proc)
         else:
             self._ready.push(proc, now)
+        if up is not None and proc.phase is not Phase.DONE and (up.phase is Phase.PAUSED or up.requests & REQ_PAUSE):
+            self._pause_locked(proc)  # a paused parent starts nothing new
+            proc.paused_by = up.paused_by or up.pid
         self._dispatch_locked(now)
         return pid
 
@@ -329,29 +344,53 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         `force`); a subprocess group gets SIGTERM, then SIGKILL. With `interrupt` the process
         ends Interrupted instead of Cancelled: recoverable (llmunix itself is stopping)."""
         self._writable()
+        outcome = Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED
         with self._lock:
             proc = self._live_process(pid, "kill")
-            if proc.requests & REQ_KILL and not force:
-                return proc.snapshot()
-            proc.note("kill requested", reason + (" (force)" if force else ""))
-            proc.kill_outcome = Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED
-            if not proc.has_thread:
-                self._emit("process.kill_requested", proc, reason=reason, force=force)
-                self._finish_locked(proc, proc.kill_outcome, _exit_for(proc.kill_outcome), reason)
-                self._dispatch_locked(time.monotonic())
-                return proc.snapshot()
-            proc.requests |= REQ_KILL
-            proc.kill_reason = reason
-            proc.detail = "stopping (kill requested)"
+            children = self._descendants_locked(proc)
+            info = self._kill_locked(proc, force, reason, outcome)
+        for child in children:  # after the parent is flagged, so it starts no new ones meanwhile
+            with self._lock:
+                if child.phase is not Phase.DONE:
+                    self._kill_locked(child, force, reason, outcome)
+        return info
+
+    def _kill_locked(self, proc: Process, force: bool, reason: str, outcome: Outcome) -> ProcessInfo:
+        """Ask a live process to stop (see `kill`); it ends as `outcome`. Hold the lock."""
+        if proc.requests & REQ_KILL and not force:
+            return proc.snapshot()
+        proc.note("kill requested", reason + (" (force)" if force else ""))
+        proc.kill_outcome = outcome
+        if not proc.has_thread:
             self._emit("process.kill_requested", proc, reason=reason, force=force)
-            if proc.subprocess is not None:
-                signal_tree(proc.subprocess, signal.SIGKILL if force else signal.SIGTERM)
-            self._wake(proc)
-            info = proc.snapshot()
+            self._finish_locked(proc, outcome, _exit_for(outcome), reason)
+            self._dispatch_locked(time.monotonic())
+            return proc.snapshot()
+        proc.requests |= REQ_KILL
+        proc.kill_reason = reason
+        proc.detail = "stopping (kill requested)"
+        self._emit("process.kill_requested", proc, reason=reason, force=force)
+        if proc.subprocess is not None:
+            signal_tree(proc.subprocess, signal.SIGKILL if force else signal.SIGTERM)
+        self._wake(proc)
         timer = threading.Timer(0 if force else self.kill_grace, self._escalate, (proc, 1))
         timer.daemon = True
         timer.start()
-        return info
+        return proc.snapshot()
+
+    def _descendants_locked(self, proc: Process) -> list[Process]:
+        """Live processes below `proc` in the parent tree, parents before children."""
+        children: dict[int, list[Process]] = {}
+        for p in self._live.values():
+            if p.parent is not None:
+                children.setdefault(p.parent, []).append(p)
+        out: list[Process] = []
+        todo = [proc.pid]
+        while todo:
+            for c in children.get(todo.pop(), ()):
+                out.append(c)
+                todo.append(c.pid)
+        return out
 
     def pause(self, pid: int) -> ProcessInfo:
         """Pause a process. A running one stops at its next control point (a subprocess tool at
@@ -362,6 +401,10 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
             if proc.phase is Phase.PAUSED or proc.requests & REQ_PAUSE:
                 raise IllegalTransition(f"process {format_pid(pid)} is already paused")
             self._pause_locked(proc)
+            for child in self._descendants_locked(proc):  # a workflow's steps, an agent's tools
+                if child.phase is not Phase.PAUSED and not child.requests & REQ_PAUSE:
+                    self._pause_locked(child)
+                    child.paused_by = proc.pid
             return proc.snapshot()
 
     def _pause_locked(self, proc: Process) -> None:
@@ -393,6 +436,11 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
                     f"process {format_pid(pid)} is not paused (it is {proc.snapshot().display_state})"
                 )
             self._resume_locked(proc)
+            for child in self._descendants_locked(proc):  # those its pause paused, not others
+                if child.paused_by == proc.pid:
+                    child.paused_by = None
+                    if child.phase is Phase.PAUSED or child.requests & REQ_PAUSE:
+                        self._resume_locked(child)
             return proc.snapshot()
 
     def _resume_locked(self, proc: Process) -> None:
@@ -835,7 +883,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         if proc.run_since is not None:
             proc.run_accum += now - proc.run_since
             proc.run_since = None
-        if proc.subprocess is not None:
+        if proc.subprocess is not None and to is not Phase.WAITING:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
     def _dispatch_locked(self, now: float, spare_threads: int = 0) -> None:
@@ -876,7 +924,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
                 self._wake(proc)
             else:
                 proc.has_thread = True
-                proc.state = RUNNING
+                proc.state = STARTED_STATE[proc.kind]
                 proc.detail = "starting"
                 self._executor.start(proc)
         if ready._count and len(self._running) >= self.max_running:
@@ -922,6 +970,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
             self._ipc_ended(p)  # releases its locks, drops or keeps its messages, frees its buffers
             event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
                                runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb)
+            p.end_seq = event.seq
+            for waiter in self._watchers.pop(p.pid, ()):
+                self._wake(waiter)
             if oc is Outcome.COMPLETED:
                 self._record_run(p)
             if self.store is not None:
@@ -987,6 +1038,99 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         timer.daemon = True
         timer.start()
 
+    # ------------------------------------------------------------------ off-slot waits, timeouts
+
+    def _block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None) -> bool:
+        """Wait in `proc`'s own thread until `ready()` holds, without holding a slot.
+
+        A control point throughout (pause, kill, preemption apply). `ready` is called with the
+        kernel lock held; whoever changes what it reads calls `_wake(proc)` under the lock.
+        While it is false the process is in phase `waiting` with `detail`, its slot and needs
+        given back; once true it queues at the front of its level for a slot again. Returns
+        `ready()` (False after `timeout` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._control_point_locked(proc)  # returns running
+                if ready():
+                    return True
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return False
+                self._leave_slot(proc, Phase.WAITING, now)
+                proc.waiting = ready
+                proc.detail = detail
+                self._emit("process.blocked", proc, detail=detail)
+                self._dispatch_locked(now)
+                try:
+                    while proc.phase is Phase.WAITING and not proc.requests & REQ_KILL and not ready():
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            break
+                        self._cond(proc).wait(left)
+                finally:
+                    proc.waiting = None
+                if proc.requests & REQ_KILL:
+                    raise ProcessKilled(proc.kill_reason)
+                if proc.phase is Phase.WAITING:  # (a pause moved it on: the control point waits)
+                    now = time.monotonic()
+                    self._transition(proc, Phase.PREEMPTED)
+                    proc.detail = "woken; waiting for a slot"
+                    self._ready.push(proc, now, front=True)
+                    self._dispatch_locked(now)
+
+    def _wait_for(self, proc: Process, pids: list[int], timeout: float | None, any_: bool) -> list[ProcessInfo]:
+        """ProcessContext.wait: block off-slot until the processes end; their ends are durable."""
+        wanted = [as_pid(p) for p in pids]
+        with self._lock:
+            targets = [t for t in (self._procs.get(p) for p in wanted) if t is not None]
+            for t in targets:
+                if t.phase is not Phase.DONE:
+                    self._watchers.setdefault(t.pid, []).append(proc)
+
+        def ended() -> bool:
+            if not targets:
+                return True
+            done = (t.phase is Phase.DONE for t in targets)
+            return any(done) if any_ else all(done)
+
+        what = "waiting for " + ", ".join(format_pid(p) for p in wanted[:5]) + (" ..." if len(wanted) > 5 else "")
+        self._block(proc, ended, what, timeout)
+        seq = max((t.end_seq for t in targets if t.phase is Phase.DONE), default=0)
+        if seq:
+            self._wait_durable(seq)  # an output is committed before anything acts on it
+        return [self.info(p) for p in wanted]
+
+    def _set_state(self, proc: Process, state: str, detail: str) -> None:
+        with self._lock:
+            if proc.state == state and (not detail or proc.detail == detail):
+                return
+            proc.state = state
+            if detail:
+                proc.detail = detail
+            proc.note("state", f"{state}: {detail}" if detail else state)
+            self._emit("process.state", proc, state=state, detail=detail)
+
+    def _arm_timeout(self, proc: Process, after: float) -> None:
+        timer = threading.Timer(after, self._timeout_check, (proc,))
+        timer.daemon = True
+        timer.start()
+
+    def _timeout_check(self, proc: Process) -> None:
+        """Timer: stop a process whose running time passed its timeout (paused time does not count)."""
+        with self._lock:
+            if proc.phase is Phase.DONE or proc.timeout is None or proc.requests & REQ_KILL:
+                return
+            left = proc.timeout - proc.runtime(time.monotonic())
+            if left > 0.001:
+                self._arm_timeout(proc, left)
+                return
+            reason = f"timed out after {proc.timeout:g}s"
+            children = self._descendants_locked(proc)
+            self._kill_locked(proc, False, reason, Outcome.FAILED)
+            for child in children:
+                self._kill_locked(child, False, f"parent {format_pid(proc.pid)} {reason}", Outcome.CANCELLED)
+
     # ------------------------------------------------------------------ worker side
 
     def _execute(self, proc: Process) -> None:
@@ -1001,7 +1145,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
                 proc.started = time.time()
                 proc.detail = "running"
                 proc.note("started")
-                self._emit("process.started", proc, tool=proc.tool.name)
+                self._emit("process.started", proc, tool=proc.tool.name, state=proc.state)
+                if proc.timeout is not None:
+                    self._arm_timeout(proc, proc.timeout)
         outcome, code, error, output = Outcome.CANCELLED, EXIT_CANCELLED, proc.kill_reason, None
         if not killed:
             try:
@@ -1058,8 +1204,11 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
 
 
 def _exit_for(outcome: Outcome) -> int | None:
-    """Cancelled processes report 143 as a shell would; interrupted ones have not ended."""
-    return None if outcome is Outcome.INTERRUPTED else EXIT_CANCELLED
+    """Cancelled processes report 143 as a shell would; interrupted ones have not ended; the
+    kernel stops a process as Failed only when it timed out (124, as timeout(1) says)."""
+    if outcome is Outcome.INTERRUPTED:
+        return None
+    return EXIT_TIMEOUT if outcome is Outcome.FAILED else EXIT_CANCELLED
 
 
 def _describe(exc: BaseException) -> str:

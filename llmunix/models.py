@@ -84,7 +84,7 @@ class ProcessKind(enum.StrEnum):
 class Phase(enum.StrEnum):
     """The lifecycle every kind shares; what the scheduler reasons about."""
 
-    WAITING = "waiting"  # dependencies not met yet
+    WAITING = "waiting"  # dependencies not met yet, or blocked off-slot (children, messages, locks)
     READY = "ready"  # in the ready queue, never run
     RUNNING = "running"  # holds a slot
     PAUSED = "paused"  # stopped by a user (keeps its thread if it had one)
@@ -94,9 +94,9 @@ class Phase(enum.StrEnum):
 
 # The one table of legal phase moves (STYLE: transitions live in one table).
 ALLOWED: dict[Phase, frozenset[Phase]] = {
-    Phase.WAITING: frozenset({Phase.READY, Phase.PAUSED, Phase.DONE}),
+    Phase.WAITING: frozenset({Phase.READY, Phase.PAUSED, Phase.PREEMPTED, Phase.DONE}),
     Phase.READY: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
-    Phase.RUNNING: frozenset({Phase.PAUSED, Phase.PREEMPTED, Phase.DONE}),
+    Phase.RUNNING: frozenset({Phase.PAUSED, Phase.PREEMPTED, Phase.WAITING, Phase.DONE}),
     Phase.PAUSED: frozenset({Phase.READY, Phase.WAITING, Phase.PREEMPTED, Phase.DONE}),
     Phase.PREEMPTED: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
     Phase.DONE: frozenset(),
@@ -118,6 +118,12 @@ class Outcome(enum.StrEnum):
 PENDING = "Pending"
 RUNNING = "Running"
 PAUSED = "Paused"
+
+# Each kind's visible state while queued, and once it starts (its body may move it on, e.g. an
+# agent to Acting, a workflow to Executing, with ProcessContext.set_state).
+QUEUED_STATE = {ProcessKind.TOOL: PENDING, ProcessKind.AGENT: "Idle", ProcessKind.WORKFLOW: "Planning"}
+STARTED_STATE = {ProcessKind.TOOL: RUNNING, ProcessKind.AGENT: "Thinking", ProcessKind.WORKFLOW: "Planning"}
+EXIT_TIMEOUT = 124  # as timeout(1) reports
 
 EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a terminated job
 

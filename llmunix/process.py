@@ -15,20 +15,19 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping  # noqa: F401 - Callable in a slot's annotation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from llmunix.models import (
     EMPTY,
-    PENDING,
+    QUEUED_STATE,
     Context,
     HistoryEntry,
     LlmunixError,
     Phase,
     Priority,
     ProcessInfo,
-    ProcessKind,
     Progress,
     Resources,
 )
@@ -68,6 +67,7 @@ class Process:
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
         "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
         "needs", "predicted", "holds", "blocked_on",
+        "waiting", "timeout", "paused_by", "end_seq",
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -76,7 +76,7 @@ class Process:
         self.name = name
         self.tool = tool
         self.params = params
-        self.kind = ProcessKind.TOOL
+        self.kind = tool.kind
         self.priority = priority
         self.owner = owner
         self.parent = parent
@@ -86,7 +86,7 @@ class Process:
         self.started: float | None = None
         self.finished: float | None = None
         self.phase = Phase.READY
-        self.state = PENDING
+        self.state = QUEUED_STATE[self.kind]
         self.detail = "queued"
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -128,6 +128,10 @@ class Process:
         self.predicted: tuple[str, ...] = ()  # which of those were predicted from past runs
         self.holds = False  # its needs are acquired from the pool (only while running)
         self.blocked_on: tuple[str, ...] = ()  # what it waited for when last considered
+        self.waiting: Callable[[], bool] | None = None  # blocked off-slot until this holds (Kernel._block)
+        self.timeout: float | None = None  # seconds of running time before it is stopped as Failed
+        self.paused_by: int | None = None  # the parent whose pause paused it (resumed with it)
+        self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
@@ -243,6 +247,34 @@ class ProcessContext:
         )
         self._kernel._attach_subprocess(self._proc, child)
         return child
+
+    # ------------------------------------------------------------------ children and visible state
+
+    def set_state(self, state: str, detail: str = "") -> None:
+        """Set this process's visible state (an agent's "Thinking", a workflow's "Executing")."""
+        self._kernel._set_state(self._proc, state, detail)
+        self.check()
+
+    def spawn(self, tool: Any, /, *, priority: Priority | str | None = None, name: str | None = None,
+              params: Mapping[str, Any] | None = None, needs: Mapping[str, Any] | None = None,
+              timeout: float | None = None, **kwargs: Any) -> int:
+        """Start a child process (its parent is this one; pause, resume and kill of this process
+        reach it too). Priority defaults to this process's own. Returns the child's PID."""
+        self.check()
+        return self._kernel.spawn(tool, priority=self._proc.priority if priority is None else priority,
+                                  name=name, parent=self.pid, cwd=self.cwd, params=params, needs=needs,
+                                  timeout=timeout, **kwargs)
+
+    def wait(self, pids: Iterable[int], timeout: float | None = None, *, any: bool = False  # noqa: A002
+             ) -> list[ProcessInfo]:
+        """Wait for processes to finish (all of them, or the first with `any=True`) without
+        holding a slot: a control point throughout. Their terminal states are durable when this
+        returns. Returns their snapshots (check `.is_done` after a timeout)."""
+        return self._kernel._wait_for(self._proc, list(pids), timeout, any)
+
+    def run(self, tool: Any, /, **kwargs: Any) -> ProcessInfo:
+        """Run a child process to its end (`spawn` + `wait`) and return its final snapshot."""
+        return self.wait([self.spawn(tool, **kwargs)])[0]
 
     # ------------------------------------------------------------------ communication (llmunix/ipc)
     # Thin delegations to the kernel (ipc/kernel_mixin.py); waits are off-slot control points.

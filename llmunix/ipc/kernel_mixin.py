@@ -744,24 +744,6 @@ class Communication:
         with self._lock:
             self._ipc.buffers.close()
 
-    # ------------------------------------------------------------------ until main's `_block` lands
-
-    def _block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None) -> bool:
-        """Stand-in for `Kernel._block` (which overrides it): waits on-slot, honouring pause and kill."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while True:
-                self._control_point_locked(proc)
-                if ready():
-                    if proc.detail == detail:
-                        proc.detail = "running"
-                    return True
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return bool(ready())
-                proc.detail = detail
-                self._cond(proc).wait(left if left is not None else None)
-
 
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 256 or any(ord(c) < 32 for c in key):

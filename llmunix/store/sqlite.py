@@ -493,15 +493,19 @@ class _EventWriter:
                  _dumps(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
                  d.get("detail", "queued"), e.time))
         elif kind == "started":
-            self.conn.execute("UPDATE processes SET started=?, state='Running', phase='running', detail='running', "
-                              "session=? WHERE pid=?", (e.time, self.session, e.pid))
+            self.conn.execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
+                              "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
+        elif kind == "state":
+            self.conn.execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
+                              (d.get("state"), d.get("detail") or d.get("state"), e.pid))
         elif kind == "progress":
             self._progress[e.pid] = _dumps({k: d.get(k) for k in ("step", "total", "percentage", "message")})
         elif kind == "checkpoint":
             self.conn.execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
                               (e.pid, d.get("version"), e.time, _dumps(d.get("state"))))
-        elif kind in ("paused", "resumed", "preempted", "continued"):
-            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running"}[kind]
+        elif kind in ("paused", "resumed", "preempted", "continued", "blocked"):
+            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
+                     "blocked": "waiting"}[kind]
             self.conn.execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
         elif kind == "reniced":
             self.conn.execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))

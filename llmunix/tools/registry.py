@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 
 from llmunix.admission import parse_needs
-from llmunix.models import LlmunixError
+from llmunix.models import LlmunixError, ProcessKind
 
 ToolFunc = Callable[..., Any]
 
@@ -42,6 +42,8 @@ class Tool:
     source: str = "builtin"
     params: tuple[ParamSpec, ...] = ()
     needs: Mapping[str, float] = field(default_factory=dict)  # default resource needs (see admission.py)
+    kind: ProcessKind = ProcessKind.TOOL  # agent and workflow bodies are tools of those kinds
+    hidden: bool = False  # internal (e.g. the workflow runner): not listed by `tools`
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,10 +93,11 @@ class ToolRegistry:
         return name in self._tools
 
     def __iter__(self) -> Iterator[Tool]:
-        return iter(sorted(self._tools.values(), key=lambda t: t.name))
+        """The tools a user can run by name (hidden internals such as the workflow runner left out)."""
+        return iter(sorted((t for t in self._tools.values() if not t.hidden), key=lambda t: t.name))
 
     def names(self) -> list[str]:
-        return sorted(self._tools)
+        return sorted(name for name, t in self._tools.items() if not t.hidden)
 
 
 REGISTRY = ToolRegistry()
@@ -109,6 +112,8 @@ def make_tool(
     idempotent: bool = False,
     source: str = "builtin",
     needs: Mapping[str, Any] | None = None,
+    kind: ProcessKind = ProcessKind.TOOL,
+    hidden: bool = False,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -147,6 +152,8 @@ def make_tool(
         source=source,
         params=tuple(specs),
         needs=parse_needs(needs),
+        kind=kind,
+        hidden=hidden,
         _model=model,
     )
 
@@ -159,6 +166,8 @@ def tool(
     subprocess: bool = False,
     idempotent: bool = False,
     needs: Mapping[str, Any] | None = None,
+    kind: ProcessKind = ProcessKind.TOOL,
+    hidden: bool = False,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -174,7 +183,7 @@ def tool(
         if source.startswith("llmunix."):
             source = "builtin"
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
-                      idempotent=idempotent, source=source, needs=needs)
+                      idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
