@@ -288,17 +288,19 @@ def test_a_sensitive_persistent_message_is_readable_after_a_restart(tmp_path):
     reg = ToolRegistry()
 
     def take(ctx: ProcessContext) -> object:
+        ctx.shared.wait("go", timeout=30)  # not before the restart
         msg = ctx.recv(timeout=10)
         msg.ack()
         return msg.body
 
     reg.register(make_tool(take, name="take", idempotent=True))
     k1 = Kernel(tmp_path, monitor=False, kill_grace=0.3, registry=reg)
-    pid = k1.spawn("take", after=[k1.spawn(lambda ctx: ctx.sleep(30))])  # waits: never receives here
+    pid = k1.spawn("take")
     k1.send(pid, {"token": "s3cr3t"}, persistent=True, sensitive=True)
     k1.shutdown()
     k2 = Kernel(tmp_path, monitor=False, registry=reg)
     try:
+        k2.set_shared("go", True)
         k2.recover([pid])
         assert k2.wait([pid], timeout=10)[0].output == {"token": "s3cr3t"}
     finally:
@@ -320,3 +322,11 @@ def _message_rows(home) -> int:
         return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     finally:
         conn.close()
+
+
+def test_a_receiver_waits_off_slot_so_its_producer_runs_on_the_one_slot(make_kernel):
+    k = make_kernel(max_running=1)
+    consumer = k.spawn(collector(5))
+    producer = k.spawn(lambda ctx: [ctx.send(consumer, i) for i in range(5)])
+    infos = k.wait([consumer, producer], timeout=10)
+    assert [body for _s, _t, body in infos[0].output] == [0, 1, 2, 3, 4]

@@ -369,3 +369,19 @@ def test_deadlock_policy_is_validated(make_kernel):
         k.deadlock_policy = "never"
     k.deadlock_policy = "kill-lowest"
     assert k.locks().policy == "kill-lowest"
+
+
+def test_lock_waiters_give_their_slot_back(make_kernel):
+    k = make_kernel(max_running=1)
+
+    def holder(ctx: ProcessContext) -> None:
+        with ctx.lock("m"):
+            ctx.shared.wait("go", timeout=10)
+
+    def contender(ctx: ProcessContext) -> str:
+        with ctx.lock("m"):
+            return "got it"
+
+    pids = [k.spawn(holder), k.spawn(contender), k.spawn(lambda ctx: ctx.shared.set("go", 1))]
+    infos = k.wait(pids, timeout=10)
+    assert all(i.finished_ok for i in infos) and infos[1].output == "got it"

@@ -5,11 +5,12 @@ this package adds the message types, the primitives' errors and the coordination
 """
 
 from llmunix.ipc.bus import EventBus, Subscription, SubscriptionStats
+from llmunix.ipc.coordination import map_reduce, pipeline
 from llmunix.ipc.messages import Message, MessageInfo, register_message_type
 from llmunix.ipc.shared import SharedBuffer, SharedEntry
 from llmunix.ipc.sync import BrokenBarrier
 
 __all__ = [
     "BrokenBarrier", "EventBus", "Message", "MessageInfo", "SharedBuffer", "SharedEntry", "Subscription",
-    "SubscriptionStats", "register_message_type",
+    "SubscriptionStats", "map_reduce", "pipeline", "register_message_type",
 ]
