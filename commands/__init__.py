@@ -5,6 +5,7 @@ from __future__ import annotations
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
 from commands.debug import DebugCommands
+from commands.ipc import IpcCommands
 from commands.limits import LimitsCommands
 from commands.maintenance import MaintenanceCommands
 from commands.observe import ObserveCommands
@@ -16,7 +17,7 @@ from commands.top import TopCommands
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), IpcCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -20,12 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from llmunix.ipc.sync import Waiter
 from llmunix.models import format_pid, iso_time
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,8 @@ class Deadlock:
 
 def wait_graph(start: int, waiting: Mapping[int, Waiter]) -> nx.DiGraph:
     """The wait-for graph reachable from `start`; edges carry the primitive waited for."""
+    import networkx as nx  # here, not at import: `llmunix -c ps` should not pay for it
+
     graph = nx.DiGraph()
     graph.add_node(start)
     frontier = [start]
@@ -109,6 +112,8 @@ def deadlocked(graph: nx.DiGraph, waiting: Mapping[int, Waiter]) -> set[int]:
 
 def find_deadlock(start: int, waiting: Mapping[int, Waiter], next_id: int, policy: str) -> Deadlock | None:
     """A deadlock that `start`'s new wait completes, or None."""
+    import networkx as nx
+
     graph = wait_graph(start, waiting)
     if graph.number_of_edges() == 0:
         return None

@@ -134,6 +134,8 @@ class IpcTables:
 class Communication:
 
     def _init_communication(self, deadlock_policy: str = "report") -> None:
+        import llmunix.ipc.tools  # noqa: F401 - registers inbox, hold-locks, wordcount
+
         self._ipc = IpcTables()
         self.deadlock_policy = deadlock_policy
         self._msgstore: MessageStore | None = None
