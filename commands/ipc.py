@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,19 @@ def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
                                  formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
 
 
+class _MessageParser(LlmunixArgumentParser):
+    """Options may come before, among or after the message words (`send 3 --persistent hi`,
+    `send 3 hi --persistent`) and the message may be absent (`--file`)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        return self.parse_intermixed_args(args, namespace)
+
+
+def _message_parser(description: str, epilog: str) -> LlmunixArgumentParser:
+    return _MessageParser(description=description, epilog=epilog,
+                          formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
+
+
 def parse_message(words: list[str]) -> Any:
     """The message words as JSON if they are JSON (`{"n": 1}`, `42`, `[1,2]`), else as text."""
     text = " ".join(words)
@@ -37,8 +51,22 @@ def _delivery(p: argparse.ArgumentParser, type_choices: Any) -> None:
     p.add_argument("-p", "--persistent", action="store_true",
                    help="keep it in the store until acknowledged: survives a restart (at-least-once)")
     p.add_argument("-s", "--sensitive", action="store_true",
-                   help="encrypt it at rest and never show its body (note: this command line itself is "
-                        "recorded in the audit trail)")
+                   help="encrypt it at rest and never show its body (the command line itself goes to the "
+                        "audit trail: give a secret with --file)")
+    p.add_argument("-f", "--file", metavar="FILE",
+                   help="read the message from FILE ('-': standard input) instead of the command line")
+
+
+def read_message_file(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read().rstrip("\n")
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\n")
+    except OSError as exc:
+        raise LlmunixError(f"cannot read the message from {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise LlmunixError(f"{path} is not UTF-8 text; a message is JSON or text") from None
 
 
 class IpcCommands(ShellCommandSet):
@@ -51,38 +79,47 @@ class IpcCommands(ShellCommandSet):
         items = [CompletionItem(e.key, display_meta=f"v{e.version}") for e in self.kernel.shared()]
         return Choices(items=items, is_sorted=True)
 
-    send_parser = _parser("Send a message to a process's mailbox. The message is JSON if it parses as "
+    def _message(self, args: argparse.Namespace) -> Any:
+        if args.file is not None:
+            if args.message:
+                raise LlmunixError("give the message on the command line or with --file, not both")
+            return parse_message([read_message_file(args.file)])
+        if not args.message:
+            raise LlmunixError("no message; give it after the PID (JSON or text) or with --file")
+        return parse_message(args.message)
+
+    send_parser = _message_parser("Send a message to a process's mailbox. The message is JSON if it parses as "
                           "JSON, else text. The process reads it with ctx.recv().",
                           "examples:\n  send 003 hello there\n  send 003 '{\"job\": 7, \"urls\": [\"a\", \"b\"]}'\n"
-                          "  send 003 --persistent '{\"order\": 42}'")
+                          "  send 003 --persistent '{\"order\": 42}'\n  send 003 --sensitive --file secret.txt")
     send_parser.add_argument("pid", metavar="PID", help="process ID, e.g. 003",
                              choices_provider=ShellCommandSet.live_pid_choices)
-    send_parser.add_argument("message", nargs="+", metavar="MESSAGE", help="JSON or text")
+    send_parser.add_argument("message", nargs="*", metavar="MESSAGE", help="JSON or text")
     _delivery(send_parser, type_choices)
 
     @cmd2.with_argparser(send_parser)
     def do_send(self, args: argparse.Namespace) -> None:
         """Send a message to a process."""
         try:
-            info = self.kernel.send(parse_pid(args.pid), parse_message(args.message), type=args.type,
+            info = self.kernel.send(parse_pid(args.pid), self._message(args), type=args.type,
                                     persistent=args.persistent, sensitive=args.sensitive)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
         self.out(f"sent {info.id} to {info.recipient:03d} ({info.type}{', persistent' if info.persistent else ''})")
 
-    broadcast_parser = _parser("Send a message to every live process listening to a topic "
+    broadcast_parser = _message_parser("Send a message to every live process listening to a topic "
                                "(ctx.subscribe_topic). Prints the PIDs it reached.",
                                "examples:\n  broadcast news.weather sunny\n  broadcast jobs '{\"stop\": true}'")
     broadcast_parser.add_argument("topic", metavar="TOPIC", help="topic name, e.g. news.weather")
-    broadcast_parser.add_argument("message", nargs="+", metavar="MESSAGE", help="JSON or text")
+    broadcast_parser.add_argument("message", nargs="*", metavar="MESSAGE", help="JSON or text")
     _delivery(broadcast_parser, type_choices)
 
     @cmd2.with_argparser(broadcast_parser)
     def do_broadcast(self, args: argparse.Namespace) -> None:
         """Send a message to a topic's listeners."""
         try:
-            pids = self.kernel.broadcast(args.topic, parse_message(args.message), type=args.type,
+            pids = self.kernel.broadcast(args.topic, self._message(args), type=args.type,
                                          persistent=args.persistent, sensitive=args.sensitive)
         except LlmunixError as exc:
             self.fail(str(exc))

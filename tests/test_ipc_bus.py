@@ -26,6 +26,8 @@ def blocked_subscriber(k: Kernel, pattern: str = "*", **kw):
 
 def test_a_blocked_subscriber_does_not_stall_spawning_or_the_store(tmp_path):
     k = Kernel(tmp_path, monitor=False, max_running=8)
+    offered = [0]
+    k.subscribe("*", lambda e: offered.__setitem__(0, offered[0] + 1), queue=None)  # inline: counts all
     release, seen, sub = blocked_subscriber(k, queue=100)
     try:
         t0 = time.monotonic()
@@ -41,10 +43,14 @@ def test_a_blocked_subscriber_does_not_stall_spawning_or_the_store(tmp_path):
         stats = {s.id: s for s in k.bus_info().subscriptions}[sub.id]
         assert stats.mode == "queued" and stats.queued == 100 and stats.dropped > 0
         assert len(k.events(types="process.completed")) == 302  # the store lost nothing
+        release.set()
+        assert k.bus.flush(10)
+        stats = {s.id: s for s in k.bus_info().subscriptions}[sub.id]
+        assert len(seen) == stats.delivered and stats.delivered + stats.dropped == offered[0]  # each one counted
+        assert seen[-1].seq == max(e.seq for e in seen)  # in order, the newest last
     finally:
         release.set()
         k.shutdown()
-    assert len(seen) == 101  # the one it was stuck on, then the newest 100
 
 
 def test_drop_policy_newest_keeps_the_first_events():

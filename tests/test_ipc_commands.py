@@ -44,11 +44,26 @@ def test_send_and_mailbox_refuse_bad_input_in_one_line(sh):
     assert sh.bad("send abc hi") == "send: bad PID 'abc'; PIDs are numbers such as 003 (see `ps`)"
     assert sh.bad("send 42 hi") == "send: no process 042; `ps -a` lists them"
     assert sh.bad("mailbox 42") == "mailbox: no process 042; `ps -a` lists them"
-    assert "the following arguments are required: MESSAGE" in sh.bad("send 1")
+    assert sh.bad("send 1") == "send: no message; give it after the PID (JSON or text) or with --file"
     gate = threading.Event()
     sh.kernel.spawn(parked(gate))
     assert sh.bad("send 1 x --type nope") == ("send: unknown message type 'nope'; "
                                               "register_message_type('nope', schema) first")
+    gate.set()
+
+
+def test_a_secret_given_with_file_stays_out_of_the_audit_trail(sh, tmp_path):
+    gate = threading.Event()
+    sh.kernel.spawn(parked(gate))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("sk-live-0000-secret-value\n")
+    sh.ok(f"send 1 --persistent --sensitive --file {secret}")
+    assert sh.bad("send 1 x --file nowhere.txt") == ("send: give the message on the command line or with --file, "
+                                                    "not both")
+    assert sh.bad("send 1 --file nowhere.txt").startswith("send: cannot read the message from nowhere.txt: ")
+    sh.kernel.flush()
+    raw = b"".join(p.read_bytes() for p in sh.kernel.home.glob("llmunix.db*"))
+    assert b"secret.txt" in raw and b"sk-live-0000-secret-value" not in raw
     gate.set()
 
 
@@ -135,3 +150,15 @@ def test_e2e_messages_map_reduce_and_deadlock_policy_from_the_config(tmp_path):
     assert rows[victim][2] == "Cancelled" and rows[f"{int(victim) - 1:03d}"][2] == "Completed"
     assert f"killed {victim}" not in r.stdout  # nobody typed kill: the policy did
     assert "[resolved: " in r.stdout and "wait: 1 of" in r.stderr
+
+
+def test_a_deadlock_becomes_a_shell_alert(sh):
+    import time
+
+    from llmunix import Event
+
+    data = {"summary": "001 -> 002 -> 001: 001 waits for mutex b (held by 002); 002 waits for mutex a (held by 001)",
+            "victim": "002"}
+    sh.shell._alert(Event(1, time.time(), "ipc.deadlock", None, data))
+    text = sh.shell._alert_queue[-1].msg.plain
+    assert text == f"deadlock {data['summary']}; killing 002 (lowest priority)"

@@ -223,8 +223,9 @@ class Subscription:
                     return
                 take: list[Event] = []
                 markers: list[threading.Event] = []
-                limit = self.batch_size if self.batch else 1
-                while self._queue and len(take) < limit:
+                # Everything waiting (up to a batch) in one go: one lock round and one wake-up
+                # per burst, not per event.
+                while self._queue and len(take) < self.batch_size:
                     item = self._queue.popleft()
                     if isinstance(item, threading.Event):
                         markers.append(item)

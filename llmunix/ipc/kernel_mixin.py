@@ -555,7 +555,7 @@ class Communication:
         if found is not None and found.victim is not None:
             self._kill_victim(found)
         try:
-            self._block(proc, w.ready, detail, timeout)
+            self._block(proc, self._ready_noting(w), detail, timeout)
         except BaseException:
             with self._lock:
                 self._end_wait(w, "killed while waiting")
@@ -627,6 +627,21 @@ class Communication:
         with self._lock:
             bar.reset()
 
+    @staticmethod
+    def _ready_noting(w: Waiter) -> Callable[[], bool]:
+        """`w`'s ready test for `_block`, which also keeps the process's detail up to date: a
+        deadlock found after the process began to wait is written in by its own next check."""
+        proc = w.proc
+
+        def ready() -> bool:
+            if w.ready():
+                return True
+            if w.note is not None and proc.phase is Phase.WAITING and proc.detail != w.note:
+                proc.detail = w.note
+            return False
+
+        return ready
+
     def _wait_detail(self, w: Waiter, found: Deadlock | None) -> str:
         prim = w.prim
         holders = ", ".join(format_pid(h) for h in sorted(prim.holders)) or "nobody"
@@ -653,7 +668,9 @@ class Communication:
             proc = self._procs[member]
             proc.note("deadlock", summary)
             if member != pid:
-                proc.detail = self._wait_detail(t.waiting[member], found)
+                w = t.waiting[member]
+                w.note = self._wait_detail(w, found)
+                self._wake(proc)  # its ready() runs again and puts the note in its detail
         log.warning("deadlock %d: %s", found.id, summary)
         self.bus.publish("ipc.deadlock", None, {
             "id": found.id, "cycle": [format_pid(p) for p in found.cycle],

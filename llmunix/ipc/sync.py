@@ -34,7 +34,7 @@ class BrokenBarrier(LlmunixError):  # noqa: N818 - named as threading's BrokenBa
 class Waiter:
     """One process waiting for one primitive (or holding it, once granted)."""
 
-    __slots__ = ("proc", "pid", "mode", "since", "granted", "prim", "index")
+    __slots__ = ("proc", "pid", "mode", "since", "granted", "prim", "index", "note")
 
     def __init__(self, proc: Process, prim: Primitive, mode: str) -> None:
         self.proc = proc
@@ -44,6 +44,7 @@ class Waiter:
         self.since = time.time()
         self.granted = False
         self.index = -1  # barrier: arrival order
+        self.note: str | None = None  # what `ps` should say while it waits, once that changes (a deadlock)
 
     def ready(self) -> bool:
         return self.granted or (isinstance(self.prim, Barrier) and self.prim.broken is not None)

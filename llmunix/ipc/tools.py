@@ -11,7 +11,7 @@ from llmunix.tools.registry import tool
 
 
 @tool(idempotent=True)
-def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str = "") -> list:
+def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str = "", delay: float = 0.0) -> list:
     """Receive messages, writing each to the log; return their bodies. Persistent ones are
     acknowledged once logged.
 
@@ -19,9 +19,13 @@ def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str
         count: how many to wait for (0: until a message "stop")
         timeout: give up after this many seconds without a message
         topic: also listen to broadcasts on this topic (a glob such as news.*)
+        delay: seconds to wait before reading the first message (not again when recovered)
     """
     if topic:
         ctx.subscribe_topic(topic)
+    if delay > 0 and not (ctx.restored or {}).get("waited"):
+        ctx.checkpoint({"waited": True})  # first: a recovered inbox reads at once
+        ctx.sleep(delay)
     bodies: list = []
     while count <= 0 or len(bodies) < count:
         msg = ctx.recv(timeout=timeout)
