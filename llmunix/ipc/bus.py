@@ -17,10 +17,11 @@ A subscription is delivered one of two ways:
   `"oldest"` (default: keep the newest events) or `"newest"` (refuse the incoming one) — and every
   dropped event is counted (`EventBus.stats()`, the `bus` command).
 
-Queued subscriptions can also *coalesce* high-rate events (`coalesce="process.progress"`: of the
-events of one type and PID still waiting in the queue only the newest is delivered) and take
-events in *batches* (`batch=True`: the callback gets a list of every event waiting, up to
-`batch_size`). A subscriber that raises is logged and keeps its subscription.
+Queued subscriptions can also *coalesce* high-rate events (`coalesce="process.progress"`: while an
+event of that type and PID waits in the queue, a newer one takes its place instead of queueing
+behind it, so a lagging subscriber gets the latest progress at once and the queue holds one such
+event per process) and take events in *batches* (`batch=True`: the callback gets a list of every
+event waiting, up to `batch_size`). A subscriber that raises is logged and keeps its subscription.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ class SubscriptionStats:
                 "lag": None if self.lag is None else round(self.lag, 3)}
 
 
+class _Slot:
+    """A coalesced event's place in a subscription's queue; the event itself is the newest of its
+    (type, PID), kept in `Subscription._latest` until the slot's turn comes."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[str, int | None]) -> None:
+        self.key = key
+
+
 class Subscription:
     """One subscriber: what it wants (type glob, PID or PID glob, an optional filter) and how it
     is delivered (inline, or through its own bounded queue and thread)."""
@@ -117,7 +128,8 @@ class Subscription:
         self.errors = 0
         self._queue: deque[Any] = deque()
         self._events = 0  # events (not markers) in _queue
-        self._newest: dict[tuple[str, int | None], Event] = {}  # coalescing: the newest queued per key
+        # Coalescing: a slot in the queue per (type, PID), holding the newest such event.
+        self._latest: dict[tuple[str, int | None], Event] = {}
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -154,27 +166,33 @@ class Subscription:
         with self._cond:
             if self._closed:
                 return
+            key = None
+            if self._coalesce is not None and self._coalesce(event.type):
+                key = (event.type, event.pid)
+                if key in self._latest:  # its slot is still queued: the newest replaces the older
+                    self._latest[key] = event
+                    self.coalesced += 1
+                    return
             if self._events >= self.maxsize:
                 self.dropped += 1
                 if self.policy == "newest":
                     return
                 self._drop_oldest()
-            if self._coalesce is not None and self._coalesce(event.type):
-                key = (event.type, event.pid)
-                if key in self._newest:
-                    self.coalesced += 1  # the older one is skipped when its turn comes
-                self._newest[key] = event
-            self._queue.append(event)
+            if key is not None:
+                self._latest[key] = event
+                self._queue.append(_Slot(key))
+            else:
+                self._queue.append(event)
             self._events += 1
             self._cond.notify()
 
     def _drop_oldest(self) -> None:
         for i, item in enumerate(self._queue):
-            if isinstance(item, Event):
+            if not isinstance(item, threading.Event):
                 del self._queue[i]
                 self._events -= 1
-                if self._coalesce is not None and self._newest.get((item.type, item.pid)) is item:
-                    del self._newest[(item.type, item.pid)]
+                if isinstance(item, _Slot):
+                    del self._latest[item.key]
                 return
 
     def _mark(self, marker: threading.Event) -> None:
@@ -201,7 +219,7 @@ class Subscription:
                     item.set()
             self._queue.clear()
             self._events = 0
-            self._newest.clear()
+            self._latest.clear()
             self._cond.notify()
 
     # ------------------------------------------------------------------ delivery thread
@@ -233,11 +251,8 @@ class Subscription:
                             break  # deliver what came before the marker first
                         continue
                     self._events -= 1
-                    if self._coalesce is not None and self._coalesce(item.type):
-                        key = (item.type, item.pid)
-                        if self._newest.get(key) is not item:
-                            continue  # superseded by a newer one still queued
-                        del self._newest[key]
+                    if isinstance(item, _Slot):
+                        item = self._latest.pop(item.key)
                     if item.seq <= skip_upto:
                         continue
                     take.append(item)
@@ -271,7 +286,8 @@ class Subscription:
 
     def stats(self) -> SubscriptionStats:
         with self._cond:
-            oldest = next((e.time for e in self._queue if isinstance(e, Event)), None)
+            first = next((e for e in self._queue if not isinstance(e, threading.Event)), None)
+            oldest = None if first is None else (self._latest[first.key] if isinstance(first, _Slot) else first).time
             queued = self._events
         name = getattr(self.callback, "__qualname__", None) or type(self.callback).__name__
         return SubscriptionStats(
