@@ -52,19 +52,19 @@ def test_send_and_mailbox_refuse_bad_input_in_one_line(sh):
     gate.set()
 
 
-def test_a_secret_given_with_file_stays_out_of_the_audit_trail(sh, tmp_path):
-    gate = threading.Event()
-    sh.kernel.spawn(parked(gate))
+def test_a_secret_given_with_file_stays_out_of_the_audit_trail_and_the_output(sh, tmp_path):
+    pid = int(sh.ok("run inbox delay=0.3").strip())
     secret = tmp_path / "secret.txt"
     secret.write_text("sk-live-0000-secret-value\n")
-    sh.ok(f"send 1 --persistent --sensitive --file {secret}")
+    sh.ok(f"send {pid} --persistent --sensitive --file {secret}")
     assert sh.bad("send 1 x --file nowhere.txt") == ("send: give the message on the command line or with --file, "
                                                     "not both")
     assert sh.bad("send 1 --file nowhere.txt").startswith("send: cannot read the message from nowhere.txt: ")
+    sh.ok(f"wait {pid} --timeout 10")
+    assert sh.kernel.info(pid).output == ["<sensitive>"]
     sh.kernel.flush()
     raw = b"".join(p.read_bytes() for p in sh.kernel.home.glob("llmunix.db*"))
     assert b"secret.txt" in raw and b"sk-live-0000-secret-value" not in raw
-    gate.set()
 
 
 def test_broadcast_reaches_inbox_listeners(sh, wait_until):

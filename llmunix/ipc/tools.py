@@ -12,8 +12,8 @@ from llmunix.tools.registry import tool
 
 @tool(idempotent=True)
 def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str = "", delay: float = 0.0) -> list:
-    """Receive messages, writing each to the log; return their bodies. Persistent ones are
-    acknowledged once logged.
+    """Receive messages, writing each to the log; return their bodies (sensitive ones as
+    "<sensitive>"). Persistent ones are acknowledged once logged.
 
     Args:
         count: how many to wait for (0: until a message "stop")
@@ -38,7 +38,7 @@ def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str
         msg.ack()
         if count <= 0 and msg.body == "stop":
             break
-        bodies.append(msg.body)
+        bodies.append("<sensitive>" if msg.sensitive else msg.body)  # the output is stored: keep secrets out
         ctx.progress(len(bodies), count if count > 0 else None)
     return bodies
 
