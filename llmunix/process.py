@@ -330,7 +330,7 @@ class ProcessContext:
         return self._kernel._ipc_primitive(self._proc, "condition", name)
 
     def barrier(self, name: str, parties: int | None = None) -> BarrierHandle:
-        """The barrier `name` for `parties` processes."""
+        """The barrier `name` for `parties` processes (needed to create it; optional after)."""
         return self._kernel._ipc_primitive(self._proc, "barrier", name, parties)
 
     def rwlock(self, name: str) -> RWLockHandle:

@@ -162,3 +162,20 @@ def test_a_deadlock_becomes_a_shell_alert(sh):
     sh.shell._alert(Event(1, time.time(), "ipc.deadlock", None, data))
     text = sh.shell._alert_queue[-1].msg.plain
     assert text == f"deadlock {data['summary']}; killing 002 (lowest priority)"
+
+
+def test_the_rich_views_render_on_a_terminal(kernel, capsys):
+    from conftest import Session
+
+    tty = Session(kernel, capsys, tty=True)
+    gate = threading.Event()
+    pid = kernel.spawn(parked(gate))
+    tty.ok(f"send {pid} hello")
+    tty.ok("shared k --set 1")
+    assert "hello" in tty.ok(f"mailbox {pid}")
+    assert "no locks" in tty.ok("locks")
+    assert "k" in tty.ok("shared") and "no shared buffers" in tty.ok("shared --buffers")
+    assert "Store.consume" in tty.ok("bus")
+    gate.set()
+    kernel.wait([pid], timeout=10)
+    assert "no messages waiting for 001" in tty.ok(f"mailbox {pid}")

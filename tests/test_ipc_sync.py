@@ -146,10 +146,11 @@ def test_misuse_of_primitives_fails_with_a_clear_message(make_kernel):
         except LlmunixError as exc:
             errors.append(str(exc))
         ctx.semaphore("s", 2)
-        try:
-            ctx.semaphore("s", 3)
-        except LlmunixError as exc:
-            errors.append(str(exc))
+        for bad in (lambda: ctx.semaphore("s", 3), lambda: ctx.barrier("b")):
+            try:
+                bad()
+            except LlmunixError as exc:
+                errors.append(str(exc))
         return errors
 
     out = k.wait([k.spawn(misuse)], timeout=10)[0].output
@@ -157,7 +158,8 @@ def test_misuse_of_primitives_fails_with_a_clear_message(make_kernel):
                    "process 001 does not hold mutex 'x'",
                    "bad mutex name 'bad name'; use letters, digits and _ . : - (up to 128)",
                    "process 001 already holds mutex 'x' (it is not reentrant)",
-                   "semaphore 's' exists with value 2, not 3"]
+                   "semaphore 's' exists with value 2, not 3",
+                   "barrier 'b' does not exist yet; give the number of parties, e.g. ctx.barrier('b', 3)"]
     assert k.locks().primitives == ()  # the holder ended: released and forgotten
 
 

@@ -262,18 +262,23 @@ class Communication:
     # ------------------------------------------------------------------ process side: messages
 
     def _post(self, sender: int | None, recipients: list[int], topic: str | None, message: Any, type: Any,
-              persistent: bool, sensitive: bool) -> list[Envelope]:
+              persistent: bool, sensitive: bool, *, strict: bool = True) -> list[Envelope]:
+        """Put a message in each recipient's mailbox. `strict`: a recipient that cannot take it is
+        an error (a direct send); else it is skipped (a broadcast to whoever still listens)."""
         name, payload = encode(message, type)
         if persistent and self._msgstore is None:
             raise LlmunixError("persistent messages need a home directory with a store (--home)")
-        for pid in recipients:
-            self._check_recipient(pid, persistent)
+        if strict:
+            for pid in recipients:
+                self._check_recipient(pid, persistent)
         sent = []
         with self._lock:
             for pid in recipients:
                 proc = self._procs.get(pid)
                 waits = persistent and proc is not None and proc.state == Outcome.INTERRUPTED
                 if proc is not None and proc.phase is Phase.DONE and not waits:
+                    if not strict:
+                        continue
                     raise LlmunixError(f"process {format_pid(pid)} has finished ({proc.state}); "
                                        "nothing would read the message")
                 box = self._ipc.mailboxes.setdefault(pid, deque())
@@ -319,9 +324,10 @@ class Communication:
             pids = sorted(pid for pid, pats in self._ipc.topics.items()
                           if pid != sender and any(m(topic) for m in pats.values())
                           and pid in self._live)
-        if pids:
-            self._post(sender, pids, topic, message, type, persistent, sensitive)
-        return pids
+        if not pids:
+            return []
+        return [e.recipient for e in self._post(sender, pids, topic, message, type, persistent, sensitive,
+                                                strict=False)]
 
     def _first_match(self, pid: int, want: str | None) -> int:
         """Index of the first waiting message of type `want` (any if None); -1 if none."""
@@ -412,13 +418,15 @@ class Communication:
         payload["name"] = proc.name  # every event's data names its process
         with self._lock:
             event = self.bus.publish(f"tool.{name}", proc.pid, payload)
-        if self.store is not None:
-            self.store.throttle(event.seq)  # a flood of tool events waits for the store, not memory
-        self._ipc_check(proc)
+        self._ipc_check(proc, event)
         return event
 
-    def _ipc_check(self, proc: Process | None) -> None:
-        """A control point (what `ctx.check()` does), for calls that do not wait."""
+    def _ipc_check(self, proc: Process | None, event: Event | None = None) -> None:
+        """A control point (what `ctx.check()` does), for calls that do not wait; after publishing
+        `event`, backpressure too: a tight loop of lock or blackboard calls waits for the store
+        rather than piling events up in memory."""
+        if event is not None and self.store is not None:
+            self.store.throttle(event.seq)
         if proc is not None and (proc.requests or proc.phase is not Phase.RUNNING or self._slice_expired(proc)):
             self._control_point(proc)
 
@@ -450,8 +458,8 @@ class Communication:
             entry = board.set(key, value, writer)
             for waiter in self._ipc.board_waiters.get(key, ()):
                 self._wake(waiter)
-            self._shared_event(proc, key, entry.version, "cas" if expected is not None else "set")
-        self._ipc_check(proc)
+            event = self._shared_event(proc, key, entry.version, "cas" if expected is not None else "set")
+        self._ipc_check(proc, event)
         return entry.version
 
     def _shared_delete(self, proc: Process | None, key: str) -> bool:
@@ -462,11 +470,10 @@ class Communication:
         self._ipc_check(proc)
         return gone
 
-    def _shared_event(self, proc: Process | None, key: str, version: int, op: str) -> None:
+    def _shared_event(self, proc: Process | None, key: str, version: int, op: str) -> Event:
         if proc is not None:
-            self._emit("ipc.shared", proc, key=key, version=version, op=op)
-        else:
-            self.bus.publish("ipc.shared", None, {"key": key, "version": version, "op": op})
+            return self._emit("ipc.shared", proc, key=key, version=version, op=op)
+        return self.bus.publish("ipc.shared", None, {"key": key, "version": version, "op": op})
 
     def _shared_wait(self, proc: Process, key: str, newer_than: int, timeout: float | None) -> SharedEntry | None:
         board = self._ipc.board
@@ -513,6 +520,9 @@ class Communication:
         with self._lock:
             prim = self._ipc.prims.get(name)
             if prim is None:
+                if kind == "barrier" and arg is None:
+                    raise LlmunixError(f"barrier {name!r} does not exist yet; give the number of parties, "
+                                       f"e.g. ctx.barrier({name!r}, 3)")
                 cls = _KINDS[kind]
                 prim = cls(name, 1 if arg is None else arg) if kind in ("semaphore", "barrier") else cls(name)
                 self._ipc.prims[name] = prim
@@ -541,7 +551,7 @@ class Communication:
             w = Waiter(proc, prim, mode)
             self._wake_all(prim.request(w), but=w)
             if w.granted:
-                self._emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode, waited=0.0)
+                event = self._emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode, waited=0.0)
                 found = None
             else:
                 self._ipc.waiting[pid] = w
@@ -550,7 +560,7 @@ class Communication:
                 found = self._check_deadlock(pid) if prim.tracked else None
                 detail = self._wait_detail(w, found)
         if w.granted:
-            self._ipc_check(proc)
+            self._ipc_check(proc, event)
             return True
         if found is not None and found.victim is not None:
             self._kill_victim(found)
@@ -574,8 +584,8 @@ class Communication:
     def _sync_release(self, proc: Process, prim: Primitive, mode: str) -> None:
         with self._lock:
             self._wake_all(prim.release(proc.pid, mode))
-            self._emit("ipc.released", proc, kind=prim.kind, lock=prim.name, mode=mode)
-        self._ipc_check(proc)
+            event = self._emit("ipc.released", proc, kind=prim.kind, lock=prim.name, mode=mode)
+        self._ipc_check(proc, event)
 
     def _sync_cond_wait(self, proc: Process, cond: Condition, timeout: float | None) -> bool:
         with self._lock:
