@@ -183,8 +183,9 @@ def _sub_row(s: SubscriptionStats) -> tuple[str, ...]:
 
 def bus_summary(info: BusInfo) -> str:
     dropped = sum(s.dropped for s in info.subscriptions)
+    n = len(info.subscriptions)
     return (f"{info.published} events dispatched, {info.backlog} waiting, "
-            f"{len(info.subscriptions)} subscriptions, {dropped} dropped")
+            f"{n} subscription{'' if n == 1 else 's'}, {dropped} dropped")
 
 
 def bus_plain(info: BusInfo) -> str:
