@@ -13,11 +13,13 @@ from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
 from commands.run import RunCommands
 from commands.top import TopCommands
+from commands.workflow import WorkflowCommands
 
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), IpcCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
+            IpcCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -154,7 +154,11 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
     if info.effective_priority != info.priority:
         prio += f" (aged to {info.effective_priority.label} while waiting)"
     root.add(f"Priority: {prio}")
-    if info.name != info.tool_name or info.kind != "tool":
+    workflow = info.kind == "workflow"
+    if workflow:  # its spec and step table are what `workflow status` shows
+        spec = info.context.input_parameters.get("spec") or {}
+        root.add(f"Workflow: {spec.get('source') or info.name} (steps: `workflow status {info.process_id}`)")
+    elif info.name != info.tool_name or info.kind != "tool":
         root.add(f"{info.kind.title()}: {info.tool_name}")
     r = info.resources
     memory = (f"{fmt_memory(r.memory_mb)} memory" if r.memory_mb is not None
@@ -174,8 +178,9 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         runtime += f" (ETA: {format_duration(p.eta)})"
     root.add(f"Runtime: {runtime}")
     root.add(f"Context: {info.context.working_directory}")
-    root.add(f"Input: {_short(redact(info.context.input_parameters))}")
-    if info.context.intermediate_results:
+    params = info.context.input_parameters
+    root.add(f"Input: {_short(redact(params.get('inputs') or {} if workflow else params))}")
+    if info.context.intermediate_results and not workflow:
         root.add(f"Intermediate: {_short(redact(info.context.intermediate_results))}")
     if info.is_done:
         root.add(f"Output: {_short(info.output)}")

@@ -60,6 +60,7 @@ from llmunix.scheduler import ReadyQueue, preemption_victim
 from llmunix.store import Store, row_to_info
 from llmunix.store.durable import DurableState
 from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
+from llmunix.workflows.kernel_mixin import Workflows
 
 log = logging.getLogger("llmunix.kernel")
 
@@ -126,7 +127,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communication):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Communication):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -166,6 +167,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         # Resource admission (limits.py): `limits` capacities on `pool` (default: the machine's);
         # `available_memory()` in MB is read to detect memory pressure (injectable for tests).
         self._init_admission(limits, pool, memory_pressure_mb, available_memory, pause_idle_under_pressure)
+        self._init_workflows()
         self.home = Path(home) if home is not None else None
         # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
         self.read_only = bool(read_only)
@@ -234,6 +236,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
             self._monitor = Monitor(self, monitor_interval)
             self._monitor.start()
         import llmunix.tools.builtin  # noqa: F401 - registers the built-in tools
+        import llmunix.workflows.runner  # noqa: F401 - registers the workflow process body
 
     # ------------------------------------------------------------------ public API
 
@@ -424,6 +427,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         else:
             self._ready.remove(proc)
             self._transition(proc, Phase.PAUSED)
+            if proc.run_since is not None:  # blocked off-slot: its clock stops now
+                proc.run_accum += now - proc.run_since
+                proc.run_since = None
             self._paused(proc)
 
     def resume(self, pid: int) -> ProcessInfo:
@@ -882,7 +888,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         self._release(proc)
         if proc.run_since is not None:
             proc.run_accum += now - proc.run_since
-            proc.run_since = None
+            # Blocked (waiting for children, a message, a lock) still counts as running time; it
+            # is the work's own wait. Paused and preempted time does not.
+            proc.run_since = now if to is Phase.WAITING else None
         if proc.subprocess is not None and to is not Phase.WAITING:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
@@ -914,6 +922,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
             self._transition(proc, Phase.RUNNING)
             self._running.add(proc)
             proc.slice_start = now
+            if proc.run_since is not None:  # back from an off-slot wait, whose time counts
+                proc.run_accum += now - proc.run_since
             proc.run_since = now
             if proc.has_thread:
                 proc.detail = "running"
@@ -1079,8 +1089,10 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
                     self._ready.push(proc, now, front=True)
                     self._dispatch_locked(now)
 
-    def _wait_for(self, proc: Process, pids: list[int], timeout: float | None, any_: bool) -> list[ProcessInfo]:
-        """ProcessContext.wait: block off-slot until the processes end; their ends are durable."""
+    def _wait_for(self, proc: Process, pids: list[int], timeout: float | None, any_: bool,
+                  done_only: bool = False) -> list[ProcessInfo]:
+        """ProcessContext.wait: block off-slot until the processes end; their ends are durable.
+        With `done_only`, only the snapshots of those that have ended (cheap for many pids)."""
         wanted = [as_pid(p) for p in pids]
         with self._lock:
             targets = [t for t in (self._procs.get(p) for p in wanted) if t is not None]
@@ -1099,16 +1111,20 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Communicati
         seq = max((t.end_seq for t in targets if t.phase is Phase.DONE), default=0)
         if seq:
             self._wait_durable(seq)  # an output is committed before anything acts on it
+        if done_only:
+            with self._lock:
+                return [t.snapshot() for t in targets if t.phase is Phase.DONE]
         return [self.info(p) for p in wanted]
 
     def _set_state(self, proc: Process, state: str, detail: str) -> None:
         with self._lock:
             if proc.state == state and (not detail or proc.detail == detail):
                 return
+            if proc.state != state:  # history keeps state changes, not every new detail
+                proc.note("state", f"{state}: {detail}" if detail else state)
             proc.state = state
             if detail:
                 proc.detail = detail
-            proc.note("state", f"{state}: {detail}" if detail else state)
             self._emit("process.state", proc, state=state, detail=detail)
 
     def _arm_timeout(self, proc: Process, after: float) -> None:

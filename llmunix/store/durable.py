@@ -14,6 +14,7 @@ from typing import Any
 
 from llmunix.models import (
     EMPTY,
+    EXIT_CANCELLED,
     IllegalTransition,
     LlmunixError,
     Outcome,
@@ -60,7 +61,15 @@ class DurableState:
                 state = self.info(pid).display_state
                 raise IllegalTransition(f"process {format_pid(pid)} was not interrupted (it is {state})")
         out = []
+        chosen = set(wanted)
         for pid in wanted:
+            parent = rows[pid]["parent"]
+            if parent in chosen and rows[parent]["kind"] in ("workflow", "agent"):
+                # The recovered parent starts its unfinished children again itself.
+                out.append(self._retire(rows[pid], Outcome.CANCELLED,
+                                        f"interrupted; its {rows[parent]['kind']} {format_pid(parent)} "
+                                        "runs it again", action="recover"))
+                continue
             out.append(self._restart(rows[pid], checkpoint=None, how="recovered"))
         return out
 
@@ -101,23 +110,12 @@ class DurableState:
         except LlmunixError:
             t = None
         params = json.loads(row["params"] or "{}")
+        if t is None or (not versions and not t.idempotent):
+            reason = (f"interrupted; tool {row['tool']!r} is no longer available" if t is None
+                      else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
+            return self._retire(row, Outcome.FAILED, reason, action="recover" if checkpoint is None else "rollback",
+                                how=how)
         with self._lock:
-            if t is None or (not versions and not t.idempotent):
-                reason = (f"interrupted; tool {row['tool']!r} is no longer available" if t is None
-                          else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
-                proc = Process(pid, t or make_tool(_gone, name=row["tool"]), params, name=row["name"],
-                               priority=Priority.parse(row["priority"] or "normal"), owner=row["owner"] or self.owner,
-                               parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
-                               cwd=row["cwd"] or os.getcwd())
-                proc.phase = Phase.READY
-                self._procs[pid] = proc
-                self._live[pid] = proc
-                if self._history is not None:
-                    self._history.pop(pid, None)
-                self._emit("process.restarted", proc, action="recover" if checkpoint is None else "rollback",
-                           how=how, resumed=False, error=reason)
-                self._finish_locked(proc, Outcome.FAILED, 1, reason)
-                return proc.snapshot()
             restored = versions[-1][2] if versions else None
             self._spawn_locked(
                 t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
@@ -128,6 +126,27 @@ class DurableState:
                        how=self._procs[pid].history[0].details, resumed=True,
                        checkpoint=versions[-1][0] if versions else None)
             return self._snapshot(self._procs[pid])
+
+    def _retire(self, row: Any, outcome: Outcome, reason: str, *, action: str, how: str = "") -> ProcessInfo:
+        """End an interrupted process of an earlier session without running it again."""
+        try:
+            t = self.registry.get(row["tool"])
+        except LlmunixError:
+            t = make_tool(_gone, name=row["tool"])
+        with self._lock:
+            pid = row["pid"]
+            proc = Process(pid, t, json.loads(row["params"] or "{}"), name=row["name"],
+                           priority=Priority.parse(row["priority"] or "normal"), owner=row["owner"] or self.owner,
+                           parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
+                           cwd=row["cwd"] or os.getcwd())
+            proc.phase = Phase.READY
+            self._procs[pid] = proc
+            self._live[pid] = proc
+            if self._history is not None:
+                self._history.pop(pid, None)
+            self._emit("process.restarted", proc, action=action, how=how or reason, resumed=False, error=reason)
+            self._finish_locked(proc, outcome, 1 if outcome is Outcome.FAILED else EXIT_CANCELLED, reason)
+            return proc.snapshot()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until every event published so far is committed to the store: the bus delivers

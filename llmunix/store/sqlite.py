@@ -384,6 +384,18 @@ class Store:
             (tool, limit)).fetchall()
         return [r[0] for r in rows]
 
+    def durations_by_name(self, name: str, limit: int = 20) -> list[float]:
+        """Running times of the last completed processes called `name` (workflow steps), newest first."""
+        rows = self._reader().execute(
+            "SELECT runtime FROM processes WHERE name=? AND state='Completed' AND runtime IS NOT NULL "
+            "ORDER BY finished DESC LIMIT ?", (name, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def latest_by_name(self, name: str, kind: str) -> int | None:
+        """The newest process of `kind` called `name`."""
+        row = self._reader().execute("SELECT MAX(pid) FROM processes WHERE name=? AND kind=?", (name, kind)).fetchone()
+        return row[0] if row is not None else None
+
     def tool_peak_memory(self, tool: str, limit: int = 20) -> list[float]:
         """Peak memory (MB) of the tool's last completed runs that were measured, newest first."""
         rows = self._reader().execute(

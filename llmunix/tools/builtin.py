@@ -117,3 +117,6 @@ def shell(ctx: ProcessContext, cmd: str) -> str:
                         exit_code=code if code > 0 else 128 - code)
     with lock:
         return "\n".join(tail)
+
+
+import llmunix.tools.research  # noqa: E402, F401 - registers web_fetch, summarize, analyze and report

@@ -1,0 +1,292 @@
+"""The Kernel's workflow methods: find and load specs, run them, report their status, retry them.
+A part of `Kernel` (mixed in); the body of a workflow process is `runner.workflow`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmunix.models import IllegalTransition, LlmunixError, NoSuchProcess, Priority, ProcessInfo, format_pid
+from llmunix.process import Process
+from llmunix.workflows import dag, runner
+from llmunix.workflows.spec import SpecError, WorkflowSpec, load_spec
+from llmunix.workflows.status import WorkflowStatus, build_status, typical
+
+EXAMPLES = Path(__file__).parent / "examples"
+SPEC_SUFFIXES = (".yaml", ".yml", ".toml", ".md")
+STEP_HISTORY = 20  # durations kept per step for the ETA
+
+
+@dataclass(frozen=True, slots=True)
+class SpecInfo:
+    """One spec found by `workflow list`: valid or not (then `error` says why)."""
+
+    name: str
+    path: str
+    origin: str  # examples, ./workflows, home
+    description: str
+    steps: int
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "origin": self.origin, "description": self.description,
+                "steps": self.steps, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStarted:
+    """What `workflow_retry` started: the workflow (same PID), the steps it re-runs, the attempt."""
+
+    info: ProcessInfo
+    steps: tuple[str, ...]
+    attempt: int
+
+    @property
+    def pid(self) -> int:
+        return self.info.pid
+
+
+class Workflows:
+    """Mixed into Kernel. State: `_step_durations[(workflow, step)]`, recent step durations."""
+
+    _step_durations: dict[tuple[str, str], deque[float]]
+    _wf_lock: threading.Lock
+
+    def _init_workflows(self) -> None:
+        self._step_durations = {}
+        self._wf_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ specs
+
+    def workflow_dirs(self) -> list[tuple[str, Path]]:
+        """Where specs are looked for, in order: ./workflows, the home's workflows/, the examples."""
+        dirs = [("./workflows", Path(self._cwd()) / "workflows")]
+        if self.home is not None:
+            dirs.append(("home", self.home / "workflows"))
+        dirs.append(("examples", EXAMPLES))
+        return dirs
+
+    def workflow_specs(self) -> list[SpecInfo]:
+        """Every spec file found; a name found twice is listed once (the first place wins)."""
+        found: dict[str, SpecInfo] = {}
+        for origin, d in self.workflow_dirs():
+            if not d.is_dir():
+                continue
+            for path in sorted(d.iterdir()):
+                if path.suffix.lower() not in SPEC_SUFFIXES or not path.is_file():
+                    continue
+                try:
+                    spec = self._checked_spec(load_spec(path))
+                    info = SpecInfo(spec.name, str(path), origin, spec.description, len(spec.steps))
+                except LlmunixError as exc:
+                    info = SpecInfo(path.stem, str(path), origin, "", 0, str(exc))
+                found.setdefault(info.name, info)
+        return sorted(found.values(), key=lambda i: i.name)
+
+    def workflow_spec(self, name: str) -> WorkflowSpec:
+        """A spec by name (as `workflow list` shows) or by file path, checked: DAG, tools, refs."""
+        path = Path(name).expanduser()
+        if path.suffix.lower() in SPEC_SUFFIXES and (path.is_file() or os.sep in name):
+            if not path.is_absolute():
+                path = Path(self._cwd()) / path
+            return self._checked_spec(load_spec(path))
+        for _origin, d in self.workflow_dirs():
+            for suffix in SPEC_SUFFIXES:
+                candidate = d / f"{name}{suffix}"
+                if candidate.is_file():
+                    return self._checked_spec(load_spec(candidate))
+        specs = self.workflow_specs()
+        for info in specs:
+            if info.name == name:
+                if info.error:
+                    raise SpecError(info.error)
+                return self._checked_spec(load_spec(info.path))
+        import difflib
+
+        close = difflib.get_close_matches(name, [i.name for i in specs], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; `workflow list` shows them"
+        raise LlmunixError(f"no workflow named {name!r}{hint}")
+
+    def _checked_spec(self, spec: WorkflowSpec) -> WorkflowSpec:
+        dag.build(spec)
+        where = spec.source or spec.name
+        for s in spec.steps:
+            if s.tool is None:
+                continue
+            try:
+                t = self.registry.get(s.tool)
+            except LlmunixError as exc:
+                raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
+            # Parameter names now; their values (references included) when the step starts.
+            names = [p.name for p in t.params]
+            missing = [p.name for p in t.params if p.required and p.name not in s.with_]
+            if missing:
+                raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} needs parameter {missing[0]!r} "
+                                f"in 'with' (its parameters: {', '.join(names)})")
+            open_ended = t._model is not None and t._model.model_config.get("extra") == "allow"
+            unknown = [k for k in s.with_ if k not in names]
+            if unknown and not open_ended and t._model is not None:
+                raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} has no parameter {unknown[0]!r} "
+                                f"(its parameters: {', '.join(names) or 'none'})")
+        return spec
+
+    # ------------------------------------------------------------------ running
+
+    def workflow_run(self, name: str | WorkflowSpec, inputs: Mapping[str, Any] | None = None, *,
+                     priority: Priority | str | None = None, seed: int | None = None) -> int:
+        """Start a workflow process; returns its PID. Everything that can be checked before it
+        starts is (spec, DAG, tools, inputs): a bad one raises and nothing starts."""
+        self._writable()
+        spec = name if isinstance(name, WorkflowSpec) else self.workflow_spec(name)
+        if isinstance(name, WorkflowSpec):
+            self._checked_spec(spec)
+        values = spec.resolve_inputs(dict(inputs or {}))
+        prio = Priority.parse(priority or spec.priority or Priority.NORMAL)
+        data = spec.model_dump(by_alias=True, exclude_none=True)
+        return self.spawn("workflow", name=spec.name, priority=prio,
+                          params={"spec": data, "inputs": values, "run_dir": "", "seed": seed})
+
+    def workflow_pid(self, target: str | int) -> int:
+        """A workflow's PID from a PID or a name (its newest run: a live one first)."""
+        text = str(target).strip()
+        if text.isdigit():
+            pid = int(text)
+            info = self.info(pid)
+            if info.kind != "workflow":
+                raise LlmunixError(f"process {format_pid(pid)} is a {info.kind}, not a workflow")
+            return pid
+        with self._lock:
+            live = [p.pid for p in self._live.values() if p.kind == "workflow" and p.name == text]
+            if live:
+                return max(live)
+            recent = [p.pid for p in self._procs.values() if p.kind == "workflow" and p.name == text]
+        if recent:
+            return max(recent)
+        if self.store is not None:
+            pid = self.store.latest_by_name(text, "workflow")
+            if pid is not None:
+                return pid
+        raise NoSuchProcess(f"no run of workflow {text!r}; start one with `workflow run {text}`")
+
+    def workflow_status(self, target: str | int) -> WorkflowStatus:
+        pid = self.workflow_pid(target)
+        info = self.info(pid)
+        spec, state = self._workflow_state(info)
+        children: dict[int, ProcessInfo] = {}
+        for st in (state or {}).get("steps", {}).values():
+            if st.get("pid") is not None:
+                try:
+                    children[st["pid"]] = self.info(st["pid"])
+                except LlmunixError:
+                    pass
+        return build_status(info, spec, state, children, lambda sid: self._step_estimate(spec.name, sid))
+
+    def workflow_retry(self, target: str | int, step: str | None = None) -> RetryStarted:
+        """Run a finished workflow again under the same PID: `step` (an id, or a number counted
+        from 1) and everything that depends on it, or else its failed and unfinished steps. The
+        committed outputs of the steps upstream are reused."""
+        self._writable()
+        pid = self.workflow_pid(target)
+        info = self.info(pid)
+        if not info.is_done:
+            what = "paused" if info.phase == "paused" else f"still running ({info.display_state})"
+            raise IllegalTransition(f"workflow {format_pid(pid)} ({info.name}) is {what}; "
+                                    "kill it, or wait for it to end, before retrying")
+        spec, state = self._workflow_state(info)
+        if state is None:
+            raise LlmunixError(f"workflow {format_pid(pid)} has no committed state to retry from")
+        graph = dag.build(spec)
+        steps = state["steps"]
+        if step is not None:
+            sid = self._step_id(spec, step)
+            again = dag.downstream(graph, [sid])
+        else:
+            again = {sid for sid, st in steps.items() if st.get("state") not in ("completed", "skipped")}
+            again -= dag.fallbacks(spec) - {sid for sid, st in steps.items() if st.get("via")}
+            if not again:
+                raise LlmunixError(f"workflow {format_pid(pid)} has no failed steps; "
+                                   "name one to re-run with --step")
+            again = dag.downstream(graph, sorted(again))
+        for sid in again:
+            steps[sid] = runner.new_step() | {"attempts": 0}
+        for st in steps.values():  # a fallback that stood in for a re-run step is forgotten
+            if st.get("fallback_to") in again:
+                st.pop("fallback_to", None)
+        state["attempt"] = int(state.get("attempt") or 1) + 1
+        earlier = [s for _v, s in self.checkpoints(pid)]  # versions go on from where they were
+        with self._lock:
+            old = self._procs.get(pid)
+            t = self.registry.get("workflow") if old is None else old.tool
+            params = dict(info.context.input_parameters)
+            history = list(old.history) if old is not None else []
+            self._spawn_locked(t, params, info.priority, (), name=info.name, parent=info.parent, cwd=None,
+                               pid=pid, restored=state, checkpoints=earlier,
+                               note=f"retry attempt {state['attempt']}: " + ", ".join(sorted(again)))
+            proc = self._procs[pid]
+            proc.history.extendleft(reversed(history))
+            self._emit("process.restarted", proc, action="workflow retry", how=f"attempt {state['attempt']}",
+                       resumed=True, steps=sorted(again))
+        # The reset state is a version of its own at once, so `workflow status` shows the new
+        # attempt even before the process has started.
+        self._wait_durable(self._checkpoint(proc, state)[1])
+        return RetryStarted(self.info(pid), tuple(s.id for s in spec.steps if s.id in again), state["attempt"])
+
+    def _step_id(self, spec: WorkflowSpec, step: str) -> str:
+        text = str(step).strip()
+        ids = [s.id for s in spec.steps]
+        if text in ids:
+            return text
+        if text.isdigit() and 1 <= int(text) <= len(ids):
+            return ids[int(text) - 1]
+        raise LlmunixError(f"workflow {spec.name!r} has no step {text!r} (steps: "
+                           + ", ".join(f"{i}={s}" for i, s in enumerate(ids, 1)) + ")")
+
+    def _workflow_state(self, info: ProcessInfo) -> tuple[WorkflowSpec, dict[str, Any] | None]:
+        params = info.context.input_parameters
+        from llmunix.workflows.spec import spec_from_data
+
+        spec = spec_from_data(dict(params["spec"]), params["spec"].get("source") or info.name)
+        state = runner.fold([s for _v, s in self.checkpoints(info.pid)])
+        return spec, state
+
+    # ------------------------------------------------------------------ called by the runner
+
+    def _workflow_run_dir(self, pid: int) -> str:
+        if self.home is not None:
+            d = self.home / "runs" / format_pid(pid)
+            d.mkdir(parents=True, exist_ok=True)
+            return str(d)
+        return tempfile.mkdtemp(prefix=f"llmunix-run-{format_pid(pid)}-")
+
+    def _workflow_event(self, proc: Process, type: str, **data: Any) -> None:  # noqa: A002
+        with self._lock:
+            self._emit(type, proc, **data)
+
+    def _record_step_duration(self, workflow: str, step: str, seconds: float) -> None:
+        with self._wf_lock:
+            runs = self._step_durations.get((workflow, step))
+            if runs is not None:
+                runs.append(seconds)
+            elif self.store is None:
+                self._step_durations[(workflow, step)] = deque([seconds], maxlen=STEP_HISTORY)
+            # else: loaded from the store on first use, where this run already is
+
+    def _step_estimate(self, workflow: str, step: str) -> float | None:
+        """The typical (median) running time of this step in recent runs, or None."""
+        with self._wf_lock:
+            runs = self._step_durations.get((workflow, step))
+            if runs is None:
+                runs = self._step_durations[(workflow, step)] = deque(self._stored_durations(workflow, step),
+                                                                      maxlen=STEP_HISTORY)
+            return typical(list(runs))
+
+    def _stored_durations(self, workflow: str, step: str) -> list[float]:
+        if self.store is None:
+            return []
+        return list(reversed(self.store.durations_by_name(f"{workflow}/{step}", STEP_HISTORY)))
