@@ -60,6 +60,9 @@ class Config(pydantic.BaseModel):
         None, ge=0, description="below this much available memory, low and idle work waits (default: 5% of total)")
     pause_idle_under_pressure: bool = pydantic.Field(
         False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
+    deadlock_policy: Literal["report", "kill-lowest"] = pydantic.Field(
+        "report", description="on a deadlock: report it (event, alert, `locks`), or also kill its lowest-priority "
+        "member (the shell's `set deadlock_policy` changes it)")
     llm: LlmConfig = pydantic.Field(default_factory=LlmConfig, description="agents' LLM backend ([llm] table)")
     allow_shell_tools: bool = pydantic.Field(
         False, description="let markdown shell tools run, and agents use the shell tool")

@@ -33,7 +33,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -73,6 +73,14 @@ MIGRATIONS: dict[int, str] = {
     2: """
     ALTER TABLE tool_runs ADD COLUMN peak_memory_mb REAL;
     """,
+    # Persistent mailboxes (llmunix/ipc/persist.py): a row lives until its message is acknowledged.
+    3: """
+    CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY, recipient INTEGER NOT NULL, sender INTEGER, type TEXT NOT NULL, topic TEXT,
+        body TEXT, sensitive INTEGER DEFAULT 0, sent REAL, deliveries INTEGER DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient);
+    """,
     # Agents' learning memory (llmunix/agents/memory.py): one row per run, one per tool call.
     4: """
     CREATE TABLE IF NOT EXISTS agent_runs (
@@ -85,6 +93,14 @@ MIGRATIONS: dict[int, str] = {
         child INTEGER, ok INTEGER, duration REAL, error TEXT
     );
     CREATE INDEX IF NOT EXISTS agent_tool_uses_agent ON agent_tool_uses(agent, tool, id);
+    """,
+    # 3 and 4 were written side by side; a home that reached 4 before 3 existed gets its table here.
+    5: """
+    CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY, recipient INTEGER NOT NULL, sender INTEGER, type TEXT NOT NULL, topic TEXT,
+        body TEXT, sensitive INTEGER DEFAULT 0, sent REAL, deliveries INTEGER DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient);
     """,
 }
 
@@ -163,7 +179,7 @@ class Store:
         if version > SCHEMA_VERSION:
             raise LlmunixError(f"{self.path} was written by a newer llmunix (schema {version}); upgrade llmunix")
         for v in range(version + 1, SCHEMA_VERSION + 1):
-            conn.executescript("BEGIN;" + MIGRATIONS.get(v, "") + f"PRAGMA user_version={v}; COMMIT;")
+            conn.executescript("BEGIN;" + MIGRATIONS[v] + f"PRAGMA user_version={v}; COMMIT;")
 
     # ------------------------------------------------------------------ writing
 
