@@ -13,6 +13,9 @@ from rich.text import Text
 
 from llmunix.models import format_pid
 from llmunix.observe.debug import DebugInfo, ProfileReport, StackFrame
+from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceEntry, TraceLog
+
+DEBUG_COMMANDS = "[break, step, next, continue, where, inspect, modify, trace, replay]"
 
 TOP_HOTSPOTS = 5  # in the report's Hotspots line
 TABLE_ROWS = 10  # in the table below it
@@ -79,7 +82,31 @@ def debug_pairs(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None =
             ("Open files", ", ".join(c.open_files) or "none"),
             ("Connections", ", ".join(c.connections) or "none"),
         ]
+        if c.python_stack:
+            frames = " → ".join(frame_text(f, lines) for f in c.python_stack)
+            pairs.append(("Child Stack", f"{frames} (Python pid {c.python_pid}, by py-spy)"))
+        elif c.python_note:
+            pairs.append(("Child Stack", f"none: {c.python_note}"))
+    if d.debugger is not None:
+        pairs.append(("Debugger", debugger_text(d.debugger)))
+    if not d.info.is_done:
+        pairs.append(("Debug Commands", DEBUG_COMMANDS))
     return pairs
+
+
+def debugger_text(s: DebugStatus) -> str:
+    parts = []
+    if s.stopped:
+        parts.append(s.detail[:1].lower() + s.detail[1:])
+    elif s.mode:
+        parts.append(f"{s.mode} pending (at its next control point)")
+    n = len(s.breakpoints)
+    if n:
+        parts.append(f"{n} breakpoint{'s' if n != 1 else ''} ("
+                     + "; ".join(f"{b.number}: {b.describe()}" for b in s.breakpoints) + ")")
+    if s.tracing:
+        parts.append("tracing on")
+    return ", ".join(parts) or "no breakpoints"
 
 
 def tree_lines(title: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
@@ -140,11 +167,24 @@ def profile_pairs(r: ProfileReport) -> list[tuple[str, str]]:
         ("CPU Usage", cpu),
         ("Memory", memory),
         ("I/O Operations", "-" if r.io_operations is None else f"{r.io_operations} (read and write system calls)"),
+        ("Network", network_text(r)),
     ]
     if r.note:
         pairs.append(("Note", r.note))
     pairs.append(("Hotspots", hotspots_text(r)))
     return pairs
+
+
+def network_text(r: ProfileReport) -> str:
+    n = r.network
+    if n is None:
+        return "n/a for thread tools (they share llmunix's own connections)"
+    if not n.samples:
+        return "-"
+    plural = "s" if n.seen != 1 else ""
+    text = f"{n.seen} connection{plural} seen ({n.open} open at the end, {n.peak} at most at once)"
+    text += "; bytes transferred not measured per process"
+    return text + (f"; {n.note}" if n.note else "")
 
 
 def hotspot_rows(r: ProfileReport) -> list[tuple[str, str, str, str]]:
@@ -193,3 +233,86 @@ def format_for(path: str, fmt: str | None) -> str:
     if fmt:
         return fmt
     return "speedscope" if path.lower().endswith(".json") else "collapsed"
+
+
+# ---------------------------------------------------------------------- the debugger's actions
+
+
+def status_text(s: DebugStatus) -> str:
+    """Where a process is after step / next / continue / wait: its stop, or its end."""
+    who = f"{format_pid(s.pid)} {s.name}"
+    if s.finished:
+        return f"{who} finished: {s.state}" + (f" ({s.detail})" if s.detail else "")
+    if not s.stopped:
+        return f"{who} is {s.state} ({s.detail}); not stopped yet"
+    text = s.detail
+    loc = s.location
+    if loc is not None:
+        if s.stopped_by == "breakpoint":
+            text += f" in {loc.function}() {os.path.basename(loc.file)}:{loc.line}"
+        if loc.source:
+            text += f"\n{loc.line:>5}  {loc.source}"
+    return text
+
+
+def where_text(d: DebugInfo) -> str:
+    if not d.stack:
+        return f"no stack: {d.reason}" if d.reason else "no stack"
+    width = max(len(f"{f.function}() {os.path.basename(f.file)}:{f.line}") for f in d.stack)
+    lines = []
+    for i, f in enumerate(d.stack):
+        mark = ">" if i == len(d.stack) - 1 else " "
+        head = f"{f.function}() {os.path.basename(f.file)}:{f.line}"
+        lines.append(f"{mark} #{i} {head.ljust(width)}  {f.source}".rstrip())
+    return "\n".join(lines)
+
+
+def breakpoints_text(pid: int, bps: Sequence[Breakpoint]) -> str:
+    if not bps:
+        return f"no breakpoints on {format_pid(pid)}"
+    header = ("NUM", "CONDITION", "HITS", "ERROR")
+    rows = [(str(b.number), b.describe(), str(b.hits), b.error or "-") for b in bps]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows))
+
+
+def inspected_text(x: Inspected) -> str:
+    return f"{x.name} = {x.value}  ({x.type}, {x.where})"
+
+
+def modification_text(m: Modification) -> str:
+    where = f" (checkpoint version {m.version})" if m.version is not None else f" ({m.kind})"
+    return f"{format_pid(m.pid)} {m.name}: {m.old} -> {m.new}{where}"
+
+
+def trace_entry_text(e: TraceEntry) -> str:
+    indent = "  " * e.depth
+    place = f"{os.path.basename(e.file)}:{e.line}" if e.file else ""
+    if e.kind == "call":
+        what = f"→ {e.function}({e.detail})"
+    elif e.kind == "return":
+        what = f"← {e.function}() = {e.detail}"
+    elif e.kind == "exception":
+        what = f"! {e.function}() raised {e.detail}"
+    elif e.kind == "control":
+        what = f"· {e.detail} in {e.function}()"
+    else:
+        what = f"■ {e.detail}"
+    t = f"+{e.t:.6f}s"
+    return f"{t:>12}  {e.kind:<9}  {indent}{what}  {place}".rstrip()
+
+
+def replay_text(log: TraceLog) -> str:
+    state = "recording" if log.on else "stopped"
+    if not log.entries:
+        hint = "" if log.on else f"; `debug {format_pid(log.pid)} trace on` records one"
+        return f"no trace recorded for {format_pid(log.pid)} {log.name}{hint}"
+    head = f"Trace of process {format_pid(log.pid)} ({log.name}): {len(log.entries)} entries, {state}"
+    if log.dropped:
+        head += f" ({log.dropped} older entries dropped)"
+    return "\n".join([head, *(trace_entry_text(e) for e in log.entries)])
+
+
+def prompt_help(rows: Sequence[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name.ljust(width)}  {text}" for name, text in rows)

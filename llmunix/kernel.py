@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from llmunix.admission import ResourcePool
+from llmunix.agents.kernel_mixin import Agents
 from llmunix.backends import Backend, ClusterInfo, make_backend
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.home import HomeInUse, HomeLock
-from llmunix.ipc.bus import EventBus, Subscription
+from llmunix.ipc.bus import EventBus
+from llmunix.ipc.kernel_mixin import Communication
 from llmunix.limits import PRESSURE_RECHECK, ResourceLimits
 from llmunix.models import (
     ALLOWED,
@@ -127,7 +129,7 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Agents, Communication):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -158,6 +160,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         memory_pressure_mb: float | None = None,
         available_memory: Callable[[], float] | None = None,
         pause_idle_under_pressure: bool = False,
+        deadlock_policy: str = "report",
         backend: Backend | str | None = None,
     ) -> None:
         if max_running < 1:
@@ -229,6 +232,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
             self.store.on_commit(self._on_commit)
             self.store.on_commit(self._retain)
             self._gc_job = self._compact(wait=False)  # the first automatic pass, in the background
+        self._init_communication(deadlock_policy)  # ipc/kernel_mixin.py: mailboxes, primitives, shared memory
         self._executor = ThreadExecutor(self._execute, max_threads or max(64, 4 * max_running))
         self.backend.bind(self)
         self._remote = self.backend if self.backend.distributed else None
@@ -592,13 +596,6 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         with self._lock:
             return list(self._live)
 
-    def subscribe(self, pattern: str, callback: Callable[[Event], None], *, pid: int | None = None
-                  ) -> Subscription:
-        """Call `callback(event)` for every event whose type matches the glob `pattern`
-        (alternatives separated by `|`), optionally only for one PID. Delivered in order on the
-        event thread; keep callbacks short."""
-        return self.bus.subscribe(pattern, callback, pid=pid)
-
     def samples(self, pid: int) -> list[ResourceSample]:
         """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
         with self._lock:
@@ -707,6 +704,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
         if self._monitor is not None:
             self._monitor.stop()
         self._executor.shutdown(timeout=1.0)
+        self._ipc_shutdown()
         self.backend.close()
         self.bus.flush(timeout=5.0)
         self.bus.close()
@@ -748,6 +746,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
                     self._emit("process.preempted", proc, reason="priority")
                     self._dispatch_locked(now)
                     continue
+                if proc.debug and self._debug_control_point_locked(proc, now):
+                    continue  # stopped by a breakpoint (observe/debug_mixin.py)
                 if (now - proc.slice_start >= self.time_slice
                       and self._slot_wanted(proc.priority, now)):
                     self._leave_slot(proc, Phase.PREEMPTED, now)
@@ -992,6 +992,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows):
                 p.step, p.percentage, p.eta = p.total, 100.0, 0.0
             p.note(oc.value.lower(), err or "")
             self._live.pop(p.pid, None)
+            self._ipc_ended(p)  # releases its locks, drops or keeps its messages, frees its buffers
             event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
                                runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb)
             p.end_seq = event.seq

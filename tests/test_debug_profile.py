@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 import threading
 
 import pytest
 from conftest import PROMPT, Session, close_prompt, spawn_prompt
 
 from llmunix import ProcessContext
+from llmunix.observe import pyspy
 from llmunix.observe.debug import is_engine_file
 
 
@@ -218,6 +221,7 @@ def test_profile_command_reports_and_exports(sh, busy, tmp_path):
     assert lines[0] == f"Profiling Process {busy:03d} for 0.5 seconds..."
     assert any(x.startswith("├── CPU Usage: ") for x in lines)
     assert any(x.startswith("├── I/O Operations: ") for x in lines)
+    assert "├── Network: n/a for thread tools (they share llmunix's own connections)" in lines
     hot = next(x for x in lines if x.startswith("└── Hotspots: "))
     assert hot.startswith("└── Hotspots: hot_function() ")
     assert re.search(r"^hot_function\(\)\s+test_debug_profile\.py:\d+\s+\d+\.\d%\s+\d+\.\d%$", out, re.M)
@@ -239,15 +243,78 @@ def test_profile_command_rejects_bad_input(sh, busy):
     assert "already finished" in sh.bad(f"profile {pid} -d 1s")
 
 
-def test_profile_of_a_subprocess_tool_says_py_spy_is_not_used(sh, wait_until):
+def test_profile_of_a_subprocess_tool_that_is_not_python(sh, wait_until):
     pid = sh.kernel.spawn("shell", cmd="sleep 5")
     try:
         wait_until(lambda: sh.kernel.info(pid).subprocess_pid, message="the child to start")
         out = sh.ok(f"profile {pid} -d 100ms")
-        assert "py-spy not used" in out
+        assert "its child is not a Python program, so its code is not sampled" in out
+        assert "├── Network: 0 connections seen (0 open at the end, 0 at most at once)" in out
     finally:
         sh.kernel.kill(pid)
         sh.kernel.wait([pid], timeout=10)
+
+
+PYTHON_CHILD = """
+import socket, time
+def hot_loop(n):
+    t = 0
+    for i in range(n):
+        t += i * i
+    return t
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+print("ready", flush=True)
+end = time.time() + 30
+while time.time() < end:
+    hot_loop(20000)
+"""
+
+
+@pytest.fixture
+def python_child(sh, tmp_path, wait_until):
+    script = tmp_path / "child.py"
+    script.write_text(PYTHON_CHILD)
+    pid = sh.kernel.spawn("shell", cmd=f"{sys.executable} {script}")
+    wait_until(lambda: any(line == "ready" for _t, line in sh.kernel.logs(pid)), message="the child to listen")
+    yield pid
+    sh.kernel.kill(pid)
+    sh.kernel.wait([pid], timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
+def test_a_python_subprocess_is_sampled_with_py_spy(sh, python_child):
+    out = sh.ok(f"profile {python_child} -d 1s")
+    if "ptrace is not permitted" in out:
+        pytest.skip("py-spy may not attach here (ptrace)")  # the report said so in one line
+    assert "the stacks are its Python child's" in out and "sampled by py-spy" in out
+    assert "└── Hotspots: hot_loop() " in out
+    assert re.search(r"^hot_loop\(\)\s+child\.py:3\s+100\.0%", out, re.M)
+    assert "├── Network: 1 connection seen (1 open at the end, 1 at most at once)" in out
+    data = json.loads(sh.ok(f"profile {python_child} -d 300ms --json"))
+    assert data["sampler"] == "py-spy" and data["network"]["connections_open"] == 1
+    child_stack = next(x for x in sh.ok(f"debug {python_child}").splitlines() if x.startswith("├── Child Stack: "))
+    assert "<module>() → hot_loop()" in child_stack and "by py-spy" in child_stack
+
+
+def test_when_py_spy_may_not_attach_the_report_says_so_and_falls_back(sh, python_child, monkeypatch, tmp_path):
+    fake = tmp_path / "py-spy"  # a py-spy refused by the system, as under a strict ptrace_scope
+    fake.write_text("#!/bin/sh\necho 'Error: Failed to open process - Operation not permitted (os error 1)' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(pyspy, "py_spy_path", lambda: str(fake))
+    out = sh.ok(f"profile {python_child} -d 200ms")
+    assert "subprocess tool: py-spy cannot attach: ptrace is not permitted here" in out
+    assert "the stacks are the tool thread's" in out and "_wait()" in out
+    assert "├── Child Stack: none: py-spy cannot attach: ptrace is not permitted" in sh.ok(f"debug {python_child}")
+
+
+def test_without_py_spy_the_reports_say_so(sh, python_child, monkeypatch):
+    monkeypatch.setattr(pyspy, "PY_SPY", "no-such-py-spy")
+    out = sh.ok(f"profile {python_child} -d 200ms")
+    assert "subprocess tool: py-spy not installed (`pip install py-spy` samples its Python child)" in out
+    assert "├── Child Stack: none: py-spy not installed" in sh.ok(f"debug {python_child}")
 
 
 def test_profile_on_a_tty_shows_progress_and_reports(kernel, capsys, busy):

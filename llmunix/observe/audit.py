@@ -3,7 +3,9 @@
 Built from events like everything else durable: the shell reports each command it ran as a
 `shell.command` event (`Kernel.record_command`), and the kernel's control events
 (`process.kill_requested`, `process.pause_requested` / `process.paused`, `process.resumed` /
-`process.pause_cancelled`, `process.reniced`, `process.restarted` for recover and rollback) are
+`process.pause_cancelled`, `process.reniced`, `process.restarted` for recover and rollback; the
+debugger's `process.modified`, `process.breakpoint_set` / `_cleared`, `process.step_requested`,
+`process.trace`) are
 actions, recorded when the kernel accepts them (a pause that takes effect later, at the process's
 next control point, is recorded once, when it was asked for). The store's writer turns each into one
 `audit` row with `audit_row`; `Kernel.audit()` reads them back as `AuditEntry` snapshots.
@@ -64,6 +66,12 @@ def audit_row(event: Event) -> tuple[str, str, str, int | None, int | None] | No
         return current_user(), ACTION, "resume", event.pid, 0
     if t == "process.reniced":
         return current_user(), ACTION, f"priority {d.get('old')} -> {d.get('new')}", event.pid, 0
+    if t == "process.modified":  # by the debugger: values were redacted when the event was made
+        where = f" (checkpoint version {d.get('version')})" if d.get("version") is not None else ""
+        what = f"modify {d.get('key')} = {d.get('new')} (was {d.get('old')}){where}"
+        return current_user(), ACTION, what, event.pid, 0
+    if t in _DEBUGGER:
+        return current_user(), ACTION, _DEBUGGER[t](d), event.pid, 0
     if t == "process.restarted":
         action = str(d.get("action") or "recover")
         if not d.get("resumed"):
@@ -73,6 +81,13 @@ def audit_row(event: Event) -> tuple[str, str, str, int | None, int | None] | No
         return current_user(), ACTION, action + where, event.pid, 0
     return None
 
+
+_DEBUGGER = {  # the debugger's other actions (its stops and continues are pauses and resumes)
+    "process.breakpoint_set": lambda d: f"break {d.get('number')}: {d.get('description')}",
+    "process.breakpoint_cleared": lambda d: f"delete breakpoint {d.get('number')}",
+    "process.step_requested": lambda d: str(d.get("mode") or "step"),
+    "process.trace": lambda d: f"trace {'on' if d.get('on') else 'off'}",
+}
 
 _USER: list[str] = []
 

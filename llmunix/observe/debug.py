@@ -9,17 +9,21 @@ not the tool's). Local values are shown as truncated reprs, and secret-looking o
 
 from __future__ import annotations
 
+import linecache
 import os
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import CodeType, FrameType, MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmunix.models import EMPTY, ProcessInfo
 from llmunix.observe.redact import MASK, is_secret_key, redact_text
 from llmunix.resources import ResourceSample
+
+if TYPE_CHECKING:
+    from llmunix.observe.debugger import DebugStatus
 
 REPR_LIMIT = 80
 LOCALS_LIMIT = 40  # locals shown per frame
@@ -37,9 +41,11 @@ class StackFrame:
     file: str
     line: int
     locals: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    source: str = ""  # the text of that line, stripped
 
     def to_dict(self) -> dict[str, Any]:
-        return {"function": self.function, "file": self.file, "line": self.line, "locals": dict(self.locals)}
+        return {"function": self.function, "file": self.file, "line": self.line, "locals": dict(self.locals),
+                "source": self.source}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +58,15 @@ class ChildInfo:
     open_files: tuple[str, ...] = ()
     connections: tuple[str, ...] = ()
     note: str = ""  # e.g. "access denied" for what could not be read
+    python_pid: int | None = None  # the Python program in its tree, if any
+    python_stack: tuple[StackFrame, ...] = ()  # its main thread's stack by py-spy, outermost first
+    python_note: str = ""  # why that stack is missing (py-spy not installed, ptrace not permitted...)
 
     def to_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "command": self.command, "status": self.status,
-                "open_files": list(self.open_files), "connections": list(self.connections), "note": self.note}
+                "open_files": list(self.open_files), "connections": list(self.connections), "note": self.note,
+                "python_pid": self.python_pid, "python_stack": [f.to_dict() for f in self.python_stack],
+                "python_note": self.python_note}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,7 @@ class DebugInfo:
     sample: ResourceSample | None
     child: ChildInfo | None
     thread_backed: bool
+    debugger: DebugStatus | None = None  # breakpoints, a debugger stop, stepping, tracing (None: never debugged)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.sample
@@ -79,6 +91,7 @@ class DebugInfo:
             "sample": None if s is None else {"time": s.time, "cpu_percent": s.cpu_percent,
                                               "memory_mb": s.memory_mb, "io_operations": s.io_operations},
             "child": None if self.child is None else self.child.to_dict(),
+            "debugger": None if self.debugger is None else self.debugger.to_dict(),
         }
 
 
@@ -144,7 +157,8 @@ def capture_stack(thread_ident: int | None, tool_code: CodeType, *, with_locals:
     try:
         return tuple(
             StackFrame(f.f_code.co_name, f.f_code.co_filename, f.f_lineno or 0,
-                       frame_locals(f) if with_locals else EMPTY)
+                       frame_locals(f) if with_locals else EMPTY,
+                       linecache.getline(f.f_code.co_filename, f.f_lineno or 0).strip())
             for f in tool_frames(frame, tool_code)
         )
     finally:
@@ -180,6 +194,21 @@ class Hotspot:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkFigures:
+    """A subprocess tool's child tree's network connections over a profile window (psutil)."""
+
+    seen: int  # distinct connections seen
+    peak: int  # most open at once
+    open: int  # open at the last sample
+    samples: int
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"connections_seen": self.seen, "connections_peak": self.peak, "connections_open": self.open,
+                "samples": self.samples, "bytes": None, "note": self.note}
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileReport:
     """A profile of one process over a window. `timeline` holds each sample's stack (frame
     indexes into `frames`, outermost first) and `weights` its duration in seconds."""
@@ -204,6 +233,8 @@ class ProfileReport:
     monitor_samples: int
     thread_backed: bool
     note: str = ""
+    network: NetworkFigures | None = None  # None: a thread-backed tool (it shares llmunix's sockets)
+    sampler: str = "llmunix"  # who took the stacks: "llmunix" (the tool thread) or "py-spy" (a Python child)
 
     def collapsed(self) -> list[str]:
         """flamegraph.pl's input: one `outer;middle;inner COUNT` line per distinct stack."""
@@ -238,7 +269,8 @@ class ProfileReport:
             "ended_by": self.ended_by, "cpu_average": self.cpu_average, "cpu_peak": self.cpu_peak,
             "memory_average_mb": self.memory_average, "memory_peak_mb": self.memory_peak,
             "io_operations": self.io_operations, "monitor_samples": self.monitor_samples,
-            "thread_backed": self.thread_backed, "note": self.note,
+            "thread_backed": self.thread_backed, "note": self.note, "sampler": self.sampler,
+            "network": None if self.network is None else self.network.to_dict(),
             "hotspots": [{"function": h.function, "file": h.file, "line": h.line,
                           "inclusive": round(h.inclusive, 4), "self": round(h.self_share, 4)}
                          for h in self.hotspots],

@@ -14,21 +14,25 @@ from typing import Any
 import psutil
 
 from llmunix.models import LlmunixError, Phase, as_pid, format_pid
+from llmunix.observe import pyspy
 from llmunix.observe.debug import (
     ChildInfo,
     DebugInfo,
     FrameId,
+    NetworkFigures,
     ProfileReport,
     capture_stack,
     hotspots,
     sample_ids,
     window_figures,
 )
+from llmunix.observe.debug_mixin import Debugging
 
 MAX_LISTED = 20  # open files / connections listed for a child
+NETWORK_EVERY = 0.5  # seconds between connection counts of a subprocess tool's child tree while profiling
 
 
-class Inspection:
+class Inspection(Debugging):
 
     def debug_info(self, pid: int) -> DebugInfo:
         """A look inside process `pid` now: its snapshot, its tool's stack with locals (innermost
@@ -65,15 +69,18 @@ class Inspection:
             if proc.phase is Phase.DONE and stack:
                 info = self._snapshot(proc)
                 stack, reason = (), f"the process has finished ({info.state})"
+        with self._lock:
+            debugger = self._debug_status_locked(proc) if proc.debug is not None else None
         return DebugInfo(info, stack, reason, sample, _child_info(child) if child is not None else None,
-                         child is None)
+                         child is None, debugger)
 
     def profile(self, pid: int, duration: float, interval: float = 0.01, stop: threading.Event | None = None,
                 on_tick: Callable[[float, int], Any] | None = None) -> ProfileReport:
         """Sample process `pid`'s tool stack every `interval` seconds in the calling thread, for
         `duration` seconds, until the process ends or until `stop` is set. `on_tick(elapsed,
-        samples)` is called after each sample. Subprocess tools have no Python stack: their
-        report has the monitor's CPU, memory and I/O figures only."""
+        samples)` is called after each sample. A subprocess tool's thread only waits for its child:
+        when the child is a Python program and py-spy is installed, py-spy samples the child
+        instead (pyspy.py); its report has the child tree's CPU, memory, I/O and connections."""
         pid = as_pid(pid)
         if not duration > 0:
             raise LlmunixError("the profile duration must be more than 0")
@@ -81,9 +88,10 @@ class Inspection:
             raise LlmunixError("the sampling interval must be more than 0")
         with self._lock:
             proc = self._procs.get(pid)
-            if proc is None:
-                info = self.info(pid)  # unknown PIDs raise
-                raise LlmunixError(f"cannot profile process {format_pid(pid)}: it is not running here ({info.state})")
+        if proc is None:
+            info = self.info(pid)  # unknown PIDs raise (outside the lock: info() takes it)
+            raise LlmunixError(f"cannot profile process {format_pid(pid)}: it is not running here ({info.state})")
+        with self._lock:
             if proc.phase is Phase.DONE:
                 raise LlmunixError(f"cannot profile process {format_pid(pid)}: it has already finished ({proc.state})")
             code = getattr(proc.tool.func, "__code__", None)
@@ -96,38 +104,64 @@ class Inspection:
         deadline = t0 + duration
         last = t0
         ended_by = "duration"
-        subprocess_seen = False
-        while True:
-            with self._lock:
-                phase, ident, running = proc.phase, proc.thread_ident, proc.in_body
-                subprocess_seen = subprocess_seen or proc.subprocess is not None
-            if phase is Phase.DONE:
-                ended_by = "process ended"
-                break
-            now = time.monotonic()
-            if phase is Phase.RUNNING and running and code is not None and ident is not None:
-                frame = sys._current_frames().get(ident)
-                ids = sample_ids(frame, code)
-                del frame
-                if ids:
-                    timeline.append(tuple(index.setdefault(f, len(index)) for f in ids))
-                    weights.append(now - last if len(timeline) > 1 else interval)  # the first: one interval
-            last = now
-            if on_tick is not None:
-                on_tick(now - t0, len(timeline))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if stop.wait(min(interval, remaining)):
-                ended_by = "stopped"
-                break
+        child: Any = None
+        child_seen = False
+        spy: pyspy.Recording | None = None
+        spy_note = ""
+        net = pyspy.NetworkWatch()
+        net_at = float("-inf")
+        try:
+            while True:
+                with self._lock:
+                    phase, ident, running = proc.phase, proc.thread_ident, proc.in_body
+                    child = proc.subprocess or child
+                if phase is Phase.DONE:
+                    ended_by = "process ended"
+                    break
+                now = time.monotonic()
+                if child is not None and not child_seen:  # a subprocess tool: its child's Python, if any
+                    child_seen = True
+                    spy, spy_note = _start_py_spy(child.pid, interval)
+                if child is not None and now - net_at >= NETWORK_EVERY:
+                    net.sample(child.pid)
+                    net_at = now
+                if phase is Phase.RUNNING and running and code is not None and ident is not None:
+                    frame = sys._current_frames().get(ident)
+                    ids = sample_ids(frame, code)
+                    del frame
+                    if ids:
+                        timeline.append(tuple(index.setdefault(f, len(index)) for f in ids))
+                        weights.append(now - last if len(timeline) > 1 else interval)  # the first: one interval
+                last = now
+                if on_tick is not None:
+                    on_tick(now - t0, len(timeline))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if stop.wait(min(interval, remaining)):
+                    ended_by = "stopped"
+                    break
+        finally:
+            stacks, failure = spy.finish() if spy is not None else ([], "")
         elapsed = time.monotonic() - t0
         figures = window_figures(self.samples(pid), wall0, time.time())
+        sampler = "llmunix"
+        if stacks:  # the Python child's own stacks replace the tool thread's (which only waits for it)
+            sampler, index, timeline, weights = "py-spy", {}, [], []
+            for ids, count in stacks:
+                entry = tuple(index.setdefault(f, len(index)) for f in ids)
+                timeline.extend([entry] * count)
+                weights.extend([interval] * count)
         frames = tuple(index)
-        thread_backed = not subprocess_seen
-        if subprocess_seen:
-            note = ("subprocess tool: the stacks are the tool thread's; the child's own code is not sampled "
-                    "(py-spy not used); CPU, memory and I/O are the child tree's, from the monitor")
+        thread_backed = not child_seen
+        if stacks:
+            assert spy is not None
+            note = (f"subprocess tool: the stacks are its Python child's (pid {spy.target_pid}), sampled by "
+                    "py-spy; CPU, memory and I/O are the child tree's, from the monitor")
+        elif child_seen:
+            why = failure or spy_note
+            note = (f"subprocess tool: {why}; the stacks are the tool thread's, waiting for its child; CPU, "
+                    "memory and I/O are the child tree's, from the monitor")
         elif code is None:
             note = "the tool is not a Python function: no stacks"
         elif not timeline:
@@ -136,13 +170,32 @@ class Inspection:
             note = ""
         if figures[5] == 0:
             note = "; ".join(x for x in (note, "no monitor samples in the window") if x)
+        network = None
+        if child_seen:
+            network = NetworkFigures(len(net.seen), net.peak, net.last, net.samples,
+                                     "some connections could not be read (access denied)" if net.denied else "")
         return ProfileReport(
             pid=pid, name=name, tool=tool, duration=elapsed, requested=float(duration), interval=float(interval),
             samples=len(timeline), ended_by=ended_by, frames=frames, timeline=tuple(timeline),
             weights=tuple(weights), hotspots=hotspots(frames, timeline),
             cpu_average=figures[0], cpu_peak=figures[1], memory_average=figures[2], memory_peak=figures[3],
             io_operations=figures[4], monitor_samples=figures[5], thread_backed=thread_backed, note=note,
+            network=network, sampler=sampler,
         )
+
+
+def _start_py_spy(child_pid: int, interval: float) -> tuple[pyspy.Recording | None, str]:
+    """Start sampling a subprocess tool's Python child with py-spy, or say why not."""
+    target = pyspy.python_target(child_pid)
+    if target is None:
+        return None, "its child is not a Python program, so its code is not sampled"
+    exe = pyspy.py_spy_path()
+    if exe is None:
+        return None, "py-spy not installed (`pip install py-spy` samples its Python child)"
+    try:
+        return pyspy.Recording(target, exe, interval), ""
+    except OSError as exc:
+        return None, f"py-spy failed: {exc.strerror or exc}"
 
 
 def _child_info(child: Any) -> ChildInfo:
@@ -183,5 +236,6 @@ def _child_info(child: Any) -> ChildInfo:
     kids = len(procs) - 1
     if kids:
         notes.insert(0, f"{kids} descendant process{'es' if kids > 1 else ''}")
+    py = pyspy.dump(child.pid)
     return ChildInfo(child.pid, command, str(status), tuple(dict.fromkeys(files))[:MAX_LISTED],
-                     tuple(conns[:MAX_LISTED]), "; ".join(dict.fromkeys(notes)))
+                     tuple(conns[:MAX_LISTED]), "; ".join(dict.fromkeys(notes)), py.pid, py.frames, py.note)
