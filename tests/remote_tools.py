@@ -87,3 +87,9 @@ def rt_gate(ctx: ProcessContext, path: str) -> dict:
 def rt_value(ctx: ProcessContext, big: bool = False) -> object:
     """A value that is not JSON-native (so it is fetched from the worker), or a large one."""
     return "x" * 100_000 if big else (1, {2: "two"})
+
+
+@tool(name="rt_spawner", hidden=True, remote=True)
+def rt_spawner(ctx: ProcessContext) -> None:
+    """Declared remote by mistake: it uses what only the kernel has."""
+    ctx.recv(timeout=0.1)

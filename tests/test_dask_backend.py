@@ -21,6 +21,7 @@ distributed = pytest.importorskip(
 from llmunix import Kernel  # noqa: E402
 from llmunix.backends.dask import DASK_PRIORITY, DaskBackend  # noqa: E402
 from llmunix.models import LlmunixError, Priority  # noqa: E402
+from llmunix.workflows.runner import fold  # noqa: E402
 from llmunix.workflows.spec import spec_from_data  # noqa: E402
 from tests import remote_tools  # noqa: E402, F401 - registers the rt_* tools here
 from tests.conftest import LLMUNIX, Session, wait_phase  # noqa: E402
@@ -92,8 +93,8 @@ def test_workflow_steps_spread_over_both_workers_and_their_outputs_are_committed
     step_infos = [dk.info(s.pid) for s in status.steps]
     assert {i.worker for i in step_infos} == {outputs[s.id]["address"] for s in status.steps}
     assert dk.info(pid).worker is None  # the workflow itself runs here; only its steps went out
-    # The runner's committed state (its checkpoint, durable) holds the outputs too.
-    state = dk.checkpoints(pid)[-1][1]
+    # The runner's committed state (its checkpoints, durable) holds the outputs too.
+    state = fold([s for _v, s in dk.checkpoints(pid)])
     assert state["steps"]["s1"]["output"]["text"] == "part 1"
 
 
@@ -138,6 +139,8 @@ def test_tool_errors_crashes_and_local_tools(dk):
     # Small JSON outputs come back with the body's events; others are fetched from the worker as is.
     assert dk.wait([dk.spawn("rt_value")], timeout=20)[0].output == (1, {2: "two"})
     assert dk.wait([dk.spawn("rt_value", big=True)], timeout=20)[0].output == "x" * 100_000
+    wrong = dk.wait([dk.spawn("rt_spawner")], timeout=20)[0]  # uses ctx.recv, which only the kernel has
+    assert wrong.state == "Failed" and wrong.error.startswith("ctx.recv is not available on a cluster worker")
     local = dk.wait([dk.spawn("rt_local")], timeout=20)[0]
     assert local.output == os.getpid() and local.worker is None  # not declared remote: runs here
 

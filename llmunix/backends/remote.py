@@ -233,11 +233,15 @@ class RemoteContext:
             signal_group(child, signal.SIGTERM)
         return child
 
-    def spawn(self, *args: Any, **kwargs: Any) -> int:
-        raise ToolError("ctx.spawn is not available on a cluster worker; declare the tool remote=False "
-                        "to run it on the llmunix machine")
+    def __getattr__(self, name: str) -> Any:
+        """What ProcessContext offers but a worker cannot (spawn, wait, run, send, recv, shared
+        memory, locks...: they live in the kernel) fails the body with a message saying so."""
+        from llmunix.process import ProcessContext
 
-    wait = run = spawn
+        if not name.startswith("_") and hasattr(ProcessContext, name):
+            raise ToolError(f"ctx.{name} is not available on a cluster worker; declare the tool "
+                            "remote=False to run it on the llmunix machine")
+        raise AttributeError(name)
 
     # ------------------------------------------------------------------ internals
 

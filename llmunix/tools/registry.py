@@ -44,7 +44,7 @@ class Tool:
     needs: Mapping[str, float] = field(default_factory=dict)  # default resource needs (see admission.py)
     kind: ProcessKind = ProcessKind.TOOL  # agent and workflow bodies are tools of those kinds
     hidden: bool = False  # internal (e.g. the workflow runner): not listed by `tools`
-    remote: bool = False  # may run on a cluster worker (backends/): importable, JSON-able params, no ctx.spawn
+    remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def tool(
     parameters (`name: what it is`). `needs` are the resources each run needs by default
     (`{"memory_mb": 500, "gpu": 1}`); `spawn(needs=...)` and `run --need` override them.
     `remote=True` lets a cluster backend run it on a worker (docs/cluster.md): its module must be
-    importable there and it must not use `ctx.spawn`, `ctx.wait` or `ctx.run`.
+    importable there and it must not use what lives in the kernel (`ctx.spawn`, `ctx.recv`, locks...).
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
