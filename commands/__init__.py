@@ -10,6 +10,7 @@ from commands.maintenance import MaintenanceCommands
 from commands.observe import ObserveCommands
 from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
+from commands.resilience import ResilienceCommands
 from commands.run import RunCommands
 from commands.top import TopCommands
 from commands.workflow import WorkflowCommands
@@ -17,7 +18,8 @@ from commands.workflow import WorkflowCommands
 
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
-            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands()]
+            ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
+            ResilienceCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

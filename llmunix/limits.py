@@ -170,10 +170,11 @@ class ResourceLimits:
         return None
 
     def _fits(self, proc: Process, reserved: Mapping[str, float] | None) -> bool:
-        if self._pressure.on and proc.priority <= Priority.LOW:
+        if (self._pressure.on or self._degraded) and proc.priority <= Priority.LOW:  # (resilience: degraded mode)
             if proc.blocked_on is not DEFERRED:
                 proc.blocked_on = DEFERRED
-                proc.detail = "deferred: memory pressure"
+                proc.detail = ("deferred: memory pressure" if self._pressure.on
+                               else f"deferred: degraded ({self._degraded[0]})")
             return False
         missing = self.pool.missing(proc.needs, first_start=not proc.has_thread, reserved=reserved)
         if missing:

@@ -33,7 +33,10 @@ from llmunix.models import (
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from llmunix.kernel import Kernel
+    from llmunix.resilience.restart import Attempts
     from llmunix.tools.registry import Tool
 
 HISTORY_LIMIT = 200
@@ -58,6 +61,7 @@ class Process:
         "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
         "needs", "predicted", "holds", "blocked_on",
         "waiting", "timeout", "paused_by", "end_seq",
+        "last_active", "attempts",  # resilience: the watchdog's last sign of life; retry/restart state
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -122,6 +126,8 @@ class Process:
         self.timeout: float | None = None  # seconds of running time before it is stopped as Failed
         self.paused_by: int | None = None  # the parent whose pause paused it (resumed with it)
         self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
+        self.last_active = 0.0  # monotonic time of its last control point (resilience/watchdog.py)
+        self.attempts: Attempts | None = None  # retry/restart policies and counters (resilience/restart.py)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
@@ -168,6 +174,7 @@ class Process:
             subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
             needs=MappingProxyType(dict(self.needs)) if self.needs else EMPTY,
             predicted_needs=self.predicted,
+            attempts=self.attempts.info(self.phase) if self.attempts is not None else None,
         )
         if self.phase is Phase.DONE:
             self._snapshot = info
@@ -265,6 +272,24 @@ class ProcessContext:
     def run(self, tool: Any, /, **kwargs: Any) -> ProcessInfo:
         """Run a child process to its end (`spawn` + `wait`) and return its final snapshot."""
         return self.wait([self.spawn(tool, **kwargs)])[0]
+
+    # ------------------------------------------------------------------ circuit breakers (resilience)
+
+    def host_call(self, host: str) -> AbstractContextManager[None]:
+        """Guard one call to an external host (a name or URL) with its circuit breaker::
+
+            with ctx.host_call(url):
+                response = fetch(url)
+
+        Raises ToolError ("circuit open for host example.com (...)") at once while that host's
+        breaker is open; anything raised inside the block counts as a failure of the host,
+        leaving it normally as a success (catch what is not the host's fault inside)."""
+        self.check()
+        return self._kernel._host_call(self._proc, host)
+
+    def breaker(self, name: str, ok: bool, error: str | None = None) -> None:
+        """Report one call's outcome to breaker `name` (e.g. "host:example.com") by hand."""
+        self._kernel.breaker_record(name, ok, error, pid=self.pid)
 
 
 def signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
