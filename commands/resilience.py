@@ -187,8 +187,6 @@ class ResilienceCommands(ShellCommandSet):
                 else:
                     self.out(f"{info.name} closed")
                 return
-            if args.name:
-                raise LlmunixError(f"unexpected {args.name!r}; did you mean `breakers reset {args.name}`?")
             infos = self.kernel.breakers()
         except LlmunixError as exc:
             self.fail(str(exc))

@@ -240,7 +240,7 @@ class Resilience:
             return  # the hot path: nothing to decide
         with self._lock:
             if a is not None:
-                a.waiting, a.next_at, a.fast_failed = False, None, False
+                a.waiting, a.next_at, a.excused = False, None, False
             if proc.kind is not ProcessKind.TOOL:
                 return
             self._choose_tool_locked(proc)  # raises ToolError when refused
@@ -279,12 +279,12 @@ class Resilience:
             reason = reason or refused
             fb = t.fallback
             if fb is None or fb in seen:
-                self._attempts(proc).fast_failed = True
+                self._attempts(proc).excused = True
                 raise ToolError(refused if t is original else f"{reason}; its fallback: {refused}")
             try:
                 t = self.registry.get(fb)
             except LlmunixError:
-                self._attempts(proc).fast_failed = True
+                self._attempts(proc).excused = True
                 raise ToolError(f"{reason}; its fallback {fb!r} is not a registered tool") from None
             seen.add(t.name)
         if t is proc.tool:
@@ -298,7 +298,7 @@ class Resilience:
             try:
                 new_params = t.validate(a.original[1])
             except LlmunixError as exc:
-                a.fast_failed = True
+                a.excused = True
                 raise ToolError(f"{reason}; its fallback cannot take the parameters: {exc}") from None
             note = f"{reason}; running fallback {t.name} instead"
         proc.params.clear()  # in place: ctx.params is a view of this dict
@@ -321,14 +321,14 @@ class Resilience:
             self._count_outcome_locked(proc, outcome, error)
         if a is None:
             return False
-        fast_failed, a.fast_failed = a.fast_failed, False
+        a.excused = False
         if outcome not in (Outcome.COMPLETED, Outcome.FAILED) or proc.phase not in (Phase.RUNNING, Phase.WAITING):
             return False  # cancelled or interrupted: never run again
         completed = outcome is Outcome.COMPLETED
         if not completed and a.stall_restart:
             return self._restart_locked(proc, a, outcome, code, error, forced=True)
         if not completed and a.retry is not None and a.retry.should_retry(a.attempt, error):
-            self._retry_locked(proc, a, error or "failed", fast_failed)
+            self._retry_locked(proc, a, error or "failed")
             return True
         if not completed and a.retry is not None and a.attempt > 1:
             proc.note("retries used up" if a.attempt >= a.max_attempts else "not retried",
@@ -337,7 +337,7 @@ class Resilience:
             return self._restart_locked(proc, a, outcome, code, error)
         return False
 
-    def _retry_locked(self, proc: Process, a: Attempts, error: str, fast_failed: bool) -> None:
+    def _retry_locked(self, proc: Process, a: Attempts, error: str) -> None:
         assert a.retry is not None
         delay = a.retry.delay(a.attempt)
         b = self._board.get(f"tool:{(a.original or (proc.tool,))[0].name}")
@@ -349,7 +349,7 @@ class Resilience:
         detail = f"retry {a.attempt - 1} of {a.max_attempts - 1} in {short_duration(delay)} (last error: {error})"
         self._requeue_later_locked(proc, a, delay, detail, "retry")
         self._emit("process.retry", proc, attempt=a.attempt, max_attempts=a.max_attempts, delay=round(delay, 3),
-                   error=error, refused=fast_failed)
+                   error=error)
 
     def _restart_locked(self, proc: Process, a: Attempts, outcome: Outcome, code: int | None, error: str | None,
                         forced: bool = False) -> bool:
@@ -447,11 +447,14 @@ class Resilience:
 
     def _count_outcome_locked(self, proc: Process, outcome: Outcome, error: str | None) -> None:
         """A tool process's attempt counts on its tool's breaker: success or failure; a cancel
-        (not the tool's fault) only gives back a probe; a refusal by the open circuit is not counted."""
+        only gives back a probe; a failure that is not the tool's (refused by an open circuit, a
+        host's failure counted on the host's breaker) does not count."""
         a = proc.attempts
         name = f"tool:{proc.tool.name}"
         b = self._board.get(name)
-        if a is not None and a.fast_failed:
+        if a is not None and a.excused:
+            if b is not None:
+                b.release(proc.pid)
             return
         if outcome is Outcome.COMPLETED:
             if b is not None:
@@ -492,6 +495,8 @@ class Resilience:
         with self._lock:
             b = self._board.breaker(name)
             refused = self._allow_locked(b, proc.pid)
+            if refused is not None:
+                self._attempts(proc).excused = True  # the host's circuit, not the tool's failure
         if refused is not None:
             raise ToolError(refused)
         try:
@@ -503,6 +508,7 @@ class Resilience:
         except BaseException as exc:
             with self._lock:
                 self._record_locked(b, False, _describe(exc), proc.pid)
+                self._attempts(proc).excused = True  # the host's failure, not the tool's
             raise
         with self._lock:
             self._record_locked(b, True, None, proc.pid)

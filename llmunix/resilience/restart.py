@@ -88,7 +88,7 @@ class Attempts:
     """
 
     __slots__ = ("retry", "restart", "attempt", "restarts", "restarts_total", "backoff_step", "next_at",
-                 "run_base", "ckpt_base", "token", "original", "fast_failed", "stall_restart", "waiting")
+                 "run_base", "ckpt_base", "token", "original", "excused", "stall_restart", "waiting")
 
     def __init__(self, retry: RetryPolicy | None = None, restart: RestartPolicy | None = None) -> None:
         self.retry = retry
@@ -103,7 +103,8 @@ class Attempts:
         self.token = 0
         self.original: tuple[Tool, dict[str, Any]] | None = None  # tool and parameters asked for, once a
         # fallback has stood in for them (an open circuit)
-        self.fast_failed = False  # this attempt was refused by an open circuit (not the tool's failure)
+        self.excused = False  # this attempt's failure is not the tool's: an open circuit refused it, or a
+        # host it called failed (that host's breaker counts it)
         self.stall_restart = False  # the watchdog stopped this attempt to restart it
         self.waiting = False  # between attempts (retry or restart wait)
 
@@ -123,11 +124,12 @@ class Attempts:
 
 
 def short_duration(seconds: float) -> str:
-    """`0.05s`, `3.2s`, `45s`, `2m05s`, `1h02m`: delays and idle times in details and reasons."""
+    """`0.05s`, `3.2s`, `5s`, `61s`, `2m05s`, `1h02m`: delays and idle times in details and reasons."""
     if seconds < 10:
-        return f"{max(0.0, seconds):.2g}s"
+        text = f"{max(0.0, seconds):.2g}"
+        return f"{float(text):g}s"  # 5s, not 5.0s
     s = int(round(seconds))
-    if s < 60:
+    if s < 120:
         return f"{s}s"
     m, s = divmod(s, 60)
     if m < 60:
