@@ -347,7 +347,8 @@ class Resilience:
         if len(proc.checkpoints) > a.ckpt_base:
             proc.restored = proc.checkpoints[-1]  # the next attempt continues from this run's last checkpoint
         detail = f"retry {a.attempt - 1} of {a.max_attempts - 1} in {short_duration(delay)} (last error: {error})"
-        self._requeue_later_locked(proc, a, delay, detail, "retry")
+        note = f"attempt {a.attempt} of {a.max_attempts} in {short_duration(delay)} after: {error}"
+        self._requeue_later_locked(proc, a, delay, detail, "retry", note)
         self._emit("process.retry", proc, attempt=a.attempt, max_attempts=a.max_attempts, delay=round(delay, 3),
                    error=error)
 
@@ -366,7 +367,6 @@ class Resilience:
             why = (f"restart limit reached ({policy.max_restarts} restarts in a row"
                    + (f", each run up less than {short_duration(policy.min_uptime)}" if policy.min_uptime < math.inf
                       else "") + f"); {last}")
-            proc.note("restart limit", why)
             self._finish_locked(proc, Outcome.FAILED, code if code else 1, why)
             return True
         a.backoff_step += 1
@@ -379,13 +379,16 @@ class Resilience:
         a.ckpt_base = len(proc.checkpoints)
         proc.step, proc.total, proc.percentage, proc.eta, proc.message = 0, None, None, None, ""
         detail = f"restarting in {short_duration(delay)} (restart {a.restarts} of {policy.max_restarts})"
-        self._requeue_later_locked(proc, a, delay, detail, "restart")
+        note = (f"restart {a.restarts} of {policy.max_restarts} in {short_duration(delay)} after: "
+                f"{error if error else 'it completed'}")
+        self._requeue_later_locked(proc, a, delay, detail, "restart", note)
         self._emit("process.restarting", proc, restart=a.restarts, max_restarts=policy.max_restarts,
                    delay=round(delay, 3), outcome=outcome.value, error=error, uptime=round(uptime, 3),
                    watchdog=forced)
         return True
 
-    def _requeue_later_locked(self, proc: Process, a: Attempts, delay: float, detail: str, what: str) -> None:
+    def _requeue_later_locked(self, proc: Process, a: Attempts, delay: float, detail: str, what: str,
+                              note: str) -> None:
         """Take a process whose attempt has ended off its slot and thread (phase waiting, `detail`
         shown) and queue it again after `delay` seconds; a timer does the waiting."""
         now = time.monotonic()
@@ -414,7 +417,7 @@ class Resilience:
         a.next_at = time.time() + delay
         a.token += 1
         self._watch.pop(proc.pid, None)
-        proc.note(what, detail)
+        proc.note(what, note)
         timer = threading.Timer(delay, self._attempt_due, (proc, a.token))
         timer.daemon = True
         timer.start()
@@ -606,7 +609,8 @@ class Resilience:
     def _stalled_locked(self, p: Process, idle: float, limit: float) -> None:
         action = p.tool.on_stall or self.stall_action
         reason = f"stalled: no progress for {short_duration(idle)}"
-        p.note("stalled", f"{reason} (stall timeout {short_duration(limit)}; action {action})")
+        p.note("stalled", f"no progress for {short_duration(idle)} (stall timeout {short_duration(limit)}; "
+                          f"action {action})")
         self._emit("process.stalled", p, idle=round(idle, 3), stall_timeout=limit, action=action,
                    message=reason)
         if action == "alert":
