@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from commands.agents import AgentCommands
 from commands.base import ShellCommandSet
 from commands.control import ControlCommands
 from commands.debug import DebugCommands
+from commands.ipc import IpcCommands
 from commands.limits import LimitsCommands
 from commands.maintenance import MaintenanceCommands
 from commands.observe import ObserveCommands
@@ -19,7 +21,7 @@ from commands.workflow import WorkflowCommands
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
             ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
-            ResilienceCommands()]
+            AgentCommands(), IpcCommands(), ResilienceCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

@@ -128,11 +128,15 @@ class DebugCommands(ShellCommandSet):
             if bar is not None:
                 bar.update(task, completed=min(elapsed, duration), samples=samples)
 
+        finished = threading.Event()
+
         def run() -> None:
             try:
                 result.append(self.kernel.profile(pid, duration, interval, stop=stop, on_tick=tick))
             except BaseException as exc:  # noqa: BLE001 - handed to the command's thread
                 error.append(exc)
+            finally:
+                finished.set()
 
         worker = threading.Thread(target=run, name=f"llmunix-profile-{pid}", daemon=True)
         progress = None
@@ -146,14 +150,16 @@ class DebugCommands(ShellCommandSet):
             bar, task = progress, progress.add_task("profile", total=duration, samples=0)
         try:
             worker.start()
-            while worker.is_alive():
+            # Wait on an Event, not Thread.join: on CPython 3.11 a join cut short by Ctrl-C can
+            # leave is_alive() False while the thread still runs (and the result not there yet).
+            while not finished.is_set():
                 try:
-                    worker.join(0.1)
+                    finished.wait(0.1)
                 except KeyboardInterrupt:
                     stop.set()
         finally:
             stop.set()
-            worker.join()
+            finished.wait()
             if progress is not None:
                 progress.stop()
         if error:

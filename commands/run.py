@@ -13,6 +13,7 @@ from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, 
 from commands.resilience import add_run_options, run_options
 from llmunix.admission import parse_needs
 from llmunix.models import LlmunixError, format_pid
+from llmunix.tools.markdown import find_tool_name
 
 
 class RunCommands(ShellCommandSet):
@@ -61,6 +62,7 @@ class RunCommands(ShellCommandSet):
                     if exc.code:
                         self._cmd.failed = True
                     return
+            self._refuse_internal(args.tool)
             params = parse_params(args.params)
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
                                     name=args.name, params=params, needs=parse_needs(args.need),
@@ -71,9 +73,16 @@ class RunCommands(ShellCommandSet):
         self._cmd.last_result = pid
         self.out(format_pid(pid))
 
+    def _refuse_internal(self, name: str) -> None:
+        """Workflow and agent bodies are tools too, but they are started by their own commands."""
+        if name in self.kernel.registry and self.kernel.registry.get(name).hidden:
+            kind = self.kernel.registry.get(name).kind
+            how = {"workflow": "workflow run NAME", "agent": f"agent run {name} --goal ..."}.get(str(kind))
+            raise LlmunixError(f"{name!r} is not a tool to run by hand" + (f"; use `{how}`" if how else ""))
+
     tools_parser = LlmunixArgumentParser(
         description="List the tools that can be run, or show one tool's parameters.",
-        epilog="examples:\n  tools\n  tools sleep",
+        epilog="examples:\n  tools\n  tools sleep\n  tools Read      (LLMunix spellings find read_file)",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices)
@@ -83,7 +92,13 @@ class RunCommands(ShellCommandSet):
     def do_tools(self, args: argparse.Namespace) -> None:
         """List tools."""
         try:
-            tools = [self.kernel.registry.get(args.name)] if args.name else list(self.kernel.registry)
+            if args.name:
+                # Any spelling of a tool's name finds it: `Read`, `read-file`, `read_file` (tools/markdown.py).
+                found = args.name if args.name in self.kernel.registry else find_tool_name(
+                    self.kernel.registry.names(), args.name)
+                tools = [self.kernel.registry.get(found or args.name)]
+            else:
+                tools = list(self.kernel.registry)
         except LlmunixError as exc:
             self.fail(str(exc))
             return

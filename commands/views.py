@@ -185,7 +185,10 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
     params = info.context.input_parameters
     root.add(f"Input: {_short(redact(params.get('inputs') or {} if workflow else params))}")
     if info.context.intermediate_results and not workflow:
-        root.add(f"Intermediate: {_short(redact(info.context.intermediate_results))}")
+        from commands.agents_views import agent_branches  # agents: Reasoning, Tools Used, Actions, ...
+
+        if info.kind != "agent" or not agent_branches(info, root):
+            root.add(f"Intermediate: {_short(redact(info.context.intermediate_results))}")
     if info.is_done:
         root.add(f"Output: {_short(info.output)}")
         root.add(f"Exit: {'-' if info.exit_code is None else info.exit_code}")

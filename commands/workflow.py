@@ -146,10 +146,10 @@ class WorkflowCommands(ShellCommandSet):
         self.out(f"resumed workflow {info.process_id} {info.name}")
 
     def _retry(self, args: argparse.Namespace) -> None:
-        info = self.kernel.workflow_retry(args.target, step=args.step)
-        st = self.kernel.workflow_status(info.pid)
-        again = [s.title for s in st.steps if s.state == "pending" and not s.standby]
-        self.out(f"retrying workflow {info.process_id} {info.name} (attempt {st.attempt}): " + ", ".join(again))
+        started = self.kernel.workflow_retry(args.target, step=args.step)
+        info = started.info
+        self.out(f"retrying workflow {info.process_id} {info.name} (attempt {started.attempt}): "
+                 + ", ".join(started.steps))
         if args.wait:
             self._follow(info.pid)
 

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
     _setup_logging(home, config)
+    from llmunix.config import activate
+
+    activate(config)  # tools and agents read their settings from it
 
     from llmunix.kernel import Kernel
     from llmunix.observe.logging import log_events
@@ -76,11 +79,18 @@ def main(argv: list[str] | None = None) -> int:
             limits=config.limits,
             memory_pressure_mb=config.memory_pressure_mb,
             pause_idle_under_pressure=config.pause_idle_under_pressure,
+            deadlock_policy=config.deadlock_policy,
             **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
         )
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
+    from llmunix.agents import attach
+
+    reported = {str(e) for e in load_errors}
+    for err in attach(kernel, config).errors:  # agents: built-in, <home>/agents, ./agents
+        if str(err) not in reported:
+            print(f"llmunix: could not load {err}", file=sys.stderr)
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
     log_events(kernel)

@@ -12,6 +12,26 @@ import pydantic
 from llmunix.models import LlmunixError
 
 
+class LlmConfig(pydantic.BaseModel):
+    """The `[llm]` table: how agents reach a language model (see docs/agents.md). The environment
+    overrides it: LLMUNIX_LLM_BACKEND, LLMUNIX_LLM_BASE_URL, LLMUNIX_LLM_MODEL, and the key from
+    the variable named by `api_key_env`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    backend: Literal["offline", "openai"] = pydantic.Field(
+        "offline", description="offline (deterministic, no network) or openai (OpenAI-compatible chat completions)")
+    base_url: str = pydantic.Field("https://api.openai.com/v1", description="the chat completions API root")
+    model: str = pydantic.Field("gpt-4o-mini", description="the model name sent to the API")
+    api_key_env: str = pydantic.Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    timeout: float = pydantic.Field(60.0, gt=0, description="seconds to wait for one reply")
+    retries: int = pydantic.Field(3, ge=0, description="retries after a 429, a 5xx or a dropped connection")
+    backoff: float = pydantic.Field(1.0, ge=0, description="first retry delay in seconds (doubles each time)")
+    max_iterations: int = pydantic.Field(10, ge=1, description="an agent's Thinking/Acting rounds unless it says")
+    tool_format: Literal["native", "text"] = pydantic.Field(
+        "native", description="native function calling, or the LLMunix text formats in the reply")
+
+
 class Config(pydantic.BaseModel):
     """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional."""
 
@@ -40,6 +60,15 @@ class Config(pydantic.BaseModel):
         None, ge=0, description="below this much available memory, low and idle work waits (default: 5% of total)")
     pause_idle_under_pressure: bool = pydantic.Field(
         False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
+    deadlock_policy: Literal["report", "kill-lowest"] = pydantic.Field(
+        "report", description="on a deadlock: report it (event, alert, `locks`), or also kill its lowest-priority "
+        "member (the shell's `set deadlock_policy` changes it)")
+    llm: LlmConfig = pydantic.Field(default_factory=LlmConfig, description="agents' LLM backend ([llm] table)")
+    allow_shell_tools: bool = pydantic.Field(
+        False, description="let markdown shell tools run, and agents use the shell tool")
+    workspace: str = pydantic.Field(
+        "workspace", description="the directory file tools are confined to (relative to where llmunix starts)")
+
     # resilience (docs/resilience.md)
     breaker_threshold: int = pydantic.Field(5, ge=1, description="consecutive failures that open a circuit breaker")
     breaker_cooldown: float = pydantic.Field(30.0, ge=0, description="seconds an open breaker waits before a probe")
@@ -67,6 +96,20 @@ class Config(pydantic.BaseModel):
         """The Kernel's resilience keyword arguments."""
         return {k: getattr(self, k) for k in ("breaker_threshold", "breaker_cooldown", "stall_timeout",
                                               "stall_action", "chaos", "health_min_disk_mb")}
+
+
+_ACTIVE: Config | None = None
+
+
+def active_config() -> Config:
+    """The configuration in effect in this program (`activate`d by the CLI; defaults otherwise)."""
+    return _ACTIVE if _ACTIVE is not None else Config()
+
+
+def activate(config: Config | None) -> None:
+    """Make `config` the one `active_config()` returns (None: back to the defaults)."""
+    global _ACTIVE
+    _ACTIVE = config
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -103,6 +146,7 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            known = ", ".join(Config.model_fields)
+            section = LlmConfig if len(err["loc"]) > 1 and err["loc"][0] == "llm" else Config
+            known = ", ".join(section.model_fields)
             raise LlmunixError(f"{path}: unknown setting {key!r}; known settings: {known}") from None
         raise LlmunixError(f"{path}: setting {key!r}: {err['msg']}") from None

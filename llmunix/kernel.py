@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from llmunix.admission import ResourcePool
+from llmunix.agents.kernel_mixin import Agents
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.home import HomeInUse, HomeLock
-from llmunix.ipc.bus import EventBus, Subscription
+from llmunix.ipc.bus import EventBus
+from llmunix.ipc.kernel_mixin import Communication
 from llmunix.limits import PRESSURE_RECHECK, ResourceLimits
 from llmunix.models import (
     ALLOWED,
@@ -129,7 +131,8 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Resilience):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Agents, Communication,
+             Resilience):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -160,6 +163,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         memory_pressure_mb: float | None = None,
         available_memory: Callable[[], float] | None = None,
         pause_idle_under_pressure: bool = False,
+        deadlock_policy: str = "report",
         # resilience (llmunix/resilience): breakers, watchdog, chaos, health
         breaker_threshold: int = 5, breaker_cooldown: float = 30.0, stall_timeout: float = 60.0,
         stall_action: str = "alert", chaos: str | None = None, health_min_disk_mb: float = 100.0,
@@ -231,6 +235,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
             self.store.on_commit(self._on_commit)
             self.store.on_commit(self._retain)
             self._gc_job = self._compact(wait=False)  # the first automatic pass, in the background
+        self._init_communication(deadlock_policy)  # ipc/kernel_mixin.py: mailboxes, primitives, shared memory
         self._init_resilience(breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown,
                               stall_timeout=stall_timeout, stall_action=stall_action, chaos=chaos,
                               health_min_disk_mb=health_min_disk_mb)
@@ -602,13 +607,6 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         with self._lock:
             return list(self._live)
 
-    def subscribe(self, pattern: str, callback: Callable[[Event], None], *, pid: int | None = None
-                  ) -> Subscription:
-        """Call `callback(event)` for every event whose type matches the glob `pattern`
-        (alternatives separated by `|`), optionally only for one PID. Delivered in order on the
-        event thread; keep callbacks short."""
-        return self.bus.subscribe(pattern, callback, pid=pid)
-
     def samples(self, pid: int) -> list[ResourceSample]:
         """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
         with self._lock:
@@ -712,6 +710,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         if self._monitor is not None:
             self._monitor.stop()
         self._executor.shutdown(timeout=1.0)
+        self._ipc_shutdown()
         self.bus.flush(timeout=5.0)
         self.bus.close()
         if self.store is not None:
@@ -1001,6 +1000,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                 p.step, p.percentage, p.eta = p.total, 100.0, 0.0
             p.note(oc.value.lower(), err or "")
             self._live.pop(p.pid, None)
+            self._ipc_ended(p)  # releases its locks, drops or keeps its messages, frees its buffers
             event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
                                runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb)
             p.end_seq = event.seq

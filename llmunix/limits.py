@@ -237,6 +237,7 @@ class ResourceLimits:
         log.warning("memory pressure %s: %.0f MB available, threshold %.0f MB", state, available, old.threshold_mb)
         self.bus.publish("system.memory_pressure", None,
                          {"state": state, "available_mb": round(available, 1), "threshold_mb": old.threshold_mb})
+        self._refresh_degraded_locked(dispatch=False)  # memory pressure is a reason for degraded mode (resilience)
         if not on:
             for p in self._live.values():  # deferred processes beyond the look-ahead say so no longer
                 if p.blocked_on is DEFERRED:

@@ -35,6 +35,16 @@ from llmunix.models import (
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from llmunix.ipc.handles import (
+        BarrierHandle,
+        ConditionHandle,
+        MutexHandle,
+        RWLockHandle,
+        SemaphoreHandle,
+        SharedView,
+    )
+    from llmunix.ipc.messages import Message
+    from llmunix.ipc.shared import SharedBuffer
     from llmunix.kernel import Kernel
     from llmunix.resilience.restart import Attempts
     from llmunix.tools.registry import Tool
@@ -272,6 +282,67 @@ class ProcessContext:
     def run(self, tool: Any, /, **kwargs: Any) -> ProcessInfo:
         """Run a child process to its end (`spawn` + `wait`) and return its final snapshot."""
         return self.wait([self.spawn(tool, **kwargs)])[0]
+
+    # ------------------------------------------------------------------ communication (llmunix/ipc)
+    # Thin delegations to the kernel (ipc/kernel_mixin.py); waits are off-slot control points.
+
+    def send(self, pid: int, message: Any, *, type: Any = None, persistent: bool = False,
+             sensitive: bool = False) -> str:
+        """Send a message (JSON-shaped, or a pydantic model) to process `pid`; returns its id.
+        `persistent`: kept in the store until acknowledged (at-least-once); `sensitive`:
+        encrypted at rest and never shown by `mailbox`."""
+        return self._kernel._ipc_send(self._proc, pid, message, type, persistent, sensitive)
+
+    def recv(self, timeout: float | None = None, type: Any = None) -> Message | None:
+        """The next message (of `type`, if given: a registered name or model class), waiting for
+        one off-slot; None if `timeout` seconds pass first. Call `msg.ack()` on persistent ones."""
+        return self._kernel._ipc_recv(self._proc, timeout, type)
+
+    def broadcast(self, topic: str, message: Any, *, type: Any = None, persistent: bool = False,
+                  sensitive: bool = False) -> list[int]:
+        """Send to every live process listening to `topic`; returns their PIDs."""
+        return self._kernel._ipc_broadcast(self._proc, topic, message, type, persistent, sensitive)
+
+    def subscribe_topic(self, topic: str) -> None:
+        """Receive broadcasts on topics matching `topic` (a glob) in this mailbox."""
+        self._kernel._ipc_listen(self._proc, topic, True)
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        self._kernel._ipc_listen(self._proc, topic, False)
+
+    def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
+        """Publish a tool-specific event `tool.NAME` with JSON-shaped `data` (see `events`)."""
+        self._kernel._ipc_emit(self._proc, name, data)
+
+    @property
+    def shared(self) -> SharedView:
+        """The kernel's versioned key-value blackboard: get, set, cas, update, keys, wait."""
+        return self._kernel._ipc_shared(self._proc)
+
+    def buffer(self, name: str, size: int | None = None) -> SharedBuffer:
+        """A named memory-mapped buffer (created with `size` bytes if new); `buf.path` for a
+        subprocess. Freed when the last process that opened it ends."""
+        return self._kernel._ipc_buffer(self._proc, name, size)
+
+    def lock(self, name: str) -> MutexHandle:
+        """The kernel's mutex `name`: `with ctx.lock("db"): ...`."""
+        return self._kernel._ipc_primitive(self._proc, "mutex", name)
+
+    def semaphore(self, name: str, value: int | None = None) -> SemaphoreHandle:
+        """The counting semaphore `name`, made with `value` (default 1) holds if new."""
+        return self._kernel._ipc_primitive(self._proc, "semaphore", name, value)
+
+    def condition(self, name: str) -> ConditionHandle:
+        """The condition variable `name` (with its own mutex)."""
+        return self._kernel._ipc_primitive(self._proc, "condition", name)
+
+    def barrier(self, name: str, parties: int | None = None) -> BarrierHandle:
+        """The barrier `name` for `parties` processes (needed to create it; optional after)."""
+        return self._kernel._ipc_primitive(self._proc, "barrier", name, parties)
+
+    def rwlock(self, name: str) -> RWLockHandle:
+        """The read-write lock `name`: `with ctx.rwlock("index").read(): ...`."""
+        return self._kernel._ipc_primitive(self._proc, "rwlock", name)
 
     # ------------------------------------------------------------------ circuit breakers (resilience)
 

@@ -34,7 +34,8 @@ from llmunix.observe.logging import LEVELS, current_level, parse_level, set_leve
 log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
-ALERT_EVENTS = "process.completed|process.failed|process.cancelled|process.unkillable|" + RESILIENCE_ALERTS
+ALERT_EVENTS = ("process.completed|process.failed|process.cancelled|process.unkillable|ipc.deadlock|"
+                + RESILIENCE_ALERTS)
 
 
 class LlmunixShell(cmd2.Cmd):
@@ -74,6 +75,8 @@ class LlmunixShell(cmd2.Cmd):
                                             "seconds between CPU / memory / I/O samples", kernel))
         self.add_settable(cmd2.Settable("time_slice", _positive_float,
                                         "seconds a process runs before yielding to its peers", kernel))
+        self.add_settable(cmd2.Settable("deadlock_policy", str, "on a deadlock: report, or kill-lowest (its "
+                                        "lowest-priority member)", kernel, choices=("report", "kill-lowest")))
         self.loglevel = current_level()
         self.add_settable(cmd2.Settable("loglevel", _log_level, "what llmunix.log records: " + ", ".join(LEVELS),
                                         self, choices=LEVELS, onchange_cb=self._loglevel_changed))
@@ -140,6 +143,9 @@ class LlmunixShell(cmd2.Cmd):
                                  ("completed", STATE_STYLES["Completed"]), f" in {d.get('runtime', 0):.1f}s")
         elif event.type in RESILIENCE_ALERT_TYPES:  # stalls, degraded mode on/off (there is no toolbar to show it)
             text = resilience_alert(event)
+        elif event.type == "ipc.deadlock":
+            victim = f"; killing {d['victim']} (lowest priority)" if d.get("victim") else "; see `locks`"
+            text = Text.assemble(("deadlock", "bold red"), f" {d.get('summary', '')}{victim}")
         elif event.type == "process.unkillable":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", ("unkillable", "bold red"),
                                  f": {d.get('reason', '')}")

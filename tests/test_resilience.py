@@ -444,3 +444,24 @@ def test_policies_are_checked_before_anything_starts(make_kernel):
     with pytest.raises(LlmunixError, match="on_stall must be alert, restart or kill"):
         tool(lambda ctx: None, name="rz_bad", hidden=True, on_stall="panic")
     assert k.ps(all=True) == []
+
+
+def test_no_lock_outlives_a_failed_attempt_and_unacked_messages_come_again(kernel):
+    k = kernel
+    seen: list[object] = []
+
+    def worker(ctx: ProcessContext) -> str:
+        msg = ctx.recv(timeout=5)
+        seen.append(msg.body if msg is not None else None)
+        ctx.lock("db").acquire()  # held when the first attempt fails: the retry must get it again
+        if len(seen) == 1:
+            raise ToolError("crashed holding the lock, message not acknowledged")
+        msg.ack()
+        return "done"
+
+    pid = k.spawn(worker, retry=RetryPolicy(max_attempts=2, initial=0.01, jitter="none"))
+    k.send(pid, "job 1", persistent=True)
+    info = k.wait([pid], timeout=10)[0]
+    assert (info.state, info.output) == ("Completed", "done"), info.error
+    assert seen == ["job 1", "job 1"]  # delivered again to the second attempt
+    assert any(h.event == "released" for h in info.history)

@@ -152,3 +152,8 @@ def test_e2e_status_and_live_wait_in_a_pty(tmp_path):
         child.expect(PROMPT)
     finally:
         close_prompt(child)
+
+
+def test_run_refuses_the_workflow_body_and_says_what_to_use(wsh):
+    assert "use `workflow run NAME`" in wsh.bad("run workflow")
+    assert wsh.kernel.ps(all=True) == []

@@ -120,6 +120,7 @@ def test_a_cycle_is_rejected_with_the_cycle_printed(make_kernel):
 @pytest.mark.parametrize("steps,expected", [
     ([{"id": "a", "tool": "echo", "needs": ["nope"]}], "step 'a' needs unknown step 'nope'"),
     ([{"id": "a", "tool": "no_such_tool"}], "step 'a': unknown tool 'no_such_tool'"),
+    ([{"id": "a", "agent": "no-such-agent", "goal": "x"}], "step 'a': unknown agent 'no-such-agent'"),
     ([{"id": "a", "tool": "shell", "with": {"command": "ls"}}], "tool 'shell' needs parameter 'cmd' in 'with'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "x", "colour": 1}}], "tool 'echo' has no parameter 'colour'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ steps.zz.output }}"}}], "needs unknown step 'zz'"),
@@ -459,3 +460,25 @@ def test_an_interrupted_workflow_recovers_and_reruns_only_its_unfinished_steps(t
         assert lines(first) == 1  # the finished step was not run again
         new_step = k.workflow_status(pid).steps[1].pid
         assert new_step != old_step and k.info(new_step).state == "Completed"
+
+
+def test_long_runs_checkpoint_deltas_and_fold_back_to_the_whole_state(make_kernel):
+    from llmunix.workflows.runner import FULL_EVERY, fold
+
+    k = make_kernel()
+    n = FULL_EVERY + 15
+    steps = [{"id": "s0", "tool": "echo", "with": {"text": "0"}}]
+    steps += [{"id": f"s{i}", "tool": "echo", "needs": [f"s{i - 1}"], "with": {"text": str(i)}} for i in range(1, n)]
+    pid, info = run(k, {"name": "long", "steps": steps})
+    assert info.state == "Completed"
+    versions = [s for _v, s in k.checkpoints(pid)]
+    deltas = [v for v in versions if v.get("delta")]
+    assert deltas and len(versions) - len(deltas) >= 2  # mostly deltas, a full one now and then
+    assert all(len(d["steps"]) <= 2 for d in deltas)  # a delta carries only what changed
+    state = fold(versions)
+    assert [state["steps"][f"s{i}"]["output"] for i in range(n)] == [str(i) for i in range(n)]
+    k.workflow_retry(pid, step=f"s{n - 3}")
+    [info] = k.wait([pid], timeout=20)
+    st = k.workflow_status(pid)
+    assert info.state == "Completed" and st.attempt == 2
+    assert [s.attempts for s in st.steps][-4:] == [1, 1, 1, 1] and st.steps[0].pid < st.steps[-1].pid

@@ -1,9 +1,27 @@
 """The event bus: every change in the engine is published here, and delivered in order.
 
 Publishing is a non-blocking put on a queue, so a worker never waits for a subscriber. One
-dispatcher thread delivers events to subscribers in sequence order; a subscriber that raises is
-logged and keeps its subscription. Events are published while the kernel lock is held, so their
+dispatcher thread takes events off that queue in sequence order and hands each to the
+subscriptions whose pattern matches. Events are published while the kernel lock is held, so their
 sequence numbers follow the order of the changes they describe.
+
+A subscription is delivered one of two ways:
+
+* **inline** (`queue=None`, the bus's default): the dispatcher calls the callback itself. Lossless
+  and unbounded, and exactly in step with `mark()`/`flush()` — but a slow callback holds up every
+  other subscriber, so this is for the engine's own quick consumers: the store's writer queue,
+  the followers of `events --follow` and `log --follow`.
+* **queued** (`queue=N`, what `Kernel.subscribe` gives by default): the dispatcher appends to the
+  subscription's own bounded queue and a delivery thread of its own calls the callback. A slow or
+  blocked callback only fills its own queue. When the queue is full the drop policy decides —
+  `"oldest"` (default: keep the newest events) or `"newest"` (refuse the incoming one) — and every
+  dropped event is counted (`EventBus.stats()`, the `bus` command).
+
+Queued subscriptions can also *coalesce* high-rate events (`coalesce="process.progress"`: while an
+event of that type and PID waits in the queue, a newer one takes its place instead of queueing
+behind it, so a lagging subscriber gets the latest progress at once and the queue holds one such
+event per process) and take events in *batches* (`batch=True`: the callback gets a list of every
+event waiting, up to `batch_size`). A subscriber that raises is logged and keeps its subscription.
 """
 
 from __future__ import annotations
@@ -15,33 +33,268 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from llmunix.models import EMPTY, Event
+from llmunix.models import EMPTY, Event, LlmunixError, format_pid
 
 log = logging.getLogger("llmunix.bus")
 
 Callback = Callable[[Event], None]
+EventFilter = Callable[[Event], bool]
+DropPolicy = Literal["oldest", "newest"]
+
+DEFAULT_QUEUE = 10_000  # events a queued subscription holds before it drops
+DEFAULT_BATCH = 500
+
+
+def glob_matcher(pattern: str) -> Callable[[str], Any]:
+    """The bus's pattern language: a glob ("process.*"); "|" separates alternatives."""
+    regex = "|".join(fnmatch.translate(p.strip()) for p in pattern.split("|"))
+    return re.compile(regex).match
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    """One subscription as `bus` shows it."""
+
+    id: int
+    pattern: str
+    pid: str | None
+    mode: str  # "inline" or "queued"
+    callback: str
+    maxsize: int | None
+    queued: int
+    delivered: int
+    dropped: int
+    coalesced: int
+    errors: int
+    policy: str | None
+    lag: float | None  # seconds the oldest queued event has waited
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "pattern": self.pattern, "pid": self.pid, "mode": self.mode,
+                "callback": self.callback, "maxsize": self.maxsize, "queued": self.queued,
+                "delivered": self.delivered, "dropped": self.dropped, "coalesced": self.coalesced,
+                "errors": self.errors, "policy": self.policy,
+                "lag": None if self.lag is None else round(self.lag, 3)}
+
+
+class _Slot:
+    """A coalesced event's place in a subscription's queue; the event itself is the newest of its
+    (type, PID), kept in `Subscription._latest` until the slot's turn comes."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[str, int | None]) -> None:
+        self.key = key
 
 
 class Subscription:
-    __slots__ = ("pattern", "callback", "pid", "_match", "_bus")
+    """One subscriber: what it wants (type glob, PID or PID glob, an optional filter) and how it
+    is delivered (inline, or through its own bounded queue and thread)."""
 
-    def __init__(self, bus: EventBus, pattern: str, callback: Callback, pid: int | None) -> None:
+    _ids = itertools.count(1)
+
+    def __init__(self, bus: EventBus, pattern: str, callback: Callable[..., None], pid: int | str | None, *,
+                 filter: EventFilter | None = None, queue: int | None = None, policy: DropPolicy = "oldest",
+                 coalesce: str | None = None, batch: bool = False, batch_size: int = DEFAULT_BATCH,
+                 prelude: Callable[[], tuple[list[Event], int]] | None = None) -> None:
+        if queue is not None and queue < 1:
+            raise LlmunixError("a subscription's queue must hold at least 1 event")
+        if policy not in ("oldest", "newest"):
+            raise LlmunixError(f"unknown drop policy {policy!r}; use 'oldest' or 'newest'")
+        if queue is None and (batch or coalesce or prelude):
+            raise LlmunixError("batching, coalescing and replay need a queued subscription (queue=N)")
+        self.id = next(self._ids)
         self._bus = bus
         self.pattern = pattern
         self.callback = callback
         self.pid = pid
-        # Patterns are globs on the event type ("process.*"); "|" separates alternatives.
-        regex = "|".join(fnmatch.translate(p.strip()) for p in pattern.split("|"))
-        self._match = re.compile(regex).match
+        self.filter = filter
+        self._match = glob_matcher(pattern)
+        # PIDs match as ints, or as a glob on the zero-padded PID ("00*").
+        self._pid_match = None if pid is None or isinstance(pid, int) else glob_matcher(str(pid))
+        self.maxsize = queue
+        self.policy = policy
+        self.batch = batch
+        self.batch_size = max(1, batch_size)
+        self._coalesce = glob_matcher(coalesce) if coalesce else None
+        self.delivered = 0
+        self.dropped = 0
+        self.coalesced = 0
+        self.errors = 0
+        self._queue: deque[Any] = deque()
+        self._events = 0  # events (not markers) in _queue
+        # Coalescing: a slot in the queue per (type, PID), holding the newest such event.
+        self._latest: dict[tuple[str, int | None], Event] = {}
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._prelude = prelude
+        if queue is not None:
+            self._thread = threading.Thread(target=self._deliver_loop, name=f"llmunix-sub-{self.id}", daemon=True)
 
     def matches(self, event: Event) -> bool:
-        return (self.pid is None or event.pid == self.pid) and self._match(event.type) is not None
+        if self.pid is not None:
+            if self._pid_match is None:
+                if event.pid != self.pid:
+                    return False
+            elif event.pid is None or self._pid_match(format_pid(event.pid)) is None:
+                return False
+        return self._match(event.type) is not None
 
     def cancel(self) -> None:
         self._bus.unsubscribe(self)
+
+    @property
+    def queued_mode(self) -> bool:
+        return self.maxsize is not None
+
+    # ------------------------------------------------------------------ dispatcher side
+
+    def _offer(self, event: Event) -> None:
+        """Dispatcher thread: hand over one matching event."""
+        if self.maxsize is None:
+            if self.filter is not None and not self.filter(event):
+                return
+            self.callback(event)
+            self.delivered += 1
+            return
+        with self._cond:
+            if self._closed:
+                return
+            key = None
+            if self._coalesce is not None and self._coalesce(event.type):
+                key = (event.type, event.pid)
+                if key in self._latest:  # its slot is still queued: the newest replaces the older
+                    self._latest[key] = event
+                    self.coalesced += 1
+                    return
+            if self._events >= self.maxsize:
+                self.dropped += 1
+                if self.policy == "newest":
+                    return
+                self._drop_oldest()
+            if key is not None:
+                self._latest[key] = event
+                self._queue.append(_Slot(key))
+            else:
+                self._queue.append(event)
+            self._events += 1
+            self._cond.notify()
+
+    def _drop_oldest(self) -> None:
+        for i, item in enumerate(self._queue):
+            if not isinstance(item, threading.Event):
+                del self._queue[i]
+                self._events -= 1
+                if isinstance(item, _Slot):
+                    del self._latest[item.key]
+                return
+
+    def _mark(self, marker: threading.Event) -> None:
+        """Set `marker` once everything queued before it has been delivered (markers are never dropped)."""
+        if self.maxsize is None:
+            marker.set()
+            return
+        with self._cond:
+            if self._closed:
+                marker.set()
+                return
+            self._queue.append(marker)
+            self._cond.notify()
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            self._thread.start()
+
+    def _close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for item in self._queue:
+                if isinstance(item, threading.Event):
+                    item.set()
+            self._queue.clear()
+            self._events = 0
+            self._latest.clear()
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ delivery thread
+
+    def _deliver_loop(self) -> None:
+        skip_upto = 0  # after a replay: live events up to this seq were in it
+        if self._prelude is not None:
+            try:
+                replayed, skip_upto = self._prelude()
+            except Exception:
+                log.exception("replay for subscriber %r failed", self.pattern)
+                replayed = []
+            self._call([e for e in replayed if self.filter is None or self.filter(e)])
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                take: list[Event] = []
+                markers: list[threading.Event] = []
+                # Everything waiting (up to a batch) in one go: one lock round and one wake-up
+                # per burst, not per event.
+                while self._queue and len(take) < self.batch_size:
+                    item = self._queue.popleft()
+                    if isinstance(item, threading.Event):
+                        markers.append(item)
+                        if take:
+                            break  # deliver what came before the marker first
+                        continue
+                    self._events -= 1
+                    if isinstance(item, _Slot):
+                        item = self._latest.pop(item.key)
+                    if item.seq <= skip_upto:
+                        continue
+                    take.append(item)
+            if take and self.filter is not None:
+                take = [e for e in take if self._filtered(e)]
+            self._call(take)
+            for m in markers:
+                m.set()
+
+    def _filtered(self, event: Event) -> bool:
+        try:
+            return bool(self.filter(event))  # type: ignore[misc]
+        except Exception:
+            self.errors += 1
+            log.exception("event filter of subscriber %r failed on %s", self.pattern, event.type)
+            return False
+
+    def _call(self, events: list[Event]) -> None:
+        if not events:
+            return
+        try:
+            if self.batch:
+                self.callback(events)
+            else:
+                for e in events:
+                    self.callback(e)
+            self.delivered += len(events)
+        except Exception:
+            self.errors += 1
+            log.exception("event subscriber %r failed", self.pattern)
+
+    def stats(self) -> SubscriptionStats:
+        with self._cond:
+            first = next((e for e in self._queue if not isinstance(e, threading.Event)), None)
+            oldest = None if first is None else (self._latest[first.key] if isinstance(first, _Slot) else first).time
+            queued = self._events
+        name = getattr(self.callback, "__qualname__", None) or type(self.callback).__name__
+        return SubscriptionStats(
+            self.id, self.pattern, None if self.pid is None else str(self.pid),
+            "queued" if self.maxsize is not None else "inline", name, self.maxsize, queued, self.delivered,
+            self.dropped, self.coalesced, self.errors, self.policy if self.maxsize is not None else None,
+            None if oldest is None else max(0.0, time.time() - oldest))
 
 
 class EventBus:
@@ -50,6 +303,7 @@ class EventBus:
         self._subs: tuple[Subscription, ...] = ()
         self._subs_lock = threading.Lock()
         self._seq = itertools.count(1)
+        self.published = 0
         self._thread = threading.Thread(target=self._dispatch, name="llmunix-events", daemon=True)
         self._closed = False
         self._thread.start()
@@ -60,27 +314,65 @@ class EventBus:
             self._queue.put(event)
         return event
 
-    def subscribe(self, pattern: str, callback: Callback, *, pid: int | None = None) -> Subscription:
-        sub = Subscription(self, pattern, callback, pid)
+    def subscribe(self, pattern: str, callback: Callable[..., None], *, pid: int | str | None = None,
+                  filter: EventFilter | None = None, queue: int | None = None, policy: DropPolicy = "oldest",
+                  coalesce: str | None = None, batch: bool = False, batch_size: int = DEFAULT_BATCH,
+                  prelude: Callable[[], tuple[list[Event], int]] | None = None) -> Subscription:
+        """Deliver events whose type matches `pattern` (and `pid`, and `filter`) to `callback`:
+        inline on the dispatcher thread (`queue=None`), or through a bounded queue of `queue`
+        events and a thread of its own (see the module docstring). `prelude`, for queued ones, runs
+        first on that thread and returns (events to deliver first, seq up to which live ones
+        are already among them): how `Kernel.subscribe(replay=True)` replays the store."""
+        sub = Subscription(self, pattern, callback, pid, filter=filter, queue=queue, policy=policy,
+                           coalesce=coalesce, batch=batch, batch_size=batch_size, prelude=prelude)
         with self._subs_lock:
+            if self._closed:
+                raise LlmunixError("the event bus is closed")
             self._subs = (*self._subs, sub)
+        sub._start()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._subs_lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
+        sub._close()
 
-    def flush(self, timeout: float | None = 5.0) -> bool:
-        """Block until every event published so far has been delivered."""
+    def stats(self) -> list[SubscriptionStats]:
+        return [s.stats() for s in self._subs]
+
+    def backlog(self) -> int:
+        """Events published and not yet taken by the dispatcher."""
+        return self._queue.qsize()
+
+    def flush(self, timeout: float | None = 5.0, *, queued: bool = True) -> bool:
+        """Block until every event published so far has been delivered: to the inline subscribers,
+        and with `queued` (default) to the queued ones too — a blocked queued subscriber then makes
+        this wait out the timeout; durability (the store is inline) passes queued=False."""
         if self._closed or threading.current_thread() is self._thread:
             return True
+        deadline = None if timeout is None else time.monotonic() + timeout
         marker = threading.Event()
         self._queue.put(marker)
-        return marker.wait(timeout)
+        if not marker.wait(timeout):
+            return False
+        if not queued:
+            return True
+        markers = []
+        for sub in self._subs:
+            if sub.queued_mode and threading.current_thread() is not sub._thread:
+                m = threading.Event()
+                sub._mark(m)
+                markers.append(m)
+        for m in markers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not m.wait(left):
+                return False
+        return True
 
     def mark(self, marker: threading.Event) -> None:
-        """Set `marker` once every event published so far has been delivered; do not wait.
-        A subscriber that checks the marker can tell the events before it from those after."""
+        """Set `marker` once every event published so far has been delivered to the inline
+        subscribers; do not wait. An inline subscriber that checks the marker can tell the events
+        before it from those after."""
         if self._closed:
             marker.set()
         else:
@@ -89,10 +381,14 @@ class EventBus:
     def close(self, timeout: float = 5.0) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._subs_lock:
+            self._closed = True
+            subs = self._subs
         self._queue.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        for sub in subs:
+            sub._close()
 
     def _dispatch(self) -> None:
         while True:
@@ -102,9 +398,11 @@ class EventBus:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
+            self.published += 1
             for sub in self._subs:
                 if sub.matches(item):
                     try:
-                        sub.callback(item)
+                        sub._offer(item)
                     except Exception:  # a subscriber's bug must not stop delivery to others
+                        sub.errors += 1
                         log.exception("event subscriber %r failed on %s", sub.pattern, item.type)

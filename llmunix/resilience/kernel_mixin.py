@@ -81,7 +81,6 @@ class Resilience:
         self._chaos: ChaosSpec | None = ChaosSpec.parse(chaos)
         self._watch: dict[int, Watch] = {}
         self._degraded_check_at: float | None = None  # when the pending cool-down re-check fires
-        self.bus.subscribe("system.memory_pressure", self._pressure_changed)
 
     # ------------------------------------------------------------------ public API: breakers
 
@@ -410,6 +409,7 @@ class Resilience:
         proc.requests = 0  # a kill that ended the attempt (a timeout) is answered; a pending preemption is moot
         proc.kill_reason, proc.kill_outcome = "", "Cancelled"
         proc.blocked_on = ()
+        self._ipc_attempt_ended(proc)  # its locks go; unacknowledged persistent messages come again
         proc.state = QUEUED_STATE[proc.kind]
         proc.detail = detail
         a.run_base = proc.run_accum
@@ -518,10 +518,11 @@ class Resilience:
 
     # ------------------------------------------------------------------ degraded mode (lock held)
 
-    def _refresh_degraded_locked(self) -> None:
+    def _refresh_degraded_locked(self, dispatch: bool = True) -> None:
         """Degraded mode is on while memory is under pressure or a breaker is open (in its
         cool-down) or half-open: low and idle work is deferred (admission in limits.py reads
-        `_degraded`). A change is an event (`system.degraded`) and the shell's alert."""
+        `_degraded`). A change is an event (`system.degraded`) and the shell's alert. From inside
+        a dispatch (a memory reading), `dispatch=False`: the dispatch under way goes on."""
         self._board.recount()
         reasons: list[str] = ["memory pressure"] if self._pressure.on else []
         soonest = math.inf
@@ -554,17 +555,12 @@ class Resilience:
                 if p.blocked_on is DEFERRED:
                     p.blocked_on = ()
                     p.detail = "queued"
-        self._dispatch_locked(time.monotonic())
+        if dispatch:
+            self._dispatch_locked(time.monotonic())
 
     def _degraded_timer(self) -> None:
         with self._lock:
             self._degraded_check_at = None
-            if not self._closed:
-                self._refresh_degraded_locked()
-
-    def _pressure_changed(self, _event: Any) -> None:
-        """Event thread: memory pressure went on or off."""
-        with self._lock:
             if not self._closed:
                 self._refresh_degraded_locked()
 

@@ -155,7 +155,7 @@ class DurableState:
         if self.store is None:
             return True
         deadline = time.monotonic() + timeout
-        return self.bus.flush(timeout) and self.store.flush(max(0.0, deadline - time.monotonic()))
+        return self.bus.flush(timeout, queued=False) and self.store.flush(max(0.0, deadline - time.monotonic()))
 
     def gc(self, days: float | None = None, keep: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
         """Compact finished processes now: those that finished more than `days` ago, or that are

@@ -33,7 +33,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -72,6 +72,35 @@ MIGRATIONS: dict[int, str] = {
     # Peak memory of each run (from the monitor), for predicting a tool's memory need.
     2: """
     ALTER TABLE tool_runs ADD COLUMN peak_memory_mb REAL;
+    """,
+    # Persistent mailboxes (llmunix/ipc/persist.py): a row lives until its message is acknowledged.
+    3: """
+    CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY, recipient INTEGER NOT NULL, sender INTEGER, type TEXT NOT NULL, topic TEXT,
+        body TEXT, sensitive INTEGER DEFAULT 0, sent REAL, deliveries INTEGER DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient);
+    """,
+    # Agents' learning memory (llmunix/agents/memory.py): one row per run, one per tool call.
+    4: """
+    CREATE TABLE IF NOT EXISTS agent_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, agent TEXT, pid INTEGER, goal TEXT, outcome TEXT,
+        duration REAL, iterations INTEGER, tools TEXT, errors TEXT, tokens INTEGER, backend TEXT, answer TEXT
+    );
+    CREATE INDEX IF NOT EXISTS agent_runs_agent ON agent_runs(agent, id);
+    CREATE TABLE IF NOT EXISTS agent_tool_uses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, agent TEXT, pid INTEGER, tool TEXT, call TEXT,
+        child INTEGER, ok INTEGER, duration REAL, error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS agent_tool_uses_agent ON agent_tool_uses(agent, tool, id);
+    """,
+    # 3 and 4 were written side by side; a home that reached 4 before 3 existed gets its table here.
+    5: """
+    CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY, recipient INTEGER NOT NULL, sender INTEGER, type TEXT NOT NULL, topic TEXT,
+        body TEXT, sensitive INTEGER DEFAULT 0, sent REAL, deliveries INTEGER DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient);
     """,
 }
 
@@ -394,6 +423,10 @@ class Store:
             "SELECT peak_memory_mb FROM tool_runs WHERE tool=? AND outcome='Completed' "
             "AND peak_memory_mb IS NOT NULL ORDER BY id DESC LIMIT ?", (tool, limit)).fetchall()
         return [r[0] for r in rows]
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query, on this thread's reading connection."""
+        return self._reader().execute(sql, args).fetchall()
 
     def integrity_check(self) -> str:
         return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])

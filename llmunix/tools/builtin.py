@@ -83,6 +83,14 @@ def shell(ctx: ProcessContext, cmd: str) -> str:
         cmd: the command line, run by /bin/sh
     """
     child = ctx.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return collect_output(ctx, child)
+
+
+def collect_output(ctx: ProcessContext, child: subprocess.Popen[bytes]) -> str:
+    """Wait for a child started with `ctx.popen(..., stdout=PIPE)`, reaching a control point every
+    POLL seconds; its output goes to the process log and the last OUTPUT_LIMIT bytes are returned.
+    A non-zero exit raises ToolError with that exit status (shared by `shell` and markdown shell
+    tools)."""
     tail: deque[str] = deque()
     size = 0
     lock = threading.Lock()
@@ -117,3 +125,7 @@ def shell(ctx: ProcessContext, cmd: str) -> str:
                         exit_code=code if code > 0 else 128 - code)
     with lock:
         return "\n".join(tail)
+
+
+import llmunix.tools.files  # noqa: E402, F401 - the workspace file tools: read_file, write_file, list_files, grep
+import llmunix.tools.research  # noqa: E402, F401 - registers web_fetch, summarize, analyze and report

@@ -1,7 +1,9 @@
-"""Find users' tools: Python files in tool directories, named modules, and entry points.
+"""Find users' tools: Python files and LLMunix markdown tools in tool directories, named modules,
+and entry points.
 
 Each source is imported on its own; `@tool` functions in it register themselves. A source that
-fails to import is reported with its error and the others still load.
+fails to import is reported with its error and the others still load. Markdown tools
+(`tools/*.md`, see tools/markdown.py) are registered too; agent definitions live in `agents/`.
 """
 
 from __future__ import annotations
@@ -51,10 +53,23 @@ def load_file(path: Path) -> LoadError | None:
     return None
 
 
+def load_markdown(directory: Path) -> list[LoadError]:
+    """Register the markdown tool definitions in `directory` (shell tools run only when the
+    active configuration's `allow_shell_tools` is set, checked at run time)."""
+    from llmunix.config import active_config
+    from llmunix.tools.markdown import TOOL, discover, markdown_tool
+    from llmunix.tools.registry import REGISTRY
+
+    found = discover([(directory, TOOL)])
+    for d in found.of_kind(TOOL):
+        REGISTRY.register(markdown_tool(d, allow_shell=lambda: active_config().allow_shell_tools))
+    return [LoadError(f"{e.path}:{e.line}" if e.line else e.path, e.problem) for e in found.errors]
+
+
 def load_directory(directory: Path) -> list[LoadError]:
     if not directory.is_dir():
         return []
-    errors = []
+    errors = load_markdown(directory)
     for path in sorted(directory.glob("*.py")):
         if path.name.startswith("_"):
             continue

@@ -39,6 +39,19 @@ class SpecInfo:
                 "steps": self.steps, "error": self.error}
 
 
+@dataclass(frozen=True, slots=True)
+class RetryStarted:
+    """What `workflow_retry` started: the workflow (same PID), the steps it re-runs, the attempt."""
+
+    info: ProcessInfo
+    steps: tuple[str, ...]
+    attempt: int
+
+    @property
+    def pid(self) -> int:
+        return self.info.pid
+
+
 class Workflows:
     """Mixed into Kernel. State: `_step_durations[(workflow, step)]`, recent step durations."""
 
@@ -104,6 +117,13 @@ class Workflows:
         dag.build(spec)
         where = spec.source or spec.name
         for s in spec.steps:
+            if s.agent is not None:
+                from llmunix.agents.service import service_for
+
+                try:
+                    service_for(self).definition(s.agent)  # type: ignore[arg-type]
+                except LlmunixError as exc:
+                    raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
             if s.tool is None:
                 continue
             try:
@@ -174,7 +194,7 @@ class Workflows:
                     pass
         return build_status(info, spec, state, children, lambda sid: self._step_estimate(spec.name, sid))
 
-    def workflow_retry(self, target: str | int, step: str | None = None) -> ProcessInfo:
+    def workflow_retry(self, target: str | int, step: str | None = None) -> RetryStarted:
         """Run a finished workflow again under the same PID: `step` (an id, or a number counted
         from 1) and everything that depends on it, or else its failed and unfinished steps. The
         committed outputs of the steps upstream are reused."""
@@ -219,7 +239,10 @@ class Workflows:
             proc.history.extendleft(reversed(history))
             self._emit("process.restarted", proc, action="workflow retry", how=f"attempt {state['attempt']}",
                        resumed=True, steps=sorted(again))
-            return self._snapshot(proc)
+        # The reset state is a version of its own at once, so `workflow status` shows the new
+        # attempt even before the process has started.
+        self._wait_durable(self._checkpoint(proc, state)[1])
+        return RetryStarted(self.info(pid), tuple(s.id for s in spec.steps if s.id in again), state["attempt"])
 
     def _step_id(self, spec: WorkflowSpec, step: str) -> str:
         text = str(step).strip()
@@ -236,8 +259,7 @@ class Workflows:
         from llmunix.workflows.spec import spec_from_data
 
         spec = spec_from_data(dict(params["spec"]), params["spec"].get("source") or info.name)
-        versions = self.checkpoints(info.pid)
-        state = versions[-1][1] if versions else None
+        state = runner.fold([s for _v, s in self.checkpoints(info.pid)])
         return spec, state
 
     # ------------------------------------------------------------------ called by the runner

@@ -5,7 +5,8 @@ Visible states: Planning (checking the spec and what an earlier attempt left) ->
 retry to fall due) -> Completed / Failed / Cancelled.
 
 The run's state is one JSON document, checkpointed (durably, before anything acts on it) each
-time a step starts or ends::
+time steps start or end — in full at first and every FULL_EVERY commits, as the changed steps
+(`{"delta": true, "steps": {...}}`) in between; `fold` rebuilds it from the versions::
 
     {"attempt": 1, "run_dir": "...", "inputs": {...},
      "steps": {"fetch": {"state": "completed", "pid": 4, "attempts": 1, "output": {...},
@@ -19,6 +20,7 @@ attempt; no slot and no thread held), completed, skipped, failed, cancelled.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from pathlib import Path
@@ -34,7 +36,22 @@ if TYPE_CHECKING:
     from llmunix.models import ProcessInfo
 
 DONE_OK = ("completed", "skipped")
+FULL_EVERY = 50  # a full checkpoint after this many deltas
 ENDED = ("completed", "skipped", "failed", "cancelled")
+
+
+def fold(versions: list[Any]) -> dict[str, Any] | None:
+    """The run's state from its checkpoints, oldest first: the last full one, then the deltas."""
+    state: dict[str, Any] | None = None
+    for v in versions:
+        if not isinstance(v, dict) or "steps" not in v:
+            continue
+        if v.get("delta") and state is not None:
+            state["steps"].update(copy.deepcopy(v["steps"]))
+            state["attempt"] = v.get("attempt", state.get("attempt", 1))
+        elif not v.get("delta"):
+            state = copy.deepcopy(v)
+    return state
 
 
 def workflow_scope(spec: WorkflowSpec) -> dict[str, Any]:
@@ -67,6 +84,8 @@ class WorkflowRun:
         self.stopping = False  # a step failed for good: start nothing new
         self.rand = random.Random(seed).random
         self.order = [s.id for s in spec.steps]
+        self.committed: dict[str, dict[str, Any]] = {}  # each step as last checkpointed
+        self.since_full = 0
 
     # ------------------------------------------------------------------ the loop
 
@@ -230,7 +249,17 @@ class WorkflowRun:
         return f"{now}: {', '.join(running)}" if running else now
 
     def commit(self) -> None:
-        self.ctx.checkpoint(self.state)  # durable before it returns
+        """Checkpoint what changed (durable before it returns): the whole state every FULL_EVERY
+        commits, else only the steps that changed, so a long chain costs O(changes), not O(steps)."""
+        changed = {sid: st for sid, st in self.steps.items() if self.committed.get(sid) != st}
+        if self.since_full >= FULL_EVERY or not self.committed:
+            self.ctx.checkpoint(self.state)
+            self.since_full = 0
+        else:
+            self.ctx.checkpoint({"delta": True, "attempt": self.state["attempt"], "steps": changed})
+            self.since_full += 1
+        for sid, st in changed.items():
+            self.committed[sid] = dict(st)
         total = len([s for s in self.order if s not in self.standby]) or 1
         done = sum(1 for sid, st in self.steps.items() if st["state"] in ENDED and sid not in self.standby)
         self.ctx.progress(min(done, total), total, self.describe())
@@ -252,6 +281,8 @@ def workflow(ctx: ProcessContext, spec: dict, inputs: dict | None = None, run_di
     """
     wf = spec_from_data(spec, spec.get("source") or spec.get("name", "<spec>"))
     state = ctx.restored if isinstance(ctx.restored, dict) and "steps" in ctx.restored else None
+    if state is not None and state.get("delta"):  # recovered: its last checkpoint is a delta
+        state = fold(ctx._proc.checkpoints)
     if state is None:
         run_dir = run_dir or ctx._kernel._workflow_run_dir(ctx.pid)
         # inputs (their defaults, typically) may name where the spec or the run lives

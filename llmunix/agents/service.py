@@ -1,0 +1,258 @@
+"""The agents of one kernel: their definitions, settings and memory, and how to start one.
+
+`attach(kernel, config)` (the CLI does it at start) or `service_for(kernel)` (defaults) gives
+the kernel's `AgentService`. It discovers markdown definitions — the package's built-in agents,
+then `<home>/agents`, then `./agents` (a later one of the same name wins); markdown tools in
+`<home>/tools` and `./tools` — and registers each agent as a hidden tool of kind agent, so an
+agent process is spawned, recovered and listed like any other process. Commands use its public
+methods, which return immutable `AgentInfo` / memory records.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmunix.agents.backend import BACKENDS, BackendSettings
+from llmunix.agents.memory import AgentMemory
+from llmunix.config import Config, active_config
+from llmunix.models import LlmunixError, Priority, ProcessKind, ToolError
+from llmunix.process import ProcessContext
+from llmunix.tools.markdown import (
+    AGENT,
+    TOOL,
+    DefinitionError,
+    MarkdownDefinition,
+    discover,
+    find_tool_name,
+    markdown_tool,
+    tool_key,
+)
+from llmunix.tools.registry import Tool, make_tool
+
+if TYPE_CHECKING:
+    from llmunix.kernel import Kernel
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    llm: BackendSettings
+    allow_shell_tools: bool = False
+    workspace: str = "workspace"
+
+    @classmethod
+    def from_config(cls, config: Config, env: Mapping[str, str] | None = None) -> AgentSettings:
+        return cls(BackendSettings.from_config(config, env), config.allow_shell_tools, config.workspace)
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What `agents` and `agent show` print about one agent."""
+
+    name: str
+    description: str
+    tools: tuple[tuple[str, str | None], ...]  # (as the file grants it, the llmunix tool or None)
+    model: str | None
+    version: str | None
+    capabilities: tuple[str, ...]
+    source: str  # the file
+    builtin: bool
+    format: str
+    max_iterations: int | None
+    instructions: str
+
+    @property
+    def available(self) -> list[str]:
+        return [t for _w, t in self.tools if t]
+
+    @property
+    def missing(self) -> list[str]:
+        return [w for w, t in self.tools if t is None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "tools": [{"granted": w, "tool": t} for w, t in self.tools], "model": self.model,
+                "version": self.version, "capabilities": list(self.capabilities), "source": self.source,
+                "builtin": self.builtin, "format": self.format, "max_iterations": self.max_iterations}
+
+
+class AgentService:
+    def __init__(self, kernel: Kernel, config: Config | None = None, *, env: Mapping[str, str] | None = None,
+                 directories: Sequence[tuple[Path, str | None]] | None = None, cwd: str | Path | None = None,
+                 backoff: float | None = None) -> None:
+        self.kernel = kernel
+        self.config = config if config is not None else active_config()
+        self.settings = AgentSettings.from_config(self.config, env)
+        self.backoff = backoff  # tests make retries fast
+        self.memory = AgentMemory(kernel.store)
+        self.cwd = Path(cwd) if cwd is not None else Path.cwd()
+        self.directories = list(directories) if directories is not None else default_directories(kernel.home, self.cwd)
+        self.errors: list[DefinitionError] = []
+        self._agents: dict[str, MarkdownDefinition] = {}
+        self._lock = threading.Lock()
+        self.reload()
+
+    # ------------------------------------------------------------------ definitions
+
+    def reload(self) -> list[DefinitionError]:
+        """Read the definitions again; returns (and keeps in `errors`) the files that failed."""
+        found = discover(self.directories)
+        with self._lock:
+            self._agents = {d.key: d for d in found.of_kind(AGENT)}
+            self.errors = list(found.errors)
+        for d in found.of_kind(TOOL):
+            self.kernel.registry.register(markdown_tool(d, allow_shell=self._shell_allowed))
+        for d in found.of_kind(AGENT):
+            self.kernel.registry.register(_agent_tool(d))
+        return self.errors
+
+    def _shell_allowed(self) -> bool:
+        return self.settings.allow_shell_tools
+
+    def definition(self, name: str) -> MarkdownDefinition:
+        """An agent's definition by name, in any spelling (`SummarizationAgent`, `summarization-agent`)."""
+        with self._lock:
+            d = self._agents.get(tool_key(name))
+            names = [a.name for a in self._agents.values()]
+        if d is None:
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else "; `agents` lists them"
+            raise LlmunixError(f"unknown agent {name!r}{hint}")
+        return d
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(d.name for d in self._agents.values())
+
+    def agents(self) -> list[AgentInfo]:
+        with self._lock:
+            defs = sorted(self._agents.values(), key=lambda d: d.name)
+        return [self.info(d) for d in defs]
+
+    def info(self, d: MarkdownDefinition | str) -> AgentInfo:
+        if isinstance(d, str):
+            d = self.definition(d)
+        resolved = self._resolve_names(d)
+        return AgentInfo(d.name, d.description, tuple(resolved), d.model, d.version, d.capabilities, str(d.path),
+                         _is_builtin(d.path), d.format, d.max_iterations, d.body)
+
+    def _resolve_names(self, d: MarkdownDefinition) -> list[tuple[str, str | None]]:
+        registry = self.kernel.registry
+        pool = [*registry.names(), *(a.name for a in self._agents.values() if a.key != d.key)]
+        return [(w, find_tool_name(pool, w)) for w in d.tools]
+
+    def granted_tools(self, d: MarkdownDefinition) -> tuple[list[Tool], list[str]]:
+        """The Tools an agent may use, and the granted names no tool answers to."""
+        tools, missing = [], []
+        for written, name in self._resolve_names(d):
+            if name is None:
+                missing.append(written)
+                continue
+            t = self.kernel.registry.get(name)
+            if t not in tools:
+                tools.append(t)
+        return tools, missing
+
+    def workspace_for(self, cwd: str | None) -> Path:
+        base = Path(cwd) if cwd else self.cwd
+        return (base / Path(self.settings.workspace).expanduser()).resolve()
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, name: str, goal: str, *, backend: str | None = None, priority: Priority | str = Priority.NORMAL,
+            max_iterations: int | None = None, model: str | None = None) -> int:
+        """Start an agent process; returns its PID. Bad input raises LlmunixError at once."""
+        d = self.definition(name)
+        if not goal or not goal.strip():
+            raise LlmunixError(f"agent {d.name} needs a goal: agent run {d.name} --goal \"what to do\"")
+        if backend is not None and backend not in BACKENDS:
+            raise LlmunixError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
+        if max_iterations is not None and max_iterations < 1:
+            raise LlmunixError("--max-iterations must be at least 1")
+        self.kernel.registry.register(_agent_tool(d))  # the definition as it is now
+        params: dict[str, Any] = {"goal": goal}
+        if backend:
+            params["backend"] = backend
+        if max_iterations:
+            params["max_iterations"] = max_iterations
+        if model:
+            params["model"] = model
+        return self.kernel.spawn(d.name, priority=priority, params=params)
+
+
+    def spawn_child(self, ctx: ProcessContext, agent: str, goal: str, params: Mapping[str, Any], **kw: Any) -> int:
+        """Start an agent as a child of `ctx`'s process (a workflow step); see Kernel.agent_step.
+        `kw` are ctx.spawn's own (name, priority, timeout, needs)."""
+        d = self.definition(agent)
+        if not goal or not str(goal).strip():
+            raise LlmunixError(f"agent {d.name} needs a goal (give the step a 'goal')")
+        self.kernel.registry.register(_agent_tool(d))
+        return ctx.spawn(d.name, params={**params, "goal": str(goal)}, **kw)
+
+
+def _agent_tool(d: MarkdownDefinition) -> Tool:
+    """An agent as a (hidden) tool of kind agent: the body looks up its kernel's service at run time."""
+    key = d.key
+
+    def agent(ctx: ProcessContext, goal: str, backend: str = "", max_iterations: int = 0, model: str = "") -> Any:
+        from llmunix.agents.loop import AgentRun
+
+        service = service_for(ctx._kernel)
+        try:
+            run = AgentRun(ctx, service, service.definition(key), goal, backend, max_iterations, model)
+        except LlmunixError as exc:  # a bad backend name, an agent since removed: fail with the reason
+            raise ToolError(str(exc)) from None
+        return run.run()
+
+    t = make_tool(agent, name=d.name, description=d.description, source=str(d.path), kind=ProcessKind.AGENT,
+                  hidden=True)
+    return t
+
+
+def _is_builtin(path: Path) -> bool:
+    try:
+        return EXAMPLES.resolve() in Path(path).resolve().parents
+    except OSError:
+        return False
+
+
+def default_directories(home: Path | None, cwd: Path) -> list[tuple[Path, str | None]]:
+    """Where definitions are found, lowest precedence first."""
+    dirs: list[tuple[Path, str | None]] = [(EXAMPLES, AGENT)]
+    if home is not None:
+        dirs += [(home / "agents", AGENT), (home / "tools", TOOL)]
+    dirs += [(cwd / "agents", AGENT), (cwd / "tools", TOOL)]
+    return dirs
+
+
+# ---------------------------------------------------------------------------- one service per kernel
+
+_SERVICES: weakref.WeakKeyDictionary[Kernel, AgentService] = weakref.WeakKeyDictionary()
+_SERVICES_LOCK = threading.Lock()
+
+
+def attach(kernel: Kernel, config: Config | None = None, **kwargs: Any) -> AgentService:
+    """Make (or replace) the kernel's agent service with this configuration."""
+    service = AgentService(kernel, config, **kwargs)
+    with _SERVICES_LOCK:
+        _SERVICES[kernel] = service
+    return service
+
+
+def service_for(kernel: Kernel) -> AgentService:
+    """The kernel's agent service (made with the active configuration the first time)."""
+    with _SERVICES_LOCK:
+        service = _SERVICES.get(kernel)
+    if service is None:
+        service = AgentService(kernel)
+        with _SERVICES_LOCK:
+            service = _SERVICES.setdefault(kernel, service)
+    return service
+

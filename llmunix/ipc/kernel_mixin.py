@@ -1,0 +1,804 @@
+"""The Kernel's communication methods: mailboxes, topics, tool events, the blackboard, buffers,
+named primitives and deadlock detection. A part of `Kernel` (mixed in), kept in its own room; it
+uses the kernel's lock, tables and `_block` like the rest.
+
+State (`IpcTables`, all under the kernel lock):
+* `mailboxes[pid]` — messages waiting, in the order sent; `unacked[pid]` — persistent ones
+  delivered and not acknowledged yet; `topics[pid]` — topic patterns a process listens to.
+* `prims[name]` — the named primitives; `waiting[pid]` — the one tracked wait a process is in
+  (the wait-for graph's edges come from these); `deadlocks` — those found, newest last.
+* `board` — the blackboard; `buffers` — the memory-mapped buffers and their users.
+* `users` — PIDs with any of the above, so a finishing process that used none costs one lookup.
+
+Invariants: every wait inside a process goes through `Kernel._block` (off-slot, a control point);
+whoever changes what a waiter's `ready()` reads wakes it while holding the lock; when a process
+ends, `_ipc_ended` releases whatever it held (no lock outlives its holder), wakes who that lets
+go, and frees the buffers it was the last user of.
+
+Delivery guarantees: in-memory messages are delivered at most once (lost if the recipient ends or
+llmunix stops first). Persistent ones are in the store before `send` returns and are delivered at
+least once: a message received but not acknowledged is delivered again when its recipient runs
+again under the same PID (`recover`, after a restart or an interruption).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventFilter, Subscription, SubscriptionStats, glob_matcher
+from llmunix.ipc.deadlock import Deadlock, find_deadlock
+from llmunix.ipc.handles import (
+    BarrierHandle,
+    ConditionHandle,
+    MutexHandle,
+    RWLockHandle,
+    SemaphoreHandle,
+    SharedView,
+)
+from llmunix.ipc.messages import Envelope, Message, MessageInfo, decode, describe_error, encode, type_name
+from llmunix.ipc.persist import MessageStore
+from llmunix.ipc.shared import Blackboard, BufferInfo, BufferSpace, SharedBuffer, SharedEntry, check_name, copy_json
+from llmunix.ipc.sync import (
+    Barrier,
+    BrokenBarrier,
+    Condition,
+    Mutex,
+    Primitive,
+    PrimitiveInfo,
+    RWLock,
+    Semaphore,
+    Waiter,
+)
+from llmunix.models import (
+    Event,
+    LlmunixError,
+    Outcome,
+    Phase,
+    as_pid,
+    format_pid,
+)
+
+if TYPE_CHECKING:
+    from llmunix.process import Process
+
+log = logging.getLogger("llmunix.ipc")
+
+DEADLOCK_POLICIES = ("report", "kill-lowest")
+MAILBOX_LIMIT = 100_000  # messages waiting for one process before `send` refuses more
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+_KINDS: dict[str, type[Primitive]] = {"mutex": Mutex, "semaphore": Semaphore, "condition": Condition,
+                                      "barrier": Barrier, "rwlock": RWLock}
+_HANDLES: dict[str, type] = {"mutex": MutexHandle, "semaphore": SemaphoreHandle, "condition": ConditionHandle,
+                             "barrier": BarrierHandle, "rwlock": RWLockHandle}
+_WHAT = {"x": "", "r": " for reading", "w": " for writing"}
+
+
+@dataclass(frozen=True, slots=True)
+class LocksInfo:
+    """What `locks` shows: every primitive, and the deadlocks found (current ones first)."""
+
+    primitives: tuple[PrimitiveInfo, ...]
+    deadlocks: tuple[Deadlock, ...]
+    policy: str
+
+    def to_dict(self) -> dict[str, Any]:
+        now = time.time()
+        return {"primitives": [p.to_dict(now) for p in self.primitives],
+                "deadlocks": [d.to_dict() for d in self.deadlocks], "deadlock_policy": self.policy}
+
+
+@dataclass(frozen=True, slots=True)
+class BusInfo:
+    published: int
+    backlog: int
+    subscriptions: tuple[SubscriptionStats, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"published": self.published, "backlog": self.backlog,
+                "dropped": sum(s.dropped for s in self.subscriptions),
+                "subscriptions": [s.to_dict() for s in self.subscriptions]}
+
+
+class IpcTables:
+    """The kernel's communication state (see the module docstring). Mutates under the kernel lock."""
+
+    def __init__(self) -> None:
+        self.mailboxes: dict[int, deque[Envelope]] = {}
+        self.unacked: dict[int, dict[str, Envelope]] = {}
+        self.topics: dict[int, dict[str, Callable[[str], Any]]] = {}
+        self.prims: dict[str, Primitive] = {}
+        self.prim_users: dict[str, set[int]] = {}
+        self.opened: dict[int, set[str]] = {}  # pid -> primitives it made handles on
+        self.waiting: dict[int, Waiter] = {}
+        self.deadlocks: deque[Deadlock] = deque(maxlen=50)
+        self.deadlock_ids = itertools.count(1)
+        self.board = Blackboard()
+        self.board_waiters: dict[str, set[Process]] = {}
+        self.buffers = BufferSpace()
+        self.buffer_users: dict[int, set[str]] = {}
+        self.message_ids = itertools.count(1)
+        self.users: set[int] = set()
+
+
+class Communication:
+
+    def _init_communication(self, deadlock_policy: str = "report") -> None:
+        import llmunix.ipc.tools  # noqa: F401 - registers inbox, hold-locks, wordcount
+
+        self._ipc = IpcTables()
+        self.deadlock_policy = deadlock_policy
+        self._msgstore: MessageStore | None = None
+        if self.store is not None and not self.read_only and self.home is not None:
+            self._msgstore = MessageStore(self.store, self.home)
+            pending, unreadable = self._msgstore.pending()
+            if unreadable:
+                self._msgstore.forget(unreadable)
+            for env in pending:  # left from earlier sessions: they wait for their recipient's recovery
+                self._ipc.mailboxes.setdefault(env.recipient, deque()).append(env)
+                self._ipc.users.add(env.recipient)
+        self._session_tag = self.store.session if self.store is not None else 0
+
+    @property
+    def deadlock_policy(self) -> str:
+        return self._deadlock_policy
+
+    @deadlock_policy.setter
+    def deadlock_policy(self, policy: str) -> None:
+        if policy not in DEADLOCK_POLICIES:
+            raise LlmunixError(f"unknown deadlock policy {policy!r}; use one of: {', '.join(DEADLOCK_POLICIES)}")
+        self._deadlock_policy = policy
+
+    # ------------------------------------------------------------------ public API: the event bus
+
+    def subscribe(self, pattern: str, callback: Callable[..., None], *, pid: int | str | None = None,
+                  filter: EventFilter | None = None, replay: bool = False, since: float | None = None,
+                  queue: int | None = DEFAULT_QUEUE, policy: DropPolicy = "oldest", coalesce: str | None = None,
+                  batch: bool = False) -> Subscription:
+        """Call `callback(event)` for every event whose type matches the glob `pattern`
+        (alternatives separated by `|`), optionally only for one PID (or a glob on the zero-padded
+        PID, "01?") and only where `filter(event)` is true.
+
+        Delivery is through a queue of `queue` events and a thread of the subscription's own, so a
+        slow callback never holds up the engine or other subscribers; when the queue is full the
+        oldest waiting event is dropped (`policy="newest"`: the incoming one) and counted
+        (`bus_info()`, the `bus` command). `coalesce="process.progress"` delivers only the newest
+        waiting event of those types per PID; `batch=True` calls `callback(list_of_events)`.
+        `replay=True` first delivers the matching events already in the store (since `since`, a
+        Unix time), then the live ones, without gaps or repeats (replayed data is redacted as
+        the event log shows it). `queue=None` calls the callback on the event thread itself,
+        lossless but in everyone's way: only for callbacks that never block."""
+        prelude = None
+        if replay:
+            if queue is None:
+                raise LlmunixError("replay needs a queued subscription")
+            prelude = lambda: self._replay(pattern, pid, since)  # noqa: E731
+        return self.bus.subscribe(pattern, callback, pid=pid, filter=filter, queue=queue, policy=policy,
+                                  coalesce=coalesce, batch=batch, prelude=prelude)
+
+    def _replay(self, pattern: str, pid: int | str | None, since: float | None) -> tuple[list[Event], int]:
+        from llmunix.observe.events import row_to_event
+
+        rows = self._event_rows(pid if isinstance(pid, int) else None, pattern, since, None)
+        session = self.store.session if self.store is not None else None
+        mark = max((r["seq"] for r in rows if r["session"] == session), default=0)
+        events = [row_to_event(r) for r in rows]
+        if isinstance(pid, str):
+            match = glob_matcher(pid)
+            events = [e for e in events if e.pid is not None and match(format_pid(e.pid))]
+        return events, mark
+
+    def bus_info(self) -> BusInfo:
+        """The event bus: events published, waiting to be dispatched, and each subscription's
+        deliveries and drops."""
+        return BusInfo(self.bus.published, self.bus.backlog(), tuple(self.bus.stats()))
+
+    # ------------------------------------------------------------------ public API: messages
+
+    def send(self, pid: int, message: Any, *, type: Any = None, persistent: bool = False,
+             sensitive: bool = False) -> MessageInfo:
+        """Send `message` to process `pid` from outside any process (the shell, a script)."""
+        self._writable()
+        [env] = self._post(None, [as_pid(pid)], None, message, type, persistent, sensitive)
+        return env.info("pending")
+
+    def broadcast(self, topic: str, message: Any, *, type: Any = None, persistent: bool = False,
+                  sensitive: bool = False) -> list[int]:
+        """Send `message` to every live process listening to `topic`; returns their PIDs."""
+        self._writable()
+        return self._broadcast(None, topic, message, type, persistent, sensitive)
+
+    def mailbox(self, pid: int) -> list[MessageInfo]:
+        """Messages waiting for process `pid` (pending, then delivered-but-unacknowledged ones)."""
+        pid = as_pid(pid)
+        with self._lock:
+            box = [e.info("pending") for e in self._ipc.mailboxes.get(pid, ())]
+            unacked = [e.info("unacked") for e in self._ipc.unacked.get(pid, {}).values()]
+            known = pid in self._procs
+        if not known and not box:
+            self.info(pid)  # unknown PIDs raise
+        return unacked + box
+
+    # ------------------------------------------------------------------ public API: shared memory
+
+    def shared(self, key: str | None = None) -> list[SharedEntry]:
+        """Blackboard entries: all, those matching a glob, or the one `key` (which must exist)."""
+        pattern = key if key is not None else "*"
+        with self._lock:
+            entries = [e for e in self._ipc.board.entries() if fnmatch.fnmatchcase(e.key, pattern)]
+        if key is not None and not entries and not any(ch in key for ch in "*?["):
+            raise LlmunixError(f"no shared key {key!r}; `shared` lists them")
+        return [replace(e, value=copy.deepcopy(e.value)) for e in entries]
+
+    def set_shared(self, key: str, value: Any, expected_version: int | None = None) -> int | None:
+        """Write a blackboard key from outside any process; with `expected_version`, a compare-and-set."""
+        self._writable()
+        return self._shared_write(None, key, value, expected_version)
+
+    def buffers(self) -> list[BufferInfo]:
+        with self._lock:
+            return [r.info() for r in sorted(self._ipc.buffers.regions.values(), key=lambda r: r.name)]
+
+    # ------------------------------------------------------------------ public API: primitives
+
+    def locks(self) -> LocksInfo:
+        """Every named primitive (holders, waiters and since when) and the deadlocks found."""
+        with self._lock:
+            prims = tuple(p.info() for _n, p in sorted(self._ipc.prims.items()))
+            found = sorted(self._ipc.deadlocks, key=lambda d: (d.resolved is not None, -d.id))
+            deadlocks = tuple(copy.copy(d) for d in found)
+        return LocksInfo(prims, deadlocks, self.deadlock_policy)
+
+    # ------------------------------------------------------------------ process side: messages
+
+    def _post(self, sender: int | None, recipients: list[int], topic: str | None, message: Any, type: Any,
+              persistent: bool, sensitive: bool, *, strict: bool = True) -> list[Envelope]:
+        """Put a message in each recipient's mailbox. `strict`: a recipient that cannot take it is
+        an error (a direct send); else it is skipped (a broadcast to whoever still listens)."""
+        name, payload = encode(message, type)
+        if persistent and self._msgstore is None:
+            raise LlmunixError("persistent messages need a home directory with a store (--home)")
+        if strict:
+            for pid in recipients:
+                self._check_recipient(pid, persistent)
+        sent = []
+        with self._lock:
+            for pid in recipients:
+                proc = self._procs.get(pid)
+                waits = persistent and proc is not None and proc.state == Outcome.INTERRUPTED
+                if proc is not None and proc.phase is Phase.DONE and not waits:
+                    if not strict:
+                        continue
+                    raise LlmunixError(f"process {format_pid(pid)} has finished ({proc.state}); "
+                                       "nothing would read the message")
+                box = self._ipc.mailboxes.setdefault(pid, deque())
+                if len(box) >= MAILBOX_LIMIT:
+                    raise LlmunixError(f"the mailbox of {format_pid(pid)} is full ({MAILBOX_LIMIT} messages waiting)")
+                env = Envelope(f"{self._session_tag}.{next(self._ipc.message_ids)}", sender, pid, name, payload,
+                               topic=topic, persistent=persistent, sensitive=sensitive)
+                if persistent:
+                    assert self._msgstore is not None
+                    self._msgstore.save(env)
+                box.append(env)
+                self._ipc.users.add(pid)
+                data = {"from": None if sender is None else format_pid(sender), "id": env.id, "message_type": name,
+                        "topic": topic, "persistent": persistent, "sensitive": sensitive, "bytes": env.size}
+                if proc is not None:
+                    self._emit("ipc.message", proc, **data)
+                    self._wake(proc)
+                else:
+                    self.bus.publish("ipc.message", pid, data)
+                sent.append(env)
+        if persistent:
+            assert self._msgstore is not None
+            self._msgstore.flush()  # durable before send returns: at-least-once starts here
+        return sent
+
+    def _check_recipient(self, pid: int, persistent: bool) -> None:
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is not None and proc.phase is not Phase.DONE:
+                return
+        info = self.info(pid)  # unknown PIDs raise NoSuchProcess
+        if info.state == Outcome.INTERRUPTED:
+            if persistent:
+                return
+            raise LlmunixError(f"process {format_pid(pid)} was interrupted; only a persistent message "
+                               "(--persistent) waits for it to be recovered")
+        raise LlmunixError(f"process {format_pid(pid)} has finished ({info.state}); nothing would read the message")
+
+    def _broadcast(self, sender: int | None, topic: str, message: Any, type: Any, persistent: bool,
+                   sensitive: bool) -> list[int]:
+        topic = check_name("topic", topic)
+        with self._lock:
+            pids = sorted(pid for pid, pats in self._ipc.topics.items()
+                          if pid != sender and any(m(topic) for m in pats.values())
+                          and pid in self._live)
+        if not pids:
+            return []
+        return [e.recipient for e in self._post(sender, pids, topic, message, type, persistent, sensitive,
+                                                strict=False)]
+
+    def _first_match(self, pid: int, want: str | None) -> int:
+        """Index of the first waiting message of type `want` (any if None); -1 if none."""
+        box = self._ipc.mailboxes.get(pid)
+        if not box:
+            return -1
+        if want is None:
+            return 0
+        for i, env in enumerate(box):
+            if env.type == want:
+                return i
+        return -1
+
+    def _ipc_recv(self, proc: Process, timeout: float | None, type: Any) -> Message | None:
+        want = None if type is None else type_name(type)
+        pid = proc.pid
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        detail = "waiting for a message" + (f" of type {want}" if want else "")
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._block(proc, lambda: self._first_match(pid, want) >= 0, detail, left):
+                return None
+            with self._lock:
+                # Only this process takes from its mailbox, so what ready() saw is still there.
+                box = self._ipc.mailboxes[pid]
+                i = self._first_match(pid, want)
+                env = box[i]
+                del box[i]
+                if env.persistent:
+                    env.deliveries += 1
+                    self._ipc.unacked.setdefault(pid, {})[env.id] = env
+                    assert self._msgstore is not None
+                    self._msgstore.delivered(env)
+                self._emit("ipc.received", proc, id=env.id, message_type=env.type, deliveries=env.deliveries,
+                           **{"from": None if env.sender is None else format_pid(env.sender)})
+            try:
+                body = decode(env.type, env.payload)
+            except pydantic.ValidationError as exc:
+                self._reject(proc, env, describe_error(exc))
+                continue
+            ack = (lambda mid=env.id: self._ipc_ack(proc, mid)) if env.persistent else None
+            return Message(env.id, env.sender, env.type, body, env.topic, env.sent, env.persistent, env.sensitive,
+                           max(1, env.deliveries), ack)
+
+    def _reject(self, proc: Process, env: Envelope, why: str) -> None:
+        with self._lock:
+            if env.persistent and self._ipc.unacked.get(proc.pid, {}).pop(env.id, None) is not None:
+                assert self._msgstore is not None
+                self._msgstore.forget([env.id])
+            proc.note("message rejected", f"{env.id} ({env.type}): {why}")
+            self._emit("ipc.rejected", proc, id=env.id, message_type=env.type, error=why)
+
+    def _ipc_ack(self, proc: Process, mid: str) -> None:
+        with self._lock:
+            env = self._ipc.unacked.get(proc.pid, {}).pop(mid, None)
+            if env is None:
+                return  # acknowledged already
+            assert self._msgstore is not None
+            self._msgstore.forget([mid])
+            self._emit("ipc.acked", proc, id=mid)
+
+    def _ipc_send(self, proc: Process, pid: int, message: Any, type: Any, persistent: bool, sensitive: bool) -> str:
+        [env] = self._post(proc.pid, [as_pid(pid)], None, message, type, persistent, sensitive)
+        self._ipc_check(proc)
+        return env.id
+
+    def _ipc_broadcast(self, proc: Process, topic: str, message: Any, type: Any, persistent: bool,
+                       sensitive: bool) -> list[int]:
+        pids = self._broadcast(proc.pid, topic, message, type, persistent, sensitive)
+        self._ipc_check(proc)
+        return pids
+
+    def _ipc_listen(self, proc: Process, pattern: str, on: bool) -> None:
+        """Start (or stop) receiving broadcasts on topics matching `pattern` (a glob)."""
+        with self._lock:
+            topics = self._ipc.topics.setdefault(proc.pid, {})
+            if on:
+                topics[pattern] = glob_matcher(pattern)
+                self._ipc.users.add(proc.pid)
+            else:
+                topics.pop(pattern, None)
+            self._emit("ipc.topic", proc, topic=pattern, subscribed=on)
+
+    def _ipc_emit(self, proc: Process, name: str, data: Mapping[str, Any] | None) -> Event:
+        if not _EVENT_NAME.match(str(name)):
+            raise LlmunixError(f"bad event name {name!r}; use letters, digits and _ . : - (it becomes tool.NAME)")
+        payload = copy_json(dict(data or {}))
+        payload["name"] = proc.name  # every event's data names its process
+        with self._lock:
+            event = self.bus.publish(f"tool.{name}", proc.pid, payload)
+        self._ipc_check(proc, event)
+        return event
+
+    def _ipc_check(self, proc: Process | None, event: Event | None = None) -> None:
+        """A control point (what `ctx.check()` does), for calls that do not wait; after publishing
+        `event`, backpressure too: a tight loop of lock or blackboard calls waits for the store
+        rather than piling events up in memory."""
+        if event is not None and self.store is not None:
+            self.store.throttle(event.seq)
+        if proc is not None and (proc.requests or proc.phase is not Phase.RUNNING or self._slice_expired(proc)):
+            self._control_point(proc)
+
+    # ------------------------------------------------------------------ process side: shared memory
+
+    def _ipc_shared(self, proc: Process) -> SharedView:
+        return SharedView(self, proc)
+
+    def _shared_get(self, proc: Process | None, key: str) -> SharedEntry | None:
+        with self._lock:
+            entry = self._ipc.board.get(key)
+        self._ipc_check(proc)
+        return None if entry is None else replace(entry, value=copy.deepcopy(entry.value))
+
+    def _shared_entries(self, proc: Process | None, pattern: str) -> list[SharedEntry]:
+        with self._lock:
+            entries = [e for e in self._ipc.board.entries() if fnmatch.fnmatchcase(e.key, pattern)]
+        self._ipc_check(proc)
+        return [replace(e, value=copy.deepcopy(e.value)) for e in entries]
+
+    def _shared_write(self, proc: Process | None, key: str, value: Any, expected: int | None) -> int | None:
+        key = _check_key(key)
+        value = copy_json(value)
+        writer = None if proc is None else proc.pid
+        with self._lock:
+            board = self._ipc.board
+            if expected is not None and board.version(key) != expected:
+                return None
+            entry = board.set(key, value, writer)
+            for waiter in self._ipc.board_waiters.get(key, ()):
+                self._wake(waiter)
+            event = self._shared_event(proc, key, entry.version, "cas" if expected is not None else "set")
+        self._ipc_check(proc, event)
+        return entry.version
+
+    def _shared_delete(self, proc: Process | None, key: str) -> bool:
+        with self._lock:
+            gone = self._ipc.board.delete(key)
+            if gone:
+                self._shared_event(proc, key, 0, "delete")
+        self._ipc_check(proc)
+        return gone
+
+    def _shared_event(self, proc: Process | None, key: str, version: int, op: str) -> Event:
+        if proc is not None:
+            return self._emit("ipc.shared", proc, key=key, version=version, op=op)
+        return self.bus.publish("ipc.shared", None, {"key": key, "version": version, "op": op})
+
+    def _shared_wait(self, proc: Process, key: str, newer_than: int, timeout: float | None) -> SharedEntry | None:
+        board = self._ipc.board
+        with self._lock:
+            self._ipc.board_waiters.setdefault(key, set()).add(proc)
+        try:
+            ok = self._block(proc, lambda: board.version(key) > newer_than, f"waiting for shared key {key!r}",
+                             timeout)
+        finally:
+            with self._lock:
+                waiters = self._ipc.board_waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(proc)
+                    if not waiters:
+                        del self._ipc.board_waiters[key]
+        return self._shared_get(proc, key) if ok else None
+
+    def _ipc_buffer(self, proc: Process, name: str, size: int | None) -> SharedBuffer:
+        name = check_name("buffer", name)
+        if size is not None and (not isinstance(size, int) or size < 1):
+            raise LlmunixError(f"buffer {name!r}: the size must be a whole number of bytes, at least 1")
+        with self._lock:
+            space = self._ipc.buffers
+            region = space.regions.get(name)
+            if region is None:
+                if size is None:
+                    raise LlmunixError(f"no buffer {name!r} yet; give a size to create it")
+                region = space.create(name, size)
+                self._emit("ipc.buffer", proc, buffer=name, size=size, path=str(region.path), op="created")
+            elif size is not None and size > region.size:
+                raise LlmunixError(f"buffer {name!r} exists with {region.size} bytes, fewer than {size}")
+            region.users.add(proc.pid)
+            self._ipc.buffer_users.setdefault(proc.pid, set()).add(name)
+            self._ipc.users.add(proc.pid)
+        buf = SharedBuffer(name, region.path, region.size)
+        with self._lock:
+            region.maps.append((proc.pid, buf))
+        return buf
+
+    # ------------------------------------------------------------------ process side: primitives
+
+    def _ipc_primitive(self, proc: Process, kind: str, name: str, arg: int | None = None) -> Any:
+        name = check_name(kind, name)
+        with self._lock:
+            prim = self._ipc.prims.get(name)
+            if prim is None:
+                if kind == "barrier" and arg is None:
+                    raise LlmunixError(f"barrier {name!r} does not exist yet; give the number of parties, "
+                                       f"e.g. ctx.barrier({name!r}, 3)")
+                cls = _KINDS[kind]
+                prim = cls(name, 1 if arg is None else arg) if kind in ("semaphore", "barrier") else cls(name)
+                self._ipc.prims[name] = prim
+            elif prim.kind != kind:
+                raise LlmunixError(f"{name!r} is a {prim.kind}, not a {kind}; pick another name")
+            elif arg is not None and arg != getattr(prim, "value", getattr(prim, "parties", arg)):
+                what = "value" if kind == "semaphore" else "parties"
+                raise LlmunixError(f"{kind} {name!r} exists with {what} {getattr(prim, what)}, not {arg}")
+            self._ipc.prim_users.setdefault(name, set()).add(proc.pid)
+            self._ipc.opened.setdefault(proc.pid, set()).add(name)
+            self._ipc.users.add(proc.pid)
+        return _HANDLES[kind](self, proc, prim)
+
+    def _sync_holds(self, proc: Process, prim: Primitive) -> bool:
+        with self._lock:
+            return proc.pid in prim.holders
+
+    def _wake_all(self, waiters: list[Waiter], but: Waiter | None = None) -> None:
+        for w in waiters:
+            if w is not but:
+                self._wake(w.proc)
+
+    def _sync_acquire(self, proc: Process, prim: Primitive, mode: str, timeout: float | None) -> bool:
+        pid = proc.pid
+        with self._lock:
+            w = Waiter(proc, prim, mode)
+            self._wake_all(prim.request(w), but=w)
+            if w.granted:
+                event = self._emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode, waited=0.0)
+                found = None
+            else:
+                self._ipc.waiting[pid] = w
+                self._emit("ipc.waiting", proc, kind=prim.kind, lock=prim.name, mode=mode,
+                           holders=[format_pid(h) for h in sorted(prim.holders)])
+                found = self._check_deadlock(pid) if prim.tracked else None
+                detail = self._wait_detail(w, found)
+        if w.granted:
+            self._ipc_check(proc, event)
+            return True
+        if found is not None and found.victim is not None:
+            self._kill_victim(found)
+        try:
+            self._block(proc, self._ready_noting(w), detail, timeout)
+        except BaseException:
+            with self._lock:
+                self._end_wait(w, "killed while waiting")
+                self._wake_all(prim.cancel(w))
+            raise
+        with self._lock:
+            self._end_wait(w, "acquired" if w.granted else "gave up waiting")
+            if not w.granted:
+                self._wake_all(prim.cancel(w))
+                self._emit("ipc.timeout", proc, kind=prim.kind, lock=prim.name, mode=mode)
+                return False
+            self._emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode,
+                       waited=round(time.time() - w.since, 3))
+        return True
+
+    def _sync_release(self, proc: Process, prim: Primitive, mode: str) -> None:
+        with self._lock:
+            self._wake_all(prim.release(proc.pid, mode))
+            event = self._emit("ipc.released", proc, kind=prim.kind, lock=prim.name, mode=mode)
+        self._ipc_check(proc, event)
+
+    def _sync_cond_wait(self, proc: Process, cond: Condition, timeout: float | None) -> bool:
+        with self._lock:
+            w = Waiter(proc, cond, "n")
+            self._wake_all(cond.sleep(w))
+            self._emit("ipc.released", proc, kind=cond.kind, lock=cond.name, mode="x", reason="wait")
+        try:
+            self._block(proc, w.ready, f"waiting on condition {cond.name!r}", timeout)
+        except BaseException:
+            with self._lock:
+                cond.cancel(w)
+            raise
+        with self._lock:
+            notified = w.granted
+            if not notified:
+                cond.cancel(w)
+        self._sync_acquire(proc, cond, "x", None)  # the mutex again, even after a timeout
+        return notified
+
+    def _sync_notify(self, proc: Process, cond: Condition, n: int | None) -> int:
+        with self._lock:
+            woken = cond.notify(proc.pid, n)
+            self._wake_all(woken)
+        return len(woken)
+
+    def _sync_barrier_wait(self, proc: Process, bar: Barrier, timeout: float | None) -> int:
+        with self._lock:
+            w = Waiter(proc, bar, "b")
+            released = bar.arrive(w)  # BrokenBarrier if it is broken
+            if released:
+                self._wake_all(released, but=w)
+                self._emit("ipc.barrier", proc, barrier=bar.name, parties=bar.parties, round=bar.generation)
+                return w.index
+            detail = f"waiting at barrier {bar.name!r} ({len(bar.queue)} of {bar.parties} arrived)"
+        try:
+            self._block(proc, w.ready, detail, timeout)
+        except BaseException:
+            with self._lock:
+                self._wake_all(bar.cancel(w))
+            raise
+        with self._lock:
+            if w.granted:
+                return w.index
+            if bar.broken is None:  # our own timeout: we leave, and that breaks it for the rest
+                self._wake_all(bar.cancel(w))
+            raise BrokenBarrier(f"barrier {bar.name!r} is broken: {bar.broken}")
+
+    def _sync_barrier_reset(self, bar: Barrier) -> None:
+        with self._lock:
+            bar.reset()
+
+    @staticmethod
+    def _ready_noting(w: Waiter) -> Callable[[], bool]:
+        """`w`'s ready test for `_block`, which also keeps the process's detail up to date: a
+        deadlock found after the process began to wait is written in by its own next check."""
+        proc = w.proc
+
+        def ready() -> bool:
+            if w.ready():
+                return True
+            if w.note is not None and proc.phase is Phase.WAITING and proc.detail != w.note:
+                proc.detail = w.note
+            return False
+
+        return ready
+
+    def _wait_detail(self, w: Waiter, found: Deadlock | None) -> str:
+        prim = w.prim
+        holders = ", ".join(format_pid(h) for h in sorted(prim.holders)) or "nobody"
+        text = f"waiting for {prim.kind} {prim.name!r}{_WHAT.get(w.mode, '')} (held by {holders})"
+        return f"deadlocked: {found.path()}; {text}" if found is not None else text
+
+    # ------------------------------------------------------------------ deadlocks
+
+    def _check_deadlock(self, pid: int) -> Deadlock | None:
+        """`pid` has just started waiting: does that close a cycle? Hold the lock."""
+        t = self._ipc
+        found = find_deadlock(pid, t.waiting, 0, self.deadlock_policy)
+        if found is None:
+            return None
+        for d in t.deadlocks:
+            if d.resolved is None and d._pids == found._pids:
+                return None  # reported already
+        found.id = next(t.deadlock_ids)
+        if self.deadlock_policy == "kill-lowest":
+            found.victim = min(found.members, key=lambda p: (self._procs[p].priority, -p))
+        t.deadlocks.append(found)
+        summary = found.summary()
+        for member in found.members:
+            proc = self._procs[member]
+            proc.note("deadlock", summary)
+            if member != pid:
+                w = t.waiting[member]
+                w.note = self._wait_detail(w, found)
+                self._wake(proc)  # its ready() runs again and puts the note in its detail
+        log.warning("deadlock %d: %s", found.id, summary)
+        self.bus.publish("ipc.deadlock", None, {
+            "id": found.id, "cycle": [format_pid(p) for p in found.cycle],
+            "members": [format_pid(p) for p in found.members], "summary": summary, "policy": found.policy,
+            "victim": None if found.victim is None else format_pid(found.victim)})
+        return found
+
+    def _kill_victim(self, found: Deadlock) -> None:
+        assert found.victim is not None
+        try:
+            self.kill(found.victim, reason=f"deadlock victim (lowest priority in {found.path()})")
+        except LlmunixError as exc:  # it ended meanwhile: that resolved it too
+            log.info("deadlock victim %s: %s", found.victim, exc)
+
+    def _end_wait(self, w: Waiter, how: str) -> None:
+        """A tracked wait is over: the graph loses its edges, deadlocks through it are resolved."""
+        if self._ipc.waiting.get(w.pid) is w:
+            del self._ipc.waiting[w.pid]
+        for d in self._ipc.deadlocks:
+            if d.resolved is None and w.pid in d._pids:
+                d.resolved = time.time()
+                d.how = f"{format_pid(d.victim)} killed" if d.victim is not None else f"{format_pid(w.pid)} {how}"
+
+    # ------------------------------------------------------------------ the end of a process
+
+    def _ipc_ended(self, p: Process) -> None:
+        """`p` has just finished (its state is set). Release what it held, drop its messages
+        unless it may run again, free buffers it was the last user of. Hold the lock."""
+        t = self._ipc
+        pid = p.pid
+        if pid not in t.users:
+            return
+        t.users.discard(pid)
+        self._ipc_drop_messages(p)
+        t.topics.pop(pid, None)
+        self._ipc_release_held(p, "ended")
+        for name in t.buffer_users.pop(pid, ()):
+            region = t.buffers.regions.get(name)
+            if region is None:
+                continue
+            region.users.discard(pid)
+            for owner, buf in [m for m in region.maps if m[0] == pid]:
+                buf.close()
+                region.maps.remove((owner, buf))
+            if not region.users:
+                t.buffers.free(region)
+                self.bus.publish("ipc.buffer", None, {"buffer": name, "op": "freed", "last_user": format_pid(pid)})
+
+    def _ipc_release_held(self, p: Process, when: str) -> None:
+        """Release the primitives `p` holds and end the wait it is in (it ended, or an attempt
+        of it did). Hold the lock."""
+        t = self._ipc
+        pid = p.pid
+        w = t.waiting.get(pid)
+        if w is not None:
+            self._end_wait(w, "ended")
+            self._wake_all(w.prim.cancel(w))
+        for name in t.opened.pop(pid, ()):
+            prim = t.prims.get(name)
+            if prim is None:
+                continue
+            held, granted = prim.drop(pid)
+            self._wake_all(granted)
+            if held:
+                p.note("released", f"{prim.kind} {name} (held when it {when})")
+                self._emit("ipc.released", p, kind=prim.kind, lock=name, reason=f"holder {when}", count=held)
+            users = t.prim_users.get(name)
+            if users is not None:
+                users.discard(pid)
+                if not users and prim.idle():
+                    del t.prims[name], t.prim_users[name]
+
+    def _ipc_attempt_ended(self, p: Process) -> None:
+        """An attempt of `p` ended and it runs again under the same PID (a retry or a restart,
+        llmunix/resilience): no lock outlives the attempt, and persistent messages it received
+        but did not acknowledge are delivered again first; its mailbox, topics and buffers stay.
+        Hold the lock."""
+        t = self._ipc
+        if p.pid not in t.users:
+            return
+        self._ipc_release_held(p, "failed an attempt")
+        unacked = t.unacked.pop(p.pid, {})
+        if unacked:
+            box = t.mailboxes.setdefault(p.pid, deque())
+            box.extendleft(reversed(sorted(unacked.values(), key=lambda e: e.sent)))
+
+    def _ipc_drop_messages(self, p: Process) -> None:
+        t = self._ipc
+        box = t.mailboxes.pop(p.pid, None) or deque()
+        unacked = t.unacked.pop(p.pid, {})
+        if p.state == Outcome.INTERRUPTED:
+            # It may run again under this PID (recover): persistent messages wait for it, the
+            # unacknowledged ones first again, in the order they were sent.
+            keep = sorted(unacked.values(), key=lambda e: e.sent) + [e for e in box if e.persistent]
+            lost = [e for e in box if not e.persistent]
+            if keep:
+                t.mailboxes[p.pid] = deque(keep)
+                t.users.add(p.pid)
+        else:
+            lost = list(unacked.values()) + list(box)
+            gone = [e.id for e in lost if e.persistent]
+            if gone:
+                assert self._msgstore is not None
+                self._msgstore.forget(gone)
+        if lost:
+            self._emit("ipc.dropped", p, count=len(lost), persistent=sum(e.persistent for e in lost),
+                       reason=f"recipient {p.state.lower()}")
+
+    def _ipc_shutdown(self) -> None:
+        """The kernel is stopping and its processes have ended: remove the buffer directory."""
+        with self._lock:
+            self._ipc.buffers.close()
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not key or len(key) > 256 or any(ord(c) < 32 for c in key):
+        raise LlmunixError(f"bad shared key {key!r}; use a non-empty string of up to 256 printable characters")
+    return key
+
+
+__all__ = ["DEADLOCK_POLICIES", "BusInfo", "Communication", "LocksInfo"]

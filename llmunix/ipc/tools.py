@@ -1,0 +1,102 @@
+"""Built-in tools that show communication from the shell: a mailbox reader, a lock holder and a
+map-reduce word count. Their parameter names are part of the interface."""
+
+from __future__ import annotations
+
+import re
+
+from llmunix.ipc.coordination import map_reduce
+from llmunix.process import ProcessContext
+from llmunix.tools.registry import tool
+
+
+@tool(idempotent=True)
+def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str = "", delay: float = 0.0) -> list:
+    """Receive messages, writing each to the log; return their bodies (sensitive ones as
+    "<sensitive>"). Persistent ones are acknowledged once logged.
+
+    Args:
+        count: how many to wait for (0: until a message "stop")
+        timeout: give up after this many seconds without a message
+        topic: also listen to broadcasts on this topic (a glob such as news.*)
+        delay: seconds to wait before reading the first message (not again when recovered)
+    """
+    if topic:
+        ctx.subscribe_topic(topic)
+    if delay > 0 and not (ctx.restored or {}).get("waited"):
+        ctx.checkpoint({"waited": True})  # first: a recovered inbox reads at once
+        ctx.sleep(delay)
+    bodies: list = []
+    while count <= 0 or len(bodies) < count:
+        msg = ctx.recv(timeout=timeout)
+        if msg is None:
+            ctx.log(f"no message for {timeout:g}s; stopping")
+            break
+        sender = "the shell" if msg.sender is None else f"{msg.sender:03d}"
+        shown = "<sensitive>" if msg.sensitive else repr(msg.body)
+        ctx.log(f"{msg.id} from {sender} ({msg.type}{', topic ' + msg.topic if msg.topic else ''}): {shown}")
+        msg.ack()
+        if count <= 0 and msg.body == "stop":
+            break
+        bodies.append("<sensitive>" if msg.sensitive else msg.body)  # the output is stored: keep secrets out
+        ctx.progress(len(bodies), count if count > 0 else None)
+    return bodies
+
+
+@tool(name="hold-locks")
+def hold_locks(ctx: ProcessContext, names: str = "a", seconds: float = 5.0, step: float = 0.5) -> str:
+    """Take the named mutexes in order, `step` seconds apart, hold them all for `seconds`, then
+    release them (two of these taking the same locks in opposite orders deadlock).
+
+    Args:
+        names: comma-separated mutex names, taken in this order
+        seconds: how long to hold them all
+        step: pause after taking each one
+    """
+    held = []
+    try:
+        for name in (n.strip() for n in names.split(",") if n.strip()):
+            lock = ctx.lock(name)
+            lock.acquire()
+            held.append(lock)
+            ctx.log(f"holding {name}")
+            ctx.sleep(step)
+        ctx.sleep(seconds)
+    finally:
+        for lock in reversed(held):
+            lock.release()
+    return f"held {', '.join(lock.name for lock in held)}"
+
+
+def _count_words(ctx: ProcessContext, item: str) -> dict:
+    counts: dict[str, int] = {}
+    for word in re.findall(r"[a-z']+", item.lower()):
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def _merge(parts: list[dict]) -> dict:
+    total: dict[str, int] = {}
+    for part in parts:
+        for word, n in part.items():
+            total[word] = total.get(word, 0) + n
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@tool
+def wordcount(ctx: ProcessContext, text: str, chunks: int = 4, parallel: int = 2) -> dict:
+    """Count words with map-reduce: the words are cut into `chunks` pieces, each counted by a
+    child process (at most `parallel` at once), then the counts are merged.
+
+    Args:
+        text: the text (or @FILE to read a file)
+        chunks: how many pieces (mapper processes)
+        parallel: mappers running at once
+    """
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as f:
+            text = f.read()
+    words = text.split()
+    size = max(1, -(-len(words) // max(1, chunks)))
+    pieces = [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
+    return map_reduce(ctx, _count_words, pieces, _merge, parallel=parallel, name="count")
