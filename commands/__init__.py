@@ -12,6 +12,7 @@ from commands.maintenance import MaintenanceCommands
 from commands.observe import ObserveCommands
 from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
+from commands.resilience import ResilienceCommands
 from commands.run import RunCommands
 from commands.top import TopCommands
 from commands.workflow import WorkflowCommands
@@ -20,7 +21,7 @@ from commands.workflow import WorkflowCommands
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
             ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
-            AgentCommands(), IpcCommands()]
+            AgentCommands(), IpcCommands(), ResilienceCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

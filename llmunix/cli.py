@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_pressure_mb=config.memory_pressure_mb,
             pause_idle_under_pressure=config.pause_idle_under_pressure,
             deadlock_policy=config.deadlock_policy,
+            **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
         )
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)

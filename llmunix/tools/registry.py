@@ -44,6 +44,10 @@ class Tool:
     needs: Mapping[str, float] = field(default_factory=dict)  # default resource needs (see admission.py)
     kind: ProcessKind = ProcessKind.TOOL  # agent and workflow bodies are tools of those kinds
     hidden: bool = False  # internal (e.g. the workflow runner): not listed by `tools`
+    # resilience: the tool run instead while this one's circuit is open; the watchdog's settings
+    fallback: str | None = None
+    stall_timeout: float | None = None  # seconds without progress before it is stalled (None: the setting's)
+    on_stall: str | None = None  # alert, restart or kill (None: the stall_action setting)
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,6 +118,9 @@ def make_tool(
     needs: Mapping[str, Any] | None = None,
     kind: ProcessKind = ProcessKind.TOOL,
     hidden: bool = False,
+    fallback: str | None = None,
+    stall_timeout: float | None = None,
+    on_stall: str | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -143,6 +150,7 @@ def make_tool(
     config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True)
     model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
+    _check_resilience(fallback, stall_timeout, on_stall)
     return Tool(
         name=name or func.__name__,
         func=func,
@@ -154,6 +162,9 @@ def make_tool(
         needs=parse_needs(needs),
         kind=kind,
         hidden=hidden,
+        fallback=fallback,
+        stall_timeout=stall_timeout,
+        on_stall=on_stall,
         _model=model,
     )
 
@@ -168,6 +179,9 @@ def tool(
     needs: Mapping[str, Any] | None = None,
     kind: ProcessKind = ProcessKind.TOOL,
     hidden: bool = False,
+    fallback: str | None = None,
+    stall_timeout: float | None = None,
+    on_stall: str | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -176,6 +190,9 @@ def tool(
     The first paragraph of its docstring is the description; an `Args:` section documents
     parameters (`name: what it is`). `needs` are the resources each run needs by default
     (`{"memory_mb": 500, "gpu": 1}`); `spawn(needs=...)` and `run --need` override them.
+    `fallback` names the tool run instead while this one's circuit breaker is open;
+    `stall_timeout` (seconds, 0: never) and `on_stall` (alert, restart, kill) tune the watchdog
+    for it (see docs/resilience.md).
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -183,12 +200,22 @@ def tool(
         if source.startswith("llmunix."):
             source = "builtin"
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
-                      idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden)
+                      idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
+                      fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
 
     return decorate(func) if func is not None else decorate
+
+
+def _check_resilience(fallback: str | None, stall_timeout: float | None, on_stall: str | None) -> None:
+    if fallback is not None and (not isinstance(fallback, str) or not fallback.strip()):
+        raise LlmunixError(f"fallback must name a tool, not {fallback!r}")
+    if stall_timeout is not None and not (isinstance(stall_timeout, int | float) and stall_timeout >= 0):
+        raise LlmunixError(f"stall_timeout must be seconds >= 0, not {stall_timeout!r}")
+    if on_stall not in (None, "alert", "restart", "kill"):
+        raise LlmunixError(f"on_stall must be alert, restart or kill, not {on_stall!r}")
 
 
 def _param_docs(doc: str) -> dict[str, str]:
