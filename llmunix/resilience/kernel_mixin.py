@@ -455,7 +455,7 @@ class Resilience:
         a = proc.attempts
         name = f"tool:{proc.tool.name}"
         b = self._board.get(name)
-        if a is not None and a.excused:
+        if (a is not None and a.excused) or not proc.tool.breaker:
             if b is not None:
                 b.release(proc.pid)
             return

@@ -48,6 +48,7 @@ class Tool:
     fallback: str | None = None
     stall_timeout: float | None = None  # seconds without progress before it is stalled (None: the setting's)
     on_stall: str | None = None  # alert, restart or kill (None: the stall_action setting)
+    breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def make_tool(
     fallback: str | None = None,
     stall_timeout: float | None = None,
     on_stall: str | None = None,
+    breaker: bool = True,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -165,6 +167,7 @@ def make_tool(
         fallback=fallback,
         stall_timeout=stall_timeout,
         on_stall=on_stall,
+        breaker=breaker,
         _model=model,
     )
 
@@ -182,6 +185,7 @@ def tool(
     fallback: str | None = None,
     stall_timeout: float | None = None,
     on_stall: str | None = None,
+    breaker: bool = True,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -192,7 +196,8 @@ def tool(
     (`{"memory_mb": 500, "gpu": 1}`); `spawn(needs=...)` and `run --need` override them.
     `fallback` names the tool run instead while this one's circuit breaker is open;
     `stall_timeout` (seconds, 0: never) and `on_stall` (alert, restart, kill) tune the watchdog
-    for it (see docs/resilience.md).
+    for it; `breaker=False` keeps its failures off a tool circuit breaker, for tools that guard
+    each external host with `ctx.host_call` instead (see docs/resilience.md).
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -201,7 +206,8 @@ def tool(
             source = "builtin"
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
-                      fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall)
+                      fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
+                      breaker=breaker)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
