@@ -13,6 +13,7 @@ from commands.maintenance import MaintenanceCommands
 from commands.observe import ObserveCommands
 from commands.process import ProcessCommands
 from commands.recovery import RecoveryCommands
+from commands.resilience import ResilienceCommands
 from commands.run import RunCommands
 from commands.top import TopCommands
 from commands.workflow import WorkflowCommands
@@ -21,7 +22,7 @@ from commands.workflow import WorkflowCommands
 def all_command_sets() -> list[ShellCommandSet]:
     return [ProcessCommands(), ControlCommands(), RunCommands(), RecoveryCommands(), MaintenanceCommands(),
             ObserveCommands(), LimitsCommands(), TopCommands(), DebugCommands(), WorkflowCommands(),
-            AgentCommands(), IpcCommands(), ClusterCommands()]
+            AgentCommands(), IpcCommands(), ResilienceCommands(), ClusterCommands()]
 
 
 __all__ = ["ShellCommandSet", "all_command_sets"]

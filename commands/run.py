@@ -10,6 +10,7 @@ from cmd2 import Choices, CompletionItem
 
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
+from commands.resilience import add_run_options, run_options
 from llmunix.admission import parse_needs
 from llmunix.models import LlmunixError, format_pid
 from llmunix.tools.markdown import find_tool_name
@@ -27,7 +28,8 @@ class RunCommands(ShellCommandSet):
     run_parser = LlmunixArgumentParser(
         description="Start a tool as a background process and print its PID.",
         epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
-               "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1",
+               "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
+               "  run fetch url=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
@@ -44,6 +46,7 @@ class RunCommands(ShellCommandSet):
     run_parser.add_argument("--need", action="append", default=[], metavar="NAME=VALUE",
                             help="a resource it must hold to run, e.g. memory_mb=500, gpu=1, "
                                  "llm_tokens_per_min=2000 (repeatable; see `limits`)")
+    add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
 
     @cmd2.with_argparser(run_parser)
     def do_run(self, args: argparse.Namespace) -> None:
@@ -62,7 +65,8 @@ class RunCommands(ShellCommandSet):
             self._refuse_internal(args.tool)
             params = parse_params(args.params)
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                    name=args.name, params=params, needs=parse_needs(args.need))
+                                    name=args.name, params=params, needs=parse_needs(args.need),
+                                    **run_options(args))  # resilience: retry, restart, timeout
         except LlmunixError as exc:
             self.fail(str(exc))
             return

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from commands.resilience_views import attempt_lines
 from llmunix.admission import fmt_amount
 from llmunix.models import ProcessInfo, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
@@ -125,7 +126,7 @@ def ps_table(infos: Sequence[ProcessInfo], *, title: str | None = None) -> Table
 
 def state_line(info: ProcessInfo) -> str:
     detail = info.detail
-    if info.phase == "running" and info.progress.message:
+    if info.phase == "running" and info.progress.message and not detail.startswith("stalled"):  # (resilience)
         detail = info.progress.message
     if info.state == "Completed":
         detail = f"exit {info.exit_code}"
@@ -173,6 +174,9 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         root.add(f"Progress: {p.percentage:.0f}% complete ({p.current_step} of {p.total_steps})")
     elif p.current_step:
         root.add(f"Progress: step {p.current_step}")
+    if info.attempts is not None:  # resilience: "Attempt: 2 of 5, next at 14:03:07", "Restarts: 3 of 10"
+        for line in attempt_lines(info.attempts):
+            root.add(line)
     runtime = format_duration(info.runtime)
     if p.eta is not None and not info.is_done:
         runtime += f" (ETA: {format_duration(p.eta)})"

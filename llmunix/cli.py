@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_pressure_mb=config.memory_pressure_mb,
             pause_idle_under_pressure=config.pause_idle_under_pressure,
             deadlock_policy=config.deadlock_policy,
+            **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
             backend=backend,
         )
     except LlmunixError as exc:

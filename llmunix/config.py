@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 
@@ -73,6 +73,34 @@ class Config(pydantic.BaseModel):
     dask_scheduler: str | None = pydantic.Field(
         None, description="the Dask scheduler's address for the dask backend, e.g. tcp://10.0.0.5:8786 "
         "(unset: a local cluster is started)")
+
+    # resilience (docs/resilience.md)
+    breaker_threshold: int = pydantic.Field(5, ge=1, description="consecutive failures that open a circuit breaker")
+    breaker_cooldown: float = pydantic.Field(30.0, ge=0, description="seconds an open breaker waits before a probe")
+    stall_timeout: float = pydantic.Field(60.0, ge=0, description="seconds without progress before a running "
+                                          "process is marked stalled (0: no watchdog)")
+    stall_action: Literal["alert", "restart", "kill"] = pydantic.Field(
+        "alert", description="what the watchdog does with a stalled process")
+    chaos: str | None = pydantic.Field(None, description='fault injection for tool processes, e.g. '
+                                       '"fail=0.2,hang=0.05,slow=0.1,seed=42" (testing only)')
+    health_min_disk_mb: float = pydantic.Field(100.0, ge=0, description="`health` fails below this much free "
+                                               "disk space in the home")
+
+    @pydantic.field_validator("chaos")
+    @classmethod
+    def _chaos_parses(cls, value: str | None) -> str | None:
+        from llmunix.resilience.chaos import ChaosSpec
+
+        try:
+            ChaosSpec.parse(value)
+        except LlmunixError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def resilience(self) -> dict[str, Any]:
+        """The Kernel's resilience keyword arguments."""
+        return {k: getattr(self, k) for k in ("breaker_threshold", "breaker_cooldown", "stall_timeout",
+                                              "stall_action", "chaos", "health_min_disk_mb")}
 
 
 _ACTIVE: Config | None = None

@@ -57,7 +57,10 @@ from llmunix.process import (
     signal_group,
     signal_tree,
 )
+from llmunix.resilience.kernel_mixin import Resilience
+from llmunix.resilience.restart import RestartPolicy
 from llmunix.resources import ResourceSample, SystemSample
+from llmunix.retry import RetryPolicy
 from llmunix.scheduler import ReadyQueue, preemption_victim
 from llmunix.store import Store, row_to_info
 from llmunix.store.durable import DurableState
@@ -129,7 +132,8 @@ class PidAllocator:
         os.replace(tmp, self._path)
 
 
-class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Agents, Communication):
+class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, Agents, Communication,
+             Resilience):
     """Spawn and steer processes. Thread-safe; usable without the shell.
 
     >>> with Kernel() as k:
@@ -161,6 +165,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         available_memory: Callable[[], float] | None = None,
         pause_idle_under_pressure: bool = False,
         deadlock_policy: str = "report",
+        # resilience (llmunix/resilience): breakers, watchdog, chaos, health
+        breaker_threshold: int = 5, breaker_cooldown: float = 30.0, stall_timeout: float = 60.0,
+        stall_action: str = "alert", chaos: str | None = None, health_min_disk_mb: float = 100.0,
         backend: Backend | str | None = None,
     ) -> None:
         if max_running < 1:
@@ -233,6 +240,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
             self.store.on_commit(self._retain)
             self._gc_job = self._compact(wait=False)  # the first automatic pass, in the background
         self._init_communication(deadlock_policy)  # ipc/kernel_mixin.py: mailboxes, primitives, shared memory
+        self._init_resilience(breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown,
+                              stall_timeout=stall_timeout, stall_action=stall_action, chaos=chaos,
+                              health_min_disk_mb=health_min_disk_mb)
         self._executor = ThreadExecutor(self._execute, max_threads or max(64, 4 * max_running))
         self.backend.bind(self)
         self._remote = self.backend if self.backend.distributed else None
@@ -266,6 +276,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         params: Mapping[str, Any] | None = None,
         needs: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        restart: RestartPolicy | str | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
@@ -273,18 +285,23 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         `params` mapping when a name clashes with spawn's own (`name`, `priority`, ...).
         They are validated now: a bad one raises LlmunixError. `needs` are the resources it
         must hold to run (`{"memory_mb": 500, "gpu": 1}`), over the tool's own defaults. After
-        `timeout` seconds of running time it is stopped and ends Failed ("timed out after 30s")."""
+        `timeout` seconds of running time it is stopped and ends Failed ("timed out after 30s").
+        `retry` and `restart` run it again under the same PID when an attempt fails or ends
+        (llmunix/resilience/restart.py); the timeout is then per attempt."""
         self._writable()
         if timeout is not None and not timeout > 0:
             raise LlmunixError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        attempts = self._policies(retry, restart)  # resilience: retry/restart policies, checked first
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
         wants, predicted = self._needs_for(t, needs)
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(int(a) for a in after))
         with self._lock:
-            return self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd,
-                                      needs=(wants, predicted), timeout=timeout)
+            pid = self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd,
+                                     needs=(wants, predicted), timeout=timeout)
+            self._set_policies_locked(self._procs[pid], attempts)  # resilience
+            return pid
 
     def _spawn_locked(self, t: Tool, params: dict[str, Any], prio: Priority, deps: tuple[int, ...], *,
                       name: str | None, parent: int | None, cwd: str | None, pid: int | None = None,
@@ -724,6 +741,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
     def _control_point(self, proc: Process) -> None:
         with self._lock:
             self._control_point_locked(proc)
+            proc.last_active = time.monotonic()  # the watchdog's sign of life (resilience/watchdog.py)
 
     def _control_point_locked(self, proc: Process) -> None:
         """Honour pending requests. Blocks while paused or preempted; raises ProcessKilled."""
@@ -769,12 +787,14 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
             self._control_point_locked(proc)
             while remaining > 0:
                 t0 = time.monotonic()
+                proc.last_active = t0 + remaining  # asleep on purpose: alive until it is due (watchdog)
                 self._cond(proc).wait(remaining)
                 remaining -= time.monotonic() - t0
                 self._control_point_locked(proc)
 
     def _progress(self, proc: Process, step: int, total: int | None, message: str) -> None:
         with self._lock:
+            proc.last_active = time.monotonic()  # the watchdog's sign of life
             proc.step = step
             proc.total = total
             proc.message = message
@@ -791,6 +811,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
 
     def _log(self, proc: Process, message: str) -> None:
         with self._lock:
+            proc.last_active = time.monotonic()  # the watchdog's sign of life
             proc.logs.append((time.time(), message))
             event = self._emit("process.log", proc, line=message)
         if self.store is not None:
@@ -798,6 +819,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
 
     def _checkpoint(self, proc: Process, state: Any) -> tuple[int, int]:
         with self._lock:
+            proc.last_active = time.monotonic()  # the watchdog's sign of life
             proc.checkpoints.append(state)
             version = len(proc.checkpoints)
             proc.note("checkpoint", f"version {version}")
@@ -923,7 +945,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
             if proc is None:
                 break
             head = proc
-            if proc.needs or self._pressure.on:
+            if proc.needs or self._pressure.on or self._degraded:  # (degraded mode defers too: resilience)
                 proc = self._admissible(head, now)  # needs must fit the pool (scheduler.py: Admission)
                 if proc is None:
                     break
@@ -1040,7 +1062,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         """Kill escalation, run by a timer: 1 = asynchronous exception (and SIGKILL to a
         subprocess group); 2 = report the process as unkillable."""
         with self._lock:
-            if proc.phase is Phase.DONE:
+            if proc.phase is Phase.DONE or not proc.requests & REQ_KILL:  # (resilience: a retried attempt answered it)
                 return
             if stage == 1:
                 if proc.subprocess is not None:
@@ -1150,9 +1172,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
     def _timeout_check(self, proc: Process) -> None:
         """Timer: stop a process whose running time passed its timeout (paused time does not count)."""
         with self._lock:
-            if proc.phase is Phase.DONE or proc.timeout is None or proc.requests & REQ_KILL:
-                return
-            left = proc.timeout - proc.runtime(time.monotonic())
+            if proc.phase is Phase.DONE or proc.timeout is None or proc.requests & REQ_KILL or not proc.in_body:
+                return  # (not in_body: between attempts; the next one arms its own timer)
+            left = proc.timeout - self._attempt_runtime(proc, time.monotonic())  # resilience: per attempt
             if left > 0.001:
                 self._arm_timeout(proc, left)
                 return
@@ -1183,6 +1205,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         if not killed:
             try:
                 try:
+                    self._before_body(proc, ctx)  # resilience: circuit breakers, fallback tools, chaos faults
                     if self._remote is not None and proc.tool.remote:
                         output = self._remote.run(ctx, proc)  # a proxy for the body on a cluster worker
                     else:
@@ -1211,7 +1234,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                         code, error = _exit_for(outcome), proc.kill_reason or error
                     if outcome is not Outcome.COMPLETED and not error:
                         error = proc.kill_reason or "killed"
-                    self._finish_locked(proc, outcome, code, error, output)
+                    if not self._after_attempt(proc, outcome, code, error, output):  # resilience: retry, restart
+                        self._finish_locked(proc, outcome, code, error, output)
                     self._dispatch_locked(time.monotonic(), spare_threads=1)
                     if proc.subprocess is not None and proc.subprocess.poll() is None:
                         signal_group(proc.subprocess, signal.SIGKILL)

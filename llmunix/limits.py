@@ -170,10 +170,11 @@ class ResourceLimits:
         return None
 
     def _fits(self, proc: Process, reserved: Mapping[str, float] | None) -> bool:
-        if self._pressure.on and proc.priority <= Priority.LOW:
+        if (self._pressure.on or self._degraded) and proc.priority <= Priority.LOW:  # (resilience: degraded mode)
             if proc.blocked_on is not DEFERRED:
                 proc.blocked_on = DEFERRED
-                proc.detail = "deferred: memory pressure"
+                proc.detail = ("deferred: memory pressure" if self._pressure.on
+                               else f"deferred: degraded ({self._degraded[0]})")
             return False
         missing = self.pool.missing(proc.needs, first_start=not proc.has_thread, reserved=reserved)
         if missing:
@@ -236,6 +237,7 @@ class ResourceLimits:
         log.warning("memory pressure %s: %.0f MB available, threshold %.0f MB", state, available, old.threshold_mb)
         self.bus.publish("system.memory_pressure", None,
                          {"state": state, "available_mb": round(available, 1), "threshold_mb": old.threshold_mb})
+        self._refresh_degraded_locked(dispatch=False)  # memory pressure is a reason for degraded mode (resilience)
         if not on:
             for p in self._live.values():  # deferred processes beyond the look-ahead say so no longer
                 if p.blocked_on is DEFERRED:

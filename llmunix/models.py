@@ -172,6 +172,18 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """Retry and restart bookkeeping of a process run with a policy (llmunix/resilience)."""
+
+    attempt: int = 1  # the attempt running now, or the next one while it waits to retry
+    max_attempts: int = 1
+    next_attempt: float | None = None  # Unix time of the next attempt or restart, while it waits for it
+    restarts: int = 0  # restarts in a row (a run that stays up min_uptime resets it)
+    max_restarts: int | None = None  # None: no restart policy
+    restart: str = "never"  # the restart policy: never, on-failure, always
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """An immutable snapshot of one process. The shell only ever sees these."""
 
@@ -201,6 +213,7 @@ class ProcessInfo:
     subprocess_pid: int | None = None
     needs: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # resources it must hold to run
     predicted_needs: tuple[str, ...] = ()  # which needs were predicted from the tool's past runs
+    attempts: AttemptInfo | None = None  # retry/restart bookkeeping (resilience); None: no policy
     worker: str | None = None  # the cluster worker its body runs (or ran) on; None: this machine
 
     @property
@@ -269,8 +282,17 @@ class ProcessInfo:
             "error": self.error,
             "output": _jsonable(self.output),
             "subprocess_pid": self.subprocess_pid,
+            **_attempts_dict(self.attempts),
             "worker": self.worker,
         }
+
+
+def _attempts_dict(a: AttemptInfo | None) -> dict[str, Any]:
+    """`--json`'s retry and restart fields (resilience), the same keys for every process."""
+    a = a or AttemptInfo()
+    return {"attempt": a.attempt, "max_attempts": a.max_attempts,
+            "next_attempt": None if a.next_attempt is None else iso_time(a.next_attempt),
+            "restarts": a.restarts, "max_restarts": a.max_restarts, "restart": a.restart}
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ from llmunix.models import (
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from llmunix.ipc.handles import (
         BarrierHandle,
         ConditionHandle,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from llmunix.ipc.messages import Message
     from llmunix.ipc.shared import SharedBuffer
     from llmunix.kernel import Kernel
+    from llmunix.resilience.restart import Attempts
     from llmunix.tools.registry import Tool
 
 HISTORY_LIMIT = 200
@@ -69,6 +72,7 @@ class Process:
         "needs", "predicted", "holds", "blocked_on",
         "waiting", "timeout", "paused_by", "end_seq", "worker",
         "debug",  # a ProcessDebugger (llmunix/observe/debugger.py) once someone debugs it, else None
+        "last_active", "attempts",  # resilience: the watchdog's last sign of life; retry/restart state
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -135,6 +139,8 @@ class Process:
         self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
         self.worker: str | None = None  # the cluster worker running its body (backends/), if any
         self.debug: Any = None  # breakpoints, stepping and tracing state (observe/debugger.py)
+        self.last_active = 0.0  # monotonic time of its last control point (resilience/watchdog.py)
+        self.attempts: Attempts | None = None  # retry/restart policies and counters (resilience/restart.py)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
@@ -181,6 +187,7 @@ class Process:
             subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
             needs=MappingProxyType(dict(self.needs)) if self.needs else EMPTY,
             predicted_needs=self.predicted,
+            attempts=self.attempts.info(self.phase) if self.attempts is not None else None,
             worker=self.worker,
         )
         if self.phase is Phase.DONE:
@@ -351,6 +358,24 @@ class ProcessContext:
     def rwlock(self, name: str) -> RWLockHandle:
         """The read-write lock `name`: `with ctx.rwlock("index").read(): ...`."""
         return self._kernel._ipc_primitive(self._proc, "rwlock", name)
+
+    # ------------------------------------------------------------------ circuit breakers (resilience)
+
+    def host_call(self, host: str) -> AbstractContextManager[None]:
+        """Guard one call to an external host (a name or URL) with its circuit breaker::
+
+            with ctx.host_call(url):
+                response = fetch(url)
+
+        Raises ToolError ("circuit open for host example.com (...)") at once while that host's
+        breaker is open; anything raised inside the block counts as a failure of the host,
+        leaving it normally as a success (catch what is not the host's fault inside)."""
+        self.check()
+        return self._kernel._host_call(self._proc, host)
+
+    def breaker(self, name: str, ok: bool, error: str | None = None) -> None:
+        """Report one call's outcome to breaker `name` (e.g. "host:example.com") by hand."""
+        self._kernel.breaker_record(name, ok, error, pid=self.pid)
 
 
 def signal_group(child: subprocess.Popen[bytes], sig: int) -> None:

@@ -88,6 +88,7 @@ class Monitor:
                 return
             try:
                 self.sample()
+                self.kernel._watchdog_tick()  # stalled processes (llmunix/resilience/watchdog.py)
                 self.sample_system()
             except Exception:  # never let a measuring hiccup kill the monitor
                 pass

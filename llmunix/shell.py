@@ -22,6 +22,9 @@ from rich.text import Text
 
 from commands import all_command_sets
 from commands.base import LlmunixArgumentParser
+from commands.resilience_views import ALERT_EVENTS as RESILIENCE_ALERTS
+from commands.resilience_views import ALERT_TYPES as RESILIENCE_ALERT_TYPES
+from commands.resilience_views import alert_text as resilience_alert
 from commands.views import STATE_STYLES
 from llmunix import __version__
 from llmunix.kernel import Kernel
@@ -32,7 +35,7 @@ log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
 ALERT_EVENTS = ("process.completed|process.failed|process.cancelled|process.unkillable|ipc.deadlock"
-                "|process.breakpoint")
+                "|process.breakpoint|" + RESILIENCE_ALERTS)
 
 
 class LlmunixShell(cmd2.Cmd):
@@ -138,6 +141,8 @@ class LlmunixShell(cmd2.Cmd):
         if event.type == "process.completed":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ",
                                  ("completed", STATE_STYLES["Completed"]), f" in {d.get('runtime', 0):.1f}s")
+        elif event.type in RESILIENCE_ALERT_TYPES:  # stalls, degraded mode on/off (there is no toolbar to show it)
+            text = resilience_alert(event)
         elif event.type == "ipc.deadlock":
             victim = f"; killing {d['victim']} (lowest priority)" if d.get("victim") else "; see `locks`"
             text = Text.assemble(("deadlock", "bold red"), f" {d.get('summary', '')}{victim}")

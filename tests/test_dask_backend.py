@@ -21,6 +21,7 @@ distributed = pytest.importorskip(
 from llmunix import Kernel  # noqa: E402
 from llmunix.backends.dask import DASK_PRIORITY, DaskBackend  # noqa: E402
 from llmunix.models import LlmunixError, Priority  # noqa: E402
+from llmunix.retry import RetryPolicy  # noqa: E402
 from llmunix.workflows.runner import fold  # noqa: E402
 from llmunix.workflows.spec import spec_from_data  # noqa: E402
 from tests import remote_tools  # noqa: E402, F401 - registers the rt_* tools here
@@ -284,6 +285,20 @@ def test_losing_the_worker_fails_the_process_with_worker_lost_and_stops_the_reru
     assert info.state == "Failed" and info.error == f"worker lost: {address}"
     # Dask starts the task again on the other worker; llmunix has given up on it and stops it.
     wait_for(Path(f"{count}.stopped").exists, message="the rerun to be stopped")
+
+
+def test_a_retry_policy_runs_the_process_again_after_losing_its_worker(cluster, dk, tmp_path):
+    workers_ready(cluster)
+    flag = tmp_path / "go"
+    policy = RetryPolicy(max_attempts=2, initial=0, jitter="none", retry_on=("worker lost*",))
+    pid = dk.spawn("rt_gate", path=str(flag), retry=policy)
+    first = wait_for(lambda: dk.info(pid).worker, message="the body to start")
+    psutil.Process(worker_os_pid(dk, pid)).kill()
+    wait_for(lambda: dk.info(pid).attempts.attempt == 2, message="the second attempt")
+    flag.touch()
+    info = dk.wait([pid], timeout=20)[0]
+    assert info.state == "Completed" and info.output["address"] == info.worker
+    assert any(h.event == "retry" and h.details.endswith(f"worker lost: {first}") for h in info.history)
 
 
 def test_a_workflow_step_retries_after_losing_its_worker(cluster, dk, tmp_path):

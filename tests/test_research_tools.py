@@ -382,3 +382,38 @@ def test_the_research_chain_fetch_summarize_analyze_report_by_hand(k, site, tmp_
     text = Path(report.output["path"]).read_text()
     assert f"| 1 | {urls[0]} | Scheduling & queues | 200 | {len(PAGE.encode()):,} |" in text
     assert S1 in text and A1 in text and "| agent | 3 |" in text
+
+
+def test_web_fetch_host_breaker_opens_on_server_errors_not_on_404s(make_kernel):
+    """Server errors count against the host's circuit breaker; once it is open the URL fails at
+    once, without a request. A 404 is the request's fault and does not count."""
+    import http.server
+    import threading
+
+    hits = {"n": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits["n"] += 1
+            self.send_response(503 if self.path == "/down" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        k = make_kernel(breaker_threshold=2, breaker_cooldown=60)
+        for _ in range(3):
+            k.wait([k.spawn("web_fetch", params={"urls": f"{base}/missing"})], timeout=10)
+        host = [b for b in k.breakers() if b.name.startswith("host:")]
+        assert all(b.state == "closed" for b in host)
+        infos = [k.wait([k.spawn("web_fetch", params={"urls": f"{base}/down"})], timeout=10)[0] for _ in range(3)]
+        assert [i.state for i in infos] == ["Failed"] * 3
+        assert "HTTP 503" in infos[0].error and "circuit open for host" in infos[2].error
+        assert hits["n"] == 5  # the third /down never reached the server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -716,24 +716,7 @@ class Communication:
         t.users.discard(pid)
         self._ipc_drop_messages(p)
         t.topics.pop(pid, None)
-        w = t.waiting.get(pid)
-        if w is not None:
-            self._end_wait(w, "ended")
-            self._wake_all(w.prim.cancel(w))
-        for name in t.opened.pop(pid, ()):
-            prim = t.prims.get(name)
-            if prim is None:
-                continue
-            held, granted = prim.drop(pid)
-            self._wake_all(granted)
-            if held:
-                p.note("released", f"{prim.kind} {name} (held when it ended)")
-                self._emit("ipc.released", p, kind=prim.kind, lock=name, reason="holder ended", count=held)
-            users = t.prim_users.get(name)
-            if users is not None:
-                users.discard(pid)
-                if not users and prim.idle():
-                    del t.prims[name], t.prim_users[name]
+        self._ipc_release_held(p, "ended")
         for name in t.buffer_users.pop(pid, ()):
             region = t.buffers.regions.get(name)
             if region is None:
@@ -745,6 +728,44 @@ class Communication:
             if not region.users:
                 t.buffers.free(region)
                 self.bus.publish("ipc.buffer", None, {"buffer": name, "op": "freed", "last_user": format_pid(pid)})
+
+    def _ipc_release_held(self, p: Process, when: str) -> None:
+        """Release the primitives `p` holds and end the wait it is in (it ended, or an attempt
+        of it did). Hold the lock."""
+        t = self._ipc
+        pid = p.pid
+        w = t.waiting.get(pid)
+        if w is not None:
+            self._end_wait(w, "ended")
+            self._wake_all(w.prim.cancel(w))
+        for name in t.opened.pop(pid, ()):
+            prim = t.prims.get(name)
+            if prim is None:
+                continue
+            held, granted = prim.drop(pid)
+            self._wake_all(granted)
+            if held:
+                p.note("released", f"{prim.kind} {name} (held when it {when})")
+                self._emit("ipc.released", p, kind=prim.kind, lock=name, reason=f"holder {when}", count=held)
+            users = t.prim_users.get(name)
+            if users is not None:
+                users.discard(pid)
+                if not users and prim.idle():
+                    del t.prims[name], t.prim_users[name]
+
+    def _ipc_attempt_ended(self, p: Process) -> None:
+        """An attempt of `p` ended and it runs again under the same PID (a retry or a restart,
+        llmunix/resilience): no lock outlives the attempt, and persistent messages it received
+        but did not acknowledge are delivered again first; its mailbox, topics and buffers stay.
+        Hold the lock."""
+        t = self._ipc
+        if p.pid not in t.users:
+            return
+        self._ipc_release_held(p, "failed an attempt")
+        unacked = t.unacked.pop(p.pid, {})
+        if unacked:
+            box = t.mailboxes.setdefault(p.pid, deque())
+            box.extendleft(reversed(sorted(unacked.values(), key=lambda e: e.sent)))
 
     def _ipc_drop_messages(self, p: Process) -> None:
         t = self._ipc

@@ -44,6 +44,11 @@ class Tool:
     needs: Mapping[str, float] = field(default_factory=dict)  # default resource needs (see admission.py)
     kind: ProcessKind = ProcessKind.TOOL  # agent and workflow bodies are tools of those kinds
     hidden: bool = False  # internal (e.g. the workflow runner): not listed by `tools`
+    # resilience: the tool run instead while this one's circuit is open; the watchdog's settings
+    fallback: str | None = None
+    stall_timeout: float | None = None  # seconds without progress before it is stalled (None: the setting's)
+    on_stall: str | None = None  # alert, restart or kill (None: the stall_action setting)
+    breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
@@ -115,6 +120,10 @@ def make_tool(
     needs: Mapping[str, Any] | None = None,
     kind: ProcessKind = ProcessKind.TOOL,
     hidden: bool = False,
+    fallback: str | None = None,
+    stall_timeout: float | None = None,
+    on_stall: str | None = None,
+    breaker: bool = True,
     remote: bool = False,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
@@ -145,6 +154,7 @@ def make_tool(
     config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True)
     model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
+    _check_resilience(fallback, stall_timeout, on_stall)
     return Tool(
         name=name or func.__name__,
         func=func,
@@ -156,6 +166,10 @@ def make_tool(
         needs=parse_needs(needs),
         kind=kind,
         hidden=hidden,
+        fallback=fallback,
+        stall_timeout=stall_timeout,
+        on_stall=on_stall,
+        breaker=breaker,
         remote=remote,
         _model=model,
     )
@@ -171,6 +185,10 @@ def tool(
     needs: Mapping[str, Any] | None = None,
     kind: ProcessKind = ProcessKind.TOOL,
     hidden: bool = False,
+    fallback: str | None = None,
+    stall_timeout: float | None = None,
+    on_stall: str | None = None,
+    breaker: bool = True,
     remote: bool = False,
     registry: ToolRegistry | None = None,
 ) -> Any:
@@ -180,6 +198,10 @@ def tool(
     The first paragraph of its docstring is the description; an `Args:` section documents
     parameters (`name: what it is`). `needs` are the resources each run needs by default
     (`{"memory_mb": 500, "gpu": 1}`); `spawn(needs=...)` and `run --need` override them.
+    `fallback` names the tool run instead while this one's circuit breaker is open;
+    `stall_timeout` (seconds, 0: never) and `on_stall` (alert, restart, kill) tune the watchdog
+    for it; `breaker=False` keeps its failures off a tool circuit breaker, for tools that guard
+    each external host with `ctx.host_call` instead (see docs/resilience.md).
     `remote=True` lets a cluster backend run it on a worker (docs/cluster.md): its module must be
     importable there and it must not use what lives in the kernel (`ctx.spawn`, `ctx.recv`, locks...).
     """
@@ -190,12 +212,22 @@ def tool(
             source = "builtin"
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
-                      remote=remote)
+                      fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
+                      breaker=breaker, remote=remote)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
 
     return decorate(func) if func is not None else decorate
+
+
+def _check_resilience(fallback: str | None, stall_timeout: float | None, on_stall: str | None) -> None:
+    if fallback is not None and (not isinstance(fallback, str) or not fallback.strip()):
+        raise LlmunixError(f"fallback must name a tool, not {fallback!r}")
+    if stall_timeout is not None and not (isinstance(stall_timeout, int | float) and stall_timeout >= 0):
+        raise LlmunixError(f"stall_timeout must be seconds >= 0, not {stall_timeout!r}")
+    if on_stall not in (None, "alert", "restart", "kill"):
+        raise LlmunixError(f"on_stall must be alert, restart or kill, not {on_stall!r}")
 
 
 def _param_docs(doc: str) -> dict[str, str]:

@@ -111,7 +111,7 @@ class _Fetched:
     seconds: float
 
 
-@tool(idempotent=True, needs={"network": 1})
+@tool(idempotent=True, needs={"network": 1}, breaker=False)  # each host has its own breaker
 def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0, dest: str = "",
               max_bytes: int = 5_000_000) -> dict[str, Any]:
     """Fetch web pages and local files, save their readable text, and record status, bytes and time.
@@ -214,10 +214,27 @@ def _documents_in(directory: Path) -> list[str]:
     return [str(p) for p in sorted(directory.iterdir()) if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES]
 
 
+_CLIENT_ERROR = re.compile(r"HTTP 4(?!08|29)\d\d\b")  # 408 and 429 say the host is struggling
+
+
 def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int) -> _Fetched:
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
-        return _http_get(ctx, url, timeout, max_bytes)
+        # The host's circuit breaker (docs/resilience.md): while it is open the URL fails at once.
+        # A client error (404, 403...) is the request's fault, not the host's: it does not count.
+        client_error: _FetchFailed | None = None
+        try:
+            with ctx.host_call(url):
+                try:
+                    return _http_get(ctx, url, timeout, max_bytes)
+                except _FetchFailed as exc:
+                    if not _CLIENT_ERROR.match(str(exc)):
+                        raise
+                    client_error = exc
+        except ToolError as exc:  # the breaker is open
+            raise _FetchFailed(str(exc)) from None
+        assert client_error is not None
+        raise client_error
     path = _local_path(url, ctx.cwd)
     if path is None:
         raise _FetchFailed(f"unsupported URL scheme {scheme!r}; use http, https, file or a path")

@@ -1,0 +1,138 @@
+"""Process-level retry and restart: the policies, and what a process remembers about its attempts.
+
+A process run with a retry policy (`run --retry N`) or a restart policy (`run --restart MODE`)
+keeps its PID across attempts. When an attempt ends, `Kernel._after_attempt` decides:
+
+* retry — the attempt failed, attempts are left and the error matches `retry_on`: wait
+  `RetryPolicy.delay(attempt)` (a timer: no slot, no thread held), then run the body afresh,
+  with `ctx.restored` = the last checkpoint of this run;
+* restart — the retries are used up (or there were none) and the restart policy wants another
+  run (`on-failure` after a failure, `always` after any end but a kill): wait the restart
+  backoff, then run the body from scratch. A run that stayed up `min_uptime` seconds resets the
+  backoff and the count of restarts in a row; `max_restarts` restarts in a row end it Failed;
+* otherwise the process ends, in exactly one terminal state.
+
+>>> RestartPolicy("on-failure", max_restarts=3).wants(completed=False)
+True
+>>> parse_backoff("1s..60s")
+(1.0, 60.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llmunix.models import AttemptInfo, LlmunixError, parse_duration
+from llmunix.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from llmunix.tools.registry import Tool
+
+RESTART_MODES = ("never", "on-failure", "always")
+DEFAULT_BACKOFF = (1.0, 60.0)  # initial..max seconds, factor 2, full jitter
+DEFAULT_MAX_RESTARTS = 10
+DEFAULT_MIN_UPTIME = 10.0
+
+
+def parse_backoff(text: str) -> tuple[float, float]:
+    """`1s..60s` (initial..max) or `5s` (initial; the max stays 60s, or 5s if that is more)."""
+    raw = str(text).strip()
+    first, sep, last = raw.partition("..")
+    try:
+        initial = parse_duration(first)
+        cap = parse_duration(last) if sep else max(initial, DEFAULT_BACKOFF[1])
+    except LlmunixError:
+        raise LlmunixError(f"bad backoff {text!r}; write INITIAL..MAX, e.g. 1s..60s") from None
+    if cap < initial:
+        raise LlmunixError(f"bad backoff {text!r}: the maximum {last} is less than the initial delay {first}")
+    return initial, cap
+
+
+def backoff_policy(backoff: str | None, *, attempts: int = 1, retry_on: Sequence[str] = ()) -> RetryPolicy:
+    """The one shape of process backoff: exponential from `initial` by 2 up to `max`, full jitter."""
+    initial, cap = parse_backoff(backoff) if backoff else DEFAULT_BACKOFF
+    return RetryPolicy(max_attempts=attempts, initial=initial, factor=2.0, max=cap, jitter="full",
+                       retry_on=tuple(retry_on))
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a long-running process is started again after it ends (pm2's model)."""
+
+    mode: str = "on-failure"  # never | on-failure | always
+    max_restarts: int = DEFAULT_MAX_RESTARTS  # restarts in a row before it is given up
+    min_uptime: float = DEFAULT_MIN_UPTIME  # a run up this long resets the backoff and the count
+    backoff: RetryPolicy = field(default_factory=lambda: backoff_policy(None))
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESTART_MODES:
+            raise LlmunixError(f"unknown restart policy {self.mode!r}; use one of: {', '.join(RESTART_MODES)}")
+        if self.max_restarts < 0:
+            raise LlmunixError("max_restarts must not be negative")
+        if self.min_uptime < 0:
+            raise LlmunixError("min_uptime must not be negative")
+
+    def wants(self, completed: bool) -> bool:
+        """Whether a run that ended (completed, or failed) should be followed by another."""
+        return self.mode == "always" or (self.mode == "on-failure" and not completed)
+
+
+class Attempts:
+    """What a process with a policy remembers across attempts. Mutates under the kernel lock.
+
+    `run_base` is the process's running time before this attempt began (timeouts and uptime are
+    per attempt); `ckpt_base` the number of checkpoints before this run (a restart starts from
+    scratch, a retry from the run's last checkpoint); `token` tells a due timer from a stale one.
+    """
+
+    __slots__ = ("retry", "restart", "attempt", "restarts", "restarts_total", "backoff_step", "next_at",
+                 "run_base", "ckpt_base", "token", "original", "excused", "stall_restart", "waiting")
+
+    def __init__(self, retry: RetryPolicy | None = None, restart: RestartPolicy | None = None) -> None:
+        self.retry = retry
+        self.restart = restart
+        self.attempt = 1
+        self.restarts = 0  # in a row
+        self.restarts_total = 0
+        self.backoff_step = 0  # restart backoff exponent; reset by a run that stays up
+        self.next_at: float | None = None  # wall time of the next attempt while waiting for it
+        self.run_base = 0.0
+        self.ckpt_base = 0
+        self.token = 0
+        self.original: tuple[Tool, dict[str, Any]] | None = None  # tool and parameters asked for, once a
+        # fallback has stood in for them (an open circuit)
+        self.excused = False  # this attempt's failure is not the tool's: an open circuit refused it, or a
+        # host it called failed (that host's breaker counts it)
+        self.stall_restart = False  # the watchdog stopped this attempt to restart it
+        self.waiting = False  # between attempts (retry or restart wait)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retry.max_attempts if self.retry is not None else 1
+
+    def info(self, phase: str) -> AttemptInfo | None:
+        """The snapshot's view; the next attempt's time only while it waits for it."""
+        if self.retry is None and self.restart is None:
+            return None
+        r = self.restart
+        due = self.next_at if self.waiting and phase == "waiting" else None
+        if r is None:
+            return AttemptInfo(self.attempt, self.max_attempts, due)
+        return AttemptInfo(self.attempt, self.max_attempts, due, self.restarts, r.max_restarts, r.mode)
+
+
+def short_duration(seconds: float) -> str:
+    """`0.05s`, `3.2s`, `5s`, `61s`, `2m05s`, `1h02m`: delays and idle times in details and reasons."""
+    if seconds < 10:
+        text = f"{max(0.0, seconds):.2g}"
+        return f"{float(text):g}s"  # 5s, not 5.0s
+    s = int(round(seconds))
+    if s < 120:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
