@@ -112,11 +112,13 @@ def test_top_bad_options_give_a_one_line_error(monitored, line):
 
 def test_llmunix_c_top_batch_shows_the_spinning_process_with_a_cpu_figure(tmp_path):
     env = {**os.environ, "LLMUNIX_HOME": str(tmp_path), "NO_COLOR": "1"}
-    done = subprocess.run([LLMUNIX, "-c", "run spin seconds=1.5", "-c", "top -b -n 2 -d 0.5", "-c", "wait"],
+    # Three frames: the spin's body may start just after the first measurement, and a CPU figure
+    # needs two measurements of its thread; the last frame always has one.
+    done = subprocess.run([LLMUNIX, "-c", "run spin seconds=3", "-c", "top -b -n 3 -d 0.5", "-c", "wait"],
                           capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 0, done.stderr
     frames = frames_of(done.stdout.split("\n", 1)[1].rsplit("\n[001]", 1)[0])  # between `run`'s PID and `wait`
-    assert len(frames) == 2
+    assert len(frames) == 3
     for frame in frames:
         assert set(HEADER_KEYS) <= set(header_of(frame))
     spin = table_of(frames[-1])[1]
