@@ -1016,7 +1016,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
             self._live.pop(p.pid, None)
             self._ipc_ended(p)  # releases its locks, drops or keeps its messages, frees its buffers
             event = self._emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
-                               runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb)
+                               runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb,
+                               parent=p.parent)
             p.end_seq = event.seq
             for waiter in self._watchers.pop(p.pid, ()):
                 self._wake(waiter)

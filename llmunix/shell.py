@@ -34,6 +34,7 @@ from llmunix.observe.logging import LEVELS, current_level, parse_level, set_leve
 log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
+CHILD_QUIET = frozenset({"process.completed", "process.failed", "process.cancelled"})
 ALERT_EVENTS = ("process.completed|process.failed|process.cancelled|process.unkillable|ipc.deadlock"
                 "|process.breakpoint|" + RESILIENCE_ALERTS)
 
@@ -136,6 +137,8 @@ class LlmunixShell(cmd2.Cmd):
     def _alert(self, event: Event) -> None:
         """Runs on the event thread: queue a line above the prompt (cmd2's thread-safe way)."""
         d = event.data
+        if d.get("parent") is not None and event.type in CHILD_QUIET:
+            return  # a workflow's step or an agent's tool call: its parent's own end is announced
         pid = format_pid(event.pid or 0)
         name = d.get("name", "")
         if event.type == "process.completed":

@@ -157,3 +157,18 @@ def test_e2e_status_and_live_wait_in_a_pty(tmp_path):
 def test_run_refuses_the_workflow_body_and_says_what_to_use(wsh):
     assert "use `workflow run NAME`" in wsh.bad("run workflow")
     assert wsh.kernel.ps(all=True) == []
+
+
+def test_step_ends_are_not_announced_only_the_workflows_own(wsh):
+    """A workflow's steps (and an agent's tool calls) are children: their ends would flood the
+    prompt, so only the parent's end becomes an alert."""
+    shown: list[str] = []
+    shell = wsh.shell
+    shell.add_alert = lambda msg, **_: shown.append(str(msg))  # capture what would be drawn
+    sub = wsh.kernel.subscribe("process.completed|process.failed|process.cancelled", shell._alert)
+    try:
+        wsh.ok("workflow run mine --wait")
+        wsh.kernel.bus.flush()
+    finally:
+        sub.cancel()
+    assert len(shown) == 1 and shown[0].startswith("[001] mine completed")
