@@ -290,7 +290,8 @@ def test_a_python_subprocess_is_sampled_with_py_spy(sh, python_child):
         pytest.skip("py-spy may not attach here (ptrace)")  # the report said so in one line
     assert "the stacks are its Python child's" in out and "sampled by py-spy" in out
     assert "└── Hotspots: hot_loop() " in out
-    assert re.search(r"^hot_loop\(\)\s+child\.py:3\s+100\.0%", out, re.M)
+    share = re.search(r"^hot_loop\(\)\s+child\.py:3\s+(\d+\.\d)%", out, re.M)
+    assert share and float(share.group(1)) >= 50  # nearly all; a loaded machine may catch it starting up
     assert "├── Network: 1 connection seen (1 open at the end, 1 at most at once)" in out
     data = json.loads(sh.ok(f"profile {python_child} -d 300ms --json"))
     assert data["sampler"] == "py-spy" and data["network"]["connections_open"] == 1
