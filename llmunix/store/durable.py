@@ -26,6 +26,7 @@ from llmunix.models import (
     format_pid,
 )
 from llmunix.process import Process
+from llmunix.resilience.restart import attempts_from_data
 from llmunix.store import row_to_info
 from llmunix.tools.registry import make_tool
 
@@ -115,13 +116,17 @@ class DurableState:
                       else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
             return self._retire(row, Outcome.FAILED, reason, action="recover" if checkpoint is None else "rollback",
                                 how=how)
+        policy = json.loads(row["policy"]) if "policy" in row.keys() and row["policy"] else None  # noqa: SIM118
         with self._lock:
             restored = versions[-1][2] if versions else None
             self._spawn_locked(
                 t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
                 cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
                 note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
+                policy=policy,
             )
+            # Its retry/restart policies go on (attempts are counted afresh from this run).
+            self._set_policies_locked(self._procs[pid], attempts_from_data(policy))
             self._emit("process.restarted", self._procs[pid], action="recover" if checkpoint is None else "rollback",
                        how=self._procs[pid].history[0].details, resumed=True,
                        checkpoint=versions[-1][0] if versions else None)
