@@ -569,7 +569,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         if info is None:
             self._process(pid)  # raises NoSuchProcess with the usual message
         assert info is not None
-        return info
+        return self._with_checkpoint(info)  # an agent's or workflow's last checkpoint, as when live
 
     def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters

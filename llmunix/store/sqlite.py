@@ -483,24 +483,30 @@ class Compaction:
             "SELECT pid, finished FROM processes WHERE (finished, pid) > (?, ?) AND (finished, pid) <= (?, ?) "
             "AND +phase='done' AND compacted=0 ORDER BY finished, pid LIMIT ?",
             (cf, cp, bf, bp, self.STEP)).fetchall()
-        if not rows:
-            # Last step: what belongs to no process ages out by time alone (shell.command events,
-            # the audit trail, tool run history), so none of them grows without bound.
-            self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL",
-                                        (self.before,)).rowcount
-            conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
-            conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
-            return False
-        self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
-        protected = set(self.protect()) if self.protect is not None else set()
-        pids = [r[0] for r in rows if r[0] not in protected]
-        if pids:
-            marks = ",".join("?" * len(pids))
-            self.events += conn.execute(f"DELETE FROM events WHERE pid IN ({marks})", pids).rowcount
-            self.checkpoints += conn.execute(f"DELETE FROM checkpoints WHERE pid IN ({marks})", pids).rowcount
-            conn.execute(f"UPDATE processes SET compacted=1 WHERE pid IN ({marks})", pids)
-            self.processes += len(pids)
-        return len(rows) == self.STEP
+        if rows:
+            self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
+            protected = set(self.protect()) if self.protect is not None else set()
+            pids = [r[0] for r in rows if r[0] not in protected]
+            if pids:
+                marks = ",".join("?" * len(pids))
+                self.events += conn.execute(f"DELETE FROM events WHERE pid IN ({marks})", pids).rowcount
+                self.checkpoints += conn.execute(f"DELETE FROM checkpoints WHERE pid IN ({marks})", pids).rowcount
+                conn.execute(f"UPDATE processes SET compacted=1 WHERE pid IN ({marks})", pids)
+                self.processes += len(pids)
+            if len(rows) == self.STEP:
+                return True
+        # Last step: what belongs to no process ages out by time alone (shell.command events, the
+        # audit trail, tool run history, agents' learning memory), so none of them grows without
+        # bound; so do persistent messages left to a process that finished long ago (never to one
+        # that was interrupted: `recover` delivers them to it again).
+        self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL", (self.before,)).rowcount
+        conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
+        conn.execute("DELETE FROM agent_runs WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM agent_tool_uses WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM messages WHERE recipient IN (SELECT pid FROM processes WHERE phase='done' "
+                     "AND finished < ?)", (self.before,))
+        return False
 
 
 class _EventWriter:
