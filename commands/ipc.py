@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 import time
 from typing import Any
@@ -55,6 +57,53 @@ def _delivery(p: argparse.ArgumentParser, type_choices: Any) -> None:
                         "audit trail: give a secret with --file)")
     p.add_argument("-f", "--file", metavar="FILE",
                    help="read the message from FILE ('-': standard input) instead of the command line")
+
+
+_MESSAGE_COMMANDS = ("send", "broadcast")
+_VALUE_OPTIONS = ("-t", "--type", "-f", "--file")  # options that take a value; the others are flags
+
+
+def redact_sensitive_message(line: str) -> str:
+    """The command line with the message words of `send`/`broadcast --sensitive` replaced by `***`,
+    for what is written down (audit trail, log, history): `send 3 -s pw` -> `send 3 -s ***`.
+    Other lines are returned as they are."""
+    words = line.split(None, 1)
+    if not words or words[0] not in _MESSAGE_COMMANDS or "-" not in line:
+        return line
+    try:
+        tokens = shlex.split(line)
+    except ValueError:  # an unclosed quote: keep only the command
+        return f"{words[0]} ***" if re.search(r"(^|\s)(-s|--sensitive|-[a-z]*s[a-z]*)(\s|$)", line) else line
+    kept, positional, sensitive, take_value, rest = [tokens[0]], 0, False, False, False
+    masked = False
+    for tok in tokens[1:]:
+        if take_value:
+            kept.append(tok)
+            take_value = False
+        elif not rest and tok == "--":
+            kept.append(tok)
+            rest = True
+        elif not rest and tok.startswith("--") and len(tok) > 2:
+            kept.append(tok)
+            name = tok.split("=", 1)[0]
+            sensitive = sensitive or "--sensitive".startswith(name) and len(name) > 3
+            take_value = "=" not in tok and any(o.startswith(name) for o in _VALUE_OPTIONS if o.startswith("--"))
+        elif not rest and re.fullmatch(r"-[a-z]+", tok):
+            kept.append(tok)
+            for i, ch in enumerate(tok[1:]):
+                if ch == "s":
+                    sensitive = True
+                elif ch in "tf":
+                    take_value = i == len(tok) - 2  # `-t json`, not `-tjson`
+                    break
+        else:
+            positional += 1
+            if positional == 1:
+                kept.append(tok)
+            elif not masked:
+                kept.append("***")
+                masked = True
+    return shlex.join(kept).replace("'***'", "***") if sensitive else line
 
 
 def read_message_file(path: str) -> str:

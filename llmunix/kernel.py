@@ -58,7 +58,7 @@ from llmunix.process import (
     signal_tree,
 )
 from llmunix.resilience.kernel_mixin import Resilience
-from llmunix.resilience.restart import RestartPolicy
+from llmunix.resilience.restart import RestartPolicy, policy_data
 from llmunix.resources import ResourceSample, SystemSample
 from llmunix.retry import RetryPolicy
 from llmunix.scheduler import ReadyQueue, preemption_victim
@@ -299,7 +299,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         deps = tuple(dict.fromkeys(int(a) for a in after))
         with self._lock:
             pid = self._spawn_locked(t, validated, prio, deps, name=name, parent=parent, cwd=cwd,
-                                     needs=(wants, predicted), timeout=timeout)
+                                     needs=(wants, predicted), timeout=timeout, policy=policy_data(attempts))
             self._set_policies_locked(self._procs[pid], attempts)  # resilience
             return pid
 
@@ -307,8 +307,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                       name: str | None, parent: int | None, cwd: str | None, pid: int | None = None,
                       restored: Any = None, checkpoints: list[Any] | None = None, note: str = "",
                       needs: tuple[dict[str, float], tuple[str, ...]] | None = None,
-                      timeout: float | None = None) -> int:
-        """Create a process (a new PID, or an old one being recovered) and queue it."""
+                      timeout: float | None = None, policy: dict[str, Any] | None = None) -> int:
+        """Create a process (a new PID, or an old one being recovered) and queue it. `policy` is
+        its retry/restart policies as data (resilience/restart.py `policy_data`), stored for recover."""
         if self._closed:
             raise LlmunixError("the kernel has shut down; no new processes")
         for a in deps:
@@ -331,7 +332,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         proc.note("spawned", note or f"{t.name} priority={prio.label}")
         self._emit("process.spawned", proc, tool=t.name, priority=prio.label, kind=str(proc.kind),
                    owner=proc.owner, parent=parent, after=list(deps), cwd=proc.cwd, params=params,
-                   idempotent=t.idempotent)
+                   idempotent=t.idempotent, **({"policy": policy} if policy else {}))
         failed = None
         for a in deps:
             dep = self._procs.get(a)
@@ -568,7 +569,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         if info is None:
             self._process(pid)  # raises NoSuchProcess with the usual message
         assert info is not None
-        return info
+        return self._with_checkpoint(info)  # an agent's or workflow's last checkpoint, as when live
 
     def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters

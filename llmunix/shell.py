@@ -16,12 +16,14 @@ from typing import Any
 import cmd2
 from cmd2 import Cmd2ArgparseError
 from cmd2.constants import COMMAND_ATTR_HELP_CATEGORY as HELP_CATEGORY
+from cmd2.history import HistoryItem
 from cmd2.utils import get_defining_class
 from rich.console import Console
 from rich.text import Text
 
 from commands import all_command_sets
 from commands.base import LlmunixArgumentParser
+from commands.ipc import redact_sensitive_message
 from commands.resilience_views import ALERT_EVENTS as RESILIENCE_ALERTS
 from commands.resilience_views import ALERT_TYPES as RESILIENCE_ALERT_TYPES
 from commands.resilience_views import alert_text as resilience_alert
@@ -30,10 +32,19 @@ from llmunix import __version__
 from llmunix.kernel import Kernel
 from llmunix.models import Event, LlmunixError, format_pid
 from llmunix.observe.logging import LEVELS, current_level, parse_level, set_level
+from llmunix.observe.redact import redact_text
 
 log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
+
+
+def audit_text(line: str) -> str:
+    """A command line as it is written down (audit trail, log, history): secret parameters
+    (`api_key=...`) and the message of `send`/`broadcast --sensitive` replaced by `***`."""
+    return redact_text(redact_sensitive_message(line))
+
+
 CHILD_QUIET = frozenset({"process.completed", "process.failed", "process.cancelled"})
 ALERT_EVENTS = ("process.completed|process.failed|process.cancelled|process.unkillable|ipc.deadlock"
                 "|process.breakpoint|" + RESILIENCE_ALERTS)
@@ -120,7 +131,7 @@ class LlmunixShell(cmd2.Cmd):
         finally:
             text = line.strip()
             if text and text != "_eof" and not text.startswith("#"):
-                self.kernel.record_command(text, 1 if self.failed else 0)
+                self.kernel.record_command(audit_text(text), 1 if self.failed else 0)
             self.failed = self.failed or earlier
 
     def onecmd(self, statement: Any, *, add_to_history: bool = True) -> bool:
@@ -131,6 +142,18 @@ class LlmunixShell(cmd2.Cmd):
             if code:  # `-h` exits 0; a usage error exits 2 (cmd2 would report success)
                 self.failed = True
             raise
+        finally:
+            self._redact_last_history()
+
+    def _redact_last_history(self) -> None:
+        """The history (kept in the home's `history` file) never holds a secret: the command just
+        added is stored with secret parameters and a sensitive message replaced by `***`."""
+        if not self.history:
+            return
+        raw = self.history[-1].raw
+        redacted = audit_text(raw)
+        if redacted != raw:
+            self.history[-1] = HistoryItem(self.statement_parser.parse(redacted))
 
     # ------------------------------------------------------------------ alerts
 

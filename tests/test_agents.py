@@ -182,6 +182,53 @@ def test_agent_commands_through_the_shell(here, kernel, capsys):
     assert "Tool read_file" in sh.ok("tools Read") and "Tool read_file" in sh.ok("tools read-file")
 
 
+def test_ps_l_of_an_earlier_sessions_agent_and_workflow_keeps_their_last_checkpoint(here, capsys):
+    from llmunix.workflows.spec import spec_from_data
+
+    home = here / "home"
+    with Kernel(home, monitor=False, kill_grace=0.3) as k:
+        agent = attach(k, Config()).run("summarization-agent", SUMMARY_GOAL)
+        flow = k.workflow_run(spec_from_data({"name": "two", "steps": [
+            {"id": "a", "tool": "echo", "with": {"text": "one"}},
+            {"id": "b", "tool": "echo", "with": {"text": "two"}, "needs": ["a"]}]}), {})
+        assert [i.state for i in k.wait([agent, flow], timeout=20)] == ["Completed", "Completed"]
+    with Kernel(home, monitor=False, kill_grace=0.3) as k:
+        long = Session(k, capsys).ok(f"ps -l {agent}")
+        for line in ("Reasoning: Answer phase 3/3", "Tools Used: [read_file, write_file]", "Actions: 2",
+                     "✓ 1. read_file"):
+            assert line in long, line
+        steps = k.info(flow).context.intermediate_results["checkpoint"]["steps"]  # folded from its deltas
+        assert {s: st["state"] for s, st in steps.items()} == {"a": "completed", "b": "completed"}
+        assert all(not i.context.intermediate_results for i in k.ps(all=True))  # the bulk listing stays slim
+
+
+def test_gc_ages_out_agent_memory_and_messages_left_to_finished_processes(here):
+    import sqlite3
+
+    home = here / "home"
+
+    def rows(table: str) -> list:
+        with sqlite3.connect(home / "llmunix.db") as db:
+            return db.execute(f"SELECT * FROM {table}").fetchall()
+
+    with Kernel(home, monitor=False, kill_grace=0.3) as k:
+        interrupted = k.spawn(lambda ctx: ctx.sleep(30))
+        k.send(interrupted, "for after recover", persistent=True)
+        agent = attach(k, Config()).run("summarization-agent", SUMMARY_GOAL)
+        assert k.wait([agent], timeout=20)[0].state == "Completed"
+    with sqlite3.connect(home / "llmunix.db") as db:  # as a crash can leave it: mail to a finished process
+        db.execute("INSERT INTO messages (id, recipient, type, body, sent) VALUES ('m-left', ?, 'text', '\"x\"', 0)",
+                   (agent,))
+    with Kernel(home, monitor=False, kill_grace=0.3) as k:
+        k.gc(days=1)  # nothing is a day old yet
+        k.flush()
+        assert (len(rows("agent_runs")), len(rows("agent_tool_uses")), len(rows("messages"))) == (1, 2, 2)
+        k.gc(days=0)
+        k.flush()
+        assert (len(rows("agent_runs")), len(rows("agent_tool_uses"))) == (0, 0)
+        assert [r[1] for r in rows("messages")] == [interrupted]  # an interrupted process keeps its mail
+
+
 @pytest.mark.parametrize(("line", "fragment"), [
     ("agent run nobody --goal x", "unknown agent 'nobody'; `agents` lists them"),
     ("agent run sumarization-agent --goal x", "did you mean 'summarization-agent'?"),

@@ -132,6 +132,17 @@ def test_an_interrupted_remote_process_recovers_from_its_last_checkpoint(cluster
         assert info.output["start"] == reached >= 2  # ctx.restored reached the worker
 
 
+def test_a_later_session_still_shows_the_worker_a_process_ran_on(cluster, tmp_path):
+    home = tmp_path / "home"
+    with Kernel(home, monitor=False, kill_grace=0.3, backend=DaskBackend(cluster.scheduler_address)) as k:
+        pid = k.spawn("rt_ticks", n=2)
+        info = k.wait([pid], timeout=20)[0]
+        assert info.state == "Completed" and info.worker == info.output["address"]
+    with Kernel(home, monitor=False) as k:  # no cluster now: the store remembers where it ran
+        assert k.info(pid).worker == info.worker
+        assert [i.worker for i in k.ps(all=True) if i.pid == pid] == [info.worker]
+
+
 def test_tool_errors_crashes_and_local_tools(dk):
     failed = dk.wait([dk.spawn("rt_fail", code=7)], timeout=20)[0]
     assert (failed.state, failed.exit_code) == ("Failed", 7) and failed.error.startswith("failed on ")

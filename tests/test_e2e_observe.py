@@ -193,3 +193,32 @@ def test_ctrl_c_ends_following_in_the_interactive_shell_and_is_not_a_failure(she
     shell.sendline("audit --tail 1 --json")
     shell.expect(r'"command": "events --follow --pid 1",\s+"target": null,\s+"status": 0')
     shell.expect(r"llmunix\$")
+
+
+def test_a_sensitive_message_and_secret_params_are_never_written_to_disk(tmp_path):
+    secrets = ["pw-secret-one", "pw-secret-two", "pw-secret-three"]
+    r = llmunix("run sleep seconds=30", f"send 1 --sensitive {secrets[0]}", f"send 001 -ps '{secrets[1]} x' -t text",
+                f"broadcast news --sensitive {secrets[2]}", "audit", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "send 1 --sensitive ***" in r.stdout and "send 001 -ps *** -t text" in r.stdout
+    assert "broadcast news --sensitive ***" in r.stdout
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    for secret in secrets:
+        assert secret.encode() not in on_disk
+
+
+def test_the_history_file_never_holds_a_secret(tmp_path):
+    import lzma
+
+    from llmunix.kernel import Kernel
+    from llmunix.shell import LlmunixShell
+
+    with Kernel(tmp_path, monitor=False) as k, open(os.devnull, "w") as devnull:
+        shell = LlmunixShell(k, interactive=True, home=tmp_path, stdout=devnull)
+        for line in ("run sleep seconds=30", "send 1 --sensitive pw-hist-one", "run sleep seconds=1 api_key=pw-hist-2",
+                     "send 1 hello"):
+            shell.onecmd_plus_hooks(line)
+        shell._persist_history()
+        k.kill(1)
+    history = lzma.decompress((tmp_path / "history").read_bytes()).decode()
+    assert "pw-hist" not in history and "send 1 --sensitive ***" in history and "send 1 hello" in history

@@ -465,3 +465,39 @@ def test_no_lock_outlives_a_failed_attempt_and_unacked_messages_come_again(kerne
     assert (info.state, info.output) == ("Completed", "done"), info.error
     assert seen == ["job 1", "job 1"]  # delivered again to the second attempt
     assert any(h.event == "released" for h in info.history)
+
+
+# ------------------------------------------------------------------ policies survive a restart of llmunix
+
+
+def test_recover_keeps_the_retry_and_restart_policies_of_an_interrupted_process(tmp_path, make_kernel, wait_until):
+    from llmunix.tools.registry import REGISTRY, ToolRegistry, make_tool
+
+    calls: list = []
+
+    def durable_flaky(ctx: ProcessContext) -> object:
+        """First session: checkpoint, then wait to be interrupted. After recover: fail twice, then succeed."""
+        calls.append(ctx.restored)
+        ctx.checkpoint({"call": len(calls)})
+        if len(calls) == 1:
+            ctx.sleep(60)
+        if len(calls) <= 3:
+            raise ToolError(f"boom {len(calls)}")
+        return len(calls)
+
+    registry = ToolRegistry()
+    for t in REGISTRY:
+        registry.register(t)
+    registry.register(make_tool(durable_flaky))
+    home = tmp_path / "home"
+    k = make_kernel(home=home, registry=registry)
+    pid = k.spawn("durable_flaky", retry=RetryPolicy(max_attempts=4, initial=0.01, max=0.02),
+                  restart=RestartPolicy("on-failure", max_restarts=2, min_uptime=5, backoff=QUICK))
+    wait_until(lambda: k.checkpoints(pid), message="a first checkpoint")
+    k.shutdown()
+    k = make_kernel(home=home, registry=registry)
+    [info] = k.recover()
+    assert info.attempts is not None and info.attempts.max_attempts == 4
+    info = k.wait([pid], timeout=10)[0]
+    assert (info.state, info.output, len(calls)) == ("Completed", 4, 4)  # retried twice after recover
+    assert [h.event for h in info.history].count("retry") == 2

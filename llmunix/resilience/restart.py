@@ -136,3 +136,43 @@ def short_duration(seconds: float) -> str:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m"
+
+
+def policy_data(attempts: Attempts | None) -> dict[str, Any] | None:
+    """A process's retry and restart policies as JSON data (stored with the process so that
+    `recover` runs it under the same policies), or None if it has none."""
+    if attempts is None or (attempts.retry is None and attempts.restart is None):
+        return None
+    data: dict[str, Any] = {}
+    if attempts.retry is not None:
+        data["retry"] = _retry_data(attempts.retry)
+    if attempts.restart is not None:
+        r = attempts.restart
+        data["restart"] = {"mode": r.mode, "max_restarts": r.max_restarts, "min_uptime": r.min_uptime,
+                           "backoff": _retry_data(r.backoff)}
+    return data
+
+
+def attempts_from_data(data: Any) -> Attempts | None:
+    """The policies `policy_data` stored, as a fresh Attempts (attempts counted from 1); None if
+    there are none or the data is unusable."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        retry = RetryPolicy(**_retry_args(data["retry"])) if data.get("retry") else None
+        r = data.get("restart")
+        restart = RestartPolicy(r["mode"], int(r["max_restarts"]), float(r["min_uptime"]),
+                                RetryPolicy(**_retry_args(r["backoff"]))) if r else None
+    except (KeyError, TypeError, ValueError, LlmunixError):
+        return None
+    return None if retry is None and restart is None else Attempts(retry, restart)
+
+
+def _retry_data(p: RetryPolicy) -> dict[str, Any]:
+    return {"max_attempts": p.max_attempts, "initial": p.initial, "factor": p.factor, "max": p.max,
+            "jitter": p.jitter, "retry_on": list(p.retry_on)}
+
+
+def _retry_args(d: dict[str, Any]) -> dict[str, Any]:
+    return {"max_attempts": int(d["max_attempts"]), "initial": float(d["initial"]), "factor": float(d["factor"]),
+            "max": float(d["max"]), "jitter": d["jitter"], "retry_on": tuple(d.get("retry_on") or ())}

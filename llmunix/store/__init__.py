@@ -54,4 +54,5 @@ def row_to_info(row: sqlite3.Row) -> ProcessInfo:
         resources=Resources(),
         context=Context(row["cwd"] or "", MappingProxyType(json.loads(row["params"] or "{}")), EMPTY),
         history=(),
+        worker=row["worker"] if "worker" in row.keys() else None,  # noqa: SIM118 (a Row: 'in' tests values)
     )

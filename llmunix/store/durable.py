@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from llmunix.models import (
@@ -21,13 +22,16 @@ from llmunix.models import (
     Phase,
     Priority,
     ProcessInfo,
+    ProcessKind,
     ToolError,
     as_pid,
     format_pid,
 )
 from llmunix.process import Process
+from llmunix.resilience.restart import attempts_from_data
 from llmunix.store import row_to_info
 from llmunix.tools.registry import make_tool
+from llmunix.workflows.runner import fold
 
 GC_EVERY_FINISHED = 1000  # automatic compaction: after this many processes finish...
 GC_INTERVAL = 300.0  # ...or this many seconds after the last one, if any finished since
@@ -115,13 +119,17 @@ class DurableState:
                       else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
             return self._retire(row, Outcome.FAILED, reason, action="recover" if checkpoint is None else "rollback",
                                 how=how)
+        policy = json.loads(row["policy"]) if "policy" in row.keys() and row["policy"] else None  # noqa: SIM118
         with self._lock:
             restored = versions[-1][2] if versions else None
             self._spawn_locked(
                 t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
                 cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
                 note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
+                policy=policy,
             )
+            # Its retry/restart policies go on (attempts are counted afresh from this run).
+            self._set_policies_locked(self._procs[pid], attempts_from_data(policy))
             self._emit("process.restarted", self._procs[pid], action="recover" if checkpoint is None else "rollback",
                        how=self._procs[pid].history[0].details, resumed=True,
                        checkpoint=versions[-1][0] if versions else None)
@@ -271,6 +279,23 @@ class DurableState:
             return history[pid]
         row = self.store.process_row(pid)
         return row_to_info(row) if row is not None else None
+
+    def _with_checkpoint(self, info: ProcessInfo) -> ProcessInfo:
+        """A stored agent's or workflow's snapshot with its last checkpoint (a workflow's folded
+        from its delta versions) in `context.intermediate_results`, as a live one has it: `ps -l`
+        of an earlier session's agent shows its Reasoning, Tools Used and Actions. One PID at a
+        time (`info`); the bulk listings stay slim."""
+        if self.store is None or info.kind not in (ProcessKind.AGENT, ProcessKind.WORKFLOW) \
+                or info.context.intermediate_results:
+            return info
+        versions = [s for _v, _t, s in self.store.checkpoints(info.pid)]
+        if not versions:
+            return info
+        state = fold(versions) if info.kind is ProcessKind.WORKFLOW else versions[-1]
+        if state is None:
+            return info
+        results = MappingProxyType({"checkpoint": state})
+        return replace(info, context=replace(info.context, intermediate_results=results))
 
 
 

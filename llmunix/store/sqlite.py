@@ -33,7 +33,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -101,6 +101,11 @@ MIGRATIONS: dict[int, str] = {
         body TEXT, sensitive INTEGER DEFAULT 0, sent REAL, deliveries INTEGER DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient);
+    """,
+    # A process's retry/restart policy (JSON; recover re-attaches it) and the Dask worker it ran on.
+    6: """
+    ALTER TABLE processes ADD COLUMN policy TEXT;
+    ALTER TABLE processes ADD COLUMN worker TEXT;
     """,
 }
 
@@ -478,24 +483,30 @@ class Compaction:
             "SELECT pid, finished FROM processes WHERE (finished, pid) > (?, ?) AND (finished, pid) <= (?, ?) "
             "AND +phase='done' AND compacted=0 ORDER BY finished, pid LIMIT ?",
             (cf, cp, bf, bp, self.STEP)).fetchall()
-        if not rows:
-            # Last step: what belongs to no process ages out by time alone (shell.command events,
-            # the audit trail, tool run history), so none of them grows without bound.
-            self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL",
-                                        (self.before,)).rowcount
-            conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
-            conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
-            return False
-        self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
-        protected = set(self.protect()) if self.protect is not None else set()
-        pids = [r[0] for r in rows if r[0] not in protected]
-        if pids:
-            marks = ",".join("?" * len(pids))
-            self.events += conn.execute(f"DELETE FROM events WHERE pid IN ({marks})", pids).rowcount
-            self.checkpoints += conn.execute(f"DELETE FROM checkpoints WHERE pid IN ({marks})", pids).rowcount
-            conn.execute(f"UPDATE processes SET compacted=1 WHERE pid IN ({marks})", pids)
-            self.processes += len(pids)
-        return len(rows) == self.STEP
+        if rows:
+            self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
+            protected = set(self.protect()) if self.protect is not None else set()
+            pids = [r[0] for r in rows if r[0] not in protected]
+            if pids:
+                marks = ",".join("?" * len(pids))
+                self.events += conn.execute(f"DELETE FROM events WHERE pid IN ({marks})", pids).rowcount
+                self.checkpoints += conn.execute(f"DELETE FROM checkpoints WHERE pid IN ({marks})", pids).rowcount
+                conn.execute(f"UPDATE processes SET compacted=1 WHERE pid IN ({marks})", pids)
+                self.processes += len(pids)
+            if len(rows) == self.STEP:
+                return True
+        # Last step: what belongs to no process ages out by time alone (shell.command events, the
+        # audit trail, tool run history, agents' learning memory), so none of them grows without
+        # bound; so do persistent messages left to a process that finished long ago (never to one
+        # that was interrupted: `recover` delivers them to it again).
+        self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL", (self.before,)).rowcount
+        conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
+        conn.execute("DELETE FROM agent_runs WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM agent_tool_uses WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM messages WHERE recipient IN (SELECT pid FROM processes WHERE phase='done' "
+                     "AND finished < ?)", (self.before,))
+        return False
 
 
 class _EventWriter:
@@ -523,12 +534,12 @@ class _EventWriter:
         if kind == "spawned":
             self.conn.execute(
                 "INSERT OR REPLACE INTO processes (pid, session, name, tool, kind, priority, owner, parent, after, "
-                "cwd, params, idempotent, state, phase, detail, created, runtime) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                "cwd, params, idempotent, state, phase, detail, created, runtime, policy) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
                 (e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
                  d.get("owner"), d.get("parent"), _dumps(d.get("after", [])), d.get("cwd"),
                  _dumps(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
-                 d.get("detail", "queued"), e.time))
+                 d.get("detail", "queued"), e.time, _dumps(d["policy"]) if d.get("policy") else None))
         elif kind == "started":
             self.conn.execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
                               "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
@@ -545,6 +556,8 @@ class _EventWriter:
                      "blocked": "waiting",
                      "breakpoint": "paused", "stepped": "paused"}[kind]  # the debugger stops it as a pause does
             self.conn.execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
+        elif kind == "remote":  # its body runs on a Dask worker
+            self.conn.execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
         elif kind == "reniced":
             self.conn.execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
         elif e.type in TERMINAL:
