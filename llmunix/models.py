@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -183,6 +183,25 @@ class AttemptInfo:
     restart: str = "never"  # the restart policy: never, on-failure, always
 
 
+class PsRow(NamedTuple):
+    """The columns a `ps` listing prints, and what `--state` filters on: a light row that
+    `Kernel.ps_rows` builds without a full `ProcessInfo` snapshot (listings can be 100,000 long).
+    Everything after the PID repeats across many rows, so a renderer can format it once per
+    distinct `row[1:]`."""
+
+    pid: int
+    name: str
+    display_state: str  # what the STATE column shows (Paused while paused)
+    priority: str  # its label
+    runtime: int  # whole seconds spent running, as the RUNTIME column shows them
+    memory_mb: float | None
+    cpu_percent: float | None
+    percentage: float | None
+    step: int
+    state: str  # the kind's visible state
+    phase: Phase
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """An immutable snapshot of one process. The shell only ever sees these."""
@@ -219,6 +238,12 @@ class ProcessInfo:
     @property
     def process_id(self) -> str:
         return format_pid(self.pid)
+
+    def ps_row(self) -> PsRow:
+        """The columns `ps` prints, as `Kernel.ps_rows` gives them."""
+        p, r = self.progress, self.resources
+        return PsRow(self.pid, self.name, self.display_state, self.priority.label, int(self.runtime),
+                     r.memory_mb, r.cpu_percent, p.percentage, p.current_step, self.state, self.phase)
 
     @property
     def finished_ok(self) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmunix.models import (
     EMPTY,
+    PAUSED,
     QUEUED_STATE,
     Context,
     HistoryEntry,
@@ -29,6 +30,7 @@ from llmunix.models import (
     Priority,
     ProcessInfo,
     Progress,
+    PsRow,
     Resources,
 )
 
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
     from llmunix.tools.registry import Tool
 
 HISTORY_LIMIT = 200
+_new_row = tuple.__new__  # PsRow without its Python-level __new__ (ps builds 100,000)
+_LABELS = {p: p.label for p in Priority}
+_PAUSED, _DONE = Phase.PAUSED, Phase.DONE
 LOG_LIMIT = 1000
 
 # Request flags, checked without the lock at every control point (one int compare when idle).
@@ -68,7 +73,7 @@ class Process:
         "checkpoints", "requests", "kill_reason", "has_thread", "thread_ident", "native_id",
         "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
-        "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
+        "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot", "_row",
         "needs", "predicted", "holds", "blocked_on",
         "waiting", "timeout", "paused_by", "end_seq", "worker",
         "debug",  # a ProcessDebugger (llmunix/observe/debugger.py) once someone debugs it, else None
@@ -129,6 +134,7 @@ class Process:
         self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
         self.restored: Any = None  # the checkpoint a recovered process resumes from
         self._snapshot: ProcessInfo | None = None
+        self._row: PsRow | None = None  # ps_row(), cached once it is done
         self.needs: dict[str, float] = {}  # resources it must hold to run (admission.py)
         self.predicted: tuple[str, ...] = ()  # which of those were predicted from past runs
         self.holds = False  # its needs are acquired from the pool (only while running)
@@ -150,6 +156,19 @@ class Process:
 
     def note(self, event: str, details: str = "") -> None:
         self.history.append(HistoryEntry(time.time(), event, details))
+
+    def ps_row(self, now: float) -> PsRow:
+        """The columns `ps` prints (what `snapshot().ps_row()` gives, without the snapshot).
+        Finished processes never change, so theirs is built once. (Written for speed: `ps -a`
+        builds 100,000 of these; `Kernel.ps_rows` takes a cached `_row` without calling this.)"""
+        phase = self.phase
+        since = self.run_since
+        row = _new_row(PsRow, (self.pid, self.name, PAUSED if phase is _PAUSED else self.state, _LABELS[self.priority],
+                               int(self.run_accum + (now - since if since is not None else 0.0)),
+                               self.memory_mb, self.cpu_percent, self.percentage, self.step, self.state, phase))
+        if phase is _DONE:
+            self._row = row
+        return row
 
     def snapshot(self, effective: Priority | None = None) -> ProcessInfo:
         """An immutable copy. Finished processes never change, so theirs is built once."""
