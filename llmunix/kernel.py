@@ -378,24 +378,25 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         with self._lock:
             proc = self._live_process(pid, "kill")
             children = self._descendants_locked(proc)
-            info = self._kill_locked(proc, force, reason, outcome)
+            self._kill_locked(proc, force, reason, outcome)
+            info = proc.snapshot()
         for child in children:  # after the parent is flagged, so it starts no new ones meanwhile
             with self._lock:
                 if child.phase is not Phase.DONE:
                     self._kill_locked(child, force, reason, outcome)
         return info
 
-    def _kill_locked(self, proc: Process, force: bool, reason: str, outcome: Outcome) -> ProcessInfo:
+    def _kill_locked(self, proc: Process, force: bool, reason: str, outcome: Outcome) -> None:
         """Ask a live process to stop (see `kill`); it ends as `outcome`. Hold the lock."""
         if proc.requests & REQ_KILL and not force:
-            return proc.snapshot()
+            return
         proc.note("kill requested", reason + (" (force)" if force else ""))
         proc.kill_outcome = outcome
         if not proc.has_thread:
             self._emit("process.kill_requested", proc, reason=reason, force=force)
             self._finish_locked(proc, outcome, _exit_for(outcome), reason)
             self._dispatch_locked(time.monotonic())
-            return proc.snapshot()
+            return
         proc.requests |= REQ_KILL
         proc.kill_reason = reason
         proc.detail = "stopping (kill requested)"
@@ -406,7 +407,6 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         timer = threading.Timer(0 if force else self.kill_grace, self._escalate, (proc, 1))
         timer.daemon = True
         timer.start()
-        return proc.snapshot()
 
     def _descendants_locked(self, proc: Process) -> list[Process]:
         """Live processes below `proc` in the parent tree, parents before children."""
@@ -725,12 +725,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                 return []
             self._closed = True
             live = list(self._live)
-        stopped = []
-        for pid in live:
-            try:
-                stopped.append(self.kill(pid, reason=reason, interrupt=interrupt))
-            except LlmunixError:
-                pass
+        stopped = self._stop_all(live, reason, Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED)
         infos = self.wait(live, timeout=timeout) if live else []
         for info in infos:
             if not info.is_done:
@@ -754,6 +749,23 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         if self._home_lock is not None:
             self._home_lock.release()
         return infos if stopped else []
+
+    def _stop_all(self, pids: list[int], reason: str, outcome: Outcome) -> int:
+        """Ask every one of `pids` still live to stop, as `kill` would (parents before their
+        children, as PIDs mostly grow; nothing new starts meanwhile), in batches under the lock
+        and without building snapshots: shutdown may cancel 100,000 queued processes, and `kill`
+        looks for each one's children among all live processes. Returns how many were asked."""
+        if self.read_only:
+            return 0
+        asked = 0
+        for start in range(0, len(pids), 1000):  # let others have the lock between batches
+            with self._lock:
+                for pid in pids[start:start + 1000]:
+                    proc = self._live.get(pid)
+                    if proc is not None and proc.phase is not Phase.DONE:
+                        self._kill_locked(proc, False, reason, outcome)
+                        asked += 1
+        return asked
 
     # ------------------------------------------------------------------ called by ProcessContext
 
