@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
+
+_T = TypeVar("_T")
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -408,3 +410,22 @@ def parse_since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise LlmunixError(f"bad time {text!r}; use a duration ago (10m, 2h, 30s) or an ISO date/time "
                            "(2026-11-26T07:00)") from None
+
+
+def fast_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor for a frozen, slotted dataclass taking every field positionally, in field
+    order: it sets the slots directly instead of going through the generated `__init__`, which
+    sets each field with `object.__setattr__`: faster for many fields (a `ProcessInfo` snapshot,
+    one per process in `wait`: 28 fields, 3.5 instead of 5 us), slower for a few."""
+    names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    setters = tuple(cls.__dict__[name].__set__ for name in names)
+    new = object.__new__
+
+    def make(*values: Any) -> _T:
+        obj = new(cls)
+        for setter, value in zip(setters, values, strict=True):
+            setter(obj, value)
+        return obj
+
+    make.__doc__ = f"{cls.__name__}({', '.join(names)}), every field given, in this order."
+    return make

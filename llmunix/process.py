@@ -32,6 +32,7 @@ from llmunix.models import (
     Progress,
     PsRow,
     Resources,
+    fast_constructor,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 HISTORY_LIMIT = 200
 _new_row = tuple.__new__  # PsRow without its Python-level __new__ (ps builds 100,000)
 _LABELS = {p: p.label for p in Priority}
+# Snapshots (one per process in `wait`) are built without the frozen dataclass's slower __init__
+# (28 fields; for its small parts the generated __init__ is faster). Every field, in field order.
+_new_info = fast_constructor(ProcessInfo)
 _PAUSED, _DONE = Phase.PAUSED, Phase.DONE
 LOG_LIMIT = 1000
 
@@ -174,40 +178,39 @@ class Process:
         """An immutable copy. Finished processes never change, so theirs is built once."""
         if self._snapshot is not None:
             return self._snapshot
-        now = time.monotonic()
-        info = ProcessInfo(
-            pid=self.pid,
-            name=self.name,
-            tool_name=self.tool.name,
-            kind=self.kind,
-            phase=self.phase,
-            state=self.state,
-            detail=self.detail,
-            priority=self.priority,
-            effective_priority=effective if effective is not None else self.priority,
-            owner=self.owner,
-            parent=self.parent,
-            after=self.after,
-            created=self.created,
-            started=self.started,
-            finished=self.finished,
-            runtime=self.runtime(now),
-            exit_code=self.exit_code,
-            error=self.error,
-            output=self.output,
-            progress=Progress(self.step, self.total, self.percentage, self.eta, self.message),
-            resources=Resources(self.memory_mb, self.cpu_percent, self.io_operations),
-            context=Context(
+        info = _new_info(
+            self.pid,
+            self.name,
+            self.tool.name,
+            self.kind,
+            self.phase,
+            self.state,
+            self.detail,
+            self.priority,
+            effective if effective is not None else self.priority,  # effective_priority
+            self.owner,
+            self.parent,
+            self.after,
+            self.created,
+            self.started,
+            self.finished,
+            self.runtime(time.monotonic()),
+            self.exit_code,
+            self.error,
+            self.output,
+            Progress(self.step, self.total, self.percentage, self.eta, self.message),
+            Resources(self.memory_mb, self.cpu_percent, self.io_operations),
+            Context(
                 self.cwd,
                 MappingProxyType(dict(self.params)),
                 MappingProxyType({"checkpoint": self.checkpoints[-1]}) if self.checkpoints else EMPTY,
             ),
-            history=tuple(self.history),
-            subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
-            needs=MappingProxyType(dict(self.needs)) if self.needs else EMPTY,
-            predicted_needs=self.predicted,
-            attempts=self.attempts.info(self.phase) if self.attempts is not None else None,
-            worker=self.worker,
+            tuple(self.history),
+            self.subprocess.pid if self.subprocess is not None else None,  # subprocess_pid
+            MappingProxyType(dict(self.needs)) if self.needs else EMPTY,  # needs
+            self.predicted,  # predicted_needs
+            self.attempts.info(self.phase) if self.attempts is not None else None,  # attempts
+            self.worker,
         )
         if self.phase is Phase.DONE:
             self._snapshot = info

@@ -107,3 +107,26 @@ def test_pids_of_four_digits_and_more_keep_the_columns_aligned():
     assert [line.split()[0] for line in lines] == ["PID", "007", "099", "100", "999", "1000", "12345"]
     assert len({line.index("echo") if "echo" in line else line.index("TOOL") for line in lines}) == 1
     assert views.ps_plain([]) == reference_plain([])
+
+
+def test_a_fast_built_snapshot_equals_one_built_by_its_init(make_kernel):
+    import dataclasses
+
+    from llmunix.models import fast_constructor
+
+    k = make_kernel(max_running=1)
+    pid = k.spawn(stepper, steps=2, total=2, name="two steps", priority="high", needs={"gpu": 0})
+    [info] = k.wait([pid])
+    values = {f.name: getattr(info, f.name) for f in dataclasses.fields(ProcessInfo)}
+    assert ProcessInfo(**values) == info and repr(ProcessInfo(**values)) == repr(info)
+    assert (info.name, info.tool_name, info.priority.label, info.effective_priority.label) == (
+        "two steps", "stepper", "high", "high")
+    assert (info.progress.current_step, info.progress.total_steps, info.progress.percentage) == (2, 2, 100.0)
+    assert info.subprocess_pid is None and info.predicted_needs == () and info.worker is None
+    assert info.attempts is None and info.context.input_parameters == {"steps": 2, "total": 2}
+    make = fast_constructor(ProcessInfo)
+    assert make(*values.values()) == info
+    with pytest.raises(ValueError):  # every field, no fewer
+        make(*list(values.values())[:-1])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        make(*values.values()).pid = 3  # type: ignore[misc]
