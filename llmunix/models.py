@@ -185,6 +185,9 @@ class AttemptInfo:
     restart: str = "never"  # the restart policy: never, on-failure, always
 
 
+PRIORITY_LABELS = {p: p.label for p in Priority}  # Priority.label reads the enum's name: slow for 100,000 rows
+
+
 class PsRow(NamedTuple):
     """The columns a `ps` listing prints, and what `--state` filters on: a light row that
     `Kernel.ps_rows` builds without a full `ProcessInfo` snapshot (listings can be 100,000 long).
@@ -244,8 +247,9 @@ class ProcessInfo:
     def ps_row(self) -> PsRow:
         """The columns `ps` prints, as `Kernel.ps_rows` gives them."""
         p, r = self.progress, self.resources
-        return PsRow(self.pid, self.name, self.display_state, self.priority.label, int(self.runtime),
-                     r.memory_mb, r.cpu_percent, p.percentage, p.current_step, self.state, self.phase)
+        return tuple.__new__(PsRow, (self.pid, self.name, PAUSED if self.phase is Phase.PAUSED else self.state,
+                                     PRIORITY_LABELS[self.priority], int(self.runtime), r.memory_mb, r.cpu_percent,
+                                     p.percentage, p.current_step, self.state, self.phase))
 
     @property
     def finished_ok(self) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from llmunix.models import (
     EMPTY,
     PAUSED,
+    PRIORITY_LABELS,
     QUEUED_STATE,
     Context,
     HistoryEntry,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 HISTORY_LIMIT = 200
 _new_row = tuple.__new__  # PsRow without its Python-level __new__ (ps builds 100,000)
-_LABELS = {p: p.label for p in Priority}
 # Snapshots (one per process in `wait`) are built without the frozen dataclass's slower __init__
 # (28 fields; for its small parts the generated __init__ is faster). Every field, in field order.
 _new_info = fast_constructor(ProcessInfo)
@@ -167,7 +167,8 @@ class Process:
         builds 100,000 of these; `Kernel.ps_rows` takes a cached `_row` without calling this.)"""
         phase = self.phase
         since = self.run_since
-        row = _new_row(PsRow, (self.pid, self.name, PAUSED if phase is _PAUSED else self.state, _LABELS[self.priority],
+        row = _new_row(PsRow, (self.pid, self.name, PAUSED if phase is _PAUSED else self.state,
+                               PRIORITY_LABELS[self.priority],
                                int(self.run_accum + (now - since if since is not None else 0.0)),
                                self.memory_mb, self.cpu_percent, self.percentage, self.step, self.state, phase))
         if phase is _DONE:
