@@ -33,6 +33,11 @@ class ProcessCommands(ShellCommandSet):
     def do_ps(self, args: argparse.Namespace) -> None:
         """List processes."""
         try:
+            if not args.pids and not args.json and not args.long:  # the light path: no snapshots
+                rows = self.kernel.ps_rows(all=args.all or bool(args.state and args.state.lower() in _FINISHED),
+                                           state=args.state)
+                self.out(views.ps_plain(rows) if self.plain else views.ps_table(rows))
+                return
             if args.pids:
                 infos = [self.kernel.info(parse_pid(p)) for p in args.pids]
                 if args.state:

@@ -18,7 +18,7 @@ from rich.tree import Tree
 
 from commands.resilience_views import attempt_lines
 from llmunix.admission import fmt_amount
-from llmunix.models import ProcessInfo, format_duration, format_pid, iso_time
+from llmunix.models import ProcessInfo, PsRow, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
 from llmunix.tools.registry import Tool
 
@@ -69,29 +69,46 @@ def plain_word(text: str) -> str:
     return "_".join(text.split()) or "-"
 
 
-def ps_row(info: ProcessInfo) -> tuple[str, ...]:
+def ps_row(info: ProcessInfo | PsRow) -> tuple[str, ...]:
+    r = info.ps_row() if isinstance(info, ProcessInfo) else info
     return (
-        info.process_id,
-        info.name,
-        info.display_state,
-        info.priority.label,
-        format_duration(info.runtime),
-        fmt_memory(info.resources.memory_mb),
-        fmt_cpu(info.resources.cpu_percent),
-        fmt_progress(info),
+        format_pid(r.pid),
+        r.name,
+        r.display_state,
+        r.priority,
+        format_duration(r.runtime),
+        fmt_memory(r.memory_mb),
+        fmt_cpu(r.cpu_percent),
+        _progress_text(r.percentage, r.step),
     )
 
 
-def ps_plain(infos: Sequence[ProcessInfo]) -> str:
-    """Aligned, whitespace-separated columns with a header line. (Listings can be 100,000 rows
-    long: only the name can hold spaces, and each line is formatted in one step.)"""
-    rows = [PS_COLUMNS]
-    for i in infos:
-        row = ps_row(i)
-        rows.append((row[0], plain_word(row[1]), *row[2:]))
-    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
-    return "\n".join(line.format(*r) for r in rows)
+def _progress_text(percentage: float | None, step: int) -> str:
+    if percentage is not None:
+        return f"{percentage:.0f}%"
+    return f"step {step}" if step else "-"
+
+
+def ps_plain(items: Sequence[ProcessInfo] | Sequence[PsRow]) -> str:
+    """Aligned, whitespace-separated columns with a header line. Listings can be 100,000 rows
+    long and the columns after the PID repeat a few values, so they are formatted (and padded)
+    once per distinct combination, and each line is its PID plus that ready text."""
+    rows = [i.ps_row() for i in items] if items and isinstance(items[0], ProcessInfo) else items
+    cells = {}
+    for rest in {r[1:] for r in rows}:
+        name, state, priority, runtime, memory, cpu, percentage, step = rest[:8]
+        cells[rest] = (plain_word(name), state, priority, format_duration(runtime), fmt_memory(memory),
+                       fmt_cpu(cpu), _progress_text(percentage, step))
+    header = PS_COLUMNS[1:]
+    widths = [max(map(len, column)) for column in zip(header, *cells.values(), strict=True)]
+    line = "  " + "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    tails = {rest: line.format(*c) for rest, c in cells.items()}
+    pid_width = max(3, len(str(max(r[0] for r in rows)))) if rows else 3
+    out = [PS_COLUMNS[0].ljust(pid_width) + line.format(*header)]
+    pid_tail = f"%-{pid_width}d%s"  # PIDs from 100 up need no zero padding
+    out.extend([pid_tail % (r[0], tails[r[1:]]) if r[0] >= 100 else f"{r[0]:03d}".ljust(pid_width) + tails[r[1:]]
+                for r in rows])
+    return "\n".join(out)
 
 
 def progress_bar(percentage: float | None, width: int = 10) -> Text:
@@ -101,14 +118,14 @@ def progress_bar(percentage: float | None, width: int = 10) -> Text:
     return Text.assemble(("█" * filled, "green"), ("░" * (width - filled), "dim"), f" {percentage:3.0f}%")
 
 
-def ps_table(infos: Sequence[ProcessInfo], *, title: str | None = None) -> Table:
+def ps_table(infos: Sequence[ProcessInfo] | Sequence[PsRow], *, title: str | None = None) -> Table:
     table = Table(title=title, box=None, header_style="bold", pad_edge=False, expand=False)
     for col in PS_COLUMNS:
         table.add_column(col, justify="right" if col in ("MEMORY", "CPU%") else "left", no_wrap=True)
     for info in infos:
         row = ps_row(info)
-        progress: Text | str = (progress_bar(info.progress.percentage) if info.progress.percentage is not None
-                                else row[7])
+        percentage = info.progress.percentage if isinstance(info, ProcessInfo) else info.percentage
+        progress: Text | str = progress_bar(percentage) if percentage is not None else row[7]
         table.add_row(
             Text(row[0], style="cyan"),
             row[1],

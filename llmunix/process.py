@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from llmunix.models import (
     EMPTY,
+    PAUSED,
+    PRIORITY_LABELS,
     QUEUED_STATE,
     Context,
     HistoryEntry,
@@ -29,7 +31,9 @@ from llmunix.models import (
     Priority,
     ProcessInfo,
     Progress,
+    PsRow,
     Resources,
+    fast_constructor,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +54,11 @@ if TYPE_CHECKING:
     from llmunix.tools.registry import Tool
 
 HISTORY_LIMIT = 200
+_new_row = tuple.__new__  # PsRow without its Python-level __new__ (ps builds 100,000)
+# Snapshots (one per process in `wait`) are built without the frozen dataclass's slower __init__
+# (28 fields; for its small parts the generated __init__ is faster). Every field, in field order.
+_new_info = fast_constructor(ProcessInfo)
+_PAUSED, _DONE = Phase.PAUSED, Phase.DONE
 LOG_LIMIT = 1000
 
 # Request flags, checked without the lock at every control point (one int compare when idle).
@@ -68,7 +77,7 @@ class Process:
         "checkpoints", "requests", "kill_reason", "has_thread", "thread_ident", "native_id",
         "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
-        "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot",
+        "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot", "_row",
         "needs", "predicted", "holds", "blocked_on",
         "waiting", "timeout", "paused_by", "end_seq", "worker",
         "debug",  # a ProcessDebugger (llmunix/observe/debugger.py) once someone debugs it, else None
@@ -129,6 +138,7 @@ class Process:
         self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
         self.restored: Any = None  # the checkpoint a recovered process resumes from
         self._snapshot: ProcessInfo | None = None
+        self._row: PsRow | None = None  # ps_row(), cached once it is done
         self.needs: dict[str, float] = {}  # resources it must hold to run (admission.py)
         self.predicted: tuple[str, ...] = ()  # which of those were predicted from past runs
         self.holds = False  # its needs are acquired from the pool (only while running)
@@ -151,44 +161,57 @@ class Process:
     def note(self, event: str, details: str = "") -> None:
         self.history.append(HistoryEntry(time.time(), event, details))
 
+    def ps_row(self, now: float) -> PsRow:
+        """The columns `ps` prints (what `snapshot().ps_row()` gives, without the snapshot).
+        Finished processes never change, so theirs is built once. (Written for speed: `ps -a`
+        builds 100,000 of these; `Kernel.ps_rows` takes a cached `_row` without calling this.)"""
+        phase = self.phase
+        since = self.run_since
+        row = _new_row(PsRow, (self.pid, self.name, PAUSED if phase is _PAUSED else self.state,
+                               PRIORITY_LABELS[self.priority],
+                               int(self.run_accum + (now - since if since is not None else 0.0)),
+                               self.memory_mb, self.cpu_percent, self.percentage, self.step, self.state, phase))
+        if phase is _DONE:
+            self._row = row
+        return row
+
     def snapshot(self, effective: Priority | None = None) -> ProcessInfo:
         """An immutable copy. Finished processes never change, so theirs is built once."""
         if self._snapshot is not None:
             return self._snapshot
-        now = time.monotonic()
-        info = ProcessInfo(
-            pid=self.pid,
-            name=self.name,
-            tool_name=self.tool.name,
-            kind=self.kind,
-            phase=self.phase,
-            state=self.state,
-            detail=self.detail,
-            priority=self.priority,
-            effective_priority=effective if effective is not None else self.priority,
-            owner=self.owner,
-            parent=self.parent,
-            after=self.after,
-            created=self.created,
-            started=self.started,
-            finished=self.finished,
-            runtime=self.runtime(now),
-            exit_code=self.exit_code,
-            error=self.error,
-            output=self.output,
-            progress=Progress(self.step, self.total, self.percentage, self.eta, self.message),
-            resources=Resources(self.memory_mb, self.cpu_percent, self.io_operations),
-            context=Context(
+        info = _new_info(
+            self.pid,
+            self.name,
+            self.tool.name,
+            self.kind,
+            self.phase,
+            self.state,
+            self.detail,
+            self.priority,
+            effective if effective is not None else self.priority,  # effective_priority
+            self.owner,
+            self.parent,
+            self.after,
+            self.created,
+            self.started,
+            self.finished,
+            self.runtime(time.monotonic()),
+            self.exit_code,
+            self.error,
+            self.output,
+            Progress(self.step, self.total, self.percentage, self.eta, self.message),
+            Resources(self.memory_mb, self.cpu_percent, self.io_operations),
+            Context(
                 self.cwd,
                 MappingProxyType(dict(self.params)),
                 MappingProxyType({"checkpoint": self.checkpoints[-1]}) if self.checkpoints else EMPTY,
             ),
-            history=tuple(self.history),
-            subprocess_pid=self.subprocess.pid if self.subprocess is not None else None,
-            needs=MappingProxyType(dict(self.needs)) if self.needs else EMPTY,
-            predicted_needs=self.predicted,
-            attempts=self.attempts.info(self.phase) if self.attempts is not None else None,
-            worker=self.worker,
+            tuple(self.history),
+            self.subprocess.pid if self.subprocess is not None else None,  # subprocess_pid
+            MappingProxyType(dict(self.needs)) if self.needs else EMPTY,  # needs
+            self.predicted,  # predicted_needs
+            self.attempts.info(self.phase) if self.attempts is not None else None,  # attempts
+            self.worker,
         )
         if self.phase is Phase.DONE:
             self._snapshot = info

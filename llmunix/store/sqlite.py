@@ -314,12 +314,14 @@ class Store:
                     elif isinstance(item, Compaction):
                         jobs.append(item)
                     else:
+                        writer.flush_events()
                         conn.execute(*item)
-                writer.flush_progress()
+                writer.flush_progress()  # and the events
                 conn.execute("COMMIT")
             except Exception as exc:  # keep the writer (and the engine) alive; say so loudly in the log
                 log.exception("store write failed: %s", exc)
                 self._failed = exc
+                writer.discard()
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
@@ -516,13 +518,13 @@ class _EventWriter:
         self.conn = conn
         self.session = session
         self._progress: dict[int, str] = {}
+        self._events: list[tuple[Any, ...]] = []  # event rows, inserted with one executemany
 
     def write(self, e: Event) -> None:
         data = dict(e.data)
         for key in _STRIP.get(e.type, ()):
             data.pop(key, None)
-        self.conn.execute("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
-                          (self.session, e.seq, e.time, e.type, e.pid, _dumps(redact(data))))  # readable copy
+        self._events.append((self.session, e.seq, e.time, e.type, e.pid, _dumps(redact(data))))  # readable copy
         audit = audit_row(e)
         if audit is not None:
             self.conn.execute("INSERT INTO audit (time, user, session, kind, command, target, status) "
@@ -574,7 +576,21 @@ class _EventWriter:
                     "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
                     (e.time, d.get("runtime"), state, d.get("peak_memory_mb"), e.pid))
 
+    def flush_events(self) -> None:
+        """Insert the event rows written so far, in order (before a statement that may read or
+        delete events, and before the commit)."""
+        rows, self._events = self._events, []
+        if rows:
+            self.conn.executemany("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
+                                  rows)
+
+    def discard(self) -> None:
+        """The transaction was rolled back: its event rows not inserted yet go with it (the
+        latest progress stays, for the next transaction)."""
+        self._events.clear()
+
     def flush_progress(self) -> None:
+        self.flush_events()
         if self._progress:
             self.conn.executemany("UPDATE processes SET progress=? WHERE pid=?",
                                   [(v, k) for k, v in self._progress.items()])

@@ -56,6 +56,8 @@ class Tool:
         """Check and coerce parameters; raise LlmunixError with one line naming the culprit."""
         if self._model is None:
             return dict(params)
+        if not params and not self._model.model_fields:  # a tool without parameters, given none
+            return {}
         try:
             model = self._model.model_validate(dict(params))
         except pydantic.ValidationError as exc:
