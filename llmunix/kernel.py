@@ -1021,6 +1021,16 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                 victim.detail = "preempting at its next control point"
                 self._wake(victim)
 
+    def _off_slot_locked(self, proc: Process, now: float) -> None:
+        """Out of the ready queue and the running set, its needs given back, its clock stopped
+        (a process ending, or ending an attempt). Hold the lock."""
+        self._ready.remove(proc)
+        self._running.discard(proc)
+        self._release(proc)
+        if proc.run_since is not None:
+            proc.run_accum += now - proc.run_since
+            proc.run_since = None
+
     def _finish_locked(self, proc: Process, outcome: Outcome, exit_code: int | None, error: str | None,
                        output: Any = None) -> None:
         """End a process in its one terminal state and release what depends on it. Dependents
@@ -1031,12 +1041,7 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
             if p.phase is Phase.DONE:
                 continue
             now = time.monotonic()
-            self._ready.remove(p)
-            self._running.discard(p)
-            self._release(p)
-            if p.run_since is not None:
-                p.run_accum += now - p.run_since
-                p.run_since = None
+            self._off_slot_locked(p, now)
             self._transition(p, Phase.DONE)
             p.state = oc.value
             p.exit_code = code

@@ -391,12 +391,7 @@ class Resilience:
         """Take a process whose attempt has ended off its slot and thread (phase waiting, `detail`
         shown) and queue it again after `delay` seconds; a timer does the waiting."""
         now = time.monotonic()
-        self._ready.remove(proc)
-        self._running.discard(proc)
-        self._release(proc)
-        if proc.run_since is not None:
-            proc.run_accum += now - proc.run_since
-            proc.run_since = None
+        self._off_slot_locked(proc, now)
         if proc.phase is Phase.RUNNING:
             self._transition(proc, Phase.WAITING)
         proc._snapshot = None
