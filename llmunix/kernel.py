@@ -330,6 +330,9 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         proc.timeout = timeout
         self._procs[pid] = proc
         self._live[pid] = proc
+        up = self._live.get(parent) if parent is not None else None
+        if up is not None:
+            up.children.add(proc)
         if self._history is not None:
             self._history.pop(pid, None)
         proc.note("spawned", note or f"{t.name} priority={prio.label}")
@@ -349,7 +352,6 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                 dep.dependents.append(proc)
         now = time.monotonic()
         never = self.pool.never_fits(proc.needs) if proc.needs else None
-        up = self._live.get(parent) if parent is not None else None
         if up is not None and up.requests & REQ_KILL:  # its parent is being stopped: so is it
             self._finish_locked(proc, Outcome(up.kill_outcome), _exit_for(Outcome(up.kill_outcome)),
                                 f"parent {format_pid(up.pid)} was stopping")
@@ -410,17 +412,14 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
         timer.start()
 
     def _descendants_locked(self, proc: Process) -> list[Process]:
-        """Live processes below `proc` in the parent tree, parents before children."""
-        children: dict[int, list[Process]] = {}
-        for p in self._live.values():
-            if p.parent is not None:
-                children.setdefault(p.parent, []).append(p)
+        """Live processes below `proc` in the parent tree, parents before children (each process
+        keeps its live children, so this costs the size of the tree, not of the process table)."""
         out: list[Process] = []
-        todo = [proc.pid]
+        todo = [proc]
         while todo:
-            for c in children.get(todo.pop(), ()):
+            for c in sorted(todo.pop().children, key=lambda c: c.pid):
                 out.append(c)
-                todo.append(c.pid)
+                todo.append(c)
         return out
 
     def pause(self, pid: int) -> ProcessInfo:
@@ -754,8 +753,8 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
     def _stop_all(self, pids: list[int], reason: str, outcome: Outcome) -> int:
         """Ask every one of `pids` still live to stop, as `kill` would (parents before their
         children, as PIDs mostly grow; nothing new starts meanwhile), in batches under the lock
-        and without building snapshots: shutdown may cancel 100,000 queued processes, and `kill`
-        looks for each one's children among all live processes. Returns how many were asked."""
+        and without building snapshots: shutdown may cancel 100,000 queued processes, and each
+        `kill` would build one and lock apart. Returns how many were asked."""
         if self.read_only:
             return 0
         asked = 0
@@ -1059,6 +1058,10 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                                runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb,
                                parent=p.parent)
             p.end_seq = event.seq
+            if p.parent is not None:
+                up = self._procs.get(p.parent)
+                if up is not None:
+                    up.children.discard(p)
             for waiter in self._watchers.pop(p.pid, ()):
                 self._wake(waiter)
             if oc is Outcome.COMPLETED:

@@ -79,7 +79,7 @@ class Process:
         "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
         "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot", "_row",
         "needs", "predicted", "holds", "blocked_on",
-        "waiting", "timeout", "paused_by", "end_seq", "worker",
+        "waiting", "timeout", "paused_by", "end_seq", "worker", "children",
         "debug",  # a ProcessDebugger (llmunix/observe/debugger.py) once someone debugs it, else None
         "last_active", "attempts",  # resilience: the watchdog's last sign of life; retry/restart state
     )
@@ -147,6 +147,7 @@ class Process:
         self.timeout: float | None = None  # seconds of running time before it is stopped as Failed
         self.paused_by: int | None = None  # the parent whose pause paused it (resumed with it)
         self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
+        self.children: set[Process] = set()  # its live child processes (leave when they finish)
         self.worker: str | None = None  # the cluster worker running its body (backends/), if any
         self.debug: Any = None  # breakpoints, stepping and tracing state (observe/debugger.py)
         self.last_active = 0.0  # monotonic time of its last control point (resilience/watchdog.py)
