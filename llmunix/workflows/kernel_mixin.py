@@ -3,6 +3,7 @@ A part of `Kernel` (mixed in); the body of a workflow process is `runner.workflo
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 from llmunix.models import IllegalTransition, LlmunixError, NoSuchProcess, Priority, ProcessInfo, format_pid
 from llmunix.process import Process
 from llmunix.workflows import dag, runner
-from llmunix.workflows.spec import SpecError, WorkflowSpec, load_spec
+from llmunix.workflows.spec import SpecError, WorkflowSpec, load_spec, spec_from_data
 from llmunix.workflows.status import WorkflowStatus, build_status, typical
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -107,8 +108,6 @@ class Workflows:
                 if info.error:
                     raise SpecError(info.error)
                 return self._checked_spec(load_spec(info.path))
-        import difflib
-
         close = difflib.get_close_matches(name, [i.name for i in specs], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; `workflow list` shows them"
         raise LlmunixError(f"no workflow named {name!r}{hint}")
@@ -256,8 +255,6 @@ class Workflows:
 
     def _workflow_state(self, info: ProcessInfo) -> tuple[WorkflowSpec, dict[str, Any] | None]:
         params = info.context.input_parameters
-        from llmunix.workflows.spec import spec_from_data
-
         spec = spec_from_data(dict(params["spec"]), params["spec"].get("source") or info.name)
         state = runner.fold([s for _v, s in self.checkpoints(info.pid)])
         return spec, state

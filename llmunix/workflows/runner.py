@@ -174,7 +174,7 @@ class WorkflowRun:
             self.kernel._workflow_event(self.ctx._proc, "workflow.step_completed", step=sid, child=info.pid,
                                         duration=round(info.runtime, 3))
             self.log(f"step {sid} completed in {info.runtime:.2f}s")
-            for _other, ost in self.steps.items():  # a fallback that succeeded stands in for its step
+            for ost in self.steps.values():  # a fallback that succeeded stands in for its step
                 if ost["state"] == "failed" and ost.get("fallback_to") == sid:
                     ost.update(state="completed", output=info.output, via=sid)
         else:
@@ -214,9 +214,8 @@ class WorkflowRun:
         self.stopping = True
 
     def finish(self) -> dict[str, Any]:
-        failed = [sid for sid in self.order if self.steps[sid]["state"] in ("failed", "cancelled")
-                  and not (sid in self.standby and self.steps[sid]["state"] == "pending")]
-        failed = [sid for sid in failed if not self._covered(sid)]
+        failed = [sid for sid in self.order
+                  if self.steps[sid]["state"] in ("failed", "cancelled") and not self._covered(sid)]
         if failed:
             sid = failed[0]
             st = self.steps[sid]
