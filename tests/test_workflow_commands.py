@@ -172,3 +172,13 @@ def test_step_ends_are_not_announced_only_the_workflows_own(wsh):
     finally:
         sub.cancel()
     assert len(shown) == 1 and shown[0].startswith("[001] mine completed")
+
+
+def test_retrying_a_step_whose_upstream_failed_says_which_to_retry(wsh, tmp_path):
+    flag = tmp_path / "flag"
+    flag.touch()
+    (tmp_path / "workflows" / "chain.yaml").write_text(
+        f"name: chain\nsteps:\n  - id: up\n    tool: wft_fail_if\n    with: {{flag: '{flag}'}}\n"
+        "  - id: down\n    tool: echo\n    needs: [up]\n    with: {text: x}\n")
+    wsh.run("workflow run chain --wait")
+    assert "step 'down' needs up, which did not complete; retry 'up'" in wsh.bad("workflow retry chain --step down")

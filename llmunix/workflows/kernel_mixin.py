@@ -211,6 +211,10 @@ class Workflows:
         steps = state["steps"]
         if step is not None:
             sid = self._step_id(spec, step)
+            unmet = [u for u in graph.predecessors(sid) if steps.get(u, {}).get("state") not in runner.DONE_OK]
+            if unmet:  # it would only wait for them and fail again
+                raise LlmunixError(f"step {sid!r} needs {', '.join(unmet)}, which did not complete; retry "
+                                   f"{unmet[0]!r} (it re-runs {sid!r} too), or retry without --step")
             again = dag.downstream(graph, [sid])
         else:
             again = {sid for sid, st in steps.items() if st.get("state") not in ("completed", "skipped")}
