@@ -157,15 +157,14 @@ class WorkflowCommands(ShellCommandSet):
 
     def _follow(self, pid: int) -> None:
         """Show the run until it ends (live tree on a terminal); fail unless it completed."""
+        live = not (self.plain or not self._cmd.interactive)
         try:
-            if self.plain or not self._cmd.interactive:
-                info = self.kernel.wait([pid])[0]
-            else:
-                info = self._live(pid)
+            info = self._live(pid) if live else self.kernel.wait([pid])[0]
         except KeyboardInterrupt:
             self.fail(f"stopped watching; workflow {format_pid(pid)} goes on (see `workflow status {format_pid(pid)}`)")
             return
-        self.out(wv.status_tree(self.kernel.workflow_status(pid)))
+        if not live:  # the live display's last frame is already the final tree
+            self.out(wv.status_tree(self.kernel.workflow_status(pid)))
         if not info.finished_ok:
             self.fail(f"workflow {info.process_id} {info.name} {info.state.lower()}: {info.error}")
 
@@ -173,7 +172,7 @@ class WorkflowCommands(ShellCommandSet):
         from rich.live import Live
 
         console = self._cmd.rich_console()
-        with Live(wv.status_tree(self.kernel.workflow_status(pid)), console=console, transient=True,
+        with Live(wv.status_tree(self.kernel.workflow_status(pid)), console=console,
                   refresh_per_second=8) as live:
             while True:
                 info = self.kernel.wait([pid], timeout=0.2)[0]
