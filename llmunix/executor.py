@@ -28,16 +28,27 @@ class ThreadExecutor:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # workers blocked in get()
         self._queued = 0  # processes handed over but not yet taken
+        self._allow = 0  # starts allowed past max_threads (over_cap)
+        self.over_cap_starts = 0  # how often the soft cap was exceeded (health reports it)
 
     def available(self) -> int:
         """How many more bodies could start now without waiting for a thread."""
         with self._lock:
             return max(0, self._idle - self._queued) + (self.max_threads - len(self._threads))
 
+    def over_cap(self) -> None:
+        """The scheduler starts a body although `max_threads` are in use (it would otherwise
+        deadlock: see `Kernel._dispatch_locked`); the next `start` grows the pool past the cap."""
+        with self._lock:
+            self._allow += 1
+            self.over_cap_starts += 1
+
     def start(self, proc: Process) -> None:
         with self._lock:
             self._queued += 1
-            grow = self._queued > self._idle and len(self._threads) < self.max_threads
+            grow = self._queued > self._idle and (len(self._threads) < self.max_threads or self._allow > 0)
+            if self._allow > 0:
+                self._allow -= 1
             if grow:
                 t = threading.Thread(target=self._worker, name=f"llmunix-worker-{len(self._threads) + 1}",
                                      daemon=True)
@@ -78,6 +89,10 @@ class ThreadExecutor:
                 # A kill injected into this thread just as the body ended; the kernel has
                 # already finished the process, so there is nothing left to stop.
                 pass
+            with self._lock:
+                if len(self._threads) > self.max_threads:  # grown past the cap: shrink back
+                    self._threads.remove(threading.current_thread())
+                    return
 
 
 def inject_exception(thread_ident: int, exc_type: type[BaseException] | None) -> bool:

@@ -64,7 +64,7 @@ from llmunix.resilience.kernel_mixin import Resilience
 from llmunix.resilience.restart import RestartPolicy, policy_data
 from llmunix.resources import ResourceSample, SystemSample
 from llmunix.retry import RetryPolicy
-from llmunix.scheduler import ReadyQueue, preemption_victim
+from llmunix.scheduler import ADMISSION_LOOKAHEAD, ReadyQueue, preemption_victim
 from llmunix.store import Store, row_to_info
 from llmunix.store.durable import DurableState
 from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
@@ -984,7 +984,14 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                 if proc is None:
                     break
             if not proc.has_thread and self._executor.available() + spare_threads <= 0:
-                break
+                # Threads are a soft bound, never a deadlock (a process holding one while not
+                # running, preempted or waiting for its children, must not block the others):
+                # run a queued process that already has its thread, else grow past the cap.
+                holder = self._thread_holder(proc, now)
+                if holder is not None:
+                    proc = holder
+                else:
+                    self._executor.over_cap()
             if proc is head:
                 ready.pop(proc)
             else:
@@ -1019,6 +1026,18 @@ class Kernel(DurableState, EventQueries, Inspection, ResourceLimits, Workflows, 
                 victim.requests |= REQ_PREEMPT
                 victim.detail = "preempting at its next control point"
                 self._wake(victim)
+
+    def _thread_holder(self, head: Process, now: float) -> Process | None:
+        """With no thread to spare: a queued process that holds one and may run instead of
+        `head` (preempted, so it goes on where it stopped): the first, in the order they would
+        run, of those at `head`'s effective level or above. None: `head` gets a new thread."""
+        level = self._ready.effective(head, now)
+        for proc in self._ready.candidates(now, ADMISSION_LOOKAHEAD):
+            if self._ready.effective(proc, now) < level:
+                break
+            if proc.has_thread and (not proc.needs or self._fits(proc, None)):
+                return proc
+        return None
 
     def _off_slot_locked(self, proc: Process, now: float) -> None:
         """Out of the ready queue and the running set, its needs given back, its clock stopped
