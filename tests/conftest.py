@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pexpect
@@ -93,7 +94,22 @@ def wait_phase(kernel: Kernel, pid: int, phase: str, timeout: float = WAIT) -> N
         sub.cancel()
 
 
-LLMUNIX = shutil.which("llmunix") or "llmunix"
+def _checkout_executable() -> str:
+    """An `llmunix` executable that runs this checkout's code, whatever `llmunix` is on PATH
+    (an older install, or another worktree's): a script for this interpreter that puts the
+    checkout first on sys.path. End-to-end tests run it, never a PATH lookup."""
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(tempfile.mkdtemp(prefix="llmunix-bin-"))
+    exe = folder / "llmunix"
+    exe.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(root)!r})\n"
+                   "from llmunix.cli import main\nsys.exit(main())\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+LLMUNIX = _checkout_executable()
 PROMPT = r"llmunix\$"
 
 

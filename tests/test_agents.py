@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import PROMPT, Session, close_prompt, spawn_prompt, wait_phase
+from conftest import LLMUNIX, PROMPT, Session, close_prompt, spawn_prompt, wait_phase
 
 from commands.base import plain_text
 from commands.views import ps_tree
@@ -22,7 +22,6 @@ from llmunix.config import Config
 from llmunix.tools.markdown import AGENT
 from llmunix.tools.registry import REGISTRY, ToolRegistry, make_tool
 
-LLMUNIX = shutil.which("llmunix") or "llmunix"
 SUMMARY_GOAL = "Summarize samples/scheduling.md into summary.md in 2 sentences"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,8 +10,7 @@ import uuid
 
 import psutil
 import pytest
-
-LLMUNIX = shutil.which("llmunix") or "llmunix"
+from conftest import LLMUNIX
 
 
 def llmunix(*args: str, home, stdin: str | None = None, cwd=None, timeout: float = 60,

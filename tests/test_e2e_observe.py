@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,9 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import close_prompt, spawn_prompt
+from conftest import LLMUNIX, close_prompt, spawn_prompt
 
-LLMUNIX = shutil.which("llmunix") or "llmunix"
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,13 +21,12 @@ from typing import Any
 
 import pexpect
 import pytest
+from conftest import LLMUNIX
 
 from llmunix import kernel as kernel_module
 from llmunix.models import IllegalTransition, LlmunixError
 from llmunix.store import durable as durable_module
 from llmunix.store.sqlite import BACKLOG
-
-LLMUNIX = shutil.which("llmunix") or "llmunix"
 
 # Tools for the crash tests, loaded from <home>/tools by every llmunix on that home.
 TOOLS = textwrap.dedent('''

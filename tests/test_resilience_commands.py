@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 
-from conftest import PROMPT, close_prompt, spawn_prompt
+from conftest import LLMUNIX, PROMPT, close_prompt, spawn_prompt
 
 from commands.resilience_views import alert_text, attempt_lines
 from llmunix.models import AttemptInfo, Event
 from llmunix.retry import RetryPolicy
 
-LLMUNIX = shutil.which("llmunix") or "llmunix"
 ANY = r"[^\n]*"
 
 
