@@ -7,9 +7,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from llmunix.admission import fmt_amount
 from llmunix.backends import ClusterInfo, WorkerInfo
 from llmunix.models import format_pid
+from llmunix.pool import fmt_amount
 
 COLUMNS = ("WORKER", "ADDRESS", "THREADS", "MEMORY", "CPU%", "TASKS", "RESOURCES", "PROCESSES")
 

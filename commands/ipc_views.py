@@ -14,11 +14,12 @@ from rich.text import Text
 
 from llmunix.ipc.bus import SubscriptionStats
 from llmunix.ipc.deadlock import Deadlock
-from llmunix.ipc.kernel_mixin import BusInfo, LocksInfo
 from llmunix.ipc.messages import MessageInfo
+from llmunix.ipc.service import LocksInfo
 from llmunix.ipc.shared import BufferInfo, SharedEntry
 from llmunix.ipc.sync import PrimitiveInfo
 from llmunix.models import format_duration, format_pid
+from llmunix.observe.queries import BusInfo
 
 MAILBOX_COLUMNS = ("ID", "FROM", "TYPE", "TOPIC", "AGE", "STATE", "FLAGS", "BODY")
 LOCK_COLUMNS = ("NAME", "KIND", "STATE", "HOLDERS", "WAITERS")

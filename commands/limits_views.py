@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from llmunix.admission import LimitInfo, MemoryPressure, fmt_amount
+from llmunix.pool import LimitInfo, MemoryPressure, fmt_amount
 
 COLUMNS = ("RESOURCE", "CAPACITY", "IN_USE", "FREE", "WAITING")
 

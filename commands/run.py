@@ -11,8 +11,8 @@ from cmd2 import Choices, CompletionItem
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
 from commands.resilience import add_run_options, run_options
-from llmunix.admission import parse_needs
 from llmunix.models import LlmunixError, format_pid
+from llmunix.pool import parse_needs
 from llmunix.tools.markdown import find_tool_name
 
 

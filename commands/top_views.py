@@ -18,8 +18,8 @@ from rich.text import Text
 
 from commands.views import PRIORITY_STYLES, STATE_STYLES, fmt_cpu, fmt_memory, fmt_progress, plain_word
 from llmunix.models import ProcessInfo, format_duration
+from llmunix.monitor import ResourceSample, SystemSample
 from llmunix.observe.stats import ToolStats
-from llmunix.resources import ResourceSample, SystemSample
 
 TOP_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "PROGRESS")
 STATS_COLUMNS = ("TOOL", "RUNS", "COMPLETED", "FAILED", "CANCELLED", "SUCCESS", "MEAN", "P95")

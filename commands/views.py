@@ -17,9 +17,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 from commands.resilience_views import attempt_lines
-from llmunix.admission import fmt_amount
 from llmunix.models import ProcessInfo, PsRow, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
+from llmunix.pool import fmt_amount
 from llmunix.tools.registry import Tool
 
 # The one place that maps states to styles.

@@ -12,7 +12,7 @@ from rich.tree import Tree
 from commands.views import STATE_STYLES, fmt_cpu, fmt_memory
 from llmunix.models import format_duration, format_pid
 from llmunix.workflows import dag
-from llmunix.workflows.kernel_mixin import SpecInfo
+from llmunix.workflows.service import SpecInfo
 from llmunix.workflows.spec import WorkflowSpec
 from llmunix.workflows.status import StepStatus, WorkflowStatus
 

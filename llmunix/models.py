@@ -97,7 +97,7 @@ class Phase(enum.StrEnum):
 # The one table of legal phase moves (STYLE: transitions live in one table).
 ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.WAITING: frozenset({Phase.READY, Phase.PAUSED, Phase.PREEMPTED, Phase.DONE}),
-    Phase.READY: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
+    Phase.READY: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.WAITING, Phase.DONE}),  # WAITING: made with deps pending
     Phase.RUNNING: frozenset({Phase.PAUSED, Phase.PREEMPTED, Phase.WAITING, Phase.DONE}),
     Phase.PAUSED: frozenset({Phase.READY, Phase.WAITING, Phase.PREEMPTED, Phase.DONE}),
     Phase.PREEMPTED: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
@@ -114,6 +114,19 @@ class Outcome(enum.StrEnum):
     # Not an end: llmunix stopped while the process was live. `recover` continues it from its
     # last checkpoint; it then ends in one of the three above.
     INTERRUPTED = "Interrupted"
+
+
+# The visible states a process can end in: it has ended for good in these (Interrupted has not:
+# `recover` continues it). The one definition, for the engine and the shell.
+TERMINAL_STATES = frozenset({Outcome.COMPLETED.value, Outcome.FAILED.value, Outcome.CANCELLED.value})
+FINISHED_STATES = TERMINAL_STATES | {Outcome.INTERRUPTED.value}  # not live in this llmunix
+
+
+def matches_state(wanted: str, display_state: str, phase: str, state: str) -> bool:
+    """The one state filter (`ps --state S`, `Kernel.ps(state=S)`): the visible state as shown
+    (Paused while paused), the phase or the kind's state, case-insensitively."""
+    want = wanted.strip().lower()
+    return want == display_state.lower() or want == phase or want == state.lower()
 
 
 # Visible (per-kind) states before the end. Terminal ones are the Outcome values.

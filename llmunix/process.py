@@ -49,11 +49,12 @@ if TYPE_CHECKING:
     )
     from llmunix.ipc.messages import Message
     from llmunix.ipc.shared import SharedBuffer
-    from llmunix.kernel import Kernel
-    from llmunix.resilience.restart import Attempts
+    from llmunix.lifecycle import ProcessTable
+    from llmunix.timers import TimerHandle
     from llmunix.tools.registry import Tool
 
 HISTORY_LIMIT = 200
+SAMPLES_KEPT = 60  # the monitor's measurements kept per process (monitor.HISTORY)
 _new_row = tuple.__new__  # PsRow without its Python-level __new__ (ps builds 100,000)
 # Snapshots (one per process in `wait`) are built without the frozen dataclass's slower __init__
 # (28 fields; for its small parts the generated __init__ is faster). Every field, in field order.
@@ -65,6 +66,8 @@ LOG_LIMIT = 1000
 REQ_PAUSE = 1
 REQ_PREEMPT = 2
 REQ_KILL = 4
+REQ_HOOK = 8  # a feature watches this process's control points (ProcessTable.watch: the debugger)
+REQ_STOP = REQ_PAUSE | REQ_PREEMPT | REQ_KILL  # a request that stops it running
 
 
 class Process:
@@ -74,14 +77,14 @@ class Process:
         "pid", "name", "tool", "params", "kind", "priority", "owner", "parent", "after", "cwd",
         "created", "started", "finished", "phase", "state", "detail", "exit_code", "error",
         "output", "step", "total", "message", "percentage", "eta", "history", "logs",
-        "checkpoints", "requests", "kill_reason", "has_thread", "thread_ident", "native_id",
-        "in_body", "cond", "ready_since", "queue_token", "slice_start", "run_since", "run_accum",
-        "deps_pending", "dependents", "subprocess", "cpu_percent", "memory_mb", "io_operations",
-        "unkillable", "kill_outcome", "restored", "injected", "samples", "peak_memory_mb", "_snapshot", "_row",
-        "needs", "predicted", "holds", "blocked_on",
-        "waiting", "timeout", "paused_by", "end_seq", "worker", "children",
-        "debug",  # a ProcessDebugger (llmunix/observe/debugger.py) once someone debugs it, else None
-        "last_active", "attempts",  # resilience: the watchdog's last sign of life; retry/restart state
+        "checkpoints", "restored", "requests", "kill_reason", "kill_outcome", "pause_reason", "paused_by",
+        "has_thread", "thread_ident", "native_id", "in_body", "injected", "unkillable", "cond", "waker",
+        "timer", "timeout", "run_since", "run_accum", "attempt_base", "last_active",
+        "deps_pending", "dependents", "children", "waiting", "end_seq", "subprocess",
+        "cpu_percent", "memory_mb", "io_operations", "samples", "peak_memory_mb",
+        # the scheduler's fields (scheduler.py, "State")
+        "ready_since", "queue_token", "slice_start", "needs", "predicted", "holds", "blocked_on",
+        "_snapshot", "_row",
     )
 
     def __init__(self, pid: int, tool: Tool, params: dict[str, Any], *, name: str, priority: Priority,
@@ -136,7 +139,11 @@ class Process:
         self.samples: Any = None  # deque of ResourceSample, made by the monitor when it first measures
         self.peak_memory_mb: float | None = None
         self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
+        self.pause_reason = "paused by user"  # what `ps` says while it is paused
         self.restored: Any = None  # the checkpoint a recovered process resumes from
+        self.waker: Callable[[], None] | None = None  # called when it is woken (a proxy's wait loop: Relay)
+        self.timer: TimerHandle | None = None  # its one pending timer: a timeout, a kill stage, a retry
+        self.attempt_base = 0.0  # running time before this attempt began (timeouts are per attempt)
         self._snapshot: ProcessInfo | None = None
         self._row: PsRow | None = None  # ps_row(), cached once it is done
         self.needs: dict[str, float] = {}  # resources it must hold to run (admission.py)
@@ -148,16 +155,38 @@ class Process:
         self.paused_by: int | None = None  # the parent whose pause paused it (resumed with it)
         self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
         self.children: set[Process] = set()  # its live child processes (leave when they finish)
-        self.worker: str | None = None  # the cluster worker running its body (backends/), if any
-        self.debug: Any = None  # breakpoints, stepping and tracing state (observe/debugger.py)
-        self.last_active = 0.0  # monotonic time of its last control point (resilience/watchdog.py)
-        self.attempts: Attempts | None = None  # retry/restart policies and counters (resilience/restart.py)
+        self.last_active = 0.0  # monotonic time of its last control point (the watchdog's sign of life)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid} {self.name} {self.phase}>"
 
     def runtime(self, now: float) -> float:
         return self.run_accum + (now - self.run_since if self.run_since is not None else 0.0)
+
+    def attempt_runtime(self, now: float) -> float:
+        """Running time of the current attempt (a retried process runs its body more than once)."""
+        return self.runtime(now) - self.attempt_base
+
+    def start_clock(self, now: float) -> None:
+        """It runs (again): from now its running time counts; an off-slot wait's time counts too."""
+        if self.run_since is not None:
+            self.run_accum += now - self.run_since
+        self.run_since = now
+
+    def stop_clock(self, now: float, keep_running: bool = False) -> None:
+        """It stopped running. `keep_running`: blocked off-slot, which still counts as its time."""
+        if self.run_since is not None:
+            self.run_accum += now - self.run_since
+            self.run_since = now if keep_running else None
+
+    def forget_snapshot(self) -> None:
+        """Its cached snapshot is stale (only a finished process's is kept)."""
+        self._snapshot = None
+
+    def add_sample(self, sample: Any) -> None:
+        if self.samples is None:
+            self.samples = deque(maxlen=SAMPLES_KEPT)
+        self.samples.append(sample)
 
     def note(self, event: str, details: str = "") -> None:
         self.history.append(HistoryEntry(time.time(), event, details))
@@ -166,6 +195,8 @@ class Process:
         """The columns `ps` prints (what `snapshot().ps_row()` gives, without the snapshot).
         Finished processes never change, so theirs is built once. (Written for speed: `ps -a`
         builds 100,000 of these; `Kernel.ps_rows` takes a cached `_row` without calling this.)"""
+        if self._row is not None:
+            return self._row
         phase = self.phase
         since = self.run_since
         row = _new_row(PsRow, (self.pid, self.name, PAUSED if phase is _PAUSED else self.state,
@@ -176,8 +207,10 @@ class Process:
             self._row = row
         return row
 
-    def snapshot(self, effective: Priority | None = None) -> ProcessInfo:
-        """An immutable copy. Finished processes never change, so theirs is built once."""
+    def snapshot(self, effective: Priority | None = None, attempts: Any = None, worker: str | None = None
+                 ) -> ProcessInfo:
+        """An immutable copy. Finished processes never change, so theirs is built once.
+        `attempts` and `worker` come from the features that keep them (ProcessTable.snapshot)."""
         if self._snapshot is not None:
             return self._snapshot
         info = _new_info(
@@ -211,8 +244,8 @@ class Process:
             self.subprocess.pid if self.subprocess is not None else None,  # subprocess_pid
             MappingProxyType(dict(self.needs)) if self.needs else EMPTY,  # needs
             self.predicted,  # predicted_needs
-            self.attempts.info(self.phase) if self.attempts is not None else None,  # attempts
-            self.worker,
+            attempts,
+            worker,
         )
         if self.phase is Phase.DONE:
             self._snapshot = info
@@ -220,12 +253,15 @@ class Process:
 
 
 class ProcessContext:
-    """What tool code sees as `ctx`. Every method is a control point."""
+    """What tool code sees as `ctx`: the only door from a body to the engine. Every method is a
+    control point unless it says otherwise. llmunix's own bodies (the workflow runner, the agent
+    loop, remote proxies) use this same API."""
 
-    __slots__ = ("_kernel", "_proc", "params", "pid", "restored")
+    __slots__ = ("_kernel", "_table", "_proc", "params", "pid", "restored")
 
-    def __init__(self, kernel: Kernel, proc: Process) -> None:
-        self._kernel = kernel
+    def __init__(self, kernel: Any, proc: Process) -> None:
+        self._kernel = kernel  # the Kernel facade: spawn, ipc, resilience
+        self._table: ProcessTable = kernel.table
         self._proc = proc
         self.pid: int = proc.pid
         self.params: Mapping[str, Any] = MappingProxyType(proc.params)
@@ -239,34 +275,44 @@ class ProcessContext:
     def priority(self) -> Priority:
         return self._proc.priority
 
+    @property
+    def parent(self) -> int | None:
+        """The PID of the process that started this one (a workflow, an agent), or None."""
+        return self._proc.parent
+
+    @property
+    def interrupted(self) -> bool:
+        """True while llmunix itself is stopping this process (it ends Interrupted and `recover`
+        continues it), rather than a user or a failure stopping it."""
+        return self._proc.kill_outcome == "Interrupted"
+
     def check(self) -> None:
         """A bare control point: honour pause, preemption, kill and the time slice."""
         proc = self._proc
         # Lock-free fast path: nothing asked of this process and nothing waiting for its slot.
         # (A subprocess tool can be paused or preempted from outside without a request flag.)
-        # `proc.debug` is true only while the debugger has work at control points.
-        if proc.requests or proc.phase is not Phase.RUNNING or proc.debug or self._kernel._slice_expired(proc):
-            self._kernel._control_point(proc)
+        if proc.requests or proc.phase is not Phase.RUNNING or self._table.scheduler.slice_expired(proc):
+            self._table.control_point(proc)
 
     def progress(self, step: int, total: int | None = None, message: str = "") -> None:
         """Report progress: `step` of `total` done, with an optional human message."""
-        self._kernel._progress(self._proc, step, total, message)
+        self._table.progress(self._proc, step, total, message)
         self.check()
 
     def log(self, message: str) -> None:
         """Append a line to this process's log (`log PID`); never printed by the engine."""
-        self._kernel._log(self._proc, str(message))
+        self._table.log(self._proc, str(message))
         self.check()
 
     def output(self, line: str) -> None:
         """Append a line to the log without a control point: for threads that read a child's
         output while the body itself waits (they must not block on a pause)."""
-        self._kernel._log(self._proc, str(line))
+        self._table.log(self._proc, str(line))
 
     @property
     def kill_grace(self) -> float:
         """Seconds a stopping subprocess gets between SIGTERM and SIGKILL."""
-        return self._kernel.kill_grace
+        return self._table.kill_grace
 
     def checkpoint(self, state: Any) -> int:
         """Record a new checkpoint version of JSON-serialisable state; returns its version."""
@@ -274,14 +320,25 @@ class ProcessContext:
             encoded = json.loads(json.dumps(state))
         except (TypeError, ValueError) as exc:
             raise LlmunixError(f"checkpoint state must be JSON-serialisable: {exc}") from None
-        version, seq = self._kernel._checkpoint(self._proc, encoded)
-        self._kernel._wait_durable(seq)  # durable before checkpoint() returns
+        version, seq = self._table.checkpoint(self._proc, encoded)
+        self._table.wait_durable(seq)  # durable before checkpoint() returns
         self.check()
         return version
 
+    def checkpoints(self) -> list[Any]:
+        """Every checkpoint state this process has recorded (or was recovered with), oldest first."""
+        with self._table.lock:
+            return list(self._proc.checkpoints)
+
     def sleep(self, seconds: float) -> None:
-        """Sleep, waking at once for pause and kill requests (a control point throughout)."""
-        self._kernel._sleep(self._proc, float(seconds))
+        """Sleep, waking at once for pause and kill requests (a control point throughout). The
+        time counts as running: the process keeps its slot."""
+        self._table.sleep(self._proc, float(seconds))
+
+    def idle(self, seconds: float, reason: str = "idle") -> None:
+        """Wait `seconds` without holding a slot (phase waiting; `ps` shows `reason`): for a body
+        that waits on a clock, e.g. until a retry is due. A control point throughout."""
+        self._table.idle(self._proc, float(seconds), reason)
 
     def popen(self, cmd: str | list[str], *, shell: bool | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start an external command in its own process group, attached to this process so that
@@ -291,14 +348,14 @@ class ProcessContext:
             cmd, shell=use_shell, start_new_session=True, cwd=self.cwd,
             stdin=subprocess.DEVNULL, **kwargs,
         )
-        self._kernel._attach_subprocess(self._proc, child)
+        self._table.attach_subprocess(self._proc, child)
         return child
 
     # ------------------------------------------------------------------ children and visible state
 
     def set_state(self, state: str, detail: str = "") -> None:
         """Set this process's visible state (an agent's "Thinking", a workflow's "Executing")."""
-        self._kernel._set_state(self._proc, state, detail)
+        self._table.set_state(self._proc, state, detail)
         self.check()
 
     def spawn(self, tool: Any, /, *, priority: Priority | str | None = None, name: str | None = None,
@@ -311,77 +368,96 @@ class ProcessContext:
                                   name=name, parent=self.pid, cwd=self.cwd, params=params, needs=needs,
                                   timeout=timeout, **kwargs)
 
-    def wait(self, pids: Iterable[int], timeout: float | None = None, *, any: bool = False  # noqa: A002
-             ) -> list[ProcessInfo]:
+    def wait(self, pids: Iterable[int], timeout: float | None = None, *, any: bool = False,  # noqa: A002
+             ended_only: bool = False) -> list[ProcessInfo]:
         """Wait for processes to finish (all of them, or the first with `any=True`) without
         holding a slot: a control point throughout. Their terminal states are durable when this
-        returns. Returns their snapshots (check `.is_done` after a timeout)."""
-        return self._kernel._wait_for(self._proc, list(pids), timeout, any)
+        returns. Returns their snapshots (check `.is_done` after a timeout); `ended_only`: only
+        those that have ended (cheap when waiting for many)."""
+        wanted = list(pids)
+        ended = self._table.wait_for(self._proc, wanted, timeout, any, only_ended=ended_only)
+        if ended is not None:
+            return ended
+        return [self._kernel.info(p) for p in wanted]
 
     def run(self, tool: Any, /, **kwargs: Any) -> ProcessInfo:
         """Run a child process to its end (`spawn` + `wait`) and return its final snapshot."""
         return self.wait([self.spawn(tool, **kwargs)])[0]
 
+    def info(self, pid: int) -> ProcessInfo:
+        """A snapshot of any process (this one, a child, one of an earlier session)."""
+        return self._kernel.info(pid)
+
+    def workdir(self) -> str:
+        """A directory of this process's own, made on first use: `<home>/runs/PID` (private to
+        the user), or a new temporary directory when llmunix runs without a home."""
+        return self._kernel.process_dir(self.pid)
+
+    def service(self, name: str) -> Any:
+        """The kernel component `name` — "agents" or "workflows" — for the bodies that belong to
+        it (the agent loop, the workflow runner): one kernel's, whichever kernel runs this."""
+        return self._kernel.service(name)
+
     # ------------------------------------------------------------------ communication (llmunix/ipc)
-    # Thin delegations to the kernel (ipc/kernel_mixin.py); waits are off-slot control points.
+    # Thin delegations to the kernel's communication component; waits are off-slot control points.
 
     def send(self, pid: int, message: Any, *, type: Any = None, persistent: bool = False,
              sensitive: bool = False) -> str:
         """Send a message (JSON-shaped, or a pydantic model) to process `pid`; returns its id.
         `persistent`: kept in the store until acknowledged (at-least-once); `sensitive`:
         encrypted at rest and never shown by `mailbox`."""
-        return self._kernel._ipc_send(self._proc, pid, message, type, persistent, sensitive)
+        return self._kernel.ipc.send_from(self._proc, pid, message, type, persistent, sensitive)
 
     def recv(self, timeout: float | None = None, type: Any = None) -> Message | None:
         """The next message (of `type`, if given: a registered name or model class), waiting for
         one off-slot; None if `timeout` seconds pass first. Call `msg.ack()` on persistent ones."""
-        return self._kernel._ipc_recv(self._proc, timeout, type)
+        return self._kernel.ipc.recv(self._proc, timeout, type)
 
     def broadcast(self, topic: str, message: Any, *, type: Any = None, persistent: bool = False,
                   sensitive: bool = False) -> list[int]:
         """Send to every live process listening to `topic`; returns their PIDs."""
-        return self._kernel._ipc_broadcast(self._proc, topic, message, type, persistent, sensitive)
+        return self._kernel.ipc.broadcast_from(self._proc, topic, message, type, persistent, sensitive)
 
     def subscribe_topic(self, topic: str) -> None:
         """Receive broadcasts on topics matching `topic` (a glob) in this mailbox."""
-        self._kernel._ipc_listen(self._proc, topic, True)
+        self._kernel.ipc.listen(self._proc, topic, True)
 
     def unsubscribe_topic(self, topic: str) -> None:
-        self._kernel._ipc_listen(self._proc, topic, False)
+        self._kernel.ipc.listen(self._proc, topic, False)
 
     def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
         """Publish a tool-specific event `tool.NAME` with JSON-shaped `data` (see `events`)."""
-        self._kernel._ipc_emit(self._proc, name, data)
+        self._kernel.ipc.emit(self._proc, name, data)
 
     @property
     def shared(self) -> SharedView:
         """The kernel's versioned key-value blackboard: get, set, cas, update, keys, wait."""
-        return self._kernel._ipc_shared(self._proc)
+        return self._kernel.ipc.shared_view(self._proc)
 
     def buffer(self, name: str, size: int | None = None) -> SharedBuffer:
         """A named memory-mapped buffer (created with `size` bytes if new); `buf.path` for a
         subprocess. Freed when the last process that opened it ends."""
-        return self._kernel._ipc_buffer(self._proc, name, size)
+        return self._kernel.ipc.buffer(self._proc, name, size)
 
     def lock(self, name: str) -> MutexHandle:
         """The kernel's mutex `name`: `with ctx.lock("db"): ...`."""
-        return self._kernel._ipc_primitive(self._proc, "mutex", name)
+        return self._kernel.ipc.primitive(self._proc, "mutex", name)
 
     def semaphore(self, name: str, value: int | None = None) -> SemaphoreHandle:
         """The counting semaphore `name`, made with `value` (default 1) holds if new."""
-        return self._kernel._ipc_primitive(self._proc, "semaphore", name, value)
+        return self._kernel.ipc.primitive(self._proc, "semaphore", name, value)
 
     def condition(self, name: str) -> ConditionHandle:
         """The condition variable `name` (with its own mutex)."""
-        return self._kernel._ipc_primitive(self._proc, "condition", name)
+        return self._kernel.ipc.primitive(self._proc, "condition", name)
 
     def barrier(self, name: str, parties: int | None = None) -> BarrierHandle:
         """The barrier `name` for `parties` processes (needed to create it; optional after)."""
-        return self._kernel._ipc_primitive(self._proc, "barrier", name, parties)
+        return self._kernel.ipc.primitive(self._proc, "barrier", name, parties)
 
     def rwlock(self, name: str) -> RWLockHandle:
         """The read-write lock `name`: `with ctx.rwlock("index").read(): ...`."""
-        return self._kernel._ipc_primitive(self._proc, "rwlock", name)
+        return self._kernel.ipc.primitive(self._proc, "rwlock", name)
 
     # ------------------------------------------------------------------ circuit breakers (resilience)
 
@@ -395,7 +471,7 @@ class ProcessContext:
         breaker is open; anything raised inside the block counts as a failure of the host,
         leaving it normally as a success (catch what is not the host's fault inside)."""
         self.check()
-        return self._kernel._host_call(self._proc, host)
+        return self._kernel.resilience.host_call(self._proc, host)
 
     def breaker(self, name: str, ok: bool, error: str | None = None) -> None:
         """Report one call's outcome to breaker `name` (e.g. "host:example.com") by hand."""

@@ -14,8 +14,8 @@ from conftest import wait_phase
 from test_shell_commands import Session
 
 from llmunix import Kernel, Phase, ProcessContext
-from llmunix.admission import ResourcePool, TokenBucket, parse_needs, predict_memory
 from llmunix.models import LlmunixError
+from llmunix.pool import ResourcePool, TokenBucket, parse_needs, predict_memory
 
 
 class FakeClock:

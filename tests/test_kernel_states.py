@@ -615,7 +615,7 @@ def test_pids_are_never_reused_after_a_crash(make_kernel, tmp_path, monkeypatch)
     first.wait(old, timeout=10)
     on_disk = int((tmp_path / "pids").read_text())
     assert on_disk >= first.next_pid > max(old)  # a block is reserved before it is handed out
-    monkeypatch.setattr(first._pids, "close", lambda: None)  # the crash: no clean close
+    monkeypatch.setattr(first.table.pids, "close", lambda: None)  # the crash: no clean close
     first.shutdown()
     assert int((tmp_path / "pids").read_text()) == on_disk
 
@@ -625,7 +625,12 @@ def test_pids_are_never_reused_after_a_crash(make_kernel, tmp_path, monkeypatch)
     assert new >= on_disk
 
 
-def test_a_corrupt_pid_file_is_reported(make_kernel, tmp_path):
+def test_a_corrupt_pid_file_is_repaired_from_the_store_and_reported(make_kernel, tmp_path):
+    first = make_kernel(home=tmp_path)
+    old = [first.spawn("echo", text=str(i)) for i in range(3)]
+    first.wait(old, timeout=10)
+    first.shutdown()
     (tmp_path / "pids").write_text("not a number\n")
-    with pytest.raises(LlmunixError, match="corrupt"):
-        make_kernel(home=tmp_path)
+    second = make_kernel(home=tmp_path)
+    assert "unreadable" in second.pids_repaired
+    assert second.spawn("echo", text="x") > max(old)

@@ -52,7 +52,7 @@ def mixed(tmp_path, make_kernel, make_gate, wait_until):
     done.append(k.spawn(stepper, steps=2, priority="low"))
     k.wait(done)
     k.flush()
-    wait_until(lambda: not all(k.exists(p) and p in k._procs for p in done), message="some released")
+    wait_until(lambda: not all(k.exists(p) and p in k.table.procs for p in done), message="some released")
     gate = make_gate()
     paused = k.spawn(gate.tool, name="a gate")
     assert gate.started.wait(10)

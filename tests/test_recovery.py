@@ -25,7 +25,7 @@ from conftest import LLMUNIX
 
 from llmunix import kernel as kernel_module
 from llmunix.models import IllegalTransition, LlmunixError
-from llmunix.store import durable as durable_module
+from llmunix import durable as durable_module
 from llmunix.store.sqlite import BACKLOG
 
 # Tools for the crash tests, loaded from <home>/tools by every llmunix on that home.
@@ -371,9 +371,9 @@ def test_finished_processes_leave_memory_beyond_retention_count_but_stay_visible
     infos = k.wait(pids)
     assert [i.output for i in infos] == [f"t{i}" for i in range(40)]
     # The engine holds at most retention_count finished processes (private state, checked on purpose).
-    wait_until(lambda: len(k._procs) <= 5, message="finished processes released from memory")
+    wait_until(lambda: len(k.table.procs) <= 5, message="finished processes released from memory")
     first = pids[0]
-    assert first not in k._procs
+    assert first not in k.table.procs
     assert [i.pid for i in k.ps(all=True)] == pids
     assert k.info(first).output == "t0" and k.logs(first)[0][1] == "t0"
     assert k.wait([first, pids[-1]])[0].state == "Completed"
@@ -381,7 +381,7 @@ def test_finished_processes_leave_memory_beyond_retention_count_but_stay_visible
         k.kill(first)
     more = [k.spawn("echo", text="x", after=[first]) for _ in range(3)]  # dependencies read the store
     assert [i.state for i in k.wait(more)] == ["Completed"] * 3
-    wait_until(lambda: len(k._procs) <= 5, message="still bounded")
+    wait_until(lambda: len(k.table.procs) <= 5, message="still bounded")
     assert len(k.ps(all=True)) == 43
 
 
@@ -425,7 +425,7 @@ def test_a_flood_of_log_lines_waits_for_the_store_instead_of_starving_checkpoint
             ctx.log(f"line {n}")
             n += 1
             if n % 500 == 0:  # events not yet committed (private state, checked on purpose)
-                backlog.append(k.bus._queue.qsize() + k.store._queue.qsize())
+                backlog.append(k.bus.backlog() + k.store.backlog())
         return n
 
     def checkpointer(ctx) -> int:

@@ -15,7 +15,7 @@ from test_shell_commands import Session
 from commands.top import TopControls, _keys_unbuffered
 from commands.top_views import TopRow, arrange, cpu_trend, sparkline
 from llmunix import Kernel, ProcessContext
-from llmunix.resources import ResourceSample
+from llmunix.monitor import ResourceSample
 
 ANY = r"[^\n]*"  # pexpect compiles with re.DOTALL: `.*` would run across lines
 STYLE = r"(?:\x1b\[[0-9;]*m)*"  # colour codes rich may put between a label and its value

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmunix import Kernel
-from llmunix.workflows.kernel_mixin import EXAMPLES
+from llmunix.workflows.service import EXAMPLES
 from tests.conftest import LLMUNIX
 
 DOCS = EXAMPLES / "research-docs"

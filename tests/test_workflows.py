@@ -12,7 +12,7 @@ import pytest
 from llmunix import Kernel
 from llmunix.models import IllegalTransition, LlmunixError
 from llmunix.retry import RetryPolicy
-from llmunix.workflows.kernel_mixin import EXAMPLES
+from llmunix.workflows.service import EXAMPLES
 from llmunix.workflows.spec import SpecError, load_spec, spec_from_data
 from llmunix.workflows.status import StepStatus, _eta
 from tests import workflow_tools as wt

@@ -136,7 +136,7 @@ class AgentRun:
         finally:
             # No control point here: a killed run is remembered too (unless llmunix itself is
             # stopping: then it is interrupted, and recover continues it).
-            if self.ctx._proc.kill_outcome != Outcome.INTERRUPTED or outcome is not Outcome.CANCELLED:
+            if not self.ctx.interrupted or outcome is not Outcome.CANCELLED:
                 self._remember(outcome, error, answer or "")
         return {"answer": answer, "iterations": len(self.steps), "tools_used": self._tools_used(),
                 "tokens": self.tokens.to_dict(), "backend": self.backend.name}
@@ -173,10 +173,10 @@ class AgentRun:
     def _ancestors(self) -> set[str]:
         """The tools (agents) of this process and every process above it."""
         names = {self.d.name}
-        parent = self.ctx._proc.parent
+        parent = self.ctx.parent
         while parent is not None:
             try:
-                info = self.ctx._kernel.info(parent)
+                info = self.ctx.info(parent)
             except LlmunixError:
                 break
             names.add(info.tool_name)
@@ -214,10 +214,7 @@ class AgentRun:
         if not usage.total_tokens:
             return
         self.tokens = self.tokens + usage
-        kernel, proc = self.ctx._kernel, self.ctx._proc
-        with kernel._lock:
-            kernel._emit("process.tokens", proc, **usage.to_dict(), totals=self.tokens.to_dict(),
-                         backend=self.backend.name)
+        self.service.tokens_used(self.ctx, usage, self.tokens, self.backend.name)
 
     def _tools_used(self) -> list[str]:
         return list(dict.fromkeys(r.tool for s in self.steps for r in s.results if r.tool))

@@ -18,9 +18,7 @@ from llmunix.tools.text import summarize_text
 
 
 def run_prompt_tool(ctx: ProcessContext, d: MarkdownDefinition, params: Mapping[str, Any]) -> str:
-    from llmunix.agents.service import service_for
-
-    settings = service_for(ctx._kernel).settings.llm
+    settings = ctx.service("agents").settings.llm
     user = "\n".join(f"{k}: {v}" for k, v in params.items()) or "(no input)"
     if settings.backend == "openai":
         from llmunix.agents.openai_backend import complete_text

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +187,20 @@ class AgentService:
 
 
     def spawn_child(self, ctx: ProcessContext, agent: str, goal: str, params: Mapping[str, Any], **kw: Any) -> int:
-        """Start an agent as a child of `ctx`'s process (a workflow step); see Kernel.agent_step.
-        `kw` are ctx.spawn's own (name, priority, timeout, needs)."""
+        """Start an agent as a child of `ctx`'s process (a workflow's agent step); `params` may set
+        backend, max_iterations and model; `kw` are ctx.spawn's own (name, priority, timeout,
+        needs). Returns the PID."""
         d = self.definition(agent)
         if not goal or not str(goal).strip():
             raise LlmunixError(f"agent {d.name} needs a goal (give the step a 'goal')")
         self.kernel.registry.register(_agent_tool(d))
         return ctx.spawn(d.name, params={**params, "goal": str(goal)}, **kw)
+
+    def tokens_used(self, ctx: ProcessContext, usage: Any, totals: Any, backend: str) -> None:
+        """An agent's model call used tokens: the `process.tokens` event (what `ps -l`, `memory`
+        and the store's roll-ups read)."""
+        self.kernel.table.publish("process.tokens", ctx.pid, **usage.to_dict(), totals=totals.to_dict(),
+                                  backend=backend)
 
 
 def _agent_tool(d: MarkdownDefinition) -> Tool:
@@ -204,7 +210,7 @@ def _agent_tool(d: MarkdownDefinition) -> Tool:
     def agent(ctx: ProcessContext, goal: str, backend: str = "", max_iterations: int = 0, model: str = "") -> Any:
         from llmunix.agents.loop import AgentRun
 
-        service = service_for(ctx._kernel)
+        service: AgentService = ctx.service("agents")
         try:
             run = AgentRun(ctx, service, service.definition(key), goal, backend, max_iterations, model)
         except LlmunixError as exc:  # a bad backend name, an agent since removed: fail with the reason
@@ -234,25 +240,14 @@ def default_directories(home: Path | None, cwd: Path) -> list[tuple[Path, str | 
 
 # ---------------------------------------------------------------------------- one service per kernel
 
-_SERVICES: weakref.WeakKeyDictionary[Kernel, AgentService] = weakref.WeakKeyDictionary()
-_SERVICES_LOCK = threading.Lock()
-
 
 def attach(kernel: Kernel, config: Config | None = None, **kwargs: Any) -> AgentService:
     """Make (or replace) the kernel's agent service with this configuration."""
     service = AgentService(kernel, config, **kwargs)
-    with _SERVICES_LOCK:
-        _SERVICES[kernel] = service
+    kernel.attach_agents(service)
     return service
 
 
 def service_for(kernel: Kernel) -> AgentService:
-    """The kernel's agent service (made with the active configuration the first time)."""
-    with _SERVICES_LOCK:
-        service = _SERVICES.get(kernel)
-    if service is None:
-        service = AgentService(kernel)
-        with _SERVICES_LOCK:
-            service = _SERVICES.setdefault(kernel, service)
-    return service
-
+    """The kernel's agent service (`kernel.agents`: made with the active configuration the first time)."""
+    return kernel.agents

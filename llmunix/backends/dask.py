@@ -49,12 +49,12 @@ from distributed import Client, KilledWorker
 
 from llmunix.backends import ClusterInfo, WorkerInfo
 from llmunix.backends.remote import llmunix_deliver, run_body
-from llmunix.models import LlmunixError, Phase, Priority, ProcessKilled, ToolError
-from llmunix.process import REQ_KILL, REQ_PAUSE, REQ_PREEMPT
+from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
 
 if TYPE_CHECKING:
     from llmunix.kernel import Kernel
-    from llmunix.process import Process, ProcessContext
+    from llmunix.lifecycle import Relay
+    from llmunix.process import ProcessContext
 
 log = logging.getLogger("llmunix.backends.dask")
 
@@ -65,20 +65,6 @@ DASK_PRIORITY = {Priority.CRITICAL: 20, Priority.HIGH: 10, Priority.NORMAL: 0, P
                  Priority.IDLE: -20}
 _DONE = object()  # the inbox item that says the task has ended (its future is done)
 _WAKE = object()  # the inbox item that says the kernel has asked something of the process
-
-
-class _WakingCondition(threading.Condition):
-    """A process's condition (on the kernel lock) that also wakes its proxy: whatever the kernel
-    asks (pause, resume, kill) it signals with `_wake(proc)`, and the proxy, which waits on its
-    inbox rather than on this condition, hears it at once instead of at its next poll."""
-
-    def __init__(self, lock: Any, inbox: queue.SimpleQueue[Any]) -> None:
-        super().__init__(lock)
-        self._inbox = inbox
-
-    def notify_all(self) -> None:
-        super().notify_all()
-        self._inbox.put(_WAKE)
 
 
 class WorkerLost(ToolError):
@@ -149,6 +135,7 @@ class DaskBackend:
         self.topic = f"llmunix-{self.token}"
         self._kernel: Kernel | None = None
         self._live: dict[str, RemoteRun] = {}
+        self._workers: dict[int, str] = {}  # pid -> the worker its body ran on (kept for its snapshot)
         self._counter = itertools.count(1)
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._resources: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
@@ -161,29 +148,32 @@ class DaskBackend:
 
     def bind(self, kernel: Kernel) -> None:
         self._kernel = kernel
+        kernel.table.snapshot_field("worker", self._worker_of)
+
+    def _worker_of(self, proc: Any) -> str | None:
+        """The worker a process's body runs (or ran) on: a field of its snapshot."""
+        return self._workers.get(proc.pid)
 
     # ------------------------------------------------------------------ the proxy (a process's own thread)
 
-    def run(self, ctx: ProcessContext, proc: Process) -> Any:
-        kernel = self._kernel
-        assert kernel is not None, "bind() the backend to a kernel first"
-        tool = proc.tool
-        key = f"{self.topic}-{proc.pid}-{next(self._counter)}"
-        run = RemoteRun(key, proc.pid)
-        spec = {"key": key, "topic": self.topic, "pid": proc.pid, "ref": _tool_ref(tool.func),
-                "params": dict(proc.params), "restored": proc.restored, "cwd": proc.cwd,
-                "priority": proc.priority.label, "kill_grace": kernel.kill_grace}
+    def run(self, ctx: ProcessContext, relay: Relay) -> Any:
+        assert self._kernel is not None, "bind() the backend to a kernel first"
+        key = f"{self.topic}-{relay.pid}-{next(self._counter)}"
+        run = RemoteRun(key, relay.pid)
+        spec = {"key": key, "topic": self.topic, "pid": relay.pid, "ref": _tool_ref(relay.tool.func),
+                "params": relay.params, "restored": relay.restored, "cwd": relay.cwd,
+                "priority": relay.priority.label, "kill_grace": relay.kill_grace}
         self._live[key] = run
-        with kernel._lock:
-            proc.cond = _WakingCondition(kernel._lock, run.inbox)  # only this thread ever waits on it
+        relay.on_wake(lambda: run.inbox.put(_WAKE))  # a pause or kill reaches the proxy's loop at once
         try:
             run.future = self.client.submit(run_body, spec, key=key, pure=False, retries=0,
-                                            priority=DASK_PRIORITY[proc.priority],
-                                            resources=self._resources_for(proc.needs))
+                                            priority=DASK_PRIORITY[relay.priority],
+                                            resources=self._resources_for(relay.needs))
             run.future.add_done_callback(lambda _f: run.inbox.put(_DONE))
-            self._detail(proc, f"submitted to {self.address}; waiting for a worker")
-            return self._proxy(proc, run)
+            relay.show(f"submitted to {self.address}; waiting for a worker")
+            return self._proxy(relay, run)
         finally:
+            relay.on_wake(None)
             self._live.pop(key, None)
             future = run.future
             if future is not None:
@@ -194,27 +184,24 @@ class DaskBackend:
                         log.debug("could not cancel %s", key, exc_info=True)
                 future.release()
 
-    def _proxy(self, proc: Process, run: RemoteRun) -> Any:
+    def _proxy(self, relay: Relay, run: RemoteRun) -> Any:
         """The control loop: steer the body from the process's requests, apply what it reports."""
-        kernel = self._kernel
-        assert kernel is not None
         while True:
-            requests = proc.requests
-            if requests & REQ_KILL:
-                return self._stop(proc, run)
-            if requests & (REQ_PAUSE | REQ_PREEMPT):
+            if relay.kill_requested:
+                return self._stop(relay, run)
+            if relay.pause_requested:
                 if run.control == "run":
                     self._steer(run, "pause")
                 elif run.paused_ack >= run.pause_version or run.worker is None:
                     # The body has stopped at a control point (or has not started: when it does,
                     # it is told at once and stops at its first): the process pauses here.
                     try:
-                        kernel._control_point(proc)  # blocks until resumed or given a slot again
+                        relay.control_point()  # blocks until resumed or given a slot again
                     except ProcessKilled:
-                        return self._stop(proc, run)
+                        return self._stop(relay, run)
                     self._steer(run, "run")
                     if run.worker:
-                        self._detail(proc, f"running on {run.worker}")
+                        relay.show(f"running on {run.worker}")
                     continue
             elif run.control == "pause":  # resumed before the pause took effect
                 self._steer(run, "run")
@@ -229,19 +216,16 @@ class DaskBackend:
                 return self._result(run)
             if isinstance(item, _Lost):
                 raise WorkerLost(f"worker lost: {item.address}")
-            self._apply(proc, run, item)
+            self._apply(relay, run, item)
 
-    def _apply(self, proc: Process, run: RemoteRun, msg: dict[str, Any]) -> None:
-        kernel = self._kernel
-        assert kernel is not None
+    def _apply(self, relay: Relay, run: RemoteRun, msg: dict[str, Any]) -> None:
         kind = msg.get("t")
         if kind == "progress":
-            kernel._progress(proc, msg["step"], msg["total"], msg["message"])
+            relay.progress(msg["step"], msg["total"], msg["message"])
         elif kind == "log":
-            kernel._log(proc, msg["line"])
+            relay.log(msg["line"])
         elif kind == "checkpoint":
-            version, seq = kernel._checkpoint(proc, _lists(msg["state"]))
-            kernel._wait_durable(seq)  # durable before the body hears that it is
+            version = relay.checkpoint(_lists(msg["state"]))  # durable before the body hears that it is
             with run.lock:
                 run.ack, run.ack_version = msg["n"], version
             self._steer(run, run.control)
@@ -250,26 +234,20 @@ class DaskBackend:
         elif kind == "result":
             run.output = (_lists(msg["value"]),)
         elif kind == "state":
-            kernel._set_state(proc, msg["state"], msg["detail"])
+            relay.set_state(msg["state"], msg["detail"])
         elif kind == "started":
             where = f"{msg['worker']} (worker {msg['name']}, {msg['host']}, OS pid {msg['os_pid']})"
-            with kernel._lock:
-                proc.worker = msg["worker"]
-                if proc.phase is Phase.RUNNING and not proc.requests:
-                    proc.detail = f"running on {msg['worker']}"
-                proc.note("worker", where)
-                kernel._emit("process.remote", proc, worker=msg["worker"], worker_name=msg["name"],
-                             host=msg["host"], os_pid=msg["os_pid"], scheduler=self.address)
+            self._workers[relay.pid] = msg["worker"]
+            relay.show(f"running on {msg['worker']}")
+            relay.note("worker", where, publish="process.remote", worker=msg["worker"], worker_name=msg["name"],
+                       host=msg["host"], os_pid=msg["os_pid"], scheduler=self.address)
         elif kind == "subprocess":
-            with kernel._lock:
-                proc.note("subprocess", f"pid {msg['os_pid']} on {run.worker}")
+            relay.note("subprocess", f"pid {msg['os_pid']} on {run.worker}")
 
-    def _stop(self, proc: Process, run: RemoteRun) -> Any:
+    def _stop(self, relay: Relay, run: RemoteRun) -> Any:
         """Kill: tell the body, give it half the grace to stop, then cancel its task."""
-        kernel = self._kernel
-        assert kernel is not None
-        self._steer(run, "kill", proc.kill_reason)
-        deadline = time.monotonic() + max(0.1, kernel.kill_grace / 2)
+        self._steer(run, "kill", relay.kill_reason)
+        deadline = time.monotonic() + max(0.1, relay.kill_grace / 2)
         while (left := deadline - time.monotonic()) > 0:
             try:
                 item = run.inbox.get(timeout=min(left, POLL))
@@ -282,8 +260,8 @@ class DaskBackend:
             if isinstance(item, _Lost):
                 break
             if item is not _WAKE and item.get("t") in ("progress", "log", "state", "result"):
-                self._apply(proc, run, item)
-        raise ProcessKilled(proc.kill_reason)
+                self._apply(relay, run, item)
+        raise ProcessKilled(relay.kill_reason)
 
     def _result(self, run: RemoteRun) -> Any:
         """The body has ended: its output, or its error raised here."""
@@ -328,13 +306,6 @@ class DaskBackend:
             if control == "pause":
                 run.pause_version = run.version
         self._outbox.put(run)
-
-    def _detail(self, proc: Process, text: str) -> None:
-        kernel = self._kernel
-        assert kernel is not None
-        with kernel._lock:
-            if proc.phase is Phase.RUNNING and not proc.requests:
-                proc.detail = text
 
     # ------------------------------------------------------------------ the client's event loop
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llmunix.models import LlmunixError
 
 if TYPE_CHECKING:
-    from llmunix.ipc.kernel_mixin import Communication
+    from llmunix.ipc.service import Communication
     from llmunix.ipc.shared import SharedEntry
     from llmunix.ipc.sync import Barrier, Condition, Primitive, RWLock
     from llmunix.process import Process
@@ -43,15 +43,15 @@ class MutexHandle(_Handle):
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Wait (off-slot) until this process holds it; False if `timeout` seconds passed first."""
-        return self._kernel._sync_acquire(self._proc, self._prim, "x", timeout)
+        return self._kernel.acquire(self._proc, self._prim, "x", timeout)
 
     def release(self) -> None:
-        self._kernel._sync_release(self._proc, self._prim, "x")
+        self._kernel.release(self._proc, self._prim, "x")
 
     @property
     def held(self) -> bool:
         """True if this process holds it."""
-        return self._kernel._sync_holds(self._proc, self._prim)
+        return self._kernel.holds(self._proc, self._prim)
 
     def __enter__(self) -> MutexHandle:
         self.acquire()
@@ -78,7 +78,7 @@ class ConditionHandle(MutexHandle):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the mutex, wait for a notify (off-slot), take the mutex again. False on timeout."""
-        return self._kernel._sync_cond_wait(self._proc, self._cond, timeout)
+        return self._kernel.cond_wait(self._proc, self._cond, timeout)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         import time
@@ -95,10 +95,10 @@ class ConditionHandle(MutexHandle):
 
     def notify(self, n: int = 1) -> int:
         """Wake up to `n` waiters (the caller must hold the condition). Returns how many woke."""
-        return self._kernel._sync_notify(self._proc, self._cond, n)
+        return self._kernel.notify(self._proc, self._cond, n)
 
     def notify_all(self) -> int:
-        return self._kernel._sync_notify(self._proc, self._cond, None)
+        return self._kernel.notify(self._proc, self._cond, None)
 
     @property
     def _cond(self) -> Condition:
@@ -113,11 +113,11 @@ class BarrierHandle(_Handle):
     def wait(self, timeout: float | None = None) -> int:
         """Arrive and wait for the others; returns this process's arrival index (0 .. parties-1).
         Raises BrokenBarrier if a member left early (or on this one's timeout)."""
-        return self._kernel._sync_barrier_wait(self._proc, self._barrier, timeout)
+        return self._kernel.barrier_wait(self._proc, self._barrier, timeout)
 
     def reset(self) -> None:
         """Mend a broken barrier for a new round."""
-        self._kernel._sync_barrier_reset(self._barrier)
+        self._kernel.barrier_reset(self._barrier)
 
     @property
     def parties(self) -> int:
@@ -139,16 +139,16 @@ class RWLockHandle(_Handle):
     __slots__ = ()
 
     def acquire_read(self, timeout: float | None = None) -> bool:
-        return self._kernel._sync_acquire(self._proc, self._prim, "r", timeout)
+        return self._kernel.acquire(self._proc, self._prim, "r", timeout)
 
     def release_read(self) -> None:
-        self._kernel._sync_release(self._proc, self._prim, "r")
+        self._kernel.release(self._proc, self._prim, "r")
 
     def acquire_write(self, timeout: float | None = None) -> bool:
-        return self._kernel._sync_acquire(self._proc, self._prim, "w", timeout)
+        return self._kernel.acquire(self._proc, self._prim, "w", timeout)
 
     def release_write(self) -> None:
-        self._kernel._sync_release(self._proc, self._prim, "w")
+        self._kernel.release(self._proc, self._prim, "w")
 
     @contextmanager
     def read(self) -> Iterator[RWLockHandle]:
@@ -185,12 +185,12 @@ class SharedView:
         self._proc = proc
 
     def get(self, key: str, default: Any = None) -> Any:
-        entry = self._kernel._shared_get(self._proc, key)
+        entry = self._kernel.shared_get(self._proc, key)
         return default if entry is None else entry.value
 
     def item(self, key: str) -> tuple[Any, int]:
         """(value, version); (None, 0) for a missing key."""
-        entry = self._kernel._shared_get(self._proc, key)
+        entry = self._kernel.shared_get(self._proc, key)
         return (None, 0) if entry is None else (entry.value, entry.version)
 
     def version(self, key: str) -> int:
@@ -198,14 +198,14 @@ class SharedView:
 
     def set(self, key: str, value: Any) -> int:
         """Write; returns the new version."""
-        return self._kernel._shared_write(self._proc, key, value, None)  # type: ignore[return-value]
+        return self._kernel.shared_write(self._proc, key, value, None)  # type: ignore[return-value]
 
     def cas(self, key: str, expected_version: int, value: Any) -> int | None:
         """Compare-and-set: write only if the key is still at `expected_version` (0: absent).
         Returns the new version, or None if someone wrote in between (read again and retry)."""
         if not isinstance(expected_version, int) or expected_version < 0:
             raise LlmunixError(f"expected_version must be a version number (0 for a new key), not {expected_version!r}")
-        return self._kernel._shared_write(self._proc, key, value, expected_version)
+        return self._kernel.shared_write(self._proc, key, value, expected_version)
 
     def update(self, key: str, change: Callable[[Any], Any], *, default: Any = None, attempts: int = 100) -> int:
         """Read-modify-write with `cas`, retried until no other write gets in between."""
@@ -217,19 +217,19 @@ class SharedView:
         raise LlmunixError(f"shared key {key!r} changed under every one of {attempts} attempts")
 
     def delete(self, key: str) -> bool:
-        return self._kernel._shared_delete(self._proc, key)
+        return self._kernel.shared_delete(self._proc, key)
 
     def keys(self, pattern: str = "*") -> list[str]:
-        return [e.key for e in self._kernel._shared_entries(self._proc, pattern)]
+        return [e.key for e in self._kernel.shared_entries(self._proc, pattern)]
 
     def wait(self, key: str, newer_than: int = 0, timeout: float | None = None) -> tuple[Any, int] | None:
         """Wait (off-slot) until `key`'s version is above `newer_than`; (value, version), or None
         on timeout."""
-        entry = self._kernel._shared_wait(self._proc, key, newer_than, timeout)
+        entry = self._kernel.shared_wait(self._proc, key, newer_than, timeout)
         return None if entry is None else (entry.value, entry.version)
 
     def __getitem__(self, key: str) -> Any:
-        entry = self._kernel._shared_get(self._proc, key)
+        entry = self._kernel.shared_get(self._proc, key)
         if entry is None:
             raise KeyError(key)
         return entry.value
@@ -238,7 +238,7 @@ class SharedView:
         self.set(key, value)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._kernel._shared_get(self._proc, key) is not None
+        return isinstance(key, str) and self._kernel.shared_get(self._proc, key) is not None
 
     def entries(self, pattern: str = "*") -> list[SharedEntry]:
-        return self._kernel._shared_entries(self._proc, pattern)
+        return self._kernel.shared_entries(self._proc, pattern)

@@ -1,5 +1,5 @@
 """Looking inside a running process: its tool's stack and locals (`debug`), and a sampling
-profiler (`profile`). Pure functions and frozen records; the Kernel's side is in inspect_mixin.py.
+profiler (`profile`). Pure functions and frozen records; the kernel side is in inspect.py (Inspector).
 
 A thread-backed tool's stack is read from `sys._current_frames()` for its worker thread. Only
 the tool's own frames are kept: from the frame of the tool function inward, stopping at the first
@@ -19,8 +19,8 @@ from types import CodeType, FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from llmunix.models import EMPTY, ProcessInfo
+from llmunix.monitor import ResourceSample
 from llmunix.observe.redact import MASK, is_secret_key, redact_text
-from llmunix.resources import ResourceSample
 
 if TYPE_CHECKING:
     from llmunix.observe.debugger import DebugStatus

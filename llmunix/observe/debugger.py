@@ -1,5 +1,5 @@
 """The interactive debugger's engine side: breakpoints at control points, line stepping, the
-execution trace, and the records the shell sees. The Kernel's methods are in debug_mixin.py.
+execution trace, and the records the shell sees. The kernel side is debug_control.py (Debugger).
 
 How a process is stopped, and by whom:
 

@@ -82,13 +82,13 @@ class RestartPolicy:
 class Attempts:
     """What a process with a policy remembers across attempts. Mutates under the kernel lock.
 
-    `run_base` is the process's running time before this attempt began (timeouts and uptime are
-    per attempt); `ckpt_base` the number of checkpoints before this run (a restart starts from
-    scratch, a retry from the run's last checkpoint); `token` tells a due timer from a stale one.
+    `ckpt_base` is the number of checkpoints before this run (a restart starts from scratch, a
+    retry from the run's last checkpoint). Per-attempt running time is the process table's
+    (`Process.attempt_runtime`).
     """
 
     __slots__ = ("retry", "restart", "attempt", "restarts", "restarts_total", "backoff_step", "next_at",
-                 "run_base", "ckpt_base", "token", "original", "excused", "stall_restart", "waiting")
+                 "ckpt_base", "original", "excused", "stall_restart", "waiting")
 
     def __init__(self, retry: RetryPolicy | None = None, restart: RestartPolicy | None = None) -> None:
         self.retry = retry
@@ -98,9 +98,7 @@ class Attempts:
         self.restarts_total = 0
         self.backoff_step = 0  # restart backoff exponent; reset by a run that stays up
         self.next_at: float | None = None  # wall time of the next attempt while waiting for it
-        self.run_base = 0.0
         self.ckpt_base = 0
-        self.token = 0
         self.original: tuple[Tool, dict[str, Any]] | None = None  # tool and parameters asked for, once a
         # fallback has stood in for them (an open circuit)
         self.excused = False  # this attempt's failure is not the tool's: an open circuit refused it, or a

@@ -10,7 +10,7 @@ for its stall timeout (`@tool(stall_timeout=...)`, else the `stall_timeout` sett
    seconds: the process is waiting on purpose and answers pause and kill throughout. The lock-
    free fast path of `ctx.check()` writes nothing (it is the hot path), so a loop that only
    calls `ctx.check()` is judged by rule 2;
-2. CPU or I/O, from the monitor's samples (`llmunix/resources.py`): a sample with at least
+2. CPU or I/O, from the monitor's samples (`llmunix/monitor.py`): a sample with at least
    CPU_ACTIVE percent of a core, or a changed count of read/write system calls (for a
    subprocess tool: of its whole child tree);
 3. (re)gaining its slot: time spent paused, preempted or blocked off-slot does not count.
@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmunix.models import LlmunixError
-from llmunix.resources import ResourceSample
+from llmunix.monitor import ResourceSample
 
 STALL_ACTIONS = ("alert", "restart", "kill")
 CPU_ACTIVE = 1.0  # percent of a core in one sample that counts as a sign of life

@@ -200,6 +200,10 @@ class Store:
         """Queue a statement for the writer, committed with the next group."""
         self._queue.put((sql, args))
 
+    def backlog(self) -> int:
+        """Events and statements queued for the writer, not yet committed."""
+        return self._queue.qsize()
+
     def on_commit(self, hook: Callable[[int], None]) -> None:
         """Call `hook(seq)` on the writer thread after each commit (seq: highest event committed)."""
         self._commit_hooks.append(hook)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pydantic
 
-from llmunix.admission import parse_needs
 from llmunix.models import LlmunixError, ProcessKind
+from llmunix.pool import parse_needs
 
 ToolFunc = Callable[..., Any]
 
@@ -51,6 +51,16 @@ class Tool:
     breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
+
+    @property
+    def validated(self) -> bool:
+        """Its parameters are checked against a model (a Python function's signature)."""
+        return self._model is not None
+
+    @property
+    def open_ended(self) -> bool:
+        """It takes parameters beyond those it names (declared with **kwargs)."""
+        return self._model is not None and self._model.model_config.get("extra") == "allow"
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check and coerce parameters; raise LlmunixError with one line naming the culprit."""

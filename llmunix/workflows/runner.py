@@ -74,7 +74,7 @@ class WorkflowRun:
 
     def __init__(self, ctx: ProcessContext, spec: WorkflowSpec, state: dict[str, Any], seed: int | None) -> None:
         self.ctx = ctx
-        self.kernel = ctx._kernel
+        self.service = ctx.service("workflows")  # its step events
         self.spec = spec
         self.graph = dag.build(spec)
         self.state = state
@@ -103,14 +103,14 @@ class WorkflowRun:
             self.ctx.set_state("Monitoring", self.describe())
             timeout = max(0.0, min(retrying) - time.time()) if retrying else None
             if self.running:
-                ended = self.kernel._wait_for(self.ctx._proc, list(self.running), timeout, True, done_only=True)
+                ended = self.ctx.wait(list(self.running), timeout, any=True, ended_only=True)
                 for info in ended:
                     if info.pid in self.running:
                         self.ended(self.running.pop(info.pid), info)
                 if ended:
                     self.commit()  # durable before any dependent starts
             elif timeout:
-                self.kernel._block(self.ctx._proc, lambda: False, "waiting to retry a step", timeout)
+                self.ctx.idle(timeout, "waiting to retry a step")
             self.ctx.set_state("Executing", self.describe())
         return self.finish()
 
@@ -142,14 +142,14 @@ class WorkflowRun:
         except LlmunixError as exc:  # a bad reference or parameter: this step fails, nothing half-started
             self.log(f"step {sid}: {exc}")
             st.update(state="failed", error=str(exc), finished=time.time(), next_at=None)
-            self.kernel._workflow_event(self.ctx._proc, "workflow.step_failed", step=sid, error=str(exc),
+            self.service.step_event(self.ctx, "workflow.step_failed", step=sid, error=str(exc),
                                         attempt=st["attempts"])
             self.on_failure(sid, str(exc), retryable=False)
             return
         st.update(state="running", pid=pid, started=time.time(), next_at=None, error=None,
                   via=standing_in_for or st.get("via"))
         self.running[pid] = sid
-        self.kernel._workflow_event(self.ctx._proc, "workflow.step_started", step=sid, child=pid,
+        self.service.step_event(self.ctx, "workflow.step_started", step=sid, child=pid,
                                     attempt=st["attempts"])
         self.log(f"step {sid} started as process {pid:03d} (attempt {st['attempts']})")
 
@@ -159,10 +159,7 @@ class WorkflowRun:
         if step.priority:
             kw["priority"] = step.priority
         if step.agent is not None:
-            runner = getattr(self.kernel, "agent_step", None)
-            if runner is None:
-                raise LlmunixError(f"step {step.id!r} runs agent {step.agent!r}, but agents are not available")
-            return runner(self.ctx, step.agent, goal or "", params, **kw)
+            return self.ctx.service("agents").spawn_child(self.ctx, step.agent, goal or "", params, **kw)
         return self.ctx.spawn(step.tool, params=params, **kw)
 
     def ended(self, sid: str, info: ProcessInfo) -> None:
@@ -170,8 +167,7 @@ class WorkflowRun:
         st.update(finished=time.time(), duration=round(info.runtime, 3), pid=info.pid)
         if info.state == "Completed":
             st.update(state="completed", output=info.output, error=None)
-            self.kernel._record_step_duration(self.spec.name, sid, info.runtime)
-            self.kernel._workflow_event(self.ctx._proc, "workflow.step_completed", step=sid, child=info.pid,
+            self.service.step_event(self.ctx, "workflow.step_completed", step=sid, child=info.pid,
                                         duration=round(info.runtime, 3))
             self.log(f"step {sid} completed in {info.runtime:.2f}s")
             for ost in self.steps.values():  # a fallback that succeeded stands in for its step
@@ -179,7 +175,7 @@ class WorkflowRun:
                     ost.update(state="completed", output=info.output, via=sid)
         else:
             error = info.error or info.state.lower()
-            self.kernel._workflow_event(self.ctx._proc, "workflow.step_failed", step=sid, child=info.pid,
+            self.service.step_event(self.ctx, "workflow.step_failed", step=sid, child=info.pid,
                                         error=error, attempt=st["attempts"])
             self.log(f"step {sid} {info.state.lower()}: {error}")
             st.update(error=error)
@@ -197,7 +193,7 @@ class WorkflowRun:
         if retryable and policy is not None and policy.should_retry(st["attempts"], error):
             delay = policy.delay(st["attempts"], self.rand)
             st.update(state="retrying", next_at=time.time() + delay)
-            self.kernel._workflow_event(self.ctx._proc, "workflow.step_retry", step=sid, attempt=st["attempts"] + 1,
+            self.service.step_event(self.ctx, "workflow.step_retry", step=sid, attempt=st["attempts"] + 1,
                                         delay=round(delay, 3), error=error)
             self.log(f"step {sid}: attempt {st['attempts'] + 1} of {policy.max_attempts} in {delay:.2f}s")
             return
@@ -281,9 +277,9 @@ def workflow(ctx: ProcessContext, spec: dict, inputs: dict | None = None, run_di
     wf = spec_from_data(spec, spec.get("source") or spec.get("name", "<spec>"))
     state = ctx.restored if isinstance(ctx.restored, dict) and "steps" in ctx.restored else None
     if state is not None and state.get("delta"):  # recovered: its last checkpoint is a delta
-        state = fold(ctx._proc.checkpoints)
+        state = fold(ctx.checkpoints())
     if state is None:
-        run_dir = run_dir or ctx._kernel._workflow_run_dir(ctx.pid)
+        run_dir = run_dir or ctx.workdir()
         # inputs (their defaults, typically) may name where the spec or the run lives
         values = refs.resolve(wf.resolve_inputs(inputs or {}), {"workflow": workflow_scope(wf),
                                                                 "run": {"dir": run_dir, "pid": ctx.pid}})

@@ -11,20 +11,24 @@ monitor keeps the same for the whole system. The interval is settable while it r
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
 
-from llmunix.models import Phase
+from llmunix.models import LlmunixError
 
 if TYPE_CHECKING:
-    from llmunix.kernel import Kernel
+    from llmunix.lifecycle import ProcessTable
     from llmunix.process import Process
+
+log = logging.getLogger("llmunix.monitor")
 
 
 HISTORY = 60  # samples kept per process and for the system
@@ -55,9 +59,20 @@ class SystemSample:
 
 
 class Monitor:
-    def __init__(self, kernel: Kernel, interval: float = 1.0) -> None:
-        self.kernel = kernel
-        self.interval = interval
+    """The sampler thread. After each round it calls its listeners (the watchdog, memory
+    pressure): `add_listener(fn)`. A failing round is logged (once per distinct error) and the
+    loop goes on; `rounds` and `failures` count them (`health` and the benchmark read them)."""
+
+    MIN_INTERVAL = 0.01
+    MAX_INTERVAL = 3600.0
+
+    def __init__(self, table: ProcessTable, interval: float = 1.0) -> None:
+        self.table = table
+        self.interval = check_interval(interval)
+        self.rounds = 0  # sampling rounds completed
+        self.failures = 0  # rounds that raised
+        self.last_error = ""
+        self._listeners: list[Callable[[], None]] = []
         self.system: deque[SystemSample] = deque(maxlen=HISTORY)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -68,8 +83,12 @@ class Monitor:
     def start(self) -> None:
         self._thread.start()
 
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` on the monitor thread after each round (it must not block for long)."""
+        self._listeners.append(fn)
+
     def set_interval(self, seconds: float) -> None:
-        self.interval = seconds
+        self.interval = check_interval(seconds)
         self._wake.set()  # start the new pace now, not after the old interval
 
     def stop(self) -> None:
@@ -88,10 +107,16 @@ class Monitor:
                 return
             try:
                 self.sample()
-                self.kernel._watchdog_tick()  # stalled processes (llmunix/resilience/watchdog.py)
                 self.sample_system()
-            except Exception:  # never let a measuring hiccup kill the monitor
-                pass
+                for fn in self._listeners:  # the watchdog, memory pressure
+                    fn()
+                self.rounds += 1
+            except Exception as exc:  # a measuring hiccup must not kill the monitor, nor pass unseen
+                self.failures += 1
+                text = f"{type(exc).__name__}: {exc}"
+                if text != self.last_error:
+                    log.warning("monitor round failed: %s", text, exc_info=True)
+                self.last_error = text
 
     def sample_system(self) -> None:
         vm = psutil.virtual_memory()
@@ -102,12 +127,11 @@ class Monitor:
         self.system.append(SystemSample(
             time.time(), psutil.cpu_percent(None), psutil.cpu_count() or 1, vm.total / 1e6,
             vm.available / 1e6, load, self._self.cpu_percent(None), self._self.memory_info().rss / 1e6))
-        self.kernel.check_resources()  # memory pressure on/off; start what now fits (token buckets refill)
 
     def sample(self) -> None:
-        k = self.kernel
-        with k._lock:
-            running = [p for p in k._live.values() if p.phase is Phase.RUNNING and p.in_body]
+        table = self.table
+        with table.lock:
+            running = [p for p in table.scheduler.running if p.in_body]
         if not running:
             self._last.clear()
             return
@@ -132,19 +156,21 @@ class Monitor:
             if pid not in live:
                 del self._last[pid]
         wall = time.time()
-        with k._lock:
+        with table.lock:
             for p, pct, mem, io in results:
-                if p.phase is Phase.DONE:
-                    continue
-                if pct is not None:
-                    p.cpu_percent = pct
-                p.memory_mb = mem
-                p.io_operations = io
-                if p.samples is None:
-                    p.samples = deque(maxlen=HISTORY)
-                p.samples.append(ResourceSample(wall, pct, mem, io))
-                if mem is not None and (p.peak_memory_mb is None or mem > p.peak_memory_mb):
-                    p.peak_memory_mb = mem
+                table.record_sample(p, pct, mem, io, ResourceSample(wall, pct, mem, io))
+
+
+def check_interval(seconds: float) -> float:
+    """A sampling interval the monitor can keep: a finite number of seconds in range."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise LlmunixError(f"bad monitor interval {seconds!r}; give seconds, e.g. 1 or 0.5") from None
+    if not Monitor.MIN_INTERVAL <= value <= Monitor.MAX_INTERVAL:
+        raise LlmunixError(f"the monitor interval must be between {Monitor.MIN_INTERVAL:g} and "
+                           f"{Monitor.MAX_INTERVAL:g} seconds, not {seconds!r}")
+    return value
 
 
 def _tree(pid: int) -> tuple[float | None, float | None, int | None]:

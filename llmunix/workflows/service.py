@@ -1,20 +1,20 @@
-"""The Kernel's workflow methods: find and load specs, run them, report their status, retry them.
-A part of `Kernel` (mixed in); the body of a workflow process is `runner.workflow`."""
+"""Workflows: find and load specs, run them, report their status, retry them. A component of the
+kernel (`kernel.workflows`); the body of a workflow process is `runner.workflow`, which uses only
+the `ctx` API (and this service, through `ctx.service("workflows")`, for its step events)."""
 
 from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmunix.models import IllegalTransition, LlmunixError, NoSuchProcess, Priority, ProcessInfo, format_pid
-from llmunix.process import Process
+from llmunix.process import ProcessContext
 from llmunix.workflows import dag, runner
 from llmunix.workflows.spec import SpecError, WorkflowSpec, load_spec, spec_from_data
 from llmunix.workflows.status import WorkflowStatus, build_status, typical
@@ -53,23 +53,27 @@ class RetryStarted:
         return self.info.pid
 
 
-class Workflows:
-    """Mixed into Kernel. State: `_step_durations[(workflow, step)]`, recent step durations."""
+if TYPE_CHECKING:
+    from llmunix.kernel import Kernel
 
-    _step_durations: dict[tuple[str, str], deque[float]]
-    _wf_lock: threading.Lock
 
-    def _init_workflows(self) -> None:
-        self._step_durations = {}
+class WorkflowService:
+    """See the module docstring. State: `_step_durations[(workflow, step)]`, recent step
+    durations (for the ETA), fed by the runs' `workflow.step_completed` events."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel  # the facade: spawn, info, checkpoints, registry, agents
+        self._step_durations: dict[tuple[str, str], deque[float]] = {}
         self._wf_lock = threading.Lock()
+        kernel.durable.fold_checkpoints("workflow", runner.fold)
 
     # ------------------------------------------------------------------ specs
 
     def workflow_dirs(self) -> list[tuple[str, Path]]:
         """Where specs are looked for, in order: ./workflows, the home's workflows/, the examples."""
-        dirs = [("./workflows", Path(self._cwd()) / "workflows")]
-        if self.home is not None:
-            dirs.append(("home", self.home / "workflows"))
+        dirs = [("./workflows", Path(self.kernel.cwd()) / "workflows")]
+        if self.kernel.home is not None:
+            dirs.append(("home", self.kernel.home / "workflows"))
         dirs.append(("examples", EXAMPLES))
         return dirs
 
@@ -95,7 +99,7 @@ class Workflows:
         path = Path(name).expanduser()
         if path.suffix.lower() in SPEC_SUFFIXES and (path.is_file() or os.sep in name):
             if not path.is_absolute():
-                path = Path(self._cwd()) / path
+                path = Path(self.kernel.cwd()) / path
             return self._checked_spec(load_spec(path))
         for _origin, d in self.workflow_dirs():
             for suffix in SPEC_SUFFIXES:
@@ -117,16 +121,14 @@ class Workflows:
         where = spec.source or spec.name
         for s in spec.steps:
             if s.agent is not None:
-                from llmunix.agents.service import service_for
-
                 try:
-                    service_for(self).definition(s.agent)  # type: ignore[arg-type]
+                    self.kernel.agents.definition(s.agent)
                 except LlmunixError as exc:
                     raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
             if s.tool is None:
                 continue
             try:
-                t = self.registry.get(s.tool)
+                t = self.kernel.registry.get(s.tool)
             except LlmunixError as exc:
                 raise SpecError(f"{where}: step {s.id!r}: {exc}") from None
             # Parameter names now; their values (references included) when the step starts.
@@ -135,9 +137,8 @@ class Workflows:
             if missing:
                 raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} needs parameter {missing[0]!r} "
                                 f"in 'with' (its parameters: {', '.join(names)})")
-            open_ended = t._model is not None and t._model.model_config.get("extra") == "allow"
             unknown = [k for k in s.with_ if k not in names]
-            if unknown and not open_ended and t._model is not None:
+            if unknown and not t.open_ended and t.validated:
                 raise SpecError(f"{where}: step {s.id!r}: tool {t.name!r} has no parameter {unknown[0]!r} "
                                 f"(its parameters: {', '.join(names) or 'none'})")
         return spec
@@ -148,47 +149,47 @@ class Workflows:
                      priority: Priority | str | None = None, seed: int | None = None) -> int:
         """Start a workflow process; returns its PID. Everything that can be checked before it
         starts is (spec, DAG, tools, inputs): a bad one raises and nothing starts."""
-        self._writable()
         spec = name if isinstance(name, WorkflowSpec) else self.workflow_spec(name)
         if isinstance(name, WorkflowSpec):
             self._checked_spec(spec)
         values = spec.resolve_inputs(dict(inputs or {}))
         prio = Priority.parse(priority or spec.priority or Priority.NORMAL)
         data = spec.model_dump(by_alias=True, exclude_none=True)
-        return self.spawn("workflow", name=spec.name, priority=prio,
-                          params={"spec": data, "inputs": values, "run_dir": "", "seed": seed})
+        return self.kernel.spawn("workflow", name=spec.name, priority=prio,
+                                 params={"spec": data, "inputs": values, "run_dir": "", "seed": seed})
 
     def workflow_pid(self, target: str | int) -> int:
         """A workflow's PID from a PID or a name (its newest run: a live one first)."""
         text = str(target).strip()
         if text.isdigit():
             pid = int(text)
-            info = self.info(pid)
+            info = self.kernel.info(pid)
             if info.kind != "workflow":
                 raise LlmunixError(f"process {format_pid(pid)} is a {info.kind}, not a workflow")
             return pid
-        with self._lock:
-            live = [p.pid for p in self._live.values() if p.kind == "workflow" and p.name == text]
+        table = self.kernel.table
+        with table.lock:
+            live = [p.pid for p in table.live.values() if p.kind == "workflow" and p.name == text]
             if live:
                 return max(live)
-            recent = [p.pid for p in self._procs.values() if p.kind == "workflow" and p.name == text]
+            recent = [p.pid for p in table.procs.values() if p.kind == "workflow" and p.name == text]
         if recent:
             return max(recent)
-        if self.store is not None:
-            pid = self.store.latest_by_name(text, "workflow")
+        if self.kernel.store is not None:
+            pid = self.kernel.store.latest_by_name(text, "workflow")
             if pid is not None:
                 return pid
         raise NoSuchProcess(f"no run of workflow {text!r}; start one with `workflow run {text}`")
 
     def workflow_status(self, target: str | int) -> WorkflowStatus:
         pid = self.workflow_pid(target)
-        info = self.info(pid)
+        info = self.kernel.info(pid)
         spec, state = self._workflow_state(info)
         children: dict[int, ProcessInfo] = {}
         for st in (state or {}).get("steps", {}).values():
             if st.get("pid") is not None:
                 try:
-                    children[st["pid"]] = self.info(st["pid"])
+                    children[st["pid"]] = self.kernel.info(st["pid"])
                 except LlmunixError:
                     pass
         return build_status(info, spec, state, children, lambda sid: self._step_estimate(spec.name, sid))
@@ -197,9 +198,8 @@ class Workflows:
         """Run a finished workflow again under the same PID: `step` (an id, or a number counted
         from 1) and everything that depends on it, or else its failed and unfinished steps. The
         committed outputs of the steps upstream are reused."""
-        self._writable()
         pid = self.workflow_pid(target)
-        info = self.info(pid)
+        info = self.kernel.info(pid)
         if not info.is_done:
             what = "paused" if info.phase == "paused" else f"still running ({info.display_state})"
             raise IllegalTransition(f"workflow {format_pid(pid)} ({info.name}) is {what}; "
@@ -229,23 +229,14 @@ class Workflows:
             if st.get("fallback_to") in again:
                 st.pop("fallback_to", None)
         state["attempt"] = int(state.get("attempt") or 1) + 1
-        earlier = [s for _v, s in self.checkpoints(pid)]  # versions go on from where they were
-        with self._lock:
-            old = self._procs.get(pid)
-            t = self.registry.get("workflow") if old is None else old.tool
-            params = dict(info.context.input_parameters)
-            history = list(old.history) if old is not None else []
-            self._spawn_locked(t, params, info.priority, (), name=info.name, parent=info.parent, cwd=None,
-                               pid=pid, restored=state, checkpoints=earlier,
-                               note=f"retry attempt {state['attempt']}: " + ", ".join(sorted(again)))
-            proc = self._procs[pid]
-            proc.history.extendleft(reversed(history))
-            self._emit("process.restarted", proc, action="workflow retry", how=f"attempt {state['attempt']}",
-                       resumed=True, steps=sorted(again))
-        # The reset state is a version of its own at once, so `workflow status` shows the new
-        # attempt even before the process has started.
-        self._wait_durable(self._checkpoint(proc, state)[1])
-        return RetryStarted(self.info(pid), tuple(s.id for s in spec.steps if s.id in again), state["attempt"])
+        earlier = [s for _v, s in self.kernel.checkpoints(pid)]  # versions go on from where they were
+        # The reset state is a version of its own at once (durable before it returns), so
+        # `workflow status` shows the new attempt even before the process has started.
+        self.kernel.rerun(pid, restored=state, checkpoints=[*earlier, state], action="workflow retry",
+                          note=f"retry attempt {state['attempt']}: " + ", ".join(sorted(again)),
+                          how=f"attempt {state['attempt']}", steps=sorted(again))
+        return RetryStarted(self.kernel.info(pid), tuple(s.id for s in spec.steps if s.id in again),
+                            state["attempt"])
 
     def _step_id(self, spec: WorkflowSpec, step: str) -> str:
         text = str(step).strip()
@@ -260,28 +251,26 @@ class Workflows:
     def _workflow_state(self, info: ProcessInfo) -> tuple[WorkflowSpec, dict[str, Any] | None]:
         params = info.context.input_parameters
         spec = spec_from_data(dict(params["spec"]), params["spec"].get("source") or info.name)
-        state = runner.fold([s for _v, s in self.checkpoints(info.pid)])
+        state = runner.fold([s for _v, s in self.kernel.checkpoints(info.pid)])
         return spec, state
 
-    # ------------------------------------------------------------------ called by the runner
+    # ------------------------------------------------------------------ called by the runner (its body)
 
-    def _workflow_run_dir(self, pid: int) -> str:
-        if self.home is not None:
-            d = self.home / "runs" / format_pid(pid)
-            d.mkdir(parents=True, exist_ok=True)
-            return str(d)
-        return tempfile.mkdtemp(prefix=f"llmunix-run-{format_pid(pid)}-")
-
-    def _workflow_event(self, proc: Process, type: str, **data: Any) -> None:  # noqa: A002
-        with self._lock:
-            self._emit(type, proc, **data)
+    def step_event(self, ctx: ProcessContext, type: str, **data: Any) -> None:  # noqa: A002
+        """A workflow process publishes one of its `workflow.*` events (step started, completed,
+        failed, retry): the event names the workflow, so that consumers need no lookup."""
+        if not type.startswith("workflow."):
+            raise LlmunixError(f"not a workflow event: {type!r}")
+        event = self.kernel.table.publish(type, ctx.pid, **data)
+        if type == "workflow.step_completed":  # the ETA's history (the store has it too, for later sessions)
+            self._record_step_duration(str(event.data["name"]), str(data["step"]), float(data["duration"]))
 
     def _record_step_duration(self, workflow: str, step: str, seconds: float) -> None:
         with self._wf_lock:
             runs = self._step_durations.get((workflow, step))
             if runs is not None:
                 runs.append(seconds)
-            elif self.store is None:
+            elif self.kernel.store is None:
                 self._step_durations[(workflow, step)] = deque([seconds], maxlen=STEP_HISTORY)
             # else: loaded from the store on first use, where this run already is
 
@@ -295,6 +284,6 @@ class Workflows:
             return typical(list(runs))
 
     def _stored_durations(self, workflow: str, step: str) -> list[float]:
-        if self.store is None:
+        if self.kernel.store is None:
             return []
-        return list(reversed(self.store.durations_by_name(f"{workflow}/{step}", STEP_HISTORY)))
+        return list(reversed(self.kernel.store.durations_by_name(f"{workflow}/{step}", STEP_HISTORY)))

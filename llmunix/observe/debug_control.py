@@ -1,11 +1,11 @@
-"""The Kernel's debugger methods: breakpoints, step / next / continue, inspect, modify, trace.
-A part of `Kernel` (mixed in through `Inspection`); the state and the trace function are in
-debugger.py, which also explains how a process is stopped.
+"""The debugger: breakpoints, step / next / continue, inspect, modify, trace. A component of the
+kernel (`kernel.debugger`); each process's debugging state (`ProcessDebugger`) and the trace
+function are in debugger.py, which also explains how a process is stopped.
 
-Two methods run in the debugged process's own thread: `_debug_control_point_locked`, which
-`Kernel._control_point_locked` calls at each control point while the process has debugging work
-(kernel lock held), and `_debug_line_stop`, which the trace function calls at a line it must stop
-at (lock not held). Everything else is called by the shell and returns frozen records.
+Two methods run in the debugged process's own thread: `on_control_point` (the table's hook,
+called at each control point while the process has debugging work: `ProcessTable.watch`; lock
+held), and `_line_stop`, which the trace function calls at a line it must stop at (lock not
+held). Everything else is called by the shell and returns frozen records.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import json
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from llmunix.lifecycle import Hooks
 from llmunix.models import IllegalTransition, LlmunixError, Phase, ProcessKilled, as_pid, format_pid
 from llmunix.observe.condition import Condition
 from llmunix.observe.debug import safe_repr, tool_frames
@@ -37,13 +38,40 @@ from llmunix.observe.debugger import (
     tool_stack,
 )
 from llmunix.observe.redact import MASK, is_secret_key, redact
-from llmunix.process import REQ_KILL
+from llmunix.process import REQ_KILL, Process
+
+if TYPE_CHECKING:
+    from llmunix.durable import DurableState
+    from llmunix.lifecycle import ProcessTable
 
 VALUE_LIMIT = 2000  # characters of a value `inspect` shows
 
 
-class Debugging:
-    """Mixed into Kernel: uses its lock, processes, events and scheduling primitives."""
+class Debugger(Hooks):
+    """See the module docstring. Hooks: `on_control_point` (breakpoints, stepping, tracing),
+    `on_spawn` (a PID run again starts with no debugging state). A finished process keeps its
+    state (its breakpoints' hit counts stay readable)."""
+
+    def __init__(self, table: ProcessTable, durable: DurableState) -> None:
+        self.table = table
+        self.durable = durable
+        self._state: dict[int, ProcessDebugger] = {}  # pid -> its debugging state, once someone debugs it
+
+    def attached(self, proc: Process) -> bool:
+        """Has anyone debugged this process (breakpoints, steps, trace)?"""
+        return proc.pid in self._state
+
+    def on_spawn(self, proc: Process, options: Any) -> None:
+        self._state.pop(proc.pid, None)
+
+    def _sync(self, proc: Process, d: ProcessDebugger | None) -> None:
+        """The table routes `proc`'s control points here exactly while its debugger has work."""
+        self.table.watch(proc, bool(d))
+
+    def _request(self, proc: Process, d: ProcessDebugger) -> None:
+        """A new request for the process's own thread (applied at its next control point)."""
+        d.request()
+        self._sync(proc, d)
 
     # ------------------------------------------------------------------ breakpoints
 
@@ -52,36 +80,35 @@ class Debugging:
         """Stop process `pid` at a control point: once its step reaches `at_step`, when the
         condition `when` becomes true (see condition.py), or after each checkpoint it records;
         given together, all must hold. A bad condition raises LlmunixError (one line)."""
-        self._writable()
         if at_step is None and when is None and not on_checkpoint:
             raise LlmunixError("a breakpoint needs a condition: --at-step N, --when EXPR or --on-checkpoint")
         if at_step is not None and at_step < 0:
             raise LlmunixError(f"bad step {at_step}; steps count from 0")
         condition = Condition.parse(when) if when is not None else None
-        with self._lock:
-            proc = self._live_process(pid, "set a breakpoint on")
+        with self.table.lock:
+            proc = self.table.require_live(pid, "set a breakpoint on")
             d = self._debugger_locked(proc)
             if on_checkpoint and not any(b.on_checkpoint for b in d.breakpoints):
                 d.seen_checkpoints = len(proc.checkpoints)  # only checkpoints from now on
             bp = BreakpointState(d.next_number, at_step, condition, on_checkpoint)
             d.next_number += 1
             d.breakpoints.append(bp)
-            d.request()
+            self._request(proc, d)
             info = bp.snapshot()
-            self._emit("process.breakpoint_set", proc, number=info.number, description=info.describe())
+            self.table.emit("process.breakpoint_set", proc, number=info.number, description=info.describe())
             return info
 
     def clear_breakpoint(self, pid: int, number: int | str = "all") -> list[Breakpoint]:
         """Delete breakpoint `number` of process `pid` (or "all" of them); returns those deleted."""
-        with self._lock:
-            proc = self._procs.get(as_pid(pid))
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
         if proc is None:
-            info = self.info(pid)  # unknown PIDs raise; one of an earlier session has no breakpoints
+            info = self.durable.info(pid)  # unknown PIDs raise; one of an earlier session has no breakpoints
             if number == "all":
                 return []
             raise LlmunixError(f"process {info.process_id} has no breakpoint {number} (it has: none)")
-        with self._lock:
-            d = proc.debug
+        with self.table.lock:
+            d = self._state.get(proc.pid)
             bps = d.breakpoints if d is not None else []
             if number == "all":
                 gone = list(bps)
@@ -92,41 +119,40 @@ class Debugging:
                     raise LlmunixError(f"process {format_pid(proc.pid)} has no breakpoint {number} (it has: {have})")
             if d is not None:
                 d.breakpoints = [b for b in bps if b not in gone]
-                d.request()
+                self._request(proc, d)
             for b in gone:
-                self._emit("process.breakpoint_cleared", proc, number=b.number)
+                self.table.emit("process.breakpoint_cleared", proc, number=b.number)
             return [b.snapshot() for b in gone]
 
     def breakpoints(self, pid: int) -> list[Breakpoint]:
-        with self._lock:
-            proc = self._procs.get(as_pid(pid))
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
             if proc is not None:
-                return [b.snapshot() for b in proc.debug.breakpoints] if proc.debug is not None else []
-        self.info(pid)  # unknown PIDs raise; one of an earlier session has none
+                return [b.snapshot() for b in self._state[proc.pid].breakpoints] if proc.pid in self._state else []
+        self.durable.info(pid)  # unknown PIDs raise; one of an earlier session has none
         return []
 
     # ------------------------------------------------------------------ running: continue, step, next
 
     def continue_(self, pid: int) -> DebugStatus:
         """Let a process stopped by the debugger go on (and cancel a step not taken yet)."""
-        self._writable()
-        with self._lock:
-            proc = self._live_process(pid, "continue")
-            d = proc.debug
+        with self.table.lock:
+            proc = self.table.require_live(pid, "continue")
+            d = self._state.get(proc.pid)
             if d is not None and d.stop is not None and proc.phase is Phase.PAUSED:
                 d.mode, d.next_depth = None, None
-                d.request()
-                self._resume_locked(proc)
+                self._request(proc, d)
+                self.table.resume_locked(proc)
             elif d is not None and d.mode is not None:
                 d.mode, d.next_depth = None, None
-                d.request()
+                self._request(proc, d)
             elif proc.phase is Phase.PAUSED:
                 raise IllegalTransition(f"process {format_pid(proc.pid)} is {proc.detail}, not stopped by the "
                                         f"debugger; `resume {format_pid(proc.pid)}` continues it")
             else:
                 raise IllegalTransition(f"process {format_pid(proc.pid)} is not stopped "
-                                        f"({self._snapshot(proc).display_state}); a breakpoint or step stops it")
-            return self._debug_status_locked(proc)
+                                        f"({self.table.snapshot(proc).display_state}); a breakpoint or step stops it")
+            return self.status_locked(proc)
 
     def step(self, pid: int) -> DebugStatus:
         """Run process `pid` to the next line of its tool's code (into calls), then stop it.
@@ -138,49 +164,48 @@ class Debugging:
         return self._step(pid, NEXT)
 
     def _step(self, pid: int, mode: str) -> DebugStatus:
-        self._writable()
-        with self._lock:
-            proc = self._live_process(pid, mode)
+        with self.table.lock:
+            proc = self.table.require_live(pid, mode)
             d = self._debugger_locked(proc)
             if d.tracer is None:
                 raise LlmunixError(f"cannot {mode} process {format_pid(proc.pid)}: its tool is not a Python function")
             d.mode, d.next_depth = mode, None
-            d.request()
-            self._emit("process.step_requested", proc, mode=mode)
+            self._request(proc, d)
+            self.table.emit("process.step_requested", proc, mode=mode)
             if proc.phase is Phase.PAUSED:
-                self._resume_locked(proc)
-            return self._debug_status_locked(proc)
+                self.table.resume_locked(proc)
+            return self.status_locked(proc)
 
     def debug_status(self, pid: int) -> DebugStatus:
-        with self._lock:
-            proc = self._procs.get(as_pid(pid))
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
             if proc is not None:
-                return self._debug_status_locked(proc)
-        info = self.info(pid)  # unknown PIDs raise
+                return self.status_locked(proc)
+        info = self.durable.info(pid)  # unknown PIDs raise
         return DebugStatus(info.pid, info.name, info.display_state, info.detail, info.is_done, False, "", None,
                            None, "", False)
 
     def debug_wait(self, pid: int, timeout: float | None = None, *, since: int | None = None) -> DebugStatus:
         """Block until process `pid` is stopped by the debugger (with `since`: stopped again after
         that many stops, see DebugStatus.stops) or has finished, or `timeout` passes."""
-        with self._lock:
-            proc = self._procs.get(as_pid(pid))
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
         if proc is None:
             return self.debug_status(pid)
-        with self._lock:
+        with self.table.lock:
 
             def stopped() -> bool:
                 if proc.phase is Phase.DONE:
                     return True
-                d = proc.debug
+                d = self._state.get(proc.pid)
                 if d is None:
                     return False
                 if since is not None:
                     return d.stops > since
                 return d.stop is not None and proc.phase is Phase.PAUSED
 
-            self._done_cond.wait_for(stopped, timeout)
-            return self._debug_status_locked(proc)
+            self.table.wait_until(stopped, timeout)
+            return self.status_locked(proc)
 
     # ------------------------------------------------------------------ inspect and modify
 
@@ -189,12 +214,12 @@ class Debugging:
         (outer tool frames are searched next), else a parameter; `params` for all of them,
         `checkpoint` / `checkpoint.KEY` for its last checkpoint state."""
         name = name.strip()
-        with self._lock:
-            proc = self._procs.get(as_pid(pid))
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
         if proc is None:
-            info = self.info(pid)  # unknown PIDs raise
+            info = self.durable.info(pid)  # unknown PIDs raise
             raise LlmunixError(f"process {info.process_id} is not running here ({info.state}): nothing to inspect")
-        with self._lock:
+        with self.table.lock:
             params = dict(proc.params)
             checkpoints = len(proc.checkpoints)
             checkpoint = proc.checkpoints[-1] if proc.checkpoints else None
@@ -249,13 +274,12 @@ class Debugging:
         time it reads `ctx.params`) or the checkpoint state (`checkpoint.KEY`, or `checkpoint`
         for all of it: recorded as a new checkpoint version, which is what recovery resumes
         from). A text value is tried as it is, then as JSON. Recorded in the audit trail."""
-        self._writable()
         name = name.strip()
         if name == "checkpoint" or name.startswith("checkpoint."):
             return self._modify_checkpoint(pid, name, value)
         pname = name.removeprefix("params.")
-        with self._lock:
-            proc = self._live_process(pid, "modify")
+        with self.table.lock:
+            proc = self.table.require_live(pid, "modify")
             current = dict(proc.params)
             tool = proc.tool
         if tool.params and pname not in {p.name for p in tool.params} and not _takes_any(tool):
@@ -274,21 +298,21 @@ class Debugging:
             assert error is not None
             raise error
         new = validated.get(pname, value)
-        with self._lock:
-            proc = self._live_process(pid, "modify")
+        with self.table.lock:
+            proc = self.table.require_live(pid, "modify")
             old = proc.params.get(pname)
             proc.params[pname] = new
             proc._snapshot = None
             mod = Modification(proc.pid, pname, "param", _shown(pname, old), _shown(pname, new))
             proc.note("modified", f"{pname} = {mod.new}")
-            self._emit("process.modified", proc, what="param", key=pname, old=mod.old, new=mod.new)
+            self.table.emit("process.modified", proc, what="param", key=pname, old=mod.old, new=mod.new)
             return mod
 
     def _modify_checkpoint(self, pid: int, name: str, value: Any) -> Modification:
         key = name.partition(".")[2]
         new_value = _candidates(value)[-1]  # checkpoint state is JSON: "5" is the number 5
-        with self._lock:
-            proc = self._live_process(pid, "modify")
+        with self.table.lock:
+            proc = self.table.require_live(pid, "modify")
             if not proc.checkpoints:
                 raise LlmunixError(f"process {format_pid(proc.pid)} has no checkpoint yet; nothing to modify")
             last = proc.checkpoints[-1]
@@ -309,20 +333,18 @@ class Debugging:
             mod = Modification(proc.pid, name, "checkpoint", _shown(shown_key, old),
                                _shown(shown_key, state[key] if key else state), version)
             proc.note("modified", f"{name} = {mod.new} (checkpoint version {version})")
-            self._emit("process.modified", proc, what="checkpoint", key=name, old=mod.old, new=mod.new,
-                       version=version)
+            self.table.emit("process.modified", proc, what="checkpoint", key=name, old=mod.old, new=mod.new,
+                            version=version)
             return mod
 
-    def _checkpoint_locked_for_debugger(self, proc: Any, state: Any) -> tuple[int, int]:
+    def _checkpoint_locked_for_debugger(self, proc: Process, state: Any) -> tuple[int, int]:
         """Record a checkpoint version as `ctx.checkpoint` does (lock held); the process's own
         `seen` count moves on so that `--on-checkpoint` does not fire for the debugger's edit."""
-        proc.checkpoints.append(state)
-        version = len(proc.checkpoints)
-        proc.note("checkpoint", f"version {version} (modified)")
-        event = self._emit("process.checkpoint", proc, version=version, state=state, modified=True)
-        if proc.debug is not None:
-            proc.debug.seen_checkpoints = version
-        return version, event.seq
+        version, seq = self.table.checkpoint_locked(proc, state, modified=True)
+        d = self._state.get(proc.pid)
+        if d is not None:
+            d.seen_checkpoints = version
+        return version, seq
 
     # ------------------------------------------------------------------ trace
 
@@ -330,34 +352,33 @@ class Debugging:
         """Record (on) the calls, returns and exceptions in the tool's code and its control
         points, from its next control point; `off` stops recording and keeps what was recorded.
         Switching on starts a new recording (the last TRACE_LIMIT entries are kept)."""
-        self._writable()
-        with self._lock:
+        with self.table.lock:
             if on:
-                proc = self._live_process(pid, "trace")
+                proc = self.table.require_live(pid, "trace")
                 d = self._debugger_locked(proc)
                 if d.tracer is None:
                     raise LlmunixError(f"cannot trace process {format_pid(proc.pid)}: "
                                        "its tool is not a Python function")
                 d.log = TraceBuffer()
             else:
-                proc = self._live_process(pid, "trace")
-                d = proc.debug
+                proc = self.table.require_live(pid, "trace")
+                d = self._state.get(proc.pid)
                 if d is None or not d.tracing:
-                    return self._debug_status_locked(proc)
+                    return self.status_locked(proc)
             d.tracing = on
-            d.request()
-            self._emit("process.trace", proc, on=on)
-            return self._debug_status_locked(proc)
+            self._request(proc, d)
+            self.table.emit("process.trace", proc, on=on)
+            return self.status_locked(proc)
 
     def trace_log(self, pid: int) -> TraceLog:
         """What `trace on` recorded for process `pid`, oldest first."""
-        with self._lock:
-            proc = self._procs.get(as_pid(pid))
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
         if proc is None:
-            info = self.info(pid)  # unknown PIDs raise
+            info = self.durable.info(pid)  # unknown PIDs raise
             return TraceLog(info.pid, info.name, False, (), 0, None)
-        with self._lock:
-            d = proc.debug
+        with self.table.lock:
+            d = self._state.get(proc.pid)
             log, on, name = (d.log if d is not None else None), bool(d and d.tracing), proc.name
         if log is None:
             return TraceLog(proc.pid, name, on, (), 0, None)
@@ -366,20 +387,21 @@ class Debugging:
 
     # ------------------------------------------------------------------ internals (lock held)
 
-    def _debugger_locked(self, proc: Any) -> ProcessDebugger:
-        d = proc.debug
+    def _debugger_locked(self, proc: Process) -> ProcessDebugger:
+        d = self._state.get(proc.pid)
         if d is None:
             d = ProcessDebugger(getattr(proc.tool.func, "__code__", None))
             d.seen_checkpoints = len(proc.checkpoints)
             if d.tracer is not None:
-                d.tracer.bind(d, lambda frame: self._debug_line_stop(proc, frame),
+                d.tracer.bind(d, lambda frame: self._line_stop(proc, frame),
                               lambda: proc.in_body and proc.phase is not Phase.DONE)
-            proc.debug = d
+            self._state[proc.pid] = d
         return d
 
-    def _debug_status_locked(self, proc: Any) -> DebugStatus:
-        info = self._snapshot(proc)
-        d = proc.debug
+    def status_locked(self, proc: Process) -> DebugStatus:
+        """The debugger's view of a process (stopped where, breakpoints, stepping). Hold the lock."""
+        info = self.table.snapshot(proc)
+        d = self._state.get(proc.pid)
         if d is None:
             return DebugStatus(proc.pid, proc.name, info.display_state, info.detail, info.is_done, False, "", None,
                                None, "", False)
@@ -389,16 +411,15 @@ class Debugging:
                            d.location if stopped else None, d.mode or "", d.tracing,
                            tuple(b.snapshot() for b in d.breakpoints), d.stops)
 
-    def _debug_halt_locked(self, proc: Any, d: ProcessDebugger, kind: str, detail: str, now: float,
-                           location: Location | None, bp: BreakpointState | None = None) -> None:
+    def _halt_locked(self, proc: Process, d: ProcessDebugger, kind: str, detail: str, now: float,
+                     location: Location | None, bp: BreakpointState | None = None) -> None:
         """Stop the process as a pause does: out of its slot, phase paused, `detail` for `ps`."""
         d.stop, d.stop_bp, d.location = kind, (bp.number if bp is not None else None), location
         d.stops += 1
         if proc.phase is Phase.RUNNING:
-            self._leave_slot(proc, Phase.PAUSED, now)
-            self._dispatch_locked(now)
-        proc.detail = detail
-        proc._snapshot = None
+            self.table.leave_slot_locked(proc, Phase.PAUSED, now)
+            self.table.dispatch_locked(now)
+        self.table.set_detail_locked(proc, detail)
         proc.note("stopped", detail)
         where = {} if location is None else {"file": location.file, "line": location.line,
                                              "function": location.function}
@@ -406,19 +427,28 @@ class Debugging:
             d.log.add("stop", (location.function, location.file) if location else ("", ""),
                       location.line if location else 0, 0, detail)
         if bp is not None:
-            self._emit("process.breakpoint", proc, number=bp.number, description=bp.snapshot().describe(),
-                       step=proc.step, detail=detail, **where)
+            self.table.emit("process.breakpoint", proc, number=bp.number, description=bp.snapshot().describe(),
+                            step=proc.step, detail=detail, **where)
         else:
-            self._emit("process.stepped", proc, detail=detail, **where)
-        self._done_cond.notify_all()
+            self.table.emit("process.stepped", proc, detail=detail, **where)
+        self.table.notify_done()
 
     # ------------------------------------------------------------------ in the process's own thread
 
-    def _debug_control_point_locked(self, proc: Any, now: float) -> bool:
+    def on_control_point(self, proc: Process, now: float) -> bool:
         """At a control point of a process being debugged (its own thread, lock held, phase
         running): apply new debugger requests (install or remove tracing in this thread), record
         the control point when tracing, and check the breakpoints. True: it stopped."""
-        d: ProcessDebugger = proc.debug
+        d = self._state.get(proc.pid)
+        if d is None:
+            self._sync(proc, None)
+            return False
+        try:
+            return self._at_control_point(proc, d, now)
+        finally:
+            self._sync(proc, d)
+
+    def _at_control_point(self, proc: Process, d: ProcessDebugger, now: float) -> bool:
         resumed = d.stop is not None
         if resumed:  # it was stopped and has been let go (continue, step, next or resume)
             d.stop = d.stop_bp = d.location = None
@@ -467,29 +497,28 @@ class Debugging:
             inner = tool_stack(sys._getframe(1), tracer.code)
             location = location_of(inner[0]) if inner else None
             del inner
-        self._debug_halt_locked(proc, d, "breakpoint",
+        self._halt_locked(proc, d, "breakpoint",
                                 f"Stopped at breakpoint {hit.number} ({hit.snapshot().describe()})", now, location, hit)
         return True
 
-    def _debug_line_stop(self, proc: Any, frame: FrameType) -> None:
+    def _line_stop(self, proc: Process, frame: FrameType) -> None:
         """The trace function reached a line to stop at (lock not held): stop as a pause does
         and wait at the control point until continued; a kill raises ProcessKilled here."""
         location = location_of(frame)
-        with self._lock:
+        with self.table.lock:
             if proc.requests & REQ_KILL:
                 raise ProcessKilled(proc.kill_reason)
-            d = proc.debug
+            d = self._state.get(proc.pid)
             if d is None or d.mode is None:  # a continue got here first
                 return
             d.mode, d.next_depth = None, None  # this step is taken
-            d.request()
-            self._debug_halt_locked(proc, d, "step", f"Stopped at {location.short()}", time.monotonic(), location)
-            self._control_point_locked(proc)
+            self._request(proc, d)
+            self._halt_locked(proc, d, "step", f"Stopped at {location.short()}", time.monotonic(), location)
+            self.table.control_point_locked(proc)
 
 
 def _takes_any(tool: Any) -> bool:
-    model = getattr(tool, "_model", None)
-    return model is not None and model.model_config.get("extra") == "allow"
+    return bool(tool.open_ended)
 
 
 def _candidates(value: Any) -> list[Any]:

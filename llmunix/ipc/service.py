@@ -1,6 +1,8 @@
-"""The Kernel's communication methods: mailboxes, topics, tool events, the blackboard, buffers,
-named primitives and deadlock detection. A part of `Kernel` (mixed in), kept in its own room; it
-uses the kernel's lock, tables and `_block` like the rest.
+"""Communication between processes: mailboxes, topics, tool events, the blackboard, buffers,
+named primitives and deadlock detection. A component of the kernel (`kernel.ipc`); its state
+changes with the processes' (a waiter, a holder), so it works under the process table's lock,
+and every wait is the table's off-slot `block`. Hooks: `on_end` and `on_attempt_end` release
+whatever a process held.
 
 State (`IpcTables`, all under the kernel lock):
 * `mailboxes[pid]` — messages waiting, in the order sent; `unacked[pid]` — persistent ones
@@ -10,9 +12,9 @@ State (`IpcTables`, all under the kernel lock):
 * `board` — the blackboard; `buffers` — the memory-mapped buffers and their users.
 * `users` — PIDs with any of the above, so a finishing process that used none costs one lookup.
 
-Invariants: every wait inside a process goes through `Kernel._block` (off-slot, a control point);
-whoever changes what a waiter's `ready()` reads wakes it while holding the lock; when a process
-ends, `_ipc_ended` releases whatever it held (no lock outlives its holder), wakes who that lets
+Invariants: every wait inside a process goes through `ProcessTable.block` (off-slot, a control
+point); whoever changes what a waiter's `ready()` reads wakes it while holding the lock; when a
+process ends, `on_end` releases whatever it held (no lock outlives its holder), wakes who that lets
 go, and frees the buffers it was the last user of.
 
 Delivery guarantees: in-memory messages are delivered at most once (lost if the recipient ends or
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventFilter, Subscription, SubscriptionStats, glob_matcher
+from llmunix.ipc.bus import glob_matcher
 from llmunix.ipc.deadlock import Deadlock, find_deadlock
 from llmunix.ipc.handles import (
     BarrierHandle,
@@ -60,6 +62,7 @@ from llmunix.ipc.sync import (
     Semaphore,
     Waiter,
 )
+from llmunix.lifecycle import Hooks
 from llmunix.models import (
     Event,
     LlmunixError,
@@ -70,7 +73,12 @@ from llmunix.models import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from llmunix.durable import DurableState
+    from llmunix.lifecycle import ProcessTable
     from llmunix.process import Process
+    from llmunix.store import Store
 
 log = logging.getLogger("llmunix.ipc")
 
@@ -98,18 +106,6 @@ class LocksInfo:
                 "deadlocks": [d.to_dict() for d in self.deadlocks], "deadlock_policy": self.policy}
 
 
-@dataclass(frozen=True, slots=True)
-class BusInfo:
-    published: int
-    backlog: int
-    subscriptions: tuple[SubscriptionStats, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"published": self.published, "backlog": self.backlog,
-                "dropped": sum(s.dropped for s in self.subscriptions),
-                "subscriptions": [s.to_dict() for s in self.subscriptions]}
-
-
 class IpcTables:
     """The kernel's communication state (see the module docstring). Mutates under the kernel lock."""
 
@@ -131,23 +127,30 @@ class IpcTables:
         self.users: set[int] = set()
 
 
-class Communication:
+class Communication(Hooks):
+    """See the module docstring."""
 
-    def _init_communication(self, deadlock_policy: str = "report") -> None:
+    def __init__(self, table: ProcessTable, durable: DurableState, store: Store | None, home: Path | None, *,
+                 read_only: bool, kill: Callable[..., Any], deadlock_policy: str = "report") -> None:
         import llmunix.ipc.tools  # noqa: F401 - registers inbox, hold-locks, wordcount
 
+        self.table = table
+        self.durable = durable
+        self.store = store
+        self.bus = table.bus
+        self._kill = kill  # Kernel.kill: a deadlock's victim is stopped as a user's kill would
         self._ipc = IpcTables()
         self.deadlock_policy = deadlock_policy
         self._msgstore: MessageStore | None = None
-        if self.store is not None and not self.read_only and self.home is not None:
-            self._msgstore = MessageStore(self.store, self.home)
+        if store is not None and not read_only and home is not None:
+            self._msgstore = MessageStore(store, home)
             pending, unreadable = self._msgstore.pending()
             if unreadable:
                 self._msgstore.forget(unreadable)
             for env in pending:  # left from earlier sessions: they wait for their recipient's recovery
                 self._ipc.mailboxes.setdefault(env.recipient, deque()).append(env)
                 self._ipc.users.add(env.recipient)
-        self._session_tag = self.store.session if self.store is not None else 0
+        self._session_tag = store.session if store is not None else 0
 
     @property
     def deadlock_policy(self) -> str:
@@ -159,74 +162,28 @@ class Communication:
             raise LlmunixError(f"unknown deadlock policy {policy!r}; use one of: {', '.join(DEADLOCK_POLICIES)}")
         self._deadlock_policy = policy
 
-    # ------------------------------------------------------------------ public API: the event bus
-
-    def subscribe(self, pattern: str, callback: Callable[..., None], *, pid: int | str | None = None,
-                  filter: EventFilter | None = None, replay: bool = False, since: float | None = None,
-                  queue: int | None = DEFAULT_QUEUE, policy: DropPolicy = "oldest", coalesce: str | None = None,
-                  batch: bool = False) -> Subscription:
-        """Call `callback(event)` for every event whose type matches the glob `pattern`
-        (alternatives separated by `|`), optionally only for one PID (or a glob on the zero-padded
-        PID, "01?") and only where `filter(event)` is true.
-
-        Delivery is through a queue of `queue` events and a thread of the subscription's own, so a
-        slow callback never holds up the engine or other subscribers; when the queue is full the
-        oldest waiting event is dropped (`policy="newest"`: the incoming one) and counted
-        (`bus_info()`, the `bus` command). `coalesce="process.progress"` delivers only the newest
-        waiting event of those types per PID; `batch=True` calls `callback(list_of_events)`.
-        `replay=True` first delivers the matching events already in the store (since `since`, a
-        Unix time), then the live ones, without gaps or repeats (replayed data is redacted as
-        the event log shows it). `queue=None` calls the callback on the event thread itself,
-        lossless but in everyone's way: only for callbacks that never block."""
-        prelude = None
-        if replay:
-            if queue is None:
-                raise LlmunixError("replay needs a queued subscription")
-            prelude = lambda: self._replay(pattern, pid, since)  # noqa: E731
-        return self.bus.subscribe(pattern, callback, pid=pid, filter=filter, queue=queue, policy=policy,
-                                  coalesce=coalesce, batch=batch, prelude=prelude)
-
-    def _replay(self, pattern: str, pid: int | str | None, since: float | None) -> tuple[list[Event], int]:
-        from llmunix.observe.events import row_to_event
-
-        rows = self._event_rows(pid if isinstance(pid, int) else None, pattern, since, None)
-        session = self.store.session if self.store is not None else None
-        mark = max((r["seq"] for r in rows if r["session"] == session), default=0)
-        events = [row_to_event(r) for r in rows]
-        if isinstance(pid, str):
-            match = glob_matcher(pid)
-            events = [e for e in events if e.pid is not None and match(format_pid(e.pid))]
-        return events, mark
-
-    def bus_info(self) -> BusInfo:
-        """The event bus: events published, waiting to be dispatched, and each subscription's
-        deliveries and drops."""
-        return BusInfo(self.bus.published, self.bus.backlog(), tuple(self.bus.stats()))
-
     # ------------------------------------------------------------------ public API: messages
 
     def send(self, pid: int, message: Any, *, type: Any = None, persistent: bool = False,
              sensitive: bool = False) -> MessageInfo:
         """Send `message` to process `pid` from outside any process (the shell, a script)."""
-        self._writable()
         [env] = self._post(None, [as_pid(pid)], None, message, type, persistent, sensitive)
         return env.info("pending")
 
     def broadcast(self, topic: str, message: Any, *, type: Any = None, persistent: bool = False,
                   sensitive: bool = False) -> list[int]:
         """Send `message` to every live process listening to `topic`; returns their PIDs."""
-        self._writable()
         return self._broadcast(None, topic, message, type, persistent, sensitive)
 
     def mailbox(self, pid: int) -> list[MessageInfo]:
         """Messages waiting for process `pid` (pending, then delivered-but-unacknowledged ones)."""
         pid = as_pid(pid)
-        with self._lock:
+        with self.table.lock:
             box = [e.info("pending") for e in self._ipc.mailboxes.get(pid, ())]
             unacked = [e.info("unacked") for e in self._ipc.unacked.get(pid, {}).values()]
-            known = pid in self._procs
+            known = self.table.get(pid) is not None
         if not known and not box:
-            self.info(pid)  # unknown PIDs raise
+            self.durable.info(pid)  # unknown PIDs raise
         return unacked + box
 
     # ------------------------------------------------------------------ public API: shared memory
@@ -234,7 +191,7 @@ class Communication:
     def shared(self, key: str | None = None) -> list[SharedEntry]:
         """Blackboard entries: all, those matching a glob, or the one `key` (which must exist)."""
         pattern = key if key is not None else "*"
-        with self._lock:
+        with self.table.lock:
             entries = [e for e in self._ipc.board.entries() if fnmatch.fnmatchcase(e.key, pattern)]
         if key is not None and not entries and not any(ch in key for ch in "*?["):
             raise LlmunixError(f"no shared key {key!r}; `shared` lists them")
@@ -242,18 +199,17 @@ class Communication:
 
     def set_shared(self, key: str, value: Any, expected_version: int | None = None) -> int | None:
         """Write a blackboard key from outside any process; with `expected_version`, a compare-and-set."""
-        self._writable()
-        return self._shared_write(None, key, value, expected_version)
+        return self.shared_write(None, key, value, expected_version)
 
     def buffers(self) -> list[BufferInfo]:
-        with self._lock:
+        with self.table.lock:
             return [r.info() for r in sorted(self._ipc.buffers.regions.values(), key=lambda r: r.name)]
 
     # ------------------------------------------------------------------ public API: primitives
 
     def locks(self) -> LocksInfo:
         """Every named primitive (holders, waiters and since when) and the deadlocks found."""
-        with self._lock:
+        with self.table.lock:
             prims = tuple(p.info() for _n, p in sorted(self._ipc.prims.items()))
             found = sorted(self._ipc.deadlocks, key=lambda d: (d.resolved is not None, -d.id))
             deadlocks = tuple(copy.copy(d) for d in found)
@@ -272,9 +228,9 @@ class Communication:
             for pid in recipients:
                 self._check_recipient(pid, persistent)
         sent = []
-        with self._lock:
+        with self.table.lock:
             for pid in recipients:
-                proc = self._procs.get(pid)
+                proc = self.table.get(pid)
                 waits = persistent and proc is not None and proc.state == Outcome.INTERRUPTED
                 if proc is not None and proc.phase is Phase.DONE and not waits:
                     if not strict:
@@ -294,8 +250,8 @@ class Communication:
                 data = {"from": None if sender is None else format_pid(sender), "id": env.id, "message_type": name,
                         "topic": topic, "persistent": persistent, "sensitive": sensitive, "bytes": env.size}
                 if proc is not None:
-                    self._emit("ipc.message", proc, **data)
-                    self._wake(proc)
+                    self.table.emit("ipc.message", proc, **data)
+                    self.table.wake(proc)
                 else:
                     self.bus.publish("ipc.message", pid, data)
                 sent.append(env)
@@ -305,11 +261,11 @@ class Communication:
         return sent
 
     def _check_recipient(self, pid: int, persistent: bool) -> None:
-        with self._lock:
-            proc = self._procs.get(pid)
+        with self.table.lock:
+            proc = self.table.get(pid)
             if proc is not None and proc.phase is not Phase.DONE:
                 return
-        info = self.info(pid)  # unknown PIDs raise NoSuchProcess
+        info = self.durable.info(pid)  # unknown PIDs raise NoSuchProcess
         if info.state == Outcome.INTERRUPTED:
             if persistent:
                 return
@@ -320,10 +276,10 @@ class Communication:
     def _broadcast(self, sender: int | None, topic: str, message: Any, type: Any, persistent: bool,
                    sensitive: bool) -> list[int]:
         topic = check_name("topic", topic)
-        with self._lock:
+        with self.table.lock:
             pids = sorted(pid for pid, pats in self._ipc.topics.items()
                           if pid != sender and any(m(topic) for m in pats.values())
-                          and pid in self._live)
+                          and pid in self.table.live)
         if not pids:
             return []
         return [e.recipient for e in self._post(sender, pids, topic, message, type, persistent, sensitive,
@@ -341,16 +297,16 @@ class Communication:
                 return i
         return -1
 
-    def _ipc_recv(self, proc: Process, timeout: float | None, type: Any) -> Message | None:
+    def recv(self, proc: Process, timeout: float | None, type: Any) -> Message | None:
         want = None if type is None else type_name(type)
         pid = proc.pid
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         detail = "waiting for a message" + (f" of type {want}" if want else "")
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._block(proc, lambda: self._first_match(pid, want) >= 0, detail, left):
+            if not self.table.block(proc, lambda: self._first_match(pid, want) >= 0, detail, left):
                 return None
-            with self._lock:
+            with self.table.lock:
                 # Only this process takes from its mailbox, so what ready() saw is still there.
                 box = self._ipc.mailboxes[pid]
                 i = self._first_match(pid, want)
@@ -361,7 +317,7 @@ class Communication:
                     self._ipc.unacked.setdefault(pid, {})[env.id] = env
                     assert self._msgstore is not None
                     self._msgstore.delivered(env)
-                self._emit("ipc.received", proc, id=env.id, message_type=env.type, deliveries=env.deliveries,
+                self.table.emit("ipc.received", proc, id=env.id, message_type=env.type, deliveries=env.deliveries,
                            **{"from": None if env.sender is None else format_pid(env.sender)})
             try:
                 body = decode(env.type, env.payload)
@@ -373,50 +329,50 @@ class Communication:
                            max(1, env.deliveries), ack)
 
     def _reject(self, proc: Process, env: Envelope, why: str) -> None:
-        with self._lock:
+        with self.table.lock:
             if env.persistent and self._ipc.unacked.get(proc.pid, {}).pop(env.id, None) is not None:
                 assert self._msgstore is not None
                 self._msgstore.forget([env.id])
             proc.note("message rejected", f"{env.id} ({env.type}): {why}")
-            self._emit("ipc.rejected", proc, id=env.id, message_type=env.type, error=why)
+            self.table.emit("ipc.rejected", proc, id=env.id, message_type=env.type, error=why)
 
     def _ipc_ack(self, proc: Process, mid: str) -> None:
-        with self._lock:
+        with self.table.lock:
             env = self._ipc.unacked.get(proc.pid, {}).pop(mid, None)
             if env is None:
                 return  # acknowledged already
             assert self._msgstore is not None
             self._msgstore.forget([mid])
-            self._emit("ipc.acked", proc, id=mid)
+            self.table.emit("ipc.acked", proc, id=mid)
 
-    def _ipc_send(self, proc: Process, pid: int, message: Any, type: Any, persistent: bool, sensitive: bool) -> str:
+    def send_from(self, proc: Process, pid: int, message: Any, type: Any, persistent: bool, sensitive: bool) -> str:
         [env] = self._post(proc.pid, [as_pid(pid)], None, message, type, persistent, sensitive)
         self._ipc_check(proc)
         return env.id
 
-    def _ipc_broadcast(self, proc: Process, topic: str, message: Any, type: Any, persistent: bool,
+    def broadcast_from(self, proc: Process, topic: str, message: Any, type: Any, persistent: bool,
                        sensitive: bool) -> list[int]:
         pids = self._broadcast(proc.pid, topic, message, type, persistent, sensitive)
         self._ipc_check(proc)
         return pids
 
-    def _ipc_listen(self, proc: Process, pattern: str, on: bool) -> None:
+    def listen(self, proc: Process, pattern: str, on: bool) -> None:
         """Start (or stop) receiving broadcasts on topics matching `pattern` (a glob)."""
-        with self._lock:
+        with self.table.lock:
             topics = self._ipc.topics.setdefault(proc.pid, {})
             if on:
                 topics[pattern] = glob_matcher(pattern)
                 self._ipc.users.add(proc.pid)
             else:
                 topics.pop(pattern, None)
-            self._emit("ipc.topic", proc, topic=pattern, subscribed=on)
+            self.table.emit("ipc.topic", proc, topic=pattern, subscribed=on)
 
-    def _ipc_emit(self, proc: Process, name: str, data: Mapping[str, Any] | None) -> Event:
+    def emit(self, proc: Process, name: str, data: Mapping[str, Any] | None) -> Event:
         if not _EVENT_NAME.match(str(name)):
             raise LlmunixError(f"bad event name {name!r}; use letters, digits and _ . : - (it becomes tool.NAME)")
         payload = copy_json(dict(data or {}))
         payload["name"] = proc.name  # every event's data names its process
-        with self._lock:
+        with self.table.lock:
             event = self.bus.publish(f"tool.{name}", proc.pid, payload)
         self._ipc_check(proc, event)
         return event
@@ -427,43 +383,44 @@ class Communication:
         rather than piling events up in memory."""
         if event is not None and self.store is not None:
             self.store.throttle(event.seq)
-        if proc is not None and (proc.requests or proc.phase is not Phase.RUNNING or self._slice_expired(proc)):
-            self._control_point(proc)
+        if proc is not None and (proc.requests or proc.phase is not Phase.RUNNING
+                                 or self.table.scheduler.slice_expired(proc)):
+            self.table.control_point(proc)
 
     # ------------------------------------------------------------------ process side: shared memory
 
-    def _ipc_shared(self, proc: Process) -> SharedView:
+    def shared_view(self, proc: Process) -> SharedView:
         return SharedView(self, proc)
 
-    def _shared_get(self, proc: Process | None, key: str) -> SharedEntry | None:
-        with self._lock:
+    def shared_get(self, proc: Process | None, key: str) -> SharedEntry | None:
+        with self.table.lock:
             entry = self._ipc.board.get(key)
         self._ipc_check(proc)
         return None if entry is None else replace(entry, value=copy.deepcopy(entry.value))
 
-    def _shared_entries(self, proc: Process | None, pattern: str) -> list[SharedEntry]:
-        with self._lock:
+    def shared_entries(self, proc: Process | None, pattern: str) -> list[SharedEntry]:
+        with self.table.lock:
             entries = [e for e in self._ipc.board.entries() if fnmatch.fnmatchcase(e.key, pattern)]
         self._ipc_check(proc)
         return [replace(e, value=copy.deepcopy(e.value)) for e in entries]
 
-    def _shared_write(self, proc: Process | None, key: str, value: Any, expected: int | None) -> int | None:
+    def shared_write(self, proc: Process | None, key: str, value: Any, expected: int | None) -> int | None:
         key = _check_key(key)
         value = copy_json(value)
         writer = None if proc is None else proc.pid
-        with self._lock:
+        with self.table.lock:
             board = self._ipc.board
             if expected is not None and board.version(key) != expected:
                 return None
             entry = board.set(key, value, writer)
             for waiter in self._ipc.board_waiters.get(key, ()):
-                self._wake(waiter)
+                self.table.wake(waiter)
             event = self._shared_event(proc, key, entry.version, "cas" if expected is not None else "set")
         self._ipc_check(proc, event)
         return entry.version
 
-    def _shared_delete(self, proc: Process | None, key: str) -> bool:
-        with self._lock:
+    def shared_delete(self, proc: Process | None, key: str) -> bool:
+        with self.table.lock:
             gone = self._ipc.board.delete(key)
             if gone:
                 self._shared_event(proc, key, 0, "delete")
@@ -472,52 +429,52 @@ class Communication:
 
     def _shared_event(self, proc: Process | None, key: str, version: int, op: str) -> Event:
         if proc is not None:
-            return self._emit("ipc.shared", proc, key=key, version=version, op=op)
+            return self.table.emit("ipc.shared", proc, key=key, version=version, op=op)
         return self.bus.publish("ipc.shared", None, {"key": key, "version": version, "op": op})
 
-    def _shared_wait(self, proc: Process, key: str, newer_than: int, timeout: float | None) -> SharedEntry | None:
+    def shared_wait(self, proc: Process, key: str, newer_than: int, timeout: float | None) -> SharedEntry | None:
         board = self._ipc.board
-        with self._lock:
+        with self.table.lock:
             self._ipc.board_waiters.setdefault(key, set()).add(proc)
         try:
-            ok = self._block(proc, lambda: board.version(key) > newer_than, f"waiting for shared key {key!r}",
+            ok = self.table.block(proc, lambda: board.version(key) > newer_than, f"waiting for shared key {key!r}",
                              timeout)
         finally:
-            with self._lock:
+            with self.table.lock:
                 waiters = self._ipc.board_waiters.get(key)
                 if waiters is not None:
                     waiters.discard(proc)
                     if not waiters:
                         del self._ipc.board_waiters[key]
-        return self._shared_get(proc, key) if ok else None
+        return self.shared_get(proc, key) if ok else None
 
-    def _ipc_buffer(self, proc: Process, name: str, size: int | None) -> SharedBuffer:
+    def buffer(self, proc: Process, name: str, size: int | None) -> SharedBuffer:
         name = check_name("buffer", name)
         if size is not None and (not isinstance(size, int) or size < 1):
             raise LlmunixError(f"buffer {name!r}: the size must be a whole number of bytes, at least 1")
-        with self._lock:
+        with self.table.lock:
             space = self._ipc.buffers
             region = space.regions.get(name)
             if region is None:
                 if size is None:
                     raise LlmunixError(f"no buffer {name!r} yet; give a size to create it")
                 region = space.create(name, size)
-                self._emit("ipc.buffer", proc, buffer=name, size=size, path=str(region.path), op="created")
+                self.table.emit("ipc.buffer", proc, buffer=name, size=size, path=str(region.path), op="created")
             elif size is not None and size > region.size:
                 raise LlmunixError(f"buffer {name!r} exists with {region.size} bytes, fewer than {size}")
             region.users.add(proc.pid)
             self._ipc.buffer_users.setdefault(proc.pid, set()).add(name)
             self._ipc.users.add(proc.pid)
         buf = SharedBuffer(name, region.path, region.size)
-        with self._lock:
+        with self.table.lock:
             region.maps.append((proc.pid, buf))
         return buf
 
     # ------------------------------------------------------------------ process side: primitives
 
-    def _ipc_primitive(self, proc: Process, kind: str, name: str, arg: int | None = None) -> Any:
+    def primitive(self, proc: Process, kind: str, name: str, arg: int | None = None) -> Any:
         name = check_name(kind, name)
-        with self._lock:
+        with self.table.lock:
             prim = self._ipc.prims.get(name)
             if prim is None:
                 if kind == "barrier" and arg is None:
@@ -536,26 +493,26 @@ class Communication:
             self._ipc.users.add(proc.pid)
         return _HANDLES[kind](self, proc, prim)
 
-    def _sync_holds(self, proc: Process, prim: Primitive) -> bool:
-        with self._lock:
+    def holds(self, proc: Process, prim: Primitive) -> bool:
+        with self.table.lock:
             return proc.pid in prim.holders
 
     def _wake_all(self, waiters: list[Waiter], but: Waiter | None = None) -> None:
         for w in waiters:
             if w is not but:
-                self._wake(w.proc)
+                self.table.wake(w.proc)
 
-    def _sync_acquire(self, proc: Process, prim: Primitive, mode: str, timeout: float | None) -> bool:
+    def acquire(self, proc: Process, prim: Primitive, mode: str, timeout: float | None) -> bool:
         pid = proc.pid
-        with self._lock:
+        with self.table.lock:
             w = Waiter(proc, prim, mode)
             self._wake_all(prim.request(w), but=w)
             if w.granted:
-                event = self._emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode, waited=0.0)
+                event = self.table.emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode, waited=0.0)
                 found = None
             else:
                 self._ipc.waiting[pid] = w
-                self._emit("ipc.waiting", proc, kind=prim.kind, lock=prim.name, mode=mode,
+                self.table.emit("ipc.waiting", proc, kind=prim.kind, lock=prim.name, mode=mode,
                            holders=[format_pid(h) for h in sorted(prim.holders)])
                 found = self._check_deadlock(pid) if prim.tracked else None
                 detail = self._wait_detail(w, found)
@@ -565,76 +522,76 @@ class Communication:
         if found is not None and found.victim is not None:
             self._kill_victim(found)
         try:
-            self._block(proc, self._ready_noting(w), detail, timeout)
+            self.table.block(proc, self._ready_noting(w), detail, timeout)
         except BaseException:
-            with self._lock:
+            with self.table.lock:
                 self._end_wait(w, "killed while waiting")
                 self._wake_all(prim.cancel(w))
             raise
-        with self._lock:
+        with self.table.lock:
             self._end_wait(w, "acquired" if w.granted else "gave up waiting")
             if not w.granted:
                 self._wake_all(prim.cancel(w))
-                self._emit("ipc.timeout", proc, kind=prim.kind, lock=prim.name, mode=mode)
+                self.table.emit("ipc.timeout", proc, kind=prim.kind, lock=prim.name, mode=mode)
                 return False
-            self._emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode,
+            self.table.emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode,
                        waited=round(time.time() - w.since, 3))
         return True
 
-    def _sync_release(self, proc: Process, prim: Primitive, mode: str) -> None:
-        with self._lock:
+    def release(self, proc: Process, prim: Primitive, mode: str) -> None:
+        with self.table.lock:
             self._wake_all(prim.release(proc.pid, mode))
-            event = self._emit("ipc.released", proc, kind=prim.kind, lock=prim.name, mode=mode)
+            event = self.table.emit("ipc.released", proc, kind=prim.kind, lock=prim.name, mode=mode)
         self._ipc_check(proc, event)
 
-    def _sync_cond_wait(self, proc: Process, cond: Condition, timeout: float | None) -> bool:
-        with self._lock:
+    def cond_wait(self, proc: Process, cond: Condition, timeout: float | None) -> bool:
+        with self.table.lock:
             w = Waiter(proc, cond, "n")
             self._wake_all(cond.sleep(w))
-            self._emit("ipc.released", proc, kind=cond.kind, lock=cond.name, mode="x", reason="wait")
+            self.table.emit("ipc.released", proc, kind=cond.kind, lock=cond.name, mode="x", reason="wait")
         try:
-            self._block(proc, w.ready, f"waiting on condition {cond.name!r}", timeout)
+            self.table.block(proc, w.ready, f"waiting on condition {cond.name!r}", timeout)
         except BaseException:
-            with self._lock:
+            with self.table.lock:
                 cond.cancel(w)
             raise
-        with self._lock:
+        with self.table.lock:
             notified = w.granted
             if not notified:
                 cond.cancel(w)
-        self._sync_acquire(proc, cond, "x", None)  # the mutex again, even after a timeout
+        self.acquire(proc, cond, "x", None)  # the mutex again, even after a timeout
         return notified
 
-    def _sync_notify(self, proc: Process, cond: Condition, n: int | None) -> int:
-        with self._lock:
+    def notify(self, proc: Process, cond: Condition, n: int | None) -> int:
+        with self.table.lock:
             woken = cond.notify(proc.pid, n)
             self._wake_all(woken)
         return len(woken)
 
-    def _sync_barrier_wait(self, proc: Process, bar: Barrier, timeout: float | None) -> int:
-        with self._lock:
+    def barrier_wait(self, proc: Process, bar: Barrier, timeout: float | None) -> int:
+        with self.table.lock:
             w = Waiter(proc, bar, "b")
             released = bar.arrive(w)  # BrokenBarrier if it is broken
             if released:
                 self._wake_all(released, but=w)
-                self._emit("ipc.barrier", proc, barrier=bar.name, parties=bar.parties, round=bar.generation)
+                self.table.emit("ipc.barrier", proc, barrier=bar.name, parties=bar.parties, round=bar.generation)
                 return w.index
             detail = f"waiting at barrier {bar.name!r} ({len(bar.queue)} of {bar.parties} arrived)"
         try:
-            self._block(proc, w.ready, detail, timeout)
+            self.table.block(proc, w.ready, detail, timeout)
         except BaseException:
-            with self._lock:
+            with self.table.lock:
                 self._wake_all(bar.cancel(w))
             raise
-        with self._lock:
+        with self.table.lock:
             if w.granted:
                 return w.index
             if bar.broken is None:  # our own timeout: we leave, and that breaks it for the rest
                 self._wake_all(bar.cancel(w))
             raise BrokenBarrier(f"barrier {bar.name!r} is broken: {bar.broken}")
 
-    def _sync_barrier_reset(self, bar: Barrier) -> None:
-        with self._lock:
+    def barrier_reset(self, bar: Barrier) -> None:
+        with self.table.lock:
             bar.reset()
 
     @staticmethod
@@ -671,16 +628,16 @@ class Communication:
                 return None  # reported already
         found.id = next(t.deadlock_ids)
         if self.deadlock_policy == "kill-lowest":
-            found.victim = min(found.members, key=lambda p: (self._procs[p].priority, -p))
+            found.victim = min(found.members, key=lambda p: (self.table.procs[p].priority, -p))
         t.deadlocks.append(found)
         summary = found.summary()
         for member in found.members:
-            proc = self._procs[member]
+            proc = self.table.procs[member]
             proc.note("deadlock", summary)
             if member != pid:
                 w = t.waiting[member]
                 w.note = self._wait_detail(w, found)
-                self._wake(proc)  # its ready() runs again and puts the note in its detail
+                self.table.wake(proc)  # its ready() runs again and puts the note in its detail
         log.warning("deadlock %d: %s", found.id, summary)
         self.bus.publish("ipc.deadlock", None, {
             "id": found.id, "cycle": [format_pid(p) for p in found.cycle],
@@ -691,7 +648,7 @@ class Communication:
     def _kill_victim(self, found: Deadlock) -> None:
         assert found.victim is not None
         try:
-            self.kill(found.victim, reason=f"deadlock victim (lowest priority in {found.path()})")
+            self._kill(found.victim, reason=f"deadlock victim (lowest priority in {found.path()})")
         except LlmunixError as exc:  # it ended meanwhile: that resolved it too
             log.info("deadlock victim %s: %s", found.victim, exc)
 
@@ -706,7 +663,7 @@ class Communication:
 
     # ------------------------------------------------------------------ the end of a process
 
-    def _ipc_ended(self, p: Process) -> None:
+    def on_end(self, p: Process) -> None:
         """`p` has just finished (its state is set). Release what it held, drop its messages
         unless it may run again, free buffers it was the last user of. Hold the lock."""
         t = self._ipc
@@ -746,14 +703,14 @@ class Communication:
             self._wake_all(granted)
             if held:
                 p.note("released", f"{prim.kind} {name} (held when it {when})")
-                self._emit("ipc.released", p, kind=prim.kind, lock=name, reason=f"holder {when}", count=held)
+                self.table.emit("ipc.released", p, kind=prim.kind, lock=name, reason=f"holder {when}", count=held)
             users = t.prim_users.get(name)
             if users is not None:
                 users.discard(pid)
                 if not users and prim.idle():
                     del t.prims[name], t.prim_users[name]
 
-    def _ipc_attempt_ended(self, p: Process) -> None:
+    def on_attempt_end(self, p: Process) -> None:
         """An attempt of `p` ended and it runs again under the same PID (a retry or a restart,
         llmunix/resilience): no lock outlives the attempt, and persistent messages it received
         but did not acknowledge are delivered again first; its mailbox, topics and buffers stay.
@@ -786,12 +743,12 @@ class Communication:
                 assert self._msgstore is not None
                 self._msgstore.forget(gone)
         if lost:
-            self._emit("ipc.dropped", p, count=len(lost), persistent=sum(e.persistent for e in lost),
+            self.table.emit("ipc.dropped", p, count=len(lost), persistent=sum(e.persistent for e in lost),
                        reason=f"recipient {p.state.lower()}")
 
-    def _ipc_shutdown(self) -> None:
+    def close(self) -> None:
         """The kernel is stopping and its processes have ended: remove the buffer directory."""
-        with self._lock:
+        with self.table.lock:
             self._ipc.buffers.close()
 
 
@@ -801,4 +758,4 @@ def _check_key(key: str) -> str:
     return key
 
 
-__all__ = ["DEADLOCK_POLICIES", "BusInfo", "Communication", "LocksInfo"]
+__all__ = ["DEADLOCK_POLICIES", "Communication", "LocksInfo"]

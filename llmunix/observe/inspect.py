@@ -1,6 +1,6 @@
-"""The Kernel's inspection methods: `debug_info` (a process's stack, locals, resources and child)
-and `profile` (a sampling profiler). A part of `Kernel` (mixed in), kept in its own room.
-Both return frozen records (llmunix/observe/debug.py); no live frame or Process leaves here.
+"""Inspection: `debug_info` (a process's stack, locals, resources and child) and `profile` (a
+sampling profiler). A component of the kernel (`kernel.inspector`); both return frozen records
+(llmunix/observe/debug.py): no live frame or Process leaves here.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -26,29 +26,50 @@ from llmunix.observe.debug import (
     sample_ids,
     window_figures,
 )
-from llmunix.observe.debug_mixin import Debugging
+
+if TYPE_CHECKING:
+    from llmunix.durable import DurableState
+    from llmunix.lifecycle import ProcessTable
+    from llmunix.monitor import ResourceSample
+    from llmunix.observe.debug_control import Debugger
 
 MAX_LISTED = 20  # open files / connections listed for a child
 NETWORK_EVERY = 0.5  # seconds between connection counts of a subprocess tool's child tree while profiling
 
 
-class Inspection(Debugging):
+class Inspector:
+    """See the module docstring."""
+
+    def __init__(self, table: ProcessTable, durable: DurableState, debugger: Debugger) -> None:
+        self.table = table
+        self.durable = durable
+        self.debugger = debugger
+
+    def samples(self, pid: int) -> list[ResourceSample]:
+        """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
+        with self.table.lock:
+            proc = self.table.get(as_pid(pid))
+            if proc is not None:
+                return list(proc.samples or ())
+        self.durable.info(pid)  # unknown PIDs raise; earlier sessions' have no samples
+        return []
 
     def debug_info(self, pid: int) -> DebugInfo:
         """A look inside process `pid` now: its snapshot, its tool's stack with locals (innermost
         last; empty with a reason when it is not running tool code), the latest monitor sample,
         and for subprocess tools the child's command line, status, open files and connections."""
         pid = as_pid(pid)
-        with self._lock:
-            proc = self._procs.get(pid)
+        table = self.table
+        with table.lock:
+            proc = table.get(pid)
             if proc is not None:
-                info = self._snapshot(proc)
+                info = table.snapshot(proc)
                 ident = proc.thread_ident if proc.in_body else None
                 code = getattr(proc.tool.func, "__code__", None)
                 child = proc.subprocess
                 sample = proc.samples[-1] if proc.samples else None
         if proc is None:
-            info = self.info(pid)  # unknown PIDs raise
+            info = self.durable.info(pid)  # unknown PIDs raise
             reason = (f"the process has finished ({info.state})" if info.is_done
                       else "the process runs in another llmunix")
             return DebugInfo(info, (), reason, None, None, info.subprocess_pid is None)
@@ -65,12 +86,11 @@ class Inspection(Debugging):
             reason = "its thread is not in the tool's code right now"
         else:
             reason = ""
-        with self._lock:  # it may have finished while we looked: then its stack is gone
+        with table.lock:  # it may have finished while we looked: then its stack is gone
             if proc.phase is Phase.DONE and stack:
-                info = self._snapshot(proc)
+                info = table.snapshot(proc)
                 stack, reason = (), f"the process has finished ({info.state})"
-        with self._lock:
-            debugger = self._debug_status_locked(proc) if proc.debug is not None else None
+            debugger = self.debugger.status_locked(proc) if self.debugger.attached(proc) else None
         return DebugInfo(info, stack, reason, sample, _child_info(child) if child is not None else None,
                          child is None, debugger)
 
@@ -86,12 +106,13 @@ class Inspection(Debugging):
             raise LlmunixError("the profile duration must be more than 0")
         if not interval > 0:
             raise LlmunixError("the sampling interval must be more than 0")
-        with self._lock:
-            proc = self._procs.get(pid)
+        table = self.table
+        with table.lock:
+            proc = table.get(pid)
         if proc is None:
-            info = self.info(pid)  # unknown PIDs raise (outside the lock: info() takes it)
+            info = self.durable.info(pid)  # unknown PIDs raise (outside the lock: info() takes it)
             raise LlmunixError(f"cannot profile process {format_pid(pid)}: it is not running here ({info.state})")
-        with self._lock:
+        with table.lock:
             if proc.phase is Phase.DONE:
                 raise LlmunixError(f"cannot profile process {format_pid(pid)}: it has already finished ({proc.state})")
             code = getattr(proc.tool.func, "__code__", None)
@@ -112,7 +133,7 @@ class Inspection(Debugging):
         net_at = float("-inf")
         try:
             while True:
-                with self._lock:
+                with table.lock:
                     phase, ident, running = proc.phase, proc.thread_ident, proc.in_body
                     child = proc.subprocess or child
                 if phase is Phase.DONE:

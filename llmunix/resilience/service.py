@@ -1,18 +1,18 @@
-"""The Kernel's resilience methods: retry and restart of processes under the same PID, circuit
-breakers with fallback tools, the watchdog, degraded mode, chaos and `health`.
+"""Resilience: retry and restart of processes under the same PID, circuit breakers with fallback
+tools, the watchdog, degraded mode, chaos and `health`. A component of the kernel
+(`kernel.resilience`). It acts through the process table's hooks:
 
-A part of `Kernel` (mixed in), kept in its own room; it uses the kernel's lock and tables like
-the rest. The kernel calls in at four places:
+* `on_spawn`: a process's retry and restart policies (given to `Kernel.spawn`, or stored and
+  re-attached by `recover`) become its `Attempts`, kept here by PID;
+* `before_body`: an open circuit refuses the attempt or sends it to the tool's fallback; chaos
+  injects its fault;
+* `after_body`: breaker accounting, then retry, restart (`ProcessTable.requeue_locked`) or the end;
+* `on_end`: its attempts and watch go; `on_pressure`: memory pressure is a reason for degraded mode;
+* the monitor, after each sample -> `watchdog_tick` (the rule is in watchdog.py).
 
-* `spawn` -> `_policies` / `_set_policies_locked`: a process's retry and restart policies;
-* `_execute`, before the tool's code -> `_before_body`: an open circuit refuses the attempt or
-  sends it to the tool's fallback; chaos injects its fault;
-* `_execute`, when the body has ended -> `_after_attempt`: breaker accounting, then retry,
-  restart or the end (it returns True when it has dealt with the end itself);
-* the monitor, after each sample -> `_watchdog_tick` (the rule is in watchdog.py).
-
-State (guarded by the kernel lock): `_board` (breakers), `_watch` (the watchdog's reading of
-each running process), `_degraded` (why degraded mode is on; read by admission), `_chaos`.
+State (guarded by the table lock): `_board` (breakers), `_attempts` (per PID), `_watch` (the
+watchdog's reading of each running process), `degraded` (why degraded mode is on: given to the
+scheduler, which defers low and idle work), `_chaos`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,13 @@ import contextlib
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from llmunix.limits import DEFERRED
+from llmunix.lifecycle import Hooks
 from llmunix.models import (
-    QUEUED_STATE,
     LlmunixError,
     Outcome,
     Phase,
@@ -38,7 +35,7 @@ from llmunix.models import (
     ProcessKind,
     ToolError,
 )
-from llmunix.process import REQ_KILL, Process, ProcessContext, signal_group
+from llmunix.process import REQ_STOP, Process, ProcessContext
 from llmunix.resilience.breakers import (
     HALF_OPEN,
     OPEN,
@@ -49,7 +46,7 @@ from llmunix.resilience.breakers import (
 )
 from llmunix.resilience.chaos import INJECTED_FAILURE, ChaosSpec
 from llmunix.resilience.health import FAIL, OK, SKIP, WARN, HealthCheck, HealthReport, check_disk, check_memory, report
-from llmunix.resilience.restart import Attempts, RestartPolicy, short_duration
+from llmunix.resilience.restart import Attempts, RestartPolicy, attempts_from_data, short_duration
 from llmunix.resilience.watchdog import (
     DEFAULT_STALL_RESTARTS,
     Watch,
@@ -58,18 +55,37 @@ from llmunix.resilience.watchdog import (
 )
 from llmunix.retry import RetryPolicy
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from llmunix.durable import DurableState
+    from llmunix.lifecycle import ProcessTable
+    from llmunix.models import AttemptInfo
+    from llmunix.store import Store
+    from llmunix.tools.registry import ToolRegistry
+
 log = logging.getLogger("llmunix.resilience")
 
 STORE_CHECK_TIMEOUT = 5.0  # seconds `health` waits for its test write to commit
 
 
-class Resilience:
-    """Mixed into Kernel (see the module docstring)."""
+class Resilience(Hooks):
+    """See the module docstring."""
 
-    _degraded: tuple[str, ...] = ()  # read by admission (limits.py) from the first dispatch on
-
-    def _init_resilience(self, *, breaker_threshold: int, breaker_cooldown: float, stall_timeout: float,
-                         stall_action: str, chaos: str | None, health_min_disk_mb: float) -> None:
+    def __init__(self, table: ProcessTable, durable: DurableState, registry: ToolRegistry, store: Store | None,
+                 home: Path | None, *, read_only: bool, home_owner: str | None = None, breaker_threshold: int = 5,
+                 breaker_cooldown: float = 30.0, stall_timeout: float = 60.0, stall_action: str = "alert",
+                 chaos: str | None = None, health_min_disk_mb: float = 100.0) -> None:
+        self.table = table
+        self.durable = durable
+        self.registry = registry
+        self.store = store
+        self.home = home
+        self.read_only = read_only
+        self.home_owner = home_owner
+        self.bus = table.bus
+        self.monitoring = False  # the monitor runs (and so the watchdog): set by the kernel
+        self._attempts: dict[int, Attempts] = {}
         if not stall_timeout >= 0:
             raise LlmunixError(f"stall_timeout must be seconds >= 0 (0: no watchdog), not {stall_timeout!r}")
         if not health_min_disk_mb >= 0:
@@ -81,18 +97,23 @@ class Resilience:
         self._chaos: ChaosSpec | None = ChaosSpec.parse(chaos)
         self._watch: dict[int, Watch] = {}
         self._degraded_check_at: float | None = None  # when the pending cool-down re-check fires
+        self.degraded: tuple[str, ...] = ()
+        table.snapshot_field("attempts", self._attempt_info)
+
+    def _attempt_info(self, proc: Process) -> AttemptInfo | None:
+        a = self._attempts.get(proc.pid)
+        return a.info(proc.phase) if a is not None else None
 
     # ------------------------------------------------------------------ public API: breakers
 
     def breakers(self) -> list[BreakerInfo]:
         """Every circuit breaker (per tool and per host) by name, with its state and counters."""
-        with self._lock:
+        with self.table.lock:
             return [b.info() for b in self._board]
 
     def breaker_reset(self, name: str) -> BreakerInfo:
         """Close a breaker by hand (`tool:fetch`, `fetch`, `host:example.com` or `example.com`)."""
-        self._writable()
-        with self._lock:
+        with self.table.lock:
             b = self._board.resolve(name)
             transition = b.reset()
             self.bus.publish("breaker.reset", None, {"name": b.name, "was": "closed" if transition is None else "open"})
@@ -104,7 +125,7 @@ class Resilience:
                        ) -> BreakerInfo:
         """Report one call's outcome to breaker `name` (made on first use), e.g.
         `kernel.breaker_record("host:example.com", False, "HTTP 503")`."""
-        with self._lock:
+        with self.table.lock:
             b = self._board.breaker(name)
             self._record_locked(b, ok, error, pid)
             return b.info()
@@ -112,7 +133,7 @@ class Resilience:
     def breaker_check(self, name: str, pid: int | None = None) -> str | None:
         """Whether a call guarded by breaker `name` may go now: None if so (an open breaker past its
         cool-down lets this caller through as its probe), else the reason it is refused."""
-        with self._lock:
+        with self.table.lock:
             b = self._board.get(name)
             return None if b is None else self._allow_locked(b, pid)
 
@@ -122,7 +143,7 @@ class Resilience:
 
     @breaker_threshold.setter
     def breaker_threshold(self, n: int) -> None:
-        with self._lock:
+        with self.table.lock:
             self._board.configure(threshold=n)
 
     @property
@@ -131,15 +152,15 @@ class Resilience:
 
     @breaker_cooldown.setter
     def breaker_cooldown(self, seconds: float) -> None:
-        with self._lock:
+        with self.table.lock:
             self._board.configure(cooldown=float(seconds))
             self._refresh_degraded_locked()
 
-    def degraded(self) -> tuple[str, ...]:
+    def degraded_reasons(self) -> tuple[str, ...]:
         """Why llmunix is in degraded mode (low and idle work deferred); empty when it is not."""
-        with self._lock:
+        with self.table.lock:
             self._refresh_degraded_locked()
-            return self._degraded
+            return self.degraded
 
     # ------------------------------------------------------------------ public API: chaos, health
 
@@ -156,7 +177,7 @@ class Resilience:
     def set_chaos(self, text: str | None) -> str:
         """Turn fault injection on (`"fail=0.2,hang=0.05,slow=0.1,seed=42"`) or off (`"off"`)."""
         spec = ChaosSpec.parse(text)
-        with self._lock:
+        with self.table.lock:
             self._chaos = spec
             self.bus.publish("system.chaos", None, {"chaos": self.chaos})
         log.warning("chaos %s", self.chaos)
@@ -166,27 +187,28 @@ class Resilience:
         """Run the health checks: store writable, disk space in the home, memory, open breakers,
         stalled processes, unkillable threads (health.py says what fails and what only warns)."""
         checks = [self._check_store(), check_disk(self.home, self.health_min_disk_mb)]
-        pressure = self.check_resources()
+        self.table.check_pressure()
+        pressure = self.table.scheduler.pressure
         checks.append(check_memory(pressure.on, pressure.available_mb, pressure.threshold_mb))
-        with self._lock:
+        with self.table.lock:
             self._refresh_degraded_locked()
             not_closed = [b for b in self._board if b.state != "closed"]
             stalled = [(pid, w) for pid, w in self._watch.items() if w.stalled]
-            stuck = [p for p in self._live.values() if p.unkillable]
+            stuck = [p for p in self.table.live.values() if p.unkillable]
             checks.append(HealthCheck("breakers", WARN if not_closed else OK,
                                       "; ".join(b.reason() for b in not_closed) or "all closed"))
-            if self._monitor is None or not self.stall_timeout:
-                why = "no monitor" if self._monitor is None else "stall_timeout is 0"
+            if not self.monitoring or not self.stall_timeout:
+                why = "no monitor" if not self.monitoring else "stall_timeout is 0"
                 checks.append(HealthCheck("stalled processes", SKIP, f"watchdog off ({why})"))
             else:
                 checks.append(HealthCheck(
                     "stalled processes", FAIL if stalled else OK,
-                    "; ".join(f"{pid:03d} {self._procs[pid].name}: no progress for {short_duration(w.idle)}"
-                              for pid, w in stalled if pid in self._procs) or "none"))
+                    "; ".join(f"{pid:03d} {self.table.procs[pid].name}: no progress for {short_duration(w.idle)}"
+                              for pid, w in stalled if pid in self.table.procs) or "none"))
             checks.append(HealthCheck(
                 "unkillable threads", FAIL if stuck else OK,
                 "; ".join(f"{p.pid:03d} {p.name}: blocked in native code" for p in stuck) or "none"))
-            degraded = self._degraded
+            degraded = self.degraded
         result = report(checks, degraded)
         self.bus.publish("system.health", None, {"status": result.status,
                                                  "failed": [c.name for c in checks if c.status == FAIL]})
@@ -211,8 +233,9 @@ class Resilience:
 
     # ------------------------------------------------------------------ spawn (policies)
 
-    def _policies(self, retry: RetryPolicy | None, restart: RestartPolicy | str | None) -> Attempts | None:
-        """Check `spawn`'s retry and restart arguments (before anything is created)."""
+    def policies(self, retry: RetryPolicy | None, restart: RestartPolicy | str | None) -> Attempts | None:
+        """Check `spawn`'s retry and restart arguments (before anything is created); the result
+        goes to `spawn_locked` as `options={"attempts": ...}`."""
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise LlmunixError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
         if isinstance(restart, str):
@@ -225,19 +248,35 @@ class Resilience:
             return None
         return Attempts(retry, restart)
 
-    def _set_policies_locked(self, proc: Process, attempts: Attempts | None) -> None:
-        if attempts is not None and proc.phase is not Phase.DONE:
-            proc.attempts = attempts
+    def on_spawn(self, proc: Process, options: Any) -> None:
+        """Attach the process's policies: given to spawn, or stored and re-attached by recover
+        (attempts counted afresh from this run)."""
+        attempts = options.get("attempts")
+        if attempts is None and options.get("stored_policy") is not None:
+            attempts = attempts_from_data(options["stored_policy"])
+        if attempts is not None:
+            self._attempts[proc.pid] = attempts
+        else:
+            self._attempts.pop(proc.pid, None)  # a PID run again without policies (rollback, workflow retry)
+
+    def on_end(self, proc: Process) -> None:
+        if proc.pid in self._attempts:
+            self.table.snapshot(proc)  # its final snapshot keeps its attempts (a finished one's is kept)
+            del self._attempts[proc.pid]
+        self._watch.pop(proc.pid, None)
+
+    def on_pressure(self, on: bool) -> None:
+        self._refresh_degraded_locked(dispatch=False)  # memory pressure is a reason for degraded mode
 
     # ------------------------------------------------------------------ before the body (worker thread)
 
-    def _before_body(self, proc: Process, ctx: ProcessContext) -> None:
+    def before_body(self, proc: Process, ctx: ProcessContext) -> None:
         """Just before the tool's code runs, on its worker (lock not held). Raises ToolError to
         fail the attempt without running the tool (an open circuit, an injected failure)."""
-        a = proc.attempts
+        a = self._attempts.get(proc.pid)
         if a is None and (proc.kind is not ProcessKind.TOOL or (not self._board.not_closed and self._chaos is None)):
             return  # the hot path: nothing to decide
-        with self._lock:
+        with self.table.lock:
             if a is not None:
                 a.waiting, a.next_at, a.excused = False, None, False
             if proc.kind is not ProcessKind.TOOL:
@@ -247,27 +286,24 @@ class Resilience:
             fault = spec.draw(proc.pid, a.attempt if a is not None else 1) if spec is not None else None
             if fault is not None:
                 proc.note("chaos", f"injected {fault}")
-                self._emit("process.chaos", proc, fault=fault, tool=proc.tool.name,
+                self.table.emit("process.chaos", proc, fault=fault, tool=proc.tool.name,
                            attempt=a.attempt if a is not None else 1)
         if fault == "fail":
             raise ToolError(INJECTED_FAILURE)
         if fault == "slow":
-            self._sleep(proc, spec.delay)  # type: ignore[union-attr]
+            self.table.sleep(proc, spec.delay)  # type: ignore[union-attr]
         elif fault == "hang":
             self._hang(proc)
 
     def _hang(self, proc: Process) -> None:
         """An injected hang: hold the slot and reach no control point (a pause waits in vain, as
         for a hung call) until a kill or the timeout stops it."""
-        with self._lock:
-            while not proc.requests & REQ_KILL:
-                self._cond(proc).wait()
-            raise ProcessKilled(proc.kill_reason)
+        self.table.hang(proc)
 
     def _choose_tool_locked(self, proc: Process) -> None:
         """The tool this attempt runs: the one asked for, unless its circuit is open; then its
         declared fallback (and the fallback's, in turn), or ToolError with the reason."""
-        a = proc.attempts
+        a = self._attempts.get(proc.pid)
         original, params = (a.original if a is not None and a.original is not None else (proc.tool, None))
         t, seen, reason = original, {original.name}, None
         while True:
@@ -278,17 +314,17 @@ class Resilience:
             reason = reason or refused
             fb = t.fallback
             if fb is None or fb in seen:
-                self._attempts(proc).excused = True
+                self._attempts_of(proc).excused = True
                 raise ToolError(refused if t is original else f"{reason}; its fallback: {refused}")
             try:
                 t = self.registry.get(fb)
             except LlmunixError:
-                self._attempts(proc).excused = True
+                self._attempts_of(proc).excused = True
                 raise ToolError(f"{reason}; its fallback {fb!r} is not a registered tool") from None
             seen.add(t.name)
         if t is proc.tool:
             return
-        a = self._attempts(proc)
+        a = self._attempts_of(proc)
         if a.original is None:
             a.original = (proc.tool, dict(proc.params))
         if t is original:  # back to the tool asked for: its circuit has closed
@@ -300,22 +336,20 @@ class Resilience:
                 a.excused = True
                 raise ToolError(f"{reason}; its fallback cannot take the parameters: {exc}") from None
             note = f"{reason}; running fallback {t.name} instead"
-        proc.params.clear()  # in place: ctx.params is a view of this dict
-        proc.params.update(new_params)
-        proc.tool = t
+        self.table.replace_tool_locked(proc, t, new_params)
         proc.note("fallback", note)
-        self._emit("process.fallback", proc, tool=original.name, running=t.name, reason=note)
+        self.table.emit("process.fallback", proc, tool=original.name, running=t.name, reason=note)
 
     # ------------------------------------------------------------------ after the body (lock held)
 
-    def _after_attempt(self, proc: Process, outcome: Outcome, code: int | None, error: str | None,
-                       output: Any) -> bool:
+    def after_body(self, proc: Process, outcome: Outcome, code: int | None, error: str | None,
+                   output: Any) -> bool:
         """The body has ended with `outcome`. Count it on the tool's breaker, then retry or
         restart the process, or end it with a reason of its own. Returns True when it has dealt
         with the end itself (the caller then does not finish the process). Lock held."""
         if proc.phase is Phase.DONE:
             return False
-        a = proc.attempts
+        a = self._attempts.get(proc.pid)
         if proc.kind is ProcessKind.TOOL:
             self._count_outcome_locked(proc, outcome, error)
         if a is None:
@@ -343,12 +377,12 @@ class Resilience:
         if b is not None and b.state == OPEN and proc.tool.fallback is None:
             delay = max(delay, b.probe_in())  # no point trying before the circuit lets a probe through
         a.attempt += 1
-        if len(proc.checkpoints) > a.ckpt_base:
-            proc.restored = proc.checkpoints[-1]  # the next attempt continues from this run's last checkpoint
+        if len(proc.checkpoints) > a.ckpt_base:  # the next attempt continues from this run's last checkpoint
+            self.table.restore_from_locked(proc, proc.checkpoints[-1])
         detail = f"retry {a.attempt - 1} of {a.max_attempts - 1} in {short_duration(delay)} (last error: {error})"
         note = f"attempt {a.attempt} of {a.max_attempts} in {short_duration(delay)} after: {error}"
         self._requeue_later_locked(proc, a, delay, detail, "retry", note)
-        self._emit("process.retry", proc, attempt=a.attempt, max_attempts=a.max_attempts, delay=round(delay, 3),
+        self.table.emit("process.retry", proc, attempt=a.attempt, max_attempts=a.max_attempts, delay=round(delay, 3),
                    error=error)
 
     def _restart_locked(self, proc: Process, a: Attempts, outcome: Outcome, code: int | None, error: str | None,
@@ -358,7 +392,7 @@ class Resilience:
         policy = a.restart
         if policy is None:  # a watchdog restart of a process without a restart policy
             policy = a.restart = RestartPolicy("never", max_restarts=DEFAULT_STALL_RESTARTS, min_uptime=math.inf)
-        uptime = self._attempt_runtime(proc, time.monotonic())
+        uptime = proc.attempt_runtime(time.monotonic())
         if uptime >= policy.min_uptime:
             a.restarts, a.backoff_step = 0, 0  # it stayed up: start the backoff and the count afresh
         last = f"last error: {error}" if outcome is Outcome.FAILED else "last run completed"
@@ -366,7 +400,7 @@ class Resilience:
             why = (f"restart limit reached ({policy.max_restarts} restarts in a row"
                    + (f", each run up less than {short_duration(policy.min_uptime)}" if policy.min_uptime < math.inf
                       else "") + f"); {last}")
-            self._finish_locked(proc, Outcome.FAILED, code if code else 1, why)
+            self.table.finish_locked(proc, Outcome.FAILED, code if code else 1, why)
             return True
         a.backoff_step += 1
         a.restarts += 1
@@ -374,14 +408,14 @@ class Resilience:
         a.attempt = 1
         delay = policy.backoff.delay(a.backoff_step)
         a.stall_restart = False
-        proc.restored = None
+        self.table.restore_from_locked(proc, None)
         a.ckpt_base = len(proc.checkpoints)
-        proc.step, proc.total, proc.percentage, proc.eta, proc.message = 0, None, None, None, ""
+        self.table.reset_progress_locked(proc)
         detail = f"restarting in {short_duration(delay)} (restart {a.restarts} of {policy.max_restarts})"
         note = (f"restart {a.restarts} of {policy.max_restarts} in {short_duration(delay)} after: "
                 f"{error if error else 'it completed'}")
         self._requeue_later_locked(proc, a, delay, detail, "restart", note)
-        self._emit("process.restarting", proc, restart=a.restarts, max_restarts=policy.max_restarts,
+        self.table.emit("process.restarting", proc, restart=a.restarts, max_restarts=policy.max_restarts,
                    delay=round(delay, 3), outcome=outcome.value, error=error, uptime=round(uptime, 3),
                    watchdog=forced)
         return True
@@ -389,57 +423,18 @@ class Resilience:
     def _requeue_later_locked(self, proc: Process, a: Attempts, delay: float, detail: str, what: str,
                               note: str) -> None:
         """Take a process whose attempt has ended off its slot and thread (phase waiting, `detail`
-        shown) and queue it again after `delay` seconds; a timer does the waiting."""
-        now = time.monotonic()
-        self._off_slot_locked(proc, now)
-        if proc.phase is Phase.RUNNING:
-            self._transition(proc, Phase.WAITING)
-        proc._snapshot = None
-        if proc.subprocess is not None and proc.subprocess.poll() is None:
-            signal_group(proc.subprocess, signal.SIGKILL)
-        # The next attempt is a fresh body on whichever worker is free: nothing of this one's thread stays.
-        proc.has_thread = False
-        proc.thread_ident = proc.native_id = proc.subprocess = None
-        proc.injected = proc.unkillable = False
-        proc.requests = 0  # a kill that ended the attempt (a timeout) is answered; a pending preemption is moot
-        proc.kill_reason, proc.kill_outcome = "", "Cancelled"
-        proc.blocked_on = ()
-        self._ipc_attempt_ended(proc)  # its locks go; unacknowledged persistent messages come again
-        proc.state = QUEUED_STATE[proc.kind]
-        proc.detail = detail
-        a.run_base = proc.run_accum
+        shown) and queue it again after `delay` seconds (the table's timer does the waiting)."""
         a.waiting = True
         a.next_at = time.time() + delay
-        a.token += 1
         self._watch.pop(proc.pid, None)
         proc.note(what, note)
-        timer = threading.Timer(delay, self._attempt_due, (proc, a.token))
-        timer.daemon = True
-        timer.start()
+        self.table.requeue_locked(proc, delay, detail)
 
-    def _attempt_due(self, proc: Process, token: int) -> None:
-        """Timer: the retry or restart wait is over; queue the next attempt (a paused process
-        stays paused: resuming it queues it)."""
-        with self._lock:
-            a = proc.attempts
-            if a is None or a.token != token or not a.waiting or proc.phase is not Phase.WAITING:
-                return
-            now = time.monotonic()
-            self._transition(proc, Phase.READY)
-            proc.detail = (f"queued (attempt {a.attempt} of {a.max_attempts})" if a.attempt > 1
-                           else f"queued (restart {a.restarts})")
-            self._ready.push(proc, now)
-            self._dispatch_locked(now)
-
-    def _attempt_runtime(self, proc: Process, now: float) -> float:
-        """Running time of the current attempt (timeouts and min_uptime are per attempt)."""
-        a = proc.attempts
-        return proc.runtime(now) - (a.run_base if a is not None else 0.0)
-
-    def _attempts(self, proc: Process) -> Attempts:
-        if proc.attempts is None:
-            proc.attempts = Attempts()
-        return proc.attempts
+    def _attempts_of(self, proc: Process) -> Attempts:
+        a = self._attempts.get(proc.pid)
+        if a is None:
+            a = self._attempts[proc.pid] = Attempts()
+        return a
 
     # ------------------------------------------------------------------ breakers (lock held)
 
@@ -447,7 +442,7 @@ class Resilience:
         """A tool process's attempt counts on its tool's breaker: success or failure; a cancel
         only gives back a probe; a failure that is not the tool's (refused by an open circuit, a
         host's failure counted on the host's breaker) does not count."""
-        a = proc.attempts
+        a = self._attempts.get(proc.pid)
         name = f"tool:{proc.tool.name}"
         b = self._board.get(name)
         if (a is not None and a.excused) or not proc.tool.breaker:
@@ -487,28 +482,28 @@ class Resilience:
         self._refresh_degraded_locked()
 
     @contextlib.contextmanager
-    def _host_call(self, proc: Process, host: str) -> Iterator[None]:
+    def host_call(self, proc: Process, host: str) -> Iterator[None]:
         """ProcessContext.host_call: guard one call to `host` with breaker `host:NAME`."""
         name = f"host:{host_name(host)}"
-        with self._lock:
+        with self.table.lock:
             b = self._board.breaker(name)
             refused = self._allow_locked(b, proc.pid)
             if refused is not None:
-                self._attempts(proc).excused = True  # the host's circuit, not the tool's failure
+                self._attempts_of(proc).excused = True  # the host's circuit, not the tool's failure
         if refused is not None:
             raise ToolError(refused)
         try:
             yield
         except ProcessKilled:
-            with self._lock:
+            with self.table.lock:
                 b.release(proc.pid)
             raise
         except BaseException as exc:
-            with self._lock:
+            with self.table.lock:
                 self._record_locked(b, False, _describe(exc), proc.pid)
-                self._attempts(proc).excused = True  # the host's failure, not the tool's
+                self._attempts_of(proc).excused = True  # the host's failure, not the tool's
             raise
-        with self._lock:
+        with self.table.lock:
             self._record_locked(b, True, None, proc.pid)
 
     # ------------------------------------------------------------------ degraded mode (lock held)
@@ -519,7 +514,7 @@ class Resilience:
         `_degraded`). A change is an event (`system.degraded`) and the shell's alert. From inside
         a dispatch (a memory reading), `dispatch=False`: the dispatch under way goes on."""
         self._board.recount()
-        reasons: list[str] = ["memory pressure"] if self._pressure.on else []
+        reasons: list[str] = ["memory pressure"] if self.table.scheduler.pressure.on else []
         soonest = math.inf
         for b in self._board:
             if b.state == OPEN and b.probe_in() > 0:
@@ -533,44 +528,38 @@ class Resilience:
             pending = self._degraded_check_at
             if pending is None or pending > at:
                 self._degraded_check_at = at
-                timer = threading.Timer(soonest + 0.01, self._degraded_timer)
-                timer.daemon = True
-                timer.start()
-        if new == self._degraded:
+                self.table.timers.call_later(soonest + 0.01, self._degraded_timer)
+        if new == self.degraded:
             return
-        was, self._degraded = self._degraded, new
+        was, self.degraded = self.degraded, new
+        self.table.scheduler.set_degraded(new)
         if new:
             log.warning("degraded: %s", "; ".join(new))
         else:
             log.warning("degraded mode over (was: %s)", "; ".join(was))
         self.bus.publish("system.degraded", None, {"state": "on" if new else "off", "reasons": list(new),
                                                    "was": list(was)})
-        if not new and not self._pressure.on:
-            for p in self._live.values():  # deferred processes beyond the look-ahead say so no longer
-                if p.blocked_on is DEFERRED:
-                    p.blocked_on = ()
-                    p.detail = "queued"
         if dispatch:
-            self._dispatch_locked(time.monotonic())
+            self.table.dispatch_locked(time.monotonic())
 
     def _degraded_timer(self) -> None:
-        with self._lock:
+        with self.table.lock:
             self._degraded_check_at = None
-            if not self._closed:
+            if not self.table.closed:
                 self._refresh_degraded_locked()
 
     # ------------------------------------------------------------------ the watchdog (monitor thread)
 
-    def _watchdog_tick(self) -> None:
+    def watchdog_tick(self) -> None:
         """After each monitor sample: mark running processes that have shown no sign of life for
         their stall timeout (watchdog.py), and apply their stall policy."""
         now = time.monotonic()
-        with self._lock:
-            if self._closed:
+        with self.table.lock:
+            if self.table.closed:
                 return
             watch = self._watch
             seen = set()
-            for p in list(self._running):
+            for p in list(self.table.scheduler.running):
                 limit = p.tool.stall_timeout if p.tool.stall_timeout is not None else self.stall_timeout
                 if not limit or not p.in_body or p.phase is not Phase.RUNNING:
                     continue
@@ -583,17 +572,17 @@ class Resilience:
                     w.active_at = now
                 w.idle = now - max(p.last_active, p.slice_start, w.active_at)
                 if w.idle >= limit:
-                    if not p.requests:  # a pending pause or kill says so itself
-                        p.detail = f"stalled: no progress for {short_duration(w.idle)}"
+                    if not p.requests & REQ_STOP:  # a pending pause or kill says so itself
+                        self.table.set_detail_locked(p, f"stalled: no progress for {short_duration(w.idle)}")
                     if not w.stalled:
                         w.stalled = True
                         self._stalled_locked(p, w.idle, limit)
                 elif w.stalled:
                     w.stalled = False
-                    if not p.requests:
-                        p.detail = "running"
+                    if not p.requests & REQ_STOP:
+                        self.table.set_detail_locked(p, "running")
                     p.note("progressing", "shows signs of life again")
-                    self._emit("process.unstalled", p)
+                    self.table.emit("process.unstalled", p)
             for pid in [pid for pid in watch if pid not in seen]:
                 del watch[pid]
 
@@ -602,16 +591,13 @@ class Resilience:
         reason = f"stalled: no progress for {short_duration(idle)}"
         p.note("stalled", f"no progress for {short_duration(idle)} (stall timeout {short_duration(limit)}; "
                           f"action {action})")
-        self._emit("process.stalled", p, idle=round(idle, 3), stall_timeout=limit, action=action,
+        self.table.emit("process.stalled", p, idle=round(idle, 3), stall_timeout=limit, action=action,
                    message=reason)
         if action == "alert":
             return
         if action == "restart":
-            self._attempts(p).stall_restart = True
-        children = self._descendants_locked(p)
-        self._kill_locked(p, False, reason, Outcome.FAILED)
-        for child in children:
-            self._kill_locked(child, False, f"parent {p.pid:03d} {reason}", Outcome.CANCELLED)
+            self._attempts_of(p).stall_restart = True
+        self.table.kill_tree_locked(p, reason)
 
 
 def host_name(host: str) -> str:

@@ -1,0 +1,551 @@
+"""Durable state: what survives, and the questions that span memory and the store.
+
+`DurableState` is a component of the kernel. It answers for every process, live or from an
+earlier session (`info`, `ps`, `ps_rows`, `wait`, `logs`, `recent`, `checkpoints`), keeps the
+finished processes held in memory bounded (retention: the oldest leave once their end is
+committed, and the store answers for them), compacts the store (`gc`), and runs interrupted or
+finished processes again under their PIDs (`recover`, `rollback`).
+
+It knows rows and processes, not features: a feature that folds its checkpoints (workflows)
+registers a folder with `fold_checkpoints`; a feature that must re-attach what it keeps for a
+process when it is recovered (resilience's retry policies) reads the stored `policy` from the
+`on_spawn` hook's options.
+"""
+
+from __future__ import annotations
+
+import gc as _gcmod
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from llmunix.lifecycle import Hooks
+from llmunix.models import (
+    EMPTY,
+    EXIT_CANCELLED,
+    IllegalTransition,
+    LlmunixError,
+    Outcome,
+    Priority,
+    ProcessInfo,
+    ProcessKind,
+    PsRow,
+    ToolError,
+    as_pid,
+    format_pid,
+    matches_state,
+)
+from llmunix.observe.stats import ToolStats, empty_stats, summarize_runs
+from llmunix.process import Process
+from llmunix.store import Store, row_to_info
+from llmunix.tools.registry import ToolRegistry, make_tool
+
+if TYPE_CHECKING:
+    from llmunix.lifecycle import ProcessTable
+
+GC_EVERY_FINISHED = 1000  # automatic compaction: after this many processes finish...
+GC_INTERVAL = 300.0  # ...or this many seconds after the last one, if any finished since
+DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_RETENTION_COUNT = 10_000
+
+
+class DurableState(Hooks):
+    """See the module docstring. Hooks: `on_end` (a finished process joins the retention queue)."""
+
+    def __init__(self, table: ProcessTable, store: Store | None, registry: ToolRegistry, *, read_only: bool,
+                 retention_days: float = DEFAULT_RETENTION_DAYS,
+                 retention_count: int = DEFAULT_RETENTION_COUNT) -> None:
+        if retention_days < 0 or retention_count < 0:
+            raise LlmunixError("retention_days and retention_count must not be negative")
+        self.table = table
+        self.store = store
+        self.registry = registry
+        self.read_only = read_only
+        self.retention_days = float(retention_days)
+        self.retention_count = int(retention_count)
+        self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
+        # Finished processes in the order they finished, with the seq of their terminal event; the
+        # oldest leave memory once that event is committed (the store has them).
+        self._finished: deque[tuple[int, Process]] = deque()
+        self._committed_seq = 0
+        self._counted_seq = 0  # finishes up to this seq are counted in _finished_since_gc
+        self._history_loads = 0  # loads in progress: memory is not released meanwhile
+        self._finished_since_gc = 0
+        self._last_gc = time.monotonic()
+        self._gc_job: Any = None  # the automatic compaction in flight, if any
+        self._folders: dict[str, Callable[[list[Any]], Any]] = {}
+        table.known = self.stored_state
+
+    def start(self) -> None:
+        """The first automatic compaction pass, in the background (an owning kernel only)."""
+        if self.store is not None and not self.read_only:
+            self.store.on_commit(self._retain)
+            self._gc_job = self._compact(wait=False)
+
+    def fold_checkpoints(self, kind: str, fold: Callable[[list[Any]], Any]) -> None:
+        """How a kind's checkpoint versions make its state (`ps -l` of an earlier session's
+        workflow shows the folded state, as a live one has it)."""
+        self._folders[kind] = fold
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_end(self, proc: Process) -> None:
+        if self.store is not None:
+            self._finished.append((proc.end_seq, proc))
+
+    # ------------------------------------------------------------------ one process
+
+    def info(self, pid: int) -> ProcessInfo:
+        table = self.table
+        with table.lock:
+            proc = table.get(as_pid(pid))
+            if proc is not None:
+                return table.snapshot(proc)
+        info = self.historic(pid)
+        if info is None:
+            table.require(pid)  # raises NoSuchProcess with the usual message
+        assert info is not None
+        return self._with_checkpoint(info)  # an agent's or workflow's last checkpoint, as when live
+
+    def exists(self, pid: int) -> bool:
+        return self.table.get(pid) is not None or self.stored_state(pid) is not None
+
+    def stored_state(self, pid: int) -> str | None:
+        """The state of a process that is not in memory, from the store; None if none such."""
+        if self.store is None:
+            return None
+        history = self._history
+        if history is not None and pid in history:
+            return history[pid].state
+        try:
+            row = self.store.process_row(int(pid))
+        except (OverflowError, ValueError, TypeError):
+            return None
+        return row["state"] if row is not None else None
+
+    def historic(self, pid: Any) -> ProcessInfo | None:
+        """A process of an earlier session (or released from memory), from the store."""
+        if self.store is None:
+            return None
+        try:
+            pid = int(pid)
+        except (TypeError, ValueError):
+            return None
+        history = self._history
+        if history is not None and pid in history:
+            return history[pid]
+        try:
+            row = self.store.process_row(pid)
+        except OverflowError:  # beyond SQLite's integers: no such process
+            return None
+        return row_to_info(row) if row is not None else None
+
+    def _with_checkpoint(self, info: ProcessInfo) -> ProcessInfo:
+        """A stored agent's or workflow's snapshot with its last checkpoint (folded by its kind's
+        folder) in `context.intermediate_results`, as a live one has it. One PID at a time."""
+        if self.store is None or info.kind not in (ProcessKind.AGENT, ProcessKind.WORKFLOW) \
+                or info.context.intermediate_results:
+            return info
+        versions = [s for _v, _t, s in self.store.checkpoints(info.pid)]
+        if not versions:
+            return info
+        fold = self._folders.get(str(info.kind))
+        state = fold(versions) if fold is not None else versions[-1]
+        if state is None:
+            return info
+        results = MappingProxyType({"checkpoint": state})
+        return replace(info, context=replace(info.context, intermediate_results=results))
+
+    def checkpoints(self, pid: int) -> list[tuple[int, Any]]:
+        """Every checkpoint version of a process: [(version, state), ...]."""
+        table = self.table
+        with table.lock:
+            proc = table.get(as_pid(pid))
+            if proc is not None and (self.store is None or proc.checkpoints):
+                return list(enumerate(proc.checkpoints, 1))
+        if self.store is None:
+            table.require(pid)
+            return []
+        self.info(pid)
+        return [(v, state) for v, _t, state in self.store.checkpoints(as_pid(pid))]
+
+    def logs(self, pid: int) -> list[tuple[float, str]]:
+        table = self.table
+        with table.lock:
+            proc = table.get(as_pid(pid))
+            if proc is not None:
+                return list(proc.logs)
+        self.info(pid)  # unknown PIDs raise
+        return self.store.log_lines(as_pid(pid)) if self.store is not None else []
+
+    # ------------------------------------------------------------------ listings
+
+    def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
+        """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
+        on the visible state or the phase, case-insensitively (models.matches_state)."""
+        if self.read_only:
+            rows = self.store.process_rows() if all else self.store.live_rows() if self.store else []
+            infos = [row_to_info(r) for r in rows]
+        else:
+            history = self._load_history() if all else {}
+            table = self.table
+            with table.lock:
+                procs = table.procs if all else table.live
+                infos = [table.snapshot(p) for p in procs.values()]
+                if history:  # under the lock: the store writer thread adds processes released from memory
+                    infos.extend(i for pid, i in history.items() if pid not in table.procs)
+            if history:
+                infos.sort(key=lambda i: i.pid)
+        if state:
+            infos = [i for i in infos if matches_state(state, i.display_state, i.phase, i.state)]
+        return infos
+
+    def ps_rows(self, all: bool = False, state: str | None = None) -> list[PsRow]:  # noqa: A002
+        """What `ps(all, state)` lists, as light rows of the columns `ps` prints: no snapshot is
+        built (a listing of 100,000 finished processes stays well under 0.2 s)."""
+        if self.read_only:
+            return [i.ps_row() for i in self.ps(all, state)]
+        history = self._load_history() if all else {}
+        now = time.monotonic()
+        table = self.table
+        with table.lock, _gc_paused():
+            procs = table.procs if all else table.live
+            rows = [p.ps_row(now) for p in procs.values()]
+            if history:  # under the lock: the store writer thread adds processes released from memory
+                rows.extend(i.ps_row() for pid, i in history.items() if pid not in table.procs)
+        if history:
+            rows.sort()  # by PID, its first field (PIDs are unique)
+        if state:
+            rows = [r for r in rows if matches_state(state, r.display_state, r.phase, r.state)]
+        return rows
+
+    def recent(self, seconds: float = 5.0) -> list[ProcessInfo]:
+        """Live processes and those that finished in the last `seconds`, by PID (what `top` lists)."""
+        if self.read_only:
+            return self.ps()
+        cutoff = time.time() - seconds
+        table = self.table
+        with table.lock:
+            procs = dict(table.live)
+            if self.store is not None:  # finished processes are kept in the order they finished
+                for _seq, p in reversed(self._finished):
+                    if p.finished is None or p.finished < cutoff:
+                        break
+                    procs.setdefault(p.pid, p)
+            else:
+                procs.update((p.pid, p) for p in table.procs.values()
+                             if p.finished is not None and p.finished >= cutoff)
+            infos = [table.snapshot(p) for p in procs.values()]
+        infos.sort(key=lambda i: i.pid)
+        return infos
+
+    def tool_stats(self, tool: str | None = None) -> list[ToolStats]:
+        """Per-tool run counts, outcomes and durations, from the store's run history (without a
+        store: this session's finished processes). An unknown tool with no runs raises."""
+        if self.store is not None:
+            runs = self.store.tool_runs(tool)
+        else:
+            runs = [(i.tool_name, i.state, i.runtime) for i in self.ps(all=True)
+                    if i.is_done and (tool is None or i.tool_name == tool)]
+        stats = summarize_runs(runs)
+        if tool is not None and not stats:
+            if tool not in self.registry:
+                raise LlmunixError(f"no tool {tool!r} and no runs of it; `tools` lists them")
+            stats = [empty_stats(tool)]
+        return stats
+
+    # ------------------------------------------------------------------ waiting from outside
+
+    def wait(self, pids: Iterable[int] | None = None, timeout: float | None = None) -> list[ProcessInfo]:
+        """Block until the given processes (default: all live now) have finished, or `timeout`
+        passes. Returns their snapshots; check `.is_done` to see which finished."""
+        wanted = None if pids is None else [as_pid(p) for p in pids]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        earlier: dict[int, ProcessInfo] = {}
+        table = self.table
+        if wanted is not None:
+            with table.lock:
+                absent = [p for p in wanted if table.get(p) is None]
+            for p in absent:  # finished: in an earlier session, or released from memory (retention)
+                earlier[p] = self.info(p)  # unknown PIDs raise
+        with table.lock:
+            if wanted is None:
+                targets = list(table.live.values())
+            else:
+                found = [(p, table.get(p)) for p in wanted if p not in earlier]
+                targets = [proc for _p, proc in found if proc is not None]
+                absent = [p for p, proc in found if proc is None]  # released since we looked
+            table.wait_live(targets, timeout)
+            done = {p.pid: table.snapshot(p) for p in targets}
+        if wanted is None:
+            return list(done.values())
+        for p in absent:
+            earlier[p] = self.info(p)
+        # Live but not ours: another llmunix owns the home (we are read-only). Follow the store.
+        while any(not i.is_done for i in earlier.values()):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            time.sleep(0.1 if left is None else min(0.1, left))
+            earlier = {p: i if i.is_done else self.info(p) for p, i in earlier.items()}
+        return [done[p] if p in done else earlier[p] for p in wanted]
+
+    # ------------------------------------------------------------------ recover, rollback
+
+    def recover(self, pids: Iterable[int] | None = None) -> list[ProcessInfo]:
+        """Continue interrupted processes: from their last checkpoint, or from scratch if the tool
+        is idempotent; otherwise they end Failed ("interrupted; not resumable")."""
+        store = self._owned_store("recover")
+        store.flush()
+        rows = {r["pid"]: r for r in store.interrupted_rows()}
+        wanted = list(rows) if pids is None else [as_pid(p) for p in pids]
+        for pid in wanted:
+            if pid not in rows:
+                state = self.info(pid).display_state
+                raise IllegalTransition(f"process {format_pid(pid)} was not interrupted (it is {state})")
+        out = []
+        chosen = set(wanted)
+        for pid in wanted:
+            parent = rows[pid]["parent"]
+            if parent in chosen and rows[parent]["kind"] in ("workflow", "agent"):
+                # The recovered parent starts its unfinished children again itself.
+                out.append(self._retire(rows[pid], Outcome.CANCELLED,
+                                        f"interrupted; its {rows[parent]['kind']} {format_pid(parent)} "
+                                        "runs it again", action="recover"))
+                continue
+            out.append(self._restart(rows[pid], checkpoint=None, how="recovered"))
+        return out
+
+    def rollback(self, pid: int, to: int | None = None) -> ProcessInfo:
+        """Run a finished or interrupted process again from checkpoint version `to` (default: its
+        last one), under the same PID."""
+        store = self._owned_store("rollback")
+        pid = as_pid(pid)
+        with self.table.lock:
+            live = self.table.live.get(pid)
+            shown = self.table.snapshot(live).display_state.lower() if live is not None else ""
+        if live is not None:
+            raise IllegalTransition(f"process {format_pid(pid)} is {shown}; "
+                                    "kill it or wait for it before rolling back")
+        self.flush()
+        row = store.process_row(pid)
+        if row is None:
+            self.table.require(pid)
+        versions = store.checkpoints(pid)
+        if not versions:
+            raise LlmunixError(f"process {format_pid(pid)} has no checkpoints to roll back to")
+        numbers = [v for v, _t, _s in versions]
+        version = numbers[-1] if to is None else to
+        if version not in numbers:
+            raise LlmunixError(f"process {format_pid(pid)} has no checkpoint version {version} "
+                               f"(it has {numbers[0]}..{numbers[-1]})")
+        return self._restart(row, checkpoint=version, how=f"rolled back to checkpoint {version}")
+
+    def _owned_store(self, what: str) -> Store:
+        if self.store is None:
+            raise LlmunixError(f"{what} needs a home directory with a store")
+        return self.store
+
+    def _restart(self, row: Any, checkpoint: int | None, how: str) -> ProcessInfo:
+        store = self._owned_store("recover")
+        pid = row["pid"]
+        versions = store.checkpoints(pid)
+        if checkpoint is not None:
+            versions = [v for v in versions if v[0] <= checkpoint]
+        try:
+            t = self.registry.get(row["tool"])
+        except LlmunixError:
+            t = None
+        params = json.loads(row["params"] or "{}")
+        action = "recover" if checkpoint is None else "rollback"
+        if t is None or (not versions and not t.idempotent):
+            reason = (f"interrupted; tool {row['tool']!r} is no longer available" if t is None
+                      else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
+            return self._retire(row, Outcome.FAILED, reason, action=action, how=how)
+        policy = json.loads(row["policy"]) if "policy" in row.keys() and row["policy"] else None  # noqa: SIM118
+        table = self.table
+        with table.lock:
+            restored = versions[-1][2] if versions else None
+            proc = table.spawn_locked(
+                t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
+                cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
+                note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
+                # its retry/restart policies go on (attempts counted afresh): resilience's on_spawn
+                options={"stored_policy": policy} if policy else None,
+                event_data={"policy": policy} if policy else None,
+            )
+            self._forget_history(pid)
+            table.emit("process.restarted", proc, action=action, how=proc.history[0].details, resumed=True,
+                       checkpoint=versions[-1][0] if versions else None)
+            return table.snapshot(proc)
+
+    def _retire(self, row: Any, outcome: Outcome, reason: str, *, action: str, how: str = "") -> ProcessInfo:
+        """End an interrupted process of an earlier session without running it again."""
+        try:
+            t = self.registry.get(row["tool"])
+        except LlmunixError:
+            t = make_tool(_gone, name=row["tool"])
+        table = self.table
+        with table.lock:
+            pid = row["pid"]
+            proc = Process(pid, t, json.loads(row["params"] or "{}"), name=row["name"],
+                           priority=Priority.parse(row["priority"] or "normal"), owner=row["owner"] or table.owner,
+                           parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
+                           cwd=row["cwd"] or os.getcwd())
+            table.adopt_locked(proc)
+            self._forget_history(pid)
+            table.emit("process.restarted", proc, action=action, how=how or reason, resumed=False, error=reason)
+            table.finish_locked(proc, outcome, 1 if outcome is Outcome.FAILED else EXIT_CANCELLED, reason)
+            return proc.snapshot()
+
+    def dismiss(self, pid: int, reason: str = "dismissed by user") -> ProcessInfo:
+        """End an Interrupted process of an earlier session as Cancelled without running it (`kill`
+        of an interrupted process): it stops being reported as waiting for `recover`."""
+        store = self._owned_store("dismissing an interrupted process")
+        store.flush()
+        row = store.process_row(as_pid(pid))
+        if row is None or row["state"] != Outcome.INTERRUPTED:
+            raise IllegalTransition(f"process {format_pid(as_pid(pid))} was not interrupted")
+        return self._retire(row, Outcome.CANCELLED, reason, action="kill")
+
+    def _forget_history(self, pid: int) -> None:
+        if self._history is not None:
+            self._history.pop(pid, None)
+
+    # ------------------------------------------------------------------ flush, gc, retention
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until every event published so far is committed to the store: the bus delivers
+        them to the store first (`store.flush()` alone misses those still on the bus). True if
+        done in time; always True without a store."""
+        if self.store is None:
+            return True
+        deadline = time.monotonic() + timeout
+        return self.table.bus.flush(timeout, queued=False) and self.store.flush(max(0.0, deadline - time.monotonic()))
+
+    def gc(self, days: float | None = None, keep: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
+        """Compact finished processes now: those that finished more than `days` ago, or that are
+        not among the newest `keep` finished ones (defaults: retention_days, retention_count),
+        keep only their summary row; their events, log lines and checkpoints are deleted. Live
+        and interrupted processes are never touched. The same `keep` bounds the finished
+        processes held in memory. Returns counts: processes, events, checkpoints (compacted in
+        the store) and released (dropped from memory; still listed from the store)."""
+        self._owned_store("gc")
+        if (days is not None and days < 0) or (keep is not None and keep < 0):
+            raise LlmunixError("days and keep must not be negative")
+        keep = self.retention_count if keep is None else int(keep)
+        self.flush()  # what has finished so far is in the store before the pass
+        job = self._compact(days, keep, wait=True, timeout=timeout)
+        if job.error:
+            raise LlmunixError(f"gc failed: {job.error}")
+        with self.table.lock:
+            released = 0 if self._history_loads else self._release_memory_locked(keep)
+        return {**job.as_dict(), "released": released}
+
+    def compaction_in_flight(self) -> Any:
+        """The automatic compaction pass under way (its `done` event), or None."""
+        return self._gc_job
+
+    def _compact(self, days: float | None = None, keep: int | None = None, *, wait: bool,
+                 timeout: float = 300.0) -> Any:
+        assert self.store is not None
+        days = self.retention_days if days is None else days
+        keep = self.retention_count if keep is None else keep
+        with self.table.lock:
+            self._finished_since_gc = 0
+            self._last_gc = time.monotonic()
+        return self.store.compact(before=time.time() - days * 86400.0, keep=keep, protect=self._live_pids,
+                                  wait=wait, timeout=timeout)
+
+    def _live_pids(self) -> list[int]:
+        with self.table.lock:
+            return list(self.table.live)
+
+    def _retain(self, seq: int) -> None:
+        """Store writer thread, after a commit: bound the finished processes held in memory, and
+        start an automatic compaction when enough have finished (or time has passed)."""
+        table = self.table
+        with table.lock:
+            self._committed_seq = seq
+            for s, _p in reversed(self._finished):  # count finishes as they become durable
+                if s <= self._counted_seq:
+                    break
+                if s <= seq:
+                    self._finished_since_gc += 1
+            self._counted_seq = seq
+            if len(self._finished) > self.retention_count and not self._history_loads:
+                self._release_memory_locked(self.retention_count)
+            due = self._finished_since_gc and (self._finished_since_gc >= GC_EVERY_FINISHED
+                                               or time.monotonic() - self._last_gc >= GC_INTERVAL)
+            busy = self._gc_job is not None and not self._gc_job.done.is_set()
+            closed = table.closed
+        if due and not busy and not closed:
+            try:
+                self._gc_job = self._compact(wait=False)
+            except LlmunixError:  # the store is closing
+                pass
+
+    def _release_memory_locked(self, keep: int) -> int:
+        """Drop the oldest finished processes from memory until `keep` remain, but only those
+        whose terminal state is committed: from then on the store answers for them (`ps -a`,
+        `info`, `log`, `wait`). Hold the lock."""
+        released = 0
+        finished = self._finished
+        table = self.table
+        while len(finished) > keep and finished[0][0] <= self._committed_seq:
+            _seq, p = finished.popleft()
+            if not table.release_locked(p):
+                continue  # restarted since (rollback): the new Process is in the queue too
+            if self._history is not None:
+                info = p.snapshot()  # as slim as a store row: no history, no checkpoint
+                self._history[p.pid] = replace(info, history=(),
+                                               context=replace(info.context, intermediate_results=EMPTY))
+            released += 1
+        return released
+
+    def _load_history(self) -> dict[int, ProcessInfo]:
+        """Processes of earlier sessions, from the store (built once; they do not change)."""
+        if self.store is None:
+            return {}
+        if self.read_only:  # the owner keeps changing it: read it afresh each time
+            return {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
+        table = self.table
+        if self._history is None:
+            with table.lock:
+                self._history_loads += 1  # no process leaves memory while its row may be read stale
+            try:
+                self.store.flush()
+                loaded = {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
+                with table.lock:
+                    if self._history is None:
+                        self._history = {pid: i for pid, i in loaded.items() if table.get(pid) is None}
+            finally:
+                with table.lock:
+                    self._history_loads -= 1
+        return self._history
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection while a listing allocates one row per process: with 100,000
+    processes alive, the full collection those allocations can set off takes about 0.5 s, longer
+    than the listing. (Rows hold no references back, so there is nothing for it to free.)"""
+    if not _gcmod.isenabled():
+        yield
+        return
+    _gcmod.disable()
+    try:
+        yield
+    finally:
+        _gcmod.enable()
+
+
+def _gone(ctx: Any) -> None:
+    raise ToolError("this tool is no longer available")
+
