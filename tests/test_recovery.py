@@ -23,9 +23,9 @@ import pexpect
 import pytest
 from conftest import LLMUNIX
 
+from llmunix import durable as durable_module
 from llmunix import kernel as kernel_module
 from llmunix.models import IllegalTransition, LlmunixError
-from llmunix import durable as durable_module
 from llmunix.store.sqlite import BACKLOG
 
 # Tools for the crash tests, loaded from <home>/tools by every llmunix on that home.
