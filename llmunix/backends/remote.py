@@ -63,13 +63,13 @@ def run_body(spec: dict[str, Any]) -> tuple[Any, ...]:
     func = import_tool(spec["ref"])
     ctx = RemoteContext(spec, worker)
     with _LIVE_LOCK:
-        _LIVE[ctx._key] = ctx
+        _LIVE[ctx.key] = ctx
     try:
-        ctx._send("started", worker=worker.address, name=str(worker.name), host=socket.gethostname(),
+        ctx.report("started", worker=worker.address, name=str(worker.name), host=socket.gethostname(),
                   os_pid=os.getpid())
-        output = ctx._run(func)
+        output = ctx.run_func(func)
         if _small(output):  # it travels with the events: llmunix need not fetch it from here
-            ctx._send("result", value=output)
+            ctx.report("result", value=output)
             return ("sent",)
         return ("ok", output)
     except ToolError as exc:
@@ -78,7 +78,7 @@ def run_body(spec: dict[str, Any]) -> tuple[Any, ...]:
         return ("killed", str(exc))
     finally:
         with _LIVE_LOCK:
-            _LIVE.pop(ctx._key, None)
+            _LIVE.pop(ctx.key, None)
 
 
 def llmunix_deliver(key: str, state: dict[str, Any]) -> bool:
@@ -87,7 +87,7 @@ def llmunix_deliver(key: str, state: dict[str, Any]) -> bool:
     ctx = _LIVE.get(key)
     if ctx is None:
         return False
-    ctx._apply(state)
+    ctx.apply_control(state)
     return True
 
 
@@ -126,7 +126,7 @@ class RemoteContext:
         self.params: Mapping[str, Any] = MappingProxyType(dict(spec["params"]))
         self.restored: Any = spec.get("restored")
         self.kill_grace: float = float(spec.get("kill_grace", 2.0))
-        self._key: str = spec["key"]
+        self.key: str = spec["key"]
         self._topic: str = spec["topic"]
         self._cwd: str = spec.get("cwd") or os.getcwd()
         self._priority = Priority.parse(spec.get("priority", "normal"))
@@ -163,18 +163,18 @@ class RemoteContext:
             self._liveness()
 
     def progress(self, step: int, total: int | None = None, message: str = "") -> None:
-        self._send("progress", step=int(step), total=None if total is None else int(total), message=str(message))
+        self.report("progress", step=int(step), total=None if total is None else int(total), message=str(message))
         self.check()
 
     def log(self, message: str) -> None:
-        self._send("log", line=str(message))
+        self.report("log", line=str(message))
         self.check()
 
     def output(self, line: str) -> None:
-        self._send("log", line=str(line))
+        self.report("log", line=str(line))
 
     def set_state(self, state: str, detail: str = "") -> None:
-        self._send("state", state=str(state), detail=str(detail))
+        self.report("state", state=str(state), detail=str(detail))
         self.check()
 
     def checkpoint(self, state: Any) -> int:
@@ -187,7 +187,7 @@ class RemoteContext:
         with self._cond:
             self._sent += 1
             n = self._sent
-        self._send("checkpoint", n=n, state=encoded)
+        self.report("checkpoint", n=n, state=encoded)
         deadline = time.monotonic() + ACK_TIMEOUT
         with self._cond:
             while self._ack < n:
@@ -226,7 +226,7 @@ class RemoteContext:
             self._child = child
             control = self._control
         renice_group(child, self._priority)
-        self._send("subprocess", os_pid=child.pid)
+        self.report("subprocess", os_pid=child.pid)
         if control == "pause":
             signal_group(child, signal.SIGSTOP)
         elif control == "kill":
@@ -245,7 +245,7 @@ class RemoteContext:
 
     # ------------------------------------------------------------------ internals
 
-    def _run(self, func: Any) -> Any:
+    def run_func(self, func: Any) -> Any:
         """Run the body; the kill escalation may interrupt it only while it runs."""
         with self._cond:
             self._in_body = True
@@ -273,8 +273,8 @@ class RemoteContext:
             except ProcessKilled:  # injected as the body ended
                 continue
 
-    def _send(self, kind: str, **data: Any) -> None:
-        self._worker.log_event(self._topic, {"k": self._key, "t": kind, **data})
+    def report(self, kind: str, **data: Any) -> None:
+        self._worker.log_event(self._topic, {"k": self.key, "t": kind, **data})
 
     def _steer(self) -> None:
         """Pause (reporting it) until told to run; raise ProcessKilled when told to stop."""
@@ -286,7 +286,7 @@ class RemoteContext:
                     return
                 if self._paused_at != self._version:
                     self._paused_at = self._version
-                    self._send("paused", v=self._version)
+                    self.report("paused", v=self._version)
                 self._cond.wait(LIVENESS)
                 if self._orphaned():
                     raise ProcessKilled("its task was cancelled on the cluster")
@@ -300,10 +300,10 @@ class RemoteContext:
 
     def _orphaned(self) -> bool:
         """The cluster no longer wants this task's result (cancelled, or its client is gone)."""
-        ts = self._worker.state.tasks.get(self._key)
+        ts = self._worker.state.tasks.get(self.key)
         return ts is None or ts.state == "cancelled"
 
-    def _apply(self, state: dict[str, Any]) -> None:
+    def apply_control(self, state: dict[str, Any]) -> None:
         """Worker event loop: a new control state from llmunix."""
         with self._cond:
             if state["v"] <= self._version:

@@ -50,7 +50,7 @@ class Deadlock:
     victim: int | None = None
     resolved: float | None = None
     how: str = ""  # how it ended: "killed 004", "004 gave up waiting", ...
-    _pids: frozenset[int] = field(default=frozenset(), repr=False)
+    members_set: frozenset[int] = field(default=frozenset(), repr=False)
 
     def path(self) -> str:
         return " -> ".join(format_pid(p) for p in (*self.cycle, self.cycle[0]))
@@ -131,4 +131,4 @@ def find_deadlock(start: int, waiting: Mapping[int, Waiter], next_id: int, polic
         return None
     cycle = tuple(u for u, _v in cycle_edges)
     edges = tuple(WaitEdge(u, sub.edges[u, v]["prim"].kind, sub.edges[u, v]["prim"].name, v) for u, v in cycle_edges)
-    return Deadlock(next_id, time.time(), cycle, tuple(sorted(stuck)), edges, policy, _pids=frozenset(stuck))
+    return Deadlock(next_id, time.time(), cycle, tuple(sorted(stuck)), edges, policy, members_set=frozenset(stuck))

@@ -624,7 +624,7 @@ class Communication(Hooks):
         if found is None:
             return None
         for d in t.deadlocks:
-            if d.resolved is None and d._pids == found._pids:
+            if d.resolved is None and d.members_set == found.members_set:
                 return None  # reported already
         found.id = next(t.deadlock_ids)
         if self.deadlock_policy == "kill-lowest":
@@ -657,7 +657,7 @@ class Communication(Hooks):
         if self._ipc.waiting.get(w.pid) is w:
             del self._ipc.waiting[w.pid]
         for d in self._ipc.deadlocks:
-            if d.resolved is None and w.pid in d._pids:
+            if d.resolved is None and w.pid in d.members_set:
                 d.resolved = time.time()
                 d.how = f"{format_pid(d.victim)} killed" if d.victim is not None else f"{format_pid(w.pid)} {how}"
 

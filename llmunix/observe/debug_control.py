@@ -300,9 +300,7 @@ class Debugger(Hooks):
         new = validated.get(pname, value)
         with self.table.lock:
             proc = self.table.require_live(pid, "modify")
-            old = proc.params.get(pname)
-            proc.params[pname] = new
-            proc._snapshot = None
+            old = self.table.set_param_locked(proc, pname, new)
             mod = Modification(proc.pid, pname, "param", _shown(pname, old), _shown(pname, new))
             proc.note("modified", f"{pname} = {mod.new}")
             self.table.emit("process.modified", proc, what="param", key=pname, old=mod.old, new=mod.new)
