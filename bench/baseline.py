@@ -1,11 +1,18 @@
 """What every benchmark here shares: the raw ThreadPoolExecutor baseline that llmunix is measured
-against in the same run, and the small report helpers (tables, verdicts)."""
+against in the same run, and the small report helpers (tables, verdicts).
+
+A budget's verdict is `met` or `MISSED` (a result: the script still exits 0), or `INVALID` when
+the run's own correctness check failed, so the figure means nothing; then the script exits 1. A
+check that leaves nothing to measure stops the run at once with `INVALID: ...` (exit 1)."""
 
 from __future__ import annotations
 
 import gc
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import NoReturn
+
+MET, MISSED, INVALID = "met", "MISSED", "INVALID"
 
 
 def noop_plain() -> None:
@@ -43,8 +50,27 @@ def us(seconds: float, n: int) -> float:
     return seconds / n * 1e6
 
 
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+def verdict(ok: bool, valid: bool = True) -> str:
+    """`met` or `MISSED`; `INVALID` whatever the figure when the run's correctness check failed."""
+    if not valid:
+        return INVALID
+    return MET if ok else MISSED
+
+
+def invalid(why: str) -> NoReturn:
+    """Stop the run: the engine did something wrong, so there is nothing valid to report."""
+    raise SystemExit(f"INVALID: {why}")
+
+
+def report_budgets(title: str, results: list[tuple[str, str]]) -> int:
+    """Print each budget's verdict under `title`; the exit status: 1 if any is INVALID, else 0."""
+    print(f"\n{title}:")
+    for text, result in results:
+        print(f"  [{result:>7}] {text}")
+    if any(result == INVALID for _text, result in results):
+        print("INVALID: a correctness check of this run failed (see the `!!` lines above)")
+        return 1
+    return 0
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -9,12 +9,16 @@ baseline:
   `client.submit(plain_noop, pure=False).result()`;
 * throughput: spawn N and wait for all (`max_running` = the cluster's threads x 4), against
   submitting N and gathering them;
-* both in memory and with a store (durable events);
+* both in memory and with a store (durable: each round trip, and each throughput run, until
+  `k.flush()` has returned, i.e. the processes' ends are committed);
 * `ctx.checkpoint()` on a worker (durable here before it returns) and pause latency (pause asked
   -> the body has stopped at a control point -> phase paused).
 
     python bench/dask_backend.py            # N=400, 5 repeats
     python bench/dask_backend.py --quick    # N=100, 3 repeats
+
+It checks its own results: a process that does not complete, a store that does not catch up or a
+pause that never takes stops the run with `INVALID: ...` and exit status 1.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # workers inher
 
 import distributed  # noqa: E402
 
-from bench.baseline import settle, table  # noqa: E402
+from bench.baseline import invalid, settle, table  # noqa: E402
 from bench.dask_tools import plain_noop  # noqa: E402
 from llmunix import Kernel  # noqa: E402
 from llmunix.backends.dask import DaskBackend  # noqa: E402
@@ -60,12 +64,24 @@ def kernel(address: str, home: Path | None, slots: int) -> Kernel:
     return Kernel(home, monitor=False, max_running=slots, backend=DaskBackend(address))
 
 
+def check(infos, what: str) -> None:
+    bad = [i for i in infos if i.state != "Completed"]
+    if bad:
+        invalid(f"{what}: {len(bad)} processes did not complete, e.g. {bad[0].state}: {bad[0].error}")
+
+
+def durable(k: Kernel, what: str) -> None:
+    """With a store: until every event so far (the processes' ends included) is committed."""
+    if k.store is not None and not k.flush(timeout=120):
+        invalid(f"{what}: the store did not catch up within 120 s")
+
+
 def llmunix_roundtrip(k: Kernel, n: int) -> float:
     settle()
     t0 = time.perf_counter()
     for _ in range(n):
-        info = k.wait([k.spawn("bench_remote_noop")])[0]
-        assert info.state == "Completed", info.error
+        check(k.wait([k.spawn("bench_remote_noop")]), "round trip")
+        durable(k, "round trip")
     return time.perf_counter() - t0
 
 
@@ -73,16 +89,24 @@ def llmunix_throughput(k: Kernel, n: int) -> float:
     settle()
     t0 = time.perf_counter()
     infos = k.wait([k.spawn("bench_remote_noop") for _ in range(n)])
+    durable(k, "throughput")
     elapsed = time.perf_counter() - t0
-    assert all(i.state == "Completed" for i in infos)
+    check(infos, "throughput")
     return elapsed
 
 
 def checkpoint_latency(k: Kernel, n: int) -> float:
     t0 = time.perf_counter()
-    info = k.wait([k.spawn("bench_remote_checkpoint", n=n)])[0]
-    assert info.state == "Completed", info.error
+    check(k.wait([k.spawn("bench_remote_checkpoint", n=n)]), "checkpoint")
     return time.perf_counter() - t0
+
+
+def until(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            invalid(f"{what} within {timeout:g} s")
+        time.sleep(0.0005)
 
 
 def pause_latency(k: Kernel, repeats: int) -> float:
@@ -90,12 +114,10 @@ def pause_latency(k: Kernel, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         pid = k.spawn("sleep", seconds=30)
-        while k.info(pid).worker is None:
-            time.sleep(0.005)
+        until(lambda pid=pid: k.info(pid).worker is not None, "pause: the process did not reach a worker")
         t0 = time.perf_counter()
         k.pause(pid)
-        while k.info(pid).phase != "paused":
-            time.sleep(0.0005)
+        until(lambda pid=pid: k.info(pid).phase == "paused", "pause: the process did not pause")
         times.append(time.perf_counter() - t0)
         k.kill(pid)
         k.wait([pid])

@@ -4,14 +4,18 @@
     python bench/durable.py --quick    # smaller sizes (under 15 s)
     python bench/durable.py --n 5000 --history 100000 --workers 2
 
-Not a test: it makes no timed assertions and always exits 0 (unless the engine itself breaks,
-e.g. processes do not complete). Every kernel here has a home directory (a fresh temporary one),
-so every event goes through the store's writer thread into SQLite. Sections:
+Not a test: it makes no timed assertions and exits 0 whether or not the budgets are met; it exits
+1 with `INVALID: ...` when the engine itself misbehaves (a process does not complete, the store
+does not catch up). Every kernel here has a home directory (a fresh temporary one), so every
+event goes through the store's writer thread into SQLite. Durable means what a user relies on:
+`kernel.flush()` has returned, so every event so far (a process's end included) is committed.
+Sections:
 
 (a) lifecycle overhead per no-op process with durable persistence on, against a raw
-    ThreadPoolExecutor in the same run (budget: within 8x); throughput (spawn N, wait for all)
-    and round trip (one at a time); the flush that follows (until the store has committed every
-    event) is timed on its own, and an in-memory kernel is measured alongside for reference;
+    ThreadPoolExecutor in the same run (budget: within 8x); throughput (spawn N, wait for all,
+    flush) and round trip (one at a time, each until its end is committed: wait, then flush);
+    the flush after the throughput run is also timed on its own, and an in-memory kernel is
+    measured alongside for reference;
 (b) events committed per second: processes emitting many ctx.progress / ctx.log events, until
     `kernel.flush()` returns;
 (c) the cost of writes with H finished processes already in the store against an empty store
@@ -30,16 +34,19 @@ import resource
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from baseline import pool_roundtrip, pool_throughput, settle, table, us, verdict
+from baseline import invalid, pool_roundtrip, pool_throughput, report_budgets, settle, table, us, verdict
 
-from llmunix import Kernel
-from llmunix.store import Store
-from llmunix.tools.registry import ToolRegistry, tool
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # measure this checkout, not an install
+
+from llmunix import Kernel  # noqa: E402
+from llmunix.store import Store  # noqa: E402
+from llmunix.tools.registry import ToolRegistry, tool  # noqa: E402
 
 LIFECYCLE_BUDGET = 8.0  # x a raw ThreadPoolExecutor, with durable persistence on
 HISTORY_TOLERANCE = 1.25  # "about 1": cost with H finished processes stored / with none
@@ -111,7 +118,13 @@ def kernel(home: Path | None, workers: int, **kwargs) -> Kernel:
 def check_completed(infos, what: str) -> None:
     bad = [i for i in infos if i.state != "Completed"]
     if bad:
-        raise SystemExit(f"{what}: {len(bad)} processes did not complete, e.g. {bad[0]}")
+        invalid(f"{what}: {len(bad)} processes did not complete, e.g. {bad[0]}")
+
+
+def flush(k: Kernel, what: str, timeout: float = 120) -> None:
+    """Until every event so far is committed (what "durable" means here), or the run is invalid."""
+    if not k.flush(timeout=timeout):
+        invalid(f"{what}: the store did not catch up within {timeout:g} s")
 
 
 # ---------------------------------------------------------------------------- (a) lifecycle
@@ -126,26 +139,28 @@ def durable_throughput(home: Path | None, n: int, workers: int) -> tuple[float, 
         t0 = time.perf_counter()
         infos = k.wait([k.spawn("bench-noop") for _ in range(n)])
         t1 = time.perf_counter()
-        if not k.flush(timeout=120):
-            raise SystemExit("lifecycle: the store did not catch up within 120 s")
+        flush(k, "lifecycle")
         t2 = time.perf_counter()
         check_completed(infos, "lifecycle")
     return t1 - t0, t2 - t1
 
 
 def durable_roundtrip(home: Path | None, n: int, workers: int) -> float:
+    """n round trips, one at a time, each until the process's end is committed (as a user who
+    acts on a result only once it is durable would wait)."""
     with kernel(home, workers) as k:
         for _ in range(4):
             k.wait([k.spawn("bench-noop")])
+            flush(k, "round trip")
         settle()
         t0 = time.perf_counter()
         for _ in range(n):
             k.wait([k.spawn("bench-noop")])
-        k.flush(timeout=120)
+            flush(k, "round trip")
         return time.perf_counter() - t0
 
 
-def bench_lifecycle(homes: Homes, n: int, n_rt: int, workers: int, repeats: int) -> list[tuple[str, bool]]:
+def bench_lifecycle(homes: Homes, n: int, n_rt: int, workers: int, repeats: int) -> list[tuple[str, str]]:
     print(f"\n(a) Lifecycle overhead per no-op process, durable (Kernel(home=tmp)); max_running = "
           f"max_workers = {workers}; median of {repeats}")
     d_wait, d_flush, m_wait, p_tp, d_rt, p_rt = [], [], [], [], [], []
@@ -168,11 +183,11 @@ def bench_lifecycle(homes: Homes, n: int, n_rt: int, workers: int, repeats: int)
                      f"<= {LIFECYCLE_BUDGET:.0f}x" if budgeted else "(info)", verdict(ok) if budgeted else ""))
         if budgeted:
             results.append((f"(a) durable {label}: {ratio:.1f}x a raw pool ({med(k_us):.0f} vs "
-                            f"{med(base_us):.1f} us; budget {LIFECYCLE_BUDGET:.0f}x)", ok))
+                            f"{med(base_us):.1f} us; budget {LIFECYCLE_BUDGET:.0f}x)", verdict(ok)))
 
     row("throughput: spawn N + wait + flush", n, d_total, p_tp, True)  # durable: until committed
     row("throughput: spawn N + wait", n, d_wait, p_tp, False)
-    row("round trip, one at a time", n_rt, d_rt, p_rt, True)
+    row("round trip until committed (wait + flush), one at a time", n_rt, d_rt, p_rt, True)
     row("in-memory kernel, spawn N + wait", n, m_wait, p_tp, False)
     print(table(("variant", "n", "llmunix us", "pool us", "ratio", "budget", "result"), rows))
     print(f"   flush after the wait (until the store has committed every event): median "
@@ -185,7 +200,7 @@ def bench_lifecycle(homes: Homes, n: int, n_rt: int, workers: int, repeats: int)
 # ---------------------------------------------------------------------------- (b) events/s
 
 
-def bench_events(homes: Homes, procs: int, per_proc: int, workers: int) -> list[tuple[str, bool]]:
+def bench_events(homes: Homes, procs: int, per_proc: int, workers: int) -> list[tuple[str, str]]:
     total = procs * per_proc * 2
     print(f"\n(b) Events committed per second: {procs} processes x {per_proc:,} steps "
           f"(ctx.progress + ctx.log each) = {total:,} events")
@@ -198,7 +213,8 @@ def bench_events(homes: Homes, procs: int, per_proc: int, workers: int) -> list[
             t0 = time.perf_counter()
             infos = k.wait([k.spawn("bench-chatty", n=per_proc) for _ in range(procs)])
             t1 = time.perf_counter()
-            k.flush(timeout=300) if home is not None else k.bus.flush(timeout=300)
+            if not (k.flush(timeout=300) if home is not None else k.bus.flush(timeout=300)):
+                invalid(f"events: the {label} kernel did not catch up within 300 s")
             t2 = time.perf_counter()
             check_completed(infos, "events")
             stored = None
@@ -251,18 +267,18 @@ def write_cycle(k: Kernel, n: int) -> tuple[float, float]:
     settle()
     t0 = time.perf_counter()
     check_completed(k.wait([k.spawn("bench-noop") for _ in range(n)]), "history")
-    k.flush(timeout=120)
+    flush(k, "history")
     batch = us(time.perf_counter() - t0, n)
     m = max(50, n // 10)
     t0 = time.perf_counter()
     for _ in range(m):
         k.wait([k.spawn("bench-noop")])
-        k.flush()
+        flush(k, "history")
     single = us(time.perf_counter() - t0, m)
     return batch, single
 
 
-def bench_history(homes: Homes, history: int, n: int, workers: int, repeats: int) -> list[tuple[str, bool]]:
+def bench_history(homes: Homes, history: int, n: int, workers: int, repeats: int) -> list[tuple[str, str]]:
     print(f"\n(c) Writes with {history:,} finished processes in the store vs an empty store "
           f"({n:,} spawn+complete+flush, then {max(50, n // 10)} single ones with a flush each; median of {repeats})")
     big = homes.new()
@@ -298,7 +314,8 @@ def bench_history(homes: Homes, history: int, n: int, workers: int, repeats: int
     k = kernel(big, workers)
     start_full = time.perf_counter() - t0
     job = k._gc_job
-    job.done.wait(600)
+    if not job.done.wait(600):
+        invalid("history: the automatic compaction did not finish within 600 s")
     gc_s = time.perf_counter() - t0
     counts = job.as_dict()
     t0 = time.perf_counter()
@@ -322,8 +339,9 @@ def bench_history(homes: Homes, history: int, n: int, workers: int, repeats: int
           f"{counts['events']:,} events in {gc_s:.2f} s on the writer thread (start itself {start_full * 1e3:.0f} ms); "
           f"a spawn+wait+flush right after it {after * 1e3:.1f} ms; db file {size_mb:.0f} MB")
     return [
-        (f"(c) spawn+complete+flush with {history:,} stored / empty = {r_batch:.2f}x (budget ~1x)", ok_b),
-        (f"(c) single round trip + flush with {history:,} stored / empty = {r_single:.2f}x (budget ~1x)", ok_s),
+        (f"(c) spawn+complete+flush with {history:,} stored / empty = {r_batch:.2f}x (budget ~1x)", verdict(ok_b)),
+        (f"(c) single round trip + flush with {history:,} stored / empty = {r_single:.2f}x (budget ~1x)",
+         verdict(ok_s)),
     ]
 
 
@@ -352,7 +370,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def bench_checkpoints(homes: Homes, n: int, workers: int) -> list[tuple[str, bool]]:
+def bench_checkpoints(homes: Homes, n: int, workers: int) -> list[tuple[str, str]]:
     print(f"\n(d) Checkpoint latency: ctx.checkpoint() round trip (returns once committed), {n} checkpoints")
     results: dict[str, list[float]] = {}
     for label, load in (("idle", False), ("while another process floods the log", True)):
@@ -365,6 +383,8 @@ def bench_checkpoints(homes: Homes, n: int, workers: int) -> list[tuple[str, boo
             settle()
             check_completed(k.wait([k.spawn("bench-checkpointer", n=n)]), "checkpoints")
             _flood_stop.set()
+            if len(_latencies) != n:
+                invalid(f"checkpoints: {len(_latencies)} of {n} timed")
             if bg is not None:
                 flooded = k.wait([bg])[0].output
                 print(f"   (the flood wrote {flooded:,} log events meanwhile)")
@@ -400,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
           f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
     started = time.perf_counter()
     homes = Homes()
-    results: list[tuple[str, bool]] = []
+    results: list[tuple[str, str]] = []
     try:
         results += bench_lifecycle(homes, n, max(100, n // 5), args.workers, repeats)
         results += bench_events(homes, 4, 1_000 if quick else 5_000, args.workers)
@@ -409,10 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         homes.cleanup()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nBudgets ({time.perf_counter() - started:.1f} s total, peak RSS {peak_mb:.0f} MB):")
-    for text, ok in results:
-        print(f"  [{verdict(ok)}] {text}")
-    return 0
+    return report_budgets(f"Budgets ({time.perf_counter() - started:.1f} s total, peak RSS {peak_mb:.0f} MB)",
+                          results)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,18 @@
     python bench/scheduler.py --quick    # smaller sizes (about 10 s)
     python bench/scheduler.py --n 20000 --queued 100000 --records 100000 --workers 2
 
-Not a test: it makes no timed assertions and exits 0 whether or not the budgets are met (it stops
-with an error only if the engine misbehaves, e.g. a no-op process does not complete). It prints
-one table per section and, for each design budget, whether this run met it. Budgets (docs/performance.md):
+Not a test: it makes no timed assertions and exits 0 whether or not the budgets are met. It checks
+its own results, though: when a check fails (a no-op process does not complete, an event is lost,
+a queued process is not cancelled, the two ps listings differ) the budgets it concerns say
+INVALID instead of met or MISSED and the script exits 1. It prints one table per section and, for
+each design budget, whether this run met it. Budgets (docs/performance.md):
 
 * lifecycle overhead per no-op process (spawn, schedule, run on a worker thread, complete,
   events published and delivered) within 3x of a raw ThreadPoolExecutor.submit round trip
   measured in the same run;
 * submitting the 100,000th process costs the same as the first (ratio about 1);
-* `ps` over 100,000 records: under 0.2 s.
+* `ps` over 100,000 records: under 0.2 s (at another --records, the time measured there is judged
+  against the budget pro rata, and labelled so: nothing is extrapolated).
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from baseline import pool_roundtrip, pool_throughput, settle, table, us, verdict
+from baseline import invalid, pool_roundtrip, pool_throughput, report_budgets, settle, table, us, verdict
 
-from commands.views import ps_plain
-from llmunix import Kernel
-from llmunix.tools.registry import ToolRegistry, tool
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # measure this checkout, not an install
+
+from commands.views import ps_plain  # noqa: E402
+from llmunix import Kernel  # noqa: E402
+from llmunix.tools.registry import ToolRegistry, tool  # noqa: E402
 
 LIFECYCLE_BUDGET = 3.0  # x a raw ThreadPoolExecutor round trip
 QUEUE_TOLERANCE = 1.25  # spawn cost at depth Q / at depth 0 should be "about 1"; this allows for noise
@@ -95,7 +101,7 @@ def kernel_throughput(n: int, workers: int, target: Callable, *, subscribe: bool
         elapsed = time.perf_counter() - t0
         bad = [i for i in infos if i.state != "Completed"]
         if bad:
-            raise SystemExit(f"lifecycle: {len(bad)} processes did not complete, e.g. {bad[0]}")
+            invalid(f"lifecycle: {len(bad)} processes did not complete, e.g. {bad[0]}")
     return elapsed, seen[0]
 
 
@@ -111,7 +117,7 @@ def kernel_roundtrip(n: int, workers: int, target: Callable) -> float:
         return time.perf_counter() - t0
 
 
-def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -> list[tuple[str, bool]]:
+def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -> list[tuple[str, str]]:
     print(f"\n1. Lifecycle overhead per no-op process (max_running = max_workers = {workers}; "
           f"median and best of {repeats})")
     k_tp, k_sub, k_cwd, p_tp, k_rt, p_rt = [], [], [], [], [], []
@@ -133,18 +139,19 @@ def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -
     rows = []
     results = []
 
-    def row(label: str, count: int, k_us: list[float], base_us: list[float], budgeted: bool) -> None:
+    def row(label: str, count: int, k_us: list[float], base_us: list[float], budgeted: bool,
+            valid: bool = True) -> None:
         ratio, best = median(k_us) / median(base_us), min(k_us) / min(base_us)
-        ok = ratio <= LIFECYCLE_BUDGET
+        result = verdict(ratio <= LIFECYCLE_BUDGET, valid)
         rows.append((label, f"{count:,}", f"{median(k_us):.1f}", f"{min(k_us):.1f}", f"{median(base_us):.1f}",
                      f"{min(base_us):.1f}", f"{ratio:.1f}x", f"{best:.1f}x",
-                     f"<= {LIFECYCLE_BUDGET:.0f}x" if budgeted else "(info)", verdict(ok) if budgeted else ""))
+                     f"<= {LIFECYCLE_BUDGET:.0f}x" if budgeted else "(info)", result if budgeted else ""))
         if budgeted:
             results.append((f"lifecycle {label}: {ratio:.1f}x a raw pool (best {best:.1f}x; "
-                            f"budget {LIFECYCLE_BUDGET:.0f}x)", ok))
+                            f"budget {LIFECYCLE_BUDGET:.0f}x)", result))
 
     row("(a) throughput", n, k_tp, p_tp, True)
-    row("(a) throughput + subscriber", n, k_sub, p_tp, True)
+    row("(a) throughput + subscriber", n, k_sub, p_tp, True, valid=events_ok)
     row("(b) round trip", n_rt, k_rt, p_rt, True)
     row("(a) throughput, spawn(cwd=...)", n, k_cwd, p_tp, False)
     row("(a) throughput, unregistered fn", n_raw, [raw], p_tp, False)
@@ -156,15 +163,13 @@ def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -
     print("   (b) k.wait([k.spawn(noop)]) one at a time  vs  submit(noop).result() one at a time")
     print("   spawn(cwd=...): the caller passes cwd, so spawn skips os.getcwd() (a GIL release under the kernel lock)")
     print("   unregistered fn: k.spawn(plain_function) builds a Tool (pydantic model) on every call; one run")
-    if not events_ok:
-        results.append(("lifecycle events: some were not delivered", False))
     return results
 
 
 # ---------------------------------------------------------------------------- 2. queue length
 
 
-def bench_queue(queued: int, batch: int, batches: int, blocks: int) -> list[tuple[str, bool]]:
+def bench_queue(queued: int, batch: int, batches: int, blocks: int) -> list[tuple[str, str]]:
     print(f"\n2. Queue-length independence (max_running=1, a gate holds the slot; spawn cost at 0 and at "
           f"{queued:,} queued)")
     _gate_release.clear()
@@ -174,7 +179,7 @@ def bench_queue(queued: int, batch: int, batches: int, blocks: int) -> list[tupl
     deadline = time.monotonic() + 10
     while k.info(g).phase != "running":
         if time.monotonic() > deadline:
-            raise SystemExit("queue: the gate process never started")
+            invalid("queue: the gate process never started")
         time.sleep(0.001)
 
     def timed(m: int) -> float:
@@ -234,16 +239,17 @@ def bench_queue(queued: int, batch: int, batches: int, blocks: int) -> list[tupl
     _gate_release.set()
     infos = k.ps(all=True)
     cancelled = sum(1 for i in infos if i.state == "Cancelled")
+    all_cancelled = cancelled == expected  # else the queue was not what it was said to be
 
-    ok_t = typical <= QUEUE_TOLERANCE
-    ok_a = amortized <= QUEUE_TOLERANCE
+    ok_t = verdict(typical <= QUEUE_TOLERANCE, all_cancelled)
+    ok_a = verdict(amortized <= QUEUE_TOLERANCE, all_cancelled)
     rows = [
         ("spawn, 0 queued (median of batches)", f"{median(first):.1f}", "", "", ""),
         (f"spawn, {queued:,} queued (median of batches)", f"{median(deep):.1f}", f"{typical:.2f}x",
-         f"<= {QUEUE_TOLERANCE}x", verdict(ok_t)),
+         f"<= {QUEUE_TOLERANCE}x", ok_t),
         ("fill: mean of first third (incl. GC)", f"{early:.1f}", "", "", ""),
         ("fill: mean of last third (incl. GC)", f"{late:.1f}", f"{amortized:.2f}x", f"<= {QUEUE_TOLERANCE}x",
-         verdict(ok_a)),
+         ok_a),
         (f"shutdown with {expected:,} queued", f"{us(shutdown_s, expected):.1f}", f"{shutdown_s:.2f} s total",
          "(info)", ""),
     ]
@@ -255,8 +261,8 @@ def bench_queue(queued: int, batch: int, batches: int, blocks: int) -> list[tupl
               f"{' '.join(f'{p * 1e3:.0f}' for p in pauses)} ms (they grow with the number of live processes)")
     print(f"   filling took {fill_s:.2f} s; shutdown cancelled {cancelled:,} of {expected:,} "
           f"(budget \"about 1x\": met at <= {QUEUE_TOLERANCE}x, timing noise allowed)")
-    if cancelled != expected:
-        print("   !! not every queued process was cancelled")
+    if not all_cancelled:
+        print("   !! not every queued process was cancelled: the queue figures are INVALID")
     results = [
         (f"queue: typical spawn at {queued:,} queued / at 0 = {typical:.2f}x (budget ~1x)", ok_t),
         (f"queue: amortized spawn (incl. GC) while filling, last / first third = {amortized:.2f}x (budget ~1x)",
@@ -268,7 +274,7 @@ def bench_queue(queued: int, batch: int, batches: int, blocks: int) -> list[tupl
 # ---------------------------------------------------------------------------- 3. ps
 
 
-def bench_ps(records: int, workers: int) -> list[tuple[str, bool]]:
+def bench_ps(records: int, workers: int) -> list[tuple[str, str]]:
     print(f"\n3. ps over {records:,} finished processes")
     finished = threading.Event()
     count = [0]
@@ -284,7 +290,7 @@ def bench_ps(records: int, workers: int) -> list[tuple[str, bool]]:
         for _ in range(records):
             k.spawn(noop)
         if not finished.wait(600):
-            raise SystemExit(f"ps: only {count[0]:,} of {records:,} processes completed")
+            invalid(f"ps: only {count[0]:,} of {records:,} processes completed")
         k.bus.flush(timeout=60)
         fill_s = time.perf_counter() - t0
 
@@ -308,13 +314,18 @@ def bench_ps(records: int, workers: int) -> list[tuple[str, bool]]:
         t0 = time.perf_counter()
         text = ps_plain(infos)
         render = time.perf_counter() - t0
+        valid = True
         if len(infos) != records or text.count("\n") != records:
             print(f"   !! ps listed {len(infos):,} records ({text.count(chr(10)):,} lines), expected {records:,}")
+            valid = False
         if light_text != text:
             print("   !! the light listing (ps_rows) differs from the snapshot listing (ps)")
+            valid = False
 
-    scale = PS_BUDGET_RECORDS / records
-    note = "" if records == PS_BUDGET_RECORDS else f" (scaled x{scale:g} to {PS_BUDGET_RECORDS:,})"
+    # The budget is for 100,000 records. At another size the time measured there is judged against
+    # the budget pro rata (ps is linear in the records), and labelled so: no figure is scaled up.
+    budget = PS_BUDGET * records / PS_BUDGET_RECORDS
+    note = "" if records == PS_BUDGET_RECORDS else f"; pro rata {budget:.3f} s at {records:,}"
     rows = []
     results = []
     for label, secs in (("k.ps_rows(all=True), first call", light_cold), ("k.ps_rows(all=True), again", light_warm),
@@ -323,14 +334,14 @@ def bench_ps(records: int, workers: int) -> list[tuple[str, bool]]:
                         ("snapshots: k.ps(all=True), first call", cold), ("snapshots: k.ps(all=True), again", warm),
                         ("snapshots: ps_plain(infos) render", render),
                         ("snapshots: ps -l/--json path (first call + render)", cold + render)):
-        at_budget = secs * scale
-        ok = at_budget < PS_BUDGET
+        result = verdict(secs < budget, valid)
         if label.startswith("snapshots"):  # `ps -l`, `ps --json` and `ps PID`: for information
-            rows.append((label, f"{secs:.3f}", f"{at_budget:.3f}", "", ""))
+            rows.append((label, f"{secs:.3f}", "", ""))
             continue
-        rows.append((label, f"{secs:.3f}", f"{at_budget:.3f}", f"< {PS_BUDGET}", verdict(ok)))
-        results.append((f"ps: {label}: {at_budget:.3f} s at {PS_BUDGET_RECORDS:,}{note} (budget {PS_BUDGET} s)", ok))
-    print(table(("measure", "seconds", f"at {PS_BUDGET_RECORDS // 1000}k", "budget", "result"), rows))
+        rows.append((label, f"{secs:.3f}", f"< {budget:.3f}", result))
+        results.append((f"ps: {label}: {secs:.3f} s measured over {records:,} records "
+                        f"(budget {PS_BUDGET} s at {PS_BUDGET_RECORDS:,}{note})", result))
+    print(table(("measure", f"seconds, {records:,} records", "budget", "result"), rows))
     print(f"   (making {records:,} finished processes took {fill_s:.1f} s; "
           f"the first ps builds and caches their snapshots)")
     return results
@@ -374,10 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         results += bench_ps(records, args.workers)
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nBudgets ({time.perf_counter() - started:.1f} s total, peak RSS {peak_mb:.0f} MB):")
-    for text, ok in results:
-        print(f"  [{'met' if ok else 'MISSED':>6}] {text}")
-    return 0
+    return report_budgets(f"Budgets ({time.perf_counter() - started:.1f} s total, peak RSS {peak_mb:.0f} MB)",
+                          results)
 
 
 def _cpu_model() -> str:

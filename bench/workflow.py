@@ -4,7 +4,9 @@ ThreadPoolExecutor doing the same no-op in the same run.
 Two shapes: a *chain* of L steps (each needs the one before: latency per step, compared with one
 pool submit-then-result round trip) and a *fan-out* of W independent steps (throughput per step,
 compared with W pool submits and a wait). Each shape runs in memory and with a store (a home in a
-temporary directory), where every step start and end is a durable checkpoint.
+temporary directory), where every step start and end is a durable checkpoint; a durable run is
+timed until `k.flush()` returns (the workflow's end committed too). A workflow that does not
+complete stops the run with `INVALID: ...` and exit status 1.
 
     python bench/workflow.py            # L=200, W=500
     python bench/workflow.py --quick    # L=50, W=100
@@ -21,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.baseline import pool_roundtrip, pool_throughput, settle, table, us  # noqa: E402
+from bench.baseline import invalid, pool_roundtrip, pool_throughput, settle, table, us  # noqa: E402
 from llmunix import Kernel  # noqa: E402
 from llmunix.tools.registry import tool  # noqa: E402
 from llmunix.workflows.spec import spec_from_data  # noqa: E402
@@ -50,8 +52,11 @@ def run_workflow(data: dict, home: Path | None, workers: int) -> float:
         t0 = time.perf_counter()
         pid = k.workflow_run(spec)
         info = k.wait([pid])[0]
+        if home is not None and not k.flush(timeout=120):
+            invalid(f"{data['name']}: the store did not catch up within 120 s")
         elapsed = time.perf_counter() - t0
-        assert info.state == "Completed", info.error
+        if info.state != "Completed":
+            invalid(f"{data['name']}: the workflow ended {info.state}: {info.error}")
         return elapsed
 
 

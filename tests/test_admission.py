@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_phase
+from conftest import WAIT, wait_phase
 from test_shell_commands import Session
 
 from llmunix import Kernel, Phase, ProcessContext
@@ -167,13 +167,29 @@ def test_a_process_waits_for_tokens_until_the_bucket_refills(make_kernel):
     assert limit(k, "llm_tokens_per_min").level == pytest.approx(0)
 
 
-ALLOCATE = f"{sys.executable} -c \"b = b'x' * (100 * 1024 * 1024); import time; time.sleep(0.5)\""
+HOLD_100_MB = """import os, sys, time
+b = b'x' * (100 * 1024 * 1024)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+"""
 
 
-def test_memory_need_is_predicted_from_the_tools_past_runs(make_kernel, tmp_path):
+def run_holding_100_mb(k: Kernel, tmp_path, wait_until) -> str:
+    """Run a `shell` process whose Python child holds 100 MiB until the monitor has seen it (then
+    the test lets it end): a fixed lifetime could end before a sample on a loaded machine."""
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_100_MB)
+    let_go = tmp_path / f"let-go-{time.monotonic_ns()}"
+    pid = k.spawn("shell", cmd=f"{sys.executable} {script} {let_go}")
+    wait_until(lambda: any((s.memory_mb or 0) > 100 for s in k.samples(pid)), message="a sample of 100 MB")
+    let_go.touch()
+    return k.wait([pid], timeout=WAIT)[0].state
+
+
+def test_memory_need_is_predicted_from_the_tools_past_runs(make_kernel, tmp_path, wait_until):
     k = make_kernel(monitor=True, monitor_interval=0.05)
     for _ in range(2):
-        assert k.wait([k.spawn("shell", cmd=ALLOCATE)], timeout=20)[0].state == "Completed"
+        assert run_holding_100_mb(k, tmp_path, wait_until) == "Completed"
     info = k.info(k.spawn("shell", cmd="true"))
     assert info.predicted_needs == ("memory_mb",)
     assert 95 < info.needs["memory_mb"] < 200
@@ -183,7 +199,7 @@ def test_memory_need_is_predicted_from_the_tools_past_runs(make_kernel, tmp_path
     home = tmp_path / "home"
     first = Kernel(home, monitor_interval=0.05)
     try:
-        assert first.wait([first.spawn("shell", cmd=ALLOCATE)], timeout=20)[0].state == "Completed"
+        assert run_holding_100_mb(first, tmp_path, wait_until) == "Completed"
     finally:
         first.shutdown()
     later = make_kernel(home=home)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import threading
 
 import pytest
-from conftest import PROMPT, Session, close_prompt, spawn_prompt
+from conftest import PROMPT, Session, close_prompt, skip_unless_ci, spawn_prompt
 
 from llmunix import ProcessContext
 from llmunix.observe import pyspy
@@ -283,11 +282,19 @@ def python_child(sh, tmp_path, wait_until):
     sh.kernel.wait([pid], timeout=10)
 
 
-@pytest.mark.skipif(shutil.which("py-spy") is None, reason="py-spy is not installed")
-def test_a_python_subprocess_is_sampled_with_py_spy(sh, python_child):
+@pytest.fixture
+def py_spy() -> str:
+    """py-spy as llmunix finds it; its absence skips the test, or fails it in CI."""
+    path = pyspy.py_spy_path()
+    if path is None:
+        skip_unless_ci("py-spy is not on PATH: pip install 'llmunix[dev]' (or 'llmunix[profile]')")
+    return path
+
+
+def test_a_python_subprocess_is_sampled_with_py_spy(sh, py_spy, python_child):
     out = sh.ok(f"profile {python_child} -d 1s")
-    if "ptrace is not permitted" in out:
-        pytest.skip("py-spy may not attach here (ptrace)")  # the report said so in one line
+    if "ptrace is not permitted" in out:  # the report said so in one line
+        skip_unless_ci("py-spy may not attach here (ptrace)")
     assert "the stacks are its Python child's" in out and "sampled by py-spy" in out
     assert "└── Hotspots: hot_loop() " in out
     share = re.search(r"^hot_loop\(\)\s+child\.py:3\s+(\d+\.\d)%", out, re.M)

@@ -140,6 +140,7 @@ def test_missing_script_and_bad_config_are_reported(tmp_path):
 def test_config_file_sets_max_running(tmp_path):
     (tmp_path / "config.toml").write_text("max_running = 1\n")
     r = llmunix("-c", "run sleep seconds=5", "-c", "run sleep seconds=5", "-c", "ps", home=tmp_path)
+    assert r.returncode == 0, r.stderr
     states = [line.split()[2] for line in r.stdout.splitlines() if line.startswith("00") and len(line.split()) > 3]
     assert states == ["Running", "Pending"]
 
@@ -163,4 +164,4 @@ def test_python_api_runs_without_the_shell(tmp_path):
             print(k.wait([pid], timeout=10)[0].output)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip() == "5", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "5", r.stderr

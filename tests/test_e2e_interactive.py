@@ -21,7 +21,8 @@ def test_run_shows_the_pid_then_a_completion_alert_and_ps_pipes_to_grep(session)
     session.sendline("run sleep seconds=0.3")
     session.expect(r"001\r\n")
     session.expect(PROMPT)
-    session.expect(rf"\[001\]{ANY}sleep{ANY}completed{ANY} in 0\.\ds")  # the alert, drawn above the prompt
+    session.expect(rf"\[001\]{ANY}sleep{ANY}completed{ANY} in (\d+\.\d)s")  # the alert, drawn above the prompt
+    assert float(session.match.group(1)) >= 0.3  # how much longer depends on the machine's load
     session.sendline("ps -a | grep Completed | awk '{print $1 \"-\" $3}'")
     session.expect(r"001-Completed")
     session.expect(PROMPT)
@@ -35,7 +36,7 @@ def test_failures_are_announced_and_the_shell_keeps_running(session):
     session.expect(r"kill: no process 042")
     session.expect(PROMPT)
     session.sendline("nosuchcommand")
-    session.expect(r"nosuchcommand")
+    session.expect(r"nosuchcommand is not a recognized command")  # the error, not the echoed line
     session.expect(PROMPT)
     session.sendline("run echo text=still-alive")
     session.expect(rf"\[002\]{ANY}echo{ANY}completed")
@@ -84,7 +85,8 @@ def test_wait_on_a_terminal_draws_progress_then_reports(session):
     session.expect(PROMPT)
     session.sendline("wait")
     session.expect(rf"001{ANY}sleep{ANY}\d+%{ANY}Running")  # the live progress display
-    session.expect(r"\[001\] sleep completed in 1\.\ds")
+    session.expect(r"\[001\] sleep completed in (\d+\.\d)s")
+    assert float(session.match.group(1)) >= 1.5
     session.expect(PROMPT)
 
 

@@ -19,7 +19,7 @@ def blocked_subscriber(k: Kernel, pattern: str = "*", **kw):
 
     def slow(event) -> None:
         seen.append(event)
-        release.wait(30)
+        release.wait(60)  # longer than any wait below: the tests let it go themselves
 
     return release, seen, k.subscribe(pattern, slow, **kw)
 
@@ -30,16 +30,15 @@ def test_a_blocked_subscriber_does_not_stall_spawning_or_the_store(tmp_path):
     k.subscribe("*", lambda e: offered.__setitem__(0, offered[0] + 1), queue=None)  # inline: counts all
     release, seen, sub = blocked_subscriber(k, queue=100)
     try:
-        t0 = time.monotonic()
         first = k.spawn("echo", text="a")
         # A dependent runs only once its dependency's end is committed: the store must keep up.
         chained = k.spawn("echo", text="b", after=[first])
         pids = [k.spawn("echo", text=str(i)) for i in range(300)]
         infos = k.wait([first, chained, *pids], timeout=20)
         assert all(i.finished_ok for i in infos)
-        assert k.flush(timeout=5), "the store fell behind a blocked subscriber"
-        elapsed = time.monotonic() - t0
-        assert elapsed < 10, f"302 processes took {elapsed:.1f}s with a blocked subscriber"
+        assert k.flush(timeout=20), "the store fell behind a blocked subscriber"
+        # All of it happened while the subscriber sat in its first callback (it is let go below).
+        assert len(seen) == 1 and not release.is_set()
         stats = {s.id: s for s in k.bus_info().subscriptions}[sub.id]
         assert stats.mode == "queued" and stats.queued == 100 and stats.dropped > 0
         assert len(k.events(types="process.completed")) == 302  # the store lost nothing

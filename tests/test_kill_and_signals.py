@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import psutil
 import pytest
+from conftest import WAIT
 
 from llmunix import Event, Phase, ProcessContext
 from llmunix.models import EXIT_CANCELLED
@@ -40,11 +40,9 @@ def test_kill_stops_a_pure_python_spin_loop_after_the_grace(make_kernel, wait_un
     wait_in_body(k, pid, wait_until)
     info = k.kill(pid)
     assert info.detail == "stopping (kill requested)"
-    t0 = time.monotonic()
-    assert_cancelled(k.wait([pid], timeout=5)[0])
-    assert time.monotonic() - t0 < 5
+    assert_cancelled(k.wait([pid], timeout=WAIT)[0])
     assert k.bus.flush(10)
-    assert [e.pid for e in escalated] == [pid]
+    assert [e.pid for e in escalated] == [pid]  # stopped by the escalation, the loop never checks in
 
 
 def test_forced_kill_stops_a_spin_loop_without_waiting_for_the_grace(make_kernel, wait_until):
@@ -52,7 +50,7 @@ def test_forced_kill_stops_a_spin_loop_without_waiting_for_the_grace(make_kernel
     pid = k.spawn("spin", seconds=60)
     wait_in_body(k, pid, wait_until)
     k.kill(pid, force=True)
-    assert_cancelled(k.wait([pid], timeout=5)[0])
+    assert_cancelled(k.wait([pid], timeout=WAIT)[0])
 
 
 def test_kill_wakes_a_cooperative_sleeper_at_once(make_kernel, wait_until):
@@ -61,7 +59,7 @@ def test_kill_wakes_a_cooperative_sleeper_at_once(make_kernel, wait_until):
     pid = k.spawn("sleep", seconds=60)
     wait_in_body(k, pid, wait_until)
     k.kill(pid)
-    assert_cancelled(k.wait([pid], timeout=5)[0])
+    assert_cancelled(k.wait([pid], timeout=WAIT)[0])
     assert k.bus.flush(10)
     assert escalated == []  # it stopped at its control point; no exception was needed
 
@@ -81,7 +79,7 @@ def test_except_exception_in_tool_code_does_not_swallow_a_kill(make_kernel, wait
     pid = k.spawn(stubborn)
     wait_in_body(k, pid, wait_until)
     k.kill(pid)
-    assert_cancelled(k.wait([pid], timeout=5)[0])
+    assert_cancelled(k.wait([pid], timeout=WAIT)[0])
     assert swallowed == []
 
 
@@ -105,7 +103,7 @@ def test_a_second_kill_while_one_is_pending_is_harmless(make_kernel, wait_until)
     k.kill(pid)
     second = k.kill(pid)  # no error while the first is still in progress
     assert second.pid == pid
-    assert_cancelled(k.wait([pid], timeout=5)[0])
+    assert_cancelled(k.wait([pid], timeout=WAIT)[0])
 
 
 def test_a_process_blocked_in_native_code_is_reported_unkillable_then_ends(make_kernel, wait_until):
@@ -122,7 +120,7 @@ def test_a_process_blocked_in_native_code_is_reported_unkillable_then_ends(make_
     wait_until(lambda: k.info(pid).detail.startswith("unkillable"), message="the unkillable report")
     assert not k.info(pid).is_done
     release.set()
-    assert_cancelled(k.wait([pid], timeout=5)[0])
+    assert_cancelled(k.wait([pid], timeout=WAIT)[0])
     assert k.bus.flush(10)
     assert [e.pid for e in unkillable] == [pid]
 
@@ -249,7 +247,7 @@ def test_shell_kill_also_stops_a_descendant_that_left_the_group(make_kernel, wai
                    message="the setsid child to lead its own session")
         k.kill(pid)
         assert_cancelled(k.wait([pid], timeout=10)[0])
-        wait_until(lambda: all(gone(p) for p in group), timeout=2, message="the setsid descendant to be gone")
+        wait_until(lambda: all(gone(p) for p in group), message="the setsid descendant to be gone")
     finally:
         for p in group:
             try:

@@ -201,6 +201,7 @@ def test_a_tool_without_checkpoints_is_rerun_only_if_idempotent(home, tmp_path, 
     crash(first)
 
     r = llmunix("-k", "-c", "recover", "-c", "wait", "-c", "ps -a --json", home=home)
+    assert r.returncode == 0, r.stderr  # 001 failed at `recover` (not resumable); `wait` saw 002 complete
     assert "001 once failed: interrupted; not resumable (no checkpoint, and the tool is not idempotent)" in r.stdout
     assert "002 again recovered" in r.stdout
     once_info, again_info = last_json(r.stdout)
@@ -250,7 +251,7 @@ def test_a_second_llmunix_opens_read_only_while_a_script_runs(home, start, wait_
     assert first.returncode == 128 + signal.SIGTERM
     assert "interrupted 1 live process(es) on exit (001)" in err
     r = llmunix("-c", "ps -a", home=home)  # the home is free again: no read-only notice
-    assert "read-only" not in r.stderr
+    assert r.returncode == 0 and "read-only" not in r.stderr, r.stderr
     assert r.stdout.splitlines()[1].split()[:3] == ["001", "sleep", "Interrupted"]
 
 
@@ -345,6 +346,7 @@ def test_gc_from_the_shell_prints_counts_and_ps_still_lists_the_processes(tmp_pa
     assert out[-7].startswith("compacted 2 processes, freed ") and out[-7].endswith(" and 1 checkpoints")
     assert json.loads("\n".join(out[-6:])) == {"processes": 0, "events": 0, "checkpoints": 0, "released": 0}
     r = llmunix("-c", "ps -a", home=home)
+    assert r.returncode == 0, r.stderr
     assert [line.split()[:3] for line in r.stdout.splitlines()[1:]] == [
         ["001", "echo", "Completed"], ["002", "sleep", "Completed"]]
 

@@ -65,6 +65,7 @@ class Site:
     def __init__(self) -> None:
         self.release = threading.Event()  # lets stalled handlers finish (at teardown)
         self.stalled = threading.Event()  # a handler is holding a request open
+        self.answered = threading.Event()  # a stalled handler let go (released, or its own WAIT ran out)
         site = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,9 +92,11 @@ class Site:
                     self.wfile.flush()
                     site.stalled.set()
                     site.release.wait(WAIT)
+                    site.answered.set()
                 elif self.path == "/stall":  # nothing at all until released
                     site.stalled.set()
                     site.release.wait(WAIT)
+                    site.answered.set()
                 else:
                     self.send_error(404, "Not Found")
 
@@ -193,9 +196,8 @@ def test_when_every_url_fails_the_process_fails_with_one_line_naming_the_first(k
 
 
 def test_a_server_that_goes_silent_times_out_and_the_other_urls_still_count(k, site, tmp_path):
-    started = time.monotonic()
     info = run(k, "web_fetch", tmp_path, urls=[site.url("/slow"), site.url("/agents.txt")], timeout=0.3)
-    assert time.monotonic() - started < 3
+    assert not site.answered.is_set()  # the fetch gave up on its own, while the server still held on
     assert info.state == "Completed", info.error
     assert info.output["failed"] == [{"url": site.url("/slow"), "error": "timed out after 0.3s"}]
     assert [d["url"] for d in info.output["documents"]] == [site.url("/agents.txt")]
@@ -218,10 +220,10 @@ def test_time_spent_paused_does_not_count_towards_the_timeout(k, site, tmp_path)
 def test_kill_while_the_server_has_not_answered_ends_cancelled_at_once(k, site, tmp_path):
     pid = k.spawn("web_fetch", cwd=str(tmp_path), params={"urls": [site.url("/stall")], "timeout": 30})
     assert site.stalled.wait(WAIT)  # the request is in, and the server sits on it
-    t0 = time.monotonic()
     k.kill(pid)
     [info] = k.wait([pid], timeout=WAIT)
-    assert info.state == "Cancelled" and time.monotonic() - t0 < 1.0
+    assert info.state == "Cancelled"
+    assert not site.answered.is_set()  # ended by the kill, not by the server finally letting go
     # The helper thread blocked in the socket is woken too (its socket is shut), not left behind.
     deadline = time.monotonic() + WAIT
     while any(t.name == f"llmunix-fetch-{pid}" for t in threading.enumerate()):

@@ -152,7 +152,7 @@ def test_timeouts_are_per_attempt_and_give_the_reason(make_kernel):
     info = k.wait([pid], timeout=10)[0]
     assert (info.state, info.error, info.exit_code) == ("Failed", "timed out after 0.15s", 124)
     assert [e.data["error"] for e in rec.of(pid, "process.retry")] == ["timed out after 0.15s"]
-    assert 0.28 <= info.runtime < 1.0  # two attempts of 0.15 s each
+    assert info.runtime >= 0.28  # both attempts ran to their timeout (0.15 s each, less clock granularity)
 
 
 # ------------------------------------------------------------------ restart

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import WAIT
 
 from llmunix import Event, LlmunixError, Phase, Priority, ProcessContext
 
@@ -280,7 +281,7 @@ def test_a_queued_process_starts_when_a_worker_thread_frees_up(make_kernel):
     k = make_kernel(max_running=4, max_threads=1)
     first = k.spawn("echo", text="first")
     second = k.spawn("echo", text="second")  # a slot is free but the only thread is taken
-    infos = k.wait([first, second], timeout=1)
+    infos = k.wait([first, second], timeout=WAIT)
     assert [i.state for i in infos] == ["Completed", "Completed"], [i.phase for i in infos]
 
 
@@ -308,7 +309,7 @@ def test_a_preemption_whose_cause_went_away_does_not_stall_the_victim(make_kerne
     k.kill(urgent)  # ...and goes away before low reaches a control point
     proceed.set()
     stop.set()
-    info = k.wait([low], timeout=2)[0]
+    info = k.wait([low], timeout=WAIT)[0]
     assert info.state == "Completed", f"{info.phase}: {info.detail}"
 
 
@@ -322,7 +323,7 @@ def test_a_preemption_victim_still_finishes_when_a_slot_freed_up_meanwhile(make_
     assert k.wait([other, urgent], timeout=10)[1].state == "Completed"  # it took the freed slot
     proceed.set()
     stop.set()
-    info = k.wait([low], timeout=2)[0]
+    info = k.wait([low], timeout=WAIT)[0]
     assert info.state == "Completed", f"{info.phase}: {info.detail}"
 
 
@@ -338,7 +339,7 @@ def test_a_pause_that_overtakes_a_pending_preemption_leaves_no_stale_preemption(
     assert k.info(low).phase is Phase.PAUSED
     k.resume(low)  # nothing else is waiting now
     stop.set()
-    info = k.wait([low], timeout=2)[0]
+    info = k.wait([low], timeout=WAIT)[0]
     assert k.bus.flush(10)
     assert preempted == [], [(e.pid, e.data["reason"]) for e in preempted]
     assert info.state == "Completed", f"{info.phase}: {info.detail}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -71,12 +72,18 @@ def test_ps_long_shows_the_tree(sh):
         assert label in out
 
 
-def test_ps_table_on_a_terminal_is_rich(kernel, capsys):
+def test_ps_table_on_a_terminal_is_rich(kernel, capsys, monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)  # states are coloured unless the user opts out
     sh = Session(kernel, capsys, tty=True)
     sh.ok("run echo text=x")
     sh.ok("wait --timeout 10")
     out = sh.ok("ps -a")
-    assert "PID" in out and "Completed" in out
+    plain = Session(kernel, capsys).ok("ps -a")  # not a terminal: plain text for pipes
+    # rich's table: a bold header and a styled state, which the plain listing never has
+    assert "\x1b[1mPID\x1b[0m" in out and re.search(r"\x1b\[[\d;]+mCompleted\x1b\[0m", out), repr(out)
+    assert "\x1b" not in plain
+    table = re.sub(r"\x1b\[[\d;]*m", "", out)
+    assert table.split() == plain.split() and table != plain  # the same cells, laid out by rich
 
 
 def test_pause_resume_priority_and_kill_report_what_they_did(sh):

@@ -131,20 +131,22 @@ def test_llmunix_c_top_batch_shows_the_spinning_process_with_a_cpu_figure(tmp_pa
 
 def test_top_on_a_terminal_sorts_on_a_key_quits_on_q_and_then_shows_the_alert(tmp_path):
     child = spawn_prompt(tmp_path)
+    let_go = tmp_path / "let-go"  # the process ends when the test says, not after a fixed time
     try:
-        child.sendline("run sleep seconds=1")
+        child.sendline(f'run shell "cmd=until [ -e {let_go} ]; do sleep 0.02; done"')
         child.expect(PROMPT)
         child.sendline("top -d 0.2")
         child.expect(rf"sort: {STYLE}pid")
-        child.expect(rf"001{ANY}sleep{ANY}Running")
+        child.expect(rf"001{ANY}shell{ANY}Running")
         child.send("c")
         child.expect(rf"sort: {STYLE}cpu")
-        child.expect(rf"001{ANY}sleep{ANY}Completed")  # it finishes while top is open
+        let_go.touch()
+        child.expect(rf"001{ANY}shell{ANY}Completed")  # it finishes while top is open
         child.send("q")
         child.expect(PROMPT)
-        child.expect(rf"\[001\]{ANY}sleep{ANY}completed")  # the alert queued meanwhile
+        child.expect(rf"\[001\]{ANY}shell{ANY}completed")  # the alert queued meanwhile
         child.sendline("ps -a")
-        child.expect(rf"001{ANY}sleep{ANY}Completed")
+        child.expect(rf"001{ANY}shell{ANY}Completed")
         child.expect(PROMPT)
         child.sendline("shell stty -a")  # top gave the terminal's settings back
         child.expect(r"[^-]icanon")

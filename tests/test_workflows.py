@@ -4,7 +4,6 @@ from a step, pause/resume/kill, and durability of step outputs."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -180,13 +179,16 @@ def test_independent_steps_really_run_at_the_same_time(make_kernel):
     assert info.output["steps"]["join"] == "joined"
 
 
-def test_parallelism_is_bounded_by_the_schedulers_slots(make_kernel):
+def test_parallelism_is_bounded_by_the_schedulers_slots(make_kernel, wait_until):
     wt.reset()
     k = make_kernel(max_running=2, time_slice=1000)  # no round robin: a started body keeps its slot
     pid = k.workflow_run(spec_from_data({"name": "bounded", "steps": [
         {"id": f"s{i}", "tool": "wft_parallel", "with": {"expect": 4}} for i in range(4)]}))
-    # each waits for 4 to run at once, which two slots never allow: release them once 2 ran together
-    threading.Thread(target=lambda: (k.wait([pid], timeout=0.5), wt.release.set()), daemon=True).start()
+    # Each waits for 4 to run at once, which two slots never allow: let them go once two run
+    # together and the other two wait for a slot.
+    wait_until(lambda: wt.peak == 2 and sum(i.parent == pid and i.phase == "ready" for i in k.ps()) == 2,
+               message="two steps running and two waiting for a slot")
+    wt.release.set()
     [info] = k.wait([pid], timeout=20)
     assert info.state == "Completed" and wt.peak == 2
 
