@@ -219,7 +219,7 @@ def bench_events(homes: Homes, procs: int, per_proc: int, workers: int) -> list[
             check_completed(infos, "events")
             stored = None
             if k.store is not None:
-                stored = k.store._reader().execute("SELECT count(*) FROM events").fetchone()[0]
+                stored = k.store.query("SELECT count(*) AS n FROM events")[0]["n"]
         rows.append((label, f"{t1 - t0:.2f}", f"{t2 - t1:.2f}", f"{total / (t2 - t0):,.0f}",
                      f"{us(t2 - t0, total):.1f}", "-" if stored is None else f"{stored:,}"))
     print(table(("kernel", "emit s", "drain s", "events/s", "us/event", "rows"), rows))
@@ -313,7 +313,7 @@ def bench_history(homes: Homes, history: int, n: int, workers: int, repeats: int
     t0 = time.perf_counter()
     k = kernel(big, workers)
     start_full = time.perf_counter() - t0
-    job = k._gc_job
+    job = k.durable.compaction_in_flight()
     if not job.done.wait(600):
         invalid("history: the automatic compaction did not finish within 600 s")
     gc_s = time.perf_counter() - t0
