@@ -98,14 +98,19 @@ def collect_output(ctx: ProcessContext, child: subprocess.Popen[bytes]) -> str:
     def pump() -> None:
         nonlocal size
         assert child.stdout is not None
-        for raw in iter(child.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            ctx.output(line)  # not ctx.log: this thread must not block on pause
-            with lock:
-                tail.append(line)
-                size += len(line) + 1
-                while size > OUTPUT_LIMIT and tail:
-                    size -= len(tail.popleft()) + 1
+        # The reader owns the pipe and closes it at EOF: the Popen object lives on in the process
+        # record (ps, retention), so nothing else ever would (one fd per shell process leaked).
+        # Closing it from the waiting thread instead could block: a reader in readline() holds
+        # the buffer's lock for as long as a grandchild keeps the pipe open.
+        with child.stdout:
+            for raw in iter(child.stdout.readline, b""):
+                line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+                ctx.output(line)  # not ctx.log: this thread must not block on pause
+                with lock:
+                    tail.append(line)
+                    size += len(line) + 1
+                    while size > OUTPUT_LIMIT and tail:
+                        size -= len(tail.popleft()) + 1
 
     reader = threading.Thread(target=pump, name=f"llmunix-output-{ctx.pid}", daemon=True)
     reader.start()
