@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _byte_safe_streams()
     args = build_parser().parse_args(argv)
     try:
         home = resolve_home(args.home)
@@ -135,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
                       "end a script with `wait` to let them finish", file=sys.stderr)
     return status
+
+
+def _byte_safe_streams() -> None:
+    """Bytes that were not UTF-8 (a parameter, a command's output, kept as surrogateescape'd
+    text) go out as they came in, as `cat` would, whatever the locale: never a UnicodeEncodeError
+    half way through `log` or `ps --json`."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
 
 
 def _start_notes(kernel: Any, recover: bool) -> list[str]:

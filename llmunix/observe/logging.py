@@ -62,7 +62,15 @@ class JsonFormatter(logging.Formatter):
             line["data"] = redact(data)
         if record.exc_info:
             line["exc"] = redact_text(self.formatException(record.exc_info))
-        return json.dumps(line, default=repr, ensure_ascii=False)
+        text = json.dumps(line, default=repr, ensure_ascii=False)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # Bytes that were not UTF-8 (a surrogateescape'd parameter or output line) cannot
+                # be written as UTF-8; as \udcXX escapes the line is still JSON, read back exactly.
+                text = json.dumps(line, default=repr, ensure_ascii=True)
+        return text
 
 
 class _OwnerOnlyRotatingFileHandler(RotatingFileHandler):
@@ -87,8 +95,10 @@ def setup_logging(home: Path, *, level: str = "info", max_bytes: int = 5_000_000
         root.removeHandler(old)
         old.close()
     try:
+        # errors=: whatever a formatter lets through, a line is written, never a "Logging error"
+        # traceback on the user's terminal.
         handler = _OwnerOnlyRotatingFileHandler(home / "llmunix.log", maxBytes=max_bytes, backupCount=backups,
-                                                encoding="utf-8")
+                                                encoding="utf-8", errors="backslashreplace")
     except OSError:
         return None
     handler.setFormatter(JsonFormatter())
