@@ -68,6 +68,9 @@ class Config(pydantic.BaseModel):
         False, description="let markdown shell tools run, and agents use the shell tool")
     workspace: str = pydantic.Field(
         "workspace", description="the directory file tools are confined to (relative to where llmunix starts)")
+    agent_allowed_urls: list[str] = pydantic.Field(
+        default_factory=list, description="URLs tools run by agents (web_fetch) may fetch: SCHEME://HOST[:PORT] "
+        "entries, http or https; HOST may be * or *.example.com; no port: any port. file:// never (default: none)")
     backend: Literal["threads", "dask"] = pydantic.Field(
         "threads", description="where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")
     dask_scheduler: str | None = pydantic.Field(
@@ -85,6 +88,17 @@ class Config(pydantic.BaseModel):
                                        '"fail=0.2,hang=0.05,slow=0.1,seed=42" (testing only)')
     health_min_disk_mb: float = pydantic.Field(100.0, ge=0, description="`health` fails below this much free "
                                                "disk space in the home")
+
+    @pydantic.field_validator("agent_allowed_urls")
+    @classmethod
+    def _urls_parse(cls, value: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for entry in value:
+            parts = urlsplit(entry.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{entry!r} is not an http(s)://HOST[:PORT] entry (file:// is never allowed)")
+        return [entry.strip() for entry in value]
 
     @pydantic.field_validator("chaos")
     @classmethod

@@ -16,7 +16,7 @@ POLL = 0.05  # how often a subprocess tool reaches a control point while its chi
 OUTPUT_LIMIT = 64 * 1024
 
 
-@tool(idempotent=True, remote=True)
+@tool(idempotent=True, remote=True, touches=())
 def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
     """Sleep cooperatively, reporting progress every tick (a tenth of a second, at most 100 ticks).
 
@@ -36,7 +36,7 @@ def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
     return seconds
 
 
-@tool
+@tool(touches=())
 def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
     """Burn CPU in a pure-Python loop that reaches no control point (tests kill escalation).
 
@@ -50,7 +50,7 @@ def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
     return n
 
 
-@tool(idempotent=True, remote=True)
+@tool(idempotent=True, remote=True, touches=())
 def echo(ctx: ProcessContext, text: str) -> str:
     """Return the text (and write it to the process log).
 
@@ -61,7 +61,7 @@ def echo(ctx: ProcessContext, text: str) -> str:
     return text
 
 
-@tool(remote=True)
+@tool(remote=True, touches=())
 def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
     """Fail with the given message.
 
@@ -71,7 +71,7 @@ def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
     raise ToolError(message)
 
 
-@tool(subprocess=True, remote=True)
+@tool(subprocess=True, remote=True, touches=("anything",))  # agents: only with allow_shell_tools
 def shell(ctx: ProcessContext, cmd: str) -> str:
     """Run a shell command in its own process group; its output goes to the process log.
 
