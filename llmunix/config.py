@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from llmunix.home import UnsafePath, prepare_home, unsafe_reason
 from llmunix.models import LlmunixError
 
 
@@ -141,7 +142,7 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         path = Path(base) / "llmunix"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        prepare_home(path)  # 0700 whatever the umask; refused if others can write it
     except OSError as exc:
         raise LlmunixError(f"cannot use {path} as the llmunix home: {exc.strerror}") from None
     return path
@@ -153,6 +154,9 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
         if config_file:
             raise LlmunixError(f"config file {path} does not exist")
         return Config()
+    unsafe = unsafe_reason(path)  # its tool_modules, tool_paths and allow_shell_tools decide what runs
+    if unsafe:
+        raise UnsafePath(f"refusing to read the configuration: {unsafe}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmunix.home import create_private_file
 from llmunix.models import Event, LlmunixError, format_pid
 from llmunix.observe.redact import redact, redact_text
 
@@ -74,15 +74,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class _OwnerOnlyRotatingFileHandler(RotatingFileHandler):
-    """The log can name what processes did: only its owner may read it (as the database)."""
+    """The log can name what processes did: only its owner may read it (as the database). Each
+    file is created 0600 whatever the umask; rotated ones keep that mode."""
 
     def _open(self):  # type: ignore[no-untyped-def]
-        stream = super()._open()
-        try:
-            os.chmod(self.baseFilename, 0o600)
-        except OSError:
-            pass
-        return stream
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,  # noqa: SIM115
+                    opener=_private_opener)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return create_private_file(Path(path), flags)
 
 
 def setup_logging(home: Path, *, level: str = "info", max_bytes: int = 5_000_000, backups: int = 3

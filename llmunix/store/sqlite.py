@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmunix.home import create_private_file
 from llmunix.models import Event, LlmunixError
 from llmunix.observe.audit import audit_row
 from llmunix.observe.redact import redact
@@ -203,8 +204,13 @@ class Store:
             if not self.path.exists():
                 raise LlmunixError(f"{self.path} does not exist yet")
             return
+        # Parameters may hold secrets: the database is created 0600 before SQLite opens it, and
+        # SQLite gives its -wal and -shm files the database's mode.
+        os.close(create_private_file(self.path))
+        for extra in ("-wal", "-shm"):
+            if Path(f"{self.path}{extra}").exists():
+                os.close(create_private_file(Path(f"{self.path}{extra}")))
         conn = self._connect()
-        os.chmod(self.path, 0o600)  # parameters may hold secrets
         try:
             self._migrate(conn)
         except sqlite3.DatabaseError as exc:
