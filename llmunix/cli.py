@@ -10,6 +10,7 @@ from typing import Any
 
 from llmunix import __version__
 from llmunix.config import load_config, resolve_home
+from llmunix.home import tighten_home
 from llmunix.models import LlmunixError
 
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _byte_safe_streams()
     args = build_parser().parse_args(argv)
     try:
         home = resolve_home(args.home)
@@ -97,9 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
     from llmunix.agents import attach
+    from llmunix.agents.service import default_directories
+    from llmunix.tools.loader import refused
 
     reported = {str(e) for e in load_errors}
-    for err in attach(kernel, config).errors:  # agents: built-in, <home>/agents, ./agents
+    definitions = []  # agents and markdown tools: built-in, <home>/agents and tools, ./agents and tools
+    for directory, kind in default_directories(home, Path.cwd()):
+        err = refused(directory)
+        if err is None:
+            definitions.append((directory, kind))
+        elif str(err) not in reported:
+            reported.add(str(err))
+            print(f"llmunix: could not load definitions from {err}", file=sys.stderr)
+    for err in attach(kernel, config, directories=definitions).errors:
         if str(err) not in reported:
             print(f"llmunix: could not load {err}", file=sys.stderr)
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
@@ -126,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     finally:
         stopped = kernel.shutdown(reason="shell exited")
+        if not kernel.read_only:
+            tighten_home(home)  # what this session made with the umask's mode (pids, runs/) becomes private
         if stopped and not interactive:
             pids = ", ".join(i.process_id for i in stopped)
             if kernel.store is not None:
@@ -135,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
                       "end a script with `wait` to let them finish", file=sys.stderr)
     return status
+
+
+def _byte_safe_streams() -> None:
+    """Bytes that were not UTF-8 (a parameter, a command's output, kept as surrogateescape'd
+    text) go out as they came in, as `cat` would, whatever the locale: never a UnicodeEncodeError
+    half way through `log` or `ps --json`."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
 
 
 def _start_notes(kernel: Any, recover: bool) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from llmunix.home import UnsafePath, prepare_home, unsafe_reason
 from llmunix.models import LlmunixError
 
 
@@ -68,6 +69,9 @@ class Config(pydantic.BaseModel):
         False, description="let markdown shell tools run, and agents use the shell tool")
     workspace: str = pydantic.Field(
         "workspace", description="the directory file tools are confined to (relative to where llmunix starts)")
+    agent_allowed_urls: list[str] = pydantic.Field(
+        default_factory=list, description="URLs tools run by agents (web_fetch) may fetch: SCHEME://HOST[:PORT] "
+        "entries, http or https; HOST may be * or *.example.com; no port: any port. file:// never (default: none)")
     backend: Literal["threads", "dask"] = pydantic.Field(
         "threads", description="where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")
     dask_scheduler: str | None = pydantic.Field(
@@ -85,6 +89,17 @@ class Config(pydantic.BaseModel):
                                        '"fail=0.2,hang=0.05,slow=0.1,seed=42" (testing only)')
     health_min_disk_mb: float = pydantic.Field(100.0, ge=0, description="`health` fails below this much free "
                                                "disk space in the home")
+
+    @pydantic.field_validator("agent_allowed_urls")
+    @classmethod
+    def _urls_parse(cls, value: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for entry in value:
+            parts = urlsplit(entry.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{entry!r} is not an http(s)://HOST[:PORT] entry (file:// is never allowed)")
+        return [entry.strip() for entry in value]
 
     @pydantic.field_validator("chaos")
     @classmethod
@@ -127,7 +142,7 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         path = Path(base) / "llmunix"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        prepare_home(path)  # 0700 whatever the umask; refused if others can write it
     except OSError as exc:
         raise LlmunixError(f"cannot use {path} as the llmunix home: {exc.strerror}") from None
     return path
@@ -139,6 +154,9 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
         if config_file:
             raise LlmunixError(f"config file {path} does not exist")
         return Config()
+    unsafe = unsafe_reason(path)  # its tool_modules, tool_paths and allow_shell_tools decide what runs
+    if unsafe:
+        raise UnsafePath(f"refusing to read the configuration: {unsafe}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

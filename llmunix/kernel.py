@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmunix.backends import Backend, ClusterInfo, make_backend
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState
-from llmunix.home import HomeInUse, HomeLock
+from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
 from llmunix.lifecycle import PidAllocator, ProcessTable
@@ -123,7 +123,7 @@ class Kernel:
         self.home_owner: str | None = None
         self._home_lock: HomeLock | None = None
         if self.home is not None:
-            self.home.mkdir(parents=True, exist_ok=True)
+            prepare_home(self.home)  # private: 0700, yours alone, or refused (UnsafePath)
             if not read_only:
                 lock = HomeLock(self.home)
                 try:
@@ -226,7 +226,7 @@ class Kernel:
         temporary one without a home."""
         if self.home is not None:
             d = self.home / "runs" / format_pid(pid)
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dir(d)
             return str(d)
         return tempfile.mkdtemp(prefix=f"llmunix-run-{format_pid(pid)}-")
 

@@ -141,6 +141,7 @@ STARTED_STATE = {ProcessKind.TOOL: RUNNING, ProcessKind.AGENT: "Thinking", Proce
 EXIT_TIMEOUT = 124  # as timeout(1) reports
 
 EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a terminated job
+EXIT_REFUSED = 77  # a path or URL the tool may not touch (BSD's EX_NOPERM): the caller's mistake
 
 
 def as_pid(pid: Any) -> int:

@@ -99,7 +99,7 @@ def gated_service(kernel: Kernel, agent_dir: Path, gate: threading.Event, starte
             ctx.sleep(0.01)
         return "step done"
 
-    kernel.registry.register(make_tool(slow_step, name="slow_step"))
+    kernel.registry.register(make_tool(slow_step, name="slow_step", touches=()))  # confinable: it touches nothing
     agent_dir.mkdir(exist_ok=True)
     (agent_dir / "waiter.md").write_text("---\nname: waiter\ndescription: waits on a slow step\n"
                                          "tools: slow-step, Read\n---\nWait for the step.\n")

@@ -60,7 +60,8 @@ PAGE = f"""<!DOCTYPE html><html><head><title>Scheduling &amp; queues</title>
 
 class Site:
     """A ThreadingHTTPServer on an ephemeral port of 127.0.0.1 with a page, a text, a 404, a
-    large body, a response that stalls after its headers and one that stalls before them."""
+    large body, a redirect to `localhost`, a response that stalls after its headers and one that
+    stalls before them."""
 
     def __init__(self) -> None:
         self.release = threading.Event()  # lets stalled handlers finish (at teardown)
@@ -93,6 +94,11 @@ class Site:
                     site.stalled.set()
                     site.release.wait(WAIT)
                     site.answered.set()
+                elif self.path == "/away":  # a redirect to another host (the same server, by name)
+                    self.send_response(302)
+                    self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/agents.txt")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                 elif self.path == "/stall":  # nothing at all until released
                     site.stalled.set()
                     site.release.wait(WAIT)

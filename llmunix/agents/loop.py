@@ -152,9 +152,14 @@ class AgentRun:
             return ActionResult(call, "", False, error=f"tool {call.name!r} is not granted to {self.d.name} "
                                                        f"(its tools: {granted})")
         tool = next(t for t in self.tools if t.name == name)
-        if tool.subprocess and tool.name == "shell" and not self.service.settings.allow_shell_tools:
-            return ActionResult(call, tool.name, False, error="shell tools are not allowed; set "
-                                "allow_shell_tools = true in config.toml to let agents use them")
+        if not tool.confinable:  # it could reach outside the workspace (docs/agents.md, Confinement)
+            if tool.touches is None:
+                return ActionResult(call, tool.name, False, error=f"tool {tool.name} does not declare what it "
+                                    "touches, so it cannot be confined to the agent's workspace; declare it "
+                                    "with @tool(touches=...) to let agents use it")
+            if not self.service.settings.allow_shell_tools:
+                return ActionResult(call, tool.name, False, error="shell tools are not allowed; set "
+                                    "allow_shell_tools = true in config.toml to let agents use them")
         if tool.kind is ProcessKind.AGENT and tool.name in self._ancestors():
             return ActionResult(call, tool.name, False, error=f"{tool.name} is already running above this agent; "
                                                               "an agent cannot call itself, even through others")

@@ -218,7 +218,7 @@ def _agent_tool(d: MarkdownDefinition) -> Tool:
         return run.run()
 
     t = make_tool(agent, name=d.name, description=d.description, source=str(d.path), kind=ProcessKind.AGENT,
-                  hidden=True)
+                  hidden=True, touches=())  # an agent's own tools are confined in its turn
     return t
 
 

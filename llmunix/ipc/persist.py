@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmunix.ipc.messages import Envelope
 from llmunix.models import LlmunixError
+from llmunix.store.sqlite import json_text
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -80,7 +81,7 @@ class MessageStore:
         return self._fernet
 
     def _seal(self, env: Envelope) -> str:
-        text = json.dumps(env.payload, ensure_ascii=False, separators=(",", ":"))
+        text = json_text(env.payload)  # a body with any bytes (surrogateescape'd) is kept exactly
         return self._cipher().encrypt(text.encode()).decode("ascii") if env.sensitive else text
 
     def _open(self, body: str, sensitive: bool) -> Any:

@@ -10,7 +10,7 @@ from llmunix.process import ProcessContext
 from llmunix.tools.registry import tool
 
 
-@tool(idempotent=True)
+@tool(idempotent=True, touches=())
 def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str = "", delay: float = 0.0) -> list:
     """Receive messages, writing each to the log; return their bodies (sensitive ones as
     "<sensitive>"). Persistent ones are acknowledged once logged.
@@ -43,7 +43,7 @@ def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str
     return bodies
 
 
-@tool(name="hold-locks")
+@tool(name="hold-locks", touches=())
 def hold_locks(ctx: ProcessContext, names: str = "a", seconds: float = 5.0, step: float = 0.5) -> str:
     """Take the named mutexes in order, `step` seconds apart, hold them all for `seconds`, then
     release them (two of these taking the same locks in opposite orders deadlock).
@@ -83,7 +83,7 @@ def _merge(parts: list[dict]) -> dict:
     return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-@tool
+@tool(touches=())
 def wordcount(ctx: ProcessContext, text: str, chunks: int = 4, parallel: int = 2) -> dict:
     """Count words with map-reduce: the words are cut into `chunks` pieces, each counted by a
     child process (at most `parallel` at once), then the counts are merged.

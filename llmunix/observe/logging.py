@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmunix.home import create_private_file
 from llmunix.models import Event, LlmunixError, format_pid
 from llmunix.observe.redact import redact, redact_text
 
@@ -62,19 +62,28 @@ class JsonFormatter(logging.Formatter):
             line["data"] = redact(data)
         if record.exc_info:
             line["exc"] = redact_text(self.formatException(record.exc_info))
-        return json.dumps(line, default=repr, ensure_ascii=False)
+        text = json.dumps(line, default=repr, ensure_ascii=False)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # Bytes that were not UTF-8 (a surrogateescape'd parameter or output line) cannot
+                # be written as UTF-8; as \udcXX escapes the line is still JSON, read back exactly.
+                text = json.dumps(line, default=repr, ensure_ascii=True)
+        return text
 
 
 class _OwnerOnlyRotatingFileHandler(RotatingFileHandler):
-    """The log can name what processes did: only its owner may read it (as the database)."""
+    """The log can name what processes did: only its owner may read it (as the database). Each
+    file is created 0600 whatever the umask; rotated ones keep that mode."""
 
     def _open(self):  # type: ignore[no-untyped-def]
-        stream = super()._open()
-        try:
-            os.chmod(self.baseFilename, 0o600)
-        except OSError:
-            pass
-        return stream
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,  # noqa: SIM115
+                    opener=_private_opener)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return create_private_file(Path(path), flags)
 
 
 def setup_logging(home: Path, *, level: str = "info", max_bytes: int = 5_000_000, backups: int = 3
@@ -87,8 +96,10 @@ def setup_logging(home: Path, *, level: str = "info", max_bytes: int = 5_000_000
         root.removeHandler(old)
         old.close()
     try:
+        # errors=: whatever a formatter lets through, a line is written, never a "Logging error"
+        # traceback on the user's terminal.
         handler = _OwnerOnlyRotatingFileHandler(home / "llmunix.log", maxBytes=max_bytes, backupCount=backups,
-                                                encoding="utf-8")
+                                                encoding="utf-8", errors="backslashreplace")
     except OSError:
         return None
     handler.setFormatter(JsonFormatter())

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from llmunix.lifecycle import Hooks
 from llmunix.models import (
+    EXIT_REFUSED,
     LlmunixError,
     Outcome,
     Phase,
@@ -220,13 +221,14 @@ class Resilience(Hooks):
         if self.read_only:
             return HealthCheck("store", SKIP, f"read-only: llmunix pid {self.home_owner} owns {self.home}")
         path = self.store.path
-        if getattr(self.store, "_failed", None) is not None:
-            return HealthCheck("store", FAIL, f"the last write to {path} failed: {self.store._failed}")
+        failure = self.store.failure
+        if failure is not None:
+            return HealthCheck("store", FAIL, f"writes to {path} failed: {failure}")
         if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
             return HealthCheck("store", FAIL, f"{path} is not writable")
         # A real write: an event through the bus and the writer thread, committed to disk.
         seq = self.bus.publish("system.health_probe", None, {}).seq
-        if not self.store.wait_durable(seq, timeout=STORE_CHECK_TIMEOUT) or self.store._failed is not None:
+        if not self.store.wait_durable(seq, timeout=STORE_CHECK_TIMEOUT) or self.store.failure is not None:
             return HealthCheck("store", FAIL, f"a test write to {path} did not commit within "
                                               f"{STORE_CHECK_TIMEOUT:g}s")
         return HealthCheck("store", OK, f"{path} writable")
@@ -351,7 +353,7 @@ class Resilience(Hooks):
             return False
         a = self._attempts.get(proc.pid)
         if proc.kind is ProcessKind.TOOL:
-            self._count_outcome_locked(proc, outcome, error)
+            self._count_outcome_locked(proc, outcome, code, error)
         if a is None:
             return False
         a.excused = False
@@ -438,14 +440,15 @@ class Resilience(Hooks):
 
     # ------------------------------------------------------------------ breakers (lock held)
 
-    def _count_outcome_locked(self, proc: Process, outcome: Outcome, error: str | None) -> None:
+    def _count_outcome_locked(self, proc: Process, outcome: Outcome, code: int | None, error: str | None) -> None:
         """A tool process's attempt counts on its tool's breaker: success or failure; a cancel
         only gives back a probe; a failure that is not the tool's (refused by an open circuit, a
-        host's failure counted on the host's breaker) does not count."""
+        host's failure counted on the host's breaker, a path or URL it may not touch: exit 77)
+        does not count."""
         a = self._attempts.get(proc.pid)
         name = f"tool:{proc.tool.name}"
         b = self._board.get(name)
-        if (a is not None and a.excused) or not proc.tool.breaker:
+        if (a is not None and a.excused) or not proc.tool.breaker or code == EXIT_REFUSED:
             if b is not None:
                 b.release(proc.pid)
             return

@@ -16,9 +16,9 @@ from llmunix.models import (
     Progress,
     Resources,
 )
-from llmunix.store.sqlite import Store
+from llmunix.store.sqlite import Store, StoreFailure, json_text, storable_text
 
-__all__ = ["Store", "row_to_info"]
+__all__ = ["Store", "StoreFailure", "json_text", "row_to_info", "storable_text"]
 
 
 def row_to_info(row: sqlite3.Row) -> ProcessInfo:

@@ -24,9 +24,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmunix.home import create_private_file
 from llmunix.models import Event, LlmunixError
 from llmunix.observe.audit import audit_row
 from llmunix.observe.redact import redact
@@ -117,13 +119,76 @@ TERMINAL = {"process.completed": "Completed", "process.failed": "Failed", "proce
 
 # One encoder for every row: json.dumps with options builds a new JSONEncoder per call (~1 us each).
 _ENCODER = json.JSONEncoder(default=repr, ensure_ascii=False, separators=(",", ":"))
+# For values holding lone surrogates (bytes that were not UTF-8, kept by surrogateescape): SQLite
+# stores UTF-8 text, which cannot hold them, but JSON's \udcXX escapes can, and read back as the
+# very same str. Only such values pay for the escaping of every other non-ASCII character.
+_ASCII_ENCODER = json.JSONEncoder(default=repr, ensure_ascii=True, separators=(",", ":"))
 
 
-def _dumps(value: Any) -> str:
+def _utf8_ok(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
-        return _ENCODER.encode(value)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text SQLite can store, whatever bytes its strings came from: lossless
+    (`json.loads` gives back equal strings, lone surrogates included); anything JSON cannot
+    encode becomes its repr. Every JSON column is written with it."""
+    try:
+        text = _ENCODER.encode(value)
     except (ValueError, TypeError, RecursionError):  # a circular or pathological structure
         return json.dumps(repr(value)[:100_000])
+    return text if _utf8_ok(text) else _ASCII_ENCODER.encode(value)
+
+
+def storable_text(text: str) -> str:
+    """`text` if it is valid Unicode, else with each byte that was not UTF-8 (a surrogateescape'd
+    str: a file name, a command's output) written as `\\xNN`, and any other lone surrogate as
+    `\\udNNN`. For plain text columns (name, error, an audit command line): readable, and it never
+    fails the transaction. JSON columns keep such strings exactly (see `json_text`)."""
+    if _utf8_ok(text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _bindable(args: tuple[Any, ...] | list[Any]) -> tuple[Any, ...] | list[Any]:
+    """Statement arguments SQLite can bind: strings made storable (the common case, all ASCII,
+    returns `args` itself)."""
+    for a in args:
+        if type(a) is str and not a.isascii():
+            return tuple(storable_text(a) if isinstance(a, str) else a for a in args)
+    return args
+
+
+@dataclass(frozen=True)
+class StoreFailure:
+    """What went wrong with the store's writes in this session (`Store.failure`).
+
+    `error` is the most recent failure's reason and `time` when it happened (a time.time());
+    `lost` counts records (events, statements) that could not be written although the rest of
+    their transaction was, and `failed_commits` transactions that failed as a whole (the database
+    itself refused: disk full, I/O error, a locked or corrupt file) with everything in them."""
+
+    error: str
+    time: float
+    lost: int
+    failed_commits: int
+
+    def __str__(self) -> str:
+        parts = []
+        if self.failed_commits:
+            parts.append(f"{self.failed_commits} commit(s) failed")
+        if self.lost:
+            parts.append(f"{self.lost} record(s) lost")
+        return f"{', '.join(parts) or 'failed'}; last error: {self.error}"
 
 
 class Store:
@@ -139,8 +204,13 @@ class Store:
             if not self.path.exists():
                 raise LlmunixError(f"{self.path} does not exist yet")
             return
+        # Parameters may hold secrets: the database is created 0600 before SQLite opens it, and
+        # SQLite gives its -wal and -shm files the database's mode.
+        os.close(create_private_file(self.path))
+        for extra in ("-wal", "-shm"):
+            if Path(f"{self.path}{extra}").exists():
+                os.close(create_private_file(Path(f"{self.path}{extra}")))
         conn = self._connect()
-        os.chmod(self.path, 0o600)  # parameters may hold secrets
         try:
             self._migrate(conn)
         except sqlite3.DatabaseError as exc:
@@ -158,7 +228,9 @@ class Store:
         self._committed = 0  # highest kernel event seq committed
         self._durable = threading.Condition()
         self._commit_hooks: list[Callable[[int], None]] = []
-        self._failed: BaseException | None = None
+        self._failed: BaseException | None = None  # the last failure (health read it before `failure`)
+        self._failure: StoreFailure | None = None
+        self._reasons_logged: set[str] = set()
         self._writer = threading.Thread(target=self._write_loop, name="llmunix-store", daemon=True)
         self._writer.start()
 
@@ -203,6 +275,13 @@ class Store:
     def backlog(self) -> int:
         """Events and statements queued for the writer, not yet committed."""
         return self._queue.qsize()
+
+    @property
+    def failure(self) -> StoreFailure | None:
+        """None while every write of this session has been committed; else what failed (the
+        reason, when, how many records were lost). It stays set for the rest of the session: a
+        lost write is not undone by later ones succeeding. `health` reports it."""
+        return self._failure if not self.read_only else None
 
     def on_commit(self, hook: Callable[[int], None]) -> None:
         """Call `hook(seq)` on the writer thread after each commit (seq: highest event committed)."""
@@ -302,34 +381,23 @@ class Store:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            writes: list[Any] = []
             markers = []
             jobs = []
             top = 0
-            try:
-                conn.execute("BEGIN")
-                for item in batch:
-                    if item is None:
-                        stop = True
-                    elif isinstance(item, Event):
-                        writer.write(item)
+            for item in batch:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    markers.append(item)
+                elif isinstance(item, Compaction):
+                    jobs.append(item)
+                else:
+                    writes.append(item)
+                    if isinstance(item, Event):
                         top = max(top, item.seq)
-                    elif isinstance(item, threading.Event):
-                        markers.append(item)
-                    elif isinstance(item, Compaction):
-                        jobs.append(item)
-                    else:
-                        writer.flush_events()
-                        conn.execute(*item)
-                writer.flush_progress()  # and the events
-                conn.execute("COMMIT")
-            except Exception as exc:  # keep the writer (and the engine) alive; say so loudly in the log
-                log.exception("store write failed: %s", exc)
-                self._failed = exc
-                writer.discard()
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            if writes:
+                self._commit(conn, writer, writes)
             if top:
                 with self._durable:
                     self._committed = max(self._committed, top)
@@ -344,6 +412,71 @@ class Store:
             for job in jobs:
                 self._run_compaction(conn, job, last=stop)
         conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, writer: _EventWriter, writes: list[Any]) -> None:
+        """Writer thread: commit a group of writes in one transaction. If it fails, write them
+        again one at a time, so that one record SQLite refuses costs only itself: the others
+        are committed and the loss is recorded (a `store.write_lost` event row, `failure`)."""
+        try:
+            conn.execute("BEGIN")
+            for item in writes:
+                _write_item(writer, item)
+            writer.flush_progress()  # and the events
+            conn.execute("COMMIT")
+            return
+        except Exception:  # noqa: BLE001 - which record, and whether the database itself fails, is found below
+            _rollback(conn)
+            writer.discard()
+        lost: list[tuple[Any, BaseException]] = []
+        try:
+            conn.execute("BEGIN")
+            for item in writes:
+                conn.execute("SAVEPOINT record")
+                try:
+                    _write_item(writer, item)
+                    writer.flush_events()
+                except Exception as exc:  # noqa: BLE001 - this record only
+                    conn.execute("ROLLBACK TO record")
+                    writer.discard()
+                    lost.append((item, exc))
+                conn.execute("RELEASE record")
+            conn.execute("SAVEPOINT record")
+            try:
+                writer.flush_progress()
+            except Exception as exc:  # noqa: BLE001
+                conn.execute("ROLLBACK TO record")
+                writer.discard(progress=True)
+                lost.append(("progress", exc))
+            conn.execute("RELEASE record")
+            for item, exc in lost:
+                conn.execute("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
+                             (self.session, None, time.time(), "store.write_lost",
+                              item.pid if isinstance(item, Event) else None, json_text(_lost_record(item, exc))))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the database itself refuses: nothing of this group is stored
+            _rollback(conn)
+            writer.discard()
+            self._note_failure(exc, commits=1, what=f"a group of {len(writes)} write(s) was not committed")
+            return
+        for item, exc in lost:
+            self._note_failure(exc, lost=1, what=f"one record ({_describe_item(item)}) was not written; "
+                                                  "the rest of its group was")
+
+    def _note_failure(self, exc: BaseException, *, lost: int = 0, commits: int = 0, what: str) -> None:
+        """Count a failure for `failure`, and log it: with its traceback the first time a reason
+        is seen, never again after (a failing disk must not bury the log, nor a user's terminal)."""
+        old = self._failure
+        self._failed = exc
+        self._failure = StoreFailure(
+            error=f"{type(exc).__name__}: {exc}", time=time.time(), lost=(old.lost if old else 0) + lost,
+            failed_commits=(old.failed_commits if old else 0) + commits)
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if reason in self._reasons_logged:
+            return
+        if len(self._reasons_logged) < 100:
+            self._reasons_logged.add(reason)
+        log.error("store write failed: %s: %s (later failures for the same reason are counted, not logged; "
+                  "`health` shows the totals)", what, reason, exc_info=(type(exc), exc, exc.__traceback__))
 
     # ------------------------------------------------------------------ reading
 
@@ -443,6 +576,37 @@ class Store:
         return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
 
 
+def _write_item(writer: _EventWriter, item: Any) -> None:
+    if isinstance(item, Event):
+        writer.write(item)
+    else:  # a statement from `execute`
+        writer.flush_events()
+        sql, args = item
+        writer.conn.execute(sql, _bindable(args))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, Event):
+        return f"event {item.type}" + (f" of process {item.pid}" if item.pid is not None else "")
+    if item == "progress":
+        return "progress of this group's processes"
+    return f"statement {str(item[0]).split(None, 3)[:3]}"
+
+
+def _lost_record(item: Any, exc: BaseException) -> dict[str, Any]:
+    out: dict[str, Any] = {"record": _describe_item(item), "error": f"{type(exc).__name__}: {exc}"}
+    if isinstance(item, Event):
+        out.update(type=item.type, seq=item.seq)
+    return out
+
+
 class Compaction:
     """One retention pass over the store, run in steps on the writer thread (`Store.compact`).
 
@@ -524,58 +688,61 @@ class _EventWriter:
         self._progress: dict[int, str] = {}
         self._events: list[tuple[Any, ...]] = []  # event rows, inserted with one executemany
 
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
+        self.conn.execute(sql, _bindable(args))
+
     def write(self, e: Event) -> None:
         data = dict(e.data)
         for key in _STRIP.get(e.type, ()):
             data.pop(key, None)
-        self._events.append((self.session, e.seq, e.time, e.type, e.pid, _dumps(redact(data))))  # readable copy
+        self._events.append(_bindable((self.session, e.seq, e.time, e.type, e.pid, json_text(redact(data)))))
         audit = audit_row(e)
         if audit is not None:
-            self.conn.execute("INSERT INTO audit (time, user, session, kind, command, target, status) "
-                              "VALUES (?,?,?,?,?,?,?)", (e.time, audit[0], self.session, *audit[1:]))
+            self._execute("INSERT INTO audit (time, user, session, kind, command, target, status) "
+                          "VALUES (?,?,?,?,?,?,?)", (e.time, audit[0], self.session, *audit[1:]))
         if e.pid is None or not e.type.startswith("process."):
             return
         d = e.data
         kind = e.type[8:]
         if kind == "spawned":
-            self.conn.execute(
+            self._execute(
                 "INSERT OR REPLACE INTO processes (pid, session, name, tool, kind, priority, owner, parent, after, "
                 "cwd, params, idempotent, state, phase, detail, created, runtime, policy) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
                 (e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
-                 d.get("owner"), d.get("parent"), _dumps(d.get("after", [])), d.get("cwd"),
-                 _dumps(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
-                 d.get("detail", "queued"), e.time, _dumps(d["policy"]) if d.get("policy") else None))
+                 d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
+                 json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
+                 d.get("detail", "queued"), e.time, json_text(d["policy"]) if d.get("policy") else None))
         elif kind == "started":
-            self.conn.execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
-                              "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
+            self._execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
+                          "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
         elif kind == "state":
-            self.conn.execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
-                              (d.get("state"), d.get("detail") or d.get("state"), e.pid))
+            self._execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
+                          (d.get("state"), d.get("detail") or d.get("state"), e.pid))
         elif kind == "progress":
-            self._progress[e.pid] = _dumps({k: d.get(k) for k in ("step", "total", "percentage", "message")})
+            self._progress[e.pid] = json_text({k: d.get(k) for k in ("step", "total", "percentage", "message")})
         elif kind == "checkpoint":
-            self.conn.execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
-                              (e.pid, d.get("version"), e.time, _dumps(d.get("state"))))
+            self._execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
+                          (e.pid, d.get("version"), e.time, json_text(d.get("state"))))
         elif kind in ("paused", "resumed", "preempted", "continued", "blocked", "breakpoint", "stepped"):
             phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
                      "blocked": "waiting",
                      "breakpoint": "paused", "stepped": "paused"}[kind]  # the debugger stops it as a pause does
-            self.conn.execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
+            self._execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
         elif kind == "remote":  # its body runs on a Dask worker
-            self.conn.execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
+            self._execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
         elif kind == "reniced":
-            self.conn.execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
+            self._execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
         elif e.type in TERMINAL:
             state = TERMINAL[e.type]
             phase = "interrupted" if state == "Interrupted" else "done"
-            self.conn.execute(
+            self._execute(
                 "UPDATE processes SET state=?, phase=?, detail=?, exit_code=?, error=?, output=?, finished=?, "
                 "runtime=? WHERE pid=?",
                 (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
-                 d.get("exit_code"), d.get("error"), _dumps(d.get("output")), e.time, d.get("runtime"), e.pid))
+                 d.get("exit_code"), d.get("error"), json_text(d.get("output")), e.time, d.get("runtime"), e.pid))
             if state != "Interrupted":
-                self.conn.execute(
+                self._execute(
                     "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
                     "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
                     (e.time, d.get("runtime"), state, d.get("peak_memory_mb"), e.pid))
@@ -588,10 +755,12 @@ class _EventWriter:
             self.conn.executemany("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
                                   rows)
 
-    def discard(self) -> None:
+    def discard(self, *, progress: bool = False) -> None:
         """The transaction was rolled back: its event rows not inserted yet go with it (the
-        latest progress stays, for the next transaction)."""
+        latest progress stays, for the next transaction, unless `progress`: it was what failed)."""
         self._events.clear()
+        if progress:
+            self._progress.clear()
 
     def flush_progress(self) -> None:
         self.flush_events()

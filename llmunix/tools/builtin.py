@@ -16,7 +16,7 @@ POLL = 0.05  # how often a subprocess tool reaches a control point while its chi
 OUTPUT_LIMIT = 64 * 1024
 
 
-@tool(idempotent=True, remote=True)
+@tool(idempotent=True, remote=True, touches=())
 def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
     """Sleep cooperatively, reporting progress every tick (a tenth of a second, at most 100 ticks).
 
@@ -36,7 +36,7 @@ def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
     return seconds
 
 
-@tool
+@tool(touches=())
 def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
     """Burn CPU in a pure-Python loop that reaches no control point (tests kill escalation).
 
@@ -50,7 +50,7 @@ def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
     return n
 
 
-@tool(idempotent=True, remote=True)
+@tool(idempotent=True, remote=True, touches=())
 def echo(ctx: ProcessContext, text: str) -> str:
     """Return the text (and write it to the process log).
 
@@ -61,7 +61,7 @@ def echo(ctx: ProcessContext, text: str) -> str:
     return text
 
 
-@tool(remote=True)
+@tool(remote=True, touches=())
 def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
     """Fail with the given message.
 
@@ -71,7 +71,7 @@ def fail(ctx: ProcessContext, message: str = "failed on purpose") -> None:
     raise ToolError(message)
 
 
-@tool(subprocess=True, remote=True)
+@tool(subprocess=True, remote=True, touches=("anything",))  # agents: only with allow_shell_tools
 def shell(ctx: ProcessContext, cmd: str) -> str:
     """Run a shell command in its own process group; its output goes to the process log.
 
@@ -98,14 +98,19 @@ def collect_output(ctx: ProcessContext, child: subprocess.Popen[bytes]) -> str:
     def pump() -> None:
         nonlocal size
         assert child.stdout is not None
-        for raw in iter(child.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            ctx.output(line)  # not ctx.log: this thread must not block on pause
-            with lock:
-                tail.append(line)
-                size += len(line) + 1
-                while size > OUTPUT_LIMIT and tail:
-                    size -= len(tail.popleft()) + 1
+        # The reader owns the pipe and closes it at EOF: the Popen object lives on in the process
+        # record (ps, retention), so nothing else ever would (one fd per shell process leaked).
+        # Closing it from the waiting thread instead could block: a reader in readline() holds
+        # the buffer's lock for as long as a grandchild keeps the pipe open.
+        with child.stdout:
+            for raw in iter(child.stdout.readline, b""):
+                line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+                ctx.output(line)  # not ctx.log: this thread must not block on pause
+                with lock:
+                    tail.append(line)
+                    size += len(line) + 1
+                    while size > OUTPUT_LIMIT and tail:
+                        size -= len(tail.popleft()) + 1
 
     reader = threading.Thread(target=pump, name=f"llmunix-output-{ctx.pid}", daemon=True)
     reader.start()

@@ -9,6 +9,7 @@ fails to import is reported with its error and the others still load. Markdown t
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import sys
@@ -16,6 +17,8 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from llmunix.home import unsafe_reason
 
 ENTRY_POINT_GROUP = "llmunix.tools"
 
@@ -97,6 +100,50 @@ def load_entry_points() -> list[LoadError]:
     return errors
 
 
+def refused(source: Path | str) -> LoadError | None:
+    """A tool directory (path) or module (dotted name) llmunix must not import, because someone
+    other than you (or root) owns it or can change it or a tool file in it; else None. Like ssh
+    with keys: the source is not loaded, and the error says why and how to fix it."""
+    if isinstance(source, Path):
+        label, paths = str(source), [source]
+        if source.is_dir():
+            paths += sorted(p for p in source.iterdir() if p.suffix in (".py", ".md"))
+        checks = [(p, False) for p in paths]
+    else:
+        if source in sys.modules:
+            return None
+        label, checks = f"module {source}", _module_paths(source)
+    for path, sticky_ok in checks:
+        reason = unsafe_reason(path, sticky_ok=sticky_ok)
+        if reason:
+            return LoadError(label, f"refused: {reason}")
+    return None
+
+
+def _module_paths(name: str) -> list[tuple[Path, bool]]:
+    """The files and directories importing `name` would run code from, found without importing
+    anything (a plain module's directory may be sticky: only that file is read from it)."""
+    parts = name.split(".")
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.origin or not Path(spec.origin).exists():
+        return []
+    dirs = [Path(d) for d in (spec.submodule_search_locations or [])]
+    out = [(Path(spec.origin), False), (Path(spec.origin).parent, not dirs)]
+    for part in parts[1:]:
+        inner = []
+        for d in dirs:
+            if (d / part).is_dir():
+                inner.append(d / part)
+                out += [(d / part, False), (d / part / "__init__.py", False)]
+            else:
+                out.append((d / f"{part}.py", False))
+        dirs = inner
+    return out
+
+
 def load_user_tools(directories: Iterable[Path], modules: Iterable[str] = ()) -> list[LoadError]:
     """Load every source; return the errors (empty when all loaded)."""
     errors: list[LoadError] = []
@@ -106,9 +153,10 @@ def load_user_tools(directories: Iterable[Path], modules: Iterable[str] = ()) ->
         if d in seen:
             continue
         seen.add(d)
-        errors.extend(load_directory(d))
+        err = refused(d)
+        errors.extend([err] if err else load_directory(d))
     for m in modules:
-        err = load_module(m)
+        err = refused(m) or load_module(m)
         if err:
             errors.append(err)
     errors.extend(load_entry_points())

@@ -11,7 +11,7 @@ import difflib
 import inspect
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,18 @@ from llmunix.models import LlmunixError, ProcessKind
 from llmunix.pool import parse_needs
 
 ToolFunc = Callable[..., Any]
+
+# What a tool touches (`@tool(touches=...)`), declared so that an agent can be confined:
+#   "paths:PARAM"  it reads or writes the files (or directories) PARAM names
+#   "urls:PARAM"   it fetches the URLs PARAM names
+#   "anything"     it can reach anything (a shell command): no confinement is possible
+# `touches=()` declares it touches nothing outside its parameters and memory; None (the default)
+# declares nothing. A tool that touches paths or URLs takes a `workspace` parameter: the agent
+# loop sets it to the agent's workspace (a model never chooses it), and when it is set the tool
+# confines every path to it and every URL to the `agent_allowed_urls` setting (see
+# `llmunix.tools.files.Confinement`).
+TOUCHES_ANYTHING = "anything"
+TOUCH_KINDS = ("paths", "urls")
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class Tool:
     on_stall: str | None = None  # alert, restart or kill (None: the stall_action setting)
     breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
+    touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     @property
@@ -61,6 +74,13 @@ class Tool:
     def open_ended(self) -> bool:
         """It takes parameters beyond those it names (declared with **kwargs)."""
         return self._model is not None and self._model.model_config.get("extra") == "allow"
+
+    @property
+    def confinable(self) -> bool:
+        """Whether a run of this tool under an agent stays inside the agent's workspace and URL
+        allow list: it declared what it touches, and that is not "anything" (paths and URLs are
+        checked against the `workspace` the agent passes; `make_tool` saw to the parameter)."""
+        return self.touches is not None and TOUCHES_ANYTHING not in self.touches
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check and coerce parameters; raise LlmunixError with one line naming the culprit."""
@@ -137,6 +157,7 @@ def make_tool(
     on_stall: str | None = None,
     breaker: bool = True,
     remote: bool = False,
+    touches: Iterable[str] | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -167,6 +188,7 @@ def make_tool(
     model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
     _check_resilience(fallback, stall_timeout, on_stall)
+    declared = _check_touches(name or func.__name__, touches, [spec.name for spec in specs])
     return Tool(
         name=name or func.__name__,
         func=func,
@@ -183,6 +205,7 @@ def make_tool(
         on_stall=on_stall,
         breaker=breaker,
         remote=remote,
+        touches=declared,
         _model=model,
     )
 
@@ -202,6 +225,7 @@ def tool(
     on_stall: str | None = None,
     breaker: bool = True,
     remote: bool = False,
+    touches: Iterable[str] | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -216,6 +240,10 @@ def tool(
     each external host with `ctx.host_call` instead (see docs/resilience.md).
     `remote=True` lets a cluster backend run it on a worker (docs/cluster.md): its module must be
     importable there and it must not use what lives in the kernel (`ctx.spawn`, `ctx.recv`, locks...).
+    `touches` declares what the tool reaches, so that agents can be confined: `()` nothing,
+    `("paths:path",)` the files its `path` parameter names, `("urls:urls",)` the URLs in `urls`,
+    `("anything",)` no limit (a shell command); a tool that touches paths or URLs must take a
+    `workspace` parameter and, when it is set, keep to it (docs/tools.md, "Confinement").
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -225,7 +253,7 @@ def tool(
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
                       fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
-                      breaker=breaker, remote=remote)
+                      breaker=breaker, remote=remote, touches=touches)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
@@ -240,6 +268,28 @@ def _check_resilience(fallback: str | None, stall_timeout: float | None, on_stal
         raise LlmunixError(f"stall_timeout must be seconds >= 0, not {stall_timeout!r}")
     if on_stall not in (None, "alert", "restart", "kill"):
         raise LlmunixError(f"on_stall must be alert, restart or kill, not {on_stall!r}")
+
+
+def _check_touches(name: str, touches: Iterable[str] | None, params: list[str]) -> tuple[str, ...] | None:
+    """The declaration as a tuple, or LlmunixError naming what is wrong with it."""
+    if touches is None:
+        return None
+    if isinstance(touches, str):
+        touches = (touches,)
+    declared = tuple(str(t).strip() for t in touches)
+    for entry in declared:
+        if entry == TOUCHES_ANYTHING:
+            continue
+        kind, _, param = entry.partition(":")
+        if kind not in TOUCH_KINDS or not param:
+            raise LlmunixError(f"tool {name!r}: touches entry {entry!r} is not 'paths:PARAM', 'urls:PARAM' "
+                               f"or {TOUCHES_ANYTHING!r}")
+        if param not in params:
+            raise LlmunixError(f"tool {name!r}: touches {entry!r}, but it has no parameter {param!r}")
+        if "workspace" not in params:
+            raise LlmunixError(f"tool {name!r} touches {kind} but has no 'workspace' parameter: an agent "
+                               "could not confine it (add workspace: str = \"\" and keep to it when set)")
+    return declared
 
 
 def _param_docs(doc: str) -> dict[str, str]:

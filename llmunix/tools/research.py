@@ -12,6 +12,11 @@ a person at the prompt) can pass them along unchanged:
                 "per_document": [...]}
     report     {"path", "bytes"}
 
+Run by a person, paths are relative to the working directory and any URL or file can be read or
+written. Run by an agent (the `workspace` parameter is set, which the agent loop does and a
+model cannot), every path is confined to the workspace (relative ones start there), file:// URLs
+are refused, and http(s) URLs, redirects included, must be in `agent_allowed_urls`.
+
 `summarize` and `analyze` take `documents` as any of: web_fetch's output, summarize's output, a
 list of dicts with `path` or `text`, a list of paths, or a string of paths (a directory stands for
 the documents in it); `text=` adds raw text. An entry with a `path` is read from it, so analyze
@@ -37,14 +42,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from llmunix.models import ToolError
 from llmunix.process import ProcessContext
+from llmunix.tools.files import Confinement, Refused, open_dir, open_file, write_atomic
 from llmunix.tools.registry import tool
 from llmunix.tools.text import (
     Summarizer,
@@ -95,6 +102,70 @@ def summary_backend() -> Summarizer | None:
     return _summary_backend
 
 
+# ---------------------------------------------------------------------------------- where paths lead
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where a research tool's paths lead: the working directory for a person; the agent's
+    workspace (and URL allow list) when `workspace` is set (see the module docstring)."""
+
+    base: Path
+    conf: Confinement | None
+
+    @classmethod
+    def of(cls, ctx: ProcessContext, workspace: str) -> _Scope:
+        conf = Confinement.of(ctx, workspace)
+        return cls(conf.root if conf is not None else Path(ctx.cwd or "."), conf)
+
+    def path(self, name: str | os.PathLike[str]) -> Path:
+        """The path `name` means; under an agent, ToolError unless it is inside the workspace."""
+        if self.conf is not None:
+            return self.conf.path(name)
+        return Path(self.base, name).expanduser()
+
+    def exists(self, name: str) -> bool:
+        try:
+            return self.path(name).exists()
+        except (ToolError, OSError, ValueError):
+            return False
+
+    def documents_in(self, directory: Path) -> list[str]:
+        """The documents in `directory`; under an agent, not those that are links leading out
+        (as list_files leaves them out)."""
+        found = _documents_in(directory)
+        if self.conf is None:
+            return found
+        inside = []
+        for name in found:
+            try:
+                inside.append(str(self.conf.path(name)))
+            except Refused:
+                continue
+        return inside
+
+    def open(self, path: Path) -> BinaryIO:
+        """`path` (from `self.path`) open for reading; under an agent, reached without symlinks."""
+        if self.conf is not None:
+            return os.fdopen(open_file(self.conf.root, self.conf.path(path)), "rb")
+        return open(path, "rb")  # noqa: SIM115 - the caller's with closes it
+
+    def make_dir(self, path: Path) -> None:
+        if self.conf is not None:
+            os.close(open_dir(self.conf.root, path, create=True))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, target: Path, data: bytes) -> None:
+        """Replace `target` atomically (a link planted at it or its temporary file is replaced,
+        never written through), making its directory."""
+        if self.conf is not None:
+            write_atomic(self.conf.root, target, data)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target.parent, target, data)
+
+
 # ---------------------------------------------------------------------------------- web_fetch
 
 
@@ -111,31 +182,35 @@ class _Fetched:
     seconds: float
 
 
-@tool(idempotent=True, needs={"network": 1}, breaker=False)  # each host has its own breaker
+@tool(idempotent=True, needs={"network": 1}, breaker=False,  # each host has its own breaker
+      touches=("urls:urls", "paths:urls", "paths:dest"))
 def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0, dest: str = "",
-              max_bytes: int = 5_000_000) -> dict[str, Any]:
+              max_bytes: int = 5_000_000, workspace: str = "") -> dict[str, Any]:
     """Fetch web pages and local files, save their readable text, and record status, bytes and time.
 
     Takes http(s) URLs (localhost too), file:// URLs and paths (relative to the working
     directory; a directory stands for the .txt/.md/.html documents in it). HTML is reduced to its
     text and title. A URL that fails is listed under `failed`; the process fails only when every
     URL failed. Progress is reported per URL; kill and pause act within a twentieth of a second,
-    even while a server is silent.
+    even while a server is silent. With `workspace` (an agent's), paths and `dest` stay inside it,
+    file:// is refused and URLs must be in agent_allowed_urls, all checked before anything is fetched.
 
     Args:
         urls: the URLs or paths: a list, or a string of them separated by spaces
         timeout: seconds each URL may take in all (connecting, waiting, reading); paused time does not count
         dest: directory the documents are saved in (default: fetched/ in the working directory)
         max_bytes: a URL that sends more than this many bytes fails
+        workspace: confine paths to this directory and URLs to agent_allowed_urls (agents set it)
     """
     if timeout <= 0:
         raise ToolError(f"timeout must be more than 0 seconds, not {timeout:g}")
     if max_bytes < 1:
         raise ToolError(f"max_bytes must be at least 1, not {max_bytes}")
-    targets = _url_list(urls, ctx.cwd)
+    scope = _Scope.of(ctx, workspace)
+    targets = _url_list(urls, scope)
     if not targets:
         raise ToolError("no URLs given: pass urls=URL (http(s) URLs, file:// URLs or paths, separated by spaces)")
-    out_dir = _directory(ctx, dest or "fetched", "dest")
+    out_dir = _directory(scope, dest or "fetched", "dest")
     # After a crash, `recover` restarts the tool with its last checkpoint: it goes on from there.
     state = ctx.restored if isinstance(ctx.restored, dict) else {}
     documents: list[dict[str, Any]] = list(state.get("documents", []))
@@ -145,7 +220,7 @@ def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0,
         url = targets[i]
         ctx.progress(i, n, f"fetching URL {i + 1} of {n}")
         try:
-            got = _fetch(ctx, url, timeout, max_bytes)
+            got = _fetch(ctx, url, timeout, max_bytes, scope)
             title, text = _readable(got)
         except _FetchFailed as exc:
             failed.append({"url": url, "error": str(exc)})
@@ -153,7 +228,7 @@ def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0,
         else:
             path = out_dir / _file_name(i, url)
             try:
-                path.write_text(text, encoding="utf-8")
+                scope.write(path, text.encode("utf-8", "replace"))
             except OSError as exc:
                 raise ToolError(f"cannot write {path}: {exc.strerror or exc}") from None
             documents.append({"url": url, "path": str(path), "bytes": len(got.raw), "status": got.status,
@@ -169,9 +244,10 @@ def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0,
     return {"documents": documents, "failed": failed, "bytes": sum(d["bytes"] for d in documents)}
 
 
-def _url_list(urls: list[str] | str, cwd: str) -> list[str]:
+def _url_list(urls: list[str] | str, scope: _Scope) -> list[str]:
     """The URLs to fetch, in order: a string is split on whitespace (a JSON list is read as one),
-    and a directory path becomes the documents in it."""
+    and a directory path becomes the documents in it. Under an agent each is checked here, so
+    that one refused URL stops the tool before anything is fetched."""
     if isinstance(urls, str):
         text = urls.strip()
         if text.startswith("["):
@@ -179,7 +255,7 @@ def _url_list(urls: list[str] | str, cwd: str) -> list[str]:
                 items = json.loads(text)
             except ValueError:
                 raise ToolError(f"urls {text[:60]!r} looks like a JSON list but is not valid JSON") from None
-        elif text and Path(cwd, text).expanduser().exists():  # one path, spaces and all
+        elif text and scope.exists(text):  # one path, spaces and all
             items = [text]
         else:
             items = text.split()
@@ -189,25 +265,30 @@ def _url_list(urls: list[str] | str, cwd: str) -> list[str]:
     for item in (str(u).strip() for u in items):
         if not item:
             continue
-        local = _local_path(item, cwd)
+        local = _local_path(item, scope)
+        if local is None and scope.conf is not None:
+            scope.conf.url(item)
         if local is not None and local.is_dir():
-            found = _documents_in(local)
+            found = scope.documents_in(local)
             out.extend(found or [item])  # an empty directory stays, to fail with a reason
         else:
             out.append(item)
     return out
 
 
-def _local_path(url: str, cwd: str) -> Path | None:
-    """The file a file:// URL or a plain path names (relative to `cwd`); None for other schemes."""
+def _local_path(url: str, scope: _Scope) -> Path | None:
+    """The file a file:// URL or a plain path names (relative to the scope's base); None for
+    other schemes. Under an agent a file:// URL or a path outside the workspace is ToolError."""
     parts = urlsplit(url)
     if parts.scheme == "file":
+        if scope.conf is not None:
+            scope.conf.url(url)  # refused: an agent names files by their workspace paths
         if parts.netloc not in ("", "localhost"):
             return None
         return Path(unquote(parts.path))
     if parts.scheme and len(parts.scheme) > 1:
         return None
-    return Path(cwd, url).expanduser()
+    return scope.path(url)
 
 
 def _documents_in(directory: Path) -> list[str]:
@@ -217,7 +298,7 @@ def _documents_in(directory: Path) -> list[str]:
 _CLIENT_ERROR = re.compile(r"HTTP 4(?!08|29)\d\d\b")  # 408 and 429 say the host is struggling
 
 
-def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int) -> _Fetched:
+def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int, scope: _Scope) -> _Fetched:
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         # The host's circuit breaker (docs/resilience.md): while it is open the URL fails at once.
@@ -226,7 +307,8 @@ def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int) -> _Fe
         try:
             with ctx.host_call(url):
                 try:
-                    return _http_get(ctx, url, timeout, max_bytes)
+                    return _http_get(ctx, url, timeout, max_bytes,
+                                     allow=scope.conf.url if scope.conf is not None else None)
                 except _FetchFailed as exc:
                     if not _CLIENT_ERROR.match(str(exc)):
                         raise
@@ -235,20 +317,20 @@ def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int) -> _Fe
             raise _FetchFailed(str(exc)) from None
         assert client_error is not None
         raise client_error
-    path = _local_path(url, ctx.cwd)
+    path = _local_path(url, scope)
     if path is None:
         raise _FetchFailed(f"unsupported URL scheme {scheme!r}; use http, https, file or a path")
-    return _read_file(ctx, path, max_bytes)
+    return _read_file(ctx, path, max_bytes, scope)
 
 
-def _read_file(ctx: ProcessContext, path: Path, max_bytes: int) -> _Fetched:
+def _read_file(ctx: ProcessContext, path: Path, max_bytes: int, scope: _Scope) -> _Fetched:
     start = time.monotonic()
     if path.is_dir():
         raise _FetchFailed(f"{path} is a directory with no documents ({', '.join(DOCUMENT_SUFFIXES)})")
     chunks: list[bytes] = []
     size = 0
     try:
-        with open(path, "rb") as f:
+        with scope.open(path) as f:
             while chunk := f.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
@@ -271,9 +353,10 @@ class _Exchange:
     POLL seconds, and on kill, timeout or error `abort()` shuts the socket so the helper ends too.
     The queue is bounded, so a paused fetch stops reading from the network soon after."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, allow: Callable[[str], Any] | None = None) -> None:
         self.url = url
         self.timeout = timeout  # the URL's deadline; the process thread enforces it
+        self.allow = allow  # under an agent: raises ToolError for a URL (a redirect) it may not fetch
         self.items: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -282,7 +365,7 @@ class _Exchange:
     def run(self) -> None:
         try:
             opener = urllib.request.build_opener(_RecordingHTTPHandler(self), _RecordingHTTPSHandler(self),
-                                                 _proxy_handler(self.url))
+                                                 _proxy_handler(self.url), _CheckedRedirectHandler(self.allow))
             request = urllib.request.Request(self.url, headers={
                 "User-Agent": USER_AGENT, "Accept-Encoding": "identity",
                 "Accept": "text/html,text/plain;q=0.9,*/*;q=0.5"})
@@ -353,6 +436,24 @@ class _RecordingHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(self._connection, req, context=self._tls)
 
 
+class _CheckedRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Under an agent, a redirect is followed only to a URL the allow list admits (an allowed
+    host must not lead an agent to one that is not)."""
+
+    def __init__(self, allow: Callable[[str], Any] | None) -> None:
+        super().__init__()
+        self._allow = allow
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Message,
+                         newurl: str) -> urllib.request.Request | None:
+        if self._allow is not None:
+            try:
+                self._allow(newurl)
+            except ToolError as exc:
+                raise urllib.error.HTTPError(newurl, code, f"redirect refused: {exc}", headers, fp) from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _proxy_handler(url: str) -> urllib.request.ProxyHandler:
     """Proxies from the environment, except for loopback addresses (a local server is never
     behind a proxy, whatever no_proxy says)."""
@@ -364,8 +465,9 @@ def _proxy_handler(url: str) -> urllib.request.ProxyHandler:
     return urllib.request.ProxyHandler({} if loopback else None)
 
 
-def _http_get(ctx: ProcessContext, url: str, timeout: float, max_bytes: int) -> _Fetched:
-    exchange = _Exchange(url, timeout)
+def _http_get(ctx: ProcessContext, url: str, timeout: float, max_bytes: int,
+              allow: Callable[[str], Any] | None = None) -> _Fetched:
+    exchange = _Exchange(url, timeout, allow)
     helper = threading.Thread(target=exchange.run, name=f"llmunix-fetch-{ctx.pid}", daemon=True)
     start = time.monotonic()
     deadline = start + timeout
@@ -466,12 +568,12 @@ def _file_name(index: int, url: str) -> str:
     return f"{index + 1:02d}-{slug}.txt"
 
 
-def _directory(ctx: ProcessContext, name: str, what: str) -> Path:
-    path = Path(ctx.cwd, name).expanduser()
+def _directory(scope: _Scope, name: str, what: str) -> Path:
+    path = scope.path(name)
     if path.exists() and not path.is_dir():
         raise ToolError(f"{what} {path} is a file; give a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        scope.make_dir(path)
     except OSError as exc:
         raise ToolError(f"cannot create {what} directory {path}: {exc.strerror or exc}") from None
     return path
@@ -488,12 +590,12 @@ class _Document:
     title: str = ""
 
 
-def _load_documents(ctx: ProcessContext, documents: Any, text: str, verb: str) -> list[_Document]:
+def _load_documents(ctx: ProcessContext, documents: Any, text: str, verb: str, scope: _Scope) -> list[_Document]:
     """The documents a summarize/analyze call names (see the module docstring for the forms)."""
     docs: list[_Document] = []
     if documents not in (None, "", [], {}):
-        for n, entry in enumerate(_entries(documents, ctx.cwd), 1):
-            docs.append(_document(ctx, entry, n))
+        for n, entry in enumerate(_entries(documents, scope), 1):
+            docs.append(_document(scope, entry, n))
             ctx.check()
     if text.strip():
         docs.append(_Document("text", text))
@@ -502,7 +604,7 @@ def _load_documents(ctx: ProcessContext, documents: Any, text: str, verb: str) -
     return docs
 
 
-def _entries(documents: Any, cwd: str) -> list[Any]:
+def _entries(documents: Any, scope: _Scope) -> list[Any]:
     if isinstance(documents, dict):
         if isinstance(documents.get("documents"), list):  # web_fetch's output
             return documents["documents"]
@@ -510,25 +612,24 @@ def _entries(documents: Any, cwd: str) -> list[Any]:
             return documents["summaries"]
         return [documents]
     if isinstance(documents, str):
-        whole = Path(cwd, documents.strip()).expanduser()
-        names = [documents.strip()] if whole.exists() else documents.split()
+        names = [documents.strip()] if scope.exists(documents.strip()) else documents.split()
         out: list[Any] = []
         for name in names:
-            path = Path(cwd, name).expanduser()
-            out.extend(_documents_in(path) if path.is_dir() else [name])
+            path = scope.path(name)
+            out.extend(scope.documents_in(path) if path.is_dir() else [name])
         return out
     return list(documents)
 
 
-def _document(ctx: ProcessContext, entry: Any, n: int) -> _Document:
+def _document(scope: _Scope, entry: Any, n: int) -> _Document:
     if isinstance(entry, str | os.PathLike):
-        return _read_document(ctx, str(entry))
+        return _read_document(scope, str(entry))
     if not isinstance(entry, dict):
         raise ToolError(f"document {n} is a {type(entry).__name__}; give paths or dicts with 'path' or 'text'")
     source = str(entry.get("url") or entry.get("source") or entry.get("path") or "text")
     title = str(entry.get("title") or "")
     if entry.get("path"):
-        doc = _read_document(ctx, str(entry["path"]), fallback=entry.get("text") or entry.get("summary"))
+        doc = _read_document(scope, str(entry["path"]), fallback=entry.get("text") or entry.get("summary"))
         return _Document(source, doc.text, doc.path, title or doc.title)
     body = entry.get("text") or entry.get("summary")
     if not isinstance(body, str):
@@ -536,14 +637,15 @@ def _document(ctx: ProcessContext, entry: Any, n: int) -> _Document:
     return _Document(source, body, None, title)
 
 
-def _read_document(ctx: ProcessContext, name: str, fallback: Any = None) -> _Document:
-    path = Path(ctx.cwd, name).expanduser()
+def _read_document(scope: _Scope, name: str, fallback: Any = None) -> _Document:
+    path = scope.path(name)
     try:
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        with scope.open(path) as f:
+            raw = f.read().decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         if isinstance(fallback, str):
             return _Document(name, fallback)
-        raise ToolError(f"no such document {name!r} (relative paths start at {ctx.cwd})") from None
+        raise ToolError(f"no such document {name!r} (relative paths start at {scope.base})") from None
     except IsADirectoryError:
         raise ToolError(f"{name!r} is a directory with no documents ({', '.join(DOCUMENT_SUFFIXES)})") from None
     except OSError as exc:
@@ -557,9 +659,9 @@ def _read_document(ctx: ProcessContext, name: str, fallback: Any = None) -> _Doc
 # ---------------------------------------------------------------------------------- summarize
 
 
-@tool(idempotent=True)
+@tool(idempotent=True, touches=("paths:documents",))
 def summarize(ctx: ProcessContext, documents: list | dict | str | None = None, sentences: int = 5,
-              text: str = "") -> dict[str, Any]:
+              text: str = "", workspace: str = "") -> dict[str, Any]:
     """Summarise documents: an extractive summary of each and one of them all (offline, deterministic).
 
     Sentences are scored by the normalised frequency of their content words with a bonus for
@@ -570,10 +672,11 @@ def summarize(ctx: ProcessContext, documents: list | dict | str | None = None, s
         documents: web_fetch's output, paths, or dicts with 'path' or 'text'
         sentences: sentences in each summary
         text: raw text to summarise (alone or with documents)
+        workspace: read documents only inside this directory (agents set it)
     """
     if sentences < 1:
         raise ToolError(f"sentences must be at least 1, not {sentences}")
-    docs = _load_documents(ctx, documents, text, "summarise")
+    docs = _load_documents(ctx, documents, text, "summarise", _Scope.of(ctx, workspace))
     backend = summary_backend()
     n = len(docs)
     summaries = []
@@ -597,9 +700,9 @@ def summarize(ctx: ProcessContext, documents: list | dict | str | None = None, s
 # ---------------------------------------------------------------------------------- analyze
 
 
-@tool(idempotent=True)
+@tool(idempotent=True, touches=("paths:documents",))
 def analyze(ctx: ProcessContext, documents: list | dict | str | None = None, text: str = "",
-            top: int = 10) -> dict[str, Any]:
+            top: int = 10, workspace: str = "") -> dict[str, Any]:
     """Text statistics and keywords of documents: words, sentences, reading time, lexical diversity.
 
     Keywords are the most frequent words that are not stopwords (plurals counted with their
@@ -610,10 +713,11 @@ def analyze(ctx: ProcessContext, documents: list | dict | str | None = None, tex
         documents: web_fetch's or summarize's output, paths, or dicts with 'path' or 'text'
         text: raw text to analyse (alone or with documents)
         top: how many keywords and bigrams to list
+        workspace: read documents only inside this directory (agents set it)
     """
     if top < 1:
         raise ToolError(f"top must be at least 1, not {top}")
-    docs = _load_documents(ctx, documents, text, "analyse")
+    docs = _load_documents(ctx, documents, text, "analyse", _Scope.of(ctx, workspace))
     n = len(docs)
     per_document = []
     for i, doc in enumerate(docs):
@@ -636,9 +740,9 @@ def analyze(ctx: ProcessContext, documents: list | dict | str | None = None, tex
 # ---------------------------------------------------------------------------------- report
 
 
-@tool(idempotent=True)
+@tool(idempotent=True, touches=("paths:path",))
 def report(ctx: ProcessContext, path: str, title: str = "Research report", summary: dict | str | None = None,
-           analysis: dict | None = None, sources: dict | list | None = None) -> dict[str, Any]:
+           analysis: dict | None = None, sources: dict | list | None = None, workspace: str = "") -> dict[str, Any]:
     """Write a markdown research report: sources, summaries, statistics and keywords.
 
     Sections appear for what is given: `sources` (web_fetch's output, or a list of URLs or
@@ -652,8 +756,10 @@ def report(ctx: ProcessContext, path: str, title: str = "Research report", summa
         summary: summarize's output, or a summary text
         analysis: analyze's output
         sources: web_fetch's output, or a list of URLs or document dicts
+        workspace: write only inside this directory (agents set it)
     """
-    target = Path(ctx.cwd, path).expanduser()
+    scope = _Scope.of(ctx, workspace)
+    target = scope.path(path)
     if target.is_dir():
         raise ToolError(f"report path {target} is a directory; give a file name such as {target / 'report.md'}")
     ctx.progress(0, 1, f"writing {target.name}")
@@ -661,10 +767,7 @@ def report(ctx: ProcessContext, path: str, title: str = "Research report", summa
                          when=_dt.datetime.now().astimezone())
     data = text.encode("utf-8")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{ctx.pid}.partial")
-        partial.write_bytes(data)
-        os.replace(partial, target)  # a reader never sees half a report
+        scope.write(target, data)  # a reader never sees half a report
     except OSError as exc:
         raise ToolError(f"cannot write report {target}: {exc.strerror or exc}") from None
     ctx.progress(1, 1, f"wrote {target.name}")
