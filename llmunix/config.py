@@ -51,6 +51,10 @@ class Config(pydantic.BaseModel):
     retention_count: int = pydantic.Field(10_000, ge=0, description="newest finished processes kept in full "
                                           "(and the most held in memory); older ones are compacted")
     tool_paths: list[str] = pydantic.Field(default_factory=list, description="extra directories of tools")
+    definition_paths: list[str] = pydantic.Field(
+        default_factory=list, description="extra directories of LLMunix agent and tool markdown, searched after "
+        "the built-in ones (relative to where llmunix starts; globs such as projects/*/agents allowed; "
+        "`agents --paths` lists them all)")
     tool_modules: list[str] = pydantic.Field(default_factory=list, description="modules to import for tools")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = pydantic.Field(
         "info", description="what llmunix.log records (the shell's `set loglevel` changes it)")

@@ -41,6 +41,7 @@ from typing import Any
 
 from llmunix.agents.backend import BackendError, BackendSettings, Check, Decision, Log, Sleep, Turn, Usage
 from llmunix.agents.parsing import ToolCall, parse_native, parse_text
+from llmunix.tools.markdown import claude_call
 
 POLL = 0.05
 RETRY_AFTER_CAP = 60.0
@@ -142,7 +143,7 @@ class OpenAIBackend:
         else:
             parsed = parse_text(_text_content(message.get("content")))
         names = self._api_names(turn)
-        calls = tuple(ToolCall(names.get(c.name, c.name), c.arguments, c.id, c.error) for c in parsed.calls)
+        calls = tuple(self._ours(c, names) for c in parsed.calls)
         # What goes back next round: the calls as they were read (each once, arguments as JSON text),
         # never the server's `function_call` copy.
         kept: dict[str, Any] = {"role": "assistant", "content": _text_content(message.get("content"))}
@@ -150,6 +151,17 @@ class OpenAIBackend:
             kept["tool_calls"] = [{"id": c.id, "type": "function", "function": {
                 "name": c.name, "arguments": json.dumps(dict(c.arguments), ensure_ascii=False)}} for c in parsed.calls]
         return Decision(parsed.reasoning, calls, parsed.final, usage, kept, timing)
+
+    @staticmethod
+    def _ours(call: ToolCall, names: dict[str, str]) -> ToolCall:
+        """A call by the API name of a granted tool, as the tool's own name. A call by a name the
+        model was not offered but knows from Claude Code (`Write` with `file_path`) gets its
+        parameters renamed to the built-in's (the loop resolves the name, tools/markdown.py)."""
+        if call.name in names:
+            return ToolCall(names[call.name], call.arguments, call.id, call.error)
+        if call.error:
+            return call
+        return ToolCall(call.name, claude_call(call.name, call.arguments).arguments, call.id, None)
 
     def complete(self, body: dict[str, Any], *, check: Check, sleep: Sleep, log: Log) -> dict[str, Any]:
         """POST the body; retry 429, 5xx and dropped connections; return the JSON reply."""
