@@ -519,3 +519,22 @@ def test_a_refusal_end_to_end_is_one_line_in_ps_and_a_failed_wait(agent_home):
     assert r.stderr.strip() == "wait: 1 of 1 processes did not complete: 001 Failed" or \
         r.stderr.strip().startswith("wait: 1 of 1 processes did not complete")
     assert "answered 404 Not Found: model 'qwen9' not found; is the model 'gpt-4o-mini' served there" in r.stdout
+
+
+def test_a_call_written_for_claude_codes_tools_runs_the_built_in_with_its_parameter_names(agent_home):
+    """A model that knows Claude Code writes `Write` with `file_path`: one mapping (the one
+    workflows use) makes it write_file with `path`."""
+    fake = FakeLLM([
+        text_reply('TOOL_CALL: Write\nPARAMETERS: {"file_path": "claude.md", "content": "From Claude."}'),
+        text_reply("<final_answer>Written.</final_answer>"),
+    ])
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, tool_format="text")
+            pid = service.run("summarization-agent", "Write claude.md", backend="openai")
+            info = k.wait([pid], timeout=20)[0]
+            assert info.state == "Completed", info.error
+            assert children_of(k, pid) == [("write_file", "Completed")]
+    finally:
+        fake.close()
+    assert (agent_home / "workspace" / "claude.md").read_text() == "From Claude."

@@ -697,7 +697,7 @@ def _inputs(declared: Any, body: str, path: Path, warnings: list[str]) -> tuple[
             if isinstance(v, dict):
                 if v.get("name"):
                     specs.append(_input(str(v["name"]), v, warnings))
-                elif len(v) == 1 and "name" not in v:  # `- text: what it is`
+                elif len(v) == 1 and next(iter(v)) not in _SPEC_FIELDS:  # `- text: what it is`
                     k, d = next(iter(v.items()))
                     specs.append(_input(str(k), d, warnings) if isinstance(d, dict)
                                  else InputSpec(str(k), description="" if d is None else str(d)))
@@ -729,6 +729,9 @@ def _inputs(declared: Any, body: str, path: Path, warnings: list[str]) -> tuple[
                 typ = typ.split(",")[0].strip() or "string"
                 specs.append(InputSpec(m.group(1), typ, m.group(3).strip(), required=not optional))
     return tuple(specs)
+
+
+_SPEC_FIELDS = ("name", "type", "description", "required", "default")
 
 
 def _input(name: str, spec: Mapping[str, Any], warnings: list[str]) -> InputSpec:
