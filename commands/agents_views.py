@@ -81,6 +81,8 @@ def agent_tree(info: AgentInfo, runs: Sequence[RunMemory]) -> Tree:
     if info.max_iterations:
         root.add(Text(f"Max iterations: {info.max_iterations}"))
     root.add(Text(f"Source: {_source(info)} ({info.format})"))
+    for warning in info.warnings:
+        root.add(Text.assemble(("Warning: ", "yellow"), warning))
     if runs:
         done = [r for r in runs if r.outcome == "Completed"]
         avg = sum(r.duration for r in done) / len(done) if done else None

@@ -73,6 +73,7 @@ class AgentInfo:
     format: str
     max_iterations: int | None
     instructions: str
+    warnings: tuple[str, ...] = ()  # what the file was read with a guess about (see tools/markdown.py)
 
     @property
     def available(self) -> list[str]:
@@ -86,7 +87,8 @@ class AgentInfo:
         return {"name": self.name, "description": self.description,
                 "tools": [{"granted": w, "tool": t} for w, t in self.tools], "model": self.model,
                 "version": self.version, "capabilities": list(self.capabilities), "source": self.source,
-                "builtin": self.builtin, "format": self.format, "max_iterations": self.max_iterations}
+                "builtin": self.builtin, "format": self.format, "max_iterations": self.max_iterations,
+                "warnings": list(self.warnings)}
 
 
 class AgentService:
@@ -201,7 +203,7 @@ class AgentService:
             d = self.definition(d)
         resolved = self._resolve_names(d)
         return AgentInfo(d.name, d.description, tuple(resolved), d.model, d.version, d.capabilities, str(d.path),
-                         _is_builtin(d.path), d.format, d.max_iterations, d.body)
+                         _is_builtin(d.path), d.format, d.max_iterations, d.body, d.warnings)
 
     def _resolve_names(self, d: MarkdownDefinition) -> list[tuple[str, str | None]]:
         registry = self.kernel.registry

@@ -107,7 +107,7 @@ _ALIASES = {
     "read": "read_file", "readfile": "read_file", "fileread": "read_file", "cat": "read_file",
     "filereader": "read_file",
     "write": "write_file", "writefile": "write_file", "filewrite": "write_file", "filewriter": "write_file",
-    "edit": "edit_file", "editfile": "edit_file", "fileedit": "edit_file", "multiedit": "edit_file",
+    "edit": "edit_file", "editfile": "edit_file", "fileedit": "edit_file",
     "ls": "list_files", "list": "list_files", "listfiles": "list_files", "listdir": "list_files",
     "glob": "list_files", "filesearch": "list_files",
     "grep": "grep", "search": "grep", "grepfiles": "grep", "searchfiles": "grep",
@@ -145,7 +145,7 @@ class MappedCall:
 
 # Claude Code's own tool names (and LLMunix's framework names for them), spelling-free: only
 # these are rewritten, so a user's tool called `search` or `cat` stays the user's.
-_CLAUDE_KEYS = {"read", "write", "edit", "multiedit", "bash", "grep", "glob", "ls", "webfetch", "filereader",
+_CLAUDE_KEYS = {"read", "write", "edit", "bash", "grep", "glob", "ls", "webfetch", "filereader",
                 "filewriter", "webfetcher"}
 
 
