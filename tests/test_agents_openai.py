@@ -46,6 +46,7 @@ class FakeLLM:
         self.hold_after = hold_after
         self.holding = threading.Event()
         self.released = threading.Event()
+        self.hung_up = threading.Event()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         fake = self
@@ -78,15 +79,18 @@ class FakeLLM:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for n, chunk in enumerate(sse_chunks(reply, usage)):
-                    if fake.hold_after is not None and n == fake.hold_after:
-                        fake.holding.set()
-                        fake.released.wait(10)
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
                 self.close_connection = True
+                try:
+                    for n, chunk in enumerate(sse_chunks(reply, usage)):
+                        if fake.hold_after is not None and n == fake.hold_after:
+                            fake.holding.set()
+                            fake.released.wait(10)
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.hung_up.set()  # the client went away mid-stream
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -538,3 +542,23 @@ def test_a_call_written_for_claude_codes_tools_runs_the_built_in_with_its_parame
     finally:
         fake.close()
     assert (agent_home / "workspace" / "claude.md").read_text() == "From Claude."
+
+
+def test_kill_reaches_an_agent_in_the_middle_of_a_streamed_reply_and_hangs_up(agent_home, wait_until):
+    """Killed mid-stream, the agent ends at once and the connection is shut down, so the server
+    stops generating (with a 30 s timeout, a connection merely left to time out would still be
+    open when the server sends its next chunk)."""
+    fake = FakeLLM([text_reply("One line.\nAnd a second line that never comes.")], hold_after=3)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, stream=True, timeout=30)
+            pid = service.run("research-agent", "anything", backend="openai")
+            assert fake.holding.wait(10)
+            wait_until(lambda: [line for _t, line in k.logs(pid)] == ["» One line."], message="the first line")
+            k.kill(pid)
+            info = k.wait([pid], timeout=10)[0]
+            assert info.state == "Cancelled"
+            fake.release()
+            assert fake.hung_up.wait(10), "the connection was left open"
+    finally:
+        fake.close()

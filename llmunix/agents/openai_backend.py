@@ -31,6 +31,7 @@ import email.utils
 import json
 import queue
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -259,32 +260,45 @@ class OpenAIBackend:
 
         threading.Thread(target=fetch, name="llmunix-llm-request", daemon=True).start()
         stream: _StreamedReply | None = None
+        finished = False
         try:
             while True:
                 try:
                     kind, value = items.get(timeout=POLL)
                 except queue.Empty:
-                    check()  # a kill raises here; the finally closes the connection
+                    check()  # a kill raises here; the finally hangs up
                     lines.tick()
                     continue
                 if kind == "error":
                     raise value
                 if kind == "body":
+                    finished = True
                     return _json_reply(url, *value), None
                 stream = stream or _StreamedReply(url)
                 if kind == "end":
+                    finished = True
                     return stream.reply(), stream.first_token
                 text = stream.feed(value)
                 if text:
                     lines.feed(text)
                     check()
         finally:
-            resp = held.get("response")
-            if resp is not None:
-                try:
-                    resp.close()  # a killed or failed reader stops the helper thread's reads
-                except Exception:  # noqa: BLE001, S110 - closing is best effort
-                    pass
+            if not finished:
+                _hang_up(held.get("response"))
+
+
+def _hang_up(resp: Any) -> None:
+    """Stop a streamed reply that is no longer wanted (the agent was killed, or the stream went
+    bad): shut the connection down, so the server stops generating and the helper thread's
+    blocked read returns at once. (Closing the response from this thread would wait for the
+    reader's lock, which it holds until its read times out.)"""
+    if resp is None:
+        return
+    try:
+        with socket.fromfd(resp.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError, AttributeError):
+        pass  # already closed
 
 
 # ---------------------------------------------------------------------------- replies and errors
