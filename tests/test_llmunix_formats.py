@@ -366,3 +366,16 @@ def test_an_llmunix_project_end_to_end_through_the_executable(project):
     bad = subprocess.run([LLMUNIX, "-c", "agents --check ../traces"], capture_output=True, text=True, env=env,
                          cwd=project, timeout=60)
     assert bad.returncode == 1 and bad.stderr == "agents: 2 of 2 files refused\n"
+
+
+def test_a_name_defined_twice_is_a_warning_and_a_single_file_can_be_checked(tmp_path):
+    from llmunix.tools.markdown import check_directory
+
+    for folder in ("a", "b"):
+        (tmp_path / folder / "agents").mkdir(parents=True)
+        (tmp_path / folder / "agents" / "helper.md").write_text("---\nname: helper\ntools: Read\n---\nHelps.\n")
+    first, second = check_directory(tmp_path, AGENT)
+    assert (first.status, second.status) == ("loaded", "warnings")
+    assert second.warnings == (f"agent 'helper' is also defined by {first.path}; the one found later wins",)
+    [one] = check_directory(tmp_path / "a" / "agents" / "helper.md", AGENT)
+    assert (one.status, one.kind, one.name) == ("loaded", "agent", "helper")
