@@ -519,16 +519,7 @@ def _step_blocks(section: str, where: str) -> tuple[dict[str, Any] | None, Any, 
                                                        for v in value):
             validates = True
         elif isinstance(value, dict) and call is None and set(value) & {"parameters", "depends_on"}:
-            raise SpecError(f"{where}: the block must be a mapping with 'tool'")
-    if call is None:
-        for lang, block in _fences(section):
-            if lang in ("", "yaml", "yml", "json"):
-                try:
-                    value = yaml.safe_load(block)
-                except yaml.YAMLError:
-                    continue
-                if value is not None and not isinstance(value, dict | list):
-                    raise SpecError(f"{where}: the block must be a mapping with 'tool'")
+            raise SpecError(f"{where}: the block must be a mapping with 'tool' (it has parameters but no tool)")
     return call, on_error, validates
 
 
