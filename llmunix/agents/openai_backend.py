@@ -190,7 +190,7 @@ class OpenAIBackend:
             lines = _LineLog(log)
             started = time.monotonic()
             try:
-                reply, first = self._post(url, data, headers, check, lines)
+                reply, streamed, first = self._post(url, data, headers, check, lines)
             except urllib.error.HTTPError as exc:
                 detail = _error_detail(exc)
                 if (exc.code == 429 or exc.code >= 500) and attempt + 1 < attempts:
@@ -208,8 +208,8 @@ class OpenAIBackend:
             else:
                 lines.close()
                 took = time.monotonic() - started
-                timing: dict[str, Any] = {"seconds": round(took, 3), "stream": first is not None or s.stream}
-                if s.stream:
+                timing: dict[str, Any] = {"seconds": round(took, 3), "stream": streamed}
+                if streamed:
                     timing["ttft"] = None if first is None else round(first - started, 3)
                     said = f"first token after {first - started:.2f}s, " if first is not None else ""
                     log(f"LLM: {said}reply in {took:.2f}s")
@@ -237,9 +237,10 @@ class OpenAIBackend:
         return f"the LLM endpoint {url} answered {said}{after}"
 
     def _post(self, url: str, data: bytes, headers: dict[str, str], check: Check,
-              lines: _LineLog) -> tuple[dict[str, Any], float | None]:
+              lines: _LineLog) -> tuple[dict[str, Any], bool, float | None]:
         """The HTTP request on a helper thread; this thread keeps reaching control points, and
-        writes streamed text to the log as it arrives. Returns (reply, time of the first token)."""
+        writes streamed text to the log as it arrives. Returns (reply, whether it was streamed,
+        the time of its first token)."""
         items: queue.Queue[tuple[str, Any]] = queue.Queue()
         held: dict[str, Any] = {}
         timeout = self.settings.timeout
@@ -273,11 +274,11 @@ class OpenAIBackend:
                     raise value
                 if kind == "body":
                     finished = True
-                    return _json_reply(url, *value), None
+                    return _json_reply(url, *value), False, None
                 stream = stream or _StreamedReply(url)
                 if kind == "end":
                     finished = True
-                    return stream.reply(), stream.first_token
+                    return stream.reply(), True, stream.first_token
                 text = stream.feed(value)
                 if text:
                     lines.feed(text)
