@@ -13,11 +13,13 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import agents_views as views
+from commands import check_views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
 from llmunix.agents import service_for
 from llmunix.agents.backend import BACKENDS
 from llmunix.agents.service import EXAMPLES, AgentService
 from llmunix.models import LlmunixError, format_pid
+from llmunix.tools.markdown import AGENT
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
@@ -124,13 +126,33 @@ class AgentCommands(ShellCommandSet):
 
     # ------------------------------------------------------------------ agents
 
-    agents_parser = _parser("List the agents that can run: built-in ones, <home>/agents and ./agents "
-                            "(LLMunix markdown definitions of any era).", "examples:\n  agents\n  agents --json")
+    agents_parser = _parser(
+        "List the agents that can run: built-in ones, <home>/agents, an LLMunix project's folders (system/agents, "
+        "components/agents, projects/*/components/agents, .claude/agents), ./agents and the configured "
+        "definition_paths (LLMunix markdown definitions of any era). --paths lists where it looks; --check DIR "
+        "reports on every markdown file under DIR: loaded, loaded with warnings (what), or refused (why).",
+        "examples:\n  agents\n  agents --json\n  agents --paths\n  agents --check .claude/agents\n"
+        "  agents --check projects/Project_aorta --json")
+    agents_mode = agents_parser.add_mutually_exclusive_group()
+    agents_mode.add_argument("--check", metavar="DIR", completer=cmd2.Cmd.path_complete,
+                             help="read every markdown file under DIR and say what loads (non-zero exit if any "
+                                  "is refused)")
+    agents_mode.add_argument("--paths", action="store_true", help="list the directories searched, in order")
     agents_parser.add_argument("--json", action="store_true", help="print JSON")
 
     @cmd2.with_argparser(agents_parser)
     def do_agents(self, args: argparse.Namespace) -> None:
         """List agents."""
+        if args.check is not None:
+            self.report_check(lambda: self.agents.check(args.check, AGENT), args.check, args.json)
+            return
+        if args.paths:
+            paths = self.agents.search_paths()
+            if args.json:
+                self.out_json([p.to_dict() for p in paths])
+            else:
+                self.out(check_views.paths_plain(paths) if self.plain else check_views.paths_table(paths))
+            return
         infos = self.agents.agents()
         if args.json:
             self.out_json([i.to_dict() for i in infos])

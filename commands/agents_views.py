@@ -81,6 +81,8 @@ def agent_tree(info: AgentInfo, runs: Sequence[RunMemory]) -> Tree:
     if info.max_iterations:
         root.add(Text(f"Max iterations: {info.max_iterations}"))
     root.add(Text(f"Source: {_source(info)} ({info.format})"))
+    for warning in info.warnings:
+        root.add(Text.assemble(("Warning: ", "yellow"), warning))
     if runs:
         done = [r for r in runs if r.outcome == "Completed"]
         avg = sum(r.duration for r in done) / len(done) if done else None
@@ -158,6 +160,19 @@ def agent_state(info: ProcessInfo) -> Mapping[str, Any] | None:
     return state if isinstance(state, Mapping) and "agent" in state and "actions" in state else None
 
 
+def action_count(state: Mapping[str, Any]) -> int:
+    """How many tool calls the run has made (or is making). The checkpoint's `actions` keeps only
+    the last ones, each tagged with its round (`iteration`, shared by parallel calls), so the
+    count comes from the transcript: the finished rounds' results, plus the calls of the round in
+    progress."""
+    actions = state.get("actions") or []
+    transcript = state.get("transcript")
+    if not isinstance(transcript, list):
+        return len(actions)
+    done = sum(len(s.get("results") or ()) for s in transcript if isinstance(s, Mapping))
+    return done + sum(1 for a in actions if (a.get("iteration") or 0) > len(transcript))
+
+
 def agent_branches(info: ProcessInfo, tree: Tree) -> bool:
     """Add the seed's agent lines (Reasoning, Tools Used, Actions, Learning, Tokens) to a `ps -l`
     tree; False if the process has no agent checkpoint (the caller shows it as it would)."""
@@ -171,13 +186,14 @@ def agent_branches(info: ProcessInfo, tree: Tree) -> bool:
     tree.add(Text(f"Tools Used: [{', '.join(tools)}]"))
     actions = state.get("actions") or []
     if actions:
-        branch = tree.add(Text(f"Actions: {len(actions)}"))
-        for a in actions[-5:]:
+        total = action_count(state)
+        branch = tree.add(Text(f"Actions: {total}"))
+        shown = actions[-5:]
+        for n, a in enumerate(shown, total - len(shown) + 1):
             mark = {"ok": ("✓", "green"), "running": ("◐", "yellow")}.get(a.get("status"), ("✗", "red"))
             child = f" → {a['child']}" if a.get("child") else ""
             outcome = f": {a['result']}" if a.get("result") else " (running)" if a.get("status") == "running" else ""
-            branch.add(Text.assemble((mark[0], mark[1]), f" {a.get('iteration')}. {a.get('tool')} {a.get('args')}"
-                                     f"{child}{outcome}"))
+            branch.add(Text.assemble((mark[0], mark[1]), f" {n}. {a.get('tool')} {a.get('args')}{child}{outcome}"))
     if state.get("learning"):
         tree.add(Text(f"Learning: {state['learning']}"))
     tokens = state.get("tokens") or {}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import cmd2
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from llmunix.kernel import Kernel
 from llmunix.models import LlmunixError, Priority, format_pid
+from llmunix.tools.markdown import REFUSED, FileCheck
 
 if TYPE_CHECKING:
     pass
@@ -46,6 +48,27 @@ class ShellCommandSet(cmd2.CommandSet["LlmunixShell"]):
     def fail(self, message: str) -> None:
         """Report a failed command: one line on stderr, and a non-zero exit status in scripts."""
         self._cmd.fail(message)
+
+    def report_check(self, check: Callable[[], Sequence[FileCheck]], directory: str, as_json: bool) -> None:
+        """Print a `--check DIR` report (agents, tools, workflows); the command fails, in one
+        line, when a file was refused."""
+        try:
+            results = check()
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        from commands import check_views
+
+        root = Path(directory).expanduser().resolve()
+        if as_json:
+            self.out_json(check_views.check_json(results, root))
+        else:
+            self.out(check_views.check_plain(results, root) if self.plain else check_views.check_table(results, root))
+        refused = [r for r in results if r.status == REFUSED]
+        if refused:
+            self.fail(f"{len(refused)} of {len(results)} file{'s' if len(results) != 1 else ''} refused")
+        elif not results:
+            self.fail(f"no markdown files under {directory}")
 
     # ------------------------------------------------------------------ completion providers
 

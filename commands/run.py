@@ -11,9 +11,10 @@ from cmd2 import Choices, CompletionItem
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
 from commands.resilience import add_run_options, run_options
+from llmunix.agents import service_for
 from llmunix.models import LlmunixError, format_pid
 from llmunix.pool import parse_needs
-from llmunix.tools.markdown import find_tool_name
+from llmunix.tools.markdown import TOOL, find_tool_name
 
 
 class RunCommands(ShellCommandSet):
@@ -81,16 +82,27 @@ class RunCommands(ShellCommandSet):
             raise LlmunixError(f"{name!r} is not a tool to run by hand" + (f"; use `{how}`" if how else ""))
 
     tools_parser = LlmunixArgumentParser(
-        description="List the tools that can be run, or show one tool's parameters.",
-        epilog="examples:\n  tools\n  tools sleep\n  tools Read      (LLMunix spellings find read_file)",
+        description="List the tools that can be run, or show one tool's parameters. --check DIR reports on every "
+                    "markdown file under DIR: loaded, loaded with warnings (what), or refused (why).",
+        epilog="examples:\n  tools\n  tools sleep\n  tools Read      (LLMunix spellings find read_file)\n"
+               "  tools --check components/tools",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices)
+    tools_parser.add_argument("--check", metavar="DIR", completer=cmd2.Cmd.path_complete,
+                              help="read every markdown file under DIR as a tool definition and say what loads "
+                                   "(non-zero exit if any is refused)")
     tools_parser.add_argument("--json", action="store_true", help="print JSON")
 
     @cmd2.with_argparser(tools_parser)
     def do_tools(self, args: argparse.Namespace) -> None:
         """List tools."""
+        if args.check is not None:
+            if args.name:
+                self.fail("tools --check DIR takes no TOOL name")
+                return
+            self.report_check(lambda: service_for(self.kernel).check(args.check, TOOL), args.check, args.json)
+            return
         try:
             if args.name:
                 # Any spelling of a tool's name finds it: `Read`, `read-file`, `read_file` (tools/markdown.py).

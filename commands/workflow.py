@@ -4,6 +4,7 @@ method, render with workflow_views."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import cmd2
 from cmd2 import Choices, CompletionItem
@@ -11,6 +12,7 @@ from cmd2 import Choices, CompletionItem
 from commands import workflow_views as wv
 from commands.base import LlmunixArgumentParser, ShellCommandSet
 from llmunix.models import LlmunixError, format_pid
+from llmunix.workflows.spec import check_spec_files
 
 
 class WorkflowCommands(ShellCommandSet):
@@ -40,7 +42,7 @@ class WorkflowCommands(ShellCommandSet):
 
     parser = LlmunixArgumentParser(
         description="Run and steer workflows: DAGs of steps (tools or agents) that run as child processes.",
-        epilog="examples:\n  workflow list\n  workflow show research-pipeline\n"
+        epilog="examples:\n  workflow list\n  workflow show research-pipeline\n  workflow check traces/\n"
                "  workflow run research-pipeline --wait\n  workflow run research-pipeline --input urls=https://a.example\n"
                "  workflow status research-pipeline\n  workflow pause 003\n  workflow retry 003 --step summarize",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
@@ -48,6 +50,11 @@ class WorkflowCommands(ShellCommandSet):
 
     p_list = sub.add_parser("list", help="specs found in ./workflows, the home directory and the examples")
     p_list.add_argument("--json", action="store_true", help="print JSON")
+
+    p_check = sub.add_parser("check", help="read every markdown file under DIR as a workflow and say what loads")
+    p_check.add_argument("dir", metavar="DIR", completer=cmd2.Cmd.path_complete,
+                         help="a directory (its .md files, searched recursively) or one spec file")
+    p_check.add_argument("--json", action="store_true", help="print JSON")
 
     p_show = sub.add_parser("show", help="a spec's steps as a tree: tool, needs, retry, timeout")
     p_show.add_argument("name", metavar="NAME", help="a spec name (see `workflow list`) or a file path",
@@ -100,6 +107,12 @@ class WorkflowCommands(ShellCommandSet):
             self.out("no workflow specs found; put .yaml, .toml or .md specs in ./workflows")
         else:
             self.out(wv.specs_table(specs))
+
+    def _check(self, args: argparse.Namespace) -> None:
+        root = Path(args.dir).expanduser()
+        if not root.exists():
+            raise LlmunixError(f"no such file or directory: {args.dir}")
+        self.report_check(lambda: check_spec_files(root.resolve(), self.kernel.workflow_spec), args.dir, args.json)
 
     def _show(self, args: argparse.Namespace) -> None:
         spec = self.kernel.workflow_spec(args.name)

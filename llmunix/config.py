@@ -15,8 +15,8 @@ from llmunix.models import LlmunixError
 
 class LlmConfig(pydantic.BaseModel):
     """The `[llm]` table: how agents reach a language model (see docs/agents.md). The environment
-    overrides it: LLMUNIX_LLM_BACKEND, LLMUNIX_LLM_BASE_URL, LLMUNIX_LLM_MODEL, and the key from
-    the variable named by `api_key_env`."""
+    overrides it: LLMUNIX_LLM_BACKEND, LLMUNIX_LLM_BASE_URL, LLMUNIX_LLM_MODEL, LLMUNIX_LLM_STREAM,
+    and the key from the variable named by `api_key_env`."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -31,6 +31,9 @@ class LlmConfig(pydantic.BaseModel):
     max_iterations: int = pydantic.Field(10, ge=1, description="an agent's Thinking/Acting rounds unless it says")
     tool_format: Literal["native", "text"] = pydantic.Field(
         "native", description="native function calling, or the LLMunix text formats in the reply")
+    stream: bool = pydantic.Field(
+        False, description="ask for the reply as a stream (SSE): its text reaches the process log as it arrives, "
+        "and the time to the first token is recorded")
 
 
 class Config(pydantic.BaseModel):
@@ -49,6 +52,10 @@ class Config(pydantic.BaseModel):
     retention_count: int = pydantic.Field(10_000, ge=0, description="newest finished processes kept in full "
                                           "(and the most held in memory); older ones are compacted")
     tool_paths: list[str] = pydantic.Field(default_factory=list, description="extra directories of tools")
+    definition_paths: list[str] = pydantic.Field(
+        default_factory=list, description="extra directories of LLMunix agent and tool markdown, searched after "
+        "the built-in ones (relative to where llmunix starts; globs such as projects/*/agents allowed; "
+        "`agents --paths` lists them all)")
     tool_modules: list[str] = pydantic.Field(default_factory=list, description="modules to import for tools")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = pydantic.Field(
         "info", description="what llmunix.log records (the shell's `set loglevel` changes it)")

@@ -1,38 +1,71 @@
 """The `openai` backend against a local OpenAI-compatible server (real sockets on 127.0.0.1):
 a multi-step tool-calling run with a 429 retry and a malformed reply, the text formats,
-token usage as a process resource, and an endpoint that is not there."""
+token usage as a process resource, and an endpoint that is not there. The fake server replays
+the quirks of the servers people run (llama.cpp, vLLM, Ollama): a duplicate `function_call`,
+refusing null content, SSE streaming, 429/503 with Retry-After, a full context, a bad key, a
+missing model — each one a regression test, some end to end through the executable."""
 
 from __future__ import annotations
 
+import email.utils
 import json
+import os
 import socket
+import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from conftest import LLMUNIX
 
+from commands.base import plain_text
+from commands.views import ps_tree
 from llmunix import Kernel
 from llmunix.agents import attach
 from llmunix.config import Config, LlmConfig
 
 
 class FakeLLM:
-    """A scripted chat-completions server: each POST gets the next (status, body, headers)."""
+    """A scripted chat-completions server: each POST gets the next (status, body, headers).
 
-    def __init__(self, script: list[tuple[int, Any, dict[str, str]]]) -> None:
+    Switchable behaviours, each a quirk of a real server:
+    * `strict`: like llama-cpp-python's server, a request whose messages hold `"content": null`
+      or tool-call arguments that are not a string is refused with HTTP 500 and validation errors;
+    * a request with `"stream": true` gets its scripted 200 reply as server-sent events (content
+      a word per chunk, tool-call arguments in fragments, usage in a last chunk of its own when
+      `stream_options.include_usage` asks); with `hold_after=N` the server sends N chunks, then
+      waits for `release()` before the rest (so a test can look at a half-streamed reply).
+    """
+
+    def __init__(self, script: list[tuple[int, Any, dict[str, str]]], *, strict: bool = False,
+                 hold_after: int | None = None) -> None:
         self.script = list(script)
+        self.strict = strict
+        self.hold_after = hold_after
+        self.holding = threading.Event()
+        self.released = threading.Event()
+        self.hung_up = threading.Event()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
-                fake.requests.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
+                body = json.loads(self.rfile.read(length))
+                fake.requests.append({"path": self.path, "body": body})
                 fake.headers.append(dict(self.headers))
-                status, body, headers = fake.script.pop(0) if fake.script else (500, {"error": "script over"}, {})
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                refusal = fake.refuse(body)
+                status, reply, headers = refusal or (
+                    fake.script.pop(0) if fake.script else (500, {"error": "script over"}, {}))
+                if status == 200 and body.get("stream") and isinstance(reply, dict):
+                    self.stream(reply, bool((body.get("stream_options") or {}).get("include_usage")))
+                    return
+                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -40,6 +73,24 @@ class FakeLLM:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def stream(self, reply: dict[str, Any], usage: bool) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for n, chunk in enumerate(sse_chunks(reply, usage)):
+                        if fake.hold_after is not None and n == fake.hold_after:
+                            fake.holding.set()
+                            fake.released.wait(10)
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.hung_up.set()  # the client went away mid-stream
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -49,17 +100,71 @@ class FakeLLM:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def refuse(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]] | None:
+        """What llama-cpp-python's server says to a request its schema does not accept."""
+        if not self.strict:
+            return None
+        errors = []
+        for i, m in enumerate(body.get("messages", [])):
+            if "content" in m and m["content"] is None:
+                for kind in ("str", "list[...]", "ChatCompletionRequestSystemMessage", "UserMessage",
+                             "FunctionMessage", "ToolMessage", "AssistantMessage.content"):
+                    errors.append({"loc": ["body", "messages", i, kind], "msg": "Input should be a valid string"})
+            for tc in m.get("tool_calls") or ():
+                if not isinstance(tc.get("function", {}).get("arguments"), str):
+                    errors.append({"loc": ["body", "messages", i, "tool_calls", "arguments"],
+                                   "msg": "Input should be a valid string"})
+        return (500, {"detail": errors}, {}) if errors else None
+
+    def release(self) -> None:
+        self.released.set()
+
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
 
-def tool_reply(*calls: tuple[str, str, str], usage: tuple[int, int] = (10, 5), content: str | None = None) -> Any:
-    return (200, {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls",
-            "message": {"role": "assistant", "content": content, "tool_calls": [
-                {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
-                for cid, name, args in calls]}}],
-            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}, {})
+def sse_chunks(reply: dict[str, Any], usage: bool) -> list[dict[str, Any]]:
+    """A chat completion as the chunks a streaming server sends."""
+    message = reply["choices"][0]["message"]
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "fake"}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    text = message.get("content") or ""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        piece = word if i == len(words) - 1 else word + " "
+        if piece:
+            chunks.append({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+    for index, tc in enumerate(message.get("tool_calls") or ()):
+        args = tc["function"]["arguments"]
+        args = args if isinstance(args, str) else json.dumps(args)
+        chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": index, "id": tc["id"], "type": "function",
+             "function": {"name": tc["function"]["name"], "arguments": ""}}]}}]})
+        for start in range(0, len(args), 7):
+            chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": index, "function": {"arguments": args[start:start + 7]}}]}}]})
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    if usage and reply.get("usage"):
+        chunks.append({**base, "choices": [], "usage": reply["usage"]})
+    return chunks
+
+
+def tool_reply(*calls: tuple[str, str, Any], usage: tuple[int, int] = (10, 5), content: str | None = None,
+               legacy: str | None = None) -> Any:
+    """A reply with native tool calls. `legacy`: also the deprecated `function_call`, as
+    llama.cpp's server sends it: "copy" (of the first call), "empty" or "name:" (a broken copy)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": [
+        {"id": cid, "type": "function", "function": {"name": name, "arguments": args}} for cid, name, args in calls]}
+    if legacy == "copy":
+        message["function_call"] = dict(message["tool_calls"][0]["function"])
+    elif legacy is not None:
+        message["function_call"] = {"name": "" if legacy == "empty" else legacy, "arguments": calls[0][2]}
+    return (200, {"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "finish_reason": "tool_calls", "message": message}],
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}, {})
 
 
 def text_reply(content: str, usage: tuple[int, int] = (20, 8)) -> Any:
@@ -76,7 +181,7 @@ def agent_home(tmp_path, monkeypatch):
 
 
 def start(kernel: Kernel, url: str, **llm: Any):
-    config = Config(llm=LlmConfig(base_url=url, backoff=0.01, timeout=5, **llm))
+    config = Config(llm=LlmConfig(**{"base_url": url, "backoff": 0.01, "timeout": 5, **llm}))
     return attach(kernel, config, env={"OPENAI_API_KEY": "sk-test-123"})
 
 
@@ -110,7 +215,7 @@ def test_a_multi_step_tool_calling_run_with_a_429_retry_and_a_malformed_reply(ag
             assert [t["total_tokens"] for t in tokens] == [15, 15, 15, 28]
             assert tokens[-1]["totals"]["total_tokens"] == 73
             log = "\n".join(line for _t, line in k.logs(pid))
-            assert "LLM: 429 Too Many Requests; retrying in 0s (attempt 2 of 4)" in log
+            assert "LLM: 429 Too Many Requests (slow down); retrying in 0s (attempt 2 of 4)" in log
             run = service.memory.runs("research-agent")[-1]
             assert run.outcome == "Completed" and run.tokens == 73 and run.backend == "openai"
             assert any("malformed tool call" in e for e in run.errors)
@@ -184,3 +289,276 @@ def test_environment_overrides_the_configuration():
     s = BackendSettings.from_config(Config(), {"LLMUNIX_LLM_BASE_URL": "http://localhost:8080/v1/",
                                                "LLMUNIX_LLM_MODEL": "qwen", "OPENAI_API_KEY": "k"})
     assert (s.base_url, s.model, s.api_key, s.backend) == ("http://localhost:8080/v1", "qwen", "k", "offline")
+
+
+# ---------------------------------------------------------------------------- the quirks of real servers
+
+
+def children_of(k: Kernel, pid: int) -> list[tuple[str, str]]:
+    return [(c.name, c.state) for c in k.ps(all=True) if c.parent == pid]
+
+
+@pytest.mark.parametrize("legacy", ["copy", "empty", "name:"])
+def test_a_duplicate_function_call_never_runs_a_tool_twice_and_round_two_sends_empty_content(agent_home, legacy):
+    """llama.cpp's server answers with `tool_calls` and a `function_call` copy (sometimes with
+    an empty or "name:" name), and refuses `"content": null` in the next request (HTTP 500)."""
+    fake = FakeLLM([
+        tool_reply(("c1", "read_file", '{"path": "notes.txt"}'), ("c2", "list_files", "{}"), legacy=legacy),
+        tool_reply(("c3", "write_file", {"path": "out.md", "content": "Aging."}), legacy=legacy),  # an object
+        text_reply("Done."),
+    ], strict=True)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url)
+            pid = service.run("research-agent", "Read the notes, write out.md", backend="openai")
+            info = k.wait([pid], timeout=20)[0]
+            assert info.state == "Completed", info.error
+            assert children_of(k, pid) == [("read_file", "Completed"), ("list_files", "Completed"),
+                                           ("write_file", "Completed")]
+            actions = info.context.intermediate_results["checkpoint"]["actions"]
+            assert [(a["iteration"], a["tool"], a["status"]) for a in actions] == [
+                (1, "read_file", "ok"), (1, "list_files", "ok"), (2, "write_file", "ok")]  # no "?" call
+            assert (agent_home / "workspace" / "out.md").read_text() == "Aging."
+            # Two calls in one round are numbered 1. and 2. (not both "1."), three in all.
+            tree = plain_text(ps_tree(info))
+            assert "Actions: 3" in tree
+            numbered = [line.split("✓ ")[1].split(" {")[0] for line in tree.splitlines() if "✓ " in line]
+            assert numbered == ["1. read_file", "2. list_files", "3. write_file"]
+    finally:
+        fake.close()
+    assert len(fake.requests) == 3  # the strict server refused nothing
+    second = fake.requests[1]["body"]["messages"]
+    echoed = [m for m in second if m["role"] == "assistant"]
+    assert echoed[0]["content"] == "" and "function_call" not in echoed[0]
+    assert [tc["id"] for tc in echoed[0]["tool_calls"]] == ["c1", "c2"]
+    assert [m["tool_call_id"] for m in second if m["role"] == "tool"] == ["c1", "c2"]
+    third = fake.requests[2]["body"]["messages"]
+    write = [m for m in third if m["role"] == "assistant"][-1]["tool_calls"][0]["function"]
+    assert json.loads(write["arguments"]) == {"path": "out.md", "content": "Aging."}  # echoed as a JSON string
+
+
+def test_the_strict_server_really_refuses_null_content(agent_home):
+    """The fake's strictness is real: a request with null content gets llama.cpp's 500."""
+    import urllib.error
+    import urllib.request
+
+    fake = FakeLLM([text_reply("never")], strict=True)
+    try:
+        req = urllib.request.Request(f"{fake.url}/chat/completions", method="POST", data=json.dumps(
+            {"model": "m", "messages": [{"role": "assistant", "content": None}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=5)
+        assert err.value.code == 500 and len(json.loads(err.value.read())["detail"]) == 7
+    finally:
+        fake.close()
+
+
+def test_429_and_503_honour_retry_after(agent_home):
+    fake = FakeLLM([
+        (429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}),
+        (503, {"error": "loading model"}, {"Retry-After": email.utils.formatdate(time.time() - 5, usegmt=True)}),
+        text_reply("Fine."),
+    ])
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, backoff=30)  # the server's Retry-After wins over the backoff
+            pid = service.run("research-agent", "anything", backend="openai")
+            info = k.wait([pid], timeout=20)[0]
+            assert info.state == "Completed", info.error
+            log = [line for _t, line in k.logs(pid)]
+    finally:
+        fake.close()
+    assert log == ["LLM: 429 Too Many Requests (rate limited); retrying in 1s (attempt 2 of 4)",
+                   "LLM: 503 Service Unavailable (loading model); retrying in 0s (attempt 3 of 4)"]
+
+
+def test_retry_after_as_seconds_or_an_http_date():
+    import email.message
+    import urllib.error
+
+    from llmunix.agents.openai_backend import _retry_after
+
+    def error(value: str | None) -> urllib.error.HTTPError:
+        headers = email.message.Message()
+        if value is not None:
+            headers["Retry-After"] = value
+        return urllib.error.HTTPError("http://x", 429, "Too Many Requests", headers, None)
+
+    assert _retry_after(error("7")) == 7.0
+    assert _retry_after(error("1.5")) == 1.5
+    in_a_minute = _retry_after(error(email.utils.formatdate(time.time() + 60, usegmt=True)))
+    assert in_a_minute is not None and 55 <= in_a_minute <= 60
+    assert _retry_after(error("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past: at once
+    assert _retry_after(error("soon")) is None and _retry_after(error(None)) is None
+
+
+@pytest.mark.parametrize(("status", "body", "fragments"), [
+    (400, {"error": {"code": 400, "type": "exceed_context_size_error",
+                     "message": "the request exceeds the available context size, try increasing it"}},
+     ["the conversation no longer fits the model's context (gpt-4o-mini at ",
+      "answered 400 Bad Request: the request exceeds the available context size, try increasing it); "
+      "allow fewer rounds (--max-iterations) or use a model with a longer context"]),
+    (400, {"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you "
+           "requested 5012 tokens (4500 in the messages, 512 in the completion).", "code": 400},
+     ["no longer fits the model's context", "maximum context length is 4096 tokens"]),
+    (401, {"error": {"message": "Incorrect API key provided: sk-test-123"}},
+     ["answered 401 Unauthorized: Incorrect API key provided", "check the API key (the key in $OPENAI_API_KEY)"]),
+    (403, {"error": "forbidden for this project"},
+     ["answered 403 Forbidden: forbidden for this project; check the API key"]),
+    (404, {"error": {"message": "model \"gpt-4o-mini\" not found, try pulling it first", "type": "api_error"}},
+     ["answered 404 Not Found: model \"gpt-4o-mini\" not found, try pulling it first; is the model 'gpt-4o-mini' "
+      "served there"]),
+    (422, {"detail": [{"loc": ["body", "messages"], "msg": "field required"}]},
+     ["answered 422 Unprocessable Entity: 1 validation error: body.messages: field required"]),
+])
+def test_refusals_fail_at_once_with_one_line_and_the_servers_own_message(agent_home, status, body, fragments):
+    fake = FakeLLM([(status, body, {})])
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url)
+            info = k.wait([service.run("research-agent", "anything", backend="openai")], timeout=20)[0]
+    finally:
+        fake.close()
+    assert info.state == "Failed"
+    assert "\n" not in info.error
+    for fragment in fragments:
+        assert fragment in info.error
+    assert len(fake.requests) == 1  # not retried
+
+
+def test_a_streamed_reply_reaches_the_log_as_it_arrives_and_its_first_token_time_is_kept(agent_home, wait_until):
+    fake = FakeLLM([
+        tool_reply(("c1", "read_file", '{"path": "notes.txt"}'), ("c2", "grep", '{"pattern": "aging|starv"}'),
+                   content="I will read the notes first.\nThen search them.", usage=(40, 12)),
+        text_reply("Aging stops starvation, says notes.txt.", usage=(90, 9)),
+    ], hold_after=7)  # the role chunk, the first line word by word (its end in "first.\nThen "): then it waits
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, stream=True)
+            pid = service.run("research-agent", "What stops starvation?", backend="openai")
+            assert fake.holding.wait(10)
+
+            def logged() -> list[str]:
+                return [line for _t, line in k.logs(pid)]
+
+            wait_until(lambda: "» I will read the notes first." in logged(), message="the first streamed line")
+            assert logged() == ["» I will read the notes first."]  # the first line, while the rest is held
+            assert not k.info(pid).is_done
+            fake.release()
+            info = k.wait([pid], timeout=20)[0]
+            assert info.state == "Completed", info.error
+            assert info.output["answer"] == "Aging stops starvation, says notes.txt."
+            assert info.output["tokens"] == {"prompt_tokens": 130, "completion_tokens": 21, "total_tokens": 151}
+            assert children_of(k, pid) == [("read_file", "Completed"), ("grep", "Completed")]
+            log = logged()
+            transcript = info.context.intermediate_results["checkpoint"]["transcript"]
+    finally:
+        fake.close()
+    assert log[:2] == ["» I will read the notes first.", "» Then search them."]
+    assert log[2].startswith("LLM: first token after ") and "s, reply in " in log[2]
+    assert log[3] == "» Aging stops starvation, says notes.txt."
+    timing = transcript[0]["decision"]["timing"]
+    assert timing["stream"] is True and 0 <= timing["ttft"] <= timing["seconds"]
+    body = fake.requests[0]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_streamed_pieces_assemble_into_the_reply_a_plain_request_gets():
+    from llmunix.agents.openai_backend import _StreamedReply
+
+    status, reply, _h = tool_reply(("c1", "write_file", json.dumps({"path": "a, b.md", "content": "x\ny"})),
+                                   ("c2", "read_file", {"path": "n.txt"}), content="Writing.", usage=(3, 4))
+    stream = _StreamedReply("http://x")
+    for chunk in sse_chunks(reply, usage=True):
+        stream.feed(f"data: {json.dumps(chunk)}\n")
+    stream.feed("data: [DONE]\n")
+    got = stream.reply()
+    message = got["choices"][0]["message"]
+    assert message["content"] == "Writing."
+    assert [(tc["id"], tc["function"]["name"], json.loads(tc["function"]["arguments"]))
+            for tc in message["tool_calls"]] == [("c1", "write_file", {"path": "a, b.md", "content": "x\ny"}),
+                                                 ("c2", "read_file", {"path": "n.txt"})]
+    assert got["usage"]["total_tokens"] == 7 and got["choices"][0]["finish_reason"] == "tool_calls"
+    assert stream.first_token is not None
+
+
+def test_interop_end_to_end_through_the_executable(agent_home):
+    """`agent run --backend openai` from `llmunix -c` against a strict, streaming server that
+    sends duplicate function calls: each tool runs once, the run completes, `ps -l` numbers the
+    parallel calls, `log` has the streamed text."""
+    fake = FakeLLM([
+        tool_reply(("c1", "read_file", '{"path": "notes.txt"}'), ("c2", "list_files", {}), legacy="name:",
+                   content="Reading first."),
+        text_reply("Preemption serves urgent work."),
+    ], strict=True)
+    env = {**os.environ, "LLMUNIX_HOME": str(agent_home / "home"), "NO_COLOR": "1", "OPENAI_API_KEY": "sk-local",
+           "LLMUNIX_LLM_BASE_URL": fake.url, "LLMUNIX_LLM_STREAM": "1"}
+    try:
+        r = subprocess.run([LLMUNIX, "-c", 'agent run research-agent --goal "What serves urgent work?" '
+                            "--backend openai", "-c", "wait", "-c", "ps -a", "-c", "ps -l 1", "-c", "log 1"],
+                           capture_output=True, text=True, env=env, cwd=agent_home, timeout=60)
+    finally:
+        fake.close()
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[:3] for line in r.stdout.splitlines() if line[:3].isdigit() and len(line.split()) > 3]
+    assert [row for row in rows if row[0] != "001"] == [["002", "read_file", "Completed"],
+                                                        ["003", "list_files", "Completed"]]
+    assert "Actions: 2" in r.stdout
+    assert "✓ 1. read_file" in r.stdout and "✓ 2. list_files" in r.stdout
+    assert "» Reading first." in r.stdout and "LLM: first token after" in r.stdout
+    assert "malformed" not in r.stdout and "?" not in [row[1] for row in rows]
+    assert all(m["content"] is not None for req in fake.requests for m in req["body"]["messages"])
+
+
+def test_a_refusal_end_to_end_is_one_line_in_ps_and_a_failed_wait(agent_home):
+    fake = FakeLLM([(404, {"error": {"message": "model 'qwen9' not found"}}, {})])
+    env = {**os.environ, "LLMUNIX_HOME": str(agent_home / "home"), "NO_COLOR": "1", "LLMUNIX_LLM_BASE_URL": fake.url}
+    env.pop("OPENAI_API_KEY", None)
+    try:
+        r = subprocess.run([LLMUNIX, "-c", 'agent run research-agent --goal "x" --backend openai', "-c", "wait",
+                            "-c", "ps -l 1"], capture_output=True, text=True, env=env, cwd=agent_home, timeout=60)
+    finally:
+        fake.close()
+    assert r.returncode == 1
+    assert r.stderr.strip() == "wait: 1 of 1 processes did not complete: 001 Failed" or \
+        r.stderr.strip().startswith("wait: 1 of 1 processes did not complete")
+    assert "answered 404 Not Found: model 'qwen9' not found; is the model 'gpt-4o-mini' served there" in r.stdout
+
+
+def test_a_call_written_for_claude_codes_tools_runs_the_built_in_with_its_parameter_names(agent_home):
+    """A model that knows Claude Code writes `Write` with `file_path`: one mapping (the one
+    workflows use) makes it write_file with `path`."""
+    fake = FakeLLM([
+        text_reply('TOOL_CALL: Write\nPARAMETERS: {"file_path": "claude.md", "content": "From Claude."}'),
+        text_reply("<final_answer>Written.</final_answer>"),
+    ])
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, tool_format="text")
+            pid = service.run("summarization-agent", "Write claude.md", backend="openai")
+            info = k.wait([pid], timeout=20)[0]
+            assert info.state == "Completed", info.error
+            assert children_of(k, pid) == [("write_file", "Completed")]
+    finally:
+        fake.close()
+    assert (agent_home / "workspace" / "claude.md").read_text() == "From Claude."
+
+
+def test_kill_reaches_an_agent_in_the_middle_of_a_streamed_reply_and_hangs_up(agent_home, wait_until):
+    """Killed mid-stream, the agent ends at once and the connection is shut down, so the server
+    stops generating (with a 30 s timeout, a connection merely left to time out would still be
+    open when the server sends its next chunk)."""
+    fake = FakeLLM([text_reply("One line.\nAnd a second line that never comes.")], hold_after=3)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, stream=True, timeout=30)
+            pid = service.run("research-agent", "anything", backend="openai")
+            assert fake.holding.wait(10)
+            wait_until(lambda: [line for _t, line in k.logs(pid)] == ["» One line."], message="the first line")
+            k.kill(pid)
+            info = k.wait([pid], timeout=10)[0]
+            assert info.state == "Cancelled"
+            fake.release()
+            assert fake.hung_up.wait(10), "the connection was left open"
+    finally:
+        fake.close()

@@ -85,3 +85,39 @@ def test_native_tool_calls_including_broken_json_arguments():
     text_in_content = parse_native({"content": '<tool_call name="grep">{"pattern": "q"}</tool_call>'})
     assert text_in_content.calls[0].name == "grep"
 
+
+
+def test_function_call_beside_tool_calls_is_a_copy_and_is_ignored():
+    calls = [{"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a"}'}}]
+    for legacy in ({"name": "read_file", "arguments": '{"path": "a"}'}, {"name": "", "arguments": '{"path": "a"}'},
+                   {"name": "name:", "arguments": "{}"}):
+        reply = parse_native({"role": "assistant", "content": None, "tool_calls": calls, "function_call": legacy})
+        assert [(c.id, c.name, dict(c.arguments), c.error) for c in reply.calls] == [
+            ("c1", "read_file", {"path": "a"}, None)]
+
+
+def test_function_call_alone_is_a_call_and_an_empty_one_is_none():
+    alone = parse_native({"role": "assistant", "function_call": {"name": "grep", "arguments": {"pattern": "x"}}})
+    assert [(c.name, dict(c.arguments)) for c in alone.calls] == [("grep", {"pattern": "x"})]
+    empty = parse_native({"role": "assistant", "content": "All done.", "function_call": {"name": "", "arguments": ""}})
+    assert empty.calls == () and empty.final == "All done."
+
+
+def test_native_arguments_as_an_object_a_double_encoded_string_or_without_the_function_wrapper():
+    reply = parse_native({"tool_calls": [
+        {"id": "a", "function": {"name": "write_file", "arguments": {"path": "o.md", "content": "x, y"}}},
+        {"id": "b", "function": {"name": "read_file", "arguments": json.dumps(json.dumps({"path": "n.txt"}))}},
+        {"id": "c", "name": "grep", "arguments": '{"pattern": "p"}'},
+        {"id": "a", "function": {"name": "write_file", "arguments": {"path": "o.md", "content": "x, y"}}},
+    ]})
+    assert [(c.id, c.name, dict(c.arguments), c.error) for c in reply.calls] == [
+        ("a", "write_file", {"path": "o.md", "content": "x, y"}, None), ("b", "read_file", {"path": "n.txt"}, None),
+        ("c", "grep", {"pattern": "p"}, None)]  # the repeated id "a" is one call
+
+
+def test_prose_beside_native_calls_is_reasoning_not_a_final_answer():
+    calls = [{"id": "c1", "function": {"name": "read_file", "arguments": "{}"}}]
+    thinking = parse_native({"content": "I will read it first.", "tool_calls": calls})
+    assert thinking.final is None and thinking.reasoning == "I will read it first."
+    explicit = parse_native({"content": "<final_answer>42</final_answer>", "tool_calls": calls})
+    assert explicit.final == "42"

@@ -65,7 +65,7 @@ def test_the_monitor_bench_is_valid_only_when_the_monitor_sampled():
     assert verdicts(r.stdout) in (["met"], ["MISSED"]) and "20 of 20 processes sampled" in r.stdout
 
     # The monitor loop swallows a failing sample: the bench must not take its silence for cheapness.
-    every_sample_fails = ("import llmunix.resources as resources\n"
+    every_sample_fails = ("import llmunix.monitor as resources\n"
                           "def sample(self):\n"
                           "    raise RuntimeError('injected')\n"
                           "resources.Monitor.sample = sample")

@@ -256,11 +256,11 @@ def test_written_files_keep_their_mode_and_new_ones_follow_the_umask(make_kernel
 def test_every_built_in_tool_declares_what_it_touches():
     mine = {t.name for t in REGISTRY if t.func.__module__ in ("llmunix.tools.builtin", "llmunix.tools.files",
                                                                  "llmunix.tools.research")}
-    assert len(mine) == 13
+    assert len(mine) == 14  # edit_file too
     undeclared = [name for name in sorted(mine) if REGISTRY.get(name).touches is None]
     assert undeclared == [], undeclared
     confined = {t.name for t in REGISTRY if t.source == "builtin" and t.confinable}
-    assert {"read_file", "write_file", "list_files", "grep", "web_fetch", "summarize", "analyze", "report",
+    assert {"read_file", "write_file", "edit_file", "list_files", "grep", "web_fetch", "summarize", "analyze", "report",
             "sleep", "echo"} <= confined
     assert not REGISTRY.get("shell").confinable  # "anything": only with allow_shell_tools
     for t in REGISTRY:

@@ -120,7 +120,7 @@ def test_a_cycle_is_rejected_with_the_cycle_printed(make_kernel):
     ([{"id": "a", "tool": "echo", "needs": ["nope"]}], "step 'a' needs unknown step 'nope'"),
     ([{"id": "a", "tool": "no_such_tool"}], "step 'a': unknown tool 'no_such_tool'"),
     ([{"id": "a", "agent": "no-such-agent", "goal": "x"}], "step 'a': unknown agent 'no-such-agent'"),
-    ([{"id": "a", "tool": "shell", "with": {"command": "ls"}}], "tool 'shell' needs parameter 'cmd' in 'with'"),
+    ([{"id": "a", "tool": "shell", "with": {"line": "ls"}}], "tool 'shell' needs parameter 'cmd' in 'with'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "x", "colour": 1}}], "tool 'echo' has no parameter 'colour'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ steps.zz.output }}"}}], "needs unknown step 'zz'"),
     ([{"id": "a", "tool": "echo", "with": {"text": "{{ secrets.x }}"}}], "it starts with one of: inputs, steps"),

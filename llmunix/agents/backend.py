@@ -69,17 +69,23 @@ class Decision:
     final: str | None = None
     usage: Usage = field(default_factory=Usage)
     message: Any = None  # what the model said, kept to replay the conversation (JSON-able)
+    # How the reply came: {"seconds": wall time of the request that answered, "stream": bool,
+    # "ttft": seconds to the first token (streamed replies only)}. None for offline decisions.
+    timing: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reasoning": self.reasoning, "calls": [c.to_dict() for c in self.calls], "final": self.final,
-                "usage": self.usage.to_dict(), "message": self.message}
+        d = {"reasoning": self.reasoning, "calls": [c.to_dict() for c in self.calls], "final": self.final,
+             "usage": self.usage.to_dict(), "message": self.message}
+        if self.timing:
+            d["timing"] = dict(self.timing)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Decision:
         u = d.get("usage") or {}
         return cls(str(d.get("reasoning") or ""), tuple(ToolCall.from_dict(c) for c in d.get("calls") or ()),
                    d.get("final"), Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)),
-                   d.get("message"))
+                   d.get("message"), d.get("timing"))
 
 
 @dataclass(frozen=True)
@@ -171,10 +177,12 @@ class BackendSettings:
     backoff: float = 1.0
     tool_format: str = "native"
     max_iterations: int = 10
+    stream: bool = False
 
     @classmethod
     def from_config(cls, config: Config | LlmConfig, env: Mapping[str, str] | None = None) -> BackendSettings:
-        """Config values, overridden by LLMUNIX_LLM_BACKEND / _BASE_URL / _MODEL and the key's variable."""
+        """Config values, overridden by LLMUNIX_LLM_BACKEND / _BASE_URL / _MODEL / _STREAM and the key's
+        variable."""
         llm = config.llm if isinstance(config, Config) else config
         env = os.environ if env is None else env
         return cls(
@@ -188,7 +196,18 @@ class BackendSettings:
             backoff=llm.backoff,
             tool_format=llm.tool_format,
             max_iterations=llm.max_iterations,
+            stream=_flag(env.get("LLMUNIX_LLM_STREAM"), llm.stream),
         )
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off; anything else keeps the default."""
+    text = (value or "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    return default
 
 
 BACKENDS = ("offline", "openai")

@@ -2,8 +2,8 @@
 
 Three ways a model asks for a tool, all read into `ToolCall`s:
 
-* native (OpenAI function calling): the assistant message's `tool_calls`, each with a JSON string
-  of arguments (`parse_native`);
+* native (OpenAI function calling): the assistant message's `tool_calls`, each with its
+  arguments as a JSON string or an object (`parse_native`);
 * the LLMunix runtime's text blocks (`parse_text`)::
 
       TOOL_CALL: read_file
@@ -59,26 +59,60 @@ class ParsedReply:
 
 def parse_native(message: Mapping[str, Any]) -> ParsedReply:
     """An OpenAI chat-completions assistant message: `tool_calls` (or the older `function_call`),
-    with the text formats also read from `content` (some servers put calls there)."""
+    with the text formats also read from `content` (some servers put calls there).
+
+    Liberal in what it accepts, because the servers people run differ: llama.cpp's server sends
+    the deprecated `function_call` as a copy of the first of `tool_calls` (sometimes with an empty
+    or `"name:"` name), so `function_call` is read only when there are no `tool_calls`, and an
+    empty one is no call at all; a call repeated under the same id is one call; `arguments` may
+    be a JSON string, an object, or a JSON string of a JSON string; a call may come without the
+    `function` wrapper (`{"name": ..., "arguments": ...}`)."""
     content = message.get("content") or ""
     if not isinstance(content, str):  # a list of content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    raw_calls = list(message.get("tool_calls") or [])
-    if message.get("function_call"):
-        raw_calls.append({"id": "", "function": message["function_call"]})
-    calls = []
+    raw_calls = [c for c in (message.get("tool_calls") or []) if c]
+    legacy = message.get("function_call")
+    if not raw_calls and isinstance(legacy, Mapping) and (_usable_name(legacy.get("name")) or legacy.get("arguments")):
+        raw_calls.append({"id": "", "function": legacy})
+    calls: list[ToolCall] = []
+    seen_ids: set[str] = set()
     for i, raw in enumerate(raw_calls):
-        fn = raw.get("function") if isinstance(raw, Mapping) else None
-        call_id = str(raw.get("id") or f"call_{i}") if isinstance(raw, Mapping) else f"call_{i}"
-        if not isinstance(fn, Mapping) or not fn.get("name"):
+        fn = native_function(raw)
+        call_id = str(raw.get("id") or "") if isinstance(raw, Mapping) else ""
+        if call_id and call_id in seen_ids:
+            continue  # the same call sent twice: it must run once
+        seen_ids.add(call_id)
+        call_id = call_id or f"call_{i}"
+        name = _usable_name(fn.get("name")) if fn is not None else ""
+        if not name:
             calls.append(ToolCall("?", {}, call_id, "a tool call without a function name"))
             continue
-        args, error = _json_arguments(fn.get("arguments"), str(fn["name"]))
-        calls.append(ToolCall(str(fn["name"]), args, call_id, error))
+        args, error = _json_arguments(fn.get("arguments"), name)
+        calls.append(ToolCall(name, args, call_id, error))
     text = parse_text(content)
     if not calls:
         return text
-    return ParsedReply(tuple(calls), text.final, text.reasoning or content.strip())
+    # Beside native calls, prose is the model thinking aloud, not its final answer: only an
+    # explicit <final_answer> / FINAL_ANSWER: ends the run.
+    prose = not text.calls and text.final == content.strip()
+    return ParsedReply(tuple(calls), None if prose else text.final, text.reasoning or content.strip())
+
+
+def native_function(raw: Any) -> Mapping[str, Any] | None:
+    """The `function` of one entry of `tool_calls` (or the entry itself when a server left the
+    wrapper out), or None."""
+    if not isinstance(raw, Mapping):
+        return None
+    fn = raw.get("function")
+    if isinstance(fn, Mapping):
+        return fn
+    return raw if "name" in raw else None
+
+
+def _usable_name(name: Any) -> str:
+    """A function name, or "" for the empty placeholders some servers send (`""`, `"name:"`)."""
+    text = str(name or "").strip()
+    return "" if not text or text.rstrip(":").strip().lower() in ("", "name") else text
 
 
 def _json_arguments(raw: Any, name: str) -> tuple[dict[str, Any], str | None]:
@@ -88,6 +122,8 @@ def _json_arguments(raw: Any, name: str) -> tuple[dict[str, Any], str | None]:
         return dict(raw), None
     try:
         value = json.loads(raw)
+        if isinstance(value, str) and value.strip().startswith("{"):
+            value = json.loads(value)  # encoded twice by the server
     except (TypeError, ValueError) as exc:
         return {}, f"arguments of {name!r} are not valid JSON ({exc}): {_clip(str(raw))}"
     if not isinstance(value, dict):

@@ -1,11 +1,15 @@
 """The agents of one kernel: their definitions, settings and memory, and how to start one.
 
 `attach(kernel, config)` (the CLI does it at start) or `service_for(kernel)` (defaults) gives
-the kernel's `AgentService`. It discovers markdown definitions — the package's built-in agents,
-then `<home>/agents`, then `./agents` (a later one of the same name wins); markdown tools in
-`<home>/tools` and `./tools` — and registers each agent as a hidden tool of kind agent, so an
-agent process is spawned, recovered and listed like any other process. Commands use its public
-methods, which return immutable `AgentInfo` / memory records.
+the kernel's `AgentService`. It discovers markdown definitions along the search path
+(`search_paths`, lowest precedence first: a later one of the same name wins): the package's
+built-in agents; `<home>/agents` and `<home>/tools`; the folders an LLMunix project keeps them in,
+under the working directory (`system/agents`, `components/agents`, `components/tools`,
+`projects/*/components/agents`, `projects/*/components/tools`, `.claude/agents`); `./agents` and
+`./tools`; then each `definition_paths` entry of config.toml. It registers each agent as a hidden
+tool of kind agent, so an agent process is spawned, recovered and listed like any other process,
+and each markdown tool as a tool. Commands use its public methods, which return immutable
+`AgentInfo`, `SearchPath` and `FileCheck` records.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from llmunix.tools.markdown import (
     AGENT,
     TOOL,
     DefinitionError,
+    FileCheck,
     MarkdownDefinition,
+    check_directory,
     discover,
     find_tool_name,
     markdown_tool,
@@ -66,6 +72,7 @@ class AgentInfo:
     format: str
     max_iterations: int | None
     instructions: str
+    warnings: tuple[str, ...] = ()  # what the file was read with a guess about (see tools/markdown.py)
 
     @property
     def available(self) -> list[str]:
@@ -79,7 +86,8 @@ class AgentInfo:
         return {"name": self.name, "description": self.description,
                 "tools": [{"granted": w, "tool": t} for w, t in self.tools], "model": self.model,
                 "version": self.version, "capabilities": list(self.capabilities), "source": self.source,
-                "builtin": self.builtin, "format": self.format, "max_iterations": self.max_iterations}
+                "builtin": self.builtin, "format": self.format, "max_iterations": self.max_iterations,
+                "warnings": list(self.warnings)}
 
 
 class AgentService:
@@ -92,9 +100,14 @@ class AgentService:
         self.backoff = backoff  # tests make retries fast
         self.memory = AgentMemory(kernel.store)
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
-        self.directories = list(directories) if directories is not None else default_directories(kernel.home, self.cwd)
+        if directories is not None:
+            self._search = [SearchPath(str(d), Path(d), k, "given") for d, k in directories]
+        else:
+            self._search = search_paths(kernel.home, self.cwd, self.config.definition_paths)
+        self.directories = [(sp.directory, sp.kind) for sp in self._search if sp.directory is not None]
         self.errors: list[DefinitionError] = []
         self._agents: dict[str, MarkdownDefinition] = {}
+        self._loaded: list[MarkdownDefinition] = []
         self._lock = threading.Lock()
         self.reload()
 
@@ -103,14 +116,63 @@ class AgentService:
     def reload(self) -> list[DefinitionError]:
         """Read the definitions again; returns (and keeps in `errors`) the files that failed."""
         found = discover(self.directories)
+        errors = list(found.errors)
+        loaded = []
+        for d in found.of_kind(TOOL):
+            try:
+                self.kernel.registry.register(markdown_tool(d, allow_shell=self._shell_allowed))
+            except DefinitionError as exc:
+                errors.append(exc)
+                continue
+            loaded.append(d)
         with self._lock:
             self._agents = {d.key: d for d in found.of_kind(AGENT)}
-            self.errors = list(found.errors)
-        for d in found.of_kind(TOOL):
-            self.kernel.registry.register(markdown_tool(d, allow_shell=self._shell_allowed))
+            self._loaded = [*self._agents.values(), *loaded]
+            self.errors = errors
         for d in found.of_kind(AGENT):
             self.kernel.registry.register(_agent_tool(d))
         return self.errors
+
+    # ------------------------------------------------------------------ where and how they are found
+
+    def search_paths(self) -> list[SearchPath]:
+        """Where definitions are looked for, lowest precedence first, with what each holds now."""
+        with self._lock:
+            loaded = list(self._loaded)
+            errors = list(self.errors)
+        out = []
+        for sp in self._search:
+            if sp.directory is None:
+                out.append(sp)
+                continue
+            here = sp.directory.resolve()
+            mine = [d for d in loaded if d.path.parent.resolve() == here]
+            refused = sum(1 for e in errors if Path(e.path).parent.resolve() == here)
+            out.append(SearchPath(sp.pattern, sp.directory, sp.kind, sp.origin, sp.directory.is_dir(),
+                                  sum(1 for d in mine if d.kind == AGENT), sum(1 for d in mine if d.kind == TOOL),
+                                  refused))
+        return out
+
+    def check(self, directory: str | Path, kind: str = AGENT) -> list[FileCheck]:
+        """Every markdown file under `directory` read as a definition (`kind` when neither the
+        file nor its folder says): loaded, loaded with warnings, refused or skipped. An agent's
+        granted tools that no tool here answers to are a warning (they are not offered to it)."""
+        root = Path(directory).expanduser()
+        if not root.is_absolute():
+            root = self.cwd / root
+        if not root.exists():
+            raise LlmunixError(f"no such file or directory: {directory}")
+        pool = [*self.kernel.registry.names(), *self.names()]
+
+        def unavailable(d: MarkdownDefinition) -> list[str]:
+            others = [n for n in pool if tool_key(n) != d.key]
+            missing = [t for t in d.tools if find_tool_name(others, t) is None]
+            if d.kind != AGENT or not missing:
+                return []
+            return [f"no tool here answers to {', '.join(missing)}; "
+                    f"{'it is' if len(missing) == 1 else 'they are'} not offered to the agent"]
+
+        return check_directory(root, kind, more_warnings=unavailable)
 
     def _shell_allowed(self) -> bool:
         return self.settings.allow_shell_tools
@@ -140,7 +202,7 @@ class AgentService:
             d = self.definition(d)
         resolved = self._resolve_names(d)
         return AgentInfo(d.name, d.description, tuple(resolved), d.model, d.version, d.capabilities, str(d.path),
-                         _is_builtin(d.path), d.format, d.max_iterations, d.body)
+                         _is_builtin(d.path), d.format, d.max_iterations, d.body, d.warnings)
 
     def _resolve_names(self, d: MarkdownDefinition) -> list[tuple[str, str | None]]:
         registry = self.kernel.registry
@@ -196,6 +258,12 @@ class AgentService:
         self.kernel.registry.register(_agent_tool(d))
         return ctx.spawn(d.name, params={**params, "goal": str(goal)}, **kw)
 
+    def run_prompt(self, ctx: ProcessContext, d: MarkdownDefinition, params: Mapping[str, Any]) -> str:
+        """The body of a markdown tool that is a prompt (no shell block): see prompt_tool.py."""
+        from llmunix.agents.prompt_tool import run_prompt_tool
+
+        return run_prompt_tool(ctx, d, params)
+
     def tokens_used(self, ctx: ProcessContext, usage: Any, totals: Any, backend: str) -> None:
         """An agent's model call used tokens: the `process.tokens` event (what `ps -l`, `memory`
         and the store's roll-ups read)."""
@@ -229,13 +297,65 @@ def _is_builtin(path: Path) -> bool:
         return False
 
 
-def default_directories(home: Path | None, cwd: Path) -> list[tuple[Path, str | None]]:
-    """Where definitions are found, lowest precedence first."""
-    dirs: list[tuple[Path, str | None]] = [(EXAMPLES, AGENT)]
+@dataclass(frozen=True)
+class SearchPath:
+    """One place definitions are looked for (`agents --paths`): the pattern as configured, the
+    directory it names (None: a glob that matched nothing), what it is read as (AGENT, TOOL, or
+    None: each file says, else its folder), and, once loaded, what it holds."""
+
+    pattern: str
+    directory: Path | None
+    kind: str | None
+    origin: str  # builtin, home, project, cwd, config, given
+    exists: bool = False
+    agents: int = 0
+    tools: int = 0
+    refused: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pattern": self.pattern, "directory": None if self.directory is None else str(self.directory),
+                "kind": self.kind, "origin": self.origin, "exists": self.exists, "agents": self.agents,
+                "tools": self.tools, "refused": self.refused}
+
+
+# The folders an LLMunix project keeps definitions in, relative to the working directory.
+PROJECT_FOLDERS: tuple[tuple[str, str], ...] = (
+    ("system/agents", AGENT),
+    ("components/agents", AGENT),
+    ("components/tools", TOOL),
+    ("projects/*/components/agents", AGENT),
+    ("projects/*/components/tools", TOOL),
+    (".claude/agents", AGENT),
+)
+
+
+def search_paths(home: Path | None, cwd: Path, extra: Sequence[str] = ()) -> list[SearchPath]:
+    """Where definitions are found, lowest precedence first (see the module docstring)."""
+    out = [SearchPath("builtin", EXAMPLES, AGENT, "builtin")]
     if home is not None:
-        dirs += [(home / "agents", AGENT), (home / "tools", TOOL)]
-    dirs += [(cwd / "agents", AGENT), (cwd / "tools", TOOL)]
-    return dirs
+        out += [SearchPath(str(home / "agents"), home / "agents", AGENT, "home"),
+                SearchPath(str(home / "tools"), home / "tools", TOOL, "home")]
+    for pattern, kind in PROJECT_FOLDERS:
+        out += _expand(pattern, cwd, kind, "project")
+    out += [SearchPath("agents", cwd / "agents", AGENT, "cwd"), SearchPath("tools", cwd / "tools", TOOL, "cwd")]
+    for pattern in extra:
+        name = Path(pattern.rstrip("/")).name.lower()
+        out += _expand(pattern, cwd, AGENT if name == "agents" else TOOL if name == "tools" else None, "config")
+    return out
+
+
+def _expand(pattern: str, cwd: Path, kind: str | None, origin: str) -> list[SearchPath]:
+    path = Path(pattern).expanduser()
+    if not any(c in pattern for c in "*?["):
+        return [SearchPath(pattern, path if path.is_absolute() else cwd / path, kind, origin)]
+    base, rel = (Path(path.anchor), str(path.relative_to(path.anchor))) if path.is_absolute() else (cwd, pattern)
+    found = sorted(p for p in base.glob(rel) if p.is_dir())
+    return [SearchPath(pattern, p, kind, origin) for p in found] or [SearchPath(pattern, None, kind, origin)]
+
+
+def default_directories(home: Path | None, cwd: Path, extra: Sequence[str] = ()) -> list[tuple[Path, str | None]]:
+    """Where definitions are found, lowest precedence first: (directory, default kind)."""
+    return [(sp.directory, sp.kind) for sp in search_paths(home, cwd, extra) if sp.directory is not None]
 
 
 # ---------------------------------------------------------------------------- one service per kernel

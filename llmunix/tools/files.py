@@ -1,5 +1,5 @@
-"""File tools confined to a workspace directory: read_file, write_file, list_files, grep; and
-the confinement every tool an agent may be granted uses (`Confinement`).
+"""File tools confined to a workspace directory: read_file, write_file, edit_file, list_files,
+grep; and the confinement every tool an agent may be granted uses (`Confinement`).
 
 Agents act on files through these, so every path is checked: it is taken relative to the
 workspace (a leading `workspace/`, as LLMunix definitions write paths, is dropped), resolved with
@@ -292,6 +292,44 @@ def write_file(ctx: ProcessContext, path: str, content: str, append: bool = Fals
         raise ToolError(f"cannot write {path}: {exc.strerror}") from None
     ctx.log(f"wrote {len(data)} bytes to {relative(root, target)}")
     return {"path": relative(root, target), "bytes": len(data)}
+
+
+@tool(touches=("paths:path",))
+def edit_file(ctx: ProcessContext, path: str, old_string: str, new_string: str, replace_all: bool = False,
+              workspace: str = "") -> dict[str, Any]:
+    """Replace text in a file in the workspace (Claude Code's Edit): `old_string` must occur
+    exactly once, or `replace_all` must be set.
+
+    Args:
+        path: the file, relative to the workspace
+        old_string: the text to replace, exactly as it is in the file
+        new_string: the text to put in its place
+        replace_all: replace every occurrence, not just the only one
+        workspace: the workspace directory (default: `workspace` in config.toml)
+    """
+    root = workspace_root(ctx, workspace)
+    target = confine(root, path)
+    if not old_string:
+        raise ToolError("old_string is empty; write_file writes a whole file")
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ToolError(f"no such file: {path} (in workspace {root})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ToolError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    count = text.count(old_string)
+    if count == 0:
+        raise ToolError(f"old_string does not occur in {relative(root, target)}")
+    if count > 1 and not replace_all:
+        raise ToolError(f"old_string occurs {count} times in {relative(root, target)}; give more context to "
+                        "make it unique, or set replace_all")
+    updated = text.replace(old_string, new_string) if replace_all else text.replace(old_string, new_string, 1)
+    try:
+        write_atomic(root, target, encode_text(updated))  # never through a planted link (issue 19)
+    except OSError as exc:
+        raise ToolError(f"cannot write {path}: {exc.strerror}") from None
+    ctx.log(f"replaced {count if replace_all else 1} occurrence(s) in {relative(root, target)}")
+    return {"path": relative(root, target), "replacements": count if replace_all else 1}
 
 
 def _walk(ctx: ProcessContext, root: Path, start: Path, pattern: str, recursive: bool) -> list[Path]:

@@ -60,13 +60,17 @@ def load_markdown(directory: Path) -> list[LoadError]:
     """Register the markdown tool definitions in `directory` (shell tools run only when the
     active configuration's `allow_shell_tools` is set, checked at run time)."""
     from llmunix.config import active_config
-    from llmunix.tools.markdown import TOOL, discover, markdown_tool
+    from llmunix.tools.markdown import TOOL, DefinitionError, discover, markdown_tool
     from llmunix.tools.registry import REGISTRY
 
     found = discover([(directory, TOOL)])
+    errors = list(found.errors)
     for d in found.of_kind(TOOL):
-        REGISTRY.register(markdown_tool(d, allow_shell=lambda: active_config().allow_shell_tools))
-    return [LoadError(f"{e.path}:{e.line}" if e.line else e.path, e.problem) for e in found.errors]
+        try:
+            REGISTRY.register(markdown_tool(d, allow_shell=lambda: active_config().allow_shell_tools))
+        except DefinitionError as exc:
+            errors.append(exc)
+    return [LoadError(f"{e.path}:{e.line}" if e.line else e.path, e.problem) for e in errors]
 
 
 def load_directory(directory: Path) -> list[LoadError]:

@@ -120,12 +120,22 @@ class ToolRegistry:
         return tool
 
     def get(self, name: str) -> Tool:
+        """A tool by name, in any spelling one tool answers to (`Read`, `read-file`, `WebFetch`:
+        see tools/markdown.py `find_tool_name`, the mapping agents use too), so "did you mean"
+        is only ever said of a name that could not be resolved."""
         try:
             return self._tools[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._tools), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; `tools` lists them"
-            raise LlmunixError(f"unknown tool {name!r}{hint}") from None
+            pass
+        from llmunix.tools.markdown import find_tool_name
+
+        visible = self.names()
+        found = find_tool_name(visible, str(name))
+        if found is not None:
+            return self._tools[found]
+        close = difflib.get_close_matches(name, visible, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; `tools` lists them"
+        raise LlmunixError(f"unknown tool {name!r}{hint}")
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools

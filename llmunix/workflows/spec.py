@@ -18,14 +18,20 @@ A spec is YAML or TOML::
         on_error: skip            # fail (default) | skip | retry | {fallback: STEP}
 
 or an LLMunix execution-trace markdown file (frontmatter, then `### Step N: Title` sections each
-with a YAML tool-call block; dependencies written as "Step 1"). Every error names the file, the
-step and the field.
+with a YAML tool-call block, or the "pure markdown" era's `**Tool**:` line and `**Parameters**:`
+table; dependencies written as "Step 1", "None (first step)" or a list). Every error names the
+file, the step and the field. Steps written for Claude Code's tools (`Write` with `file_path`,
+`WebFetch` with `url`, `Bash` with `command`, `Task` with `subagent_type`) are read in
+llmunix's terms (`write_file` with `path`, ..., an agent step), in every format, by the same
+mapping agents use (`claude_call` in tools/markdown.py); `read_spec` also returns warnings for
+what was left out or read with a guess.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmunix.models import LlmunixError, Priority, parse_duration
 from llmunix.retry import RetryPolicy
+from llmunix.tools.markdown import LOADED, REFUSED, SKIPPED, WARNINGS, FileCheck, claude_call, markdown_files, tool_key
 
 STEP_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 INPUT_TYPES = {"str": str, "string": str, "int": int, "integer": int, "float": float, "number": float,
@@ -248,11 +255,20 @@ class WorkflowSpec(BaseModel):
 
 def load_spec(path: str | Path) -> WorkflowSpec:
     """Read a spec from a .yaml/.yml, .toml or .md file. Raises SpecError naming what is wrong."""
+    return read_spec(path)[0]
+
+
+def read_spec(path: str | Path) -> tuple[WorkflowSpec, list[str]]:
+    """`load_spec`, with the warnings: what the file says that llmunix leaves out or reads with
+    a guess (a Claude parameter with no counterpart, validation checks, a human escalation)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise SpecError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+    warnings: list[str] = []
     suffix = p.suffix.lower()
     if suffix in (".yaml", ".yml"):
         data = _yaml(p, text)
@@ -262,23 +278,62 @@ def load_spec(path: str | Path) -> WorkflowSpec:
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{p}: malformed TOML: {exc}") from None
     elif suffix in (".md", ".markdown"):
-        data = markdown_to_data(p, text)
+        data = markdown_to_data(p, text, warnings)
     else:
         raise SpecError(f"{p}: not a workflow spec (use .yaml, .yml, .toml or .md)")
-    return spec_from_data(data, p)
+    return spec_from_data(data, p, warnings), warnings
 
 
-def spec_from_data(data: Any, path: str | Path = "<spec>") -> WorkflowSpec:
+def spec_from_data(data: Any, path: str | Path = "<spec>", warnings: list[str] | None = None) -> WorkflowSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a workflow spec is a mapping with 'name' and 'steps'")
     data = dict(data)
     data.setdefault("name", Path(str(path)).stem)
     data["source"] = str(path)
+    if isinstance(data.get("steps"), list):
+        data["steps"] = [claude_step(s, warnings) if isinstance(s, dict) else s for s in data["steps"]]
     try:
         spec = WorkflowSpec.model_validate(data)
     except pydantic.ValidationError as exc:
         raise SpecError(_explain(exc, data, path)) from None
     return spec
+
+
+def claude_step(step: dict[str, Any], warnings: list[str] | None = None) -> dict[str, Any]:
+    """A step written for a Claude Code tool, in llmunix's terms: `Write` {file_path} becomes
+    `write_file` {path}, Bash's `timeout` (ms) the step's timeout, `Task` {subagent_type, prompt}
+    an agent step. Parameters with no counterpart are left out, with a warning."""
+    tool = step.get("tool")
+    if not isinstance(tool, str):
+        return step
+    out = dict(step)
+    key = "with" if "with" in out or "with_" not in out else "with_"
+    args = out.get(key) or {}
+    if not isinstance(args, dict):
+        return step
+    label = f"step {out.get('id', '?')!r} ({tool})"
+    if tool_key(tool) in ("task", "tasktool", "agent"):
+        agent = args.get("subagent_type") or args.get("agent")
+        if agent and "agent" not in out:
+            out.pop("tool")
+            out.pop(key, None)
+            out["agent"] = str(agent)
+            out["goal"] = str(args.get("prompt") or args.get("goal") or args.get("description") or "")
+            out.setdefault("title", str(args.get("description") or ""))
+            rest = sorted(set(args) - {"subagent_type", "agent", "prompt", "goal", "description"})
+            if rest and warnings is not None:
+                warnings.append(f"{label}: {', '.join(rest)} left out (an agent step takes a goal)")
+        return out
+    mapped = claude_call(tool, args)
+    out["tool"] = mapped.tool
+    out[key] = mapped.arguments
+    if mapped.timeout is not None:
+        out.setdefault("timeout", mapped.timeout)
+    if mapped.dropped and warnings is not None:
+        names = ", ".join(repr(d) for d in mapped.dropped)
+        warnings.append(f"{label}: {names} {'has' if len(mapped.dropped) == 1 else 'have'} no counterpart in "
+                        f"{mapped.tool}; left out")
+    return out
 
 
 def _explain(exc: pydantic.ValidationError, data: dict[str, Any], path: str | Path) -> str:
@@ -320,16 +375,25 @@ def _yaml(path: Path, text: str) -> Any:
 
 # LLMunix execution-trace markdown ---------------------------------------------------------------
 
-_STEP_HEADING = re.compile(r"^#{2,4}\s*Step\s+(\d+)\s*[:.\-–]?\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
-_FENCE = re.compile(r"```(?:ya?ml|json)?\s*\n(.*?)```", re.DOTALL)
-_STEP_REF = re.compile(r"^\s*step[\s_-]*(\d+)\s*$", re.IGNORECASE)
+_STEP_HEADING = re.compile(r"^#{2,4}\s*Step\s+(\d+)\s*[:.\-–—]?\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+_FENCE_LINE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
+_BOLD_LINE = re.compile(r"^\s*(?:[-*+]\s+)?\*\*([^*]+?)\*\*\s*:?\s*(?:\*\*)?\s*(.*?)\s*$")
+_STEP_NUMBERS = re.compile(r"\bsteps?[\s_-]*((?:\d+\s*(?:,|and|&)?\s*)+)", re.IGNORECASE)
+_NONE = re.compile(r"^\s*(none|n/?a|-|—|nothing|no dependencies)\b", re.IGNORECASE)
+_OLD_PLACEHOLDER = re.compile(r"(?<!\{)\{step_?(\d+)_output\}(?!\})")
+_PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
+ON_ERROR_ACTIONS = ("fail", "skip", "retry")
+TRACE_KEYS = ("tool", "parameters", "on_error", "depends_on", "timeout", "retry")
 
 
-def markdown_to_data(path: Path, text: str) -> dict[str, Any]:
-    """An LLMunix execution trace as spec data: frontmatter (name, description, inputs...) and
-    `### Step N: Title` sections, each with a YAML block `tool:` / `parameters:` and optionally
-    `on_error: {action: retry|skip|fail, retry_count: 3, fallback_step: 4}` and
-    `depends_on: ["Step 1"]` (or a `**Dependencies**: Step 1, Step 2` line)."""
+def markdown_to_data(path: Path, text: str, warnings: list[str] | None = None) -> dict[str, Any]:
+    """An LLMunix execution trace as spec data: frontmatter (name or trace_id, description or
+    goal_signature, inputs...) or bold header lines (`**Trace ID**:`, `**Goal**:`), then
+    `### Step N: Title` sections. A step is a YAML block `tool:` / `parameters:` (and optionally
+    `on_error: {action: retry|skip|fail, retry_count: 3, fallback_step: 4}` and `depends_on:
+    ["Step 1"]`), or `**Tool**: NAME` with a `**Parameters**:` table or list; its error handling
+    may be its own block or bullets, its dependencies a `**Dependencies**:` line or list."""
+    warnings = warnings if warnings is not None else []
     front: dict[str, Any] = {}
     body = text
     if text.startswith("---"):
@@ -345,68 +409,300 @@ def markdown_to_data(path: Path, text: str) -> dict[str, Any]:
         if not isinstance(front, dict):
             raise SpecError(f"{path}: line 2: frontmatter must be key: value pairs")
         body = text[end + 4:]
-    headings = list(_STEP_HEADING.finditer(body))
+    headings = [h for h in _STEP_HEADING.finditer(body) if not _in_fence(body, h.start())]
     if not headings:
         raise SpecError(f"{path}: no '### Step N: Title' sections found")
     steps = []
+    unchecked: list[str] = []
     for i, h in enumerate(headings):
         number, title = h.group(1), h.group(2)
         section = body[h.end(): headings[i + 1].start() if i + 1 < len(headings) else len(body)]
         line = text.count("\n", 0, text.find(h.group(0))) + 1
-        fence = _FENCE.search(section)
-        if fence is None:
-            raise SpecError(f"{path}: line {line}: Step {number} has no ```yaml tool-call block")
-        try:
-            call = yaml.safe_load(fence.group(1)) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: line {line}: Step {number}: malformed YAML block: "
-                            f"{getattr(exc, 'problem', exc)}") from None
-        if not isinstance(call, dict):
-            raise SpecError(f"{path}: line {line}: Step {number}: the block must be a mapping with 'tool'")
-        step: dict[str, Any] = {"id": f"step{number}", "title": title or f"Step {number}"}
+        here = f"line {line}: Step {number}"  # warnings are reported per file already
+        where = f"{path}: {here}"
+        call, error_block, validates = _step_blocks(section, where)
+        if call is None:
+            call = _markdown_call(section)
+            if call is None:
+                raise SpecError(f"{where} has no ```yaml tool-call block (or **Tool**: line)")
+        if validates:
+            unchecked.append(number)
+        step: dict[str, Any] = {"id": f"step{number}", "title": _plain(title) or f"Step {number}"}
         for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry"):
             if key in call:
                 step[key] = call.pop(key)
         step["with"] = call.pop("parameters", call.pop("with", {})) or {}
+        if not isinstance(step["with"], dict):
+            raise SpecError(f"{where}: 'parameters' must be a mapping of name: value")
+        step["with"] = _placeholders(step["with"], here, warnings)
         deps = call.pop("depends_on", call.pop("dependencies", call.pop("needs", None)))
         if deps is None:
-            m = re.search(r"\*\*Dependenc(?:y|ies)\*\*\s*:?\s*(.+)", section, re.IGNORECASE)
-            deps = [d for d in re.split(r",|\band\b", m.group(1)) if d.strip()] if m else []
-            deps = [d for d in deps if d.strip().lower() not in ("none", "-")]
-        step["needs"] = [_step_ref(path, line, number, d) for d in ([deps] if isinstance(deps, str | int) else deps)]
+            deps = _dependencies_line(section)
+        step["needs"] = _step_refs(where, deps)
         on_error = call.pop("on_error", None)
-        if isinstance(on_error, dict):
-            action = str(on_error.get("action", "fail")).lower()
-            if on_error.get("fallback_step") is not None:
-                step["on_error"] = {"fallback": _step_ref(path, line, number, on_error["fallback_step"])}
-            else:
-                step["on_error"] = action
-            if action == "retry" or on_error.get("retry_count"):
-                step["retry"] = {"max_attempts": int(on_error.get("retry_count", 3)) + 1,
-                                 **({"initial": on_error["backoff"]} if "backoff" in on_error else {})}
-        elif on_error is not None:
-            step["on_error"] = on_error
+        if on_error is None:
+            on_error = error_block if error_block is not None else _error_bullets(section)
+        _on_error(step, on_error, where, here, warnings)
         if call:
-            raise SpecError(f"{path}: line {line}: Step {number}: unknown key {next(iter(call))!r} in the "
+            raise SpecError(f"{where}: unknown key {next(iter(call))!r} in the "
                             "tool-call block (use tool, parameters, on_error, depends_on, timeout, retry)")
         steps.append(step)
+    if unchecked:
+        warnings.append(f"the validation checks of step{'s' if len(unchecked) > 1 else ''} "
+                        f"{', '.join(unchecked)} are not run (llmunix checks that each step completes)")
     data = {k: v for k, v in front.items() if k in WorkflowSpec.model_fields and k != "steps"}
+    header = _header_lines(body[: headings[0].start()])
     if "name" not in data:
-        for key in ("workflow", "title", "agent_name"):
-            if key in front:
+        for key in ("workflow", "trace_id", "title", "agent_name"):
+            if front.get(key):
                 data["name"] = str(front[key])
                 break
+        else:
+            if header.get("trace id") or header.get("name"):
+                data["name"] = header.get("trace id") or header.get("name")
+    if "description" not in data:
+        described = front.get("goal_signature") or front.get("goal") or header.get("goal") or header.get("purpose")
+        if described:
+            data["description"] = str(described)
+    if data.get("version") is not None:
+        data["version"] = str(data["version"])  # YAML reads 1.2 as a number
     data["steps"] = steps
     return data
 
 
-def _step_ref(path: Path, line: int, number: str, ref: Any) -> str:
-    if isinstance(ref, int):
-        return f"step{ref}"
-    m = _STEP_REF.match(str(ref))
+def _in_fence(text: str, pos: int) -> bool:
+    """Whether `pos` is inside a ``` block (a schema's example of a step is not a step)."""
+    inside = False
+    for line in text[:pos].splitlines():
+        if _FENCE_LINE.match(line):
+            inside = not inside
+    return inside
+
+
+def _fences(section: str) -> list[tuple[str, str]]:
+    """The fenced blocks of a section: (language, text)."""
+    out: list[tuple[str, str]] = []
+    lang, buf, opener = None, [], ""
+    for line in section.splitlines():
+        m = _FENCE_LINE.match(line)
+        if lang is None and m:
+            lang, buf, opener = m.group(2).lower(), [], m.group(1)
+        elif lang is not None and m and m.group(1).startswith(opener[:3]) and not m.group(2):
+            out.append((lang, "\n".join(buf)))
+            lang = None
+        elif lang is not None:
+            buf.append(line)
+    return out
+
+
+def _step_blocks(section: str, where: str) -> tuple[dict[str, Any] | None, Any, bool]:
+    """(the tool-call mapping, an error-handling block's `on_error`, whether there are
+    validation blocks). Blocks in other languages, and YAML that is not about the call, are
+    the trace's documentation."""
+    call: dict[str, Any] | None = None
+    on_error: Any = None
+    validates = False
+    for lang, block in _fences(section):
+        if lang not in ("", "yaml", "yml", "json"):
+            continue
+        try:
+            value = yaml.safe_load(block)
+        except yaml.YAMLError as exc:
+            if call is None and re.search(r"^\s*(tool|agent)\s*:", block, re.MULTILINE):
+                raise SpecError(f"{where}: malformed YAML block: {getattr(exc, 'problem', exc)}") from None
+            continue
+        if isinstance(value, dict) and call is None and ("tool" in value or "agent" in value):
+            call = value
+        elif isinstance(value, dict) and set(value) == {"on_error"}:
+            on_error = value["on_error"]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) and ("check" in v or "type" in v)
+                                                       for v in value):
+            validates = True
+        elif isinstance(value, dict) and call is None and set(value) & {"parameters", "depends_on"}:
+            raise SpecError(f"{where}: the block must be a mapping with 'tool' (it has parameters but no tool)")
+    return call, on_error, validates
+
+
+def _header_lines(text: str) -> dict[str, str]:
+    """The bold-key lines of a section (`**Tool**: Write`), keys lower-cased, first one wins."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _BOLD_LINE.match(line)
+        if m:
+            out.setdefault(" ".join(m.group(1).strip().rstrip(":").lower().split()), m.group(2).strip())
+    return out
+
+
+def _markdown_call(section: str) -> dict[str, Any] | None:
+    """A step of the "pure markdown" era: `**Tool**: Write`, `**Parameters**:` with a
+    `| Parameter | Value |` table or `- key: value` lines, `**Timeout**: 30s`."""
+    header = _header_lines(section)
+    tool = _plain(header.get("tool") or "")
+    agent = _plain(header.get("agent") or "")
+    if not tool and not agent:
+        return None
+    call: dict[str, Any] = {"agent": agent, "goal": header.get("goal") or header.get("task") or ""} if (
+        agent and not tool) else {"tool": tool}
+    params = _parameter_lines(section)
+    if params:
+        call["parameters"] = params
+    if header.get("timeout"):
+        call["timeout"] = header["timeout"]
+    return call
+
+
+def _lines_after(section: str, key: str) -> list[str]:
+    """The lines under a `**Key**:` line, up to the next bold key line or heading."""
+    lines = section.splitlines()
+    for i, line in enumerate(lines):
+        m = _BOLD_LINE.match(line)
+        if m and m.group(1).strip().rstrip(":").lower() == key:
+            out = []
+            for nxt in lines[i + 1:]:
+                if nxt.lstrip().startswith("**") or nxt.startswith("#") or nxt.strip() == "---":
+                    break  # the next **Key**: line, a heading or a rule ends the list
+                out.append(nxt)
+            return out
+    return []
+
+
+def _parameter_lines(section: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for line in _lines_after(section, "parameters"):
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            cells = [c.strip() for c in stripped.strip("|").split("|")]
+            if len(cells) < 2 or set(cells[0]) <= set("-: ") or cells[0].lower() in ("parameter", "name", "key"):
+                continue
+            out[_plain(cells[0])] = _cell("|".join(cells[1:]))
+            continue
+        m = re.match(r"^[-*+]\s+(?:\*\*|`)?([A-Za-z_][\w\-]*)(?:\*\*|`)?\s*:\s*(.*)$", stripped)
+        if m:
+            out[m.group(1)] = _cell(m.group(2))
+    return out
+
+
+def _cell(text: str) -> Any:
+    """A parameter value written in markdown: code marks off; numbers and true/false as such."""
+    text = text.strip()
+    if len(text) > 1 and text[0] == text[-1] == "`":
+        text = text[1:-1]
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if re.fullmatch(r"-?\d+\.\d+", text):
+        return float(text)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def _plain(text: str) -> str:
+    return str(text).strip().strip("`*_ ").strip()
+
+
+def _dependencies_line(section: str) -> list[str]:
+    """`**Dependencies**: Step 1, Step 2` (or "None (first step)"), or a list under it."""
+    m = re.search(r"^[ \t]*(?:[-*+][ \t]+)?\*\*(?:Dependenc(?:y|ies)|Depends on)[ \t]*:?[ \t]*\*\*[ \t]*:?[ \t]*(.*)$",
+                  section, re.IGNORECASE | re.MULTILINE)
     if m is None:
-        raise SpecError(f"{path}: line {line}: Step {number}: cannot read dependency {ref!r}; write it as \"Step 1\"")
-    return f"step{m.group(1)}"
+        return []
+    first = m.group(1).strip()
+    if first:
+        return [first]
+    items = []
+    for line in section[m.end():].splitlines()[1:]:
+        item = re.match(r"^\s*(?:[-*+]|\d+\.)\s+(.*)$", line)
+        if item:
+            items.append(item.group(1))
+        elif line.strip():
+            break
+    return items
+
+
+def _step_refs(where: str, deps: Any) -> list[str]:
+    """Step ids from dependencies written as "Step 1", 1, "Steps 1 and 2", "Step 2 (its output)",
+    or "None (first step)" / "None (can run in parallel with Step 1)" (no dependency)."""
+    if deps is None:
+        return []
+    items = [deps] if isinstance(deps, str | int) else list(deps)
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            out.append(f"step{item}")
+            continue
+        text = str(item).strip()
+        if not text or _NONE.match(text):
+            continue
+        found = []
+        for part in re.split(r",|;|\band\b|&", re.sub(r"\([^)]*\)", "", text)):
+            part = part.strip()
+            if not part or _NONE.match(part):
+                continue
+            m = _STEP_NUMBERS.search(part) or re.fullmatch(r"(\d+)", part)
+            if m is None:
+                raise SpecError(f"{where}: cannot read dependency {part!r}; write it as \"Step 1\"")
+            found += re.findall(r"\d+", m.group(1))
+        if not found:
+            continue
+        out += [f"step{n}" for n in found]
+    return list(dict.fromkeys(out))
+
+
+def _error_bullets(section: str) -> dict[str, Any] | None:
+    """`**Error Handling**:` with `- Action: retry` / `- Retry Count: 2` bullets."""
+    out: dict[str, Any] = {}
+    for line in _lines_after(section, "error handling"):
+        m = re.match(r"^\s*[-*+]\s+(?:\*\*)?([A-Za-z][\w ]*?)(?:\*\*)?\s*:\s*(.*)$", line)
+        if m:
+            out[m.group(1).strip().lower().replace(" ", "_")] = _cell(m.group(2))
+    return out or None
+
+
+def _on_error(step: dict[str, Any], on_error: Any, where: str, here: str, warnings: list[str]) -> None:
+    if isinstance(on_error, dict):
+        action = str(on_error.get("action", "fail")).strip().lower()
+        if action not in ON_ERROR_ACTIONS:
+            warnings.append(f"{here}: on_error action {action!r} is read as 'fail' "
+                            f"(llmunix knows {', '.join(ON_ERROR_ACTIONS)} and fallback_step)")
+            action = "fail"
+        if on_error.get("fallback_step") is not None:
+            step["on_error"] = {"fallback": _fallback_ref(where, on_error["fallback_step"])}
+        else:
+            step["on_error"] = action
+        if action == "retry" or on_error.get("retry_count"):
+            try:
+                attempts = int(on_error.get("retry_count", 3)) + 1
+            except (TypeError, ValueError):
+                raise SpecError(f"{where}: retry_count must be a whole number, not "
+                                f"{on_error.get('retry_count')!r}") from None
+            backoff = on_error.get("backoff", on_error.get("delay_seconds"))
+            step["retry"] = {"max_attempts": attempts, **({"initial": backoff} if backoff is not None else {})}
+    elif on_error is not None:
+        step["on_error"] = on_error
+
+
+def _fallback_ref(where: str, ref: Any) -> str:
+    refs = _step_refs(where, [ref])
+    if len(refs) != 1:
+        raise SpecError(f"{where}: cannot read fallback_step {ref!r}; write it as \"Step 4\"")
+    return refs[0]
+
+
+def _placeholders(value: Any, where: str, warnings: list[str]) -> Any:
+    """LLMunix's `{step_1_output}` as `{{ steps.step1.output }}`; other `{name}` placeholders
+    stay as written, with a warning (they are not llmunix references)."""
+    if isinstance(value, dict):
+        return {k: _placeholders(v, where, warnings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_placeholders(v, where, warnings) for v in value]
+    if not isinstance(value, str):
+        return value
+    value = _OLD_PLACEHOLDER.sub(lambda m: f"{{{{ steps.step{m.group(1)}.output }}}}", value)
+    left = sorted(set(_PLACEHOLDER.findall(value)))
+    if left:
+        warnings.append(f"{where}: {', '.join('{' + x + '}' for x in left)} "
+                        f"{'is' if len(left) == 1 else 'are'} not a reference; written as it is")
+    return value
 
 
 def _parse_json(name: str, text: str, want: type) -> Any:
@@ -419,3 +715,29 @@ def _parse_json(name: str, text: str, want: type) -> Any:
     if not isinstance(value, want):
         raise LlmunixError(f"input {name!r} must be a {want.__name__}, not {text!r}")
     return value
+
+
+# Checking a folder of specs ---------------------------------------------------------------------
+
+
+def check_spec_files(root: str | Path, load: Callable[[str], WorkflowSpec]) -> list[FileCheck]:
+    """`workflow check DIR`: every markdown file under `root` (or `root` itself, of any spec
+    suffix) read as a workflow, with its warnings. `load` runs the checks that need the kernel
+    (the DAG, the tools and agents the steps name): `Kernel.workflow_spec`."""
+    out: list[FileCheck] = []
+    for path in markdown_files(Path(root)) if Path(root).is_dir() else [Path(root)]:
+        if path.name.lower() in ("readme.md", "index.md"):
+            out.append(FileCheck(str(path), SKIPPED, reason="a README or index is documentation, never a workflow"))
+            continue
+        try:
+            spec, warnings = read_spec(path)
+            load(str(path))
+        except LlmunixError as exc:
+            reason = str(exc)
+            if reason.startswith(str(path)):
+                reason = reason[len(str(path)):].lstrip(":").strip()
+            out.append(FileCheck(str(path), REFUSED, reason=reason))
+            continue
+        out.append(FileCheck(str(path), WARNINGS if warnings else LOADED, "workflow", spec.name,
+                             path.suffix.lower().lstrip("."), tuple(warnings)))
+    return out
