@@ -215,8 +215,9 @@ def test_keys_change_sort_filter_and_quit():
     assert c.filter == "slep" and c.editing is None
     c.press("/x\x1b")
     assert c.filter == "" and c.editing is None
-    c.press("\x1b[A")  # an arrow key is ignored
-    c.press("p")
+    c.press("\x1b[A")  # an arrow key moves the cursor (nothing listed: it stays put)
+    assert c.selected is None and c.press("p") == [] and c.status == "no process selected"
+    c.press("P")  # p pauses; P sorts by priority
     assert c.sort == "priority" and not c.quit
     c.press("q")
     assert c.quit
