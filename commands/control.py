@@ -178,6 +178,7 @@ class ControlCommands(ShellCommandSet):
         except LlmunixError as exc:
             self.fail(str(exc))
             return
+        named = bool(args.pids)
         outcomes: list[dict[str, Any]] = []
         done: set[int] = set()
         for pid in pids:
@@ -185,11 +186,15 @@ class ControlCommands(ShellCommandSet):
                 info = action(pid)
             except LlmunixError as exc:
                 parent = self._acted_ancestor(pid, done) if cascades else None
-                if parent is None:
+                if parent is not None:
+                    info = self.kernel.info(pid)
+                    outcomes.append(_outcome(pid, info, verb, result=f"{describe(info)} (with {format_pid(parent)})"))
+                elif not named and (info := self._finished(pid)) is not None:  # ended since it was chosen
+                    outcomes.append(_outcome(pid, info, verb, result=f"{info.process_id} {safe_text(info.name)} "
+                                                                     f"had already finished ({info.state})"))
+                else:
                     outcomes.append(_outcome(pid, None, verb, error=str(exc)))
                     continue
-                info = self.kernel.info(pid)
-                outcomes.append(_outcome(pid, info, verb, result=f"{describe(info)} (with {format_pid(parent)})"))
             else:
                 outcomes.append(_outcome(pid, info, verb, result=describe(info)))
             done.add(pid)
@@ -227,8 +232,16 @@ class ControlCommands(ShellCommandSet):
         chosen = [i.pid for i in filters.apply(self.kernel.ps()) if wanted is None or wanted(i)]
         if not chosen:
             which = f" matching {filters.describe()}" if filters else ""
-            raise LlmunixError(f"no live process to {verb}{which} (see `ps`)")
+            doing = {"priority": "reprioritise"}.get(verb, verb)
+            raise LlmunixError(f"no live process to {doing}{which} (see `ps`)")
         return chosen
+
+    def _finished(self, pid: int) -> ProcessInfo | None:
+        try:
+            info = self.kernel.info(pid)
+        except LlmunixError:
+            return None
+        return info if info.is_done else None
 
     def _acted_ancestor(self, pid: int, done: set[int]) -> int | None:
         """The nearest ancestor of `pid` that this command already acted on, if any."""

@@ -65,7 +65,10 @@ class ProcessCommands(ShellCommandSet):
                 rows = self.kernel.ps_rows(all=every, state=args.state)
                 rows = arrange(Filters(name=args.name).apply(rows), sort=args.sort, reverse=args.reverse,
                                last=args.last)
-                self.out(views.ps_plain(rows) if self.plain else views.ps_table(rows))
+                if self.plain:  # straight out: through rich, 10,000 lines cost a third of a second
+                    self.out_stream([views.ps_plain(rows), "\n"])
+                else:
+                    self.out(views.ps_table(rows))
                 return
             if args.pids:
                 infos = filters.apply(self.kernel.info(pid) for pid in parse_pid_specs(args.pids))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -36,7 +37,7 @@ def _breaker_row(b: BreakerInfo, now: float) -> tuple[str, ...]:
             safe_text(b.last_error or "-"))
 
 
-def breakers_table(infos: Sequence[BreakerInfo], now: float | None = None) -> Table | Text:
+def breakers_table(infos: Sequence[BreakerInfo], now: float | None = None) -> Table | Group | Text:
     now = time.time() if now is None else now
     if not infos:
         return Text("no circuit breakers yet (one is made for a tool when it first fails, and for a host "
@@ -47,7 +48,18 @@ def breakers_table(infos: Sequence[BreakerInfo], now: float | None = None) -> Ta
     for b in infos:
         row = _breaker_row(b, now)
         table.add_row(Text(row[0], style="cyan"), Text(row[1], style=BREAKER_STYLES.get(b.state, "")), *row[2:])
+    notes = [over_threshold_note(b) for b in infos if b.state == "closed" and b.failures >= b.threshold]
+    if notes:
+        return Group(table, *(Text(n, style="dim") for n in notes))
     return table
+
+
+def over_threshold_note(b: BreakerInfo) -> str:
+    """Why a closed breaker can show more failures than its threshold: the threshold was
+    lowered after they happened (`set breaker_threshold`); a breaker opens on a failure, so this
+    one opens on its next."""
+    return (f"{safe_text(b.name)}: {b.failures} failures in a row, threshold since lowered to {b.threshold}: "
+            f"opens at the next failure (or `breakers reset {safe_text(b.target)}`)")
 
 
 def breakers_plain(infos: Sequence[BreakerInfo], now: float | None = None) -> str:
