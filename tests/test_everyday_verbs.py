@@ -12,20 +12,12 @@ import threading
 
 import pytest
 from conftest import LLMUNIX, Session, wait_phase
+from test_shell_commands import gate_tool
 
 from commands import views
 from commands.selection import Filters, arrange, check_state, parse_pid_specs, tree_order
 from llmunix import ProcessContext
 from llmunix.models import LlmunixError, Phase, PsRow
-
-
-def gate_tool(gate: threading.Event):
-    def gated(ctx: ProcessContext) -> str:
-        while not gate.is_set():
-            ctx.sleep(0.01)
-        return "opened"
-
-    return gated
 
 
 def llmunix(*commands: str, home, keep_going: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
