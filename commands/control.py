@@ -15,7 +15,15 @@ from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pids
 from commands.selection import Filters, check_state, parse_pid_specs, state_choices
 from commands.terminal_safe import json_array_chunks, safe_text
-from llmunix.models import LlmunixError, Priority, ProcessInfo, format_duration, format_pid, parse_duration
+from llmunix.models import (
+    IllegalTransition,
+    LlmunixError,
+    Priority,
+    ProcessInfo,
+    format_duration,
+    format_pid,
+    parse_duration,
+)
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
@@ -73,8 +81,7 @@ class ControlCommands(ShellCommandSet):
     def do_pause(self, args: argparse.Namespace) -> None:
         """Pause processes."""
         self._act(args, "pause", self.kernel.pause,
-                  lambda i: f"{'paused' if i.phase == 'paused' else 'pausing'} {i.process_id} {safe_text(i.name)}",
-                  wanted=lambda i: i.phase != "paused")
+                  lambda i: f"{'paused' if i.phase == 'paused' else 'pausing'} {i.process_id} {safe_text(i.name)}")
 
     resume_parser = _selection_parser(
         "resume", "Resume paused processes (they run again when a slot is free); their children paused "
@@ -83,8 +90,7 @@ class ControlCommands(ShellCommandSet):
     @cmd2.with_argparser(resume_parser)
     def do_resume(self, args: argparse.Namespace) -> None:
         """Resume paused processes."""
-        self._act(args, "resume", self.kernel.resume, lambda i: f"resumed {i.process_id} {safe_text(i.name)}",
-                  wanted=lambda i: i.phase == "paused")
+        self._act(args, "resume", self.kernel.resume, lambda i: f"resumed {i.process_id} {safe_text(i.name)}")
 
     priority_parser = _selection_parser(
         "reprioritise", "Change live processes' priority level: critical, high, normal, low, idle.",
@@ -167,37 +173,43 @@ class ControlCommands(ShellCommandSet):
     # ------------------------------------------------------------------ acting on a selection
 
     def _act(self, args: argparse.Namespace, verb: str, action: Callable[[int], ProcessInfo],
-             describe: Callable[[ProcessInfo], str], *, wanted: Callable[[ProcessInfo], bool] | None = None,
-             cascades: bool = True) -> None:
+             describe: Callable[[ProcessInfo], str], *, cascades: bool = True) -> None:
         """Apply `action` to each process chosen by `args` (see `_choose`), in PID order: one line
         per process, a one-line error for each that failed (the others still go ahead), and a
-        failed command if any did. With `cascades` (kill, pause, resume reach a process's
-        children), a child whose parent was just acted on is reported with it, not as an error."""
+        failed command if any did. Processes chosen by --all or a filter that the action does not
+        apply to (pause of a paused one, resume of a running one, one that has just ended) are
+        left out quietly. With `cascades` (kill, pause, resume reach a process's children), a
+        child whose parent was just acted on is reported with it, never as an error."""
         try:
-            pids = self._choose(args, verb, wanted)
+            pids, selecting, filters = self._choose(args)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
-        named = bool(args.pids)
         outcomes: list[dict[str, Any]] = []
         done: set[int] = set()
         for pid in pids:
+            parent = self._acted_ancestor(pid, done) if cascades and done else None
             try:
                 info = action(pid)
-            except LlmunixError as exc:
-                parent = self._acted_ancestor(pid, done) if cascades else None
-                if parent is not None:
+            except IllegalTransition as exc:
+                if parent is not None:  # the parent's kill/pause/resume reached it first
                     info = self.kernel.info(pid)
-                    outcomes.append(_outcome(pid, info, verb, result=f"{describe(info)} (with {format_pid(parent)})"))
-                elif not named and (info := self._finished(pid)) is not None:  # ended since it was chosen
-                    outcomes.append(_outcome(pid, info, verb, result=f"{info.process_id} {safe_text(info.name)} "
-                                                                     f"had already finished ({info.state})"))
+                elif selecting:
+                    continue
                 else:
                     outcomes.append(_outcome(pid, None, verb, error=str(exc)))
                     continue
-            else:
-                outcomes.append(_outcome(pid, info, verb, result=describe(info)))
+            except LlmunixError as exc:
+                outcomes.append(_outcome(pid, None, verb, error=str(exc)))
+                continue
+            with_parent = "" if parent is None else f" (with {format_pid(parent)})"
+            outcomes.append(_outcome(pid, info, verb, result=describe(info) + with_parent))
             done.add(pid)
+        if selecting and not outcomes:
+            which = f" matching {filters.describe()}" if filters else ""
+            doing = {"priority": "reprioritise"}.get(verb, verb)
+            self.fail(f"no live process to {doing}{which} (see `ps`)")
+            return
         failed = [o for o in outcomes if not o["ok"]]
         if args.json:
             self.out_stream(json_array_chunks(outcomes))
@@ -211,12 +223,11 @@ class ControlCommands(ShellCommandSet):
             else:
                 self.fail(o["error"])
 
-    def _choose(self, args: argparse.Namespace, verb: str,
-                wanted: Callable[[ProcessInfo], bool] | None) -> list[int]:
-        """The PIDs to act on, by PID. Named PIDs and ranges are all tried (each one's error is
-        reported), unless filters narrow them: then those that do not match are left out. With
-        --all or filters alone: every live process they match (for pause, those not paused; for
-        resume, the paused ones); none is an error, as with pkill."""
+    def _choose(self, args: argparse.Namespace) -> tuple[list[int], bool, Filters]:
+        """The PIDs to act on, by PID; whether they were selected (by --all or filters) rather
+        than named; the filters. Named PIDs and ranges are all tried, each one's error reported;
+        filters narrow them to those that match. --all or filters alone: every live process
+        they match."""
         if args.state is not None:
             args.state = check_state(args.state, lambda: [s for i in self.kernel.ps() for s in (i.display_state,
                                                                                                i.state)])
@@ -224,24 +235,12 @@ class ControlCommands(ShellCommandSet):
         if args.pids:
             pids = sorted(parse_pid_specs(args.pids))
             if not filters:
-                return pids
-            return [p for p in pids if self.kernel.exists(p) and filters.match(self.kernel.info(p))]
+                return pids, False, filters
+            return [p for p in pids if self.kernel.exists(p) and filters.match(self.kernel.info(p))], True, filters
         if not (args.all or filters):
             raise LlmunixError("say which processes: PIDs (003), ranges (3-7), --all, or a filter "
                                "(--tool, --name, --state)")
-        chosen = [i.pid for i in filters.apply(self.kernel.ps()) if wanted is None or wanted(i)]
-        if not chosen:
-            which = f" matching {filters.describe()}" if filters else ""
-            doing = {"priority": "reprioritise"}.get(verb, verb)
-            raise LlmunixError(f"no live process to {doing}{which} (see `ps`)")
-        return chosen
-
-    def _finished(self, pid: int) -> ProcessInfo | None:
-        try:
-            info = self.kernel.info(pid)
-        except LlmunixError:
-            return None
-        return info if info.is_done else None
+        return [i.pid for i in filters.apply(self.kernel.ps())], True, filters
 
     def _acted_ancestor(self, pid: int, done: set[int]) -> int | None:
         """The nearest ancestor of `pid` that this command already acted on, if any."""

@@ -182,10 +182,11 @@ class TopCommands(ShellCommandSet):
     DEFAULT_CATEGORY = "Monitoring commands"
 
     top_parser = LlmunixArgumentParser(
-        description="Watch processes live: system CPU, memory and load, llmunix's own share, and "
-                    "every live (or just finished) process with its CPU, memory, progress and a CPU "
-                    "history. Keys: q quit, c/m/p/n sort by CPU/memory/priority/PID, / filter "
-                    "(Enter applies, Esc clears). Piped, or with -b, it prints plain frames instead.",
+        description="Watch processes live and act on them: system CPU, memory and load, llmunix's own "
+                    "share, and every live (or just finished) process with its CPU, memory, progress and a "
+                    "CPU history. Keys: up/down select, Enter details (ps -l), k kill (asks), p pause/resume, "
+                    "+/- priority, t tree, c/m/P/n sort by CPU/memory/priority/PID, / filter (Enter applies, "
+                    "Esc clears), q quit. Piped, or with -b, it prints plain frames instead.",
         epilog="examples:\n  top\n  top -p processes\n  top -d 0.5 -s cpu\n  top -b -n 3 -d 2\n"
                "  top -b | grep Running\n  top --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
