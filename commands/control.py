@@ -13,11 +13,12 @@ from cmd2 import Choices
 
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pids
-from commands.selection import Filters, check_state, parse_pid_specs, state_choices
+from commands.selection import Filters, check_state, parse_pid_specs, single_pids, state_choices
 from commands.terminal_safe import json_array_chunks, safe_text
 from llmunix.models import (
     IllegalTransition,
     LlmunixError,
+    NoSuchProcess,
     Priority,
     ProcessInfo,
     format_duration,
@@ -176,12 +177,13 @@ class ControlCommands(ShellCommandSet):
              describe: Callable[[ProcessInfo], str], *, cascades: bool = True) -> None:
         """Apply `action` to each process chosen by `args` (see `_choose`), in PID order: one line
         per process, a one-line error for each that failed (the others still go ahead), and a
-        failed command if any did. Processes chosen by --all or a filter that the action does not
-        apply to (pause of a paused one, resume of a running one, one that has just ended) are
-        left out quietly. With `cascades` (kill, pause, resume reach a process's children), a
-        child whose parent was just acted on is reported with it, never as an error."""
+        failed command if any did. A PID named on its own must be acted on; of those chosen by
+        a range, --all or a filter, the ones the verb does not apply to (no such PID, already
+        finished, pause of a paused one, resume of a running one) are left out quietly. With
+        `cascades` (kill, pause, resume reach a process's children), a child whose parent was
+        just acted on is reported with it, never as an error."""
         try:
-            pids, selecting, filters = self._choose(args)
+            pids, strict, filters = self._choose(args)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -191,10 +193,10 @@ class ControlCommands(ShellCommandSet):
             parent = self._acted_ancestor(pid, done) if cascades and done else None
             try:
                 info = action(pid)
-            except IllegalTransition as exc:
+            except (IllegalTransition, NoSuchProcess) as exc:
                 if parent is not None:  # the parent's kill/pause/resume reached it first
                     info = self.kernel.info(pid)
-                elif selecting:
+                elif pid not in strict:
                     continue
                 else:
                     outcomes.append(_outcome(pid, None, verb, error=str(exc)))
@@ -205,10 +207,11 @@ class ControlCommands(ShellCommandSet):
             with_parent = "" if parent is None else f" (with {format_pid(parent)})"
             outcomes.append(_outcome(pid, info, verb, result=describe(info) + with_parent))
             done.add(pid)
-        if selecting and not outcomes:
-            which = f" matching {filters.describe()}" if filters else ""
+        if not outcomes:
             doing = {"priority": "reprioritise"}.get(verb, verb)
-            self.fail(f"no live process to {doing}{which} (see `ps`)")
+            among = f" among {' '.join(args.pids)}" if args.pids else ""
+            which = f" matching {filters.describe()}" if filters else ""
+            self.fail(f"no live process to {doing}{among}{which} (see `ps`)")
             return
         failed = [o for o in outcomes if not o["ok"]]
         if args.json:
@@ -223,11 +226,10 @@ class ControlCommands(ShellCommandSet):
             else:
                 self.fail(o["error"])
 
-    def _choose(self, args: argparse.Namespace) -> tuple[list[int], bool, Filters]:
-        """The PIDs to act on, by PID; whether they were selected (by --all or filters) rather
-        than named; the filters. Named PIDs and ranges are all tried, each one's error reported;
-        filters narrow them to those that match. --all or filters alone: every live process
-        they match."""
+    def _choose(self, args: argparse.Namespace) -> tuple[list[int], set[int], Filters]:
+        """The PIDs to act on, by PID; those of them that were named on their own (without
+        filters: each must be acted on, or its error reported); the filters. Filters narrow
+        the PIDs and ranges given; --all or filters alone choose among every live process."""
         if args.state is not None:
             args.state = check_state(args.state, lambda: [s for i in self.kernel.ps() for s in (i.display_state,
                                                                                                i.state)])
@@ -235,12 +237,12 @@ class ControlCommands(ShellCommandSet):
         if args.pids:
             pids = sorted(parse_pid_specs(args.pids))
             if not filters:
-                return pids, False, filters
-            return [p for p in pids if self.kernel.exists(p) and filters.match(self.kernel.info(p))], True, filters
+                return pids, single_pids(args.pids), filters
+            return [p for p in pids if self.kernel.exists(p) and filters.match(self.kernel.info(p))], set(), filters
         if not (args.all or filters):
             raise LlmunixError("say which processes: PIDs (003), ranges (3-7), --all, or a filter "
                                "(--tool, --name, --state)")
-        return [i.pid for i in filters.apply(self.kernel.ps())], True, filters
+        return [i.pid for i in filters.apply(self.kernel.ps())], set(), filters
 
     def _acted_ancestor(self, pid: int, done: set[int]) -> int | None:
         """The nearest ancestor of `pid` that this command already acted on, if any."""

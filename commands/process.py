@@ -18,6 +18,7 @@ from commands.selection import (
     count_type,
     include_finished,
     parse_pid_specs,
+    single_pids,
     state_choices,
     tree_order,
 )
@@ -70,8 +71,10 @@ class ProcessCommands(ShellCommandSet):
                 else:
                     self.out(views.ps_table(rows))
                 return
-            if args.pids:
-                infos = filters.apply(self.kernel.info(pid) for pid in parse_pid_specs(args.pids))
+            if args.pids:  # a PID named on its own must exist; a range lists those that do
+                named = single_pids(args.pids)
+                infos = filters.apply(self.kernel.info(pid) for pid in parse_pid_specs(args.pids)
+                                      if pid in named or self.kernel.exists(pid))
             else:
                 infos = Filters(args.tool, args.name).apply(self.kernel.ps(all=every, state=args.state))
         except LlmunixError as exc:

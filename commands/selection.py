@@ -65,6 +65,11 @@ def parse_pid_specs(texts: Iterable[str]) -> list[int]:
     return list(pids)
 
 
+def single_pids(texts: Iterable[str]) -> set[int]:
+    """The PIDs named one by one (not by a range): those a command must act on or report."""
+    return {_pid(t.strip(), t) for t in texts if "-" not in t.strip()[1:]}
+
+
 def _pid(text: str, whole: str) -> int:
     if not text.isdigit():
         raise LlmunixError(f"bad PID {whole!r}; PIDs are numbers such as 003, ranges such as 003-007")

@@ -15,7 +15,7 @@ from conftest import LLMUNIX, Session, wait_phase
 from test_shell_commands import gate_tool
 
 from commands import views
-from commands.selection import Filters, arrange, check_state, parse_pid_specs, tree_order
+from commands.selection import Filters, arrange, check_state, parse_pid_specs, single_pids, tree_order
 from llmunix import ProcessContext
 from llmunix.models import LlmunixError, Phase, PsRow
 
@@ -33,6 +33,7 @@ def llmunix(*commands: str, home, keep_going: bool = False, timeout: float = 60)
 
 def test_pid_words_take_numbers_padded_numbers_and_inclusive_ranges_without_repeats():
     assert parse_pid_specs(["3", "005", "7-9", "8", "009-010"]) == [3, 5, 7, 8, 9, 10]
+    assert single_pids(["3", "005", "7-9", "8", "009-010"]) == {3, 5, 8}
     for bad, fragment in (("x", "bad PID 'x'"), ("0", "start at 001"), ("9-3", "lower PID first, e.g. 003-009"),
                           ("1-", "bad PID"), ("-4", "bad PID"), ("1-9999999", "too wide"),
                           ("99999999999999999999999", "no process has a PID that large")):
@@ -212,9 +213,11 @@ def test_the_verbs_from_the_real_executable_report_each_process_and_exit_non_zer
     r = llmunix("run sleep seconds=30 --name a", "run sleep seconds=30 --name b", "run echo text=x",
                 "run sleep seconds=30 --name c --priority low", "wait 3",
                 "pause 1-2", "priority --name '[ab]' idle", "ps --state paused --sort priority",
-                "resume --all", "kill 1-4", "ps -a --json", home=tmp_path, keep_going=True)
+                "resume --all", "kill 1-4 3", "kill 5-9", "ps -a --json", home=tmp_path, keep_going=True)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == ["kill: cannot kill process 003: it has already finished (Completed)"]
+    assert r.stderr.strip().splitlines() == [  # 003 named on its own: an error; in a range it is left out
+        "kill: cannot kill process 003: it has already finished (Completed)",
+        "kill: no live process to kill among 5-9 (see `ps`)"]
     out = r.stdout.splitlines()
     assert "pausing 001 a" in out and "pausing 002 b" in out
     assert "001 a priority idle" in out and "002 b priority idle" in out
