@@ -89,7 +89,7 @@ class TopControls:
     quit: bool = False
     tree: bool = False
     selected: int | None = None  # the PID under the cursor
-    detail: bool = False  # showing the selected process's `ps -l` view
+    detail: int | None = None  # the PID whose `ps -l` view is shown (Enter), even after it leaves the list
     confirm: int | None = None  # a kill waiting for y
     status: str = ""
     order: tuple[int, ...] = ()  # the PIDs listed, top to bottom, as last shown
@@ -125,16 +125,19 @@ class TopControls:
         if self.editing is not None:
             self._edit(key)
             return None
+        target = self.selected if self.detail is None else self.detail
         if key in ARROWS:
             self._move(ARROWS[key])
+            if self.detail is not None:  # the details follow the cursor
+                self.detail = self.selected
         elif len(key) > 1:
             pass  # another function key: not ours
-        elif key == "\x03" or (key in "qQ" and not self.detail):
+        elif key == "\x03" or (key in "qQ" and self.detail is None):
             self.quit = True
-        elif self.detail and key in "\x1b\r\nqQ\x7f\x08":
-            self.detail = False
+        elif self.detail is not None and key in "\x1b\r\nqQ\x7f\x08":
+            self.detail = None
         elif key in "\r\n":
-            self.detail = self.selected is not None
+            self.detail = self.selected
         elif key == "/":
             self.editing = ""
         elif key == "\x1b":
@@ -143,17 +146,17 @@ class TopControls:
             self.tree = not self.tree
         elif key in SORT_KEYS:
             self.sort = SORT_KEYS[key]
-        elif self.selected is None:
+        elif target is None:
             if key in "kp+=-_":
                 self.status = "no process selected"
         elif key == "k":
-            self.confirm = self.selected
+            self.confirm = target
         elif key == "p":
-            return Action("toggle-pause", self.selected)
+            return Action("toggle-pause", target)
         elif key in "+=":
-            return Action("priority", self.selected, +1)
+            return Action("priority", target, +1)
         elif key in "-_":
-            return Action("priority", self.selected, -1)
+            return Action("priority", target, -1)
         return None
 
     def _edit(self, key: str) -> None:
@@ -327,11 +330,10 @@ class TopCommands(ShellCommandSet):
                     due = 0.0  # show what the key changed now
 
     def _screen(self, controls: TopControls, frame: TopFrame) -> Any:
-        if not controls.detail or controls.selected is None:
-            controls.detail = False
+        if controls.detail is None:
             return top_views.top_rich(frame)
         try:
-            info = self.kernel.info(controls.selected)
+            info = self.kernel.info(controls.detail)
         except LlmunixError:
             info = None
         return top_views.top_detail(frame, info)

@@ -11,7 +11,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import LLMUNIX, Session, wait_phase
+from conftest import LLMUNIX, PROMPT, Session, close_prompt, spawn_prompt, wait_phase
 from test_shell_commands import gate_tool
 
 from commands import views
@@ -243,3 +243,22 @@ def test_ps_from_the_real_executable_filters_sorts_and_shows_a_workflows_steps_a
                     ["003", "001", "fan-out/middle", "Completed"], ["004", "001", "fan-out/right", "Completed"],
                     ["005", "001", "fan-out/join", "Completed"], ["006", "-", "broken", "Failed"]]
     assert [line.split()[0] for line in out[start + 8:start + 10]] == ["004", "003"]
+
+
+def test_tab_completes_a_level_after_pids_and_states_at_the_real_prompt(tmp_path):
+    child = spawn_prompt(tmp_path)
+    try:
+        child.sendline("run sleep seconds=60")
+        child.expect(PROMPT)
+        child.send("priority 1 hi\t")
+        child.expect("high")
+        child.send("\r")
+        child.expect(r"001 sleep priority high")
+        child.expect(PROMPT)
+        child.send("pause --state runn\t")
+        child.expect("running")
+        child.send("\r")
+        child.expect(r"paus(?:ed|ing) 001 sleep")
+        child.expect(PROMPT)
+    finally:
+        close_prompt(child)

@@ -328,3 +328,37 @@ def test_columns_keep_their_places_between_frames():
     assert headers[0] == headers[1]  # CPU figures and arrows fit the columns as they are
     assert headers[2] == headers[3] != headers[1]  # a longer name widened TOOL once, for good
     assert headers[2].index("STATE") > headers[1].index("STATE")
+
+
+def test_the_cursor_follows_its_process_and_keys_ask_for_actions_on_it():
+    from commands.top import Action, split_keys
+
+    assert split_keys("a\x1b[Bb\x1bOA\x1b\x1b[5~") == ["a", "\x1b[B", "b", "\x1bOA", "\x1b", "\x1b[5~"]
+    c = TopControls()
+    c.show([1, 2, 3, 4])
+    assert c.selected == 1
+    c.press("\x1b[B\x1b[B")
+    assert c.selected == 3
+    c.show([4, 3, 2, 1])  # sorted another way: the cursor stays on 003
+    assert c.selected == 3
+    c.show([4, 2, 1])  # 003 is gone: the cursor keeps its height (the second row)
+    assert c.selected == 2
+    c.press("\x1b[H")
+    assert c.selected == 4 and c.press("\x1b[F") == [] and c.selected == 1
+    assert c.press("p+-") == [Action("toggle-pause", 1), Action("priority", 1, 1), Action("priority", 1, -1)]
+    assert c.press("k") == [] and c.confirm == 1
+    assert c.press("x") == [] and c.confirm is None and c.status == "kill cancelled"
+    assert c.press("ky") == [Action("kill", 1)]
+    c.press("\r")  # details of 001; the arrows move them along
+    assert c.detail == 1
+    c.press("\x1b[A")
+    assert c.detail == 2 and c.selected == 2 and c.press("p") == [Action("toggle-pause", 2)]
+    c.show([4, 1])  # 002 left the list: its details stay on screen
+    assert c.detail == 2 and c.press("k") == [] and c.confirm == 2
+    c.press("n")
+    c.press("q")  # q leaves the details first, then top
+    assert c.detail is None and not c.quit
+    c.press("t")
+    assert c.tree
+    c.press("q")
+    assert c.quit
