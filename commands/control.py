@@ -36,15 +36,16 @@ def _selection_parser(verb: str, description: str, examples: str, *,
                       level_after: Callable[..., Choices] | None = None) -> LlmunixArgumentParser:
     """The arguments every control verb shares: PIDs and ranges, or --all and the filters.
     `level_after` (priority): a LEVEL follows the PIDs; it completes the PID words."""
-    parser = _parser(description + " Give PIDs (003, ranges such as 3-7), or --all and/or filters "
-                     "(--tool, --name, --state) to act on every live process they match. Each process gets "
-                     "a line; the command fails if any of them failed.", "examples:\n" + examples)
+    parser = _parser(description + " Give PIDs (003; each must be live, or it is an error), ranges "
+                     "(3-7), --all or filters (--tool, --name, --state): those act on the live processes they "
+                     "match. Each process gets a line; the command fails if any failed, or none matched.",
+                     "examples:\n" + examples)
     parser.add_argument("pids", nargs="*", metavar="PID", help="process IDs or ranges, e.g. 003 or 3-7",
                         choices_provider=level_after or ShellCommandSet.live_pid_choices)
     if level_after is not None:
         parser.add_argument("level", metavar="LEVEL", choices_provider=ShellCommandSet.priority_choices,
                             help="critical, high, normal, low or idle")
-    group = parser.add_argument_group("choosing processes by what they are")
+    group = parser.add_argument_group("selection")
     group.add_argument("--all", action="store_true", help=f"{verb} every live process (the filters narrow it)")
     group.add_argument("--tool", metavar="GLOB", choices_provider=ShellCommandSet.tool_choices,
                        help="only processes of these tools: a name or a glob such as 'web_*'")
