@@ -70,6 +70,20 @@ class ShellCommandSet(cmd2.CommandSet["LlmunixShell"]):
         elif not results:
             self.fail(f"no markdown files under {directory}")
 
+    # ------------------------------------------------------------------ streamed output (issue 16b)
+
+    def out_stream(self, chunks: Iterable[str]) -> None:
+        """Write text as it is produced, straight to the command's output (a terminal, a pipe or
+        a redirection): for outputs too big to build whole and hand to rich (`ps -a --json` of
+        10,000 processes). A reader that goes away (`| head`) ends it quietly."""
+        stdout = self._cmd.stdout
+        try:
+            for chunk in chunks:
+                stdout.write(chunk)
+            stdout.flush()
+        except BrokenPipeError:
+            pass
+
     # ------------------------------------------------------------------ completion providers
 
     def live_pid_choices(self) -> Choices:

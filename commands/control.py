@@ -1,16 +1,30 @@
-"""Process control: kill, pause, resume, priority, wait. Parse, call one Kernel method, report."""
+"""Process control: kill, pause, resume, priority, wait. Parse, call one Kernel method per
+process, report. The verbs take PIDs, ranges, --all and filters (commands/selection.py)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
 import cmd2
+from cmd2 import Choices
 
 from commands import views
-from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid, parse_pids
-from llmunix.models import LlmunixError, ProcessInfo, format_duration, parse_duration
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pids
+from commands.selection import Filters, check_state, parse_pid_specs, single_pids, state_choices
+from commands.terminal_safe import json_array_chunks, safe_text
+from llmunix.models import (
+    IllegalTransition,
+    LlmunixError,
+    NoSuchProcess,
+    Priority,
+    ProcessInfo,
+    format_duration,
+    format_pid,
+    parse_duration,
+)
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
@@ -18,57 +32,83 @@ def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
                                    formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
 
 
+def _selection_parser(verb: str, description: str, examples: str, *,
+                      level_after: Callable[..., Choices] | None = None) -> LlmunixArgumentParser:
+    """The arguments every control verb shares: PIDs and ranges, or --all and the filters.
+    `level_after` (priority): a LEVEL follows the PIDs; it completes the PID words."""
+    parser = _parser(description + " Give PIDs (003; each must be live, or it is an error), ranges "
+                     "(3-7), --all or filters (--tool, --name, --state): those act on the live processes they "
+                     "match. Each process gets a line; the command fails if any failed, or none matched.",
+                     "examples:\n" + examples)
+    parser.add_argument("pids", nargs="*", metavar="PID", help="process IDs or ranges, e.g. 003 or 3-7",
+                        choices_provider=level_after or ShellCommandSet.live_pid_choices)
+    if level_after is not None:
+        parser.add_argument("level", metavar="LEVEL", choices_provider=ShellCommandSet.priority_choices,
+                            help="critical, high, normal, low or idle")
+    group = parser.add_argument_group("selection")
+    group.add_argument("--all", action="store_true", help=f"{verb} every live process (the filters narrow it)")
+    group.add_argument("--tool", metavar="GLOB", choices_provider=ShellCommandSet.tool_choices,
+                       help="only processes of these tools: a name or a glob such as 'web_*'")
+    group.add_argument("--name", metavar="GLOB", help="only processes with these names (run --name)")
+    group.add_argument("--state", metavar="STATE", choices_provider=state_choices,
+                       help="only processes in this state (running, pending, paused, ...)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON array with each process's outcome (pid, name, ok, result, state, error)")
+    return parser
+
+
 class ControlCommands(ShellCommandSet):
-    kill_parser = _parser("Stop processes. Cooperative code stops at its next control point; code that "
-                          "never reaches one is interrupted after the grace period; subprocess groups get "
-                          "SIGTERM, then SIGKILL.", "examples:\n  kill 003\n  kill 003 004 --force")
-    kill_parser.add_argument("pids", nargs="+", metavar="PID", help="process ID, e.g. 003",
-                             choices_provider=ShellCommandSet.live_pid_choices)
+    def pid_or_level_choices(self) -> Choices:
+        """`priority 3 4 hi<Tab>`: the words before the level are PIDs, the last one a level."""
+        return Choices(items=[*self.live_pid_choices(), *self.priority_choices()], is_sorted=True)
+
+    kill_parser = _selection_parser(
+        "kill", "Stop processes (and their children). Cooperative code stops at its next control point; code "
+        "that never reaches one is interrupted after the grace period; subprocess groups get SIGTERM, then "
+        "SIGKILL.", "  kill 003\n  kill 3 4 7-9 --force\n  kill --tool 'web_*'\n  kill --all --state pending")
     kill_parser.add_argument("-f", "--force", action="store_true",
                              help="skip the grace period: interrupt the thread / SIGKILL the group at once")
 
     @cmd2.with_argparser(kill_parser)
     def do_kill(self, args: argparse.Namespace) -> None:
         """Stop processes."""
-        self._each(args.pids, lambda pid: self.kernel.kill(pid, force=args.force), self._killed)
+        self._act(args, "kill", lambda pid: self.kernel.kill(pid, force=args.force), _killed)
 
-    pause_parser = _parser("Pause processes. A running one stops at its next control point (a subprocess "
-                           "group at once, with SIGSTOP) and gives its slot to another.",
-                           "examples:\n  pause 003\n  pause 003 004")
-    pause_parser.add_argument("pids", nargs="+", metavar="PID", help="process ID, e.g. 003",
-                             choices_provider=ShellCommandSet.live_pid_choices)
+    pause_parser = _selection_parser(
+        "pause", "Pause processes (and their children). A running one stops at its next control point (a "
+        "subprocess group at once, with SIGSTOP) and gives its slot to another.",
+        "  pause 003\n  pause 3-5\n  pause --all --name 'nightly-*'")
 
     @cmd2.with_argparser(pause_parser)
     def do_pause(self, args: argparse.Namespace) -> None:
         """Pause processes."""
-        self._each(args.pids, self.kernel.pause,
-                   lambda i: f"{'paused' if i.phase == 'paused' else 'pausing'} {i.process_id} {i.name}")
+        self._act(args, "pause", self.kernel.pause,
+                  lambda i: f"{'paused' if i.phase == 'paused' else 'pausing'} {i.process_id} {safe_text(i.name)}")
 
-    resume_parser = _parser("Resume paused processes (they run again when a slot is free).",
-                            "examples:\n  resume 003")
-    resume_parser.add_argument("pids", nargs="+", metavar="PID", help="process ID, e.g. 003",
-                             choices_provider=ShellCommandSet.live_pid_choices)
+    resume_parser = _selection_parser(
+        "resume", "Resume paused processes (they run again when a slot is free); their children paused "
+        "with them resume too.", "  resume 003\n  resume 3-5\n  resume --all")
 
     @cmd2.with_argparser(resume_parser)
     def do_resume(self, args: argparse.Namespace) -> None:
         """Resume paused processes."""
-        self._each(args.pids, self.kernel.resume, lambda i: f"resumed {i.process_id} {i.name}")
+        self._act(args, "resume", self.kernel.resume, lambda i: f"resumed {i.process_id} {safe_text(i.name)}")
 
-    priority_parser = _parser("Change a live process's priority level: critical, high, normal, low, idle.",
-                              "examples:\n  priority 003 high\n  priority 004 idle")
-    priority_parser.add_argument("pid", metavar="PID", help="process ID, e.g. 003",
-                             choices_provider=ShellCommandSet.live_pid_choices)
-    priority_parser.add_argument("level", metavar="LEVEL", choices_provider=ShellCommandSet.priority_choices)
+    priority_parser = _selection_parser(
+        "reprioritise", "Change live processes' priority level: critical, high, normal, low, idle.",
+        "  priority 003 high\n  priority 3 4 7-9 idle\n  priority --tool summarize critical",
+        level_after=pid_or_level_choices)
 
     @cmd2.with_argparser(priority_parser)
     def do_priority(self, args: argparse.Namespace) -> None:
-        """Change a process's priority."""
+        """Change processes' priority."""
         try:
-            info = self.kernel.renice(parse_pid(args.pid), args.level)
+            level = Priority.parse(args.level)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
-        self.out(f"{info.process_id} {info.name} priority {info.priority.label}")
+        self._act(args, "priority", lambda pid: self.kernel.renice(pid, level),
+                  lambda i: f"{i.process_id} {safe_text(i.name)} priority {i.priority.label}", cascades=False)
 
     wait_parser = _parser("Wait until processes finish (default: every live process). Ctrl-C stops "
                           "waiting; the processes go on. Fails if a process did not complete or the "
@@ -132,21 +172,102 @@ class ControlCommands(ShellCommandSet):
                 if all(i.is_done for i in infos) or (deadline is not None and time.monotonic() >= deadline):
                     return infos
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ acting on a selection
 
-    def _each(self, pids: list[str], action: Callable[[int], ProcessInfo],
-              describe: Callable[[ProcessInfo], str]) -> None:
-        """Apply `action` to each PID; a bad one is reported and the others still go ahead."""
-        for text in pids:
+    def _act(self, args: argparse.Namespace, verb: str, action: Callable[[int], ProcessInfo],
+             describe: Callable[[ProcessInfo], str], *, cascades: bool = True) -> None:
+        """Apply `action` to each process chosen by `args` (see `_choose`), in PID order: one line
+        per process, a one-line error for each that failed (the others still go ahead), and a
+        failed command if any did. A PID named on its own must be acted on; of those chosen by
+        a range, --all or a filter, the ones the verb does not apply to (no such PID, already
+        finished, pause of a paused one, resume of a running one) are left out quietly. With
+        `cascades` (kill, pause, resume reach a process's children), a child whose parent was
+        just acted on is reported with it, never as an error."""
+        try:
+            pids, strict, filters = self._choose(args)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        outcomes: list[dict[str, Any]] = []
+        done: set[int] = set()
+        for pid in pids:
+            parent = self._acted_ancestor(pid, done) if cascades and done else None
             try:
-                info = action(parse_pid(text))
+                info = action(pid)
+            except (IllegalTransition, NoSuchProcess) as exc:
+                if parent is not None:  # the parent's kill/pause/resume reached it first
+                    info = self.kernel.info(pid)
+                elif pid not in strict:
+                    continue
+                else:
+                    outcomes.append(_outcome(pid, None, verb, error=str(exc)))
+                    continue
             except LlmunixError as exc:
-                self.fail(str(exc))
+                outcomes.append(_outcome(pid, None, verb, error=str(exc)))
                 continue
-            self.out(describe(info))
+            with_parent = "" if parent is None else f" (with {format_pid(parent)})"
+            outcomes.append(_outcome(pid, info, verb, result=describe(info) + with_parent))
+            done.add(pid)
+        if not outcomes:
+            doing = {"priority": "reprioritise"}.get(verb, verb)
+            among = f" among {' '.join(args.pids)}" if args.pids else ""
+            which = f" matching {filters.describe()}" if filters else ""
+            self.fail(f"no live process to {doing}{among}{which} (see `ps`)")
+            return
+        failed = [o for o in outcomes if not o["ok"]]
+        if args.json:
+            self.out_stream(json_array_chunks(outcomes))
+            if failed:
+                self.fail(f"{len(failed)} of {len(outcomes)} failed: "
+                          + ", ".join(o["process_id"] for o in failed))
+            return
+        for o in outcomes:
+            if o["ok"]:
+                self.out(o["result"])
+            else:
+                self.fail(o["error"])
 
-    @staticmethod
-    def _killed(info: ProcessInfo) -> str:
-        if info.is_done:
-            return f"killed {info.process_id} {info.name}"
-        return f"stopping {info.process_id} {info.name}"
+    def _choose(self, args: argparse.Namespace) -> tuple[list[int], set[int], Filters]:
+        """The PIDs to act on, by PID; those of them that were named on their own (without
+        filters: each must be acted on, or its error reported); the filters. Filters narrow
+        the PIDs and ranges given; --all or filters alone choose among every live process."""
+        if args.state is not None:
+            args.state = check_state(args.state, lambda: [s for i in self.kernel.ps() for s in (i.display_state,
+                                                                                               i.state)])
+        filters = Filters.from_args(args)
+        if args.pids:
+            pids = sorted(parse_pid_specs(args.pids))
+            if not filters:
+                return pids, single_pids(args.pids), filters
+            return [p for p in pids if self.kernel.exists(p) and filters.match(self.kernel.info(p))], set(), filters
+        if not (args.all or filters):
+            raise LlmunixError("say which processes: PIDs (003), ranges (3-7), --all, or a filter "
+                               "(--tool, --name, --state)")
+        return [i.pid for i in filters.apply(self.kernel.ps())], set(), filters
+
+    def _acted_ancestor(self, pid: int, done: set[int]) -> int | None:
+        """The nearest ancestor of `pid` that this command already acted on, if any."""
+        try:
+            parent = self.kernel.info(pid).parent
+            seen: set[int] = set()
+            while parent is not None and parent not in seen:
+                if parent in done:
+                    return parent
+                seen.add(parent)
+                parent = self.kernel.info(parent).parent
+        except LlmunixError:
+            pass
+        return None
+
+
+def _killed(info: ProcessInfo) -> str:
+    return f"{'killed' if info.is_done else 'stopping'} {info.process_id} {safe_text(info.name)}"
+
+
+def _outcome(pid: int, info: ProcessInfo | None, verb: str, *, result: str | None = None,
+             error: str | None = None) -> dict[str, Any]:
+    """One process's line, and its `--json` record (the real name, unescaped)."""
+    return {"process_id": format_pid(pid), "pid": pid, "name": None if info is None else info.name,
+            "action": verb, "ok": error is None, "result": result, "error": error,
+            "state": None if info is None else info.display_state.lower(),
+            "priority": None if info is None else info.priority.label}

@@ -11,6 +11,7 @@ import cmd2
 
 from commands import observe_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from commands.terminal_safe import json_array_chunks, json_safe
 from llmunix.models import Event, LlmunixError, parse_duration, parse_since
 
 
@@ -66,7 +67,7 @@ class ObserveCommands(ShellCommandSet):
             self.fail(str(exc))
             return
         if args.json:
-            self.out_json([views.event_record(e) for e in events])
+            self.out_stream(json_array_chunks(views.event_record(e) for e in events))
         elif self.plain:
             self.out(views.events_plain(events))
         else:
@@ -74,22 +75,25 @@ class ObserveCommands(ShellCommandSet):
 
     def _follow(self, stream: Iterator[Event], as_json: bool) -> None:
         """Print events as they come (JSON: one object per line) until the stream ends or Ctrl-C.
-        A plain header goes out with the first event, so an error is not preceded by one."""
-        header = not as_json and self.plain
+        The header goes out with the first event, so an error is not preceded by one."""
+        header = not as_json
         try:
             with closing(stream):
                 for e in stream:
                     if header:
-                        self.out(views.events_header())
+                        self._header()
                         header = False
                     if as_json:
-                        self._cmd.poutput(json.dumps(views.event_record(e), ensure_ascii=False))
+                        self.out_stream([json_safe(json.dumps(views.event_record(e), ensure_ascii=False)) + "\n"])
                     else:
                         self.out(views.event_plain(e) if self.plain else views.event_line(e))
         except KeyboardInterrupt:  # Ctrl-C ends following; that is not a failure
             pass
         if header:
-            self.out(views.events_header())
+            self._header()
+
+    def _header(self) -> None:
+        self.out(views.events_header() if self.plain else views.events_header_rich())
 
     audit_parser = _parser(
         "Show the audit trail: every command run in the shell (who, when, exit status) and every "
@@ -110,7 +114,7 @@ class ObserveCommands(ShellCommandSet):
             self.fail(str(exc))
             return
         if args.json:
-            self.out_json([views.audit_record(a) for a in entries])
+            self.out_stream(json_array_chunks(views.audit_record(a) for a in entries))
         elif self.plain:
             self.out(views.audit_plain(entries))
         else:

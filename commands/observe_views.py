@@ -15,6 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from commands.terminal_safe import safe_text
 from commands.views import STATE_STYLES
 from llmunix.models import Event, format_pid, iso_time
 from llmunix.observe.audit import AuditEntry
@@ -47,14 +48,15 @@ def _value(v: Any) -> str:
 
 
 def event_details(data: Mapping[str, Any]) -> str:
-    """`key=value` pairs, the name first; empty values left out."""
+    """`key=value` pairs, the name first; empty values left out; nothing that could drive a
+    terminal (`safe_text`: quoted values are already escaped by JSON, bare ones are not)."""
     items = sorted(data.items(), key=lambda kv: kv[0] != "name")
-    return " ".join(f"{k}={_value(v)}" for k, v in items if v is not None and v != "" and v != [] and v != {}
-                    and v is not False)
+    return safe_text(" ".join(f"{k}={_value(v)}" for k, v in items
+                              if v is not None and v != "" and v != [] and v != {} and v is not False))
 
 
 def _event_fields(e: Event) -> tuple[str, str, str, str]:
-    return (iso_time(e.time), "-" if e.pid is None else format_pid(e.pid), e.type, event_details(e.data))
+    return (iso_time(e.time), "-" if e.pid is None else format_pid(e.pid), safe_text(e.type), event_details(e.data))
 
 
 def event_plain(e: Event) -> str:
@@ -76,10 +78,15 @@ def events_plain(events: Iterable[Event]) -> str:
     return "\n".join([events_header(), *(event_plain(e) for e in events)])
 
 
+def events_header_rich() -> Text:
+    return Text(events_header(), style="bold")
+
+
 def events_rich(events: Sequence[Event]) -> Group | Text:
+    """The terminal face: the same header and columns as the plain one, coloured."""
     if not events:
         return Text("no events", style="dim")
-    return Group(*(event_line(e) for e in events))
+    return Group(events_header_rich(), *(event_line(e) for e in events))
 
 
 def event_record(e: Event) -> dict[str, Any]:
@@ -87,8 +94,8 @@ def event_record(e: Event) -> dict[str, Any]:
 
 
 def _audit_fields(a: AuditEntry) -> tuple[str, ...]:
-    return (iso_time(a.time), a.user or "-", a.kind, "-" if a.target is None else format_pid(a.target),
-            "-" if a.status is None else str(a.status), a.command)
+    return (iso_time(a.time), safe_text(a.user or "-"), a.kind, "-" if a.target is None else format_pid(a.target),
+            "-" if a.status is None else str(a.status), safe_text(a.command))
 
 
 def audit_plain(entries: Sequence[AuditEntry]) -> str:

@@ -10,56 +10,98 @@ import cmd2
 
 from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from commands.selection import (
+    SORT_COLUMNS,
+    Filters,
+    arrange,
+    check_state,
+    count_type,
+    include_finished,
+    parse_pid_specs,
+    single_pids,
+    state_choices,
+    tree_order,
+)
+from commands.terminal_safe import json_array_chunks, json_safe, safe_text
 from llmunix.models import LlmunixError, iso_time, parse_duration
 
 
 class ProcessCommands(ShellCommandSet):
     ps_parser = LlmunixArgumentParser(
-        description="List processes (live ones; -a adds finished ones).",
-        epilog="examples:\n  ps\n  ps -a --state failed\n  ps -l 003\n  ps | grep Running | awk '{print $1}'\n"
-               "  ps --json",
+        description="List processes (live ones; -a adds finished ones). Filters combine; --sort orders "
+                    "the listing (-r turns it around); --tree shows each parent with its children.",
+        epilog="examples:\n  ps\n  ps -a --state failed\n  ps -l 003\n  ps 3-7\n  ps -a --tool 'web_*' -n 20\n"
+               "  ps --sort cpu -r\n  ps --tree\n  ps | grep Running | awk '{print $1}'\n  ps --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     ps_parser.add_argument("-a", "--all", action="store_true", help="include finished processes")
     ps_parser.add_argument("-l", "--long", action="store_true",
                            help="detailed tree view of each process (of the PIDs given, or all listed)")
-    ps_parser.add_argument("--state", metavar="STATE",
+    ps_parser.add_argument("--state", metavar="STATE", choices_provider=state_choices,
                            help="only processes in this state (running, paused, failed, ... or a phase)")
+    ps_parser.add_argument("--tool", metavar="GLOB", choices_provider=ShellCommandSet.tool_choices,
+                           help="only processes of these tools: a name or a glob such as 'web_*'")
+    ps_parser.add_argument("--name", metavar="GLOB", help="only processes with these names (run --name)")
+    ps_parser.add_argument("--sort", metavar="COLUMN", choices=SORT_COLUMNS,
+                           help="order by " + ", ".join(SORT_COLUMNS) + " (lowest first; -r for highest)")
+    ps_parser.add_argument("-r", "--reverse", action="store_true", help="reverse the order (highest first)")
+    ps_parser.add_argument("-n", "--last", type=count_type(), metavar="N",
+                           help="only the N newest (highest PIDs) of those listed")
+    ps_parser.add_argument("--tree", action="store_true",
+                           help="parents with their children: agents with their tool calls, workflows with their steps")
     ps_parser.add_argument("--json", action="store_true", help="print a JSON array of execution-state records")
-    ps_parser.add_argument("pids", nargs="*", metavar="PID", help="only these processes",
+    ps_parser.add_argument("pids", nargs="*", metavar="PID", help="only these processes (ranges such as 3-7 too)",
                            choices_provider=ShellCommandSet.any_pid_choices)
 
     @cmd2.with_argparser(ps_parser)
     def do_ps(self, args: argparse.Namespace) -> None:
         """List processes."""
         try:
-            if not args.pids and not args.json and not args.long:  # the light path: no snapshots
-                rows = self.kernel.ps_rows(all=args.all or bool(args.state and args.state.lower() in _FINISHED),
-                                           state=args.state)
-                self.out(views.ps_plain(rows) if self.plain else views.ps_table(rows))
+            if args.state is not None:
+                args.state = check_state(args.state, self._shown_states)
+            filters = Filters.from_args(args)
+            every = args.all or include_finished(args.state)
+            if not (args.pids or args.json or args.long or args.tree or args.tool):
+                # The light path: rows of the printed columns, no snapshots (100,000 rows in well under 0.2 s).
+                rows = self.kernel.ps_rows(all=every, state=args.state)
+                rows = arrange(Filters(name=args.name).apply(rows), sort=args.sort, reverse=args.reverse,
+                               last=args.last)
+                if self.plain:  # straight out: through rich, 10,000 lines cost a third of a second
+                    self.out_stream([views.ps_plain(rows), "\n"])
+                else:
+                    self.out(views.ps_table(rows))
                 return
-            if args.pids:
-                infos = [self.kernel.info(parse_pid(p)) for p in args.pids]
-                if args.state:
-                    want = args.state.lower()
-                    infos = [i for i in infos if want in (i.display_state.lower(), i.phase, i.state.lower())]
+            if args.pids:  # a PID named on its own must exist; a range lists those that do
+                named = single_pids(args.pids)
+                infos = filters.apply(self.kernel.info(pid) for pid in parse_pid_specs(args.pids)
+                                      if pid in named or self.kernel.exists(pid))
             else:
-                infos = self.kernel.ps(all=args.all or bool(args.state and args.state.lower() in _FINISHED),
-                                       state=args.state)
+                infos = Filters(args.tool, args.name).apply(self.kernel.ps(all=every, state=args.state))
         except LlmunixError as exc:
             self.fail(str(exc))
             return
+        infos = arrange(infos, sort=args.sort, reverse=args.reverse, last=args.last)
+        entries = tree_order(infos) if args.tree else None
+        if entries is not None:
+            infos = [info for info, _guide, _parent in entries]
         if args.json:
-            self.out_json([views.process_record(i) for i in infos])
+            self.out_stream(json_array_chunks(views.process_record(i) for i in infos))
         elif args.long:
             if not infos:
                 self.out("no processes")
             for info in infos:
                 self.out(views.ps_tree(info))
+        elif entries is not None:
+            self.out(views.ps_tree_plain(entries) if self.plain
+                     else views.ps_table(infos, guides=[guide for _info, guide, _parent in entries]))
         elif self.plain:
             self.out(views.ps_plain(infos))
         else:
             self.out(views.ps_table(infos))
+
+    def _shown_states(self) -> list[str]:
+        """States processes show now, for `--state` names llmunix does not know (ctx.set_state)."""
+        return [s for r in self.kernel.ps_rows(all=True) for s in (r.display_state, r.state)]
 
     log_parser = LlmunixArgumentParser(
         description="Show a process's log: lines it wrote with ctx.log, and a subprocess tool's output.",
@@ -88,10 +130,9 @@ class ProcessCommands(ShellCommandSet):
         if args.tail is not None:
             lines = lines[-args.tail:] if args.tail > 0 else []
         if args.json:
-            self.out_json([{"time": iso_time(t), "line": line} for t, line in lines])
+            self.out_stream(json_array_chunks({"time": iso_time(t), "line": line} for t, line in lines))
             return
-        for t, line in lines:
-            self._cmd.poutput(f"{iso_time(t)[11:23]}  {line}" if args.timestamps else line)
+        self.out_stream(_log_line(t, line, args.timestamps) + "\n" for t, line in lines)
 
     def _follow_log(self, args: argparse.Namespace) -> None:
         """`log --follow`: lines as they come (JSON: one object per line); Ctrl-C is not a failure."""
@@ -101,13 +142,18 @@ class ProcessCommands(ShellCommandSet):
             with closing(stream):
                 for t, line in stream:
                     if args.json:
-                        self._cmd.poutput(json.dumps({"time": iso_time(t), "line": line}, ensure_ascii=False))
+                        text = json_safe(json.dumps({"time": iso_time(t), "line": line}, ensure_ascii=False))
                     else:
-                        self._cmd.poutput(f"{iso_time(t)[11:23]}  {line}" if args.timestamps else line)
+                        text = _log_line(t, line, args.timestamps)
+                    self.out_stream([text + "\n"])
         except LlmunixError as exc:
             self.fail(str(exc))
         except KeyboardInterrupt:
             pass
 
 
-_FINISHED = {"completed", "failed", "cancelled", "interrupted", "done"}
+def _log_line(t: float, line: str, timestamps: bool) -> str:
+    """A log line as the terminal may show it: a line a tool wrote can hold anything (an escape
+    sequence, a carriage return); `--json` keeps it as it was."""
+    text = safe_text(line, lines=True)
+    return f"{iso_time(t)[11:23]}  {text}" if timestamps else text

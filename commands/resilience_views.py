@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from commands.terminal_safe import safe_text
 from llmunix.models import AttemptInfo, Event, format_pid
 from llmunix.resilience.breakers import BreakerInfo
 from llmunix.resilience.health import FAIL, OK, SKIP, WARN, HealthReport
@@ -31,10 +33,11 @@ def _next_probe(b: BreakerInfo, now: float) -> str:
 
 
 def _breaker_row(b: BreakerInfo, now: float) -> tuple[str, ...]:
-    return (b.name, b.state, f"{b.failures}/{b.threshold}", str(b.trips), _next_probe(b, now), b.last_error or "-")
+    return (safe_text(b.name), b.state, f"{b.failures}/{b.threshold}", str(b.trips), _next_probe(b, now),
+            safe_text(b.last_error or "-"))
 
 
-def breakers_table(infos: Sequence[BreakerInfo], now: float | None = None) -> Table | Text:
+def breakers_table(infos: Sequence[BreakerInfo], now: float | None = None) -> Table | Group | Text:
     now = time.time() if now is None else now
     if not infos:
         return Text("no circuit breakers yet (one is made for a tool when it first fails, and for a host "
@@ -45,7 +48,18 @@ def breakers_table(infos: Sequence[BreakerInfo], now: float | None = None) -> Ta
     for b in infos:
         row = _breaker_row(b, now)
         table.add_row(Text(row[0], style="cyan"), Text(row[1], style=BREAKER_STYLES.get(b.state, "")), *row[2:])
+    notes = [over_threshold_note(b) for b in infos if b.state == "closed" and b.failures >= b.threshold]
+    if notes:
+        return Group(table, *(Text(n, style="dim") for n in notes))
     return table
+
+
+def over_threshold_note(b: BreakerInfo) -> str:
+    """Why a closed breaker can show more failures than its threshold: the threshold was
+    lowered after they happened (`set breaker_threshold`); a breaker opens on a failure, so this
+    one opens on its next."""
+    return (f"{safe_text(b.name)}: {b.failures} failures in a row, threshold since lowered to {b.threshold}: "
+            f"opens at the next failure (or `breakers reset {safe_text(b.target)}`)")
 
 
 def breakers_plain(infos: Sequence[BreakerInfo], now: float | None = None) -> str:
@@ -61,7 +75,7 @@ def health_tree(report: HealthReport) -> Tree:
     root = Tree(Text.assemble(("Health: ", "bold"), (report.status, STATUS_STYLES[report.status])))
     for c in report.checks:
         mark, style = CHECK_MARKS[c.status]
-        root.add(Text.assemble((f"[{mark}] ", style), (c.name, "bold"), f": {c.detail}"))
+        root.add(Text.assemble((f"[{mark}] ", style), (c.name, "bold"), f": {safe_text(c.detail)}"))
     if report.degraded:
         root.add(Text.assemble(("degraded: ", "bold yellow"), "; ".join(report.degraded),
                                " (low and idle work deferred)"))
@@ -69,7 +83,8 @@ def health_tree(report: HealthReport) -> Tree:
 
 
 def health_plain(report: HealthReport) -> str:
-    rows = [("CHECK", "STATUS", "DETAIL")] + [(c.name.replace(" ", "_"), c.status, c.detail) for c in report.checks]
+    rows = [("CHECK", "STATUS", "DETAIL")] + [(c.name.replace(" ", "_"), c.status, safe_text(c.detail))
+                                             for c in report.checks]
     widths = [max(len(r[c]) for r in rows) for c in range(2)]
     lines = [f"health: {report.status}"]
     lines += ["  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2]]).rstrip() for r in rows]
@@ -99,10 +114,10 @@ def alert_text(event: Event) -> Text:
     """The shell's alert line for a stall or a change of degraded mode."""
     d = event.data
     if event.type == "process.stalled":
-        return Text.assemble((f"[{format_pid(event.pid or 0)}] ", "cyan"), f"{d.get('name', '')} ",
+        return Text.assemble((f"[{format_pid(event.pid or 0)}] ", "cyan"), f"{safe_text(d.get('name', ''))} ",
                              ("stalled", "bold yellow"), f": no progress for {short_duration(d.get('idle', 0))}"
                              + (f" ({d.get('action')})" if d.get("action") not in (None, "alert") else ""))
     if d.get("state") == "on":
-        return Text.assemble(("degraded: ", "bold yellow"), "; ".join(d.get("reasons") or ()),
+        return Text.assemble(("degraded: ", "bold yellow"), safe_text("; ".join(d.get("reasons") or ())),
                              " (low and idle work deferred)")
-    return Text.assemble(("degraded mode over", "bold green"), f" (was: {'; '.join(d.get('was') or ())})")
+    return Text.assemble(("degraded mode over", "bold green"), f" (was: {safe_text('; '.join(d.get('was') or ()))})")

@@ -16,12 +16,29 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from commands.views import PRIORITY_STYLES, STATE_STYLES, fmt_cpu, fmt_memory, fmt_progress, plain_word
+from commands.selection import tree_order
+from commands.terminal_safe import safe_text
+from commands.views import (
+    PRIORITY_STYLES,
+    STATE_STYLES,
+    fmt_cpu,
+    fmt_memory,
+    fmt_progress,
+    plain_word,
+    ps_tree,
+)
 from llmunix.models import ProcessInfo, format_duration
 from llmunix.monitor import ResourceSample, SystemSample
 from llmunix.observe.stats import ToolStats
 
 TOP_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "PROGRESS")
+# Widths the live screen starts with (it only ever widens a column, so nothing moves between
+# refreshes), and the widest a free-text column gets before it is cut with an ellipsis.
+MIN_WIDTHS = {"PID": 3, "TOOL": 16, "STATE": 11, "PRIORITY": 8, "CPU%": 9, "MEM": 7, "PROGRESS": 22}
+MAX_WIDTHS = {"TOOL": 40, "STATE": 24, "PROGRESS": 40}
+KEYS_HELP = ("↑↓ select · Enter details · k kill · p pause/resume · +/- priority · t tree · "
+             "c/m/P/n sort cpu/mem/priority/pid · / filter · q quit")
+DETAIL_HELP = "Esc, Enter or q: back to the list · k kill · p pause/resume · +/- priority"
 STATS_COLUMNS = ("TOOL", "RUNS", "COMPLETED", "FAILED", "CANCELLED", "SUCCESS", "MEAN", "P95")
 SORTS = {"cpu": "CPU", "mem": "memory", "priority": "priority", "pid": "PID"}
 SPARK = "▁▂▃▄▅▆▇█"
@@ -40,12 +57,17 @@ class TopRow:
 class TopFrame:
     time: float
     system: SystemSample | None  # None: no monitor, or no measurement yet
-    rows: tuple[TopRow, ...]  # sorted and filtered
+    rows: tuple[TopRow, ...]  # sorted and filtered (parents before children with `tree`)
     counts: dict[str, int]  # processes by display state, before filtering
     sort: str = "pid"
     filter: str = ""
     editing: str | None = None  # the filter being typed after `/`
     delay: float = 1.0
+    selected: int | None = None  # the PID under the cursor (live screen)
+    tree: bool = False
+    guides: tuple[str, ...] = ()  # with `tree`: the tree guide before each row's name
+    status: str = ""  # the outcome of the last key's action, or the question it asks
+    widths: dict[str, int] | None = None  # the live screen's column widths (see `stable_widths`)
 
 
 # ---------------------------------------------------------------------- arranging rows
@@ -65,6 +87,14 @@ def arrange(rows: Sequence[TopRow], sort: str, text: str = "") -> tuple[TopRow, 
         "pid": lambda r: (r.info.pid,),
     }
     return tuple(sorted(rows, key=keys[sort]))
+
+
+def as_tree(rows: Sequence[TopRow]) -> tuple[tuple[TopRow, ...], tuple[str, ...]]:
+    """Rows reordered parents first, each followed by its children (in the order `rows` had),
+    with the guide to draw before each name."""
+    by_pid = {r.info.pid: r for r in rows}
+    entries = tree_order([r.info for r in rows])
+    return tuple(by_pid[i.pid] for i, _g, _p in entries), tuple(g for _i, g, _p in entries)
 
 
 def count_states(infos: Sequence[ProcessInfo]) -> dict[str, int]:
@@ -140,54 +170,103 @@ def header_pairs(frame: TopFrame) -> list[tuple[str, str]]:
 
 def top_row(row: TopRow) -> tuple[str, ...]:
     i = row.info
-    return (i.process_id, i.name, i.display_state, i.priority.label, fmt_cpu(i.resources.cpu_percent),
-            fmt_memory(i.resources.memory_mb), top_progress(i))
+    return (i.process_id, safe_text(i.name), safe_text(i.display_state), i.priority.label,
+            fmt_cpu(i.resources.cpu_percent), fmt_memory(i.resources.memory_mb), safe_text(top_progress(i)))
+
+
+def _cells(frame: TopFrame) -> list[tuple[str, ...]]:
+    """Each row's text as the live screen shows it (the CPU and progress arrows included)."""
+    out = []
+    for n, r in enumerate(frame.rows):
+        row = top_row(r)
+        guide = frame.guides[n] if frame.tree and n < len(frame.guides) else ""
+        out.append((row[0], guide + row[1], row[2], row[3], _with_trend(row[4], cpu_trend(r.samples)), row[5],
+                    _with_trend(row[6], r.progress_trend)))
+    return out
+
+
+def stable_widths(frame: TopFrame, previous: dict[str, int] | None = None) -> dict[str, int]:
+    """Column widths for the live screen: wide enough for this frame, never narrower than the
+    last one (or `MIN_WIDTHS`), at most `MAX_WIDTHS`: columns keep their places between
+    refreshes instead of following each frame's longest value."""
+    widths = dict(MIN_WIDTHS if previous is None else previous)
+    for cells in _cells(frame):
+        for col, text in zip(TOP_COLUMNS, cells, strict=True):
+            widths[col] = max(widths.get(col, 0), min(len(text), MAX_WIDTHS.get(col, len(text))), len(col))
+    return widths
+
+
+def top_plain_cells(r: TopRow) -> tuple[str, ...]:
+    """One row of `top_plain`: single-word fields, TREND last."""
+    row = top_row(r)
+    return (row[0], plain_word(row[1]), plain_word(row[2]), *row[3:6], plain_word(row[6]), cpu_trend(r.samples) or "-")
 
 
 def top_plain(frame: TopFrame) -> str:
     """`key: value` header lines, then aligned whitespace-separated columns (TREND: the CPU
     arrow, or - when steady or unknown). No colour, no box characters."""
     lines = [f"{k}: {v}" for k, v in header_pairs(frame)]
-    table = [(*TOP_COLUMNS, "TREND")]
-    for r in frame.rows:
-        row = top_row(r)
-        table.append((row[0], plain_word(row[1]), *row[2:6], plain_word(row[6]), cpu_trend(r.samples) or "-"))
+    table = [(*TOP_COLUMNS, "TREND"), *(top_plain_cells(r) for r in frame.rows)]
     widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    if frame.widths:  # batch frames keep the widths of the frames before them
+        widths = [max(w, frame.widths.get(col, 0)) for w, col in zip(widths, (*TOP_COLUMNS, "TREND"), strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
     return "\n".join(lines + [fmt.format(*t) for t in table])
 
 
-def top_rich(frame: TopFrame) -> Group:
-    pairs = dict(header_pairs(frame))
+def _title(frame: TopFrame, pairs: dict[str, str]) -> Text:
     title = Text.assemble(("llmunix top", "bold"), f"  {pairs['time']}   refresh {frame.delay:g}s   ",
                           ("sort: ", "dim"), (frame.sort, "bold cyan"))
+    if frame.tree:
+        title.append_text(Text.assemble(("   view: ", "dim"), ("tree", "bold cyan")))
     if "filter" in pairs:
-        title.append_text(Text.assemble(("   filter: ", "dim"), (pairs["filter"], "bold yellow")))
+        title.append_text(Text.assemble(("   filter: ", "dim"), (safe_text(pairs["filter"]), "bold yellow")))
+    return title
+
+
+def _footer(frame: TopFrame, help_text: str) -> Group:
+    status = Text(safe_text(frame.status), style="bold yellow") if frame.status else Text("")
+    return Group(status, Text(help_text, style="dim"))
+
+
+def top_rich(frame: TopFrame) -> Group:
+    """The live screen: title, system header, the process table (the row under the cursor in
+    reverse video), then a status line and the keys."""
+    pairs = dict(header_pairs(frame))
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
     for key, label in (("cpu", "CPU"), ("memory", "Memory"), ("load", "Load"), ("llmunix", "llmunix"),
                        ("processes", "Processes")):
         head.add_row(label, Text(pairs[key]))
-    keys = Text("q quit · c cpu · m memory · p priority · n pid · / filter (Enter apply, Esc clear)", style="dim")
-    table = Table(box=None, header_style="bold reverse", pad_edge=False, expand=True)
-    for col in (*TOP_COLUMNS, "CPU HISTORY"):
-        table.add_column(col, justify="right" if col in ("CPU%", "MEM") else "left", no_wrap=True)
-    for r in frame.rows:
-        row = top_row(r)
+    widths = frame.widths or stable_widths(frame)
+    table = Table(box=None, header_style="bold reverse", pad_edge=False, expand=False)
+    for col in TOP_COLUMNS:
+        table.add_column(col, justify="right" if col in ("CPU%", "MEM") else "left", no_wrap=True,
+                         width=widths.get(col), overflow="ellipsis")
+    table.add_column("CPU HISTORY", no_wrap=True, width=SPARK_WIDTH)
+    for r, cells in zip(frame.rows, _cells(frame), strict=True):
         table.add_row(
-            Text(row[0], style="cyan"),
-            Text(row[1]),
-            Text(row[2], style=STATE_STYLES.get(row[2], "")),
-            Text(row[3], style=PRIORITY_STYLES.get(row[3], "")),
-            _with_trend(row[4], cpu_trend(r.samples)),
-            row[5],
-            Text(_with_trend(row[6], r.progress_trend)),
+            Text(cells[0], style="cyan"),
+            Text(cells[1]),
+            Text(cells[2], style=STATE_STYLES.get(cells[2], "")),
+            Text(cells[3], style=PRIORITY_STYLES.get(cells[3], "")),
+            cells[4],
+            cells[5],
+            Text(cells[6]),
             Text(sparkline(r.samples), style="green"),
+            style="reverse" if r.info.pid == frame.selected else None,
         )
     if not frame.rows:
         table.caption = "no processes match" if frame.filter else "no live processes"
-    return Group(title, head, keys, Text(""), table)
+    return Group(_title(frame, pairs), head, Text(""), table, Text(""), _footer(frame, KEYS_HELP))
+
+
+def top_detail(frame: TopFrame, info: ProcessInfo | None) -> Group:
+    """Enter on a row: that process's `ps -l` view, refreshed with the list."""
+    pairs = dict(header_pairs(frame))
+    body = ps_tree(info) if info is not None else Text("that process is gone", style="dim")
+    return Group(_title(frame, pairs), Text(""), body, Text(""), _footer(frame, DETAIL_HELP))
 
 
 def top_record(frame: TopFrame) -> dict[str, Any]:

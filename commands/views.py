@@ -17,6 +17,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from commands.resilience_views import attempt_lines
+from commands.terminal_safe import safe_text, safe_tree
 from llmunix.models import ProcessInfo, PsRow, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
 from llmunix.pool import fmt_amount
@@ -44,7 +45,6 @@ PRIORITY_STYLES = {
 
 PS_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "RUNTIME", "MEMORY", "CPU%", "PROGRESS")
 
-
 def fmt_memory(mb: float | None) -> str:
     if mb is None:
         return "-"
@@ -65,16 +65,17 @@ def fmt_progress(info: ProcessInfo) -> str:
 
 
 def plain_word(text: str) -> str:
-    """Plain output keeps one field per column: no spaces inside a field."""
-    return "_".join(text.split()) or "-"
+    """Plain output keeps one field per column: no spaces inside a field (and nothing that could
+    drive a terminal, see `safe_text`)."""
+    return "_".join(safe_text(text).split()) or "-"
 
 
 def ps_row(info: ProcessInfo | PsRow) -> tuple[str, ...]:
     r = info.ps_row() if isinstance(info, ProcessInfo) else info
     return (
         format_pid(r.pid),
-        r.name,
-        r.display_state,
+        safe_text(r.name),
+        safe_text(r.display_state),
         r.priority,
         format_duration(r.runtime),
         fmt_memory(r.memory_mb),
@@ -97,7 +98,7 @@ def ps_plain(items: Sequence[ProcessInfo] | Sequence[PsRow]) -> str:
     cells = {}
     for rest in {r[1:] for r in rows}:
         name, state, priority, runtime, memory, cpu, percentage, step = rest[:8]
-        cells[rest] = (plain_word(name), state, priority, format_duration(runtime), fmt_memory(memory),
+        cells[rest] = (plain_word(name), plain_word(state), priority, format_duration(runtime), fmt_memory(memory),
                        fmt_cpu(cpu), _progress_text(percentage, step))
     header = PS_COLUMNS[1:]
     widths = [max(map(len, column)) for column in zip(header, *cells.values(), strict=True)]
@@ -111,6 +112,20 @@ def ps_plain(items: Sequence[ProcessInfo] | Sequence[PsRow]) -> str:
     return "\n".join(out)
 
 
+def ps_tree_plain(entries: Sequence[tuple[ProcessInfo, str, int | None]]) -> str:
+    """`ps --tree` piped: parents before their children, a PPID column (`-` for a root) after
+    the PID, the other columns as `ps_plain`'s; names stay single fields (`awk '$2 == "004"'`
+    lists 004's children)."""
+    rows = [(PS_COLUMNS[0], "PPID", *PS_COLUMNS[1:])]
+    for info, _guide, parent in entries:
+        row = ps_row(info)
+        rows.append((row[0], "-" if parent is None else format_pid(parent), plain_word(row[1]),
+                     plain_word(row[2]), *row[3:]))
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join(line.format(*r).rstrip() for r in rows)
+
+
 def progress_bar(percentage: float | None, width: int = 10) -> Text:
     if percentage is None:
         return Text("-", style="dim")
@@ -118,17 +133,19 @@ def progress_bar(percentage: float | None, width: int = 10) -> Text:
     return Text.assemble(("█" * filled, "green"), ("░" * (width - filled), "dim"), f" {percentage:3.0f}%")
 
 
-def ps_table(infos: Sequence[ProcessInfo] | Sequence[PsRow], *, title: str | None = None) -> Table:
+def ps_table(infos: Sequence[ProcessInfo] | Sequence[PsRow], *, title: str | None = None,
+             guides: Sequence[str] | None = None) -> Table:
+    """The rich listing; with `guides` (`ps --tree`), each name is drawn after its tree guide."""
     table = Table(title=title, box=None, header_style="bold", pad_edge=False, expand=False)
     for col in PS_COLUMNS:
         table.add_column(col, justify="right" if col in ("MEMORY", "CPU%") else "left", no_wrap=True)
-    for info in infos:
+    for n, info in enumerate(infos):
         row = ps_row(info)
         percentage = info.progress.percentage if isinstance(info, ProcessInfo) else info.percentage
         progress: Text | str = progress_bar(percentage) if percentage is not None else row[7]
         table.add_row(
             Text(row[0], style="cyan"),
-            row[1],
+            Text.assemble((guides[n], "dim"), row[1]) if guides else Text(row[1]),
             Text(row[2], style=STATE_STYLES.get(row[2], "")),
             Text(row[3], style=PRIORITY_STYLES.get(row[3], "")),
             row[4],
@@ -224,7 +241,7 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
         branch = root.add("History:")
         for h in info.history[-history:]:
             branch.add(f"{iso_time(h.timestamp)[11:23]}  {h.event}" + (f": {h.details}" if h.details else ""))
-    return root
+    return safe_tree(root)
 
 
 def needs_text(needs: Any, predicted: Sequence[str] = ()) -> str:
@@ -249,12 +266,13 @@ def tools_table(tools: Iterable[Tool]) -> Table:
     table.add_column("SOURCE", style="dim", no_wrap=True)
     table.add_column("DESCRIPTION")
     for t in tools:
-        table.add_row(t.name, params_summary(t), t.source, t.description)
+        table.add_row(*(Text(safe_text(f)) for f in (t.name, params_summary(t), t.source, t.description)))
     return table
 
 
 def tools_plain(tools: Iterable[Tool]) -> str:
-    rows = [("TOOL", "PARAMETERS", "SOURCE")] + [(t.name, params_summary(t).replace(" ", ",") or "-", t.source)
+    rows = [("TOOL", "PARAMETERS", "SOURCE")] + [(plain_word(t.name), params_summary(t).replace(" ", ",") or "-",
+                                                  safe_text(t.source))
                                                  for t in tools]
     widths = [max(len(r[c]) for r in rows) for c in range(3)]
     return "\n".join("  ".join(f.ljust(widths[c]) for c, f in enumerate(r)).rstrip() for r in rows)
@@ -280,12 +298,13 @@ def tool_tree(t: Tool) -> Group:
             label += f" — {p.description}"
         params.add(label)
     example = " ".join(f"{p.name}=..." if p.required else f"{p.name}={p.default}" for p in t.params)
-    return Group(root, Text(f"Example: run {t.name} {example}".rstrip(), style="dim"))
+    return Group(safe_tree(root), Text(safe_text(f"Example: run {t.name} {example}".rstrip()), style="dim"))
 
 
 def finished_line(info: ProcessInfo) -> str:
     """One line about a finished process, for alerts and `wait`."""
     took = f"{info.runtime:.1f}s"
+    name = safe_text(info.name)
     if info.state == "Completed":
-        return f"[{info.process_id}] {info.name} completed in {took}"
-    return f"[{info.process_id}] {info.name} {info.state.lower()} after {took}: {info.error}"
+        return f"[{info.process_id}] {name} completed in {took}"
+    return f"[{info.process_id}] {name} {info.state.lower()} after {took}: {safe_text(info.error)}"

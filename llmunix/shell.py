@@ -27,6 +27,7 @@ from commands.ipc import redact_sensitive_message
 from commands.resilience_views import ALERT_EVENTS as RESILIENCE_ALERTS
 from commands.resilience_views import ALERT_TYPES as RESILIENCE_ALERT_TYPES
 from commands.resilience_views import alert_text as resilience_alert
+from commands.terminal_safe import safe_text
 from commands.views import STATE_STYLES
 from llmunix import __version__
 from llmunix.kernel import Kernel
@@ -163,7 +164,7 @@ class LlmunixShell(cmd2.Cmd):
         if d.get("parent") is not None and event.type in CHILD_QUIET:
             return  # a workflow's step or an agent's tool call: its parent's own end is announced
         pid = format_pid(event.pid or 0)
-        name = d.get("name", "")
+        name = safe_text(d.get("name", ""))  # names, errors, summaries: never raw to the terminal
         if event.type == "process.completed":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ",
                                  ("completed", STATE_STYLES["Completed"]), f" in {d.get('runtime', 0):.1f}s")
@@ -171,18 +172,18 @@ class LlmunixShell(cmd2.Cmd):
             text = resilience_alert(event)
         elif event.type == "ipc.deadlock":
             victim = f"; killing {d['victim']} (lowest priority)" if d.get("victim") else "; see `locks`"
-            text = Text.assemble(("deadlock", "bold red"), f" {d.get('summary', '')}{victim}")
+            text = Text.assemble(("deadlock", "bold red"), f" {safe_text(d.get('summary', ''))}{victim}")
         elif event.type == "process.breakpoint":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", ("stopped", STATE_STYLES["Paused"]),
-                                 f" at breakpoint {d.get('number')} ({d.get('description', '')}); "
+                                 f" at breakpoint {d.get('number')} ({safe_text(d.get('description', ''))}); "
                                  f"`debug {pid}` to look, `debug {pid} continue` to go on")
         elif event.type == "process.unkillable":
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", ("unkillable", "bold red"),
-                                 f": {d.get('reason', '')}")
+                                 f": {safe_text(d.get('reason', ''))}")
         else:
             state = event.type.split(".", 1)[1]
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", (state, STATE_STYLES[state.title()]),
-                                 f": {d.get('error') or ''}")
+                                 f": {safe_text(d.get('error') or '')}")
         self.add_alert(msg=text)
 
     # ------------------------------------------------------------------ running and leaving

@@ -217,8 +217,9 @@ def test_keys_change_sort_filter_and_quit():
     assert c.filter == "slep" and c.editing is None
     c.press("/x\x1b")
     assert c.filter == "" and c.editing is None
-    c.press("\x1b[A")  # an arrow key is ignored
-    c.press("p")
+    c.press("\x1b[A")  # an arrow key moves the cursor (nothing listed: it stays put)
+    assert c.selected is None and c.press("p") == [] and c.status == "no process selected"
+    c.press("P")  # p pauses; P sorts by priority
     assert c.sort == "priority" and not c.quit
     c.press("q")
     assert c.quit
@@ -239,3 +240,127 @@ def test_filter_matches_tool_name_or_state(make_kernel):
     rows = [TopRow(i, ()) for i in k.ps(all=True)]
     assert [r.info.tool_name for r in arrange(rows, "pid", "FAIL")] == ["fail"]
     assert [r.info.tool_name for r in arrange(rows, "pid", "completed")] == ["echo"]
+
+
+# ---------------------------------------------------------------------- acting from top (issue 16)
+
+
+def test_top_on_a_terminal_selects_pauses_reprioritises_shows_details_and_kills(tmp_path):
+    child = spawn_prompt(tmp_path)
+    try:
+        for _ in range(3):
+            child.sendline("run sleep seconds=60")
+            child.expect(PROMPT)
+        child.sendline("top -d 0.3")
+        child.expect("↑↓ select")  # the keys, in the footer
+        child.expect(rf"{STYLE}\x1b\[7;36m001")  # the cursor starts on the first row (reverse video)
+        child.send("\x1b[B")  # down
+        child.expect(r"\x1b\[7;36m002")
+        child.send("p")
+        child.expect(r"paus(?:ed|ing) 002 sleep")
+        child.send("+")
+        child.expect(r"002 sleep priority high")
+        child.send("\r")  # Enter: the ps -l view of the selected process
+        child.expect(r"Process [^\n]*002[^\n]* - [^\n]*sleep")
+        child.expect(r"State: [^\n]*Paused")
+        child.send("\x1b")  # back to the list
+        child.expect("↑↓ select")
+        child.send("k")
+        child.expect(r"kill 002\? y to confirm")
+        child.send("n")
+        child.expect("kill cancelled")
+        child.send("k")
+        child.expect(r"kill 002\? y to confirm")
+        child.send("y")
+        child.expect(r"(?:stopping|killed) 002 sleep")
+        child.send("t")
+        child.expect(r"view: [^\n]*tree")
+        child.send("q")
+        child.expect(PROMPT)
+        child.sendline("ps -a")
+        child.expect(rf"001{ANY}sleep{ANY}Running")
+        child.expect(rf"002{ANY}sleep{ANY}Cancelled{ANY}high")
+        child.expect(rf"003{ANY}sleep{ANY}Running")
+        child.expect(PROMPT)
+    finally:
+        close_prompt(child)
+
+
+def test_top_n_1_in_a_read_only_second_shell_ends_and_lists_the_owners_processes(tmp_path):
+    owner = spawn_prompt(tmp_path)
+    try:
+        owner.sendline("run sleep seconds=60")
+        owner.expect(PROMPT)
+        env = {**os.environ, "LLMUNIX_HOME": str(tmp_path), "NO_COLOR": "1"}
+        r = subprocess.run([LLMUNIX, "-c", "top -n 1"], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "read-only" in r.stderr
+        assert table_of(frames_of(r.stdout)[0])[1][:3] == ["001", "sleep", "Running"]
+    finally:
+        close_prompt(owner)
+
+
+def test_columns_keep_their_places_between_frames():
+    from commands.base import plain_text
+    from commands.top_views import TopFrame, stable_widths, top_rich
+    from llmunix.models import Context, Priority, ProcessInfo, ProcessKind, Progress, Resources
+
+    def info(pid: int, name: str, cpu: float | None, state: str = "Running") -> ProcessInfo:
+        return ProcessInfo(pid, name, "sleep", ProcessKind.TOOL, "running", state, "running", Priority.NORMAL,
+                           Priority.NORMAL, "me", None, (), 0.0, 0.0, None, 1.0, None, None, None, Progress(),
+                           Resources(cpu_percent=cpu), Context(), ())
+
+    def sample(cpu: float) -> ResourceSample:
+        return ResourceSample(0.0, cpu, None, None)
+
+    frames = [
+        [TopRow(info(1, "a", None), ()), TopRow(info(2, "b", 1.0), (sample(1.0),))],
+        [TopRow(info(1, "a", 99.5), (sample(1.0), sample(99.5)), "↑"), TopRow(info(2, "b", 1.0), ())],
+        [TopRow(info(1, "a-much-longer-name-than-before", 5.0), ()), TopRow(info(2, "b", None, "Completed"), ())],
+        [TopRow(info(1, "a", None), ())],
+    ]
+    widths = None
+    headers = []
+    for rows in frames:
+        frame = TopFrame(time=0.0, system=None, rows=tuple(rows), counts={})
+        widths = stable_widths(frame, widths)
+        header = next(line for line in plain_text(top_rich(TopFrame(
+            time=0.0, system=None, rows=tuple(rows), counts={}, widths=widths))).splitlines() if line.startswith("PID"))
+        headers.append(header)
+    assert headers[0] == headers[1]  # CPU figures and arrows fit the columns as they are
+    assert headers[2] == headers[3] != headers[1]  # a longer name widened TOOL once, for good
+    assert headers[2].index("STATE") > headers[1].index("STATE")
+
+
+def test_the_cursor_follows_its_process_and_keys_ask_for_actions_on_it():
+    from commands.top import Action, split_keys
+
+    assert split_keys("a\x1b[Bb\x1bOA\x1b\x1b[5~") == ["a", "\x1b[B", "b", "\x1bOA", "\x1b", "\x1b[5~"]
+    c = TopControls()
+    c.show([1, 2, 3, 4])
+    assert c.selected == 1
+    c.press("\x1b[B\x1b[B")
+    assert c.selected == 3
+    c.show([4, 3, 2, 1])  # sorted another way: the cursor stays on 003
+    assert c.selected == 3
+    c.show([4, 2, 1])  # 003 is gone: the cursor keeps its height (the second row)
+    assert c.selected == 2
+    c.press("\x1b[H")
+    assert c.selected == 4 and c.press("\x1b[F") == [] and c.selected == 1
+    assert c.press("p+-") == [Action("toggle-pause", 1), Action("priority", 1, 1), Action("priority", 1, -1)]
+    assert c.press("k") == [] and c.confirm == 1
+    assert c.press("x") == [] and c.confirm is None and c.status == "kill cancelled"
+    assert c.press("ky") == [Action("kill", 1)]
+    c.press("\r")  # details of 001; the arrows move them along
+    assert c.detail == 1
+    c.press("\x1b[A")
+    assert c.detail == 2 and c.selected == 2 and c.press("p") == [Action("toggle-pause", 2)]
+    c.show([4, 1])  # 002 left the list: its details stay on screen
+    assert c.detail == 2 and c.press("k") == [] and c.confirm == 2
+    c.press("n")
+    c.press("q")  # q leaves the details first, then top
+    assert c.detail is None and not c.quit
+    c.press("t")
+    assert c.tree
+    c.press("q")
+    assert c.quit
