@@ -8,10 +8,11 @@ import shlex
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import views
+from commands import tools_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
 from commands.resilience import add_run_options, run_options
 from llmunix.admission import parse_needs
+from llmunix.config import MAX_AMOUNT
 from llmunix.models import LlmunixError, format_pid
 from llmunix.tools.markdown import find_tool_name
 
@@ -54,18 +55,20 @@ class RunCommands(ShellCommandSet):
         try:
             # cmd2 honours quotes only at the start of a word, so `text='a b'` arrives in pieces:
             # re-read the raw arguments the way a POSIX shell would.
+            # (The shell re-quotes such words whole, see cmdline.py; one holding both ' and " is left.)
             tokens = shlex.split(args.cmd2_statement.args)
             if tokens != args.cmd2_statement.arg_list:
                 try:
                     args = self.run_parser.parse_args(tokens)
-                except SystemExit as exc:  # the parser has already said what was wrong
-                    if exc.code:
-                        self._cmd.failed = True
+                except SystemExit as exc:
+                    self._cmd.report_usage(exc)
                     return
             self._refuse_internal(args.tool)
             params = parse_params(args.params)
+            if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
+                params = self.kernel.registry.get(args.tool).from_text(params)
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                    name=args.name, params=params, needs=parse_needs(args.need),
+                                    name=args.name, params=params, needs=_needs(args.need),
                                     **run_options(args))  # resilience: retry, restart, timeout
         except LlmunixError as exc:
             self.fail(str(exc))
@@ -117,3 +120,13 @@ class RunCommands(ShellCommandSet):
             self.out(views.tools_plain(tools))
         else:
             self.out(views.tools_table(tools))
+
+
+def _needs(texts: list[str]) -> dict[str, float]:
+    """`--need NAME=VALUE`s, each at most MAX_AMOUNT (a larger one is a typo: it could never be met,
+    and a resource without a limit would hold it for nothing)."""
+    needs = parse_needs(texts)
+    for name, amount in needs.items():
+        if amount > MAX_AMOUNT:
+            raise LlmunixError(f"bad --need {name}={amount:g}; at most {MAX_AMOUNT:,.0f}")
+    return needs

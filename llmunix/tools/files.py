@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from llmunix.config import active_config
 from llmunix.models import ToolError
@@ -155,7 +157,8 @@ def list_files(ctx: ProcessContext, path: str = ".", pattern: str = "*", recursi
 
 
 @tool(idempotent=True)
-def grep(ctx: ProcessContext, pattern: str, path: str = ".", ignore_case: bool = True, max_matches: int = 200,
+def grep(ctx: ProcessContext, pattern: str, path: str = ".", ignore_case: bool = True,
+         max_matches: Annotated[int, Field(ge=1, le=1_000_000)] = 200,
          workspace: str = "") -> list[dict[str, Any]]:
     """Search text files in the workspace for a regular expression; each match is {file, line, text}.
 

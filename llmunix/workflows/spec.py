@@ -253,19 +253,28 @@ def load_spec(path: str | Path) -> WorkflowSpec:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{p}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                        "save the spec as UTF-8") from None
     suffix = p.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        data = _yaml(p, text)
-    elif suffix == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{p}: malformed TOML: {exc}") from None
-    elif suffix in (".md", ".markdown"):
-        data = markdown_to_data(p, text)
-    else:
-        raise SpecError(f"{p}: not a workflow spec (use .yaml, .yml, .toml or .md)")
-    return spec_from_data(data, p)
+    # The parsers recurse once per level of nesting: a spec nested thousands deep (never a real
+    # one) would end in RecursionError, so it is refused with one line instead.
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = _yaml(p, text)
+        elif suffix == ".toml":
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise SpecError(f"{p}: malformed TOML: {exc}") from None
+        elif suffix in (".md", ".markdown"):
+            data = markdown_to_data(p, text)
+        else:
+            raise SpecError(f"{p}: not a workflow spec (use .yaml, .yml, .toml or .md)")
+        return spec_from_data(data, p)
+    except RecursionError:
+        raise SpecError(f"{p}: nested too deeply to be a workflow spec") from None
 
 
 def spec_from_data(data: Any, path: str | Path = "<spec>") -> WorkflowSpec:
