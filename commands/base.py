@@ -3,6 +3,7 @@ one-line failures, PID parsing and completion providers."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from collections.abc import Callable, Iterable
@@ -127,6 +128,20 @@ def setting_type(name: str, *, duration: bool = False) -> Callable[[Any], Any]:
     return convert
 
 
+def setting_arg(name: str) -> Callable[[str], Any]:
+    """An option's argparse type checked like the setting `name` (e.g. `gc --days` like
+    retention_days): a bad value is a usage error saying what is allowed."""
+
+    def convert(value: str) -> Any:
+        try:
+            return check_setting(name, value)
+        except LlmunixError:
+            raise argparse.ArgumentTypeError(f"must be {allowed_values(name)}, not {value!r}") from None
+
+    convert.__name__ = name
+    return convert
+
+
 class UsageError(SystemExit):
     """A command's arguments are wrong. Raised by the parsers (cmd2 turns a SystemExit from one into
     Cmd2ArgparseError); the shell prints `text` as the command's one-line error."""
@@ -141,6 +156,8 @@ class LlmunixArgumentParser(cmd2.Cmd2ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         first = message.splitlines()[0] if message else "bad arguments"
+        if len(first) > 300:  # it quotes what was typed, which may be anything
+            first = first[:300] + "..."
         raise UsageError(f"{self.prog}: {first} (see '{self.prog} -h')")
 
 

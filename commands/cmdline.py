@@ -121,11 +121,15 @@ def prepare_line(line: str) -> str:
     return prepared
 
 
+_COMMAND = re.compile(r"[\w.!?@-]+")  # what a command's name can be (shortcuts such as ! and @ too)
+
+
 def command_word(line: str) -> str:
-    """The command a line starts with, for an error message (cheap, whatever the line's length)."""
+    """The command a line starts with, for an error message (cheap, whatever the line's length);
+    "llmunix" when it does not start with a command's name (a quote, an operator, a control character)."""
     head = line.lstrip(BLANKS)[:_SHORT * 2]
-    word = re.match(r"[^ \t\r\n|>;'\"\\]*", head)
-    return (word.group(0) if word else "") or "llmunix"
+    word = _COMMAND.match(head)
+    return word.group(0) if word and head[word.end():word.end() + 1] in ("", *BLANKS, *OPERATORS) else "llmunix"
 
 
 def cmd2_token(w: Word) -> str | None:
@@ -144,7 +148,7 @@ def cmd2_token(w: Word) -> str | None:
 
 
 def _name(words: list[Word]) -> str:
-    return words[0].text if words and not words[0].op and words[0].text else "llmunix"
+    return words[0].text if words and not words[0].op and _COMMAND.fullmatch(words[0].text) else "llmunix"
 
 
 def _short(text: str) -> str:

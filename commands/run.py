@@ -30,13 +30,14 @@ class RunCommands(ShellCommandSet):
         description="Start a tool as a background process and print its PID.",
         epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
                "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
-               "  run fetch url=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
+               "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
                             help="a tool name (see `tools`)")
     run_parser.add_argument("params", nargs="*", metavar="KEY=VALUE", choices_provider=param_choices,
-                            help="tool parameters")
+                            help="tool parameters; a list takes a,b, JSON or the key repeated, a dict JSON "
+                                 "(`tools TOOL` shows each one's forms)")
     run_parser.add_argument("-p", "--priority", default="normal", metavar="LEVEL",
                             choices_provider=ShellCommandSet.priority_choices,
                             help="critical, high, normal (default), low or idle")
@@ -95,7 +96,7 @@ class RunCommands(ShellCommandSet):
     def do_tools(self, args: argparse.Namespace) -> None:
         """List tools."""
         try:
-            if args.name:
+            if args.name is not None:
                 # Any spelling of a tool's name finds it: `Read`, `read-file`, `read_file` (tools/markdown.py).
                 found = args.name if args.name in self.kernel.registry else find_tool_name(
                     self.kernel.registry.names(), args.name)
@@ -107,10 +108,11 @@ class RunCommands(ShellCommandSet):
             return
         if args.json:
             self.out_json([
-                {"name": t.name, "description": t.description, "source": t.source, "subprocess": t.subprocess,
-                 "idempotent": t.idempotent,
+                {"name": t.name, "description": t.description, "source": t.source, "overrides": t.overrides,
+                 "subprocess": t.subprocess, "idempotent": t.idempotent,
                  "parameters": [{"name": p.name, "type": p.type, "required": p.required,
-                                 "default": None if p.required else p.default, "description": p.description}
+                                 "default": None if p.required else p.default, "description": p.description,
+                                 "range": p.allowed or None, "from_shell": views.param_forms(p) if p.shape else None}
                                 for p in t.params]}
                 for t in tools
             ])

@@ -43,7 +43,7 @@ def params_summary(t: Tool) -> str:
 
 def tool_tree(t: Tool) -> Group:
     root = Tree(Text.assemble(("Tool ", "bold"), (t.name, "bold cyan")))
-    root.add(f"Description: {t.description or '-'}")
+    root.add(Text(f"Description: {t.description or '-'}"))  # Text: user text is never markup
     kind = "subprocess (runs in its own process group)" if t.subprocess else "python (runs on a worker thread)"
     root.add(f"Kind: {kind}")
     source = Text(f"Source: {t.source}")
@@ -61,7 +61,7 @@ def tool_tree(t: Tool) -> Group:
             label += f", {p.allowed}"
         if p.description:
             label += f" — {p.description}"
-        node = params.add(label)
+        node = params.add(Text(label))
         if p.shape:
             node.add(Text(f"from the shell: {param_forms(p)}", style="dim"))
     return Group(root, Text(f"Example: run {t.name} {_example(t)}".rstrip(), style="dim"))
@@ -83,7 +83,10 @@ def _example(t: Tool) -> str:
             return f"{p.name}=a,b"
         if p.shape:
             return f"{p.name}='...'"
-        return f"{p.name}=..." if p.required else f"{p.name}={p.default}"
+        if p.required:
+            return f"{p.name}=..."
+        text = str(p.default)
+        return f"{p.name}={text}" if text and " " not in text else f"{p.name}='{text}'"
 
     shown = [p for p in t.params if p.required] or t.params[:1]
     return " ".join(word(p) for p in shown)

@@ -9,7 +9,7 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import workflow_views as wv
-from commands.base import LlmunixArgumentParser, ShellCommandSet
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
 from llmunix.models import LlmunixError, format_pid
 
 
@@ -86,6 +86,9 @@ class WorkflowCommands(ShellCommandSet):
     def do_workflow(self, args: argparse.Namespace) -> None:
         """Run and steer workflows."""
         try:
+            target = getattr(args, "target", None)
+            if target and target.strip().isdigit():
+                parse_pid(target)  # a PID the store cannot hold is "no process", not an overflow
             getattr(self, f"_{args.action}")(args)
         except LlmunixError as exc:
             self.fail(str(exc))

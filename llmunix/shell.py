@@ -44,7 +44,8 @@ from llmunix.observe.redact import redact_text
 log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
-_NAMED = re.compile(r"^[\w.!?@-]+: ")  # an error that already starts with the command's name
+_NAMED = re.compile(r"^[\w.!?@-]+( [\w.!?@-]+)?: ")  # an error that starts with its command's name (or
+                                                   # a subcommand's: "agent run: ...")
 
 
 def audit_text(line: str) -> str:

@@ -126,7 +126,9 @@ class Tool:
         return value
 
     def _explain(self, exc: pydantic.ValidationError) -> str:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt name first: `txt=hi` is "no parameter 'txt'; did you mean 'text'?", not "needs 'text'".
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         name = ".".join(str(part) for part in err["loc"]) or "?"
         names = ", ".join(p.name for p in self.params) or "none"
         if err["type"] == "missing":

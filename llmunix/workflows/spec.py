@@ -322,9 +322,9 @@ def _yaml(path: Path, text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}:{where}: malformed YAML: {problem}") from None
+        raise SpecError(f"{path}:{where} malformed YAML: {problem}") from None
 
 
 # LLMunix execution-trace markdown ---------------------------------------------------------------
@@ -423,8 +423,8 @@ def _parse_json(name: str, text: str, want: type) -> Any:
 
     try:
         value = json.loads(text)
-    except ValueError:
-        raise LlmunixError(f"input {name!r} must be JSON ({want.__name__}), not {text!r}") from None
+    except (ValueError, RecursionError):
+        raise LlmunixError(f"input {name!r} must be JSON ({want.__name__}), not {text[:60]!r}") from None
     if not isinstance(value, want):
         raise LlmunixError(f"input {name!r} must be a {want.__name__}, not {text!r}")
     return value
