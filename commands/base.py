@@ -3,9 +3,9 @@ one-line failures, PID parsing and completion providers."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -14,9 +14,12 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 from rich.console import Console
 
+from llmunix.config import allowed_values, check_setting
 from llmunix.kernel import Kernel
-from llmunix.models import LlmunixError, Priority, format_pid
+from llmunix.models import LlmunixError, Priority, format_pid, parse_duration
 from llmunix.tools.markdown import REFUSED, FileCheck
+
+MAX_PID = 2**63 - 1  # the store's integers: no PID is larger
 
 if TYPE_CHECKING:
     pass
@@ -113,6 +116,8 @@ def parse_pid(text: str) -> int:
         raise LlmunixError(f"bad PID {text!r}; PIDs are numbers such as 003 (see `ps`)") from None
     if pid < 1:
         raise LlmunixError(f"bad PID {text!r}; PIDs start at 001")
+    if pid > MAX_PID:
+        raise LlmunixError(f"no process {str(text).strip()[:30]}: no PID is that large; `ps -a` lists them")
     return pid
 
 
@@ -120,21 +125,67 @@ def parse_pids(texts: Iterable[str]) -> list[int]:
     return [parse_pid(t) for t in texts]
 
 
-def parse_params(pairs: Iterable[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
+def parse_params(pairs: Iterable[str]) -> dict[str, str | list[str]]:
+    """`key=value` words (quotes already removed by the shell, see cmdline.py) as a mapping;
+    a key given more than once maps to the list of its values, in order (Tool.from_text decides
+    whether that is allowed)."""
+    params: dict[str, str | list[str]] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if value[:1] in ("'", '"') and not (len(value) > 1 and value[-1] == value[0]):
-            raise LlmunixError(
-                f"parameter {key!r} has an unclosed quote; quote the whole pair to pass spaces or ; | >, "
-                f"e.g. \"{key}=a value; more\""
-            )
+        key = key.strip()
         if not sep or not key:
-            raise LlmunixError(f"bad parameter {pair!r}; write tool parameters as key=value")
-        if value[:1] in ("'", '"') and value[-1:] == value[:1]:
-            value = value[1:-1]
-        params[key.strip()] = value
+            shown = pair if len(pair) <= 40 else pair[:40] + "..."
+            raise LlmunixError(f"bad parameter {shown!r}; write tool parameters as key=value")
+        before = params.get(key)
+        if before is None:
+            params[key] = value
+        elif isinstance(before, list):
+            before.append(value)
+        else:
+            params[key] = [before, value]
     return params
+
+
+def setting_type(name: str, *, duration: bool = False) -> Callable[[Any], Any]:
+    """A settable's value converter: the setting's range from the configuration (config.py), and
+    for seconds also durations such as 2m. Raises ValueError with one line (what `set` expects)."""
+
+    def convert(value: Any) -> Any:
+        try:
+            seconds = parse_duration(value) if duration else value
+        except LlmunixError:
+            raise ValueError(f"{name} must be {allowed_values(name)} (seconds, or a duration such as 2m), "
+                             f"not {value!r}") from None
+        try:
+            return check_setting(name, seconds)
+        except LlmunixError as exc:
+            raise ValueError(str(exc)) from None
+
+    convert.__name__ = f"{name}_value"
+    return convert
+
+
+def setting_arg(name: str) -> Callable[[str], Any]:
+    """An option's argparse type checked like the setting `name` (e.g. `gc --days` like
+    retention_days): a bad value is a usage error saying what is allowed."""
+
+    def convert(value: str) -> Any:
+        try:
+            return check_setting(name, value)
+        except LlmunixError:
+            raise argparse.ArgumentTypeError(f"must be {allowed_values(name)}, not {value!r}") from None
+
+    convert.__name__ = name
+    return convert
+
+
+class UsageError(SystemExit):
+    """A command's arguments are wrong. Raised by the parsers (cmd2 turns a SystemExit from one into
+    Cmd2ArgparseError); the shell prints `text` as the command's one-line error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(2)
+        self.text = text
 
 
 class LlmunixArgumentParser(cmd2.Cmd2ArgumentParser):
@@ -142,9 +193,9 @@ class LlmunixArgumentParser(cmd2.Cmd2ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         first = message.splitlines()[0] if message else "bad arguments"
-        sys.stderr.write(f"{self.prog}: {first} (see '{self.prog} -h')\n")
-        sys.stderr.flush()
-        self.exit(2)
+        if len(first) > 300:  # it quotes what was typed, which may be anything
+            first = first[:300] + "..."
+        raise UsageError(f"{self.prog}: {first} (see '{self.prog} -h')")
 
 
 def plain_text(renderable: Any) -> str:

@@ -278,7 +278,8 @@ class DebugCommands(DebugCompletion):
             return False
         try:
             args = parser.parse_args(words)
-        except SystemExit:  # a usage error (reported in one line) or -h
+        except SystemExit as exc:  # a usage error (reported in one line) or -h
+            self._cmd.report_usage(exc)
             self._cmd.consume_failure()
             return False
         try:

@@ -45,6 +45,8 @@ def parse_message(words: list[str]) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:  # JSON nested thousands deep: no message needs that
+        raise LlmunixError("JSON nested too deeply to pass on") from None
 
 
 def _delivery(p: argparse.ArgumentParser, type_choices: Any) -> None:

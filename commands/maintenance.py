@@ -6,7 +6,7 @@ import argparse
 
 import cmd2
 
-from commands.base import LlmunixArgumentParser, ShellCommandSet
+from commands.base import LlmunixArgumentParser, ShellCommandSet, setting_arg
 from llmunix.models import LlmunixError
 
 
@@ -21,9 +21,9 @@ class MaintenanceCommands(ShellCommandSet):
         epilog="examples:\n  gc\n  gc --days 7\n  gc --keep 0 --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
-    gc_parser.add_argument("--days", type=float, metavar="DAYS",
+    gc_parser.add_argument("--days", type=setting_arg("retention_days"), metavar="DAYS",
                            help="compact processes that finished more than DAYS ago (default: retention_days)")
-    gc_parser.add_argument("--keep", type=int, metavar="N",
+    gc_parser.add_argument("--keep", type=setting_arg("retention_count"), metavar="N",
                            help="keep the newest N finished processes in full (default: retention_count)")
     gc_parser.add_argument("--json", action="store_true", help="print the counts as a JSON object")
 

@@ -11,7 +11,7 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import resilience_views as views
-from commands.base import LlmunixArgumentParser, ShellCommandSet
+from commands.base import LlmunixArgumentParser, ShellCommandSet, setting_type
 from llmunix.models import LlmunixError, parse_duration
 from llmunix.resilience.chaos import ChaosSpec
 from llmunix.resilience.restart import (
@@ -25,11 +25,15 @@ from llmunix.resilience.watchdog import STALL_ACTIONS
 
 # ------------------------------------------------------------------ `run` options
 
+MAX_RETRIES = 1000
+MAX_RESTARTS = 1_000_000
+
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """`run --retry N --backoff 1s..60s --retry-on PATTERN --timeout 30s --restart MODE
     --max-restarts N --min-uptime 10s`."""
-    group = parser.add_argument_group("resilience (see docs/resilience.md)")
+    # (help titles are title-cased: "resilience (see docs/...)" read "Resilience (See Docs/Resilience.Md)")
+    group = parser.add_argument_group("resilience", "retries, timeouts and restarts: see docs/resilience.md")
     group.add_argument("--retry", type=int, metavar="N",
                        help="run a failed attempt again, up to N more times, under the same PID")
     group.add_argument("--backoff", metavar="MIN..MAX",
@@ -57,8 +61,10 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
             raise LlmunixError(f"bad --timeout {args.timeout!r}; it must be more than 0")
         out["timeout"] = timeout
     restarting = args.restart not in (None, "never")
-    if args.retry is not None and args.retry < 0:
-        raise LlmunixError(f"bad --retry {args.retry}; give the number of retries, 0 or more")
+    if args.retry is not None and not 0 <= args.retry <= MAX_RETRIES:
+        raise LlmunixError(f"bad --retry {args.retry}; give the number of retries, 0 to {MAX_RETRIES:,}")
+    if args.max_restarts is not None and not 0 <= args.max_restarts <= MAX_RESTARTS:
+        raise LlmunixError(f"bad --max-restarts {args.max_restarts}; give a number from 0 to {MAX_RESTARTS:,}")
     if args.retry_on and not args.retry:
         raise LlmunixError("--retry-on needs --retry N")
     if args.backoff is not None and not args.retry and not restarting:
@@ -86,20 +92,6 @@ def _chaos_value(value: Any) -> str:
     return str(spec) if spec is not None else "off"
 
 
-def _seconds(value: Any) -> float:
-    try:
-        return parse_duration(value)
-    except LlmunixError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _threshold(value: Any) -> int:
-    n = int(value)
-    if n < 1:
-        raise ValueError("must be at least 1")
-    return n
-
-
 class ResilienceCommands(ShellCommandSet):
     DEFAULT_CATEGORY = "Resilience commands"
 
@@ -108,12 +100,14 @@ class ResilienceCommands(ShellCommandSet):
         for name, val_type, description, choices in (
             ("chaos", _chaos_value, 'fault injection for tool processes: "fail=0.2,hang=0.05,slow=0.1,seed=42" '
              "or off", None),
-            ("stall_timeout", _seconds, "seconds without progress before the watchdog marks a running process "
-             "stalled (0: off)", None),
+            ("stall_timeout", setting_type("stall_timeout", duration=True),
+             "seconds without progress before the watchdog marks a running process stalled (0: off)", None),
             ("stall_action", str, "what the watchdog does with a stalled process: alert, restart or kill",
              STALL_ACTIONS),
-            ("breaker_threshold", _threshold, "consecutive failures that open a tool's or host's circuit", None),
-            ("breaker_cooldown", _seconds, "seconds an open circuit waits before a probe", None),
+            ("breaker_threshold", setting_type("breaker_threshold"),
+             "consecutive failures that open a tool's or host's circuit", None),
+            ("breaker_cooldown", setting_type("breaker_cooldown", duration=True),
+             "seconds an open circuit waits before a probe", None),
         ):
             self.add_settable(cmd2.Settable(name, val_type, description, self, choices=choices))
 

@@ -8,10 +8,11 @@ import shlex
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import views
+from commands import tools_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
 from commands.resilience import add_run_options, run_options
 from llmunix.agents import service_for
+from llmunix.config import MAX_AMOUNT
 from llmunix.models import LlmunixError, format_pid
 from llmunix.pool import parse_needs
 from llmunix.tools.markdown import TOOL, find_tool_name
@@ -30,13 +31,14 @@ class RunCommands(ShellCommandSet):
         description="Start a tool as a background process and print its PID.",
         epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
                "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
-               "  run fetch url=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
+               "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
                             help="a tool name (see `tools`)")
     run_parser.add_argument("params", nargs="*", metavar="KEY=VALUE", choices_provider=param_choices,
-                            help="tool parameters")
+                            help="tool parameters; a list takes a,b, JSON or the key repeated, a dict JSON "
+                                 "(`tools TOOL` shows each one's forms)")
     run_parser.add_argument("-p", "--priority", default="normal", metavar="LEVEL",
                             choices_provider=ShellCommandSet.priority_choices,
                             help="critical, high, normal (default), low or idle")
@@ -55,18 +57,20 @@ class RunCommands(ShellCommandSet):
         try:
             # cmd2 honours quotes only at the start of a word, so `text='a b'` arrives in pieces:
             # re-read the raw arguments the way a POSIX shell would.
+            # (The shell re-quotes such words whole, see cmdline.py; one holding both ' and " is left.)
             tokens = shlex.split(args.cmd2_statement.args)
             if tokens != args.cmd2_statement.arg_list:
                 try:
                     args = self.run_parser.parse_args(tokens)
-                except SystemExit as exc:  # the parser has already said what was wrong
-                    if exc.code:
-                        self._cmd.failed = True
+                except SystemExit as exc:
+                    self._cmd.report_usage(exc)
                     return
             self._refuse_internal(args.tool)
             params = parse_params(args.params)
+            if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
+                params = self.kernel.registry.get(args.tool).from_text(params)
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                    name=args.name, params=params, needs=parse_needs(args.need),
+                                    name=args.name, params=params, needs=_needs(args.need),
                                     **run_options(args))  # resilience: retry, restart, timeout
         except LlmunixError as exc:
             self.fail(str(exc))
@@ -104,7 +108,7 @@ class RunCommands(ShellCommandSet):
             self.report_check(lambda: service_for(self.kernel).check(args.check, TOOL), args.check, args.json)
             return
         try:
-            if args.name:
+            if args.name is not None:
                 # Any spelling of a tool's name finds it: `Read`, `read-file`, `read_file` (tools/markdown.py).
                 found = args.name if args.name in self.kernel.registry else find_tool_name(
                     self.kernel.registry.names(), args.name)
@@ -116,10 +120,11 @@ class RunCommands(ShellCommandSet):
             return
         if args.json:
             self.out_json([
-                {"name": t.name, "description": t.description, "source": t.source, "subprocess": t.subprocess,
-                 "idempotent": t.idempotent,
+                {"name": t.name, "description": t.description, "source": t.source, "overrides": t.overrides,
+                 "subprocess": t.subprocess, "idempotent": t.idempotent,
                  "parameters": [{"name": p.name, "type": p.type, "required": p.required,
-                                 "default": None if p.required else p.default, "description": p.description}
+                                 "default": None if p.required else p.default, "description": p.description,
+                                 "range": p.allowed or None, "from_shell": views.param_forms(p) if p.shape else None}
                                 for p in t.params]}
                 for t in tools
             ])
@@ -129,3 +134,13 @@ class RunCommands(ShellCommandSet):
             self.out(views.tools_plain(tools))
         else:
             self.out(views.tools_table(tools))
+
+
+def _needs(texts: list[str]) -> dict[str, float]:
+    """`--need NAME=VALUE`s, each at most MAX_AMOUNT (a larger one is a typo: it could never be met,
+    and a resource without a limit would hold it for nothing)."""
+    needs = parse_needs(texts)
+    for name, amount in needs.items():
+        if amount > MAX_AMOUNT:
+            raise LlmunixError(f"bad --need {name}={amount:g}; at most {MAX_AMOUNT:,.0f}")
+    return needs

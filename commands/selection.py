@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from cmd2 import Choices
 
+from commands.base import parse_pid
 from llmunix.models import (
     PAUSED,
     PENDING,
@@ -73,12 +74,7 @@ def single_pids(texts: Iterable[str]) -> set[int]:
 def _pid(text: str, whole: str) -> int:
     if not text.isdigit():
         raise LlmunixError(f"bad PID {whole!r}; PIDs are numbers such as 003, ranges such as 003-007")
-    pid = int(text)
-    if pid < 1:
-        raise LlmunixError(f"bad PID {whole!r}; PIDs start at 001")
-    if pid >= 2**63:
-        raise LlmunixError(f"bad PID {whole!r}; no process has a PID that large")
-    return pid
+    return parse_pid(text)  # the one PID reader (its range checks and messages)
 
 
 def is_pid_spec(text: str) -> bool:

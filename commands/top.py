@@ -270,10 +270,6 @@ class TopCommands(ShellCommandSet):
                         guides=guides, status=self._status(controls))
 
     def _samples(self, pid: int) -> tuple[ResourceSample, ...]:
-        # A read-only shell has no measurements of the owning llmunix's processes; and
-        # Kernel.samples of a PID not in memory hangs (it calls info() under its own lock).
-        if self.kernel.read_only:
-            return ()
         try:
             return tuple(self.kernel.samples(pid))
         except LlmunixError:  # gone from memory between the two calls

@@ -10,7 +10,7 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import workflow_views as wv
-from commands.base import LlmunixArgumentParser, ShellCommandSet
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
 from llmunix.models import LlmunixError, format_pid
 from llmunix.workflows.spec import check_spec_files
 
@@ -93,6 +93,9 @@ class WorkflowCommands(ShellCommandSet):
     def do_workflow(self, args: argparse.Namespace) -> None:
         """Run and steer workflows."""
         try:
+            target = getattr(args, "target", None)
+            if target and target.strip().isdigit():
+                parse_pid(target)  # a PID the store cannot hold is "no process", not an overflow
             getattr(self, f"_{args.action}")(args)
         except LlmunixError as exc:
             self.fail(str(exc))

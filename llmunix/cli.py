@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmunix import __version__
-from llmunix.config import load_config, resolve_home
+from llmunix.config import check_setting, load_config, resolve_home
 from llmunix.home import tighten_home
 from llmunix.models import LlmunixError
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         home = resolve_home(args.home)
         config = load_config(home, args.config)
-        if args.max_running is not None and args.max_running < 1:
-            raise LlmunixError("--max-running must be at least 1")
+        if args.max_running is not None:
+            check_setting("max_running", args.max_running)
         script_lines = _read_script(args.script) if args.script else None
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     dirs = [Path.cwd() / "tools", home / "tools", *(Path(p).expanduser() for p in config.tool_paths)]
     load_errors = load_user_tools(dirs, [*config.tool_modules, *args.tools])
+    named = {f"module {m}" for m in [*config.tool_modules, *args.tools]}
     for err in load_errors:
         print(f"llmunix: could not load tools from {err}", file=sys.stderr)
+    if any(err.source in named for err in load_errors):  # asked for by name: nothing runs without it
+        return 2
 
     backend = None
     try:
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for err in attach(kernel, config, directories=definitions).errors:
         if str(err) not in reported:
             print(f"llmunix: could not load {err}", file=sys.stderr)
+    for t in kernel.registry.overrides():  # said once, at start; `tools` marks them too
+        replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"
+        print(f"llmunix: tool {t.name!r} from {t.source} overrides {replaced}", file=sys.stderr)
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
     log_events(kernel)
@@ -129,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.commands is not None:
             status = shell.run_lines(args.commands, keep_going=args.keep_going)
         elif script_lines is not None:
-            status = shell.run_lines(script_lines, keep_going=args.keep_going)
+            status = shell.run_lines(script_lines, keep_going=args.keep_going, source=args.script)
         elif not interactive:
-            status = shell.run_lines(sys.stdin or (), keep_going=args.keep_going)
+            status = shell.run_lines(sys.stdin or (), keep_going=args.keep_going, source="<stdin>")
         else:
             status = shell.cmdloop()
     except KeyboardInterrupt:

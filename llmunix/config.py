@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
 from llmunix.home import UnsafePath, prepare_home, unsafe_reason
 from llmunix.models import LlmunixError
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+MAX_COUNT = 1_000_000  # processes, threads, failures: far beyond any real use, far below overflow
+MAX_AMOUNT = 1e12  # megabytes and other amounts
 
 
 class LlmConfig(pydantic.BaseModel):
@@ -18,17 +24,18 @@ class LlmConfig(pydantic.BaseModel):
     overrides it: LLMUNIX_LLM_BACKEND, LLMUNIX_LLM_BASE_URL, LLMUNIX_LLM_MODEL, LLMUNIX_LLM_STREAM,
     and the key from the variable named by `api_key_env`."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backend: Literal["offline", "openai"] = pydantic.Field(
         "offline", description="offline (deterministic, no network) or openai (OpenAI-compatible chat completions)")
     base_url: str = pydantic.Field("https://api.openai.com/v1", description="the chat completions API root")
     model: str = pydantic.Field("gpt-4o-mini", description="the model name sent to the API")
     api_key_env: str = pydantic.Field("OPENAI_API_KEY", description="environment variable holding the API key")
-    timeout: float = pydantic.Field(60.0, gt=0, description="seconds to wait for one reply")
-    retries: int = pydantic.Field(3, ge=0, description="retries after a 429, a 5xx or a dropped connection")
-    backoff: float = pydantic.Field(1.0, ge=0, description="first retry delay in seconds (doubles each time)")
-    max_iterations: int = pydantic.Field(10, ge=1, description="an agent's Thinking/Acting rounds unless it says")
+    timeout: float = pydantic.Field(60.0, gt=0, le=DAY, description="seconds to wait for one reply")
+    retries: int = pydantic.Field(3, ge=0, le=100, description="retries after a 429, a 5xx or a dropped connection")
+    backoff: float = pydantic.Field(1.0, ge=0, le=HOUR, description="first retry delay in seconds (doubles each time)")
+    max_iterations: int = pydantic.Field(10, ge=1, le=10_000,
+                                         description="an agent's Thinking/Acting rounds unless it says")
     tool_format: Literal["native", "text"] = pydantic.Field(
         "native", description="native function calling, or the LLMunix text formats in the reply")
     stream: bool = pydantic.Field(
@@ -37,19 +44,21 @@ class LlmConfig(pydantic.BaseModel):
 
 
 class Config(pydantic.BaseModel):
-    """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional."""
+    """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional.
+    Every number has a range (the shell's `set` checks against the same, see `check_setting`):
+    an infinite, NaN or absurd value would stop a timer or a background thread."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_running: int = pydantic.Field(8, ge=1, description="processes allowed to run at once")
-    max_threads: int | None = pydantic.Field(None, ge=1, description="cap on worker threads")
-    kill_grace: float = pydantic.Field(2.0, ge=0, description="seconds between kill escalation steps")
-    time_slice: float = pydantic.Field(0.5, gt=0, description="seconds before a process yields to its peers")
-    aging_interval: float = pydantic.Field(5.0, ge=0, description="seconds of waiting per level of aging")
-    monitor_interval: float = pydantic.Field(1.0, gt=0, description="seconds between resource samples")
-    retention_days: float = pydantic.Field(30.0, ge=0, description="finished processes older than this many "
+    max_running: int = pydantic.Field(8, ge=1, le=MAX_COUNT, description="processes allowed to run at once")
+    max_threads: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT, description="cap on worker threads")
+    kill_grace: float = pydantic.Field(2.0, ge=0, le=HOUR, description="seconds between kill escalation steps")
+    time_slice: float = pydantic.Field(0.5, gt=0, le=HOUR, description="seconds before a process yields to its peers")
+    aging_interval: float = pydantic.Field(5.0, ge=0, le=DAY, description="seconds of waiting per level of aging")
+    monitor_interval: float = pydantic.Field(1.0, ge=0.01, le=HOUR, description="seconds between resource samples")
+    retention_days: float = pydantic.Field(30.0, ge=0, le=36_500, description="finished processes older than this many "
                                            "days are compacted (summary row kept; events, logs, checkpoints deleted)")
-    retention_count: int = pydantic.Field(10_000, ge=0, description="newest finished processes kept in full "
+    retention_count: int = pydantic.Field(10_000, ge=0, le=10**9, description="newest finished processes kept in full "
                                           "(and the most held in memory); older ones are compacted")
     tool_paths: list[str] = pydantic.Field(default_factory=list, description="extra directories of tools")
     definition_paths: list[str] = pydantic.Field(
@@ -59,13 +68,15 @@ class Config(pydantic.BaseModel):
     tool_modules: list[str] = pydantic.Field(default_factory=list, description="modules to import for tools")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = pydantic.Field(
         "info", description="what llmunix.log records (the shell's `set loglevel` changes it)")
-    log_max_bytes: int = pydantic.Field(5_000_000, ge=0, description="rotate llmunix.log at this size (0: never)")
-    log_backups: int = pydantic.Field(3, ge=0, description="rotated llmunix.log files to keep")
+    log_max_bytes: int = pydantic.Field(5_000_000, ge=0, le=10**12,
+                                        description="rotate llmunix.log at this size (0: never)")
+    log_backups: int = pydantic.Field(3, ge=0, le=1000, description="rotated llmunix.log files to keep")
     limits: dict[str, float] = pydantic.Field(
         default_factory=dict, description="resource capacities, e.g. memory_mb = 8000, gpu = 1, "
         "llm_tokens_per_min = 90000 (the `limits` command changes them)")
     memory_pressure_mb: float | None = pydantic.Field(
-        None, ge=0, description="below this much available memory, low and idle work waits (default: 5% of total)")
+        None, ge=0, le=MAX_AMOUNT,
+        description="below this much available memory, low and idle work waits (default: 5% of total)")
     pause_idle_under_pressure: bool = pydantic.Field(
         False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
     deadlock_policy: Literal["report", "kill-lowest"] = pydantic.Field(
@@ -86,15 +97,18 @@ class Config(pydantic.BaseModel):
         "(unset: a local cluster is started)")
 
     # resilience (docs/resilience.md)
-    breaker_threshold: int = pydantic.Field(5, ge=1, description="consecutive failures that open a circuit breaker")
-    breaker_cooldown: float = pydantic.Field(30.0, ge=0, description="seconds an open breaker waits before a probe")
-    stall_timeout: float = pydantic.Field(60.0, ge=0, description="seconds without progress before a running "
+    breaker_threshold: int = pydantic.Field(5, ge=1, le=MAX_COUNT,
+                                            description="consecutive failures that open a circuit breaker")
+    breaker_cooldown: float = pydantic.Field(30.0, ge=0, le=WEEK,
+                                             description="seconds an open breaker waits before a probe")
+    stall_timeout: float = pydantic.Field(60.0, ge=0, le=WEEK, description="seconds without progress before a running "
                                           "process is marked stalled (0: no watchdog)")
     stall_action: Literal["alert", "restart", "kill"] = pydantic.Field(
         "alert", description="what the watchdog does with a stalled process")
     chaos: str | None = pydantic.Field(None, description='fault injection for tool processes, e.g. '
                                        '"fail=0.2,hang=0.05,slow=0.1,seed=42" (testing only)')
-    health_min_disk_mb: float = pydantic.Field(100.0, ge=0, description="`health` fails below this much free "
+    health_min_disk_mb: float = pydantic.Field(100.0, ge=0, le=MAX_AMOUNT,
+                                               description="`health` fails below this much free "
                                                "disk space in the home")
 
     @pydantic.field_validator("agent_allowed_urls")
@@ -123,6 +137,50 @@ class Config(pydantic.BaseModel):
         """The Kernel's resilience keyword arguments."""
         return {k: getattr(self, k) for k in ("breaker_threshold", "breaker_cooldown", "stall_timeout",
                                               "stall_action", "chaos", "health_min_disk_mb")}
+
+
+_ADAPTERS: dict[str, pydantic.TypeAdapter[Any]] = {}
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """`value` for the setting `name`, converted and checked against its range in Config (what
+    the shell's `set NAME VALUE` runs). Raises LlmunixError saying what is allowed."""
+    field = Config.model_fields[name]
+    adapter = _ADAPTERS.get(name)
+    if adapter is None:
+        adapter = _ADAPTERS[name] = pydantic.TypeAdapter(
+            Annotated[field.annotation, *field.metadata], config=pydantic.ConfigDict(allow_inf_nan=False))
+    try:
+        return adapter.validate_python(value)
+    except pydantic.ValidationError:
+        raise LlmunixError(f"{name} must be {allowed_values(name)}, not {value!r}") from None
+
+
+def allowed_values(name: str) -> str:
+    """What a numeric setting accepts, in words: `a number from 0 to 3,600`."""
+    field = Config.model_fields[name]
+    low = high = None
+    above = False
+    for rule in field.metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = rule.ge
+        elif getattr(rule, "gt", None) is not None:
+            low, above = rule.gt, True
+        elif getattr(rule, "le", None) is not None:
+            high = rule.le
+    whole = int in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    kind = "a whole number" if whole else "a number"
+    if low is None and high is None:
+        return kind
+    if above:
+        return f"{kind} greater than {_num(low)}" + (f" and at most {_num(high)}" if high is not None else "")
+    if high is None:
+        return f"{kind} of at least {_num(low)}"
+    return f"{kind} from {_num(low)} to {_num(high)}"
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
 
 
 _ACTIVE: Config | None = None
@@ -165,11 +223,16 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
     if unsafe:
         raise UnsafePath(f"refusing to read the configuration: {unsafe}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise LlmunixError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise LlmunixError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise LlmunixError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start})") from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise LlmunixError(f"{path}: nested too deeply to be a configuration") from None
     try:
         return Config.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -179,4 +242,6 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
             section = LlmConfig if len(err["loc"]) > 1 and err["loc"][0] == "llm" else Config
             known = ", ".join(section.model_fields)
             raise LlmunixError(f"{path}: unknown setting {key!r}; known settings: {known}") from None
+        if len(err["loc"]) == 1 and key in Config.model_fields and Config.model_fields[key].metadata:
+            raise LlmunixError(f"{path}: setting {key!r} must be {allowed_values(key)}") from None
         raise LlmunixError(f"{path}: setting {key!r}: {err['msg']}") from None

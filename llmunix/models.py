@@ -8,6 +8,7 @@ benchmark. Pydantic is used at the edges instead (tool parameters, configuration
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -390,6 +391,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION = 100 * 365 * 86400.0  # threading's waits overflow near 292 years; nothing needs more
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -409,6 +411,10 @@ def parse_duration(text: str | float | int) -> float:
                 raise LlmunixError(
                     f"bad duration {text!r}; use seconds or a unit, e.g. 30, 5s, 2m, 1h, 250ms"
                 ) from None
+    if math.isnan(value):
+        raise LlmunixError(f"bad duration {text!r}; use seconds or a unit, e.g. 30, 5s, 2m, 1h, 250ms")
+    if value > MAX_DURATION:
+        raise LlmunixError(f"bad duration {text!r}; at most 100 years (timers cannot wait longer)")
     if value < 0:
         raise LlmunixError(f"bad duration {text!r}; it must not be negative")
     return value

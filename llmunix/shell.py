@@ -8,21 +8,28 @@ for background completions, exit status tracking for scripts, settables and leav
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import cmd2
 from cmd2 import Cmd2ArgparseError
+from cmd2 import string_utils as su
 from cmd2.constants import COMMAND_ATTR_HELP_CATEGORY as HELP_CATEGORY
+from cmd2.exceptions import RedirectionError
 from cmd2.history import HistoryItem
 from cmd2.utils import get_defining_class
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from commands import all_command_sets
-from commands.base import LlmunixArgumentParser
+from commands.base import LlmunixArgumentParser, UsageError, setting_type
+from commands.cmdline import MAX_LINE, LineError, command_word, prepare_line
 from commands.ipc import redact_sensitive_message
 from commands.resilience_views import ALERT_EVENTS as RESILIENCE_ALERTS
 from commands.resilience_views import ALERT_TYPES as RESILIENCE_ALERT_TYPES
@@ -38,6 +45,8 @@ from llmunix.observe.redact import redact_text
 log = logging.getLogger("llmunix.shell")
 
 PROMPT = "llmunix$ "
+_NAMED = re.compile(r"^[\w.!?@-]+( [\w.!?@-]+)?: ")  # an error that starts with its command's name (or
+                                                   # a subcommand's: "agent run: ...")
 
 
 def audit_text(line: str) -> str:
@@ -66,6 +75,7 @@ class LlmunixShell(cmd2.Cmd):
             command_sets=all_command_sets(),
             persistent_history_file=history,
             include_py=False,
+            allow_clipboard=False,  # `ps >` is a missing file name, not "copy to the clipboard"
             suggest_similar_command=True,
         )
         # cmd2's own commands (alias, history, set, ...) join ours under one heading.
@@ -77,16 +87,20 @@ class LlmunixShell(cmd2.Cmd):
         self.interactive = interactive
         self.prompt = PROMPT
         self.failed = False  # set by any error report; read and reset by consume_failure()
+        self.location = ""  # "FILE:LINE" while a script's line runs: every error starts with it
+        self.command_name = "llmunix"  # the command of the line being run, for errors that name it
         self.intro = (f"llmunix {__version__} — `help` lists commands, `tools` what can run, "
                       "`run sleep seconds=5` starts one.") if interactive else ""
-        self.add_settable(cmd2.Settable("max_running", _positive_int, "processes allowed to run at once",
-                                        kernel, onchange_cb=self._max_running_changed))
-        self.add_settable(cmd2.Settable("kill_grace", _non_negative_float,
+        # Each number is checked against the same range as in config.toml (config.py).
+        self.add_settable(cmd2.Settable("max_running", setting_type("max_running"),
+                                        "processes allowed to run at once", kernel,
+                                        onchange_cb=self._max_running_changed))
+        self.add_settable(cmd2.Settable("kill_grace", setting_type("kill_grace", duration=True),
                                         "seconds between kill escalation steps", kernel))
         if kernel.monitor_interval is not None:
-            self.add_settable(cmd2.Settable("monitor_interval", _positive_float,
+            self.add_settable(cmd2.Settable("monitor_interval", setting_type("monitor_interval", duration=True),
                                             "seconds between CPU / memory / I/O samples", kernel))
-        self.add_settable(cmd2.Settable("time_slice", _positive_float,
+        self.add_settable(cmd2.Settable("time_slice", setting_type("time_slice", duration=True),
                                         "seconds a process runs before yielding to its peers", kernel))
         self.add_settable(cmd2.Settable("deadlock_policy", str, "on a deadlock: report, or kill-lowest (its "
                                         "lowest-priority member)", kernel, choices=("report", "kill-lowest")))
@@ -108,29 +122,65 @@ class LlmunixShell(cmd2.Cmd):
 
     def fail(self, message: str) -> None:
         """A command failed: one line on stderr, and remember it for the exit status."""
-        name = self.current_command.command if self.current_command is not None else "llmunix"
+        name = self.current_command.command if self.current_command is not None else self.command_name
         self.perror(f"{name}: {message}")
 
     def perror(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Every error: one line that names the command (cmd2's own messages are given its name),
+        after `FILE:LINE: ` in a script; it makes the exit status non-zero."""
+        if (kwargs.get("style", True) is None and objects and isinstance(objects[0], str)
+                and objects[0].startswith("Elapsed: ")):
+            super().perror(*objects, **kwargs)  # `set timing true` reports here: not an error
+            return
         self.failed = True
+        if objects and isinstance(objects[0], str | Exception):
+            text = str(objects[0])
+            cause = objects[0].__cause__ if isinstance(objects[0], RedirectionError) else None
+            if isinstance(cause, OSError):  # cmd2 says "Failed to redirect output": say which file, and why
+                text = f"cannot write {cause.filename or 'the file'}: {cause.strerror or cause}"
+            if not _NAMED.match(text):
+                text = f"{self.command_name}: {text}"
+            objects = (f"{self.location}: {text}" if self.location else text, *objects[1:])
         super().perror(*objects, **kwargs)
 
     def pexcept(self, exception: BaseException, **kwargs: Any) -> None:
         """An unexpected error: one line for the user, the traceback to the log."""
         log.error("command failed", exc_info=exception)
-        self.perror(f"internal error: {type(exception).__name__}: {exception}")
+        detail = (str(exception).splitlines() or [""])[0][:200]
+        self.perror(f"{self.command_name}: internal error: {type(exception).__name__}: {detail} "
+                    "(the traceback is in llmunix.log)")
+
+    def default(self, statement: Any) -> bool | None:  # type: ignore[override]
+        """An unknown command: one line, with the nearest command if there is one."""
+        name = statement.command
+        close = difflib.get_close_matches(name, self.get_visible_commands(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        self.perror(f"llmunix: no command {name[:40]!r}{hint} (`help` lists them)")
+        return None
 
     def consume_failure(self) -> bool:
         failed, self.failed = self.failed, False
         return failed
 
     def onecmd_plus_hooks(self, line: str, **kwargs: Any) -> bool:
-        """Run one command line and record it in the audit trail with its exit status."""
+        """Run one command line and record it in the audit trail with its exit status. The line
+        is read first as a POSIX shell would (commands/cmdline.py): a syntax error is one line
+        naming the command, and cmd2 gets the line in a form it splits the same way."""
         earlier, self.failed = self.failed, False
+        self.command_name = command_word(line)
         try:
-            return super().onecmd_plus_hooks(line, **kwargs)
+            try:
+                prepared = prepare_line(line)
+            except LineError as exc:
+                self.command_name = exc.command
+                self.perror(str(exc))
+                return False
+            if not prepared:  # blank, or only a comment
+                return False
+            self.command_name = command_word(prepared)
+            return super().onecmd_plus_hooks(prepared, **kwargs)
         finally:
-            text = line.strip()
+            text = line.strip()[:MAX_LINE]
             if text and text != "_eof" and not text.startswith("#"):
                 self.kernel.record_command(audit_text(text), 1 if self.failed else 0)
             self.failed = self.failed or earlier
@@ -139,12 +189,20 @@ class LlmunixShell(cmd2.Cmd):
         try:
             return super().onecmd(statement, add_to_history=add_to_history)
         except Cmd2ArgparseError as exc:
-            code = getattr(exc.__cause__, "code", 0)
-            if code:  # `-h` exits 0; a usage error exits 2 (cmd2 would report success)
+            if isinstance(exc.__cause__, UsageError):
+                self.perror(exc.__cause__.text)
+            elif getattr(exc.__cause__, "code", 0):  # `-h` exits 0 (cmd2 would report success for both)
                 self.failed = True
             raise
         finally:
             self._redact_last_history()
+
+    def report_usage(self, exc: SystemExit) -> None:
+        """For a command that runs a parser itself: print its usage error (`-h` is not one)."""
+        if isinstance(exc, UsageError):
+            self.perror(exc.text)
+        elif exc.code:
+            self.failed = True
 
     def _redact_last_history(self) -> None:
         """The history (kept in the home's `history` file) never holds a secret: the command just
@@ -188,26 +246,67 @@ class LlmunixShell(cmd2.Cmd):
 
     # ------------------------------------------------------------------ running and leaving
 
-    def run_lines(self, lines: Iterable[str], *, keep_going: bool = False) -> int:
+    def run_lines(self, lines: Iterable[str], *, keep_going: bool = False, source: str = "") -> int:
         """Run commands non-interactively; stop at the first failure unless `keep_going`.
+        With a `source` (a script's name), each error starts with `SOURCE:LINE: `.
         Returns the exit status: 0 if every command succeeded, 1 otherwise."""
         status = 0
-        for raw in lines:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            stop = self.onecmd_plus_hooks(line)
-            if self.consume_failure():
-                status = 1
-                if not keep_going:
+        try:
+            for number, raw in enumerate(lines, 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                self.location = f"{source}:{number}" if source else ""
+                stop = self.onecmd_plus_hooks(line)
+                if self.consume_failure():
+                    status = 1
+                    if not keep_going:
+                        break
+                if stop:
                     break
-            if stop:
-                break
+        finally:
+            self.location = ""
         return status or self.exit_code
 
     quit_parser = LlmunixArgumentParser(description="Leave llmunix. Live processes are stopped; "
                                                     "the interactive shell asks first.")
     quit_parser.add_argument("-f", "--force", action="store_true", help="do not ask")
+
+    # `set` as cmd2 has it, but with llmunix's errors (one line naming `set`, a read-only home
+    # refused), and a listing that follows the terminal (plain, never wrapped, when piped; --json).
+    @cmd2.with_argparser(cmd2.Cmd._build_set_parser, preserve_quotes=True)
+    def do_set(self, args: argparse.Namespace) -> None:
+        """Show the settings, show one, or change one: `set NAME VALUE`."""
+        self.last_result = False
+        if args.param:
+            settable = self.settables.get(args.param)
+            if settable is None:
+                close = difflib.get_close_matches(args.param, list(self.settables), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.fail(f"no setting {args.param!r}{hint} (`set` lists them)")
+                return
+            if args.value is not None:
+                self._set(args.param, settable, su.strip_quotes(args.value))
+                return
+        names = [args.param] if args.param else sorted(self.settables, key=str.lower)
+        self.last_result = {name: self.settables[name].value for name in names}
+        if self.output_is_plain():
+            self.poutput(_settings_plain(self.settables, names), soft_wrap=True)
+        else:
+            self.poutput(_settings_table(self.settables, names))
+
+    def _set(self, name: str, settable: cmd2.Settable, value: str) -> None:
+        if self.kernel.read_only and settable.settable_obj is not self:  # the kernel's, not this shell's
+            self.fail(f"read-only: {self.kernel.home} is in use by llmunix pid {self.kernel.home_owner}; "
+                      f"change {name} there")
+            return
+        try:
+            settable.value = value
+        except (ValueError, TypeError, LlmunixError) as exc:
+            self.fail(str(exc) if name in str(exc) else f"bad value {value!r} for {name}: {exc}")
+            return
+        self.pfeedback(Text.assemble(f"{name} ─> ", (f"{settable.value!r}", "green")))
+        self.last_result = True
 
     @cmd2.with_argparser(quit_parser)
     def do_quit(self, args: argparse.Namespace) -> bool | None:
@@ -239,11 +338,27 @@ class LlmunixShell(cmd2.Cmd):
         set_level(new)
 
 
-def _positive_int(value: Any) -> int:
-    n = int(value)
-    if n < 1:
-        raise ValueError("must be at least 1")
-    return n
+def _settings_plain(settables: dict[str, cmd2.Settable], names: list[str]) -> str:
+    """`set` for a pipe: NAME VALUE DESCRIPTION, one line each, never wrapped; a value is one
+    field (JSON-quoted when it is empty or has spaces), so `awk '{print $2}'` is safe."""
+    def field(value: Any) -> str:
+        text = str(value)
+        return json.dumps(text) if not text or any(c.isspace() for c in text) else text
+
+    rows = [("NAME", "VALUE", "DESCRIPTION")] + [(n, field(settables[n].value), settables[n].description)
+                                                 for n in names]
+    widths = [max(len(r[c]) for r in rows) for c in range(2)]
+    return "\n".join(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip() for r in rows)
+
+
+def _settings_table(settables: dict[str, cmd2.Settable], names: list[str]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("NAME", style="cyan", no_wrap=True)
+    table.add_column("VALUE", no_wrap=True, overflow="fold")
+    table.add_column("DESCRIPTION")
+    for name in names:
+        table.add_row(name, str(settables[name].value), Text.from_ansi(settables[name].description))
+    return table
 
 
 def _log_level(value: Any) -> str:
@@ -252,16 +367,3 @@ def _log_level(value: Any) -> str:
     except LlmunixError as exc:
         raise ValueError(str(exc)) from None
 
-
-def _positive_float(value: Any) -> float:
-    x = float(value)
-    if x <= 0:
-        raise ValueError("must be greater than 0")
-    return x
-
-
-def _non_negative_float(value: Any) -> float:
-    x = float(value)
-    if x < 0:
-        raise ValueError("must not be negative")
-    return x

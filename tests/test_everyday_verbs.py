@@ -36,7 +36,7 @@ def test_pid_words_take_numbers_padded_numbers_and_inclusive_ranges_without_repe
     assert single_pids(["3", "005", "7-9", "8", "009-010"]) == {3, 5, 8}
     for bad, fragment in (("x", "bad PID 'x'"), ("0", "start at 001"), ("9-3", "lower PID first, e.g. 003-009"),
                           ("1-", "bad PID"), ("-4", "bad PID"), ("1-9999999", "too wide"),
-                          ("99999999999999999999999", "no process has a PID that large")):
+                          ("99999999999999999999999", "no PID is that large")):
         with pytest.raises(LlmunixError, match=fragment):
             parse_pid_specs([bad])
 
@@ -159,7 +159,7 @@ def test_bad_selections_are_one_line_errors(three):
     assert sh.bad("kill 5-2") == "kill: bad PID range '5-2'; write the lower PID first, e.g. 002-005"
     assert sh.bad("kill --state bogus").startswith("kill: unknown state 'bogus'; use one of: pending, running")
     assert sh.bad("kill 99999999999999999999999") == ("kill: bad PID '99999999999999999999999'; "
-                                                      "no process has a PID that large")
+                                                      "no PID is that large")
 
 
 def test_killing_a_workflow_with_its_steps_in_one_range_is_not_an_error(sh, wait_until):

@@ -135,7 +135,7 @@ def test_e2e_messages_map_reduce_and_deadlock_policy_from_the_config(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text('deadlock_policy = "kill-lowest"\n')
-    r = llmunix("-c", "run inbox count=2", "-c", "send 1 hello", "-c", 'send 1 {"n": 2}', "-c", "wait",
+    r = llmunix("-c", "run inbox count=2", "-c", "send 1 hello", "-c", """send 1 '{"n": 2}'""", "-c", "wait",
                 "-c", "log 1", "-c", "run wordcount 'text=b a b c b a' chunks=3 parallel=2", "-c", "wait",
                 "-c", "ps --json 2",
                 "-c", "run hold-locks names=x,y seconds=0.2 step=0.3",

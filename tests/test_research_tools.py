@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from llmunix import Kernel
+from llmunix.models import LlmunixError
 from llmunix.tools import research
 from llmunix.tools.text import (
     bigrams,
@@ -247,7 +248,8 @@ def test_web_fetch_reads_a_directory_of_documents_and_rejects_bad_parameters(k, 
         "How an Operating System Schedules Processes"]
     assert research.sample_documents() == [d["url"] for d in info.output["documents"]]
     assert run(k, "web_fetch", tmp_path, urls="").error.startswith("no URLs given")
-    assert run(k, "web_fetch", tmp_path, urls="x", timeout=0).error == "timeout must be more than 0 seconds, not 0"
+    with pytest.raises(LlmunixError, match="parameter 'timeout' of tool 'web_fetch': Input should be greater than 0"):
+        k.spawn("web_fetch", urls="x", params={"timeout": 0})  # refused before it starts: no PID
 
 
 # ---------------------------------------------------------------------------------- text functions
@@ -346,7 +348,8 @@ def test_analyze_given_summarize_output_reads_the_documents_that_were_summarised
     assert out["keywords"] == [{"word": "scheduler", "count": 3}, {"word": "process", "count": 3},
                                {"word": "queue", "count": 3}]
     assert out["per_document"][0]["keywords"][:3] == ["scheduler", "process", "queue"]
-    assert run(k, "analyze", tmp_path, text="x", top=0).error == "top must be at least 1, not 0"
+    with pytest.raises(LlmunixError, match="parameter 'top' of tool 'analyze': Input should be greater than or equal"):
+        k.spawn("analyze", text="x", top=0)
 
 
 def test_report_writes_markdown_with_every_section_and_refuses_a_directory(k, tmp_path):

@@ -164,11 +164,15 @@ def test_spawn_validates_before_creating_a_process():
     assert (info.state, info.output) == ("Completed", 0.05)
 
 
-def test_a_negative_sleep_is_refused_by_the_tool_at_run_time():
+def test_out_of_range_values_are_refused_at_spawn_using_no_pid():
     with Kernel(monitor=False, kill_grace=0.3) as k:
-        pid = k.spawn("sleep", seconds="-1")
-        info = k.wait([pid], timeout=10)[0]
-    assert (info.state, info.error) == ("Failed", "seconds must not be negative")
+        first = k.next_pid
+        for value, why in (("-1", "greater than or equal to 0"), ("inf", "finite number"),
+                           ("nan", "finite number"), ("1e300", "less than or equal to 3153600000")):
+            message = error_of(lambda v=value: k.spawn("sleep", seconds=v))
+            assert message.startswith(f"bad value {value!r} for parameter 'seconds' of tool 'sleep'") and why in message
+        assert error_of(lambda: k.spawn("wordcount", text="a", chunks=-5)).endswith("greater than or equal to 1")
+        assert k.next_pid == first
 
 
 # ---------------------------------------------------------------------------- unknown tools

@@ -4,14 +4,18 @@ map-reduce word count. Their parameter names are part of the interface."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import Field
 
 from llmunix.ipc.coordination import map_reduce
 from llmunix.process import ProcessContext
-from llmunix.tools.registry import tool
+from llmunix.tools.registry import Seconds, tool
 
 
 @tool(idempotent=True, touches=())
-def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str = "", delay: float = 0.0) -> list:
+def inbox(ctx: ProcessContext, count: Annotated[int, Field(ge=0, le=1_000_000)] = 1, timeout: Seconds = 60.0,
+          topic: str = "", delay: Seconds = 0.0) -> list:
     """Receive messages, writing each to the log; return their bodies (sensitive ones as
     "<sensitive>"). Persistent ones are acknowledged once logged.
 
@@ -44,7 +48,7 @@ def inbox(ctx: ProcessContext, count: int = 1, timeout: float = 60.0, topic: str
 
 
 @tool(name="hold-locks", touches=())
-def hold_locks(ctx: ProcessContext, names: str = "a", seconds: float = 5.0, step: float = 0.5) -> str:
+def hold_locks(ctx: ProcessContext, names: str = "a", seconds: Seconds = 5.0, step: Seconds = 0.5) -> str:
     """Take the named mutexes in order, `step` seconds apart, hold them all for `seconds`, then
     release them (two of these taking the same locks in opposite orders deadlock).
 
@@ -84,7 +88,8 @@ def _merge(parts: list[dict]) -> dict:
 
 
 @tool(touches=())
-def wordcount(ctx: ProcessContext, text: str, chunks: int = 4, parallel: int = 2) -> dict:
+def wordcount(ctx: ProcessContext, text: str, chunks: Annotated[int, Field(ge=1, le=10_000)] = 4,
+              parallel: Annotated[int, Field(ge=1, le=1_000)] = 2) -> dict:
     """Count words with map-reduce: the words are cut into `chunks` pieces, each counted by a
     child process (at most `parallel` at once), then the counts are merged.
 

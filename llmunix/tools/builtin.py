@@ -10,21 +10,19 @@ from collections import deque
 
 from llmunix.models import ToolError
 from llmunix.process import ProcessContext, terminate_group
-from llmunix.tools.registry import tool
+from llmunix.tools.registry import Seconds, tool
 
 POLL = 0.05  # how often a subprocess tool reaches a control point while its child runs
 OUTPUT_LIMIT = 64 * 1024
 
 
 @tool(idempotent=True, remote=True, touches=())
-def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
+def sleep(ctx: ProcessContext, seconds: Seconds = 1.0) -> float:
     """Sleep cooperatively, reporting progress every tick (a tenth of a second, at most 100 ticks).
 
     Args:
         seconds: how long to sleep (running time; time spent paused does not count)
     """
-    if seconds < 0:
-        raise ToolError("seconds must not be negative")
     ticks = max(1, min(100, math.ceil(seconds / 0.1)))
     # The reference resumable tool: a checkpoint every tick, and after a crash or a restart
     # `ctx.restored` is the last one, so it continues from the tick it had reached.
@@ -37,7 +35,7 @@ def sleep(ctx: ProcessContext, seconds: float = 1.0) -> float:
 
 
 @tool(touches=())
-def spin(ctx: ProcessContext, seconds: float = 1.0) -> int:
+def spin(ctx: ProcessContext, seconds: Seconds = 1.0) -> int:
     """Burn CPU in a pure-Python loop that reaches no control point (tests kill escalation).
 
     Args:

@@ -24,8 +24,10 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from llmunix.config import active_config
 from llmunix.models import EXIT_REFUSED, ToolError
@@ -373,7 +375,8 @@ def list_files(ctx: ProcessContext, path: str = ".", pattern: str = "*", recursi
 
 
 @tool(idempotent=True, touches=("paths:path",))
-def grep(ctx: ProcessContext, pattern: str, path: str = ".", ignore_case: bool = True, max_matches: int = 200,
+def grep(ctx: ProcessContext, pattern: str, path: str = ".", ignore_case: bool = True,
+         max_matches: Annotated[int, Field(ge=1, le=1_000_000)] = 200,
          workspace: str = "") -> list[dict[str, Any]]:
     """Search text files in the workspace for a regular expression; each match is {file, line, text}.
 

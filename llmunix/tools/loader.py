@@ -33,10 +33,12 @@ class LoadError:
 
 
 def _error_line(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (line {frames[-1].lineno})" if frames else ""
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        where = f" (line {exc.lineno})"
+    # The line in the user's code: not one of the import machinery's (a missing module has none),
+    # and a SyntaxError names its own file and line already.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<") and "importlib" not in Path(f.filename).parts
+              and f.filename != __file__]
+    where = f" (line {frames[-1].lineno})" if frames and not isinstance(exc, SyntaxError) else ""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
 

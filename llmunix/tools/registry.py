@@ -2,22 +2,32 @@
 
 A tool is a Python function whose first parameter is the process context (`ctx`); its other
 parameters become the tool's parameters, validated by a pydantic model built from the signature,
-so `run sleep seconds=abc` fails at once with a one-line error naming the parameter.
+so `run sleep seconds=abc` fails at once with a one-line error naming the parameter. Bounds are
+declared the pydantic way (`chunks: Annotated[int, Field(ge=1, le=1000)]`); infinite and NaN
+numbers are refused everywhere.
+
+A user's tool wins over a built-in one of the same name, whichever registers first; the
+registry remembers who replaced whom (`overrides`) so that llmunix can say so.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import os
 import re
+import sys
 import threading
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 
-from llmunix.models import LlmunixError, ProcessKind
+from llmunix.models import MAX_DURATION, LlmunixError, ProcessKind
 from llmunix.pool import parse_needs
 
 ToolFunc = Callable[..., Any]
@@ -34,6 +44,11 @@ ToolFunc = Callable[..., Any]
 TOUCHES_ANYTHING = "anything"
 TOUCH_KINDS = ("paths", "urls")
 
+# Parameter types with bounds, for tools' signatures (`def sleep(ctx, seconds: Seconds = 1.0)`):
+# a time no timer can wait out would stop a thread; more bounds with Annotated[int, Field(...)].
+Seconds = Annotated[float, pydantic.Field(ge=0, le=MAX_DURATION)]
+PositiveSeconds = Annotated[float, pydantic.Field(gt=0, le=MAX_DURATION)]
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -42,6 +57,8 @@ class ParamSpec:
     required: bool
     default: Any
     description: str = ""
+    shape: str = ""  # "items" (a list of scalars), "list" (of anything else), "dict", or "" (one value)
+    allowed: str = ""  # the declared range, e.g. "0 to 1,000" ("" when unbounded)
 
 
 @dataclass
@@ -63,6 +80,7 @@ class Tool:
     breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
+    overrides: str | None = None  # the source of the tool of the same name this one replaced ("builtin", a path)
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
     @property
@@ -96,8 +114,51 @@ class Tool:
         values.update(model.model_extra or {})  # a tool declared with **kwargs takes any others
         return values
 
+    def from_text(self, given: Mapping[str, str | list[str]]) -> dict[str, Any]:
+        """Parameters as typed in a shell, converted for `validate`: each key with its text, or
+        its texts when the key was given more than once. A list (set, tuple) parameter takes JSON
+        (`urls='["a","b"]'`), and when its items are plain values also a comma list (`urls=a,b`)
+        or the key repeated (`urls=a urls=b`); a dict parameter takes JSON (`opts='{"k": 1}'`).
+        Anything else stays text, which `validate` converts (`seconds=2` becomes 2.0)."""
+        shapes = {p.name: p.shape for p in self.params}
+        out: dict[str, Any] = {}
+        for name, value in given.items():
+            texts = [value] if isinstance(value, str) else list(value)
+            shape = shapes.get(name, "")
+            if shape in ("items", "list"):
+                items: list[Any] = []
+                for text in texts:
+                    if text.lstrip().startswith("[") or shape == "list":
+                        items.extend(self._json(name, text, list))
+                    else:
+                        items.extend(part.strip() for part in text.split(",") if part.strip())
+                out[name] = items
+                continue
+            if len(texts) > 1:
+                raise LlmunixError(f"parameter {name!r} of tool {self.name!r} was given {len(texts)} times; "
+                                   "it takes one value")
+            out[name] = self._json(name, texts[0], dict) if shape == "dict" else texts[0]
+        return out
+
+    def _json(self, name: str, text: str, want: type) -> Any:
+        kind = "list" if want is list else "object"
+        example = '\'["a","b"]\'' if want is list else '\'{"key": 1}\''
+        try:
+            value = json.loads(text)
+        except RecursionError:
+            raise LlmunixError(f"bad value for parameter {name!r} of tool {self.name!r}: nested too deeply") from None
+        except ValueError as exc:
+            raise LlmunixError(f"bad value {_shorten(text)!r} for parameter {name!r} of tool {self.name!r}: "
+                               f"not a JSON {kind} ({exc}); e.g. {name}={example}") from None
+        if not isinstance(value, want):
+            raise LlmunixError(f"bad value {_shorten(text)!r} for parameter {name!r} of tool {self.name!r}: "
+                               f"give a JSON {kind}, e.g. {name}={example}")
+        return value
+
     def _explain(self, exc: pydantic.ValidationError) -> str:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt name first: `txt=hi` is "no parameter 'txt'; did you mean 'text'?", not "needs 'text'".
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         name = ".".join(str(part) for part in err["loc"]) or "?"
         names = ", ".join(p.name for p in self.params) or "none"
         if err["type"] == "missing":
@@ -106,7 +167,8 @@ class Tool:
             close = difflib.get_close_matches(name, [p.name for p in self.params], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             return f"tool {self.name!r} has no parameter {name!r} (its parameters: {names}){hint}"
-        return f"bad value {err.get('input')!r} for parameter {name!r} of tool {self.name!r}: {err['msg']}"
+        return (f"bad value {_shorten(err.get('input'))!r} for parameter {name!r} of tool {self.name!r}: "
+                f"{err['msg']}")
 
 
 class ToolRegistry:
@@ -115,9 +177,32 @@ class ToolRegistry:
         self._lock = threading.Lock()
 
     def register(self, tool: Tool) -> Tool:
+        """Add a tool; returns the one now registered under its name. A user's tool replaces a
+        built-in one of the same name, and a built-in one never replaces a user's (built-ins load
+        when the first Kernel is made, usually after the user's tools); between two user tools
+        the later wins. The winner's `overrides` names the source it replaced. Internal tools
+        (the workflow runner) cannot be replaced."""
         with self._lock:
+            old = self._tools.get(tool.name)
+            if old is None or old.source == tool.source:  # new, or the same definition loaded again
+                if old is not None and old.overrides and not tool.overrides:
+                    tool.overrides = old.overrides
+                self._tools[tool.name] = tool
+                return tool
+            if old.hidden and old.source == "builtin":
+                raise LlmunixError(f"{tool.name!r} is the name of an internal llmunix tool; "
+                                   "give your tool another name (@tool(name=...))")
+            if tool.source == "builtin":
+                old.overrides = "builtin"
+                return old
+            tool.overrides = old.source
             self._tools[tool.name] = tool
         return tool
+
+    def overrides(self) -> list[Tool]:
+        """The tools that replaced another of the same name (see `register`), by name."""
+        with self._lock:
+            return sorted((t for t in self._tools.values() if t.overrides and not t.hidden), key=lambda t: t.name)
 
     def get(self, name: str) -> Tool:
         """A tool by name, in any spelling one tool answers to (`Read`, `read-file`, `WebFetch`:
@@ -192,9 +277,10 @@ def make_tool(
         fields[p.name] = (annotation, ... if required else p.default)
         specs.append(
             ParamSpec(p.name, _type_name(annotation), required, None if required else p.default,
-                      param_docs.get(p.name, ""))
+                      param_docs.get(p.name, ""), _shape(annotation), _allowed(annotation))
         )
-    config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True)
+    config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True,
+                                 allow_inf_nan=False)
     model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
     _check_resilience(fallback, stall_timeout, on_stall)
@@ -260,6 +346,8 @@ def tool(
         source = getattr(f, "__module__", "builtin") or "builtin"
         if source.startswith("llmunix."):
             source = "builtin"
+        elif source.startswith(USER_MODULES):  # a file in a tools directory: name the file
+            source = _file_of(source) or source
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
                       fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
@@ -269,6 +357,20 @@ def tool(
         return f
 
     return decorate(func) if func is not None else decorate
+
+
+USER_MODULES = "llmunix_user_tools."  # tools/loader.py imports tool files under this package name
+
+
+def _file_of(module: str) -> str | None:
+    """The file a module was loaded from, relative to the working directory when under it."""
+    path = getattr(sys.modules.get(module), "__file__", None)
+    if not path:
+        return None
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:
+        return path
 
 
 def _check_resilience(fallback: str | None, stall_timeout: float | None, on_stall: str | None) -> None:
@@ -326,8 +428,60 @@ def _resolve(annotation: str, func: ToolFunc) -> Any:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
     if annotation is Any:
         return "any"
-    if isinstance(annotation, type):
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+_SEQUENCES = (list, set, tuple, frozenset, typing.Sequence, typing.MutableSequence, typing.AbstractSet)
+_SCALARS = (str, int, float, bool)
+
+
+def _shape(annotation: Any) -> str:
+    """How the shell passes a value of this type (see Tool.from_text): "" when text will do."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if any(m is str or m is Any for m in members):
+            return ""  # text is a valid value already
+        shapes = {_shape(m) for m in members}
+        return shapes.pop() if len(shapes) == 1 else ""
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (dict, typing.Mapping, typing.MutableMapping) or annotation is dict:
+        return "dict"
+    if origin in _SEQUENCES or annotation in _SEQUENCES:
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return "items" if all(a in _SCALARS or a is Any for a in args) else "list"
+    return ""
+
+
+def _allowed(annotation: Any) -> str:
+    """The range declared with Field(ge=..., le=...), in words ("" without one)."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return ""
+    low = high = None
+    for meta in typing.get_args(annotation)[1:]:
+        for rule in getattr(meta, "metadata", [meta]):
+            low = next((getattr(rule, k) for k in ("ge", "gt") if getattr(rule, k, None) is not None), low)
+            high = next((getattr(rule, k) for k in ("le", "lt") if getattr(rule, k, None) is not None), high)
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f"at least {_num(low)}"
+    return f"at most {_num(high)}" if low is None else f"{_num(low)} to {_num(high)}"
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def _shorten(value: Any, limit: int = 60) -> Any:
+    """A user's value, cut for a one-line message."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "..."
+    return value

@@ -46,13 +46,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
+
+from pydantic import Field
 
 from llmunix.models import ToolError
 from llmunix.process import ProcessContext
 from llmunix.tools.files import Confinement, Refused, open_dir, open_file, write_atomic
-from llmunix.tools.registry import tool
+from llmunix.tools.registry import PositiveSeconds, tool
 from llmunix.tools.text import (
     Summarizer,
     bigrams,
@@ -184,8 +186,8 @@ class _Fetched:
 
 @tool(idempotent=True, needs={"network": 1}, breaker=False,  # each host has its own breaker
       touches=("urls:urls", "paths:urls", "paths:dest"))
-def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: float = 30.0, dest: str = "",
-              max_bytes: int = 5_000_000, workspace: str = "") -> dict[str, Any]:
+def web_fetch(ctx: ProcessContext, urls: list[str] | str, timeout: PositiveSeconds = 30.0, dest: str = "",
+              max_bytes: Annotated[int, Field(ge=1, le=10**12)] = 5_000_000, workspace: str = "") -> dict[str, Any]:
     """Fetch web pages and local files, save their readable text, and record status, bytes and time.
 
     Takes http(s) URLs (localhost too), file:// URLs and paths (relative to the working
@@ -660,7 +662,8 @@ def _read_document(scope: _Scope, name: str, fallback: Any = None) -> _Document:
 
 
 @tool(idempotent=True, touches=("paths:documents",))
-def summarize(ctx: ProcessContext, documents: list | dict | str | None = None, sentences: int = 5,
+def summarize(ctx: ProcessContext, documents: list | dict | str | None = None,
+              sentences: Annotated[int, Field(ge=1, le=10_000)] = 5,
               text: str = "", workspace: str = "") -> dict[str, Any]:
     """Summarise documents: an extractive summary of each and one of them all (offline, deterministic).
 
@@ -702,7 +705,7 @@ def summarize(ctx: ProcessContext, documents: list | dict | str | None = None, s
 
 @tool(idempotent=True, touches=("paths:documents",))
 def analyze(ctx: ProcessContext, documents: list | dict | str | None = None, text: str = "",
-            top: int = 10, workspace: str = "") -> dict[str, Any]:
+            top: Annotated[int, Field(ge=1, le=10_000)] = 10, workspace: str = "") -> dict[str, Any]:
     """Text statistics and keywords of documents: words, sentences, reading time, lexical diversity.
 
     Keywords are the most frequent words that are not stopwords (plurals counted with their

@@ -264,24 +264,31 @@ def read_spec(path: str | Path) -> tuple[WorkflowSpec, list[str]]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{p}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise SpecError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{p}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                        "save the spec as UTF-8") from None
     warnings: list[str] = []
     suffix = p.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        data = _yaml(p, text)
-    elif suffix == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{p}: malformed TOML: {exc}") from None
-    elif suffix in (".md", ".markdown"):
-        data = markdown_to_data(p, text, warnings)
-    else:
-        raise SpecError(f"{p}: not a workflow spec (use .yaml, .yml, .toml or .md)")
-    return spec_from_data(data, p, warnings), warnings
+    # The parsers recurse once per level of nesting: a spec nested thousands deep (never a real
+    # one) would end in RecursionError, so it is refused with one line instead.
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = _yaml(p, text)
+        elif suffix == ".toml":
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise SpecError(f"{p}: malformed TOML: {exc}") from None
+        elif suffix in (".md", ".markdown"):
+            data = markdown_to_data(p, text, warnings)
+        else:
+            raise SpecError(f"{p}: not a workflow spec (use .yaml, .yml, .toml or .md)")
+        return spec_from_data(data, p, warnings), warnings
+    except RecursionError:
+        raise SpecError(f"{p}: nested too deeply to be a workflow spec") from None
 
 
 def spec_from_data(data: Any, path: str | Path = "<spec>", warnings: list[str] | None = None) -> WorkflowSpec:
@@ -368,9 +375,9 @@ def _yaml(path: Path, text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}:{where}: malformed YAML: {problem}") from None
+        raise SpecError(f"{path}:{where} malformed YAML: {problem}") from None
 
 
 # LLMunix execution-trace markdown ---------------------------------------------------------------
@@ -710,8 +717,8 @@ def _parse_json(name: str, text: str, want: type) -> Any:
 
     try:
         value = json.loads(text)
-    except ValueError:
-        raise LlmunixError(f"input {name!r} must be JSON ({want.__name__}), not {text!r}") from None
+    except (ValueError, RecursionError):
+        raise LlmunixError(f"input {name!r} must be JSON ({want.__name__}), not {text[:60]!r}") from None
     if not isinstance(value, want):
         raise LlmunixError(f"input {name!r} must be a {want.__name__}, not {text!r}")
     return value

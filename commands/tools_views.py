@@ -1,0 +1,100 @@
+"""`tools` renderers (pure: tools in, renderables or plain text out): the list of tools, and one
+tool's card with its parameters, the forms a list or dict parameter takes from the shell, and
+whether the tool replaced a built-in one of the same name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from llmunix.tools.registry import ParamSpec, Tool
+
+
+def tools_table(tools: Iterable[Tool]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("TOOL", style="cyan", no_wrap=True)
+    table.add_column("PARAMETERS", no_wrap=True)
+    table.add_column("SOURCE", style="dim", no_wrap=True)
+    table.add_column("DESCRIPTION")
+    for t in tools:
+        source = Text(t.source)
+        if t.overrides:
+            source.append(f" (overrides {_origin(t.overrides)})", style="yellow")
+        table.add_row(t.name, params_summary(t), source, t.description)
+    return table
+
+
+def tools_plain(tools: Iterable[Tool]) -> str:
+    """TOOL PARAMETERS SOURCE OVERRIDES: one tool a line, fields without spaces (`-`: none)."""
+    rows = [("TOOL", "PARAMETERS", "SOURCE", "OVERRIDES")] + [
+        (t.name, params_summary(t).replace(" ", ",") or "-", _field(t.source), _field(t.overrides or "-"))
+        for t in tools]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    return "\n".join("  ".join(f.ljust(widths[c]) for c, f in enumerate(r)).rstrip() for r in rows)
+
+
+def params_summary(t: Tool) -> str:
+    return " ".join(p.name if p.required else f"[{p.name}]" for p in t.params)
+
+
+def tool_tree(t: Tool) -> Group:
+    root = Tree(Text.assemble(("Tool ", "bold"), (t.name, "bold cyan")))
+    root.add(Text(f"Description: {t.description or '-'}"))  # Text: user text is never markup
+    kind = "subprocess (runs in its own process group)" if t.subprocess else "python (runs on a worker thread)"
+    root.add(f"Kind: {kind}")
+    source = Text(f"Source: {t.source}")
+    if t.overrides:
+        replaced = f"the built-in {t.name}" if t.overrides == "builtin" else f"{t.name} from {t.overrides}"
+        source.append(f" (overrides {replaced})", style="yellow")
+    root.add(source)
+    root.add(f"Idempotent: {'yes' if t.idempotent else 'no'}")
+    root.add(f"Remote: {'yes (runs on a Dask worker with --backend dask)' if t.remote else 'no (runs here)'}")
+    params = root.add("Parameters:" if t.params else "Parameters: none")
+    for p in t.params:
+        label = f"{p.name}: {p.type}"
+        label += " (required)" if p.required else f" = {p.default!r}"
+        if p.allowed:
+            label += f", {p.allowed}"
+        if p.description:
+            label += f" — {p.description}"
+        node = params.add(Text(label))
+        if p.shape:
+            node.add(Text(f"from the shell: {param_forms(p)}", style="dim"))
+    return Group(root, Text(f"Example: run {t.name} {_example(t)}".rstrip(), style="dim"))
+
+
+def param_forms(p: ParamSpec) -> str:
+    """How to write a list or dict parameter in the shell (Tool.from_text reads these)."""
+    if p.shape == "dict":
+        return f"""{p.name}='{{"key": "value"}}' (JSON)"""
+    if p.shape == "list":
+        return f"""{p.name}='[...]' (a JSON list)"""
+    return f"""{p.name}='["a","b"]' (JSON), {p.name}=a,b or {p.name}=a {p.name}=b"""
+
+
+def _example(t: Tool) -> str:
+    """Its required parameters (or, with none, the first one at its default)."""
+    def word(p: ParamSpec) -> str:
+        if p.shape == "items":
+            return f"{p.name}=a,b"
+        if p.shape:
+            return f"{p.name}='...'"
+        if p.required:
+            return f"{p.name}=..."
+        text = str(p.default)
+        return f"{p.name}={text}" if text and " " not in text else f"{p.name}='{text}'"
+
+    shown = [p for p in t.params if p.required] or t.params[:1]
+    return " ".join(word(p) for p in shown)
+
+
+def _origin(overrides: str) -> str:
+    return "built-in" if overrides == "builtin" else overrides
+
+
+def _field(text: str) -> str:
+    return text.replace(" ", "_") or "-"
