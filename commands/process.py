@@ -132,7 +132,8 @@ class ProcessCommands(ShellCommandSet):
         if args.json:
             self.out_stream(json_array_chunks({"time": iso_time(t), "line": line} for t, line in lines))
             return
-        self.out_stream(_log_line(t, line, args.timestamps) + "\n" for t, line in lines)
+        escape = not self.plain  # piped or redirected: the bytes the tool wrote, exactly
+        self.out_stream(_log_line(t, line, args.timestamps, escape) + "\n" for t, line in lines)
 
     def _follow_log(self, args: argparse.Namespace) -> None:
         """`log --follow`: lines as they come (JSON: one object per line); Ctrl-C is not a failure."""
@@ -144,7 +145,7 @@ class ProcessCommands(ShellCommandSet):
                     if args.json:
                         text = json_safe(json.dumps({"time": iso_time(t), "line": line}, ensure_ascii=False))
                     else:
-                        text = _log_line(t, line, args.timestamps)
+                        text = _log_line(t, line, args.timestamps, not self.plain)
                     self.out_stream([text + "\n"])
         except LlmunixError as exc:
             self.fail(str(exc))
@@ -152,8 +153,9 @@ class ProcessCommands(ShellCommandSet):
             pass
 
 
-def _log_line(t: float, line: str, timestamps: bool) -> str:
+def _log_line(t: float, line: str, timestamps: bool, escape: bool = True) -> str:
     """A log line as the terminal may show it: a line a tool wrote can hold anything (an escape
-    sequence, a carriage return); `--json` keeps it as it was."""
-    text = safe_text(line, lines=True)
+    sequence, a carriage return), so on a terminal it is escaped; piped, and in `--json`, it is
+    kept as it was (byte for byte: the output stream writes undecodable bytes back as they were)."""
+    text = safe_text(line, lines=True) if escape else line
     return f"{iso_time(t)[11:23]}  {text}" if timestamps else text

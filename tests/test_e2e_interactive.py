@@ -36,7 +36,7 @@ def test_failures_are_announced_and_the_shell_keeps_running(session):
     session.expect(r"kill: no process 042")
     session.expect(PROMPT)
     session.sendline("nosuchcommand")
-    session.expect(r"nosuchcommand is not a recognized command")  # the error, not the echoed line
+    session.expect(r"no command 'nosuchcommand'")  # the error, not the echoed line
     session.expect(PROMPT)
     session.sendline("run echo text=still-alive")
     session.expect(rf"\[002\]{ANY}echo{ANY}completed")

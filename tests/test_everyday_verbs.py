@@ -158,8 +158,8 @@ def test_bad_selections_are_one_line_errors(three):
     assert sh.bad("kill").startswith("kill: say which processes")
     assert sh.bad("kill 5-2") == "kill: bad PID range '5-2'; write the lower PID first, e.g. 002-005"
     assert sh.bad("kill --state bogus").startswith("kill: unknown state 'bogus'; use one of: pending, running")
-    assert sh.bad("kill 99999999999999999999999") == ("kill: bad PID '99999999999999999999999'; "
-                                                      "no PID is that large")
+    assert sh.bad("kill 99999999999999999999999") == ("kill: no process 99999999999999999999999: "
+                                                      "no PID is that large; `ps -a` lists them")
 
 
 def test_killing_a_workflow_with_its_steps_in_one_range_is_not_an_error(sh, wait_until):

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from llmunix.models import LlmunixError
 
 if TYPE_CHECKING:
-    from llmunix.kernel import Kernel
-    from llmunix.process import Process, ProcessContext
+    from llmunix.lifecycle import ProcessTable, Relay
+    from llmunix.process import ProcessContext
 
 BACKENDS = ("threads", "dask")
 
@@ -66,6 +66,14 @@ class ClusterInfo:
                 "workers": [w.to_dict() for w in self.workers], "waiting": list(self.waiting), "note": self.note}
 
 
+class Host(Protocol):
+    """What a backend needs of the kernel that binds it (not the whole Kernel)."""
+
+    table: ProcessTable  # snapshot fields (the worker a body runs on)
+    max_running: int
+    threads: int
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Where process bodies run. `distributed` is False for a backend that never takes a body
@@ -74,13 +82,14 @@ class Backend(Protocol):
     name: str
     distributed: bool
 
-    def bind(self, kernel: Kernel) -> None:
+    def bind(self, kernel: Host) -> None:
         """Called once by the kernel that will use it, before any process runs."""
 
-    def run(self, ctx: ProcessContext, proc: Process) -> Any:
-        """Run `proc`'s body (its tool is remote) from the process's own worker thread, honouring
-        control requests at least every few tens of milliseconds; return its output or raise as
-        the body did (ToolError, ProcessKilled, ...)."""
+    def run(self, ctx: ProcessContext, relay: Relay) -> Any:
+        """Run a process's body (its tool is remote) from the process's own worker thread, as its
+        proxy through `relay` (lifecycle.Relay: control requests, progress, logs, checkpoints),
+        honouring control requests at least every few tens of milliseconds; return its output or
+        raise as the body did (ToolError, ProcessKilled, ...)."""
 
     def cluster(self) -> ClusterInfo:
         """A snapshot of where bodies run (for `cluster`)."""
@@ -95,11 +104,11 @@ class ThreadBackend:
     name = "threads"
     distributed = False
 
-    def bind(self, kernel: Kernel) -> None:
+    def bind(self, kernel: Host) -> None:
         self._kernel = kernel
 
-    def run(self, ctx: ProcessContext, proc: Process) -> Any:
-        return proc.tool.func(ctx, **proc.params)
+    def run(self, ctx: ProcessContext, relay: Relay) -> Any:
+        return relay.tool.func(ctx, **relay.params)
 
     def cluster(self) -> ClusterInfo:
         kernel = getattr(self, "_kernel", None)
@@ -133,4 +142,4 @@ def make_backend(backend: Backend | str | None = None, *, scheduler: str | None 
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "ClusterInfo", "ThreadBackend", "WorkerInfo", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "ClusterInfo", "Host", "ThreadBackend", "WorkerInfo", "make_backend"]

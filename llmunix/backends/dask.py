@@ -52,7 +52,7 @@ from llmunix.backends.remote import llmunix_deliver, run_body
 from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
 
 if TYPE_CHECKING:
-    from llmunix.kernel import Kernel
+    from llmunix.backends import Host
     from llmunix.lifecycle import Relay
     from llmunix.process import ProcessContext
 
@@ -133,7 +133,7 @@ class DaskBackend:
         self.address: str = self.client.scheduler.address
         self.token = secrets.token_hex(3)
         self.topic = f"llmunix-{self.token}"
-        self._kernel: Kernel | None = None
+        self._kernel: Host | None = None
         self._live: dict[str, RemoteRun] = {}
         self._workers: dict[int, str] = {}  # pid -> the worker its body ran on (kept for its snapshot)
         self._counter = itertools.count(1)
@@ -146,7 +146,7 @@ class DaskBackend:
         self._sender = threading.Thread(target=self._send_loop, name="llmunix-dask-control", daemon=True)
         self._sender.start()
 
-    def bind(self, kernel: Kernel) -> None:
+    def bind(self, kernel: Host) -> None:
         self._kernel = kernel
         kernel.table.snapshot_field("worker", self._worker_of)
 

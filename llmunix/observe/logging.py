@@ -29,8 +29,8 @@ from llmunix.models import Event, LlmunixError, format_pid
 from llmunix.observe.redact import redact, redact_text
 
 if TYPE_CHECKING:
+
     from llmunix.ipc.bus import Subscription
-    from llmunix.kernel import Kernel
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 ROOT = "llmunix"
@@ -143,8 +143,9 @@ def current_level() -> str:
     return logging.getLevelName(logging.getLogger(ROOT).getEffectiveLevel()).lower()
 
 
-def log_events(kernel: Kernel) -> Subscription:
-    """Log the kernel's events (see the module docstring for levels). Returns the subscription."""
+def log_events(kernel: Any) -> Subscription:
+    """Log the kernel's events (see the module docstring for levels): `kernel` is anything with
+    `subscribe(pattern, callback)`. Returns the subscription."""
     logger = logging.getLogger(EVENTS_LOGGER)
 
     def on_event(e: Event) -> None:
