@@ -27,6 +27,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -404,6 +405,7 @@ def bench_checkpoints(homes: Homes, n: int, workers: int) -> list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
+    gc.freeze()  # as llmunix's CLI does once started (cli.py): the startup heap is never collected
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (under 15 s instead of about a minute)")
     ap.add_argument("--n", type=int, default=None, help="processes per throughput run (default 5000; quick 1500)")

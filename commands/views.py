@@ -29,6 +29,8 @@ STATE_STYLES = {
     "Running": "bold green",
     "Paused": "bold yellow",
     "Preempted": "magenta",
+    "Waiting": "cyan",
+    "Deadlocked": "bold red",
     "Completed": "blue",
     "Failed": "bold red",
     "Cancelled": "red",

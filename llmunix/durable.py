@@ -32,6 +32,7 @@ from llmunix.models import (
     IllegalTransition,
     LlmunixError,
     Outcome,
+    Phase,
     Priority,
     ProcessInfo,
     ProcessKind,
@@ -260,31 +261,74 @@ class DurableState(Hooks):
             stats = [empty_stats(tool)]
         return stats
 
+    def ended_after(self, seq: int) -> list[ProcessInfo]:
+        """Processes of this session started from outside (no parent) whose end was published
+        after event `seq`, by PID: what a `wait` that began later still has to report."""
+        table = self.table
+        with table.lock:
+            return sorted((table.snapshot(p) for p in table.procs.values()
+                           if p.end_seq > seq and p.parent is None and p.phase is Phase.DONE),
+                          key=lambda i: i.pid)
+
     # ------------------------------------------------------------------ waiting from outside
+
+    def wait_each(self, pids: Iterable[int], timeout: float | None = None, *, include_paused: bool = False,
+                  bus: Any = None) -> WaitWatch:
+        """Follow `pids` to their ends: iterate the returned `WaitWatch` to get each snapshot as
+        its process finishes (those already finished first). It stops when all have finished,
+        after `timeout` seconds, or — unless `include_paused` — when every one left is paused or
+        waits only for paused ones (nobody will wake them: a script that pauses a process and
+        then waits must not hang). Afterwards `watch.left` holds the snapshots of those it stopped
+        waiting for and `watch.reason` says why ("timeout", "paused")."""
+        return WaitWatch(self, [as_pid(p) for p in pids], timeout, include_paused, bus or self.table.bus)
+
+    def stuck(self, infos: Iterable[ProcessInfo]) -> list[ProcessInfo]:
+        """Of these live processes, the ones that cannot go on until someone resumes something:
+        paused, or waiting for dependencies that are all themselves stuck."""
+        memo: dict[int, bool] = {}
+
+        def is_stuck(info: ProcessInfo, depth: int = 0) -> bool:
+            if info.pid in memo:
+                return memo[info.pid]
+            memo[info.pid] = False  # (a cycle is not a pause)
+            if info.is_done:
+                result = False
+            elif info.phase is Phase.PAUSED:
+                result = True
+            elif info.phase is Phase.WAITING and info.after and depth < 100:
+                deps = [self.info(d) for d in info.after]
+                live = [d for d in deps if not d.is_done]
+                result = bool(live) and all(is_stuck(d, depth + 1) for d in live)
+            else:
+                result = False
+            memo[info.pid] = result
+            return result
+
+        return [i for i in infos if is_stuck(i)]
 
     def wait(self, pids: Iterable[int] | None = None, timeout: float | None = None) -> list[ProcessInfo]:
         """Block until the given processes (default: all live now) have finished, or `timeout`
         passes. Returns their snapshots; check `.is_done` to see which finished."""
-        wanted = None if pids is None else [as_pid(p) for p in pids]
+        wanted = None if pids is None else [p if type(p) is int else as_pid(p) for p in pids]
         deadline = None if timeout is None else time.monotonic() + timeout
         earlier: dict[int, ProcessInfo] = {}
         table = self.table
+        procs = table.procs
         if wanted is not None:
-            with table.lock:
-                absent = [p for p in wanted if table.get(p) is None]
+            absent = [p for p in wanted if p not in procs]
             for p in absent:  # finished: in an earlier session, or released from memory (retention)
                 earlier[p] = self.info(p)  # unknown PIDs raise
+        snapshot = table.snapshot
         with table.lock:
             if wanted is None:
                 targets = list(table.live.values())
             else:
-                found = [(p, table.get(p)) for p in wanted if p not in earlier]
-                targets = [proc for _p, proc in found if proc is not None]
-                absent = [p for p, proc in found if proc is None]  # released since we looked
+                targets = [proc for proc in map(procs.get, wanted) if proc is not None]
             table.wait_live(targets, timeout)
-            done = {p.pid: table.snapshot(p) for p in targets}
+            done = {p.pid: snapshot(p) for p in targets}
         if wanted is None:
             return list(done.values())
+        absent = [p for p in wanted if p not in done and p not in earlier]  # released since we looked
         for p in absent:
             earlier[p] = self.info(p)
         # Live but not ours: another llmunix owns the home (we are read-only). Follow the store.
@@ -529,6 +573,65 @@ class DurableState(Hooks):
                 with table.lock:
                     self._history_loads -= 1
         return self._history
+
+
+class WaitWatch:
+    """`DurableState.wait_each`: an iterator over snapshots of processes as they finish."""
+
+    RECHECK = 1.0  # seconds between looks when no event arrives (a safety net; events drive it)
+
+    def __init__(self, durable: DurableState, pids: list[int], timeout: float | None, include_paused: bool,
+                 bus: Any) -> None:
+        self.durable = durable
+        self.pids = pids
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.include_paused = include_paused
+        self.bus = bus
+        self.left: list[ProcessInfo] = []
+        self.reason = ""
+
+    def __iter__(self) -> Iterator[ProcessInfo]:
+        import queue as _queue
+
+        durable = self.durable
+        news: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        # Inline (it only queues): every end, and every pause (a pause may strand a waiter).
+        sub = self.bus.subscribe("process.completed|process.failed|process.cancelled|process.paused",
+                                 news.put)
+        try:
+            left: dict[int, ProcessInfo] = {}
+            for pid in dict.fromkeys(self.pids):
+                info = durable.info(pid)
+                if info.is_done:
+                    yield info
+                else:
+                    left[pid] = info
+            while left:
+                for pid in list(left):
+                    info = durable.info(pid)
+                    if info.is_done:
+                        del left[pid]
+                        yield info
+                    else:
+                        left[pid] = info
+                if not left:
+                    break
+                if not self.include_paused and len(durable.stuck(left.values())) == len(left):
+                    self.reason, self.left = "paused", list(left.values())
+                    return
+                now = time.monotonic()
+                if self.deadline is not None and now >= self.deadline:
+                    self.reason, self.left = "timeout", list(left.values())
+                    return
+                step = self.RECHECK if self.deadline is None else min(self.RECHECK, self.deadline - now)
+                try:
+                    news.get(timeout=step)
+                    while True:  # take the burst: one look for all of it
+                        news.get_nowait()
+                except _queue.Empty:
+                    pass
+        finally:
+            sub.cancel()
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmunix.backends import Backend, ClusterInfo, make_backend
-from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState
+from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState, WaitWatch
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
@@ -377,6 +377,21 @@ class Kernel:
 
     def info(self, pid: int) -> ProcessInfo:
         return self.durable.info(pid)
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (a mark for `ended_after`)."""
+        return self.bus.last_seq
+
+    def wait_each(self, pids: Iterable[int], timeout: float | None = None, *, include_paused: bool = False
+                  ) -> WaitWatch:
+        """Iterate the snapshots of `pids` as they finish; stops on `timeout`, or when all that is
+        left is paused (unless `include_paused`): see DurableState.wait_each."""
+        return self.durable.wait_each(pids, timeout, include_paused=include_paused)
+
+    def ended_after(self, seq: int) -> list[ProcessInfo]:
+        """Top-level processes of this session whose end came after event `seq`, by PID."""
+        return self.durable.ended_after(seq)
 
     def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters

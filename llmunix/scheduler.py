@@ -235,6 +235,7 @@ class Scheduler:
         self.time_slice = time_slice
         self.ready = ReadyQueue(aging_interval)
         self.running: set[Process] = set()
+        self._running_at = [0] * len(Priority)  # running processes per base level (victim's quick no)
         self.pool = pool if pool is not None else ResourcePool()
         for name, value in (limits or {}).items():
             self.pool.set_limit(name, value)
@@ -257,6 +258,13 @@ class Scheduler:
 
     def dequeue(self, proc: Process) -> None:
         self.ready.remove(proc)
+
+    def reprioritize(self, proc: Process, priority: Priority) -> None:
+        """A process's base level changes (renice); a queued one must be dequeued first."""
+        if proc in self.running:
+            self._running_at[proc.priority] -= 1
+            self._running_at[priority] += 1
+        proc.priority = priority
 
     def effective(self, proc: Process, now: float) -> Priority:
         """`proc`'s effective level: aged while it is queued, else its base level."""
@@ -290,12 +298,15 @@ class Scheduler:
             self.pool.acquire(proc.needs, first_start=not proc.has_thread)
             proc.holds = True
         self.running.add(proc)
+        self._running_at[proc.priority] += 1
         proc.slice_start = now
         return proc
 
     def stop(self, proc: Process) -> None:
         """`proc` no longer runs (paused, preempted, waiting, finished): its slot and needs are free."""
-        self.running.discard(proc)
+        if proc in self.running:
+            self.running.discard(proc)
+            self._running_at[proc.priority] -= 1
         if proc.holds:
             proc.holds = False
             self.pool.release(proc.needs)
@@ -306,10 +317,20 @@ class Scheduler:
         ready = self.ready
         if not ready._count or len(self.running) < self.max_running:
             return None
-        if any(p.requests & REQ_PREEMPT for p in self.running):
-            return None
-        level = ready.highest_base(now)
+        at = self._running_at
+        lowest = 0
+        while not at[lowest]:  # the lowest level that has a running process (running is full)
+            lowest += 1
+        level = None
+        for candidate in LEVELS:  # the highest level waiting, if above it (the common case: none)
+            if candidate <= lowest:
+                return None
+            if ready.head(candidate) is not None:
+                level = candidate
+                break
         if level is None or ready.head(level).blocked_on:  # type: ignore[union-attr]
+            return None
+        if any(p.requests & REQ_PREEMPT for p in self.running):
             return None
         victim: Process | None = None
         for proc in self.running:

@@ -104,7 +104,7 @@ class Tool:
         """Check and coerce parameters; raise LlmunixError with one line naming the culprit."""
         if self._model is None:
             return dict(params)
-        if not params and not self._model.model_fields:  # a tool without parameters, given none
+        if not params and not self.params:  # a tool without parameters, given none
             return {}
         try:
             model = self._model.model_validate(dict(params))
