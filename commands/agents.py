@@ -12,14 +12,16 @@ import sys
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import agents_views as views
-from commands import check_views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
 from llmunix.agents import service_for
 from llmunix.agents.backend import BACKENDS
 from llmunix.agents.service import EXAMPLES, AgentService
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid
 from llmunix.tools.markdown import AGENT
+
+views = lazy_module("commands.agents_views")
+check_views = lazy_module("commands.check_views")
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:

@@ -6,9 +6,11 @@ import argparse
 
 import cmd2
 
-from commands import limits_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError
+
+views = lazy_module("commands.limits_views")
 
 
 class LimitsCommands(ShellCommandSet):

@@ -9,10 +9,12 @@ from contextlib import closing
 
 import cmd2
 
-from commands import observe_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
 from commands.terminal_safe import json_array_chunks, json_safe
+from llmunix.lazy import lazy_module
 from llmunix.models import Event, LlmunixError, parse_duration, parse_since
+
+views = lazy_module("commands.observe_views")
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:

@@ -10,8 +10,8 @@ from typing import Any
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import resilience_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, setting_type
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, parse_duration
 from llmunix.resilience.chaos import ChaosSpec
 from llmunix.resilience.restart import (
@@ -22,6 +22,8 @@ from llmunix.resilience.restart import (
     backoff_policy,
 )
 from llmunix.resilience.watchdog import STALL_ACTIONS
+
+views = lazy_module("commands.resilience_views")
 
 # ------------------------------------------------------------------ `run` options
 

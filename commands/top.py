@@ -17,12 +17,14 @@ from typing import Any
 
 import cmd2
 
-from commands import top_views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
 from commands.selection import count_type
 from commands.top_views import SORTS, TopFrame, TopRow
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, Priority, format_pid
 from llmunix.monitor import ResourceSample
+
+top_views = lazy_module("commands.top_views")
 
 RECENT = 5.0  # seconds a finished process stays listed
 # p pauses, so priority sorts on P; the others take either case.

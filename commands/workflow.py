@@ -9,10 +9,13 @@ from pathlib import Path
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import workflow_views as wv
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid
-from llmunix.workflows.spec import check_spec_files
+
+wv = lazy_module("commands.workflow_views")
+spec_files = lazy_module("llmunix.workflows.spec")
+
 
 
 class WorkflowCommands(ShellCommandSet):
@@ -115,7 +118,8 @@ class WorkflowCommands(ShellCommandSet):
         root = Path(args.dir).expanduser()
         if not root.exists():
             raise LlmunixError(f"no such file or directory: {args.dir}")
-        self.report_check(lambda: check_spec_files(root.resolve(), self.kernel.workflow_spec), args.dir, args.json)
+        self.report_check(lambda: spec_files.check_spec_files(root.resolve(), self.kernel.workflow_spec),
+                          args.dir, args.json)
 
     def _show(self, args: argparse.Namespace) -> None:
         spec = self.kernel.workflow_spec(args.name)

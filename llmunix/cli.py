@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from llmunix import __version__
-from llmunix.config import check_setting, load_config, resolve_home
-from llmunix.home import tighten_home
-from llmunix.models import LlmunixError
+
+# Nothing heavy at import: `llmunix --version` and `--help` answer before the engine, pydantic or
+# the shell are imported (issue 15's start-up budget).
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _byte_safe_streams()
     args = build_parser().parse_args(argv)
+    from llmunix.config import check_setting, load_config, resolve_home
+    from llmunix.home import tighten_home
+    from llmunix.models import LlmunixError
+
     try:
         home = resolve_home(args.home)
         config = load_config(home, args.config)
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for err in attach(kernel, config, directories=definitions).errors:
         if str(err) not in reported:
             print(f"llmunix: could not load {err}", file=sys.stderr)
-    for t in kernel.registry.overrides():  # said once, at start; `tools` marks them too
+    overridden = kernel.registry.overrides() if kernel.registry.has_user_tools() else []
+    for t in overridden:  # said once, at start; `tools` marks them too (no user tools: nothing to load)
         replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"
         print(f"llmunix: tool {t.name!r} from {t.source} overrides {replaced}", file=sys.stderr)
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
@@ -199,6 +204,7 @@ def _backend(args: argparse.Namespace, config: Any) -> Any:
     """The backend from --backend/--scheduler, else the config; `--scheduler` alone means dask.
     A cluster library's own log lines go to llmunix.log, not over the shell."""
     from llmunix.backends import make_backend
+    from llmunix.models import LlmunixError
     from llmunix.observe.logging import capture_library_logs
 
     name = args.backend or ("dask" if args.scheduler else config.backend)
@@ -211,6 +217,8 @@ def _backend(args: argparse.Namespace, config: Any) -> Any:
 
 
 def _read_script(path: str) -> list[str]:
+    from llmunix.models import LlmunixError
+
     try:
         return Path(path).read_text().splitlines()
     except FileNotFoundError:

@@ -81,6 +81,7 @@ class DurableState(Hooks):
         self._last_gc = time.monotonic()
         self._gc_job: Any = None  # the automatic compaction in flight, if any
         self._folders: dict[str, Callable[[list[Any]], Any]] = {}
+        self._retired: set[int] = set()  # ended here without running (recover's, kill's): not a run's end
         table.known = self.stored_state
 
     def start(self) -> None:
@@ -263,11 +264,14 @@ class DurableState(Hooks):
 
     def ended_after(self, seq: int) -> list[ProcessInfo]:
         """Processes of this session started from outside (no parent) whose end was published
-        after event `seq`, by PID: what a `wait` that began later still has to report."""
+        after event `seq`, by PID: what a `wait` that began later still has to report. Those an
+        earlier session left and `recover` or `kill` ended without running are not among them
+        (that command reported them)."""
         table = self.table
         with table.lock:
             return sorted((table.snapshot(p) for p in table.procs.values()
-                           if p.end_seq > seq and p.parent is None and p.phase is Phase.DONE),
+                           if p.end_seq > seq and p.parent is None and p.phase is Phase.DONE
+                           and p.pid not in self._retired),
                           key=lambda i: i.pid)
 
     # ------------------------------------------------------------------ waiting from outside
@@ -425,6 +429,7 @@ class DurableState(Hooks):
                 event_data={"policy": policy} if policy else None,
             )
             self._forget_history(pid)
+            self._retired.discard(pid)
             table.emit("process.restarted", proc, action=action, how=proc.history[0].details, resumed=True,
                        checkpoint=versions[-1][0] if versions else None)
             return table.snapshot(proc)
@@ -443,6 +448,7 @@ class DurableState(Hooks):
                            parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
                            cwd=row["cwd"] or os.getcwd())
             table.adopt_locked(proc)
+            self._retired.add(pid)
             self._forget_history(pid)
             table.emit("process.restarted", proc, action=action, how=how or reason, resumed=False, error=reason)
             table.finish_locked(proc, outcome, 1 if outcome is Outcome.FAILED else EXIT_CANCELLED, reason)

@@ -181,13 +181,15 @@ class Kernel:
             self.monitor.add_listener(self.table.check_pressure)  # memory pressure; token buckets refill
             self.resilience.monitoring = True
             self.monitor.start()
-        from llmunix.workflows.service import WorkflowService
-
-        self.workflows: WorkflowService = WorkflowService(self)
+        self._workflows: WorkflowService | None = None
         self._agents: AgentService | None = None
         self._agents_lock = threading.Lock()
-        import llmunix.tools.builtin  # noqa: F401 - registers the built-in tools
-        import llmunix.workflows.runner  # noqa: F401 - registers the workflow process body
+        # What a stored workflow's checkpoints make (`ps -l` of an earlier session's run), without
+        # importing the workflow machinery (networkx, YAML) until a workflow is looked at.
+        self.durable.fold_checkpoints("workflow", _fold_workflow)
+        # The built-in tools, the workflow process body and the IPC example tools register the
+        # first time a tool is looked up or listed (a one-shot `ps` never imports them).
+        REGISTRY.load_later("llmunix.tools.builtin", "llmunix.workflows.runner", "llmunix.ipc.tools")
 
     def _context(self, proc: Any) -> ProcessContext:
         return ProcessContext(self, proc)
@@ -199,6 +201,16 @@ class Kernel:
         self.shutdown()
 
     # ------------------------------------------------------------------ components
+
+    @property
+    def workflows(self) -> WorkflowService:
+        """The workflow service (specs, runs, status, retry), made on first use."""
+        with self._agents_lock:
+            if self._workflows is None:
+                from llmunix.workflows.service import WorkflowService
+
+                self._workflows = WorkflowService(self)
+            return self._workflows
 
     @property
     def agents(self) -> AgentService:
@@ -843,6 +855,12 @@ class Kernel:
                 pass
             return made
         raise LlmunixError(f"cannot run {tool!r}: give a tool name or a function taking ctx")
+
+
+def _fold_workflow(versions: list[Any]) -> Any:
+    from llmunix.workflows.runner import fold
+
+    return fold(versions)
 
 
 def _highest_pid(store: Store | None) -> int:

@@ -13,6 +13,8 @@ registry remembers who replaced whom (`overrides`) so that llmunix can say so.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import inspect
 import json
 import os
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import pydantic
+import annotated_types
 
 from llmunix.models import MAX_DURATION, LlmunixError, ProcessKind
 from llmunix.pool import parse_needs
@@ -46,8 +48,9 @@ TOUCH_KINDS = ("paths", "urls")
 
 # Parameter types with bounds, for tools' signatures (`def sleep(ctx, seconds: Seconds = 1.0)`):
 # a time no timer can wait out would stop a thread; more bounds with Annotated[int, Field(...)].
-Seconds = Annotated[float, pydantic.Field(ge=0, le=MAX_DURATION)]
-PositiveSeconds = Annotated[float, pydantic.Field(gt=0, le=MAX_DURATION)]
+# (annotated_types' constraints are what pydantic reads; importing them costs no pydantic.)
+Seconds = Annotated[float, annotated_types.Interval(ge=0, le=MAX_DURATION)]
+PositiveSeconds = Annotated[float, annotated_types.Interval(gt=0, le=MAX_DURATION)]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,10 @@ class Tool:
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
     overrides: str | None = None  # the source of the tool of the same name this one replaced ("builtin", a path)
-    _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
+    # The pydantic model its parameters are checked with, or a function that builds it (built on
+    # the first validation: pydantic is not imported until a tool's parameters need checking).
+    _model: Any = field(default=None, repr=False)
+    _open: bool = field(default=False, repr=False)  # it takes parameters beyond those it names
 
     @property
     def validated(self) -> bool:
@@ -91,7 +97,13 @@ class Tool:
     @property
     def open_ended(self) -> bool:
         """It takes parameters beyond those it names (declared with **kwargs)."""
-        return self._model is not None and self._model.model_config.get("extra") == "allow"
+        return self._model is not None and self._open
+
+    def _the_model(self) -> Any:
+        model = self._model
+        if model is not None and not isinstance(model, type):
+            model = self._model = model()  # (two threads building it at once build the same model)
+        return model
 
     @property
     def confinable(self) -> bool:
@@ -106,8 +118,10 @@ class Tool:
             return dict(params)
         if not params and not self.params:  # a tool without parameters, given none
             return {}
+        import pydantic
+
         try:
-            model = self._model.model_validate(dict(params))
+            model = self._the_model().model_validate(dict(params))
         except pydantic.ValidationError as exc:
             raise LlmunixError(self._explain(exc)) from None
         values = {name: getattr(model, name) for name in type(model).model_fields}
@@ -155,7 +169,7 @@ class Tool:
                                f"give a JSON {kind}, e.g. {name}={example}")
         return value
 
-    def _explain(self, exc: pydantic.ValidationError) -> str:
+    def _explain(self, exc: Any) -> str:  # a pydantic.ValidationError
         errors = exc.errors()
         # A misspelt name first: `txt=hi` is "no parameter 'txt'; did you mean 'text'?", not "needs 'text'".
         err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
@@ -175,6 +189,21 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._lock = threading.Lock()
+        self._pending: list[str] = []  # modules whose @tool functions register when first needed
+        self._loading = threading.RLock()
+
+    def load_later(self, *modules: str) -> None:
+        """Import these modules (which register tools) the first time a tool is looked up or
+        listed, not now: a one-shot `llmunix -c ps` never pays for them."""
+        with self._lock:
+            self._pending.extend(m for m in modules if m not in self._pending)
+
+    def _load_pending(self) -> None:
+        with self._loading:  # (a module's @tool calls register, which takes _lock)
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for module in pending:
+                importlib.import_module(module)
 
     def register(self, tool: Tool) -> Tool:
         """Add a tool; returns the one now registered under its name. A user's tool replaces a
@@ -199,8 +228,16 @@ class ToolRegistry:
             self._tools[tool.name] = tool
         return tool
 
+    def has_user_tools(self) -> bool:
+        """Whether any tool a user can name, not built into llmunix, is registered (without loading
+        the built-ins): only then can one override a built-in."""
+        with self._lock:
+            return any(t.source != "builtin" and not t.hidden for t in self._tools.values())
+
     def overrides(self) -> list[Tool]:
         """The tools that replaced another of the same name (see `register`), by name."""
+        if self._pending:
+            self._load_pending()
         with self._lock:
             return sorted((t for t in self._tools.values() if t.overrides and not t.hidden), key=lambda t: t.name)
 
@@ -208,6 +245,8 @@ class ToolRegistry:
         """A tool by name, in any spelling one tool answers to (`Read`, `read-file`, `WebFetch`:
         see tools/markdown.py `find_tool_name`, the mapping agents use too), so "did you mean"
         is only ever said of a name that could not be resolved."""
+        if self._pending:
+            self._load_pending()
         try:
             return self._tools[name]
         except KeyError:
@@ -223,13 +262,19 @@ class ToolRegistry:
         raise LlmunixError(f"unknown tool {name!r}{hint}")
 
     def __contains__(self, name: object) -> bool:
+        if self._pending:
+            self._load_pending()
         return name in self._tools
 
     def __iter__(self) -> Iterator[Tool]:
         """The tools a user can run by name (hidden internals such as the workflow runner left out)."""
+        if self._pending:
+            self._load_pending()
         return iter(sorted((t for t in self._tools.values() if not t.hidden), key=lambda t: t.name))
 
     def names(self) -> list[str]:
+        if self._pending:
+            self._load_pending()
         return sorted(name for name, t in self._tools.items() if not t.hidden)
 
 
@@ -279,9 +324,7 @@ def make_tool(
             ParamSpec(p.name, _type_name(annotation), required, None if required else p.default,
                       param_docs.get(p.name, ""), _shape(annotation), _allowed(annotation))
         )
-    config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True,
-                                 allow_inf_nan=False)
-    model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
+    model = functools.partial(build_model, f"{func.__name__}_params", fields, open_kwargs)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
     _check_resilience(fallback, stall_timeout, on_stall)
     declared = _check_touches(name or func.__name__, touches, [spec.name for spec in specs])
@@ -303,7 +346,17 @@ def make_tool(
         remote=remote,
         touches=declared,
         _model=model,
+        _open=open_kwargs,
     )
+
+
+def build_model(name: str, fields: Mapping[str, Any], open_ended: bool) -> Any:
+    """The pydantic model that checks a tool's parameters (made when first needed)."""
+    import pydantic
+
+    config = pydantic.ConfigDict(extra="allow" if open_ended else "forbid", arbitrary_types_allowed=True,
+                                 allow_inf_nan=False)
+    return pydantic.create_model(name, __config__=config, **fields)
 
 
 def tool(

@@ -65,7 +65,6 @@ class WorkflowService:
         self.kernel = kernel  # the facade: spawn, info, checkpoints, registry, agents
         self._step_durations: dict[tuple[str, str], deque[float]] = {}
         self._wf_lock = threading.Lock()
-        kernel.durable.fold_checkpoints("workflow", runner.fold)
 
     # ------------------------------------------------------------------ specs
 
