@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if not kernel.read_only:
             tighten_home(home)  # what this session made with the umask's mode (pids, runs/) becomes private
         if stopped and not interactive:
-            pids = ", ".join(i.process_id for i in stopped)
+            shown = [i.process_id for i in stopped[:10]]
+            pids = ", ".join(shown) + (f" and {len(stopped) - len(shown)} more" if len(stopped) > len(shown) else "")
             if kernel.store is not None:
                 print(f"llmunix: interrupted {len(stopped)} live process(es) on exit ({pids}); "
                       "`recover` continues them", file=sys.stderr)

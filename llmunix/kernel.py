@@ -28,7 +28,7 @@ import getpass
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -794,7 +794,7 @@ class Kernel:
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0, *,
-                 interrupt: bool | None = None) -> list[ProcessInfo]:
+                 interrupt: bool | None = None) -> Sequence[ProcessInfo]:
         """Stop every live process, then the threads. With a store (or `interrupt=True`) they end
         Interrupted, to be continued by `recover`; without one they end Cancelled with `reason`.
         Returns the snapshots of the processes it had to stop."""
@@ -805,18 +805,19 @@ class Kernel:
             if table.closed:
                 return []
             table.closed = True
-            live = list(table.live)
+            procs = list(table.live.values())
+        live = [p.pid for p in procs]
         stopped = 0 if self.read_only else table.stop_all(
             live, reason, Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED)
-        infos = self.wait(live, timeout=timeout) if live else []
-        for info in infos:
-            if not info.is_done:
-                try:
-                    self.kill(info.pid, force=True, reason=reason, interrupt=interrupt)
-                except LlmunixError:
-                    pass
-        if live:
-            infos = self.wait(live, timeout=2.0)
+        infos = table.wait_procs(procs, timeout)
+        stuck = infos.unfinished()
+        for pid in stuck:
+            try:
+                self.kill(pid, force=True, reason=reason, interrupt=interrupt)
+            except LlmunixError:
+                pass
+        if stuck:
+            infos = table.wait_procs(procs, 2.0)
         if self.monitor is not None:
             self.monitor.stop()
         table.close()

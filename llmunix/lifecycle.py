@@ -25,9 +25,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.models import (
@@ -265,6 +265,58 @@ class Relay:
             self._proc.note(event, details)
             if publish is not None:
                 self._table.emit(publish, self._proc, **data)
+
+
+class Snapshots(Sequence[ProcessInfo]):
+    """A read-only list of the snapshots of some processes, each built when it is first read
+    (under the table's lock) and kept. `pids` costs nothing."""
+
+    __slots__ = ("_table", "_procs", "_made")
+
+    def __init__(self, table: ProcessTable, procs: list[Process]) -> None:
+        self._table = table
+        self._procs = procs
+        self._made: dict[int, ProcessInfo] = {}
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def unfinished(self) -> list[int]:
+        """PIDs among these that have not finished yet (after a wait that timed out)."""
+        with self._table.lock:
+            return [p.pid for p in self._procs if p.phase is not Phase.DONE]
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    @overload
+    def __getitem__(self, index: int) -> ProcessInfo: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[ProcessInfo]: ...
+
+    def __getitem__(self, index: int | slice) -> ProcessInfo | list[ProcessInfo]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._procs)))]
+        if index < 0:
+            index += len(self._procs)
+        info = self._made.get(index)
+        if info is None:
+            proc = self._procs[index]  # IndexError ends iteration
+            with self._table.lock:
+                info = self._table.snapshot(proc)
+            self._made[index] = info
+        return info
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Snapshots, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Snapshots({self.pids})"
 
 
 class ProcessTable:
@@ -1271,14 +1323,28 @@ class ProcessTable:
         and without building snapshots: shutdown may cancel 100,000 queued processes. Returns
         how many were asked."""
         asked = 0
+        code = _exit_for(outcome)
         for start in range(0, len(pids), 1000):  # let others have the lock between batches
             with self.lock:
                 for pid in pids[start:start + 1000]:
                     proc = self.live.get(pid)
-                    if proc is not None and proc.phase is not Phase.DONE:
+                    if proc is None or proc.phase is Phase.DONE:
+                        continue
+                    asked += 1
+                    if proc.has_thread:
                         self.kill_locked(proc, False, reason, outcome)
-                        asked += 1
+                    else:  # never started: nothing to stop, and no user's kill to record
+                        self.finish_locked(proc, outcome, code, reason)
         return asked
+
+    def wait_procs(self, procs: list[Process], timeout: float | None) -> Snapshots:
+        """Block until these processes have finished (or `timeout`); their snapshots, each built
+        when it is first read (shutdown may have stopped 100,000 queued processes, and its caller
+        often wants only their count and a few PIDs). For a caller that holds the records
+        already (shutdown: they may leave the table meanwhile)."""
+        with self.lock:
+            self.wait_live(procs, timeout)
+        return Snapshots(self, procs)
 
     def close(self) -> None:
         """Every process has ended: stop the threads (executor, timers) and record the next PID."""

@@ -679,22 +679,38 @@ class Compaction:
         return False
 
 
+_ROW = ("pid", "session", "name", "tool", "kind", "priority", "owner", "parent", "after", "cwd", "params",
+        "idempotent", "state", "phase", "detail", "created", "runtime", "policy", "started", "finished",
+        "exit_code", "error", "output", "worker")
+_COL = {name: i for i, name in enumerate(_ROW)}
+_INSERT_ROW = f"INSERT OR REPLACE INTO processes ({', '.join(_ROW)}) VALUES ({', '.join('?' * len(_ROW))})"
+_PHASE_OF = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
+             "blocked": "waiting", "breakpoint": "paused", "stepped": "paused"}  # the debugger stops it as a pause does
+
+
 class _EventWriter:
-    """Turns events into rows, on the writer thread. Progress rows are coalesced per batch."""
+    """Turns events into rows, on the writer thread. A process spawned in the transaction being
+    written is one row built in memory from all its events (spawned, started, ..., its end) and
+    inserted once, with its tool run, when the events are flushed: a no-op process costs one
+    INSERT, not an INSERT and three UPDATEs. Progress rows are coalesced per batch."""
 
     def __init__(self, conn: sqlite3.Connection, session: int) -> None:
         self.conn = conn
         self.session = session
         self._progress: dict[int, str] = {}
         self._events: list[tuple[Any, ...]] = []  # event rows, inserted with one executemany
+        self._new: dict[int, list[Any]] = {}  # processes rows of this transaction, by PID
+        self._runs: list[tuple[Any, ...]] = []  # tool_runs rows of those
+        self._ends: dict[int, tuple[Any, ...]] = {}  # terminal updates of earlier processes, by PID
 
     def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
         self.conn.execute(sql, _bindable(args))
 
     def write(self, e: Event) -> None:
-        data = dict(e.data)
-        for key in _STRIP.get(e.type, ()):
-            data.pop(key, None)
+        data = e.data
+        strip = _STRIP.get(e.type)
+        if strip:
+            data = {k: v for k, v in data.items() if k not in strip}
         self._events.append(_bindable((self.session, e.seq, e.time, e.type, e.pid, json_text(redact(data)))))
         audit = audit_row(e)
         if audit is not None:
@@ -705,51 +721,85 @@ class _EventWriter:
         d = e.data
         kind = e.type[8:]
         if kind == "spawned":
-            self._execute(
-                "INSERT OR REPLACE INTO processes (pid, session, name, tool, kind, priority, owner, parent, after, "
-                "cwd, params, idempotent, state, phase, detail, created, runtime, policy) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
-                (e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
-                 d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
-                 json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
-                 d.get("detail", "queued"), e.time, json_text(d["policy"]) if d.get("policy") else None))
-        elif kind == "started":
-            self._execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
-                          "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
+            if e.pid in self._ends:  # it ended and runs again (rollback): its old end goes first
+                self.flush_events()
+            self._new[e.pid] = [
+                e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
+                d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
+                json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
+                d.get("detail", "queued"), e.time, 0, json_text(d["policy"]) if d.get("policy") else None,
+                None, None, None, None, None, None]
+            return
+        row = self._new.get(e.pid)
+        if kind == "started":
+            if row is not None:
+                row[_COL["started"]], row[_COL["state"]] = e.time, d.get("state", "Running")
+                row[_COL["phase"]], row[_COL["detail"]], row[_COL["session"]] = "running", "running", self.session
+            else:
+                self._execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
+                              "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
         elif kind == "state":
-            self._execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
-                          (d.get("state"), d.get("detail") or d.get("state"), e.pid))
+            if row is not None:
+                row[_COL["state"]], row[_COL["detail"]] = d.get("state"), d.get("detail") or d.get("state")
+            else:
+                self._execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
+                              (d.get("state"), d.get("detail") or d.get("state"), e.pid))
         elif kind == "progress":
             self._progress[e.pid] = json_text({k: d.get(k) for k in ("step", "total", "percentage", "message")})
         elif kind == "checkpoint":
             self._execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
                           (e.pid, d.get("version"), e.time, json_text(d.get("state"))))
-        elif kind in ("paused", "resumed", "preempted", "continued", "blocked", "breakpoint", "stepped"):
-            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
-                     "blocked": "waiting",
-                     "breakpoint": "paused", "stepped": "paused"}[kind]  # the debugger stops it as a pause does
-            self._execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
+        elif kind in _PHASE_OF:
+            if row is not None:
+                row[_COL["phase"]] = _PHASE_OF[kind]
+            else:
+                self._execute("UPDATE processes SET phase=? WHERE pid=?", (_PHASE_OF[kind], e.pid))
         elif kind == "remote":  # its body runs on a Dask worker
-            self._execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
+            if row is not None:
+                row[_COL["worker"]] = d.get("worker")
+            else:
+                self._execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
         elif kind == "reniced":
-            self._execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
+            if row is not None:
+                row[_COL["priority"]] = d.get("new")
+            else:
+                self._execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
         elif e.type in TERMINAL:
             state = TERMINAL[e.type]
             phase = "interrupted" if state == "Interrupted" else "done"
-            self._execute(
-                "UPDATE processes SET state=?, phase=?, detail=?, exit_code=?, error=?, output=?, finished=?, "
-                "runtime=? WHERE pid=?",
-                (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
-                 d.get("exit_code"), d.get("error"), json_text(d.get("output")), e.time, d.get("runtime"), e.pid))
-            if state != "Interrupted":
-                self._execute(
-                    "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
-                    "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
-                    (e.time, d.get("runtime"), state, d.get("peak_memory_mb"), e.pid))
+            end = (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
+                   d.get("exit_code"), d.get("error"), json_text(d.get("output")), e.time, d.get("runtime"))
+            if row is not None:
+                for name, value in zip(("state", "phase", "detail", "exit_code", "error", "output", "finished",
+                                        "runtime"), end, strict=True):
+                    row[_COL[name]] = value
+                if state != "Interrupted":
+                    self._runs.append((row[_COL["tool"]], e.pid, row[_COL["started"]], e.time, d.get("runtime"),
+                                       state, d.get("peak_memory_mb")))
+                return
+            # Batched (shutdown ends 100,000 queued processes): one executemany at the flush.
+            self._ends[e.pid] = (*end, e.pid, e.time, d.get("runtime"), d.get("peak_memory_mb"))
 
     def flush_events(self) -> None:
-        """Insert the event rows written so far, in order (before a statement that may read or
-        delete events, and before the commit)."""
+        """Insert the rows written so far — the processes of this transaction, their tool runs,
+        the events in order — before a statement that may read or delete them, and before the
+        commit."""
+        new, self._new = self._new, {}
+        if new:
+            self.conn.executemany(_INSERT_ROW, [_bindable(tuple(row)) for row in new.values()])
+        ends, self._ends = self._ends, {}
+        if ends:
+            self.conn.executemany(
+                "UPDATE processes SET state=?, phase=?, detail=?, exit_code=?, error=?, output=?, finished=?, "
+                "runtime=? WHERE pid=?", [_bindable(end[:9]) for end in ends.values()])
+            self.conn.executemany(
+                "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
+                "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
+                [(end[9], end[10], end[0], end[11], end[8]) for end in ends.values() if end[0] != "Interrupted"])
+        runs, self._runs = self._runs, []
+        if runs:
+            self.conn.executemany("INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, "
+                                  "peak_memory_mb) VALUES (?,?,?,?,?,?,?)", [_bindable(r) for r in runs])
         rows, self._events = self._events, []
         if rows:
             self.conn.executemany("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
@@ -759,6 +809,9 @@ class _EventWriter:
         """The transaction was rolled back: its event rows not inserted yet go with it (the
         latest progress stays, for the next transaction, unless `progress`: it was what failed)."""
         self._events.clear()
+        self._new.clear()
+        self._runs.clear()
+        self._ends.clear()
         if progress:
             self._progress.clear()
 
