@@ -24,7 +24,10 @@ Sections:
     committed; idle, and while another process floods the store with events;
 (e) `shutdown()` of a durable kernel with Q processes queued behind running ones (budget: under
     3 s for 100,000; the quick run scales the budget to its Q): every queued process ends
-    Interrupted, committed, before shutdown returns.
+    Interrupted, committed, before shutdown returns;
+(f) a cold listing: `llmunix -c "ps -a"` in a new session over a home holding H finished
+    processes, against `llmunix -c ps` of the same home (paired runs; budget: under 0.5 s more
+    for 100,000, scaled to H in a quick run), output to a pipe as a script reads it.
 """
 
 from __future__ import annotations
@@ -456,6 +459,53 @@ def bench_shutdown(homes: Homes, queued: int, workers: int) -> list[tuple[str, s
     return [(f"(e) shutdown with {queued:,} queued, durable: {shutdown_s:.2f} s (budget < {budget:.1f} s)", ok)]
 
 
+# ---------------------------------------------------------------------------- (f) cold listing
+
+COLD_PS_BUDGET_S = 0.5  # over the bare start-up, for 100,000 stored
+
+
+def _cli(home: Path, command: str) -> tuple[float, int]:
+    """Wall seconds of `llmunix --home HOME -c COMMAND` of this checkout, and the lines it printed."""
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an install: bytecode cached
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = str(root)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llmunix", "--home", str(home), "-c", command], env=env,
+                          capture_output=True, cwd=root)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        invalid(f"llmunix -c {command!r} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}")
+    return wall, proc.stdout.count(b"\n")
+
+
+def bench_cold_ps(homes: Homes, history: int, pairs: int) -> list[tuple[str, str]]:
+    print(f"\n(f) cold `ps -a` over {history:,} stored finished processes (new session each; {pairs} pairs)")
+    home = homes.new()
+    fill_history(home, history)
+    _cli(home, "ps")  # the first start compacts what retention says (measured in (c)); bytecode cached
+    extra, listed, bare_walls, all_walls = [], 0, [], []
+    for _ in range(pairs):
+        bare, _lines = _cli(home, "ps")
+        full, listed = _cli(home, "ps -a")
+        bare_walls.append(bare)
+        all_walls.append(full)
+        extra.append(full - bare)
+    if listed < history:
+        invalid(f"cold ps -a listed {listed:,} lines for {history:,} stored processes")
+    over = statistics.median(extra)
+    budget = COLD_PS_BUDGET_S * history / 100_000
+    ok = verdict(over < budget)
+    print(table(("measure", "seconds (median)", "budget", "result"), [
+        ("llmunix -c ps (start-up, live only)", f"{statistics.median(bare_walls):.3f}", "", ""),
+        (f"llmunix -c 'ps -a' ({listed:,} lines)", f"{statistics.median(all_walls):.3f}", "", ""),
+        ("ps -a over start-up (median of paired differences)", f"{over:.3f}", f"< {budget:.2f}", ok),
+    ]))
+    return [(f"(f) cold ps -a over {history:,} stored: {over:.3f} s over start-up (budget < {budget:.2f} s)", ok)]
+
+
 def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # as llmunix's CLI does once started (cli.py): the startup heap is never collected
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -481,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         results += bench_history(homes, history, max(500, n // 5), args.workers, repeats)
         results += bench_checkpoints(homes, 100 if quick else 300, args.workers)
         results += bench_shutdown(homes, 20_000 if quick else 100_000, args.workers)
+        results += bench_cold_ps(homes, history, 3 if quick else 7)
     finally:
         homes.cleanup()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -125,6 +125,17 @@ def parse_pids(texts: Iterable[str]) -> list[int]:
     return [parse_pid(t) for t in texts]
 
 
+def count_arg(value: str) -> int:
+    """An argparse type for a count such as `--tail N`: a whole number, 0 or more."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"bad count {value!r}; give a whole number such as 20")
+    return n
+
+
 def parse_params(pairs: Iterable[str]) -> dict[str, str | list[str]]:
     """`key=value` words (quotes already removed by the shell, see cmdline.py) as a mapping;
     a key given more than once maps to the list of its values, in order (Tool.from_text decides

@@ -9,7 +9,7 @@ from contextlib import closing
 
 import cmd2
 
-from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from commands.base import LlmunixArgumentParser, ShellCommandSet, count_arg, parse_pid
 from commands.terminal_safe import json_array_chunks, json_safe
 from llmunix.lazy import lazy_module
 from llmunix.models import Event, LlmunixError, parse_duration, parse_since
@@ -22,16 +22,6 @@ def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
                                  formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
 
 
-def _tail(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"bad count {value!r}; give a number such as 20")
-    return n
-
-
 class ObserveCommands(ShellCommandSet):
     DEFAULT_CATEGORY = "Observability commands"
 
@@ -39,7 +29,7 @@ class ObserveCommands(ShellCommandSet):
         "Show the event log: every lifecycle, state, progress and log event, of this session and "
         "earlier ones. With --follow, keep printing new events until Ctrl-C, the --timeout, or "
         "(with --pid) the end of that process.",
-        "examples:\n  events --tail 20\n  events --pid 003\n  events --type 'process.failed|process.cancelled' "
+        "examples:\n  events --tail 20\n  events --tail 20 --reverse\n  events --pid 003\n  events --type 'process.failed|process.cancelled' "
         "--since 2h\n  events --follow --type 'process.*'\n  events --pid 003 --follow --json")
     events_parser.add_argument("-p", "--pid", metavar="PID", help="only this process's events",
                                choices_provider=ShellCommandSet.any_pid_choices)
@@ -47,7 +37,9 @@ class ObserveCommands(ShellCommandSet):
                                help="only these types: a glob such as 'process.*'; '|' between alternatives")
     events_parser.add_argument("-s", "--since", metavar="WHEN",
                                help="only newer ones: a duration ago (30s, 10m, 2h) or an ISO date/time")
-    events_parser.add_argument("-n", "--tail", type=_tail, metavar="N", help="only the last N (then follow)")
+    events_parser.add_argument("-n", "--tail", "--limit", dest="tail", type=count_arg, metavar="N",
+                               help="only the newest N (then follow); read from the end of the store")
+    events_parser.add_argument("-r", "--reverse", action="store_true", help="newest first (not with --follow)")
     events_parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     events_parser.add_argument("--timeout", metavar="DURATION", help="with --follow: stop after this long")
     events_parser.add_argument("--json", action="store_true",
@@ -61,6 +53,9 @@ class ObserveCommands(ShellCommandSet):
             since = parse_since(args.since) if args.since is not None else None
             timeout = parse_duration(args.timeout) if args.timeout is not None else None
             if args.follow:
+                if args.reverse:
+                    raise LlmunixError("--reverse lists what is stored newest first; it cannot follow new "
+                                       "events (drop one of them)")
                 self._follow(self.kernel.follow_events(pid=pid, types=args.type, since=since, limit=args.tail,
                                                        timeout=timeout), args.json)
                 return
@@ -68,6 +63,8 @@ class ObserveCommands(ShellCommandSet):
         except LlmunixError as exc:
             self.fail(str(exc))
             return
+        if args.reverse:
+            events.reverse()
         if args.json:
             self.out_stream(json_array_chunks(views.event_record(e) for e in events))
         elif self.plain:
@@ -100,10 +97,12 @@ class ObserveCommands(ShellCommandSet):
     audit_parser = _parser(
         "Show the audit trail: every command run in the shell (who, when, exit status) and every "
         "control action (kill, pause, resume, priority, recover, rollback) with the process it changed.",
-        "examples:\n  audit --tail 20\n  audit --since 1h\n  audit --json")
+        "examples:\n  audit --tail 20\n  audit --tail 20 --reverse\n  audit --since 1h\n  audit --json")
     audit_parser.add_argument("-s", "--since", metavar="WHEN",
                               help="only newer ones: a duration ago (30s, 10m, 2h) or an ISO date/time")
-    audit_parser.add_argument("-n", "--tail", type=_tail, metavar="N", help="only the last N")
+    audit_parser.add_argument("-n", "--tail", "--limit", dest="tail", type=count_arg, metavar="N",
+                              help="only the newest N; read from the end of the store")
+    audit_parser.add_argument("-r", "--reverse", action="store_true", help="newest first")
     audit_parser.add_argument("--json", action="store_true", help="print a JSON array")
 
     @cmd2.with_argparser(audit_parser)
@@ -115,6 +114,8 @@ class ObserveCommands(ShellCommandSet):
         except LlmunixError as exc:
             self.fail(str(exc))
             return
+        if args.reverse:
+            entries.reverse()
         if args.json:
             self.out_stream(json_array_chunks(views.audit_record(a) for a in entries))
         elif self.plain:

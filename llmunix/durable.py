@@ -44,7 +44,7 @@ from llmunix.models import (
 )
 from llmunix.observe.stats import ToolStats, empty_stats, summarize_runs
 from llmunix.process import Process
-from llmunix.store import Store, row_to_info
+from llmunix.store import Store, row_to_info, row_to_ps
 from llmunix.tools.registry import ToolRegistry, make_tool
 
 if TYPE_CHECKING:
@@ -70,7 +70,9 @@ class DurableState(Hooks):
         self.read_only = read_only
         self.retention_days = float(retention_days)
         self.retention_count = int(retention_count)
-        self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
+        # Earlier sessions' processes (and those released from memory), loaded lazily: as light
+        # `ps` rows at first (a cold `ps -a` needs no more), each made a full snapshot when asked.
+        self._history: dict[int, ProcessInfo | PsRow] | None = None
         # Finished processes in the order they finished, with the seq of their terminal event; the
         # oldest leave memory once that event is committed (the store has them).
         self._finished: deque[tuple[int, Process]] = deque()
@@ -140,13 +142,21 @@ class DurableState(Hooks):
         except (TypeError, ValueError):
             return None
         history = self._history
-        if history is not None and pid in history:
-            return history[pid]
+        known = history.get(pid) if history is not None else None
+        if isinstance(known, ProcessInfo):
+            return known
         try:
             row = self.store.process_row(pid)
         except OverflowError:  # beyond SQLite's integers: no such process
             return None
-        return row_to_info(row) if row is not None else None
+        if row is None:
+            return None
+        info = row_to_info(row)
+        if known is not None:
+            with self.table.lock:
+                if self._history is history and history.get(pid) is known:
+                    history[pid] = info
+        return info
 
     def _with_checkpoint(self, info: ProcessInfo) -> ProcessInfo:
         """A stored agent's or workflow's snapshot with its last checkpoint (folded by its kind's
@@ -177,14 +187,22 @@ class DurableState(Hooks):
         self.info(pid)
         return [(v, state) for v, _t, state in self.store.checkpoints(as_pid(pid))]
 
-    def logs(self, pid: int) -> list[tuple[float, str]]:
+    def logs(self, pid: int, *, since: float | None = None, limit: int | None = None) -> list[tuple[float, str]]:
+        """A process's log lines (time, line), oldest first: `since` a Unix time, `limit` the
+        newest N. Held in memory while it is; paged from the store after."""
+        if limit is not None and limit <= 0:
+            self.info(pid)
+            return []
         table = self.table
         with table.lock:
             proc = table.get(as_pid(pid))
             if proc is not None:
-                return list(proc.logs)
+                lines = list(proc.logs)
+                if since is not None:
+                    lines = [(t, line) for t, line in lines if t >= since]
+                return lines[-limit:] if limit is not None else lines
         self.info(pid)  # unknown PIDs raise
-        return self.store.log_lines(as_pid(pid)) if self.store is not None else []
+        return self.store.log_lines(as_pid(pid), since=since, limit=limit) if self.store is not None else []
 
     # ------------------------------------------------------------------ listings
 
@@ -192,7 +210,7 @@ class DurableState(Hooks):
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
         on the visible state or the phase, case-insensitively (models.matches_state)."""
         if self.read_only:
-            rows = self.store.process_rows() if all else self.store.live_rows() if self.store else []
+            rows = (self.store.process_rows() if all else self.store.live_rows()) if self.store else []
             infos = [row_to_info(r) for r in rows]
         else:
             history = self._load_history() if all else {}
@@ -201,8 +219,9 @@ class DurableState(Hooks):
                 procs = table.procs if all else table.live
                 infos = [table.snapshot(p) for p in procs.values()]
                 if history:  # under the lock: the store writer thread adds processes released from memory
-                    infos.extend(i for pid, i in history.items() if pid not in table.procs)
+                    stored = [(pid, i) for pid, i in history.items() if pid not in table.procs]
             if history:
+                infos.extend(self._full(history, stored))
                 infos.sort(key=lambda i: i.pid)
         if state:
             infos = [i for i in infos if matches_state(state, i.display_state, i.phase, i.state)]
@@ -212,7 +231,9 @@ class DurableState(Hooks):
         """What `ps(all, state)` lists, as light rows of the columns `ps` prints: no snapshot is
         built (a listing of 100,000 finished processes stays well under 0.2 s)."""
         if self.read_only:
-            return [i.ps_row() for i in self.ps(all, state)]
+            with _gc_paused():
+                rows = [row_to_ps(r) for r in self.store.ps_rows(live_only=not all)] if self.store else []
+            return [r for r in rows if matches_state(state, r.display_state, r.phase, r.state)] if state else rows
         history = self._load_history() if all else {}
         now = time.monotonic()
         table = self.table
@@ -220,7 +241,8 @@ class DurableState(Hooks):
             procs = table.procs if all else table.live
             rows = [p.ps_row(now) for p in procs.values()]
             if history:  # under the lock: the store writer thread adds processes released from memory
-                rows.extend(i.ps_row() for pid, i in history.items() if pid not in table.procs)
+                rows.extend(i if isinstance(i, PsRow) else i.ps_row()
+                            for pid, i in history.items() if pid not in table.procs)
         if history:
             rows.sort()  # by PID, its first field (PIDs are unique)
         if state:
@@ -559,8 +581,28 @@ class DurableState(Hooks):
             released += 1
         return released
 
-    def _load_history(self) -> dict[int, ProcessInfo]:
-        """Processes of earlier sessions, from the store (built once; they do not change)."""
+    def _full(self, history: dict[int, ProcessInfo | PsRow], entries: list[tuple[int, ProcessInfo | PsRow]]
+              ) -> list[ProcessInfo]:
+        """Full snapshots of these history entries: the light ones are read whole from the store
+        (one query) and kept in `history` from then on."""
+        light = [pid for pid, i in entries if not isinstance(i, ProcessInfo)]
+        if not light:
+            return [i for _pid, i in entries]  # type: ignore[misc]
+        assert self.store is not None
+        rows = self.store.process_rows() if len(light) > 1000 else self.store.process_rows(pids=light)
+        wanted = set(light)
+        made = {r["pid"]: row_to_info(r) for r in rows if r["pid"] in wanted}
+        with self.table.lock:
+            if self._history is history:
+                for pid, info in made.items():
+                    if not isinstance(history.get(pid), ProcessInfo):
+                        history[pid] = info
+        return [i if isinstance(i, ProcessInfo) else made[pid] for pid, i in entries if pid in made or
+                isinstance(i, ProcessInfo)]
+
+    def _load_history(self) -> dict[int, ProcessInfo | PsRow]:
+        """Processes of earlier sessions, from the store (built once; they do not change), as
+        light `ps` rows until a full snapshot is asked for."""
         if self.store is None:
             return {}
         if self.read_only:  # the owner keeps changing it: read it afresh each time
@@ -571,7 +613,8 @@ class DurableState(Hooks):
                 self._history_loads += 1  # no process leaves memory while its row may be read stale
             try:
                 self.store.flush()
-                loaded = {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
+                with _gc_paused():  # 100,000 rows of small objects: no collection can free any
+                    loaded = {r[0]: row_to_ps(r) for r in self.store.ps_rows()}
                 with table.lock:
                     if self._history is None:
                         self._history = {pid: i for pid, i in loaded.items() if table.get(pid) is None}

@@ -421,8 +421,9 @@ class Kernel:
         with self.table.lock:
             return list(self.table.live)
 
-    def logs(self, pid: int) -> list[tuple[float, str]]:
-        return self.durable.logs(pid)
+    def logs(self, pid: int, *, since: float | None = None, limit: int | None = None) -> list[tuple[float, str]]:
+        """A process's log lines (time, line), oldest first; `since` a Unix time, `limit` the newest N."""
+        return self.durable.logs(pid, since=since, limit=limit)
 
     def recent(self, seconds: float = 5.0) -> list[ProcessInfo]:
         """Live processes and those that finished in the last `seconds`, by PID (what `top` lists)."""
@@ -590,9 +591,9 @@ class Kernel:
                       limit: int | None = None, *, timeout: float | None = None) -> Iterator[Event]:
         return self.event_log.follow_events(pid, types, since, limit, timeout=timeout)
 
-    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None
-                   ) -> Iterator[tuple[float, str]]:
-        return self.event_log.follow_log(pid, tail=tail, timeout=timeout)
+    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None,
+                   since: float | None = None) -> Iterator[tuple[float, str]]:
+        return self.event_log.follow_log(pid, tail=tail, timeout=timeout, since=since)
 
     def record_command(self, text: str, status: int) -> None:
         self.event_log.record_command(text, status)

@@ -59,7 +59,6 @@ class Priority(enum.IntEnum):
     def parse(cls, value: str | int | Priority) -> Priority:
         if isinstance(value, Priority):
             return value
-        names = ", ".join(p.label for p in sorted(cls, reverse=True))
         if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
             return cls(value)
         if isinstance(value, str):
@@ -67,6 +66,7 @@ class Priority(enum.IntEnum):
                 return cls[value.strip().upper()]
             except KeyError:
                 pass
+        names = ", ".join(p.label for p in sorted(cls, reverse=True))
         raise LlmunixError(f"unknown priority {value!r}; use one of: {names}")
 
     @property

@@ -490,6 +490,16 @@ class Store:
         marks = ",".join("?" * len(ids))
         return conn.execute(f"SELECT * FROM processes WHERE pid IN ({marks}) ORDER BY pid", ids).fetchall()
 
+    def ps_rows(self, *, live_only: bool = False) -> list[tuple[Any, ...]]:
+        """The columns a `ps` listing needs, for every stored process by PID (`live_only`: those
+        not finished), as plain tuples: (pid, name, tool, state, phase, detail, priority, runtime,
+        progress). What a cold `ps -a` over 100,000 stored processes reads, without whole rows."""
+        cur = self._reader().cursor()
+        cur.row_factory = None
+        where = " WHERE phase NOT IN ('done', 'interrupted')" if live_only else ""
+        return cur.execute("SELECT pid, name, tool, state, phase, detail, priority, runtime, progress "
+                           f"FROM processes{where} ORDER BY pid").fetchall()
+
     def process_row(self, pid: int) -> sqlite3.Row | None:
         return self._reader().execute("SELECT * FROM processes WHERE pid=?", (pid,)).fetchone()
 
@@ -524,9 +534,18 @@ class Store:
             sql = f"SELECT * FROM ({sql[:-len(' ORDER BY id')]} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
         return self._reader().execute(sql, args).fetchall()
 
-    def log_lines(self, pid: int) -> list[tuple[float, str]]:
-        rows = self._reader().execute(
-            "SELECT time, data FROM events WHERE pid=? AND type='process.log' ORDER BY id", (pid,)).fetchall()
+    def log_lines(self, pid: int, *, since: float | None = None, limit: int | None = None
+                  ) -> list[tuple[float, str]]:
+        """A process's log lines, oldest first; `since` a Unix time, `limit` the newest N (read
+        from the end of the index: a log of a million lines costs what N lines cost)."""
+        sql = "SELECT id, time, data FROM events WHERE pid=? AND type='process.log'"
+        args: list[Any] = [pid]
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)})"
+        rows = self._reader().execute(sql + " ORDER BY id", args).fetchall()
         return [(r["time"], json.loads(r["data"]).get("line", "")) for r in rows]
 
     def tool_runs(self, tool: str | None = None) -> list[tuple[str, str, float | None]]:
@@ -539,9 +558,10 @@ class Store:
         return [(r[0], r[1], r[2]) for r in rows]
 
     def audit_rows(self, since: float | None = None, limit: int | None = None) -> list[sqlite3.Row]:
-        sql = "SELECT * FROM audit WHERE time >= ? ORDER BY id"
-        rows = self._reader().execute(sql, (since or 0.0,)).fetchall()
-        return rows[-limit:] if limit else rows
+        sql = "SELECT * FROM audit WHERE time >= ?"
+        if limit is not None:  # the newest N, read from the end
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)})"
+        return self._reader().execute(sql + " ORDER BY id", (since or 0.0,)).fetchall()
 
     def tool_durations(self, tool: str, limit: int = 20) -> list[float]:
         rows = self._reader().execute(
