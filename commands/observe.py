@@ -29,7 +29,8 @@ class ObserveCommands(ShellCommandSet):
         "Show the event log: every lifecycle, state, progress and log event, of this session and "
         "earlier ones. With --follow, keep printing new events until Ctrl-C, the --timeout, or "
         "(with --pid) the end of that process.",
-        "examples:\n  events --tail 20\n  events --tail 20 --reverse\n  events --pid 003\n  events --type 'process.failed|process.cancelled' "
+        "examples:\n  events --tail 20\n  events --tail 20 --reverse\n  events --pid 003\n"
+        "  events --type 'process.failed|process.cancelled' "
         "--since 2h\n  events --follow --type 'process.*'\n  events --pid 003 --follow --json")
     events_parser.add_argument("-p", "--pid", metavar="PID", help="only this process's events",
                                choices_provider=ShellCommandSet.any_pid_choices)

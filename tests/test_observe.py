@@ -426,7 +426,7 @@ def test_log_pages_from_the_store_newest_n_since_and_reversed(tmp_path, capsys):
 
 
 def test_events_and_audit_give_the_newest_n_and_reverse_on_request(sh):
-    for i in range(5):
+    for _ in range(5):
         sh.ok("ps")
     newest = sh.kernel.audit(limit=2)
     assert len(newest) == 2 and newest == sh.kernel.audit()[-2:]  # read from the end, in order
