@@ -112,7 +112,8 @@ class ControlCommands(ShellCommandSet):
 
     wait_parser = _parser("Wait until processes finish (default: every live process). Ctrl-C stops "
                           "waiting; the processes go on. Fails if a process did not complete or the "
-                          "timeout passed.", "examples:\n  wait\n  wait 003 004 --timeout 30s")
+                          "timeout passed (waiting for every process, a child whose parent was waited for "
+                          "is its parent's to judge: a hedge's cancelled replica, a retried step).", "examples:\n  wait\n  wait 003 004 --timeout 30s")
     wait_parser.add_argument("pids", nargs="*", metavar="PID", help="process ID, e.g. 003",
                              choices_provider=ShellCommandSet.live_pid_choices)
     wait_parser.add_argument("-t", "--timeout", metavar="DURATION", help="give up after this long (30, 5s, 2m)")
@@ -143,6 +144,9 @@ class ControlCommands(ShellCommandSet):
             if info.is_done:
                 self.out(views.finished_line(info))
         pending = [i for i in infos if not i.is_done]
+        if not args.pids:  # a child is its parent's business: a hedge's cancelled loser, a retried step
+            waited = {i.pid for i in infos}
+            infos = [i for i in infos if i.parent not in waited]
         bad = [i for i in infos if i.is_done and not i.finished_ok]
         if pending:
             self.fail(f"timed out after {format_duration(timeout)}; still running: "

@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from llmunix.models import LlmunixError, Outcome, ProcessInfo, ToolError, format_pid
+from llmunix.models import LlmunixError, Outcome, ProcessInfo, ProcessKind, ToolError, format_pid
 from llmunix.process import ProcessContext
 from llmunix.tools.registry import tool
 
@@ -53,8 +53,8 @@ class Hedging:
         if quorum is not None and (not isinstance(quorum, int) or not 1 <= quorum <= replicas):
             raise LlmunixError(f"--quorum must be from 1 to the number of replicas ({replicas}), not {quorum!r}")
         t = self.kernel.registry.get(tool_name)
-        if t.hidden:
-            raise LlmunixError(f"{t.name!r} cannot be replicated (it is not a tool to run by hand)")
+        if t.kind is not ProcessKind.TOOL or t.name == "hedge":
+            raise LlmunixError(f"{t.name!r} cannot be replicated (a {t.kind} body, not a tool call)")
         params = t.validate(spawn.pop("params", None) or {})
         try:
             json.dumps(params, allow_nan=False)

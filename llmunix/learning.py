@@ -17,9 +17,10 @@ p90) and are cached per tool until a run of that tool ends; without a store, fro
 finished processes. Runs that reused a cached result (llmunix/cache.py) are not runs of the tool
 and count nowhere here; cancelled and interrupted runs say nothing of the tool either.
 
-State (guarded by the table lock): `_deadlines` (pid -> Deadline, kept after the end for `ps -l`,
-the newest KEEP_ENDED), `_performance` (tool -> ToolPerformance), `_stale` (tool -> the terminal
-event seq after which its figures must be read again).
+State (guarded by the table lock): `_deadlines` (pid -> Deadline of a live process), `_ended`
+(those of finished ones, for `ps -l`: the newest KEEP_ENDED), `_performance` (tool ->
+ToolPerformance), `_stale` (tool -> the terminal event seq after which its figures must be read
+again).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class Learning(Hooks):
         self.table = table
         self.scheduler = table.scheduler
         self.store = store
-        self._deadlines: OrderedDict[int, Deadline] = OrderedDict()
+        self._deadlines: dict[int, Deadline] = {}  # live processes'
+        self._ended: OrderedDict[int, Deadline] = OrderedDict()  # finished ones', the newest KEEP_ENDED
         self._timers: dict[int, TimerHandle] = {}
         self._performance: dict[str, ToolPerformance] = {}
         self._stale: dict[str, int] = {}
@@ -134,22 +136,28 @@ class Learning(Hooks):
         self._deadlines[proc.pid] = Deadline(proc.pid, time.time() + seconds, seconds)
         self._timers[proc.pid] = self.table.timers.call_later(seconds, self._deadline_due, proc)
         proc.note("deadline", f"{_seconds(seconds)} from now")
-        while len(self._deadlines) > KEEP_ENDED + len(self._timers):
-            self._deadlines.popitem(last=False)
 
     def on_end(self, proc: Process) -> None:
-        tool = proc.tool.name
-        if proc.state in (Outcome.COMPLETED, Outcome.FAILED):
-            self._stale[tool] = max(self._stale.get(tool, 0), proc.end_seq)
-        if proc.state == Outcome.COMPLETED and proc.started is not None:  # (not a cached result)
-            self.scheduler.record_duration(tool, proc.runtime(time.monotonic()))
+        # Every process ends here: kept to a few dict operations (bench/scheduler.py).
+        state = proc.state
+        if state == "Completed":
+            if self.store is not None:
+                self._stale[proc.tool.name] = proc.end_seq  # (seqs only grow)
+            if proc.started is not None:  # (not a cached result)
+                self.scheduler.record_duration(proc.tool.name, proc.run_accum)
+        elif state == "Failed" and self.store is not None:
+            self._stale[proc.tool.name] = proc.end_seq
+        deadlines = self.scheduler.deadlines
+        if not deadlines or proc.pid not in deadlines:
+            return
         timer = self._timers.pop(proc.pid, None)
         if timer is not None:
             timer.cancel()
-            d = self._deadlines.get(proc.pid)
-            if d is not None:
-                met = not d.missed and proc.state == Outcome.COMPLETED
-                self._deadlines[proc.pid] = replace(d, met=met)
+        d = self._deadlines.pop(proc.pid, None)
+        if d is not None:
+            self._ended[proc.pid] = replace(d, met=not d.missed and state == Outcome.COMPLETED)
+            if len(self._ended) > KEEP_ENDED:
+                self._ended.popitem(last=False)
         self.scheduler.forget(proc.pid)
 
     def deadline_at_risk_locked(self, proc: Process, expected: float, left: float) -> None:
@@ -181,7 +189,7 @@ class Learning(Hooks):
     def deadline(self, pid: int) -> Deadline | None:
         """The deadline of process `pid`, if it was given one (in this session)."""
         with self.table.lock:
-            return self._deadlines.get(pid)
+            return self._deadlines.get(pid) or self._ended.get(pid)
 
     def performance(self, tool: str) -> ToolPerformance:
         """The tool's figures: from the store (cached until a run of it ends), else from this
