@@ -113,7 +113,8 @@ class ControlCommands(ShellCommandSet):
     wait_parser = _parser("Wait until processes finish (default: every live process). Ctrl-C stops "
                           "waiting; the processes go on. Fails if a process did not complete or the "
                           "timeout passed (waiting for every process, a child whose parent was waited for "
-                          "is its parent's to judge: a hedge's cancelled replica, a retried step).", "examples:\n  wait\n  wait 003 004 --timeout 30s")
+                          "is its parent's to judge: a hedge's cancelled replica, a retried step).",
+                          "examples:\n  wait\n  wait 003 004 --timeout 30s")
     wait_parser.add_argument("pids", nargs="*", metavar="PID", help="process ID, e.g. 003",
                              choices_provider=ShellCommandSet.live_pid_choices)
     wait_parser.add_argument("-t", "--timeout", metavar="DURATION", help="give up after this long (30, 5s, 2m)")

@@ -10,12 +10,12 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import tools_views as views
-from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids, positive_duration
 from commands.resilience import add_run_options, run_options
 from llmunix.agents import service_for
 from llmunix.cache import CachePolicy
 from llmunix.config import MAX_AMOUNT
-from llmunix.models import LlmunixError, format_pid, parse_duration
+from llmunix.models import LlmunixError, format_pid
 from llmunix.pool import parse_needs
 from llmunix.tools.markdown import TOOL, find_tool_name
 
@@ -167,18 +167,13 @@ def _learned_options(args: argparse.Namespace) -> dict[str, Any]:
     """`Kernel.spawn`'s deadline and cache arguments from `run`'s options."""
     out: dict[str, Any] = {}
     if args.deadline is not None:
-        deadline = parse_duration(args.deadline)
-        if deadline <= 0:
-            raise LlmunixError(f"bad --deadline {args.deadline!r}; it must be more than 0")
-        out["deadline"] = deadline
+        out["deadline"] = positive_duration("--deadline", args.deadline)
     if args.cache and args.no_cache:
         raise LlmunixError("--cache reuses a stored result and --no-cache refuses one: give one of them")
     if args.cache_ttl is not None and not args.cache:
         raise LlmunixError("--cache-ttl needs --cache")
     if args.cache:
-        ttl = parse_duration(args.cache_ttl) if args.cache_ttl is not None else None
-        if ttl is not None and ttl <= 0:
-            raise LlmunixError(f"bad --cache-ttl {args.cache_ttl!r}; it must be more than 0")
+        ttl = positive_duration("--cache-ttl", args.cache_ttl) if args.cache_ttl is not None else None
         out["cache"] = CachePolicy(ttl=ttl)
     elif args.no_cache:
         out["cache"] = CachePolicy(refresh=True)

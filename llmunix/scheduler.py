@@ -314,6 +314,7 @@ class LearnedQueue(ReadyQueue):
         return None
 
     def peek(self, now: float) -> Process | None:
+        # FIFO's rule over each level's first process; FIFO inlines its own heads (its hot path).
         best: Process | None = None
         best_key: tuple[int, float] | None = None
         for level in LEVELS:

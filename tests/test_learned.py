@@ -35,8 +35,9 @@ def queued_behind_a_gate(k, make_gate):
     return gate
 
 
-def test_the_learned_order_starts_the_shortest_expected_work_first(make_kernel, make_gate):
-    k = make_kernel(max_running=1, scheduling="learned", time_slice=60)
+def start_order(k, make_gate) -> list[str]:
+    """Queue long, medium and short work (expected 5 s, 1 s, 0.1 s) behind a gate holding the
+    only slot; open it; the order they started in."""
     order: list[str] = []
     tools = {name: labelled(order, name) for name in ("long", "medium", "short")}
     for name, seconds in (("long", 5.0), ("medium", 1.0), ("short", 0.1)):
@@ -45,21 +46,18 @@ def test_the_learned_order_starts_the_shortest_expected_work_first(make_kernel, 
     pids = [k.spawn(tools[name]) for name in ("long", "medium", "short")]
     gate.open()
     k.wait(pids)
-    assert order == ["short", "medium", "long"]
+    return order
+
+
+def test_the_learned_order_starts_the_shortest_expected_work_first(make_kernel, make_gate):
+    k = make_kernel(max_running=1, scheduling="learned", time_slice=60)
+    assert start_order(k, make_gate) == ["short", "medium", "long"]
 
 
 def test_fifo_stays_the_default_and_keeps_arrival_order(make_kernel, make_gate):
     k = make_kernel(max_running=1, time_slice=60)
     assert k.scheduling == "fifo"
-    order: list[str] = []
-    tools = {name: labelled(order, name) for name in ("long", "medium", "short")}
-    for name, seconds in (("long", 5.0), ("medium", 1.0), ("short", 0.1)):
-        k.scheduler.record_duration(name, seconds)
-    gate = queued_behind_a_gate(k, make_gate)
-    pids = [k.spawn(tools[name]) for name in ("long", "medium", "short")]
-    gate.open()
-    k.wait(pids)
-    assert order == ["long", "medium", "short"]
+    assert start_order(k, make_gate) == ["long", "medium", "short"]
 
 
 def test_expected_durations_are_learned_from_completed_runs_not_cached_ones(make_kernel):
