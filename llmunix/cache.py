@@ -130,7 +130,7 @@ class StepCache(Hooks):
         if hit is None:
             return None, {"key": key, "tool": t.name, "version": version}
         age = max(0.0, time.time() - hit.created)
-        why = f"from {format_pid(hit.pid)} ({short_duration(age)} old)"
+        why = f"from {format_pid(hit.pid)} (stored {'just now' if age < 1 else short_duration(age) + ' ago'})"
         return (hit.output, why, {"source": hit.pid, "key": key[:16], "age": round(age, 3)}), \
             {"hit": hit.pid, "key": key}
 

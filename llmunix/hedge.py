@@ -61,9 +61,11 @@ class Hedging:
         except (TypeError, ValueError):
             raise LlmunixError("a hedged run's parameters must be JSON data") from None
         name = spawn.pop("name", None)
-        body = {"tool": t.name, "params": params, "replicas": replicas, "quorum": quorum or 0,
-                "needs": spawn.pop("needs", None), "timeout": spawn.pop("timeout", None),
-                "deadline": spawn.pop("deadline", None)}
+        body = {"tool": t.name, "params": params, "replicas": replicas, "quorum": quorum or 0}
+        for option in ("needs", "timeout", "deadline"):  # each replica's; only those given
+            value = spawn.pop(option, None)
+            if value:
+                body[option] = value
         return self.kernel.spawn("hedge", name=name or f"{t.name}*{replicas}", params=body, **spawn)
 
     def cancel(self, ctx: ProcessContext, pids: Iterable[int], reason: str) -> None:

@@ -167,7 +167,7 @@ class Learning(Hooks):
             self._deadlines[proc.pid] = replace(d, at_risk=True, expected=expected)
         why = f"expected {_seconds(expected)}, {_seconds(max(0.0, left))} left"
         proc.note("deadline at risk", why)
-        self.table.set_detail_locked(proc, f"queued; deadline at risk ({why})")
+        self.table.set_detail_locked(proc, f"queued; deadline at risk: {why}")
         self.table.emit("process.deadline_at_risk", proc, expected=round(expected, 3), left=round(left, 3),
                         tool=proc.tool.name)
 

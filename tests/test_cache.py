@@ -184,7 +184,7 @@ def test_a_cached_workflow_step_completes_from_the_store_and_status_says_so(kern
     out = sh.ok("workflow run cached --no-cache --wait")
     assert "cached from" not in out
     spec = sh.ok("workflow show cached")
-    assert "cached up to 1d" in spec
+    assert "[cached up to 1d old]" in spec
 
 
 def test_spec_cache_fields_are_checked(tmp_path):

@@ -120,7 +120,7 @@ def test_a_process_that_cannot_make_its_deadline_is_flagged_and_queues_by_durati
     assert flagged.wait(WAIT)
     sub.cancel()
     info = k.info(doomed)
-    assert info.detail.startswith("queued; deadline at risk (expected 2m00s, ")
+    assert info.detail.startswith("queued; deadline at risk: expected 2m00s, ")
     assert any(h.event == "deadline at risk" for h in info.history)
     assert k.deadline(doomed).at_risk
     gate.open()

@@ -14,7 +14,8 @@ Python objects:
   BURST_FACTOR times the mean (and BURST_MIN events), the mean taken from the first event of the
   window on; each with its dominant type;
 * the slowest tools (running time of completed and failed processes; a workflow counts under its
-  own name) and the slowest workflow steps (`workflow.step_completed`, cached ones left out).
+  own name) and the slowest workflow steps (`workflow.step_completed`); reused cached results
+  are not runs and are left out of both.
 """
 
 from __future__ import annotations
@@ -166,10 +167,12 @@ def event_stats(store: Store | None, since: float | None = None, until: float | 
         bursts.sort(key=lambda b: b.start)
 
     slowest_tools = tuple(Slowest(r[0], r[1], r[2], r[3], r[4]) for r in q(
-        "SELECT CASE WHEN json_extract(data, '$.tool') = 'workflow' THEN 'workflow ' || json_extract(data, '$.name') "
-        "ELSE json_extract(data, '$.tool') END AS what, count(*), avg(json_extract(data, '$.runtime')), "
-        "max(json_extract(data, '$.runtime')), pid FROM events WHERE type IN ('process.completed', 'process.failed') "
-        "AND time >= ? AND time <= ? AND json_extract(data, '$.runtime') IS NOT NULL GROUP BY what "
+        "SELECT CASE WHEN json_extract(e.data, '$.tool') = 'workflow' "
+        "THEN 'workflow ' || json_extract(e.data, '$.name') ELSE json_extract(e.data, '$.tool') END AS what, "
+        "count(*), avg(json_extract(e.data, '$.runtime')), "
+        "max(json_extract(e.data, '$.runtime')), e.pid FROM events e LEFT JOIN processes p ON p.pid = e.pid "
+        "WHERE e.type IN ('process.completed', 'process.failed') AND e.time >= ? AND e.time <= ? "
+        "AND json_extract(e.data, '$.runtime') IS NOT NULL AND p.cached_from IS NULL GROUP BY what "
         "ORDER BY 4 DESC, 1 LIMIT ?", (*window, TOP)))
     slowest_steps = tuple(Slowest(r[0], r[1], r[2], r[3], r[4]) for r in q(
         "SELECT json_extract(data, '$.name') || '/' || json_extract(data, '$.step') AS what, count(*), "
