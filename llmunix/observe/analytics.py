@@ -10,9 +10,9 @@ Python objects:
   (`pattern`: numbers with a decimal point or four or more digits, zero-padded PIDs and long
   hex ids become placeholders, so "timed out after 12.4s" and "timed out after 9.1s" are one),
   and the circuits that opened per external host (`breaker.opened` of `host:NAME`);
-* bursts: time buckets (BUCKETS of them across the window, or `bucket` seconds) holding at least
-  BURST_FACTOR times the mean (and BURST_MIN events), the mean taken from the first event of the
-  window on; each with its dominant type;
+* bursts: time buckets (about BUCKETS of them across the window, or `bucket` seconds; aligned on
+  the clock) holding at least BURST_FACTOR times the mean (and BURST_MIN events), the mean taken
+  from the first event of the window on; each with its dominant type;
 * the slowest tools (running time of completed and failed processes; a workflow counts under its
   own name) and the slowest workflow steps (`workflow.step_completed`); reused cached results
   are not runs and are left out of both.
@@ -150,16 +150,17 @@ def event_stats(store: Store | None, since: float | None = None, until: float | 
         "AND time <= ? AND json_extract(data, '$.name') LIKE 'host:%' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
         (*window, TOP)))
 
-    counts = q("SELECT CAST((time - ?) / ? AS INTEGER), count(*) FROM events WHERE time >= ? AND time <= ? "
-               "GROUP BY 1 ORDER BY 1", (since, width, *window))
+    # Buckets are aligned on the clock (a 1m bucket starts on a minute), counted from the first one
+    # holding an event of the window: a quiet hour before llmunix started is not a baseline.
+    counts = q("SELECT CAST(time / ? AS INTEGER), count(*) FROM events WHERE time >= ? AND time <= ? "
+               "GROUP BY 1 ORDER BY 1", (width, *window))
     bursts: list[Burst] = []
     mean = 0.0
     if counts:
-        last = int((until - since) / width)
-        mean = total / max(1, last - counts[0][0] + 1)  # buckets from the first event of the window on
+        mean = total / max(1, int(until / width) - counts[0][0] + 1)
         hot = sorted((r for r in counts if r[1] >= max(BURST_MIN, BURST_FACTOR * mean)), key=lambda r: -r[1])
         for index, n in hot[:TOP]:
-            start = since + index * width
+            start = index * width
             top = q("SELECT type, count(*) FROM events WHERE time >= ? AND time < ? AND time <= ? GROUP BY type "
                     "ORDER BY 2 DESC, 1 LIMIT 1", (start, start + width, until))
             bursts.append(Burst(start, width, n, n / mean if mean else math.inf, top[0][0] if top else "",
