@@ -28,10 +28,10 @@ hits), aged out with everything else by retention (`gc`); the newest MEMORY resu
 session are also kept here, so a result is found before the store has committed it. Without a
 store those are the whole cache.
 
-A component of the kernel (`kernel.cache`), through the process table's hooks: `on_spawn`
-notes what each process is to store or has reused; `on_end` stores a completed result, counts
-a hit. State (table lock): `_pending` (pid -> key to store under), `_reused` (pid -> (source,
-key)), `_recent` (key -> Stored).
+A component of the kernel (`kernel.cache`), through the process table's hooks (registered at
+the first run that asks for the cache): `on_spawn` notes what each process is to store or has
+reused; `on_end` stores a completed result, counts a hit. State (table lock): `_pending` (pid ->
+key to store under), `_reused` (pid -> (source, key)), `_recent` (key -> Stored).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class StepCache(Hooks):
     def __init__(self, table: ProcessTable, store: Store | None) -> None:
         self.table = table
         self.store = store
+        self._active = False  # registered with the table (at the first run that asks for the cache)
         self._pending: dict[int, tuple[str, str, str]] = {}  # pid -> (key, tool, version)
         self._reused: OrderedDict[int, tuple[int, str]] = OrderedDict()  # pid -> (source pid, key)
         self._recent: OrderedDict[str, Stored] = OrderedDict()
@@ -122,6 +123,11 @@ class StepCache(Hooks):
         """For a run of `t` with `params` asking `policy`: (what `spawn_locked` reuses, or None;
         the spawn option for `on_spawn`). `waits`: it has dependencies, so it will run. Call
         without the lock: it hashes files and may read the store."""
+        if not self._active:  # until a run asks for the cache, no process pays for its hooks
+            with self.table.lock:  # (hook lists are read under it)
+                if not self._active:
+                    self.table.register(self)
+                    self._active = True
         try:
             key, version = self.key(t, params, cwd)
         except Uncacheable as exc:

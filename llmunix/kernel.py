@@ -176,9 +176,9 @@ class Kernel:
                                      breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown,
                                      stall_timeout=stall_timeout, stall_action=stall_action, chaos=chaos,
                                      health_min_disk_mb=health_min_disk_mb)
-        self.learning = Learning(self.table, self.store)
-        self.cache = StepCache(self.table, self.store)
-        for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning, self.cache):
+        self.learning = Learning(self.table, self.store)  # (its deadlines register at the first deadline)
+        self.cache = StepCache(self.table, self.store)  # (it registers at the first run asking for it)
+        for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning):
             self.table.register(feature)
         self.backend.bind(self)
         self.table.remote = self.backend if self.backend.distributed else None
@@ -284,7 +284,7 @@ class Kernel:
         if timeout is not None and not 0 < timeout < float("inf"):
             raise LlmunixError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
         attempts = self.resilience.policies(retry, restart)  # checked before anything is made
-        caching = CachePolicy.of(cache)
+        caching = None if cache is None else CachePolicy.of(cache)
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
         history = self.store.tool_peak_memory if self.store is not None else None

@@ -3,24 +3,25 @@ durations the learned scheduling order uses, and deadlines (`run --deadline 10m`
 
 A component of the kernel (`kernel.learning`); it acts through the process table's hooks:
 
-* `on_spawn`: a process given a deadline has it recorded here and with the scheduler
-  (`Scheduler.deadlines`, read by the learned order), and a timer set for the moment it passes;
-* `on_end`: a completed run's running time joins its tool's history (`Scheduler.record_duration`:
-  the expected duration); the tool's cached performance figures are marked stale; the
-  process's deadline and its timer go.
+* `Learning.on_end`: a completed run's running time joins its tool's history
+  (`Scheduler.record_duration`: the expected duration); the tool's cached performance figures
+  are marked stale;
+* `Deadlines` (registered at the first deadline given): `on_spawn` records a process's deadline
+  here and with the scheduler (`Scheduler.deadlines`, read by the learned order) and sets a timer
+  for the moment it passes; `on_end` says whether it was met, and the timer goes.
 
 The learned order itself is the scheduler's (scheduler.py, "Learned order"); the scheduler calls
-back `deadline_at_risk_locked` when a queued process can no longer make its deadline.
+back `Deadlines.at_risk_locked` when a queued process can no longer make its deadline.
 
 Performance figures come from the store's `tool_runs` (an index covers the query: counts, mean,
 p90) and are cached per tool until a run of that tool ends; without a store, from this session's
 finished processes. Runs that reused a cached result (llmunix/cache.py) are not runs of the tool
 and count nowhere here; cancelled and interrupted runs say nothing of the tool either.
 
-State (guarded by the table lock): `_deadlines` (pid -> Deadline of a live process), `_ended`
-(those of finished ones, for `ps -l`: the newest KEEP_ENDED), `_performance` (tool ->
-ToolPerformance), `_stale` (tool -> the terminal event seq after which its figures must be read
-again).
+State (guarded by the table lock): `Deadlines._live` (pid -> Deadline of a live process),
+`_ended` (those of finished ones, for `ps -l`: the newest KEEP_ENDED), `_timers`;
+`Learning._performance` (tool -> ToolPerformance), `_stale` (tool -> the terminal event seq
+after which its figures must be read again).
 """
 
 from __future__ import annotations
@@ -93,6 +94,70 @@ class Deadline:
                 "at_risk": self.at_risk, "missed": self.missed, "met": self.met}
 
 
+class Deadlines(Hooks):
+    """Processes' deadlines: recorded with the scheduler (the learned order reads them), a timer
+    for the moment each passes, and what became of it. Registered with the process table at the
+    first deadline given, so that until then no process pays for its hooks."""
+
+    def __init__(self, table: ProcessTable) -> None:
+        self.table = table
+        self.scheduler = table.scheduler
+        self._live: dict[int, Deadline] = {}
+        self._ended: OrderedDict[int, Deadline] = OrderedDict()  # the newest KEEP_ENDED
+        self._timers: dict[int, TimerHandle] = {}
+        self.scheduler.on_deadline_risk = self.at_risk_locked
+
+    def get(self, pid: int) -> Deadline | None:
+        """Hold the lock."""
+        return self._live.get(pid) or self._ended.get(pid)
+
+    def on_spawn(self, proc: Process, options: Mapping[str, Any]) -> None:
+        seconds = options.get("deadline")
+        if seconds is None:
+            return
+        self.scheduler.deadlines[proc.pid] = time.monotonic() + seconds
+        self._live[proc.pid] = Deadline(proc.pid, time.time() + seconds, seconds)
+        self._timers[proc.pid] = self.table.timers.call_later(seconds, self._due, proc)
+        proc.note("deadline", f"{_seconds(seconds)} from now")
+
+    def on_end(self, proc: Process) -> None:
+        if proc.pid not in self.scheduler.deadlines:
+            return
+        timer = self._timers.pop(proc.pid, None)
+        if timer is not None:
+            timer.cancel()
+        d = self._live.pop(proc.pid, None)
+        if d is not None:
+            self._ended[proc.pid] = replace(d, met=not d.missed and proc.state == Outcome.COMPLETED)
+            if len(self._ended) > KEEP_ENDED:
+                self._ended.popitem(last=False)
+        self.scheduler.forget(proc.pid)
+
+    def at_risk_locked(self, proc: Process, expected: float, left: float) -> None:
+        """The scheduler found `proc` can no longer make its deadline (lock held): flag it."""
+        d = self._live.get(proc.pid)
+        if d is not None:
+            self._live[proc.pid] = replace(d, at_risk=True, expected=expected)
+        why = f"expected {_seconds(expected)}, {_seconds(max(0.0, left))} left"
+        proc.note("deadline at risk", why)
+        self.table.set_detail_locked(proc, f"queued; deadline at risk: {why}")
+        self.table.emit("process.deadline_at_risk", proc, expected=round(expected, 3), left=round(left, 3),
+                        tool=proc.tool.name)
+
+    def _due(self, proc: Process) -> None:
+        """Timer: the deadline has passed; a process still live has missed it."""
+        with self.table.lock:
+            self._timers.pop(proc.pid, None)
+            if proc.phase is Phase.DONE:
+                return
+            d = self._live.get(proc.pid)
+            if d is not None:
+                self._live[proc.pid] = replace(d, missed=True, met=False)
+            proc.note("deadline missed", f"not finished {_seconds(d.seconds) if d else ''} after it was started")
+            self.table.emit("process.deadline_missed", proc, tool=proc.tool.name,
+                            seconds=d.seconds if d is not None else None)
+
+
 class Learning(Hooks):
     """See the module docstring."""
 
@@ -100,12 +165,10 @@ class Learning(Hooks):
         self.table = table
         self.scheduler = table.scheduler
         self.store = store
-        self._deadlines: dict[int, Deadline] = {}  # live processes'
-        self._ended: OrderedDict[int, Deadline] = OrderedDict()  # finished ones', the newest KEEP_ENDED
-        self._timers: dict[int, TimerHandle] = {}
+        self.deadlines = Deadlines(table)
+        self._watching = False  # `deadlines` is registered with the table
         self._performance: dict[str, ToolPerformance] = {}
         self._stale: dict[str, int] = {}
-        self.scheduler.on_deadline_risk = self.deadline_at_risk_locked
 
     # ------------------------------------------------------------------ before a spawn (no lock)
 
@@ -113,12 +176,19 @@ class Learning(Hooks):
         """What a new process of `t` needs from here: the tool's history loaded for the learned
         order (or to judge its deadline), and the spawn option for its deadline (seconds from
         now). Call without the lock: it may read the store."""
-        if deadline is not None and not (0 < deadline <= MAX_DURATION):
+        if deadline is None:
+            if self.scheduler.policy == "learned":
+                self.scheduler.learn(t.name, self.store.tool_durations if self.store is not None else None)
+            return {}
+        if not (0 < deadline <= MAX_DURATION):
             raise LlmunixError(f"deadline must be a positive number of seconds, at most 100 years, not {deadline!r}")
-        if self.scheduler.policy == "learned" or deadline is not None:
-            history = self.store.tool_durations if self.store is not None else None
-            self.scheduler.learn(t.name, history)
-        return {"deadline": float(deadline)} if deadline is not None else {}
+        self.scheduler.learn(t.name, self.store.tool_durations if self.store is not None else None)
+        if not self._watching:
+            with self.table.lock:  # (hook lists are read under it)
+                if not self._watching:
+                    self.table.register(self.deadlines)
+                    self._watching = True
+        return {"deadline": float(deadline)}
 
     def prepare_policy(self, tools: set[str]) -> None:
         """Before switching to the learned order: load the history of the tools now queued."""
@@ -127,15 +197,6 @@ class Learning(Hooks):
             self.scheduler.learn(name, history)
 
     # ------------------------------------------------------------------ hooks (lock held)
-
-    def on_spawn(self, proc: Process, options: Mapping[str, Any]) -> None:
-        seconds = options.get("deadline")
-        if seconds is None:
-            return
-        self.scheduler.deadlines[proc.pid] = time.monotonic() + seconds
-        self._deadlines[proc.pid] = Deadline(proc.pid, time.time() + seconds, seconds)
-        self._timers[proc.pid] = self.table.timers.call_later(seconds, self._deadline_due, proc)
-        proc.note("deadline", f"{_seconds(seconds)} from now")
 
     def on_end(self, proc: Process) -> None:
         # Every process ends here: kept to a few dict operations (bench/scheduler.py).
@@ -147,49 +208,13 @@ class Learning(Hooks):
                 self.scheduler.record_duration(proc.tool.name, proc.run_accum)
         elif state == "Failed" and self.store is not None:
             self._stale[proc.tool.name] = proc.end_seq
-        deadlines = self.scheduler.deadlines
-        if not deadlines or proc.pid not in deadlines:
-            return
-        timer = self._timers.pop(proc.pid, None)
-        if timer is not None:
-            timer.cancel()
-        d = self._deadlines.pop(proc.pid, None)
-        if d is not None:
-            self._ended[proc.pid] = replace(d, met=not d.missed and state == Outcome.COMPLETED)
-            if len(self._ended) > KEEP_ENDED:
-                self._ended.popitem(last=False)
-        self.scheduler.forget(proc.pid)
-
-    def deadline_at_risk_locked(self, proc: Process, expected: float, left: float) -> None:
-        """The scheduler found `proc` can no longer make its deadline (lock held): flag it."""
-        d = self._deadlines.get(proc.pid)
-        if d is not None:
-            self._deadlines[proc.pid] = replace(d, at_risk=True, expected=expected)
-        why = f"expected {_seconds(expected)}, {_seconds(max(0.0, left))} left"
-        proc.note("deadline at risk", why)
-        self.table.set_detail_locked(proc, f"queued; deadline at risk: {why}")
-        self.table.emit("process.deadline_at_risk", proc, expected=round(expected, 3), left=round(left, 3),
-                        tool=proc.tool.name)
-
-    def _deadline_due(self, proc: Process) -> None:
-        """Timer: the deadline has passed; a process still live has missed it."""
-        with self.table.lock:
-            self._timers.pop(proc.pid, None)
-            if proc.phase is Phase.DONE:
-                return
-            d = self._deadlines.get(proc.pid)
-            if d is not None:
-                self._deadlines[proc.pid] = replace(d, missed=True, met=False)
-            proc.note("deadline missed", f"not finished {_seconds(d.seconds) if d else ''} after it was started")
-            self.table.emit("process.deadline_missed", proc, tool=proc.tool.name,
-                            seconds=d.seconds if d is not None else None)
 
     # ------------------------------------------------------------------ queries
 
     def deadline(self, pid: int) -> Deadline | None:
         """The deadline of process `pid`, if it was given one (in this session)."""
         with self.table.lock:
-            return self._deadlines.get(pid) or self._ended.get(pid)
+            return self.deadlines.get(pid)
 
     def performance(self, tool: str) -> ToolPerformance:
         """The tool's figures: from the store (cached until a run of it ends), else from this
@@ -224,4 +249,4 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-__all__ = ["Deadline", "Learning", "ToolPerformance"]
+__all__ = ["Deadline", "Deadlines", "Learning", "ToolPerformance"]

@@ -298,7 +298,8 @@ class ProcessTable:
     # ------------------------------------------------------------------ hooks
 
     def register(self, feature: Hooks) -> None:
-        """Register a feature's hooks; only those it overrides are called."""
+        """Register a feature's hooks; only those it overrides are called. After the kernel is
+        built (a feature that registers on first use), hold the lock."""
         for name in HOOK_NAMES:
             impl = getattr(type(feature), name, None)
             if impl is not None and impl is not getattr(Hooks, name):
