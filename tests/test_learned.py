@@ -229,3 +229,33 @@ def test_e2e_set_scheduling_back_to_fifo_and_bad_values(tmp_path):
     (tmp_path / "config.toml").write_text('scheduling = "sjf"\n')
     r = llmunix("ps", home=tmp_path)
     assert r.returncode == 2 and "scheduling" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_admission_look_ahead_sees_the_learned_order_and_leaves_the_queue_as_it_was():
+    expected = {f"t{i}": float(i) for i in range(6)}
+    q = LearnedQueue(5.0, expected, {}, set(), lambda *a: None)
+    procs = [_proc(10 + i, f"t{i}") for i in (4, 1, 5, 0, 3, 2)]
+    for p in procs:
+        q.push(p, now=100.0)
+    q.remove(next(p for p in procs if p.tool.name == "t1"))  # a stale entry is skipped
+    assert [p.tool.name for p in q.candidates(100.0, 3)] == ["t0", "t2", "t3"]
+    assert len(q) == 5 and q.peek(100.0).tool.name == "t0"
+    assert sorted(p.tool.name for p in q.entries(Priority.NORMAL)) == ["t0", "t2", "t3", "t4", "t5"]
+
+
+def test_resource_admission_works_under_the_learned_order(make_kernel, make_gate):
+    k = make_kernel(max_running=2, scheduling="learned", limits={"gpu": 1}, time_slice=60)
+    order: list[str] = []
+    big, small = labelled(order, "big"), labelled(order, "small")
+    k.scheduler.record_duration("big", 0.01)  # shortest, but it needs the GPU the gate holds
+    k.scheduler.record_duration("small", 5.0)
+    gate = make_gate()
+    holder = k.spawn(gate.tool, needs={"gpu": 1})
+    assert gate.started.wait(WAIT)
+    first = k.spawn(big, needs={"gpu": 1})
+    second = k.spawn(small)
+    k.wait([second])
+    assert order == ["small"] and k.info(first).detail == "waiting for resources: gpu"
+    gate.open()
+    k.wait([holder, first])
+    assert order == ["small", "big"]
