@@ -148,6 +148,7 @@ class RunCommands(ShellCommandSet):
         if args.json:
             self.out_json([
                 {"name": t.name, "description": t.description, "source": t.source, "overrides": t.overrides,
+                 "version": t.version,
                  "subprocess": t.subprocess, "idempotent": t.idempotent,
                  "parameters": [{"name": p.name, "type": p.type, "required": p.required,
                                  "default": None if p.required else p.default, "description": p.description,
