@@ -136,6 +136,14 @@ def count_arg(value: str) -> int:
     return n
 
 
+def positive_duration(flag: str, text: str) -> float:
+    """A `--timeout`-style option's value in seconds: a duration more than 0, else a one-line error."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise LlmunixError(f"bad {flag} {text!r}; it must be more than 0")
+    return seconds
+
+
 def parse_params(pairs: Iterable[str]) -> dict[str, str | list[str]]:
     """`key=value` words (quotes already removed by the shell, see cmdline.py) as a mapping;
     a key given more than once maps to the list of its values, in order (Tool.from_text decides

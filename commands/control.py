@@ -114,7 +114,8 @@ class ControlCommands(ShellCommandSet):
         "that ended since the last wait). Each end is shown as it happens. A process that nobody "
         "will wake (paused, or waiting only for paused ones) is not waited on forever: wait stops, "
         "says which, and fails. Ctrl-C stops waiting; the processes go on. Fails if a process did "
-        "not complete or the timeout passed.",
+        "not complete or the timeout passed (waiting for every process, a child whose parent was "
+        "waited for is its parent's to judge: a hedge's cancelled replica, a retried step).",
         "examples:\n  wait\n  wait 003 004 --timeout 30s\n  wait 5 --include-paused")
     wait_parser.add_argument("pids", nargs="*", metavar="PID", help="process ID, e.g. 003",
                              choices_provider=ShellCommandSet.live_pid_choices)
@@ -155,6 +156,9 @@ class ControlCommands(ShellCommandSet):
             return
         if not args.pids:
             shell.wait_mark = mark
+            # A child is its parent's business: a hedge's cancelled loser, a retried step.
+            waited = {*pids, *(i.pid for i in ended)}
+            ended = [i for i in ended if i.parent not in waited]
         bad = [i for i in ended if not i.finished_ok]
         left = ", ".join(f"{i.process_id} ({i.display_state.lower()})" for i in watch.left)
         if watch.reason == "paused":

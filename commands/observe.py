@@ -28,10 +28,14 @@ class ObserveCommands(ShellCommandSet):
     events_parser = _parser(
         "Show the event log: every lifecycle, state, progress and log event, of this session and "
         "earlier ones. With --follow, keep printing new events until Ctrl-C, the --timeout, or "
-        "(with --pid) the end of that process.",
+        "(with --pid) the end of that process. `events stats` analyses a window of it instead: rates "
+        "by type, failure patterns per tool and host, bursts, the slowest tools and steps.",
         "examples:\n  events --tail 20\n  events --tail 20 --reverse\n  events --pid 003\n"
         "  events --type 'process.failed|process.cancelled' "
-        "--since 2h\n  events --follow --type 'process.*'\n  events --pid 003 --follow --json")
+        "--since 2h\n  events --follow --type 'process.*'\n  events --pid 003 --follow --json\n"
+        "  events stats\n  events stats --since 24h --bucket 1h --json")
+    events_parser.add_argument("stats", nargs="?", choices=["stats"], metavar="stats",
+                               help="analyse the window (--since, default the last hour) instead of listing it")
     events_parser.add_argument("-p", "--pid", metavar="PID", help="only this process's events",
                                choices_provider=ShellCommandSet.any_pid_choices)
     events_parser.add_argument("-t", "--type", metavar="GLOB",
@@ -43,12 +47,21 @@ class ObserveCommands(ShellCommandSet):
     events_parser.add_argument("-r", "--reverse", action="store_true", help="newest first (not with --follow)")
     events_parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     events_parser.add_argument("--timeout", metavar="DURATION", help="with --follow: stop after this long")
+    events_parser.add_argument("--bucket", metavar="DURATION",
+                               help="with stats: the width of the time buckets bursts are found in (default: "
+                                    "about a sixtieth of the window)")
     events_parser.add_argument("--json", action="store_true",
-                               help="a JSON array (with --follow: one JSON object per line)")
+                               help="a JSON array (with --follow: one JSON object per line; with stats: an object)")
 
     @cmd2.with_argparser(events_parser)
     def do_events(self, args: argparse.Namespace) -> None:
         """Show the event log."""
+        if args.stats:
+            self._stats(args)
+            return
+        if args.bucket is not None:
+            self.fail("--bucket is for `events stats`")
+            return
         try:
             pid = parse_pid(args.pid) if args.pid is not None else None
             since = parse_since(args.since) if args.since is not None else None
@@ -72,6 +85,25 @@ class ObserveCommands(ShellCommandSet):
             self.out(views.events_plain(events))
         else:
             self.out(views.events_rich(events))
+
+    def _stats(self, args: argparse.Namespace) -> None:
+        """`events stats`: the analytics of a window (llmunix/observe/analytics.py)."""
+        for flag, given in (("--pid", args.pid), ("--type", args.type), ("--tail", args.tail),
+                            ("--follow", args.follow), ("--timeout", args.timeout)):
+            if given:
+                self.fail(f"`events stats` takes --since, --bucket and --json, not {flag}")
+                return
+        try:
+            since = parse_since(args.since) if args.since is not None else None
+            bucket = parse_duration(args.bucket) if args.bucket is not None else None
+            stats = self.kernel.event_stats(since, bucket=bucket)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        if args.json:
+            self.out_json(stats.to_dict())
+        else:
+            self.out(views.stats_plain(stats) if self.plain else views.stats_rich(stats))
 
     def _follow(self, stream: Iterator[Event], as_json: bool) -> None:
         """Print events as they come (JSON: one object per line) until the stream ends or Ctrl-C.

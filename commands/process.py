@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from contextlib import closing
 
 import cmd2
@@ -89,8 +90,12 @@ class ProcessCommands(ShellCommandSet):
         elif args.long:
             if not infos:
                 self.out("no processes")
+            now = time.time()
             for info in infos:
-                self.out(views.ps_tree(info))
+                self.out(views.ps_tree(
+                    info, now=now, deadline=self.kernel.deadline(info.pid),
+                    performance=self.kernel.performance(info.tool_name) if self._user_tool(info.tool_name) else None,
+                    cached_from=self.kernel.cached_from(info.pid) if info.state == "Completed" else None))
         elif entries is not None:
             self.out(views.ps_tree_plain(entries) if self.plain
                      else views.ps_table(infos, guides=[guide for _info, guide, _parent in entries]))
@@ -98,6 +103,11 @@ class ProcessCommands(ShellCommandSet):
             self.out(views.ps_plain(infos))
         else:
             self.out(views.ps_table(infos))
+
+    def _user_tool(self, name: str) -> bool:
+        """A tool a user runs (its figures mean something), not an internal body (a workflow, a hedge)."""
+        registry = self.kernel.registry
+        return name not in registry or not registry.get(name).hidden
 
     def _shown_states(self) -> list[str]:
         """States processes show now, for `--state` names llmunix does not know (ctx.set_state)."""

@@ -73,6 +73,8 @@ class WorkflowCommands(ShellCommandSet):
                        help="critical, high, normal, low or idle (steps inherit it)")
     p_run.add_argument("-w", "--wait", action="store_true",
                        help="show its progress until it ends; the exit status is the workflow's")
+    p_run.add_argument("--no-cache", action="store_true",
+                       help="steps with `cache: true` run afresh (their new results are stored)")
     p_run.add_argument("--json", action="store_true", help="print the PID as JSON")
 
     p_status = sub.add_parser("status", help="the run's step tree: done, running, pending, failed; ETA")
@@ -141,7 +143,7 @@ class WorkflowCommands(ShellCommandSet):
                                        f"(its inputs: {', '.join(spec.inputs)})")
                 key, value = next(iter(spec.inputs)), item  # a bare value: the first input
             inputs[key.strip()] = value
-        pid = self.kernel.workflow_run(spec, inputs, priority=args.priority)
+        pid = self.kernel.workflow_run(spec, inputs, priority=args.priority, no_cache=args.no_cache)
         if args.json:
             self.out_json({"pid": format_pid(pid), "name": spec.name})
         else:

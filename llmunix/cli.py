@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_pressure_mb=config.memory_pressure_mb,
             pause_idle_under_pressure=config.pause_idle_under_pressure,
             deadlock_policy=config.deadlock_policy,
+            scheduling=config.scheduling,
             **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
             backend=backend,
         )
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     for err in attach(kernel, config, directories=definitions).errors:
         if str(err) not in reported:
             print(f"llmunix: could not load {err}", file=sys.stderr)
+    for module, err in kernel.preload(config.preload):  # what tools import lazily, paid for now
+        if err is not None:
+            print(f"llmunix: could not preload {module}: {err}", file=sys.stderr)
     overridden = kernel.registry.overrides() if kernel.registry.has_user_tools() else []
     for t in overridden:  # said once, at start; `tools` marks them too (no user tools: nothing to load)
         replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"

@@ -352,7 +352,8 @@ class ProcessTable:
     # ------------------------------------------------------------------ hooks
 
     def register(self, feature: Hooks) -> None:
-        """Register a feature's hooks; only those it overrides are called."""
+        """Register a feature's hooks; only those it overrides are called. After the kernel is
+        built (a feature that registers on first use), hold the lock."""
         for name in HOOK_NAMES:
             impl = getattr(type(feature), name, None)
             if impl is not None and impl is not getattr(Hooks, name):
@@ -502,10 +503,14 @@ class ProcessTable:
                      restored: Any = None, checkpoints: list[Any] | None = None, note: str = "",
                      needs: tuple[dict[str, float], tuple[str, ...]] | None = None,
                      timeout: float | None = None, options: Mapping[str, Any] | None = None,
-                     event_data: Mapping[str, Any] | None = None) -> Process:
+                     event_data: Mapping[str, Any] | None = None,
+                     reuse: tuple[Any, str, Mapping[str, Any]] | None = None) -> Process:
         """Create a process (a new PID, or an old one being recovered or retried) and queue it,
         or end it at once if it can never run (a failed dependency, needs the pool cannot meet,
-        a stopping parent). Hold the lock."""
+        a stopping parent). `reuse` = (output, note, event data): a stored result stands for
+        this run (step caching, llmunix/cache.py): unless it must wait or fail as above, it ends
+        Completed at once with that output, without a slot or a thread, after a `process.cached`
+        event and a `cached` history entry. Hold the lock."""
         if self.closed:
             raise LlmunixError("the kernel has shut down; no new processes")
         for a in deps:
@@ -554,6 +559,11 @@ class ProcessTable:
         elif proc.deps_pending:
             self.move(proc, Phase.WAITING)
             proc.detail = self._waiting_detail(proc)
+        elif reuse is not None:
+            output, why, data = reuse
+            proc.note("cached", why)
+            self.emit("process.cached", proc, **data)
+            self.finish_locked(proc, Outcome.COMPLETED, 0, None, output)
         else:
             self.scheduler.enqueue(proc, now)
         if up is not None and proc.phase is not Phase.DONE and (up.phase is Phase.PAUSED or up.requests & REQ_PAUSE):

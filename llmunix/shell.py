@@ -106,6 +106,9 @@ class LlmunixShell(cmd2.Cmd):
                                             "seconds between CPU / memory / I/O samples", kernel))
         self.add_settable(cmd2.Settable("time_slice", setting_type("time_slice", duration=True),
                                         "seconds a process runs before yielding to its peers", kernel))
+        self.add_settable(cmd2.Settable("scheduling", str, "the order within a priority level: fifo, or learned "
+                                        "(shortest expected first, deadlines earliest first)", kernel,
+                                        choices=("fifo", "learned")))
         self.add_settable(cmd2.Settable("deadlock_policy", str, "on a deadlock: report, or kill-lowest (its "
                                         "lowest-priority member)", kernel, choices=("report", "kill-lowest")))
         self.loglevel = current_level()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -35,7 +36,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -108,6 +109,20 @@ MIGRATIONS: dict[int, str] = {
     6: """
     ALTER TABLE processes ADD COLUMN policy TEXT;
     ALTER TABLE processes ADD COLUMN worker TEXT;
+    """,
+    # Step caching (llmunix/cache.py): one stored result per key (tool, version, parameters, inputs'
+    # content); a process that reused one names its source. The index serves the `ps -l`
+    # Performance line and learned scheduling (llmunix/learning.py): a tool's runs by outcome and
+    # duration, so its counts, mean and p90 are read from the index alone.
+    7: """
+    CREATE TABLE IF NOT EXISTS cache (
+        key TEXT PRIMARY KEY, tool TEXT NOT NULL, version TEXT, pid INTEGER, created REAL NOT NULL,
+        output TEXT, hits INTEGER DEFAULT 0, last_hit REAL
+    );
+    CREATE INDEX IF NOT EXISTS cache_tool ON cache(tool);
+    CREATE INDEX IF NOT EXISTS cache_created ON cache(created);
+    ALTER TABLE processes ADD COLUMN cached_from INTEGER;
+    CREATE INDEX IF NOT EXISTS tool_runs_perf ON tool_runs(tool, outcome, duration);
     """,
 }
 
@@ -573,13 +588,32 @@ class Store:
         """Running times of the last completed processes called `name` (workflow steps), newest first."""
         rows = self._reader().execute(
             "SELECT runtime FROM processes WHERE name=? AND state='Completed' AND runtime IS NOT NULL "
-            "ORDER BY finished DESC LIMIT ?", (name, limit)).fetchall()
+            "AND cached_from IS NULL ORDER BY finished DESC LIMIT ?", (name, limit)).fetchall()
         return [r[0] for r in rows]
 
     def latest_by_name(self, name: str, kind: str) -> int | None:
         """The newest process of `kind` called `name`."""
         row = self._reader().execute("SELECT MAX(pid) FROM processes WHERE name=? AND kind=?", (name, kind)).fetchone()
         return row[0] if row is not None else None
+
+    def tool_performance(self, tool: str) -> tuple[int, int, float | None, float | None]:
+        """(completed, failed, mean duration of the completed, their p90 by nearest rank) over the
+        tool's stored runs; cancelled and interrupted runs are not the tool's doing and are left
+        out. Read from the `tool_runs_perf` index: no row of the table is visited."""
+        conn = self._reader()
+        row = conn.execute(
+            "SELECT count(CASE WHEN outcome='Completed' THEN 1 END), count(CASE WHEN outcome='Failed' THEN 1 END), "
+            "avg(CASE WHEN outcome='Completed' THEN duration END), "
+            "count(CASE WHEN outcome='Completed' AND duration IS NOT NULL THEN 1 END) "
+            "FROM tool_runs WHERE tool=? AND outcome IN ('Completed', 'Failed')", (tool,)).fetchone()
+        completed, failed, mean, timed = int(row[0]), int(row[1]), row[2], int(row[3])
+        p90 = None
+        if timed:
+            rank = max(0, math.ceil(0.9 * timed) - 1)
+            hit = conn.execute("SELECT duration FROM tool_runs WHERE tool=? AND outcome='Completed' "
+                               "AND duration IS NOT NULL ORDER BY duration LIMIT 1 OFFSET ?", (tool, rank)).fetchone()
+            p90 = hit[0] if hit is not None else None
+        return completed, failed, mean, p90
 
     def tool_peak_memory(self, tool: str, limit: int = 20) -> list[float]:
         """Peak memory (MB) of the tool's last completed runs that were measured, newest first."""
@@ -686,7 +720,7 @@ class Compaction:
             if len(rows) == self.STEP:
                 return True
         # Last step: what belongs to no process ages out by time alone (shell.command events, the
-        # audit trail, tool run history, agents' learning memory), so none of them grows without
+        # audit trail, tool run history, agents' learning memory, cached results), so none of them grows without
         # bound; so do persistent messages left to a process that finished long ago (never to one
         # that was interrupted: `recover` delivers them to it again).
         self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL", (self.before,)).rowcount
@@ -694,6 +728,7 @@ class Compaction:
         conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
         conn.execute("DELETE FROM agent_runs WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM agent_tool_uses WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM cache WHERE created < ?", (self.before,))
         conn.execute("DELETE FROM messages WHERE recipient IN (SELECT pid FROM processes WHERE phase='done' "
                      "AND finished < ?)", (self.before,))
         return False
@@ -701,7 +736,7 @@ class Compaction:
 
 _ROW = ("pid", "session", "name", "tool", "kind", "priority", "owner", "parent", "after", "cwd", "params",
         "idempotent", "state", "phase", "detail", "created", "runtime", "policy", "started", "finished",
-        "exit_code", "error", "output", "worker")
+        "exit_code", "error", "output", "worker", "cached_from")
 _COL = {name: i for i, name in enumerate(_ROW)}
 _INSERT_ROW = f"INSERT OR REPLACE INTO processes ({', '.join(_ROW)}) VALUES ({', '.join('?' * len(_ROW))})"
 _PHASE_OF = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
@@ -748,7 +783,7 @@ class _EventWriter:
                 d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
                 json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
                 d.get("detail", "queued"), e.time, 0, json_text(d["policy"]) if d.get("policy") else None,
-                None, None, None, None, None, None]
+                None, None, None, None, None, None, None]
             return
         row = self._new.get(e.pid)
         if kind == "started":
@@ -774,6 +809,11 @@ class _EventWriter:
                 row[_COL["phase"]] = _PHASE_OF[kind]
             else:
                 self._execute("UPDATE processes SET phase=? WHERE pid=?", (_PHASE_OF[kind], e.pid))
+        elif kind == "cached":  # it reused a stored result (llmunix/cache.py): not a run of its tool
+            if row is not None:
+                row[_COL["cached_from"]] = d.get("source")
+            else:
+                self._execute("UPDATE processes SET cached_from=? WHERE pid=?", (d.get("source"), e.pid))
         elif kind == "remote":  # its body runs on a Dask worker
             if row is not None:
                 row[_COL["worker"]] = d.get("worker")
@@ -793,7 +833,7 @@ class _EventWriter:
                 for name, value in zip(("state", "phase", "detail", "exit_code", "error", "output", "finished",
                                         "runtime"), end, strict=True):
                     row[_COL[name]] = value
-                if state != "Interrupted":
+                if state != "Interrupted" and row[_COL["cached_from"]] is None:
                     self._runs.append((row[_COL["tool"]], e.pid, row[_COL["started"]], e.time, d.get("runtime"),
                                        state, d.get("peak_memory_mb")))
                 return
@@ -814,7 +854,7 @@ class _EventWriter:
                 "runtime=? WHERE pid=?", [_bindable(end[:9]) for end in ends.values()])
             self.conn.executemany(
                 "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
-                "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
+                "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=? AND cached_from IS NULL",
                 [(end[9], end[10], end[0], end[11], end[8]) for end in ends.values() if end[0] != "Interrupted"])
         runs, self._runs = self._runs, []
         if runs:

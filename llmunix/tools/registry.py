@@ -84,6 +84,7 @@ class Tool:
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
     overrides: str | None = None  # the source of the tool of the same name this one replaced ("builtin", a path)
+    version: str | None = None  # what its cached results are keyed on (llmunix/cache.py); None: its file's hash
     # The pydantic model its parameters are checked with, or a function that builds it (built on
     # the first validation: pydantic is not imported until a tool's parameters need checking).
     _model: Any = field(default=None, repr=False)
@@ -298,6 +299,7 @@ def make_tool(
     breaker: bool = True,
     remote: bool = False,
     touches: Iterable[str] | None = None,
+    version: str | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -345,6 +347,7 @@ def make_tool(
         breaker=breaker,
         remote=remote,
         touches=declared,
+        version=None if version is None else str(version),
         _model=model,
         _open=open_kwargs,
     )
@@ -375,6 +378,7 @@ def tool(
     breaker: bool = True,
     remote: bool = False,
     touches: Iterable[str] | None = None,
+    version: str | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -393,6 +397,8 @@ def tool(
     `("paths:path",)` the files its `path` parameter names, `("urls:urls",)` the URLs in `urls`,
     `("anything",)` no limit (a shell command); a tool that touches paths or URLs must take a
     `workspace` parameter and, when it is set, keep to it (docs/tools.md, "Confinement").
+    `version` is what cached results of the tool are keyed on (`run --cache`, a workflow step's
+    `cache: true`): change it when the tool's results change; unset, the hash of its file is used.
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -404,7 +410,7 @@ def tool(
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
                       fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
-                      breaker=breaker, remote=remote, touches=touches)
+                      breaker=breaker, remote=remote, touches=touches, version=version)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
