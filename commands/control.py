@@ -1,10 +1,12 @@
-"""Process control: kill, pause, resume, priority, wait. Parse, call one Kernel method per
-process, report. The verbs take PIDs, ranges, --all and filters (commands/selection.py)."""
+"""Process control: kill, pause, resume, priority, wait, and restart and clean for finished
+processes. Parse, call one Kernel method per process, report. The verbs take PIDs, ranges, --all
+and filters (commands/selection.py)."""
 
 from __future__ import annotations
 
 import argparse
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,25 +34,33 @@ def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
 
 
 def _selection_parser(verb: str, description: str, examples: str, *,
-                      level_after: Callable[..., Choices] | None = None) -> LlmunixArgumentParser:
+                      level_after: Callable[..., Choices] | None = None,
+                      finished: bool = False) -> LlmunixArgumentParser:
     """The arguments every control verb shares: PIDs and ranges, or --all and the filters.
-    `level_after` (priority): a LEVEL follows the PIDs; it completes the PID words."""
-    parser = _parser(description + " Give PIDs (003; each must be live, or it is an error), ranges "
-                     "(3-7), --all or filters (--tool, --name, --state): those act on the live processes they "
-                     "match. Each process gets a line; the command fails if any failed, or none matched.",
+    `level_after` (priority): a LEVEL follows the PIDs; it completes the PID words. `finished`
+    (restart, clean): the verb acts on finished processes, not live ones."""
+    which = "finished" if finished else "live"
+    parser = _parser(description + f" Give PIDs (003; each must be {which}, or it is an error), ranges "
+                     f"(3-7), --all or filters (--tool, --name, --state): those act on the {which} processes "
+                     "they match. Each process gets a line; the command fails if any failed, or none matched.",
                      "examples:\n" + examples)
     parser.add_argument("pids", nargs="*", metavar="PID", help="process IDs or ranges, e.g. 003 or 3-7",
-                        choices_provider=level_after or ShellCommandSet.live_pid_choices)
+                        choices_provider=level_after or (ShellCommandSet.any_pid_choices if finished
+                                                         else ShellCommandSet.live_pid_choices))
     if level_after is not None:
         parser.add_argument("level", metavar="LEVEL", choices_provider=ShellCommandSet.priority_choices,
                             help="critical, high, normal, low or idle")
     group = parser.add_argument_group("selection")
-    group.add_argument("--all", action="store_true", help=f"{verb} every live process (the filters narrow it)")
+    group.add_argument("--all", action="store_true", help=f"{verb} every {which} process (the filters narrow it)")
     group.add_argument("--tool", metavar="GLOB", choices_provider=ShellCommandSet.tool_choices,
                        help="only processes of these tools: a name or a glob such as 'web_*'")
     group.add_argument("--name", metavar="GLOB", help="only processes with these names (run --name)")
     group.add_argument("--state", metavar="STATE", choices_provider=state_choices,
-                       help="only processes in this state (running, pending, paused, ...)")
+                       help="only processes in this state (" + ("completed, failed, cancelled" if finished
+                                                                 else "running, pending, paused") + ", ...)")
+    if finished:
+        group.add_argument("--older-than", metavar="DURATION",
+                           help="only processes that finished more than this long ago (30m, 2h, 7d)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON array with each process's outcome (pid, name, ok, result, state, error)")
     return parser
@@ -109,6 +119,47 @@ class ControlCommands(ShellCommandSet):
         self._act(args, "priority", lambda pid: self.kernel.renice(pid, level),
                   lambda i: f"{i.process_id} {safe_text(i.name)} priority {i.priority.label}", cascades=False)
 
+    restart_parser = _selection_parser(
+        "restart", "Run finished processes again, each as a new process (a new PID) with the same tool, "
+        "parameters, name, priority, resource needs and dependencies. (`recover` continues an interrupted "
+        "one under its own PID; `rollback` reruns one from a checkpoint.)",
+        "  restart 003\n  restart 3-7 --state failed\n  restart --all --tool 'web_*' --state failed", finished=True)
+
+    @cmd2.with_argparser(restart_parser)
+    def do_restart(self, args: argparse.Namespace) -> None:
+        """Run finished processes again as new ones."""
+        def restart(pid: int) -> ProcessInfo:
+            new = self.kernel.restart(pid)
+            olds[new.pid] = pid
+            return new
+
+        olds: dict[int, int] = {}
+        self._act(args, "restart", restart,
+                  lambda i: f"restarted {format_pid(olds[i.pid])} as {i.process_id} {safe_text(i.name)}",
+                  cascades=False, finished=True)
+
+    clean_parser = _selection_parser(
+        "clean", "Take finished processes out of `ps -a`. The store keeps their record, events and log "
+        "(`ps -l PID`, `log PID`, `events --pid PID` and `audit` still show them); `gc` compacts old ones "
+        "on its own.", "  clean 003\n  clean --all\n  clean --all --state completed --older-than 1d\n"
+        "  clean --tool 'web_*'", finished=True)
+
+    @cmd2.with_category("Durable state commands")
+    @cmd2.with_argparser(clean_parser)
+    def do_clean(self, args: argparse.Namespace) -> None:
+        """Take finished processes out of the listings."""
+        try:
+            pids, strict, filters = self._choose(args, finished=True)
+            cleaned, refused = self.kernel.clean(pids)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        outcomes = [_outcome(i.pid, i, "clean", result=f"cleaned {i.process_id} {safe_text(i.name)}")
+                    for i in cleaned]
+        outcomes += [_outcome(pid, None, "clean", error=why) for pid, why in refused.items() if pid in strict]
+        outcomes.sort(key=lambda o: o["pid"])
+        self._report(args, outcomes, "clean", filters, finished=True)
+
     wait_parser = _parser(
         "Wait until processes finish (default: every live process, and reports those started here "
         "that ended since the last wait). Each end is shown as it happens. A process that nobody "
@@ -134,7 +185,8 @@ class ControlCommands(ShellCommandSet):
                 for pid in pids:
                     self.kernel.info(pid)  # unknown PIDs fail before any waiting
             else:  # the live top-level ones, and those that ended since the last `wait`
-                earlier = self.kernel.ended_after(shell.wait_mark)
+                # (not those the last wait reported: one may have ended after its mark was taken)
+                earlier = [i for i in self.kernel.ended_after(shell.wait_mark) if i.pid not in shell.wait_seen]
                 pids = [i.pid for i in self.kernel.ps() if i.parent is None]
         except LlmunixError as exc:
             self.fail(str(exc))
@@ -155,7 +207,7 @@ class ControlCommands(ShellCommandSet):
             self.fail("stopped waiting; the processes go on (see `ps`)")
             return
         if not args.pids:
-            shell.wait_mark = mark
+            shell.wait_mark, shell.wait_seen = mark, {i.pid for i in ended}
             # A child is its parent's business: a hedge's cancelled loser, a retried step.
             waited = {*pids, *(i.pid for i in ended)}
             ended = [i for i in ended if i.parent not in waited]
@@ -229,7 +281,7 @@ class ControlCommands(ShellCommandSet):
     # ------------------------------------------------------------------ acting on a selection
 
     def _act(self, args: argparse.Namespace, verb: str, action: Callable[[int], ProcessInfo],
-             describe: Callable[[ProcessInfo], str], *, cascades: bool = True) -> None:
+             describe: Callable[[ProcessInfo], str], *, cascades: bool = True, finished: bool = False) -> None:
         """Apply `action` to each process chosen by `args` (see `_choose`), in PID order: one line
         per process, a one-line error for each that failed (the others still go ahead), and a
         failed command if any did. A PID named on its own must be acted on; of those chosen by
@@ -238,7 +290,7 @@ class ControlCommands(ShellCommandSet):
         `cascades` (kill, pause, resume reach a process's children), a child whose parent was
         just acted on is reported with it, never as an error."""
         try:
-            pids, strict, filters = self._choose(args)
+            pids, strict, filters = self._choose(args, finished=finished)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -262,11 +314,19 @@ class ControlCommands(ShellCommandSet):
             with_parent = "" if parent is None else f" (with {format_pid(parent)})"
             outcomes.append(_outcome(pid, info, verb, result=describe(info) + with_parent))
             done.add(pid)
+        self._report(args, outcomes, verb, filters, finished=finished)
+
+    def _report(self, args: argparse.Namespace, outcomes: list[dict[str, Any]], verb: str, filters: Filters, *,
+                finished: bool = False) -> None:
+        """A line per process (or `--json`), an error line for each that failed; the command
+        fails if any did, or if nothing matched."""
         if not outcomes:
             doing = {"priority": "reprioritise"}.get(verb, verb)
             among = f" among {' '.join(args.pids)}" if args.pids else ""
             which = f" matching {filters.describe()}" if filters else ""
-            self.fail(f"no live process to {doing}{among}{which} (see `ps`)")
+            older = f" finished more than {args.older_than} ago" if getattr(args, "older_than", None) else ""
+            self.fail(f"no {'finished' if finished else 'live'} process to {doing}{among}{which}{older} "
+                      f"(see `ps{' -a' if finished else ''}`)")
             return
         failed = [o for o in outcomes if not o["ok"]]
         if args.json:
@@ -281,22 +341,34 @@ class ControlCommands(ShellCommandSet):
             else:
                 self.fail(o["error"])
 
-    def _choose(self, args: argparse.Namespace) -> tuple[list[int], set[int], Filters]:
+    def _choose(self, args: argparse.Namespace, *, finished: bool = False) -> tuple[list[int], set[int], Filters]:
         """The PIDs to act on, by PID; those of them that were named on their own (without
         filters: each must be acted on, or its error reported); the filters. Filters narrow
-        the PIDs and ranges given; --all or filters alone choose among every live process."""
+        the PIDs and ranges given; --all or filters alone choose among every live process (with
+        `finished`: every finished one, and `--older-than` narrows by when it finished)."""
         if args.state is not None:
-            args.state = check_state(args.state, lambda: [s for i in self.kernel.ps() for s in (i.display_state,
-                                                                                               i.state)])
+            args.state = check_state(args.state, lambda: [s for i in self.kernel.ps(all=finished)
+                                                         for s in (i.display_state, i.state)])
+        older = getattr(args, "older_than", None)
+        cutoff = time.time() - parse_duration(older) if older is not None else None
+
+        def wanted(info: ProcessInfo) -> bool:
+            if cutoff is not None and (info.finished is None or info.finished > cutoff):
+                return False
+            return filters.match(info)
+
         filters = Filters.from_args(args)
+        narrowed = bool(filters) or cutoff is not None
         if args.pids:
             pids = sorted(parse_pid_specs(args.pids))
-            if not filters:
+            if not narrowed:
                 return pids, single_pids(args.pids), filters
-            return [p for p in pids if self.kernel.exists(p) and filters.match(self.kernel.info(p))], set(), filters
-        if not (args.all or filters):
+            return [p for p in pids if self.kernel.exists(p) and wanted(self.kernel.info(p))], set(), filters
+        if not (args.all or narrowed):
             raise LlmunixError("say which processes: PIDs (003), ranges (3-7), --all, or a filter "
-                               "(--tool, --name, --state)")
+                               "(--tool, --name, --state" + (", --older-than" if finished else "") + ")")
+        if finished:
+            return [i.pid for i in self.kernel.ps(all=True) if i.is_done and wanted(i)], set(), filters
         return [i.pid for i in filters.apply(self.kernel.ps())], set(), filters
 
     def _acted_ancestor(self, pid: int, done: set[int]) -> int | None:

@@ -486,6 +486,46 @@ class DurableState(Hooks):
             raise IllegalTransition(f"process {format_pid(as_pid(pid))} was not interrupted")
         return self._retire(row, Outcome.CANCELLED, reason, action="kill")
 
+    def clean(self, pids: Iterable[int]) -> tuple[list[ProcessInfo], dict[int, str]]:
+        """Take finished processes out of the listings (`clean`): `ps -a` no longer shows them;
+        with a store their row, events and log stay (`ps -l PID`, `log PID`, the audit trail),
+        without one they are forgotten. Returns the snapshots of those cleaned, and why each of
+        the others was not (live, interrupted, already cleaned, no such process)."""
+        table = self.table
+        cleaned: list[ProcessInfo] = []
+        refused: dict[int, str] = {}
+        if self.store is not None:
+            self.flush()  # ends so far are in the store: a cleaned row is never written after
+        for pid in pids:
+            try:
+                info = self.info(pid)
+            except LlmunixError as exc:
+                refused[pid] = str(exc)
+                continue
+            if not info.is_done:
+                refused[pid] = (f"process {info.process_id} is {info.display_state.lower()}; only finished "
+                                "processes are cleaned (kill it or wait for it first)")
+                continue
+            if info.state == Outcome.INTERRUPTED:
+                refused[pid] = (f"process {info.process_id} was interrupted: `recover {info.process_id}` "
+                                f"continues it, `kill {info.process_id}` dismisses it")
+                continue
+            if self.store is not None:
+                row = self.store.process_row(pid)
+                if row is not None and row["cleaned"] is not None:
+                    refused[pid] = f"process {info.process_id} was cleaned already"
+                    continue
+            with table.lock:
+                proc = table.get(pid)
+                if proc is not None:
+                    table.release_locked(proc)
+                self._forget_history(pid)
+                table.bus.publish("process.cleaned", pid, {"state": info.state})
+            cleaned.append(info)
+        if self.store is not None and cleaned:
+            self.flush()
+        return cleaned, refused
+
     def _forget_history(self, pid: int) -> None:
         if self._history is not None:
             self._history.pop(pid, None)

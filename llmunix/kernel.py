@@ -655,6 +655,31 @@ class Kernel:
         self._writable()
         return self.durable.gc(days, keep, timeout)
 
+    def clean(self, pids: Iterable[int]) -> tuple[list[ProcessInfo], dict[int, str]]:
+        """Take finished processes out of `ps -a` (see DurableState.clean): the snapshots of
+        those cleaned, and why each of the others was not."""
+        self._writable()
+        return self.durable.clean([as_pid(p) for p in pids])
+
+    def restart(self, pid: int) -> ProcessInfo:
+        """Run a finished process again as a new process (a new PID): the same tool, parameters,
+        name, priority, resource needs, working directory and dependencies. Not a live or an
+        interrupted one (`recover` continues those). Returns the new process's snapshot."""
+        self._writable()
+        info = self.info(as_pid(pid))
+        if not info.is_done:
+            raise IllegalTransition(f"process {info.process_id} is {info.display_state.lower()}; only a "
+                                    "finished process can be restarted (wait for it or kill it first)")
+        if info.state == Outcome.INTERRUPTED:
+            raise IllegalTransition(f"process {info.process_id} was interrupted: `recover {info.process_id}` "
+                                    f"continues it, `kill {info.process_id}` dismisses it")
+        new = self.spawn(info.tool_name, params=dict(info.context.input_parameters), priority=info.priority,
+                         after=info.after, name=info.name, cwd=info.context.working_directory or None,
+                         needs=dict(info.needs) or None)
+        with self.table.lock:  # events are published under the lock, so in order
+            self.bus.publish("process.rerun", info.pid, {"as": new})
+        return self.info(new)
+
     # ------------------------------------------------------------------ events, audit
 
     def subscribe(self, pattern: str, callback: Callable[..., None], *, pid: int | str | None = None,

@@ -91,6 +91,7 @@ class LlmunixShell(cmd2.Cmd):
         # `wait` with no PIDs reports the processes started here that ended since the last one
         # (their failures make it fail: a script's `run fail` then `wait` exits non-zero).
         self.wait_mark = 0
+        self.wait_seen: set[int] = set()  # what the last `wait` reported (it may have ended after its mark)
         self.reported: set[int] = set()  # ends `wait` has printed: their alerts are not repeated
         self.command_name = "llmunix"  # the command of the line being run, for errors that name it
         self.intro = (f"llmunix {__version__} — `help` lists commands, `tools` what can run, "

@@ -143,3 +143,13 @@ def test_killing_an_interrupted_process_dismisses_it_for_good(tmp_path):
     r = llmunix("ps -a --json", home=tmp_path)
     [row] = json.loads(r.stdout)
     assert row["state"] == "cancelled" and "were interrupted" not in r.stderr
+
+
+def test_a_later_wait_does_not_report_again_what_an_earlier_wait_reported(tmp_path):
+    # The first wait's mark is taken before 001 ends; the next wait reports only what is new.
+    script = "run sleep seconds=0.3\nwait\nrun echo text=x\nwait\nwait\n"
+    run = subprocess.run([LLMUNIX, "--home", str(tmp_path)], input=script, text=True, capture_output=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("[001] sleep completed") == 1
+    assert run.stdout.count("[002] echo completed") == 1

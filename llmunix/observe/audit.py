@@ -72,6 +72,10 @@ def audit_row(event: Event) -> tuple[str, str, str, int | None, int | None] | No
         return current_user(), ACTION, what, event.pid, 0
     if t in _DEBUGGER:
         return current_user(), ACTION, _DEBUGGER[t](d), event.pid, 0
+    if t == "process.rerun":
+        return current_user(), ACTION, f"restart as {format_pid(int(d.get('as') or 0))}", event.pid, 0
+    if t == "process.cleaned":
+        return current_user(), ACTION, "clean", event.pid, 0
     if t == "process.restarted":
         action = str(d.get("action") or "recover")
         if not d.get("resumed"):

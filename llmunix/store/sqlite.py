@@ -36,7 +36,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -123,6 +123,11 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS cache_created ON cache(created);
     ALTER TABLE processes ADD COLUMN cached_from INTEGER;
     CREATE INDEX IF NOT EXISTS tool_runs_perf ON tool_runs(tool, outcome, duration);
+    """,
+    # `clean`: a finished process leaves the listings (ps -a) but keeps its row, events and log
+    # (`ps -l PID`, `log PID`, `events --pid PID` and the audit trail still answer).
+    8: """
+    ALTER TABLE processes ADD COLUMN cleaned REAL;
     """,
 }
 
@@ -496,9 +501,10 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     def process_rows(self, *, pids: Iterable[int] | None = None) -> list[sqlite3.Row]:
+        """Whole rows: of the given PIDs, or of every process listed (not `clean`ed), by PID."""
         conn = self._reader()
         if pids is None:
-            return conn.execute("SELECT * FROM processes ORDER BY pid").fetchall()
+            return conn.execute("SELECT * FROM processes WHERE cleaned IS NULL ORDER BY pid").fetchall()
         ids = list(pids)
         if not ids:
             return []
@@ -511,7 +517,7 @@ class Store:
         progress). What a cold `ps -a` over 100,000 stored processes reads, without whole rows."""
         cur = self._reader().cursor()
         cur.row_factory = None
-        where = " WHERE phase NOT IN ('done', 'interrupted')" if live_only else ""
+        where = " WHERE phase NOT IN ('done', 'interrupted')" if live_only else " WHERE cleaned IS NULL"
         return cur.execute("SELECT pid, name, tool, state, phase, detail, priority, runtime, progress "
                            f"FROM processes{where} ORDER BY pid").fetchall()
 
@@ -809,6 +815,10 @@ class _EventWriter:
                 row[_COL["phase"]] = _PHASE_OF[kind]
             else:
                 self._execute("UPDATE processes SET phase=? WHERE pid=?", (_PHASE_OF[kind], e.pid))
+        elif kind == "cleaned":  # `clean`: out of the listings, its events and log kept
+            if e.pid in self._new or e.pid in self._ends:
+                self.flush_events()  # its row goes in (or ends) first
+            self._execute("UPDATE processes SET cleaned=? WHERE pid=?", (e.time, e.pid))
         elif kind == "cached":  # it reused a stored result (llmunix/cache.py): not a run of its tool
             if row is not None:
                 row[_COL["cached_from"]] = d.get("source")
