@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from llmunix.models import format_pid
+from llmunix.models import format_memory, format_pid
 from llmunix.observe.debug import DebugInfo, ProfileReport, StackFrame
 from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceEntry, TraceLog
 
@@ -19,12 +19,6 @@ DEBUG_COMMANDS = "[break, step, next, continue, where, inspect, modify, trace, r
 
 TOP_HOTSPOTS = 5  # in the report's Hotspots line
 TABLE_ROWS = 10  # in the table below it
-
-
-def fmt_mb(mb: float | None) -> str:
-    if mb is None:
-        return "-"
-    return f"{mb / 1024:.1f}GB" if mb >= 1024 else f"{mb:.1f}MB" if mb < 10 else f"{mb:.0f}MB"
 
 
 def fmt_pct(value: float | None) -> str:
@@ -56,11 +50,11 @@ def variables_text(d: DebugInfo) -> str:
 def memory_text(d: DebugInfo, llmunix_mb: float | None) -> str:
     mb = d.sample.memory_mb if d.sample is not None else d.info.resources.memory_mb
     if d.thread_backed:
-        whole = f"; llmunix as a whole uses {fmt_mb(llmunix_mb)}" if llmunix_mb is not None else ""
+        whole = f"; llmunix as a whole uses {format_memory(llmunix_mb)}" if llmunix_mb is not None else ""
         return f"not attributed (a thread-backed tool shares llmunix's heap{whole})"
     if mb is None:
         return "not measured yet (the monitor samples it)"
-    return f"{fmt_mb(mb)} resident (the child process tree, latest monitor sample)"
+    return f"{format_memory(mb)} resident (the child process tree, latest monitor sample)"
 
 
 def debug_pairs(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> list[tuple[str, str]]:
@@ -160,7 +154,7 @@ def profile_pairs(r: ProfileReport) -> list[tuple[str, str]]:
     elif r.memory_average is None:
         memory = "-"
     else:
-        memory = f"{fmt_mb(r.memory_average)} average, {fmt_mb(r.memory_peak)} peak"
+        memory = f"{format_memory(r.memory_average)} average, {format_memory(r.memory_peak)} peak"
     cpu = "-" if r.cpu_average is None else f"{fmt_pct(r.cpu_average)} average, {fmt_pct(r.cpu_peak)} peak"
     pairs = [
         ("Samples", f"{r.samples} stacks in {r.duration:.1f}s, every {r.interval * 1000:g}ms{ended}"),

@@ -17,10 +17,9 @@ from rich.text import Text
 
 from commands.terminal_safe import safe_text
 from commands.views import STATE_STYLES, seconds_text
-from llmunix.models import Event, format_pid, iso_time
+from llmunix.models import Event, format_pid, iso_time, short_duration
 from llmunix.observe.analytics import EventStats
 from llmunix.observe.audit import AuditEntry
-from llmunix.resilience.restart import short_duration
 
 EVENT_COLUMNS = ("TIME", "PID", "TYPE", "DETAILS")
 AUDIT_COLUMNS = ("TIME", "USER", "KIND", "TARGET", "STATUS", "COMMAND")

@@ -12,10 +12,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 from commands.terminal_safe import safe_text
-from llmunix.models import AttemptInfo, Event, format_pid
+from llmunix.models import AttemptInfo, Event, format_pid, short_duration
 from llmunix.resilience.breakers import BreakerInfo
 from llmunix.resilience.health import FAIL, OK, SKIP, WARN, HealthReport
-from llmunix.resilience.restart import short_duration
 
 BREAKER_COLUMNS = ("NAME", "STATE", "FAILURES", "TRIPS", "NEXT_PROBE", "LAST_ERROR")
 BREAKER_STYLES = {"closed": "green", "open": "bold red", "half-open": "bold yellow"}

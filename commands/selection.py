@@ -17,6 +17,7 @@ from cmd2 import Choices
 
 from commands.base import parse_pid
 from llmunix.models import (
+    FINISHED_STATES,
     PAUSED,
     PENDING,
     QUEUED_STATE,
@@ -36,7 +37,7 @@ KNOWN_STATES: tuple[str, ...] = tuple(dict.fromkeys(s.lower() for s in (
     PENDING, RUNNING, PAUSED, "Preempted", "Waiting", "Deadlocked", *(o.value for o in Outcome),
     *QUEUED_STATE.values(), *STARTED_STATE.values(), "Acting", "Learning", "Executing", "Monitoring")))
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
-FINISHED = frozenset({"completed", "failed", "cancelled", "interrupted", "done"})
+FINISHED = frozenset({*(s.lower() for s in FINISHED_STATES), Phase.DONE.value})  # `ps --state S` implies -a
 
 SORT_COLUMNS = ("pid", "cpu", "mem", "runtime", "priority", "state")
 _MAX_RANGE = 100_000  # `kill 1-99999999` would otherwise try a hundred million PIDs one by one

@@ -22,12 +22,11 @@ from commands.views import (
     PRIORITY_STYLES,
     STATE_STYLES,
     fmt_cpu,
-    fmt_memory,
     fmt_progress,
     plain_word,
     ps_tree,
 )
-from llmunix.models import ProcessInfo, format_duration
+from llmunix.models import ProcessInfo, format_memory, short_duration
 from llmunix.monitor import ResourceSample, SystemSample
 from llmunix.observe.stats import ToolStats
 
@@ -150,9 +149,9 @@ def header_pairs(frame: TopFrame) -> list[tuple[str, str]]:
         used = s.memory_total_mb - s.memory_available_mb
         pairs += [
             ("cpu", f"{s.cpu_percent:.1f}% ({s.cpu_count} cores)"),
-            ("memory", f"{fmt_memory(used)} used / {fmt_memory(s.memory_total_mb)} total"),
+            ("memory", f"{format_memory(used)} used / {format_memory(s.memory_total_mb)} total"),
             ("load", " ".join(f"{x:.2f}" for x in s.load)),
-            ("llmunix", f"{s.llmunix_cpu_percent:.1f}% CPU, {fmt_memory(s.llmunix_memory_mb)}"),
+            ("llmunix", f"{s.llmunix_cpu_percent:.1f}% CPU, {format_memory(s.llmunix_memory_mb)}"),
         ]
     total = sum(frame.counts.values())
     by_state = ", ".join(f"{n} {state.lower()}" for state, n in sorted(frame.counts.items()))
@@ -171,7 +170,7 @@ def header_pairs(frame: TopFrame) -> list[tuple[str, str]]:
 def top_row(row: TopRow) -> tuple[str, ...]:
     i = row.info
     return (i.process_id, safe_text(i.name), safe_text(i.display_state), i.priority.label,
-            fmt_cpu(i.resources.cpu_percent), fmt_memory(i.resources.memory_mb), safe_text(top_progress(i)))
+            fmt_cpu(i.resources.cpu_percent)(i.resources.memory_mb), safe_text(top_progress(i)))
 
 
 def _cells(frame: TopFrame) -> list[tuple[str, ...]]:
@@ -305,16 +304,14 @@ def top_record(frame: TopFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------------- stats
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds:.2f}s" if seconds < 60 else format_duration(seconds)
+def _seconds(seconds: float | None) -> str:
+    return "-" if seconds is None else short_duration(seconds)
 
 
 def stats_row(s: ToolStats) -> tuple[str, ...]:
     rate = s.success_rate
     return (s.tool, str(s.runs), str(s.completed), str(s.failed), str(s.cancelled),
-            "-" if rate is None else f"{rate:.0f}%", fmt_seconds(s.mean_duration), fmt_seconds(s.p95_duration))
+            "-" if rate is None else f"{rate:.0f}%", _seconds(s.mean_duration), _seconds(s.p95_duration))
 
 
 def stats_plain(stats: Sequence[ToolStats]) -> str:

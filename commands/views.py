@@ -19,7 +19,7 @@ from rich.tree import Tree
 from commands.resilience_views import attempt_lines
 from commands.terminal_safe import safe_text, safe_tree
 from llmunix.learning import Deadline, ToolPerformance
-from llmunix.models import ProcessInfo, PsRow, format_duration, format_pid, iso_time
+from llmunix.models import ProcessInfo, PsRow, format_duration, format_memory, format_pid, iso_time
 from llmunix.observe.redact import redact
 from llmunix.pool import fmt_amount
 from llmunix.tools.registry import Tool
@@ -48,12 +48,6 @@ PRIORITY_STYLES = {
 
 PS_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "RUNTIME", "MEMORY", "CPU%", "PROGRESS")
 
-def fmt_memory(mb: float | None) -> str:
-    if mb is None:
-        return "-"
-    return f"{mb / 1024:.1f}GB" if mb >= 10240 else f"{mb:.0f}MB"
-
-
 def fmt_cpu(pct: float | None) -> str:
     return "-" if pct is None else f"{pct:.1f}"
 
@@ -81,7 +75,7 @@ def ps_row(info: ProcessInfo | PsRow) -> tuple[str, ...]:
         safe_text(r.display_state),
         r.priority,
         format_duration(r.runtime),
-        fmt_memory(r.memory_mb),
+        format_memory(r.memory_mb),
         fmt_cpu(r.cpu_percent),
         _progress_text(r.percentage, r.step),
     )
@@ -101,7 +95,7 @@ def ps_plain(items: Sequence[ProcessInfo] | Sequence[PsRow]) -> str:
     cells = {}
     for rest in {r[1:] for r in rows}:
         name, state, priority, runtime, memory, cpu, percentage, step = rest[:8]
-        cells[rest] = (plain_word(name), plain_word(state), priority, format_duration(runtime), fmt_memory(memory),
+        cells[rest] = (plain_word(name), plain_word(state), priority, format_duration(runtime), format_memory(memory),
                        fmt_cpu(cpu), _progress_text(percentage, step))
     header = PS_COLUMNS[1:]
     widths = [max(map(len, column)) for column in zip(header, *cells.values(), strict=True)]
@@ -238,7 +232,7 @@ def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance
     elif info.name != info.tool_name or info.kind != "tool":
         root.add(f"{info.kind.title()}: {info.tool_name}")
     r = info.resources
-    memory = (f"{fmt_memory(r.memory_mb)} memory" if r.memory_mb is not None
+    memory = (f"{format_memory(r.memory_mb)} memory" if r.memory_mb is not None
               else "memory not attributed (thread-backed)")
     cpu = f"{fmt_cpu(r.cpu_percent)}% CPU" if r.cpu_percent is not None else "CPU not sampled yet"
     io = f", {r.io_operations} I/O ops" if r.io_operations is not None else ""

@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from commands.views import STATE_STYLES, fmt_cpu, fmt_memory
-from llmunix.models import format_duration, format_pid
+from commands.views import STATE_STYLES, fmt_cpu
+from llmunix.models import format_duration, format_memory, format_pid
 from llmunix.workflows import dag
 from llmunix.workflows.service import SpecInfo
 from llmunix.workflows.spec import WorkflowSpec
@@ -110,7 +110,7 @@ def status_tree(st: WorkflowStatus) -> Tree:
     for s in st.steps:
         steps.add(step_line(s))
     if st.memory_mb is not None or st.cpu_percent is not None:
-        tree.add(f"Resources: {fmt_memory(st.memory_mb)} memory, {fmt_cpu(st.cpu_percent)}% CPU")
+        tree.add(f"Resources: {format_memory(st.memory_mb)} memory, {fmt_cpu(st.cpu_percent)}% CPU")
     if st.run_dir:
         tree.add(f"Files: {st.run_dir}")
     return tree

@@ -48,8 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmunix.lifecycle import Hooks
-from llmunix.models import MAX_DURATION, LlmunixError, Outcome, format_pid
-from llmunix.resilience.restart import short_duration
+from llmunix.models import MAX_DURATION, LlmunixError, Outcome, format_pid, short_duration
 from llmunix.store.sqlite import json_text
 
 if TYPE_CHECKING:

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from llmunix.lifecycle import Hooks
 from llmunix.models import MAX_DURATION, LlmunixError, Outcome, Phase
+from llmunix.models import short_duration as _seconds
 from llmunix.observe.stats import percentile
-from llmunix.resilience.restart import short_duration as _seconds
 
 if TYPE_CHECKING:
     from llmunix.lifecycle import ProcessTable

@@ -412,6 +412,31 @@ def format_duration(seconds: float | None) -> str:
     return f"{days}d {text}" if days else text
 
 
+def short_duration(seconds: float) -> str:
+    """The one short duration form: `0.05s`, `3.2s`, `5s`, `61s`, `2m05s`, `1h02m` (delays, idle
+    times and averages in details, reasons and tables; `format_duration` is the RUNTIME column's)."""
+    if seconds < 10:
+        text = f"{max(0.0, seconds):.2g}"
+        return f"{float(text):g}s"  # 5s, not 5.0s
+    s = int(round(seconds))
+    if s < 120:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def format_memory(mb: float | None) -> str:
+    """The one memory format: `-` (not measured), `5.2MB`, `640MB`, `12.5GB` (1 GB = 1024 MB)."""
+    if mb is None:
+        return "-"
+    if mb >= 10240:
+        return f"{mb / 1024:.1f}GB"
+    return f"{mb:.1f}MB" if mb < 10 else f"{mb:.0f}MB"
+
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_DURATION = 100 * 365 * 86400.0  # threading's waits overflow near 292 years; nothing needs more
 

@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from llmunix.models import LlmunixError, iso_time
-from llmunix.resilience.restart import short_duration
+from llmunix.models import LlmunixError, iso_time, short_duration
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 DEFAULT_THRESHOLD = 5

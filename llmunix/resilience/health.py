@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmunix.models import iso_time
+from llmunix.models import format_memory, iso_time
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 DEFAULT_MIN_DISK_MB = 100.0  # less free space than this in the home is unhealthy
@@ -62,18 +62,19 @@ def check_disk(path: Path | None, min_mb: float) -> HealthCheck:
         free = shutil.disk_usage(where).free / 1e6
     except OSError as exc:
         return HealthCheck("disk space", FAIL, f"cannot read free space of {where}: {exc.strerror}")
-    text = f"{_mb(free)} free in {where}"
+    text = f"{format_memory(free)} free in {where}"
     if free < min_mb:
-        return HealthCheck("disk space", FAIL, f"{text}; below the minimum of {_mb(min_mb)} (health_min_disk_mb)")
+        return HealthCheck("disk space", FAIL,
+                           f"{text}; below the minimum of {format_memory(min_mb)} (health_min_disk_mb)")
     if free < DISK_WARN_FACTOR * min_mb:
-        return HealthCheck("disk space", WARN, f"{text}; getting close to the minimum of {_mb(min_mb)}")
+        return HealthCheck("disk space", WARN, f"{text}; getting close to the minimum of {format_memory(min_mb)}")
     return HealthCheck("disk space", OK, text)
 
 
 def check_memory(on: bool, available_mb: float | None, threshold_mb: float) -> HealthCheck:
     if available_mb is None:
         return HealthCheck("memory", SKIP, "not read")
-    text = f"{_mb(available_mb)} available (pressure below {_mb(threshold_mb)})"
+    text = f"{format_memory(available_mb)} available (pressure below {format_memory(threshold_mb)})"
     if on:
         return HealthCheck("memory", WARN, f"under pressure: {text}; low and idle work deferred")
     return HealthCheck("memory", OK, text)
@@ -81,7 +82,3 @@ def check_memory(on: bool, available_mb: float | None, threshold_mb: float) -> H
 
 def report(checks: list[HealthCheck], degraded: tuple[str, ...]) -> HealthReport:
     return HealthReport(tuple(checks), degraded, time.time())
-
-
-def _mb(value: float) -> str:
-    return f"{value / 1000:.1f} GB" if value >= 1000 else f"{value:.0f} MB"

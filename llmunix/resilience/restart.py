@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmunix.models import AttemptInfo, LlmunixError, parse_duration
+from llmunix.models import AttemptInfo, LlmunixError, parse_duration, short_duration  # noqa: F401 (re-exported: helpers import it from here)
 from llmunix.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -119,21 +119,6 @@ class Attempts:
         if r is None:
             return AttemptInfo(self.attempt, self.max_attempts, due)
         return AttemptInfo(self.attempt, self.max_attempts, due, self.restarts, r.max_restarts, r.mode)
-
-
-def short_duration(seconds: float) -> str:
-    """`0.05s`, `3.2s`, `5s`, `61s`, `2m05s`, `1h02m`: delays and idle times in details and reasons."""
-    if seconds < 10:
-        text = f"{max(0.0, seconds):.2g}"
-        return f"{float(text):g}s"  # 5s, not 5.0s
-    s = int(round(seconds))
-    if s < 120:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
 
 
 def policy_data(attempts: Attempts | None) -> dict[str, Any] | None:

@@ -35,6 +35,7 @@ from llmunix.models import (
     ProcessKilled,
     ProcessKind,
     ToolError,
+    short_duration,
 )
 from llmunix.process import REQ_STOP, Process, ProcessContext
 from llmunix.resilience.breakers import (
@@ -47,7 +48,7 @@ from llmunix.resilience.breakers import (
 )
 from llmunix.resilience.chaos import INJECTED_FAILURE, ChaosSpec
 from llmunix.resilience.health import FAIL, OK, SKIP, WARN, HealthCheck, HealthReport, check_disk, check_memory, report
-from llmunix.resilience.restart import Attempts, RestartPolicy, attempts_from_data, short_duration
+from llmunix.resilience.restart import Attempts, RestartPolicy, attempts_from_data
 from llmunix.resilience.watchdog import (
     DEFAULT_STALL_RESTARTS,
     Watch,
