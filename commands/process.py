@@ -23,6 +23,7 @@ from commands.selection import (
     tree_order,
 )
 from commands.terminal_safe import json_array_chunks, json_safe, safe_text
+from llmunix.agents import service_for
 from llmunix.models import LlmunixError, iso_time, parse_duration
 
 
@@ -89,8 +90,9 @@ class ProcessCommands(ShellCommandSet):
         elif args.long:
             if not infos:
                 self.out("no processes")
+            usage = service_for(self.kernel).usage([i.pid for i in infos])  # LLM tokens, cost, budget
             for info in infos:
-                self.out(views.ps_tree(info))
+                self.out(views.ps_tree(info, usage=usage.get(info.pid)))
         elif entries is not None:
             self.out(views.ps_tree_plain(entries) if self.plain
                      else views.ps_table(infos, guides=[guide for _info, guide, _parent in entries]))

@@ -9,6 +9,7 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import tools_views as views
+from commands.agents import add_budget_options, budget_options
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
 from commands.resilience import add_run_options, run_options
 from llmunix.agents import service_for
@@ -31,7 +32,8 @@ class RunCommands(ShellCommandSet):
         description="Start a tool as a background process and print its PID.",
         epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
                "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
-               "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
+               "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s\n"
+               "  run brief-writer topic=scheduling --max-tokens 20000 --max-cost 0.05",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
@@ -50,6 +52,7 @@ class RunCommands(ShellCommandSet):
                             help="a resource it must hold to run, e.g. memory_mb=500, gpu=1, "
                                  "llm_tokens_per_min=2000 (repeatable; see `limits`)")
     add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
+    add_budget_options(run_parser)  # LLM tokens and money: --max-tokens --max-cost
 
     @cmd2.with_argparser(run_parser)
     def do_run(self, args: argparse.Namespace) -> None:
@@ -69,9 +72,12 @@ class RunCommands(ShellCommandSet):
             params = parse_params(args.params)
             if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
                 params = self.kernel.registry.get(args.tool).from_text(params)
+            budget = budget_options(args)  # checked before anything starts
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
                                     name=args.name, params=params, needs=_needs(args.need),
                                     **run_options(args))  # resilience: retry, restart, timeout
+            if budget:
+                service_for(self.kernel).set_budget(pid, **budget)
         except LlmunixError as exc:
             self.fail(str(exc))
             return

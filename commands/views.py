@@ -18,6 +18,7 @@ from rich.tree import Tree
 
 from commands.resilience_views import attempt_lines
 from commands.terminal_safe import safe_text, safe_tree
+from llmunix.agents.usage import ProcessUsage, TokenUsage
 from llmunix.models import ProcessInfo, PsRow, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
 from llmunix.pool import fmt_amount
@@ -179,8 +180,31 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
-    """The seed's `ps -l` view."""
+def tokens_text(u: TokenUsage) -> str:
+    """`1,230 (1,000 in, 230 out; 3 calls), $0.0012`."""
+    calls = f"{u.calls} call{'s' if u.calls != 1 else ''}"
+    cost = u.cost_text()
+    return (f"{u.total_tokens:,} ({u.prompt_tokens:,} in, {u.completion_tokens:,} out; {calls})"
+            + ("" if cost == "-" else f", {cost}"))
+
+
+def usage_lines(u: ProcessUsage) -> list[str]:
+    """`ps -l`'s lines about LLM tokens and money: its own, with its children's, its budget."""
+    lines = []
+    if u.own.calls:
+        lines.append(f"Tokens: {tokens_text(u.own)}")
+    if u.total.calls != u.own.calls:
+        lines.append(f"Tokens with children: {tokens_text(u.total)}")
+    if u.budget:
+        used = [f"{u.total.total_tokens:,} tokens"] if u.budget.max_tokens is not None else []
+        if u.budget.max_cost is not None:
+            used.append(u.total.cost_text())
+        lines.append(f"Budget: {u.budget.describe()} (used {', '.join(used)})")
+    return lines
+
+
+def ps_tree(info: ProcessInfo, *, history: int = 5, usage: ProcessUsage | None = None) -> Tree:
+    """The seed's `ps -l` view (with `usage`: its LLM tokens, cost and budget)."""
     style = STATE_STYLES.get(info.display_state, "")
     root = Tree(Text.assemble(("Process ", "bold"), (info.process_id, "bold cyan"), " - ",
                               (info.name, "bold")))
@@ -215,13 +239,15 @@ def ps_tree(info: ProcessInfo, *, history: int = 5) -> Tree:
     if p.eta is not None and not info.is_done:
         runtime += f" (ETA: {format_duration(p.eta)})"
     root.add(f"Runtime: {runtime}")
+    for line in usage_lines(usage) if usage is not None else ():
+        root.add(line)
     root.add(f"Context: {info.context.working_directory}")
     params = info.context.input_parameters
     root.add(f"Input: {_short(redact(params.get('inputs') or {} if workflow else params))}")
     if info.context.intermediate_results and not workflow:
         from commands.agents_views import agent_branches  # agents: Reasoning, Tools Used, Actions, ...
 
-        if info.kind != "agent" or not agent_branches(info, root):
+        if info.kind != "agent" or not agent_branches(info, root, tokens_shown=usage is not None):
             root.add(f"Intermediate: {_short(redact(info.context.intermediate_results))}")
     if info.is_done:
         root.add(f"Output: {_short(info.output)}")

@@ -91,7 +91,9 @@ class Config(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_running: int = pydantic.Field(8, ge=1, le=MAX_COUNT, description="processes allowed to run at once")
-    max_threads: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT, description="cap on worker threads")
+    max_threads: int | None = pydantic.Field(
+        1024, ge=1, le=MAX_COUNT, description="worker threads kept (a soft cap: past it threads are made for the "
+        "moment and end after; processes waiting off-slot for a model keep theirs)")
     kill_grace: float = pydantic.Field(2.0, ge=0, le=HOUR, description="seconds between kill escalation steps")
     time_slice: float = pydantic.Field(0.5, gt=0, le=HOUR, description="seconds before a process yields to its peers")
     aging_interval: float = pydantic.Field(5.0, ge=0, le=DAY, description="seconds of waiting per level of aging")

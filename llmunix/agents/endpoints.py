@@ -58,15 +58,17 @@ class EndpointLimits:
         """These limits with `name` set to `value` (0, none or unlimited: no limit)."""
         if name not in SETTINGS:
             raise LlmunixError(f"unknown endpoint limit {name!r}; use {', '.join(SETTINGS)}")
-        text = str(value).strip().lower()
+        text = str(value).strip().lower().replace(",", "").replace("_", "")
         if text in ("0", "none", "unlimited", ""):
             return replace(self, **{name: None})
+        scale = {"k": 1e3, "m": 1e6}.get(text[-1:], 1.0)  # 90k, 2M
         try:
-            amount = float(text)
+            amount = float(text[:-1] if scale != 1.0 else text) * scale
         except ValueError:
             amount = math.nan
         if not math.isfinite(amount) or amount < 0 or amount > 1e12:
-            raise LlmunixError(f"bad endpoint limit {name}={value!r}; give a number >= 0 (0 or none: unlimited)")
+            raise LlmunixError(f"bad endpoint limit {name}={value!r}; give a number >= 0, e.g. 4, 60 or 90k "
+                               "(0 or none: unlimited)")
         if name == "max_concurrent":
             if not amount.is_integer():
                 raise LlmunixError(f"bad endpoint limit {name}={value!r}; give a whole number of requests")

@@ -72,7 +72,7 @@ class TokenUsage:
     def to_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
-                "cost_usd": round(self.cost, 6) if self.total_tokens > self.unpriced else None,
+                "cost_usd": round(self.cost, 10) if self.total_tokens > self.unpriced else None,
                 "unpriced_tokens": self.unpriced}
 
 
@@ -316,7 +316,7 @@ class TokenLedger:
             raise LlmunixError("a budget needs max_tokens or max_cost")
         info = self.kernel.info(pid)
         if info.is_done:
-            raise LlmunixError(f"process {format_pid(pid)} has already finished ({info.state})")
+            return budget  # (a quick process: it can no longer go past it)
         self._chain(pid, info.parent)
         self.kernel.table.publish("process.budget", pid, **budget.to_dict())
         with self._lock:

@@ -16,6 +16,7 @@ A spec is YAML or TOML::
         needs: [fetch]
         with: {documents: "{{ steps.fetch.output }}"}
         on_error: skip            # fail (default) | skip | retry | {fallback: STEP}
+        max_tokens: 20000         # this step's LLM budget (max_cost: USD); the spec may have one too
 
 or an LLMunix execution-trace markdown file (frontmatter, then `### Step N: Title` sections each
 with a YAML tool-call block, or the "pure markdown" era's `**Tool**:` line and `**Parameters**:`
@@ -148,6 +149,9 @@ class StepSpec(BaseModel):
     on_error: OnError = "fail"
     priority: str | None = None
     resources: dict[str, Any] = Field(default_factory=dict)  # admission needs: memory_mb, cpu, gpu, ...
+    # The step's LLM budget, its children's use included (agents/usage.py): past it, the step fails.
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
 
     _timeout = field_validator("timeout", mode="before")(lambda v: _duration(v))
 
@@ -205,6 +209,9 @@ class WorkflowSpec(BaseModel):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     steps: list[StepSpec]
     priority: str | None = None
+    # The whole run's LLM budget, every step's use included: past it, the workflow fails.
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
     source: str = ""  # the file it came from (set by the loader)
 
     @field_validator("inputs", mode="before")
@@ -435,7 +442,7 @@ def markdown_to_data(path: Path, text: str, warnings: list[str] | None = None) -
         if validates:
             unchecked.append(number)
         step: dict[str, Any] = {"id": f"step{number}", "title": _plain(title) or f"Step {number}"}
-        for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry"):
+        for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry", "max_tokens", "max_cost"):
             if key in call:
                 step[key] = call.pop(key)
         step["with"] = call.pop("parameters", call.pop("with", {})) or {}
