@@ -14,19 +14,19 @@ from llmunix.agents.endpoints import EndpointInfo
 from llmunix.pool import LimitInfo, MemoryPressure, fmt_amount
 
 COLUMNS = ("RESOURCE", "CAPACITY", "IN_USE", "FREE", "WAITING")
-ENDPOINT_COLUMNS = ("ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "TOKENS/MIN", "REQUESTS")
+ENDPOINT_COLUMNS = ("ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "LEFT", "TOKENS/MIN", "LEFT", "REQUESTS")
 
 
-def _rate(limit: float | None, level: float | None) -> str:
-    """A bucket as `60/min (41.5 left)`, or `unlimited`."""
-    return "unlimited" if limit is None else f"{fmt_amount(limit)}/min ({fmt_amount(level or 0)} left)"
+def _rate(limit: float | None, level: float | None) -> tuple[str, str]:
+    """A bucket as (`60/min`, its level `41.5`), or (`unlimited`, `-`)."""
+    return ("unlimited", "-") if limit is None else (f"{fmt_amount(limit)}/min", fmt_amount(level or 0))
 
 
 def endpoint_row(e: EndpointInfo) -> tuple[str, ...]:
     flight = f"{e.in_flight}/{e.limits.max_concurrent}" if e.limits.max_concurrent is not None else str(e.in_flight)
     waiting = str(e.waiting) + (f" (held {e.held_for:.0f}s)" if e.held_for else "")
-    return (safe_text(e.key), flight, waiting, _rate(e.limits.requests_per_min, e.requests_level),
-            _rate(e.limits.tokens_per_min, e.tokens_level), str(e.requests))
+    return (safe_text(e.key), flight, waiting, *_rate(e.limits.requests_per_min, e.requests_level),
+            *_rate(e.limits.tokens_per_min, e.tokens_level), str(e.requests))
 
 
 def _row(i: LimitInfo) -> tuple[str, ...]:

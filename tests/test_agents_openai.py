@@ -698,8 +698,10 @@ def test_limits_shows_and_sets_endpoint_limits(agent_home, capsys):
         sh = Session(k, capsys)
         out = sh.ok("limits").splitlines()
         at = out.index(next(line for line in out if line.startswith("ENDPOINT")))
-        assert out[at].split() == ["ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "TOKENS/MIN", "REQUESTS"]
-        assert out[at + 1].split() == ["http://127.0.0.1:9/v1|qwen", "0/2", "0", "unlimited", "unlimited", "0"]
+        assert out[at].split() == ["ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "LEFT", "TOKENS/MIN", "LEFT",
+                                   "REQUESTS"]
+        assert out[at + 1].split() == ["http://127.0.0.1:9/v1|qwen", "0/2", "0", "unlimited", "-", "unlimited", "-",
+                                       "0"]
         sh.ok("limits --endpoint http://127.0.0.1:9/v1 requests_per_min=60 tokens_per_min=90k")
         data = json.loads(sh.ok("limits --json"))
         shown = {e["endpoint"]: e for e in data["endpoints"]}
