@@ -24,6 +24,10 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 4096  # a thousand clients connect at once (the default backlog is 5)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up (a kill): expected
+            super().handle_error(request, client_address)
+
 
 class FakeLLM:
     """A scripted chat-completions server: each POST gets the next (status, body, headers).

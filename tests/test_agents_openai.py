@@ -757,3 +757,33 @@ def test_budgets_and_stats_tokens_end_to_end_through_the_executable(agent_home):
     assert any(line.split() == ["TOTAL", "-", "3", "70", "19", "89", "$0.0000219"] for line in out.splitlines())
     assert bad.returncode == 1 and bad.stderr.strip() == \
         "run: bad cost budget 'free'; give US dollars > 0, e.g. --max-cost 0.50"
+
+
+def test_a_recovered_agent_keeps_its_budget_and_what_it_had_used(agent_home, wait_until):
+    """Interrupted while waiting for its second reply, an agent under --max-tokens 40 is
+    recovered in a later session: the 15 tokens of its first reply (in the store) and its budget
+    (the `process.budget` event) still count, so the second reply (28) stops it at 43 of 40."""
+    calls: list[int] = []
+    release = threading.Event()
+
+    def respond(body: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the second round in the first session: never answered in time
+            release.wait(20)
+        return two_rounds(body)
+
+    fake = FakeLLM(respond=respond)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url)
+            pid = service.run("research-agent", "Read the notes", backend="openai", max_tokens=40)
+            wait_until(lambda: len(calls) == 2, message="the second request")
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            assert k.info(pid).state == "Interrupted"
+            start(k, fake.url)
+            k.recover([pid])
+            info = k.wait([pid], timeout=20)[0]
+    finally:
+        release.set()
+        fake.close()
+    assert (info.state, info.error) == ("Failed", "token budget exhausted: 43 of 40")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,8 @@ class AgentService:
         self.endpoints = Endpoints({key: EndpointLimits(**rule.model_dump())
                                     for key, rule in self.config.llm.endpoints.items()})
         self.ledger = TokenLedger(kernel, self.config.llm.prices)
+        # Kept-alive connections go with the kernel (a server's handler waits on each one).
+        weakref.finalize(kernel, self.endpoints.transport.close)
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         if directories is not None:
             self._search = [SearchPath(str(d), Path(d), k, "given") for d, k in directories]

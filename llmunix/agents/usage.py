@@ -221,11 +221,11 @@ class TokenLedger:
         it up the tree, stop whatever budget it exhausts (then the caller's own control point
         raises if that reached it). Returns the process's own sums so far."""
         cost = self.cost(model, prompt, completion)
+        chain = self._chain(ctx.pid, ctx.parent)  # (earlier sessions' usage read before this one is stored)
         self.kernel.table.publish("process.tokens", ctx.pid, prompt_tokens=prompt, completion_tokens=completion,
                                   total_tokens=prompt + completion, model=model, endpoint=endpoint, backend=backend,
                                   cost=None if cost is None else round(cost, 8), **data)
         use = TokenUsage(1, prompt, completion, cost or 0.0, 0 if cost is not None else prompt + completion)
-        chain = self._chain(ctx.pid, ctx.parent)
         stops: list[tuple[int, str]] = []
         with self._lock:
             own = self._own[ctx.pid] = self._own.get(ctx.pid, NONE) + use
