@@ -666,6 +666,10 @@ def test_stats_tokens_and_ps_l_show_the_roll_ups_and_earlier_sessions(agent_home
             assert k.wait([pid], timeout=20)[0].state == "Completed"
             sh = Session(k, capsys)
             live = sh.ok(f"ps -l {pid}")
+            k.flush()
+            with Kernel(agent_home / "home", monitor=False, read_only=True) as second:  # a second shell
+                start(second, fake.url, prices=PRICES)
+                read_only = Session(second, capsys).ok(f"ps -l {pid}")
         with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:  # a later session: the store
             start(k, fake.url, prices=PRICES)
             sh = Session(k, capsys)
@@ -675,7 +679,7 @@ def test_stats_tokens_and_ps_l_show_the_roll_ups_and_earlier_sessions(agent_home
             assert "-n goes with --tokens" in sh.bad("stats -n 3")
     finally:
         fake.close()
-    for shown in (live, later):
+    for shown in (live, read_only, later):
         assert "Tokens: 43 (30 in, 13 out; 2 calls), $0.0000123" in shown
         assert "Budget: 1,000 tokens (used 43 tokens)" in shown
         assert "Backend: openai" in shown and "via openai" not in shown  # one Tokens line, not two

@@ -117,3 +117,22 @@ def test_a_kill_raised_inside_leaves_no_trace_of_the_wait(make_kernel):
     k.kill(pid)
     assert k.wait([pid], timeout=5)[0].state == "Cancelled" and seen == ["killed"]
     assert k.wait([k.spawn("echo", text="the slot is free")], timeout=5)[0].state == "Completed"
+
+
+def test_health_warns_while_more_worker_threads_than_max_threads_wait_off_slot(make_kernel, wait_until):
+    """max_threads is a soft cap: three processes waiting off-slot hold three threads past a cap
+    of one, nothing waits for a thread, and `health` says so until they end."""
+    k: Kernel = make_kernel(max_running=1, max_threads=1)
+    inboxes = [queue.SimpleQueue() for _ in range(3)]
+    pids = [k.spawn(outside_wait(box)) for box in inboxes]
+    for pid in pids:
+        wait_phase(k, pid, "waiting")
+    check = next(c for c in k.health().checks if c.name == "worker threads")
+    assert check.status == "warn" and check.detail.startswith("3 worker threads of max_threads 1; ")
+    assert "raise max_threads in config.toml" in check.detail
+    for box in inboxes:
+        box.put("reply")
+    assert {i.state for i in k.wait(pids, timeout=10)} == {"Completed"}
+    wait_until(lambda: k.threads <= 1, message="the threads past the cap gone")
+    check = next(c for c in k.health().checks if c.name == "worker threads")
+    assert check.status == "ok"

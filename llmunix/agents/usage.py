@@ -20,6 +20,7 @@ The ledger is state of the agents component (dicts keyed by PID), not of `Proces
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -201,8 +202,9 @@ class TokenLedger:
         self._parents: dict[int, int | None] = {}
         self._budgets: dict[int, Budget] = {}
         self._seen: set[int] = set()  # processes whose earlier sessions' usage is loaded (or none)
-        # PIDs from here on were born in this session: they have no usage in the store but ours.
-        self._born_here = kernel.next_pid
+        # PIDs from here on were born in this session: they have no usage in the store but ours
+        # (a read-only shell records nothing: everything it shows is the owner's, from the store).
+        self._born_here = sys.maxsize if kernel.read_only else kernel.next_pid
 
     # ------------------------------------------------------------------ prices
 
