@@ -21,12 +21,19 @@ Sections:
 (c) the cost of writes with H finished processes already in the store against an empty store
     (budget: ratio about 1); also kernel start and the automatic compaction over that history;
 (d) checkpoint latency: the `ctx.checkpoint()` round trip, which returns once the checkpoint is
-    committed; idle, and while another process floods the store with events.
+    committed; idle, and while another process floods the store with events;
+(e) `shutdown()` of a durable kernel with Q processes queued behind running ones (budget: under
+    3 s for 100,000; the quick run scales the budget to its Q): every queued process ends
+    Interrupted, committed, before shutdown returns;
+(f) a cold listing: `llmunix -c "ps -a"` in a new session over a home holding H finished
+    processes, against `llmunix -c ps` of the same home (paired runs; budget: under 0.5 s more
+    for 100,000, scaled to H in a quick run), output to a pipe as a script reads it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -89,6 +96,15 @@ def flood(ctx):
         ctx.log(f"flood {i}")
         i += 1
     return i
+
+
+_shutdown_gate = threading.Event()
+
+
+@tool(registry=BENCH_TOOLS, name="bench-gate")
+def gate(ctx):
+    """Holds a slot until section (e) lets it go (no control point: shutdown waits for it)."""
+    _shutdown_gate.wait(600)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -403,7 +419,95 @@ def bench_checkpoints(homes: Homes, n: int, workers: int) -> list[tuple[str, str
 # ---------------------------------------------------------------------------- main
 
 
+# ---------------------------------------------------------------------------- (e) shutdown
+
+SHUTDOWN_BUDGET_S = 3.0  # for 100,000 queued
+
+
+def bench_shutdown(homes: Homes, queued: int, workers: int) -> list[tuple[str, str]]:
+    print(f"\n(e) shutdown of a durable kernel with {queued:,} queued ({workers} running)")
+    _shutdown_gate.clear()
+    home = homes.new()
+    k = kernel(home, workers)
+    for _ in range(workers):
+        k.spawn("bench-gate", priority="critical")
+    t0 = time.perf_counter()
+    for _ in range(queued):
+        k.spawn("bench-noop")
+    fill_s = time.perf_counter() - t0
+    flush(k, "filling the queue")
+    settle()
+    _shutdown_gate.set()  # the running ones end as soon as they are asked; the queued never start
+    t0 = time.perf_counter()
+    stopped = k.shutdown(timeout=600)
+    shutdown_s = time.perf_counter() - t0
+    conn = sqlite3.connect(k.store.path)  # what a later start reads
+    try:
+        counts = dict(conn.execute("SELECT state, count(*) FROM processes GROUP BY state").fetchall())
+    finally:
+        conn.close()
+    if counts.get("Interrupted", 0) < queued:
+        invalid(f"shutdown: {counts} — not every queued process was recorded Interrupted")
+    budget = SHUTDOWN_BUDGET_S * queued / 100_000
+    ok = verdict(shutdown_s <= budget)
+    print(table(("measure", "value", "budget", "result"), [
+        (f"shutdown with {queued:,} queued", f"{shutdown_s:.2f} s ({us(shutdown_s, queued):.1f} us each)",
+         f"< {budget:.1f} s", ok),
+        ("filling the queue (spawn)", f"{fill_s:.2f} s ({us(fill_s, queued):.1f} us each)", "", ""),
+    ]))
+    print(f"   stopped {len(stopped):,}; stored states after: {counts}")
+    return [(f"(e) shutdown with {queued:,} queued, durable: {shutdown_s:.2f} s (budget < {budget:.1f} s)", ok)]
+
+
+# ---------------------------------------------------------------------------- (f) cold listing
+
+COLD_PS_BUDGET_S = 0.5  # over the bare start-up, for 100,000 stored
+
+
+def _cli(home: Path, command: str) -> tuple[float, int]:
+    """Wall seconds of `llmunix --home HOME -c COMMAND` of this checkout, and the lines it printed."""
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an install: bytecode cached
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = str(root)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llmunix", "--home", str(home), "-c", command], env=env,
+                          capture_output=True, cwd=root)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        invalid(f"llmunix -c {command!r} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-300:]}")
+    return wall, proc.stdout.count(b"\n")
+
+
+def bench_cold_ps(homes: Homes, history: int, pairs: int) -> list[tuple[str, str]]:
+    print(f"\n(f) cold `ps -a` over {history:,} stored finished processes (new session each; {pairs} pairs)")
+    home = homes.new()
+    fill_history(home, history)
+    _cli(home, "ps")  # the first start compacts what retention says (measured in (c)); bytecode cached
+    extra, listed, bare_walls, all_walls = [], 0, [], []
+    for _ in range(pairs):
+        bare, _lines = _cli(home, "ps")
+        full, listed = _cli(home, "ps -a")
+        bare_walls.append(bare)
+        all_walls.append(full)
+        extra.append(full - bare)
+    if listed < history:
+        invalid(f"cold ps -a listed {listed:,} lines for {history:,} stored processes")
+    over = statistics.median(extra)
+    budget = COLD_PS_BUDGET_S * history / 100_000
+    ok = verdict(over < budget)
+    print(table(("measure", "seconds (median)", "budget", "result"), [
+        ("llmunix -c ps (start-up, live only)", f"{statistics.median(bare_walls):.3f}", "", ""),
+        (f"llmunix -c 'ps -a' ({listed:,} lines)", f"{statistics.median(all_walls):.3f}", "", ""),
+        ("ps -a over start-up (median of paired differences)", f"{over:.3f}", f"< {budget:.2f}", ok),
+    ]))
+    return [(f"(f) cold ps -a over {history:,} stored: {over:.3f} s over start-up (budget < {budget:.2f} s)", ok)]
+
+
 def main(argv: list[str] | None = None) -> int:
+    gc.freeze()  # as llmunix's CLI does once started (cli.py): the startup heap is never collected
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (under 15 s instead of about a minute)")
     ap.add_argument("--n", type=int, default=None, help="processes per throughput run (default 5000; quick 1500)")
@@ -426,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         results += bench_events(homes, 4, 1_000 if quick else 5_000, args.workers)
         results += bench_history(homes, history, max(500, n // 5), args.workers, repeats)
         results += bench_checkpoints(homes, 100 if quick else 300, args.workers)
+        results += bench_shutdown(homes, 20_000 if quick else 100_000, args.workers)
+        results += bench_cold_ps(homes, history, 3 if quick else 7)
     finally:
         homes.cleanup()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

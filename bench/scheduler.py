@@ -351,6 +351,7 @@ def bench_ps(records: int, workers: int) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    gc.freeze()  # as llmunix's CLI does once started (cli.py): the startup heap is never collected
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=None,
                     help="processes per lifecycle throughput run (default 10000; quick 4000)")

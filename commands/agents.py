@@ -13,15 +13,17 @@ from typing import Any
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import agents_views as views
-from commands import check_views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
 from llmunix.agents import service_for
 from llmunix.agents.backend import BACKENDS
 from llmunix.agents.service import EXAMPLES, AgentService
 from llmunix.agents.usage import parse_tokens, parse_usd
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid
 from llmunix.tools.markdown import AGENT
+
+views = lazy_module("commands.agents_views")
+check_views = lazy_module("commands.check_views")
 
 
 def add_budget_options(parser: argparse.ArgumentParser) -> None:

@@ -125,6 +125,25 @@ def parse_pids(texts: Iterable[str]) -> list[int]:
     return [parse_pid(t) for t in texts]
 
 
+def count_arg(value: str) -> int:
+    """An argparse type for a count such as `--tail N`: a whole number, 0 or more."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"bad count {value!r}; give a whole number such as 20")
+    return n
+
+
+def positive_duration(flag: str, text: str) -> float:
+    """A `--timeout`-style option's value in seconds: a duration more than 0, else a one-line error."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise LlmunixError(f"bad {flag} {text!r}; it must be more than 0")
+    return seconds
+
+
 def parse_params(pairs: Iterable[str]) -> dict[str, str | list[str]]:
     """`key=value` words (quotes already removed by the shell, see cmdline.py) as a mapping;
     a key given more than once maps to the list of its values, in order (Tool.from_text decides

@@ -7,9 +7,11 @@ import argparse
 
 import cmd2
 
-from commands import cluster_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError
+
+views = lazy_module("commands.cluster_views")
 
 
 class ClusterCommands(ShellCommandSet):

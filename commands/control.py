@@ -4,7 +4,7 @@ process, report. The verbs take PIDs, ranges, --all and filters (commands/select
 from __future__ import annotations
 
 import argparse
-import time
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +21,6 @@ from llmunix.models import (
     NoSuchProcess,
     Priority,
     ProcessInfo,
-    format_duration,
     format_pid,
     parse_duration,
 )
@@ -110,67 +109,122 @@ class ControlCommands(ShellCommandSet):
         self._act(args, "priority", lambda pid: self.kernel.renice(pid, level),
                   lambda i: f"{i.process_id} {safe_text(i.name)} priority {i.priority.label}", cascades=False)
 
-    wait_parser = _parser("Wait until processes finish (default: every live process). Ctrl-C stops "
-                          "waiting; the processes go on. Fails if a process did not complete or the "
-                          "timeout passed.", "examples:\n  wait\n  wait 003 004 --timeout 30s")
+    wait_parser = _parser(
+        "Wait until processes finish (default: every live process, and reports those started here "
+        "that ended since the last wait). Each end is shown as it happens. A process that nobody "
+        "will wake (paused, or waiting only for paused ones) is not waited on forever: wait stops, "
+        "says which, and fails. Ctrl-C stops waiting; the processes go on. Fails if a process did "
+        "not complete or the timeout passed (waiting for every process, a child whose parent was "
+        "waited for is its parent's to judge: a hedge's cancelled replica, a retried step).",
+        "examples:\n  wait\n  wait 003 004 --timeout 30s\n  wait 5 --include-paused")
     wait_parser.add_argument("pids", nargs="*", metavar="PID", help="process ID, e.g. 003",
                              choices_provider=ShellCommandSet.live_pid_choices)
     wait_parser.add_argument("-t", "--timeout", metavar="DURATION", help="give up after this long (30, 5s, 2m)")
+    wait_parser.add_argument("--include-paused", action="store_true",
+                             help="keep waiting for paused processes (until someone resumes them)")
 
     @cmd2.with_argparser(wait_parser)
     def do_wait(self, args: argparse.Namespace) -> None:
         """Wait for processes to finish."""
+        shell = self._cmd
         try:
-            pids = parse_pids(args.pids) if args.pids else self.kernel.live_pids()
             timeout = parse_duration(args.timeout) if args.timeout is not None else None
-            for pid in pids:
-                self.kernel.info(pid)  # unknown PIDs fail before any waiting
+            if args.pids:
+                pids, earlier = parse_pids(args.pids), []
+                for pid in pids:
+                    self.kernel.info(pid)  # unknown PIDs fail before any waiting
+            else:  # the live top-level ones, and those that ended since the last `wait`
+                earlier = self.kernel.ended_after(shell.wait_mark)
+                pids = [i.pid for i in self.kernel.ps() if i.parent is None]
         except LlmunixError as exc:
             self.fail(str(exc))
             return
-        if not pids:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
+        mark = self.kernel.last_seq
+        watch = self.kernel.wait_each(pids, timeout, include_paused=args.include_paused)
+        ended = list(earlier)
         try:
-            if self.plain or not self._cmd.interactive:
-                infos = self.kernel.wait(pids, timeout=timeout)
+            for info in earlier:
+                self._report_end(info)
+            if self.plain or not shell.interactive:
+                for info in watch:
+                    ended.append(info)
+                    self._report_end(info)
             else:
-                infos = self._wait_with_progress(pids, deadline)
+                ended.extend(self._wait_with_progress(watch, pids))
         except KeyboardInterrupt:
             self.fail("stopped waiting; the processes go on (see `ps`)")
             return
-        for info in infos:
-            if info.is_done:
-                self.out(views.finished_line(info))
-        pending = [i for i in infos if not i.is_done]
-        bad = [i for i in infos if i.is_done and not i.finished_ok]
-        if pending:
-            self.fail(f"timed out after {format_duration(timeout)}; still running: "
-                      + ", ".join(i.process_id for i in pending))
+        if not args.pids:
+            shell.wait_mark = mark
+            # A child is its parent's business: a hedge's cancelled loser, a retried step.
+            waited = {*pids, *(i.pid for i in ended)}
+            ended = [i for i in ended if i.parent not in waited]
+        bad = [i for i in ended if not i.finished_ok]
+        left = ", ".join(f"{i.process_id} ({i.display_state.lower()})" for i in watch.left)
+        if watch.reason == "paused":
+            self.fail(f"stopped waiting for {left}: nothing will wake them; `resume PID` lets them go on, "
+                      "`wait --include-paused` waits for them")
+        elif watch.reason == "timeout":
+            shown = f"{args.timeout}s" if args.timeout.replace(".", "", 1).isdigit() else args.timeout
+            self.fail(f"timed out after {shown}; still running: {left}")
         elif bad:
-            self.fail(f"{len(bad)} of {len(infos)} processes did not complete: "
+            self.fail(f"{len(bad)} of {len(ended)} processes did not complete: "
                       + ", ".join(f"{i.process_id} {i.state}" for i in bad))
 
-    def _wait_with_progress(self, pids: list[int], deadline: float | None) -> list[ProcessInfo]:
+    def _report_end(self, info: ProcessInfo) -> None:
+        """One line as a process ends (at once, even piped); its alert is not shown again."""
+        self._cmd.reported.add(info.pid)
+        self.out(views.finished_line(info))
+        try:
+            self._cmd.stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _wait_with_progress(self, watch: Any, pids: list[int]) -> list[ProcessInfo]:
+        """On a terminal: a live bar per process, each end printed above the bars as it happens."""
+        from rich.live import Live
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = self._cmd.rich_console()
-        columns = (TextColumn("[cyan]{task.fields[pid]}"), TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[state]}"),
+        columns = (TextColumn("[cyan]{task.fields[pid]}"), TextColumn("{task.description}", markup=False),
+                   BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[state]}"),
                    TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as bar:
-            tasks = {}
-            for pid in pids:
-                info = self.kernel.info(pid)
-                tasks[pid] = bar.add_task(info.name, total=100, pid=info.process_id, state=info.display_state)
-            while True:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                infos = self.kernel.wait(pids, timeout=0.1 if remaining is None else min(0.1, remaining))
-                for info in infos:
-                    pct = 100.0 if info.finished_ok else (info.progress.percentage or 0.0)
-                    bar.update(tasks[info.pid], completed=pct, state=info.display_state)
-                if all(i.is_done for i in infos) or (deadline is not None and time.monotonic() >= deadline):
-                    return infos
+        bar = Progress(*columns, console=console, transient=True, auto_refresh=False)
+        tasks = {}
+        for pid in pids:
+            info = self.kernel.info(pid)
+            if not info.is_done:
+                tasks[pid] = bar.add_task(safe_text(info.name), total=100, pid=info.process_id,
+                                          state=info.display_state)
+        ended: list[ProcessInfo] = []
+        done = threading.Event()
+
+        def refresh() -> None:  # the bars follow progress between ends
+            while not done.wait(0.2):
+                for pid, task in list(tasks.items()):
+                    try:
+                        info = self.kernel.info(pid)
+                    except LlmunixError:
+                        continue
+                    bar.update(task, completed=info.progress.percentage or 0.0, state=info.display_state)
+                bar.refresh()
+
+        with Live(bar, console=console, transient=True, auto_refresh=False) as live:
+            ticker = threading.Thread(target=refresh, name="llmunix-wait-bars", daemon=True)
+            ticker.start()
+            try:
+                for info in watch:
+                    ended.append(info)
+                    self._cmd.reported.add(info.pid)
+                    task = tasks.pop(info.pid, None)
+                    if task is not None:
+                        bar.remove_task(task)
+                    live.console.print(views.finished_line(info), markup=False, highlight=False)
+                    live.refresh()
+            finally:
+                done.set()
+                ticker.join(timeout=1)
+        return ended
 
     # ------------------------------------------------------------------ acting on a selection
 

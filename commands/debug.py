@@ -19,11 +19,13 @@ from pathlib import Path
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import debug_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid, parse_duration
 from llmunix.observe.debug import ProfileReport
 from llmunix.observe.debugger import DebugStatus
+
+views = lazy_module("commands.debug_views")
 
 POLL = 0.1  # how often a wait wakes to notice Ctrl-C
 PROMPT_ONLY = ("help", "quit", "q", "exit")

@@ -14,10 +14,12 @@ from typing import Any
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import ipc_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
 from llmunix.ipc.messages import BUILTIN_TYPES, MESSAGE_TYPES
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError
+
+views = lazy_module("commands.ipc_views")
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:

@@ -7,10 +7,11 @@ import argparse
 
 import cmd2
 
-from commands import limits_views as views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
-from llmunix.agents import service_for
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError
+
+views = lazy_module("commands.limits_views")
 
 
 class LimitsCommands(ShellCommandSet):
@@ -43,7 +44,7 @@ class LimitsCommands(ShellCommandSet):
                 if not sep or not name.strip() or not value.strip():
                     raise LlmunixError(f"bad limit {pair!r}; write NAME=VALUE, e.g. limits gpu=1")
                 settings[name.strip()] = value.strip()
-            agents = service_for(self.kernel)
+            agents = self.kernel.agents
             if args.endpoint is not None:
                 if not settings:
                     raise LlmunixError("limits --endpoint needs NAME=VALUE, e.g. max_concurrent=4 "

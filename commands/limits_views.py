@@ -4,14 +4,17 @@ Pure: snapshots in, rich renderables or plain text out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from commands.terminal_safe import safe_text
-from llmunix.agents.endpoints import EndpointInfo
 from llmunix.pool import LimitInfo, MemoryPressure, fmt_amount
+
+if TYPE_CHECKING:
+    from llmunix.agents.endpoints import EndpointInfo
 
 COLUMNS = ("RESOURCE", "CAPACITY", "IN_USE", "FREE", "WAITING")
 ENDPOINT_COLUMNS = ("ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "LEFT", "TOKENS/MIN", "LEFT", "REQUESTS")

@@ -16,9 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from commands.terminal_safe import safe_text
-from commands.views import STATE_STYLES
+from commands.views import STATE_STYLES, seconds_text
 from llmunix.models import Event, format_pid, iso_time
+from llmunix.observe.analytics import EventStats
 from llmunix.observe.audit import AuditEntry
+from llmunix.resilience.restart import short_duration
 
 EVENT_COLUMNS = ("TIME", "PID", "TYPE", "DETAILS")
 AUDIT_COLUMNS = ("TIME", "USER", "KIND", "TARGET", "STATUS", "COMMAND")
@@ -121,3 +123,73 @@ def audit_table(entries: Sequence[AuditEntry]) -> Table:
 
 def audit_record(a: AuditEntry) -> dict[str, Any]:
     return a.to_dict()
+
+
+# ------------------------------------------------------------------ `events stats`
+
+
+def _stats_sections(st: EventStats) -> list[tuple[str, tuple[str, ...], list[tuple[str, ...]], str]]:
+    """(title, columns, rows, what to say when empty) of each section; the free-form column last."""
+    def secs(x: float | None) -> str:
+        return "-" if x is None else seconds_text(x)
+
+    def pid(p: int | None) -> str:
+        return "-" if p is None else format_pid(p)
+
+    failure_cols = ("COUNT", "LAST", "PATTERN")
+    return [
+        ("Rates by type", ("TYPE", "COUNT", "PER_MIN"),
+         [(t.type, f"{t.count:,}", f"{t.per_minute:.2f}") for t in st.types], "no events in the window"),
+        ("Failures by tool", ("TOOL", *failure_cols),
+         [(f.key, str(f.count), pid(f.last_pid), safe_text(f.pattern)) for f in st.failures_by_tool], "no failures"),
+        ("Failures by host", ("HOST", *failure_cols),
+         [(f.key, str(f.count), pid(f.last_pid), safe_text(f.pattern)) for f in st.failures_by_host], "no failures"),
+        ("Circuits opened", ("HOST", "COUNT"), [(h, str(n)) for h, n in st.circuits], "no circuit opened"),
+        (f"Bursts ({short_duration(st.bucket)} buckets, mean {st.mean_per_bucket:.1f} events)",
+         ("START", "EVENTS", "RATIO", "MOSTLY"),
+         [(iso_time(b.start)[:19], str(b.count), f"{b.ratio:.0f}x", f"{b.top_type} ({b.top_count})")
+          for b in st.bursts], "no bursts"),
+        ("Slowest tools", ("TOOL", "RUNS", "MEAN", "MAX", "PID"),
+         [(safe_text(s.name), str(s.runs), secs(s.mean), secs(s.max), pid(s.max_pid)) for s in st.slowest_tools],
+         "no finished processes"),
+        ("Slowest steps", ("STEP", "RUNS", "MEAN", "MAX", "PID"),
+         [(safe_text(s.name), str(s.runs), secs(s.mean), secs(s.max), pid(s.max_pid)) for s in st.slowest_steps],
+         "no workflow steps"),
+    ]
+
+
+def stats_headline(st: EventStats) -> str:
+    return (f"Events {iso_time(st.since)[:19]} to {iso_time(st.until)[:19]}: {st.total:,} events, "
+            f"{st.total / st.minutes:.1f} a minute")
+
+
+def stats_plain(st: EventStats) -> str:
+    """Sections of aligned columns (header first), separated by a blank line; a title line
+    (`# Failures by tool`) before each, so `grep -A` finds one."""
+    out = [stats_headline(st)]
+    for title, cols, rows, empty in _stats_sections(st):
+        out += ["", f"# {title}"]
+        if not rows:
+            out.append(empty)
+            continue
+        table = [cols, *rows]
+        widths = [max(len(r[c]) for r in table) for c in range(len(cols) - 1)]
+        out += ["  ".join([*(r[c].ljust(widths[c]) for c in range(len(widths))), r[-1]]).rstrip() for r in table]
+    return "\n".join(out)
+
+
+def stats_rich(st: EventStats) -> Group:
+    parts: list[Any] = [Text(stats_headline(st), style="bold")]
+    for title, cols, rows, empty in _stats_sections(st):
+        table = Table(title=title, title_justify="left", title_style="bold", box=None, header_style="bold",
+                      pad_edge=False)
+        for col in cols:
+            table.add_column(col, no_wrap=col not in ("PATTERN", "MOSTLY"),
+                             justify="right" if col in ("COUNT", "PER_MIN", "EVENTS", "RATIO", "RUNS", "MEAN", "MAX")
+                             else "left")
+        for row in rows:
+            table.add_row(*row)
+        if not rows:
+            table.caption = empty
+        parts += [Text(""), table]
+    return Group(*parts)

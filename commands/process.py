@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from contextlib import closing
 
 import cmd2
 
 from commands import views
-from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from commands.base import LlmunixArgumentParser, ShellCommandSet, count_arg, parse_pid
 from commands.selection import (
     SORT_COLUMNS,
     Filters,
@@ -23,8 +24,7 @@ from commands.selection import (
     tree_order,
 )
 from commands.terminal_safe import json_array_chunks, json_safe, safe_text
-from llmunix.agents import service_for
-from llmunix.models import LlmunixError, iso_time, parse_duration
+from llmunix.models import LlmunixError, iso_time, parse_duration, parse_since
 
 
 class ProcessCommands(ShellCommandSet):
@@ -90,9 +90,14 @@ class ProcessCommands(ShellCommandSet):
         elif args.long:
             if not infos:
                 self.out("no processes")
-            usage = service_for(self.kernel).usage([i.pid for i in infos])  # LLM tokens, cost, budget
+            now = time.time()
+            usage = self.kernel.agents.usage([i.pid for i in infos])  # LLM tokens, cost, budget
             for info in infos:
-                self.out(views.ps_tree(info, usage=usage.get(info.pid)))
+                self.out(views.ps_tree(
+                    info, now=now, deadline=self.kernel.deadline(info.pid),
+                    performance=self.kernel.performance(info.tool_name) if self._user_tool(info.tool_name) else None,
+                    cached_from=self.kernel.cached_from(info.pid) if info.state == "Completed" else None,
+                    usage=usage.get(info.pid)))
         elif entries is not None:
             self.out(views.ps_tree_plain(entries) if self.plain
                      else views.ps_table(infos, guides=[guide for _info, guide, _parent in entries]))
@@ -101,17 +106,27 @@ class ProcessCommands(ShellCommandSet):
         else:
             self.out(views.ps_table(infos))
 
+    def _user_tool(self, name: str) -> bool:
+        """A tool a user runs (its figures mean something), not an internal body (a workflow, a hedge)."""
+        registry = self.kernel.registry
+        return name not in registry or not registry.get(name).hidden
+
     def _shown_states(self) -> list[str]:
         """States processes show now, for `--state` names llmunix does not know (ctx.set_state)."""
         return [s for r in self.kernel.ps_rows(all=True) for s in (r.display_state, r.state)]
 
     log_parser = LlmunixArgumentParser(
         description="Show a process's log: lines it wrote with ctx.log, and a subprocess tool's output.",
-        epilog="examples:\n  log 003\n  log 003 --tail 20\n  log 003 --json\n  log 003 --follow",
+        epilog="examples:\n  log 003\n  log 003 --tail 20\n  log 003 --since 10m --reverse\n  log 003 --json\n"
+               "  log 003 --follow",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     log_parser.add_argument("pid", metavar="PID", choices_provider=ShellCommandSet.any_pid_choices)
-    log_parser.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines")
+    log_parser.add_argument("-n", "--tail", "--limit", dest="tail", type=count_arg, metavar="N",
+                            help="only the newest N lines (read from the end of the store)")
+    log_parser.add_argument("-s", "--since", metavar="WHEN",
+                            help="only newer lines: a duration ago (30s, 10m, 2h) or an ISO date/time")
+    log_parser.add_argument("-r", "--reverse", action="store_true", help="newest first (not with --follow)")
     log_parser.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
     log_parser.add_argument("--json", action="store_true", help="print a JSON array of {time, line}")
     log_parser.add_argument("-f", "--follow", action="store_true",
@@ -125,12 +140,13 @@ class ProcessCommands(ShellCommandSet):
             self._follow_log(args)
             return
         try:
-            lines = self.kernel.logs(parse_pid(args.pid))
+            since = parse_since(args.since) if args.since is not None else None
+            lines = self.kernel.logs(parse_pid(args.pid), since=since, limit=args.tail)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
-        if args.tail is not None:
-            lines = lines[-args.tail:] if args.tail > 0 else []
+        if args.reverse:
+            lines.reverse()
         if args.json:
             self.out_stream(json_array_chunks({"time": iso_time(t), "line": line} for t, line in lines))
             return
@@ -140,8 +156,12 @@ class ProcessCommands(ShellCommandSet):
     def _follow_log(self, args: argparse.Namespace) -> None:
         """`log --follow`: lines as they come (JSON: one object per line); Ctrl-C is not a failure."""
         try:
+            if args.reverse:
+                raise LlmunixError("--reverse lists what is stored newest first; it cannot follow new lines "
+                                   "(drop one of them)")
             timeout = parse_duration(args.timeout) if args.timeout is not None else None
-            stream = self.kernel.follow_log(parse_pid(args.pid), tail=args.tail, timeout=timeout)
+            since = parse_since(args.since) if args.since is not None else None
+            stream = self.kernel.follow_log(parse_pid(args.pid), tail=args.tail, timeout=timeout, since=since)
             with closing(stream):
                 for t, line in stream:
                     if args.json:

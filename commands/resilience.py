@@ -10,8 +10,8 @@ from typing import Any
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import resilience_views as views
-from commands.base import LlmunixArgumentParser, ShellCommandSet, setting_type
+from commands.base import LlmunixArgumentParser, ShellCommandSet, positive_duration, setting_type
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, parse_duration
 from llmunix.resilience.chaos import ChaosSpec
 from llmunix.resilience.restart import (
@@ -22,6 +22,8 @@ from llmunix.resilience.restart import (
     backoff_policy,
 )
 from llmunix.resilience.watchdog import STALL_ACTIONS
+
+views = lazy_module("commands.resilience_views")
 
 # ------------------------------------------------------------------ `run` options
 
@@ -56,10 +58,7 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """`Kernel.spawn`'s retry, restart and timeout arguments from `run`'s options."""
     out: dict[str, Any] = {}
     if args.timeout is not None:
-        timeout = parse_duration(args.timeout)
-        if timeout <= 0:
-            raise LlmunixError(f"bad --timeout {args.timeout!r}; it must be more than 0")
-        out["timeout"] = timeout
+        out["timeout"] = positive_duration("--timeout", args.timeout)
     restarting = args.restart not in (None, "never")
     if args.retry is not None and not 0 <= args.retry <= MAX_RETRIES:
         raise LlmunixError(f"bad --retry {args.retry}; give the number of retries, 0 to {MAX_RETRIES:,}")

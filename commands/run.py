@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from typing import Any
 
 import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import tools_views as views
 from commands.agents import add_budget_options, budget_options
-from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids
+from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids, positive_duration
 from commands.resilience import add_run_options, run_options
 from llmunix.agents import service_for
+from llmunix.cache import CachePolicy
 from llmunix.config import MAX_AMOUNT
 from llmunix.models import LlmunixError, format_pid
 from llmunix.pool import parse_needs
@@ -33,6 +35,8 @@ class RunCommands(ShellCommandSet):
         epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
                "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
                "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s\n"
+               "  run summarize documents=notes/ --cache --cache-ttl 1d\n  run report --deadline 10m\n"
+               "  run ask question=... --replicas 3 --first\n  run classify text=... --replicas 5 --quorum 3\n"
                "  run brief-writer topic=scheduling --max-tokens 20000 --max-cost 0.05",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
@@ -53,6 +57,23 @@ class RunCommands(ShellCommandSet):
                                  "llm_tokens_per_min=2000 (repeatable; see `limits`)")
     add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
     add_budget_options(run_parser)  # LLM tokens and money: --max-tokens --max-cost
+    learned = run_parser.add_argument_group(
+        "deadlines, caching and replicas", "see docs/control.md (deadlines), docs/tools.md (caching, replicas)")
+    learned.add_argument("--deadline", metavar="DURATION",
+                         help="it should be done within this long: with `set scheduling learned` it runs "
+                              "earliest-deadline first while it can make it; it is flagged when it cannot")
+    learned.add_argument("--cache", action="store_true",
+                         help="reuse a stored result of the same tool, version, parameters and input files "
+                              "(the process then ends Completed at once); else run and store this one")
+    learned.add_argument("--cache-ttl", metavar="DURATION", help="with --cache: only a result at most this old")
+    learned.add_argument("--no-cache", action="store_true", help="run afresh, and store the result for --cache")
+    learned.add_argument("--replicas", type=int, metavar="N",
+                         help="start N copies as children of one hedge process (`ps --tree`)")
+    learned.add_argument("--first", action="store_true",
+                         help="with --replicas: keep the first copy that completes, cancel the rest (the default)")
+    learned.add_argument("--quorum", metavar="K",
+                         help="with --replicas: wait for K equal results ('majority': more than half), "
+                              "cancel the rest; fail saying how they differed")
 
     @cmd2.with_argparser(run_parser)
     def do_run(self, args: argparse.Namespace) -> None:
@@ -73,9 +94,15 @@ class RunCommands(ShellCommandSet):
             if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
                 params = self.kernel.registry.get(args.tool).from_text(params)
             budget = budget_options(args)  # checked before anything starts
-            pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                    name=args.name, params=params, needs=_needs(args.need),
-                                    **run_options(args))  # resilience: retry, restart, timeout
+            options = run_options(args)  # resilience: retry, restart, timeout
+            options.update(_learned_options(args))  # deadline, cache
+            if args.replicas is not None:
+                pid = self.kernel.hedge(args.tool, replicas=args.replicas, quorum=_quorum(args), priority=args.priority,
+                                        name=args.name, params=params, needs=_needs(args.need) or None,
+                                        **_hedge_options(args, options))
+            else:
+                pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
+                                        name=args.name, params=params, needs=_needs(args.need), **options)
             if budget:
                 service_for(self.kernel).set_budget(pid, **budget)
         except LlmunixError as exc:
@@ -127,6 +154,7 @@ class RunCommands(ShellCommandSet):
         if args.json:
             self.out_json([
                 {"name": t.name, "description": t.description, "source": t.source, "overrides": t.overrides,
+                 "version": t.version,
                  "subprocess": t.subprocess, "idempotent": t.idempotent,
                  "parameters": [{"name": p.name, "type": p.type, "required": p.required,
                                  "default": None if p.required else p.default, "description": p.description,
@@ -140,6 +168,47 @@ class RunCommands(ShellCommandSet):
             self.out(views.tools_plain(tools))
         else:
             self.out(views.tools_table(tools))
+
+
+def _learned_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`Kernel.spawn`'s deadline and cache arguments from `run`'s options."""
+    out: dict[str, Any] = {}
+    if args.deadline is not None:
+        out["deadline"] = positive_duration("--deadline", args.deadline)
+    if args.cache and args.no_cache:
+        raise LlmunixError("--cache reuses a stored result and --no-cache refuses one: give one of them")
+    if args.cache_ttl is not None and not args.cache:
+        raise LlmunixError("--cache-ttl needs --cache")
+    if args.cache:
+        ttl = positive_duration("--cache-ttl", args.cache_ttl) if args.cache_ttl is not None else None
+        out["cache"] = CachePolicy(ttl=ttl)
+    elif args.no_cache:
+        out["cache"] = CachePolicy(refresh=True)
+    return out
+
+
+def _quorum(args: argparse.Namespace) -> int | None:
+    """`--quorum K` (or `majority`) for `--replicas N`; None with `--first`."""
+    if args.quorum is None:
+        return None
+    if args.first:
+        raise LlmunixError("--first keeps the first result and --quorum waits for equal ones: give one of them")
+    if args.quorum.strip().lower() == "majority":
+        return args.replicas // 2 + 1 if args.replicas else None
+    try:
+        return int(args.quorum)
+    except ValueError:
+        raise LlmunixError(f"bad --quorum {args.quorum!r}; give a number of equal results, or majority") from None
+
+
+def _hedge_options(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """What a replicated run passes on to each replica (timeout, deadline); what it cannot take
+    is refused in one line."""
+    for flag, given in (("--after", args.after), ("--retry", args.retry), ("--restart", args.restart),
+                        ("--cache", args.cache), ("--no-cache", args.no_cache)):
+        if given:
+            raise LlmunixError(f"--replicas cannot be combined with {flag}")
+    return {k: v for k, v in options.items() if k in ("timeout", "deadline")}
 
 
 def _needs(texts: list[str]) -> dict[str, float]:

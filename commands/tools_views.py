@@ -46,6 +46,8 @@ def tool_tree(t: Tool) -> Group:
     root.add(Text(f"Description: {t.description or '-'}"))  # Text: user text is never markup
     kind = "subprocess (runs in its own process group)" if t.subprocess else "python (runs on a worker thread)"
     root.add(f"Kind: {kind}")
+    if t.version:
+        root.add(Text(f"Version: {t.version} (what cached results of it are keyed on)"))
     source = Text(f"Source: {t.source}")
     if t.overrides:
         replaced = f"the built-in {t.name}" if t.overrides == "builtin" else f"{t.name} from {t.overrides}"

@@ -17,13 +17,14 @@ from typing import Any
 
 import cmd2
 
-from commands import top_views
 from commands.base import LlmunixArgumentParser, ShellCommandSet
 from commands.selection import count_type
 from commands.top_views import SORTS, TopFrame, TopRow
-from llmunix.agents import service_for
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, Priority, format_pid
 from llmunix.monitor import ResourceSample
+
+top_views = lazy_module("commands.top_views")
 
 RECENT = 5.0  # seconds a finished process stays listed
 # p pauses, so priority sorts on P; the others take either case.
@@ -265,7 +266,7 @@ class TopCommands(ShellCommandSet):
             self.fail("stats --tokens takes no TOOL; it rolls up processes and models")
             return
         try:
-            report = service_for(self.kernel).token_report(args.last)
+            report = self.kernel.agents.token_report(args.last)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -282,7 +283,7 @@ class TopCommands(ShellCommandSet):
         """One snapshot for the renderers. `progress` holds the previous frame's percentages (for
         the progress arrows) and is updated."""
         infos = self.kernel.recent(RECENT)
-        usage = service_for(self.kernel).usage([i.pid for i in infos])  # LLM tokens, children's included
+        usage = self.kernel.agents.usage([i.pid for i in infos])  # LLM tokens, children's included
         rows = []
         for info in infos:
             rows.append(TopRow(info, self._samples(info.pid), _trend(progress.get(info.pid),
@@ -363,7 +364,7 @@ class TopCommands(ShellCommandSet):
             info = self.kernel.info(controls.detail)
         except LlmunixError:
             info = None
-        usage = service_for(self.kernel).usage([controls.detail]).get(controls.detail) if info is not None else None
+        usage = self.kernel.agents.usage([controls.detail]).get(controls.detail) if info is not None else None
         return top_views.top_detail(frame, info, usage)
 
     def _carry_out(self, action: Action) -> str:

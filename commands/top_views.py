@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -27,10 +27,12 @@ from commands.views import (
     plain_word,
     ps_tree,
 )
-from llmunix.agents.usage import ProcessUsage, TokenReport, UsageRow
 from llmunix.models import ProcessInfo, format_duration
 from llmunix.monitor import ResourceSample, SystemSample
 from llmunix.observe.stats import ToolStats
+
+if TYPE_CHECKING:
+    from llmunix.agents.usage import ProcessUsage, TokenReport, UsageRow
 
 TOP_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "TOKENS", "PROGRESS")
 # Widths the live screen starts with (it only ever widens a column, so nothing moves between

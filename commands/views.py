@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -18,11 +18,14 @@ from rich.tree import Tree
 
 from commands.resilience_views import attempt_lines
 from commands.terminal_safe import safe_text, safe_tree
-from llmunix.agents.usage import ProcessUsage, TokenUsage
+from llmunix.learning import Deadline, ToolPerformance
 from llmunix.models import ProcessInfo, PsRow, format_duration, format_pid, iso_time
 from llmunix.observe.redact import redact
 from llmunix.pool import fmt_amount
 from llmunix.tools.registry import Tool
+
+if TYPE_CHECKING:
+    from llmunix.agents.usage import ProcessUsage, TokenUsage
 
 # The one place that maps states to styles.
 STATE_STYLES = {
@@ -30,6 +33,8 @@ STATE_STYLES = {
     "Running": "bold green",
     "Paused": "bold yellow",
     "Preempted": "magenta",
+    "Waiting": "cyan",
+    "Deadlocked": "bold red",
     "Completed": "blue",
     "Failed": "bold red",
     "Cancelled": "red",
@@ -159,13 +164,49 @@ def ps_table(infos: Sequence[ProcessInfo] | Sequence[PsRow], *, title: str | Non
     return table
 
 
-def state_line(info: ProcessInfo) -> str:
+def state_line(info: ProcessInfo, cached_from: int | None = None) -> str:
     detail = info.detail
     if info.phase == "running" and info.progress.message and not detail.startswith("stalled"):  # (resilience)
         detail = info.progress.message
     if info.state == "Completed":
-        detail = f"exit {info.exit_code}"
+        detail = f"cached from PID {format_pid(cached_from)}" if cached_from is not None else f"exit {info.exit_code}"
     return f"{info.display_state} ({detail})" if detail and detail != "running" else info.display_state
+
+
+def seconds_text(x: float) -> str:
+    """`250ms`, `2.3s`, `95s`, `4.2m`, `1.5h`: a typical running time."""
+    if x < 0.9995:
+        return f"{x * 1000:.0f}ms"
+    if x < 99.95:
+        return f"{x:.1f}s"
+    if x < 600:
+        return f"{x:.0f}s"
+    return f"{x / 60:.1f}m" if x < 5400 else f"{x / 3600:.1f}h"
+
+
+def performance_text(perf: ToolPerformance) -> str:
+    """The seed's `avg 2.3s (p90 4.1s) over 57 runs, 96% success`."""
+    if not perf.runs:
+        return "no finished runs yet"
+    runs = f"over {perf.runs} run{'s' if perf.runs != 1 else ''}, {perf.success_rate:.0f}% success"
+    if perf.mean is None:
+        return f"no completed run ({runs})"
+    p90 = f" (p90 {seconds_text(perf.p90)})" if perf.p90 is not None else ""
+    return f"avg {seconds_text(perf.mean)}{p90} {runs}"
+
+
+def deadline_text(d: Deadline, now: float) -> str:
+    """`14:03:07 (in 25s)`, `... at risk: expected 40s`, `... missed`, `... met`."""
+    when = iso_time(d.at)[11:19]
+    if d.met:
+        return f"{when} (met)"
+    if d.missed:
+        return f"{when} (missed)"
+    left = d.at - now
+    text = f"{when} (in {format_duration(left) if left >= 60 else f'{max(0.0, left):.0f}s'})"
+    if d.at_risk and d.expected is not None:
+        text += f"; at risk: expected {seconds_text(d.expected)}"
+    return text
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -203,12 +244,16 @@ def usage_lines(u: ProcessUsage) -> list[str]:
     return lines
 
 
-def ps_tree(info: ProcessInfo, *, history: int = 5, usage: ProcessUsage | None = None) -> Tree:
-    """The seed's `ps -l` view (with `usage`: its LLM tokens, cost and budget)."""
+def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance | None = None,
+            cached_from: int | None = None, deadline: Deadline | None = None, now: float = 0.0,
+            usage: ProcessUsage | None = None) -> Tree:
+    """The seed's `ps -l` view. `performance`: its tool's figures (the Performance line);
+    `cached_from`: the process whose stored result it reused; `deadline`: its deadline, judged
+    at `now` (a time.time()); `usage`: its LLM tokens, cost and budget."""
     style = STATE_STYLES.get(info.display_state, "")
     root = Tree(Text.assemble(("Process ", "bold"), (info.process_id, "bold cyan"), " - ",
                               (info.name, "bold")))
-    root.add(Text.assemble("State: ", (state_line(info), style)))
+    root.add(Text.assemble("State: ", (state_line(info, cached_from), style)))
     prio = info.priority.title
     if info.effective_priority != info.priority:
         prio += f" (aged to {info.effective_priority.label} while waiting)"
@@ -241,6 +286,10 @@ def ps_tree(info: ProcessInfo, *, history: int = 5, usage: ProcessUsage | None =
     root.add(f"Runtime: {runtime}")
     for line in usage_lines(usage) if usage is not None else ():
         root.add(line)
+    if deadline is not None:
+        root.add(f"Deadline: {deadline_text(deadline, now)}")
+    if performance is not None:
+        root.add(f"Performance: {performance_text(performance)}")
     root.add(f"Context: {info.context.working_directory}")
     params = info.context.input_parameters
     root.add(f"Input: {_short(redact(params.get('inputs') or {} if workflow else params))}")

@@ -9,10 +9,13 @@ from pathlib import Path
 import cmd2
 from cmd2 import Choices, CompletionItem
 
-from commands import workflow_views as wv
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pid
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid
-from llmunix.workflows.spec import check_spec_files
+
+wv = lazy_module("commands.workflow_views")
+spec_files = lazy_module("llmunix.workflows.spec")
+
 
 
 class WorkflowCommands(ShellCommandSet):
@@ -70,6 +73,8 @@ class WorkflowCommands(ShellCommandSet):
                        help="critical, high, normal, low or idle (steps inherit it)")
     p_run.add_argument("-w", "--wait", action="store_true",
                        help="show its progress until it ends; the exit status is the workflow's")
+    p_run.add_argument("--no-cache", action="store_true",
+                       help="steps with `cache: true` run afresh (their new results are stored)")
     p_run.add_argument("--json", action="store_true", help="print the PID as JSON")
 
     p_status = sub.add_parser("status", help="the run's step tree: done, running, pending, failed; ETA")
@@ -115,7 +120,8 @@ class WorkflowCommands(ShellCommandSet):
         root = Path(args.dir).expanduser()
         if not root.exists():
             raise LlmunixError(f"no such file or directory: {args.dir}")
-        self.report_check(lambda: check_spec_files(root.resolve(), self.kernel.workflow_spec), args.dir, args.json)
+        self.report_check(lambda: spec_files.check_spec_files(root.resolve(), self.kernel.workflow_spec),
+                          args.dir, args.json)
 
     def _show(self, args: argparse.Namespace) -> None:
         spec = self.kernel.workflow_spec(args.name)
@@ -137,7 +143,7 @@ class WorkflowCommands(ShellCommandSet):
                                        f"(its inputs: {', '.join(spec.inputs)})")
                 key, value = next(iter(spec.inputs)), item  # a bare value: the first input
             inputs[key.strip()] = value
-        pid = self.kernel.workflow_run(spec, inputs, priority=args.priority)
+        pid = self.kernel.workflow_run(spec, inputs, priority=args.priority, no_cache=args.no_cache)
         if args.json:
             self.out_json({"pid": format_pid(pid), "name": spec.name})
         else:

@@ -56,6 +56,8 @@ def spec_tree(spec: WorkflowSpec) -> Tree:
                 extras.append(f"retry {s.retry.max_attempts}x")
             if s.timeout is not None:
                 extras.append(f"timeout {format_duration(s.timeout)}")
+            if s.cache:
+                extras.append("cached" + (f" up to {_ttl(s.cache_ttl)} old" if s.cache_ttl else ""))
             if s.on_error != "fail":
                 extras.append(f"on error {s.on_error if isinstance(s.on_error, str) else 'fallback ' + s.fallback}")
             if sid in standby:
@@ -64,6 +66,14 @@ def spec_tree(spec: WorkflowSpec) -> Tree:
             stage.add(Text.assemble((title, "cyan"), f": {s.runs}", (f"  [{'; '.join(extras)}]" if extras else "",
                                                                          "dim")))
     return tree
+
+
+def _ttl(seconds: float) -> str:
+    """`1d`, `12h`, `30m`, `45s`: a cache TTL as the spec would say it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def planned_tree(spec: WorkflowSpec, pid: int) -> Tree:
@@ -115,7 +125,9 @@ def step_line(s: StepStatus) -> Text:
         state = "Paused"
     text.append(state, style=STATE_STYLES.get(state, MARK_STYLES.get(s.state, "")))
     detail: list[str] = []
-    if s.state == "completed":
+    if s.state == "completed" and s.cached_from is not None:
+        detail.append(f"cached from PID {format_pid(s.cached_from)}")
+    elif s.state == "completed":
         if s.elapsed is not None:
             detail.append(f"{s.elapsed:.1f}s")
         detail.append("100%")

@@ -121,6 +121,13 @@ class Config(pydantic.BaseModel):
         description="below this much available memory, low and idle work waits (default: 5% of total)")
     pause_idle_under_pressure: bool = pydantic.Field(
         False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
+    scheduling: Literal["fifo", "learned"] = pydantic.Field(
+        "fifo", description="the order within a priority level: fifo (arrival), or learned (shortest expected "
+        "duration first from each tool's past runs, with aging; deadlines earliest first; the shell's "
+        "`set scheduling` changes it)")
+    preload: list[str] = pydantic.Field(
+        default_factory=list, description="modules to import at start (what tools import lazily), so the first "
+        "run does not pay for them")
     deadlock_policy: Literal["report", "kill-lowest"] = pydantic.Field(
         "report", description="on a deadlock: report it (event, alert, `locks`), or also kill its lowest-priority "
         "member (the shell's `set deadlock_policy` changes it)")

@@ -32,6 +32,7 @@ from llmunix.models import (
     IllegalTransition,
     LlmunixError,
     Outcome,
+    Phase,
     Priority,
     ProcessInfo,
     ProcessKind,
@@ -43,7 +44,7 @@ from llmunix.models import (
 )
 from llmunix.observe.stats import ToolStats, empty_stats, summarize_runs
 from llmunix.process import Process
-from llmunix.store import Store, row_to_info
+from llmunix.store import Store, row_to_info, row_to_ps
 from llmunix.tools.registry import ToolRegistry, make_tool
 
 if TYPE_CHECKING:
@@ -69,7 +70,9 @@ class DurableState(Hooks):
         self.read_only = read_only
         self.retention_days = float(retention_days)
         self.retention_count = int(retention_count)
-        self._history: dict[int, ProcessInfo] | None = None  # earlier sessions' processes, loaded lazily
+        # Earlier sessions' processes (and those released from memory), loaded lazily: as light
+        # `ps` rows at first (a cold `ps -a` needs no more), each made a full snapshot when asked.
+        self._history: dict[int, ProcessInfo | PsRow] | None = None
         # Finished processes in the order they finished, with the seq of their terminal event; the
         # oldest leave memory once that event is committed (the store has them).
         self._finished: deque[tuple[int, Process]] = deque()
@@ -80,6 +83,7 @@ class DurableState(Hooks):
         self._last_gc = time.monotonic()
         self._gc_job: Any = None  # the automatic compaction in flight, if any
         self._folders: dict[str, Callable[[list[Any]], Any]] = {}
+        self._retired: set[int] = set()  # ended here without running (recover's, kill's): not a run's end
         table.known = self.stored_state
 
     def start(self) -> None:
@@ -138,13 +142,21 @@ class DurableState(Hooks):
         except (TypeError, ValueError):
             return None
         history = self._history
-        if history is not None and pid in history:
-            return history[pid]
+        known = history.get(pid) if history is not None else None
+        if isinstance(known, ProcessInfo):
+            return known
         try:
             row = self.store.process_row(pid)
         except OverflowError:  # beyond SQLite's integers: no such process
             return None
-        return row_to_info(row) if row is not None else None
+        if row is None:
+            return None
+        info = row_to_info(row)
+        if known is not None:
+            with self.table.lock:
+                if self._history is history and history.get(pid) is known:
+                    history[pid] = info
+        return info
 
     def _with_checkpoint(self, info: ProcessInfo) -> ProcessInfo:
         """A stored agent's or workflow's snapshot with its last checkpoint (folded by its kind's
@@ -175,14 +187,22 @@ class DurableState(Hooks):
         self.info(pid)
         return [(v, state) for v, _t, state in self.store.checkpoints(as_pid(pid))]
 
-    def logs(self, pid: int) -> list[tuple[float, str]]:
+    def logs(self, pid: int, *, since: float | None = None, limit: int | None = None) -> list[tuple[float, str]]:
+        """A process's log lines (time, line), oldest first: `since` a Unix time, `limit` the
+        newest N. Held in memory while it is; paged from the store after."""
+        if limit is not None and limit <= 0:
+            self.info(pid)
+            return []
         table = self.table
         with table.lock:
             proc = table.get(as_pid(pid))
             if proc is not None:
-                return list(proc.logs)
+                lines = list(proc.logs)
+                if since is not None:
+                    lines = [(t, line) for t, line in lines if t >= since]
+                return lines[-limit:] if limit is not None else lines
         self.info(pid)  # unknown PIDs raise
-        return self.store.log_lines(as_pid(pid)) if self.store is not None else []
+        return self.store.log_lines(as_pid(pid), since=since, limit=limit) if self.store is not None else []
 
     # ------------------------------------------------------------------ listings
 
@@ -190,7 +210,7 @@ class DurableState(Hooks):
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
         on the visible state or the phase, case-insensitively (models.matches_state)."""
         if self.read_only:
-            rows = self.store.process_rows() if all else self.store.live_rows() if self.store else []
+            rows = (self.store.process_rows() if all else self.store.live_rows()) if self.store else []
             infos = [row_to_info(r) for r in rows]
         else:
             history = self._load_history() if all else {}
@@ -199,8 +219,9 @@ class DurableState(Hooks):
                 procs = table.procs if all else table.live
                 infos = [table.snapshot(p) for p in procs.values()]
                 if history:  # under the lock: the store writer thread adds processes released from memory
-                    infos.extend(i for pid, i in history.items() if pid not in table.procs)
+                    stored = [(pid, i) for pid, i in history.items() if pid not in table.procs]
             if history:
+                infos.extend(self._full(history, stored))
                 infos.sort(key=lambda i: i.pid)
         if state:
             infos = [i for i in infos if matches_state(state, i.display_state, i.phase, i.state)]
@@ -210,7 +231,9 @@ class DurableState(Hooks):
         """What `ps(all, state)` lists, as light rows of the columns `ps` prints: no snapshot is
         built (a listing of 100,000 finished processes stays well under 0.2 s)."""
         if self.read_only:
-            return [i.ps_row() for i in self.ps(all, state)]
+            with _gc_paused():
+                rows = [row_to_ps(r) for r in self.store.ps_rows(live_only=not all)] if self.store else []
+            return [r for r in rows if matches_state(state, r.display_state, r.phase, r.state)] if state else rows
         history = self._load_history() if all else {}
         now = time.monotonic()
         table = self.table
@@ -218,7 +241,8 @@ class DurableState(Hooks):
             procs = table.procs if all else table.live
             rows = [p.ps_row(now) for p in procs.values()]
             if history:  # under the lock: the store writer thread adds processes released from memory
-                rows.extend(i.ps_row() for pid, i in history.items() if pid not in table.procs)
+                rows.extend(i if isinstance(i, PsRow) else i.ps_row()
+                            for pid, i in history.items() if pid not in table.procs)
         if history:
             rows.sort()  # by PID, its first field (PIDs are unique)
         if state:
@@ -260,31 +284,77 @@ class DurableState(Hooks):
             stats = [empty_stats(tool)]
         return stats
 
+    def ended_after(self, seq: int) -> list[ProcessInfo]:
+        """Processes of this session started from outside (no parent) whose end was published
+        after event `seq`, by PID: what a `wait` that began later still has to report. Those an
+        earlier session left and `recover` or `kill` ended without running are not among them
+        (that command reported them)."""
+        table = self.table
+        with table.lock:
+            return sorted((table.snapshot(p) for p in table.procs.values()
+                           if p.end_seq > seq and p.parent is None and p.phase is Phase.DONE
+                           and p.pid not in self._retired),
+                          key=lambda i: i.pid)
+
     # ------------------------------------------------------------------ waiting from outside
+
+    def wait_each(self, pids: Iterable[int], timeout: float | None = None, *, include_paused: bool = False,
+                  bus: Any = None) -> WaitWatch:
+        """Follow `pids` to their ends: iterate the returned `WaitWatch` to get each snapshot as
+        its process finishes (those already finished first). It stops when all have finished,
+        after `timeout` seconds, or — unless `include_paused` — when every one left is paused or
+        waits only for paused ones (nobody will wake them: a script that pauses a process and
+        then waits must not hang). Afterwards `watch.left` holds the snapshots of those it stopped
+        waiting for and `watch.reason` says why ("timeout", "paused")."""
+        return WaitWatch(self, [as_pid(p) for p in pids], timeout, include_paused, bus or self.table.bus)
+
+    def stuck(self, infos: Iterable[ProcessInfo]) -> list[ProcessInfo]:
+        """Of these live processes, the ones that cannot go on until someone resumes something:
+        paused, or waiting for dependencies that are all themselves stuck."""
+        memo: dict[int, bool] = {}
+
+        def is_stuck(info: ProcessInfo, depth: int = 0) -> bool:
+            if info.pid in memo:
+                return memo[info.pid]
+            memo[info.pid] = False  # (a cycle is not a pause)
+            if info.is_done:
+                result = False
+            elif info.phase is Phase.PAUSED:
+                result = True
+            elif info.phase is Phase.WAITING and info.after and depth < 100:
+                deps = [self.info(d) for d in info.after]
+                live = [d for d in deps if not d.is_done]
+                result = bool(live) and all(is_stuck(d, depth + 1) for d in live)
+            else:
+                result = False
+            memo[info.pid] = result
+            return result
+
+        return [i for i in infos if is_stuck(i)]
 
     def wait(self, pids: Iterable[int] | None = None, timeout: float | None = None) -> list[ProcessInfo]:
         """Block until the given processes (default: all live now) have finished, or `timeout`
         passes. Returns their snapshots; check `.is_done` to see which finished."""
-        wanted = None if pids is None else [as_pid(p) for p in pids]
+        wanted = None if pids is None else [p if type(p) is int else as_pid(p) for p in pids]
         deadline = None if timeout is None else time.monotonic() + timeout
         earlier: dict[int, ProcessInfo] = {}
         table = self.table
+        procs = table.procs
         if wanted is not None:
-            with table.lock:
-                absent = [p for p in wanted if table.get(p) is None]
+            absent = [p for p in wanted if p not in procs]
             for p in absent:  # finished: in an earlier session, or released from memory (retention)
                 earlier[p] = self.info(p)  # unknown PIDs raise
+        snapshot = table.snapshot
         with table.lock:
             if wanted is None:
                 targets = list(table.live.values())
             else:
-                found = [(p, table.get(p)) for p in wanted if p not in earlier]
-                targets = [proc for _p, proc in found if proc is not None]
-                absent = [p for p, proc in found if proc is None]  # released since we looked
+                targets = [proc for proc in map(procs.get, wanted) if proc is not None]
             table.wait_live(targets, timeout)
-            done = {p.pid: table.snapshot(p) for p in targets}
+            done = {p.pid: snapshot(p) for p in targets}
         if wanted is None:
             return list(done.values())
+        absent = [p for p in wanted if p not in done and p not in earlier]  # released since we looked
         for p in absent:
             earlier[p] = self.info(p)
         # Live but not ours: another llmunix owns the home (we are read-only). Follow the store.
@@ -381,6 +451,7 @@ class DurableState(Hooks):
                 event_data={"policy": policy} if policy else None,
             )
             self._forget_history(pid)
+            self._retired.discard(pid)
             table.emit("process.restarted", proc, action=action, how=proc.history[0].details, resumed=True,
                        checkpoint=versions[-1][0] if versions else None)
             return table.snapshot(proc)
@@ -399,6 +470,7 @@ class DurableState(Hooks):
                            parent=row["parent"], after=tuple(json.loads(row["after"] or "[]")),
                            cwd=row["cwd"] or os.getcwd())
             table.adopt_locked(proc)
+            self._retired.add(pid)
             self._forget_history(pid)
             table.emit("process.restarted", proc, action=action, how=how or reason, resumed=False, error=reason)
             table.finish_locked(proc, outcome, 1 if outcome is Outcome.FAILED else EXIT_CANCELLED, reason)
@@ -509,8 +581,28 @@ class DurableState(Hooks):
             released += 1
         return released
 
-    def _load_history(self) -> dict[int, ProcessInfo]:
-        """Processes of earlier sessions, from the store (built once; they do not change)."""
+    def _full(self, history: dict[int, ProcessInfo | PsRow], entries: list[tuple[int, ProcessInfo | PsRow]]
+              ) -> list[ProcessInfo]:
+        """Full snapshots of these history entries: the light ones are read whole from the store
+        (one query) and kept in `history` from then on."""
+        light = [pid for pid, i in entries if not isinstance(i, ProcessInfo)]
+        if not light:
+            return [i for _pid, i in entries]  # type: ignore[misc]
+        assert self.store is not None
+        rows = self.store.process_rows() if len(light) > 1000 else self.store.process_rows(pids=light)
+        wanted = set(light)
+        made = {r["pid"]: row_to_info(r) for r in rows if r["pid"] in wanted}
+        with self.table.lock:
+            if self._history is history:
+                for pid, info in made.items():
+                    if not isinstance(history.get(pid), ProcessInfo):
+                        history[pid] = info
+        return [i if isinstance(i, ProcessInfo) else made[pid] for pid, i in entries if pid in made or
+                isinstance(i, ProcessInfo)]
+
+    def _load_history(self) -> dict[int, ProcessInfo | PsRow]:
+        """Processes of earlier sessions, from the store (built once; they do not change), as
+        light `ps` rows until a full snapshot is asked for."""
         if self.store is None:
             return {}
         if self.read_only:  # the owner keeps changing it: read it afresh each time
@@ -521,7 +613,8 @@ class DurableState(Hooks):
                 self._history_loads += 1  # no process leaves memory while its row may be read stale
             try:
                 self.store.flush()
-                loaded = {r["pid"]: row_to_info(r) for r in self.store.process_rows()}
+                with _gc_paused():  # 100,000 rows of small objects: no collection can free any
+                    loaded = {r[0]: row_to_ps(r) for r in self.store.ps_rows()}
                 with table.lock:
                     if self._history is None:
                         self._history = {pid: i for pid, i in loaded.items() if table.get(pid) is None}
@@ -529,6 +622,65 @@ class DurableState(Hooks):
                 with table.lock:
                     self._history_loads -= 1
         return self._history
+
+
+class WaitWatch:
+    """`DurableState.wait_each`: an iterator over snapshots of processes as they finish."""
+
+    RECHECK = 1.0  # seconds between looks when no event arrives (a safety net; events drive it)
+
+    def __init__(self, durable: DurableState, pids: list[int], timeout: float | None, include_paused: bool,
+                 bus: Any) -> None:
+        self.durable = durable
+        self.pids = pids
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.include_paused = include_paused
+        self.bus = bus
+        self.left: list[ProcessInfo] = []
+        self.reason = ""
+
+    def __iter__(self) -> Iterator[ProcessInfo]:
+        import queue as _queue
+
+        durable = self.durable
+        news: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        # Inline (it only queues): every end, and every pause (a pause may strand a waiter).
+        sub = self.bus.subscribe("process.completed|process.failed|process.cancelled|process.paused",
+                                 news.put)
+        try:
+            left: dict[int, ProcessInfo] = {}
+            for pid in dict.fromkeys(self.pids):
+                info = durable.info(pid)
+                if info.is_done:
+                    yield info
+                else:
+                    left[pid] = info
+            while left:
+                for pid in list(left):
+                    info = durable.info(pid)
+                    if info.is_done:
+                        del left[pid]
+                        yield info
+                    else:
+                        left[pid] = info
+                if not left:
+                    break
+                if not self.include_paused and len(durable.stuck(left.values())) == len(left):
+                    self.reason, self.left = "paused", list(left.values())
+                    return
+                now = time.monotonic()
+                if self.deadline is not None and now >= self.deadline:
+                    self.reason, self.left = "timeout", list(left.values())
+                    return
+                step = self.RECHECK if self.deadline is None else min(self.RECHECK, self.deadline - now)
+                try:
+                    news.get(timeout=step)
+                    while True:  # take the burst: one look for all of it
+                        news.get_nowait()
+                except _queue.Empty:
+                    pass
+        finally:
+            sub.cancel()
 
 
 @contextmanager

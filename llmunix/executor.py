@@ -32,9 +32,10 @@ class ThreadExecutor:
         self.over_cap_starts = 0  # how often the soft cap was exceeded (health reports it)
 
     def available(self) -> int:
-        """How many more bodies could start now without waiting for a thread."""
-        with self._lock:
-            return max(0, self._idle - self._queued) + (self.max_threads - len(self._threads))
+        """How many more bodies could start now without waiting for a thread. Read without the
+        lock (the caller holds the process table's, under which every `start` happens): a
+        worker becoming idle meanwhile only makes the answer one too low for a moment."""
+        return max(0, self._idle - self._queued) + (self.max_threads - len(self._threads))
 
     def over_cap(self) -> None:
         """The scheduler starts a body although `max_threads` are in use (it would otherwise

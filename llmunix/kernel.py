@@ -10,6 +10,9 @@
 * `ipc`        ipc.service.Communication — mailboxes, the blackboard, locks, deadlocks
 * `resilience` resilience.service.Resilience — retries, restarts, breakers, watchdog, health
 * `workflows`, `agents` — workflow specs and runs; agent definitions and runs
+* `learning`   learning.Learning — tools' performance, expected durations, deadlines
+* `cache`      cache.StepCache — stored results reused by `run --cache` and cached workflow steps
+* `hedging`    hedge.Hedging — replicated runs (`run --replicas N --first|--quorum K`)
 * `monitor`    monitor.Monitor — the sampler thread
 
 Each public method here is the documented Python API (docs/tools.md "From Python") and hands the
@@ -28,15 +31,17 @@ import getpass
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmunix.backends import Backend, ClusterInfo, make_backend
-from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState
+from llmunix.cache import CachePolicy, StepCache
+from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState, WaitWatch
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
+from llmunix.learning import Deadline, Learning, ToolPerformance
 from llmunix.lifecycle import PidAllocator, ProcessTable
 from llmunix.models import (
     Event,
@@ -64,7 +69,9 @@ from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 
 if TYPE_CHECKING:
     from llmunix.agents.service import AgentService
+    from llmunix.hedge import Hedging
     from llmunix.monitor import Monitor, ResourceSample, SystemSample
+    from llmunix.observe.analytics import EventStats
     from llmunix.observe.audit import AuditEntry as _AuditEntry
     from llmunix.observe.debug import DebugInfo, ProfileReport
     from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceLog
@@ -76,7 +83,7 @@ if TYPE_CHECKING:
     from llmunix.workflows.status import WorkflowStatus
 
 DEFAULT_MAX_RUNNING = 8
-SERVICES = ("agents", "workflows")  # what ProcessContext.service() hands to built-in bodies
+SERVICES = ("agents", "workflows", "hedging")  # what ProcessContext.service() hands to built-in bodies
 
 
 class Kernel:
@@ -109,13 +116,14 @@ class Kernel:
         breaker_threshold: int = 5, breaker_cooldown: float = 30.0, stall_timeout: float = 60.0,
         stall_action: str = "alert", chaos: str | None = None, health_min_disk_mb: float = 100.0,
         backend: Backend | str | None = None,
+        scheduling: str = "fifo",
     ) -> None:
         if not kill_grace >= 0 or kill_grace == float("inf"):
             raise LlmunixError(f"kill_grace must be a finite number of seconds >= 0, not {kill_grace!r}")
         self.scheduler = Scheduler(max_running=max_running, time_slice=time_slice, aging_interval=aging_interval,
                                    pool=pool, limits=limits, memory_pressure_mb=memory_pressure_mb,
                                    available_memory=available_memory,
-                                   pause_idle_under_pressure=pause_idle_under_pressure)
+                                   pause_idle_under_pressure=pause_idle_under_pressure, policy=scheduling)
         self.backend = make_backend(backend)  # where bodies of remote tools run (backends/)
         self.home = Path(home) if home is not None else None
         # One llmunix writes a home; another opens it read-only (read_only=None: whichever applies).
@@ -168,7 +176,9 @@ class Kernel:
                                      breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown,
                                      stall_timeout=stall_timeout, stall_action=stall_action, chaos=chaos,
                                      health_min_disk_mb=health_min_disk_mb)
-        for feature in (self.durable, self.debugger, self.ipc, self.resilience):
+        self.learning = Learning(self.table, self.store)  # (its deadlines register at the first deadline)
+        self.cache = StepCache(self.table, self.store)  # (it registers at the first run asking for it)
+        for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning):
             self.table.register(feature)
         self.backend.bind(self)
         self.table.remote = self.backend if self.backend.distributed else None
@@ -181,13 +191,16 @@ class Kernel:
             self.monitor.add_listener(self.table.check_pressure)  # memory pressure; token buckets refill
             self.resilience.monitoring = True
             self.monitor.start()
-        from llmunix.workflows.service import WorkflowService
-
-        self.workflows: WorkflowService = WorkflowService(self)
+        self._workflows: WorkflowService | None = None
+        self._hedging: Hedging | None = None
         self._agents: AgentService | None = None
         self._agents_lock = threading.Lock()
-        import llmunix.tools.builtin  # noqa: F401 - registers the built-in tools
-        import llmunix.workflows.runner  # noqa: F401 - registers the workflow process body
+        # What a stored workflow's checkpoints make (`ps -l` of an earlier session's run), without
+        # importing the workflow machinery (networkx, YAML) until a workflow is looked at.
+        self.durable.fold_checkpoints("workflow", _fold_workflow)
+        # The built-in tools, the workflow process body and the IPC example tools register the
+        # first time a tool is looked up or listed (a one-shot `ps` never imports them).
+        REGISTRY.load_later("llmunix.tools.builtin", "llmunix.workflows.runner", "llmunix.ipc.tools", "llmunix.hedge")
 
     def _context(self, proc: Any) -> ProcessContext:
         return ProcessContext(self, proc)
@@ -199,6 +212,26 @@ class Kernel:
         self.shutdown()
 
     # ------------------------------------------------------------------ components
+
+    @property
+    def workflows(self) -> WorkflowService:
+        """The workflow service (specs, runs, status, retry), made on first use."""
+        with self._agents_lock:
+            if self._workflows is None:
+                from llmunix.workflows.service import WorkflowService
+
+                self._workflows = WorkflowService(self)
+            return self._workflows
+
+    @property
+    def hedging(self) -> Hedging:
+        """Replicated runs (`run --replicas N`), made on first use."""
+        with self._agents_lock:
+            if self._hedging is None:
+                from llmunix.hedge import Hedging
+
+                self._hedging = Hedging(self)
+            return self._hedging
 
     @property
     def agents(self) -> AgentService:
@@ -251,6 +284,8 @@ class Kernel:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         restart: RestartPolicy | str | None = None,
+        deadline: float | None = None,
+        cache: CachePolicy | bool | float | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
@@ -260,11 +295,16 @@ class Kernel:
         must hold to run (`{"memory_mb": 500, "gpu": 1}`), over the tool's own defaults. After
         `timeout` seconds of running time it is stopped and ends Failed ("timed out after 30s").
         `retry` and `restart` run it again under the same PID when an attempt fails or ends
-        (llmunix/resilience/restart.py); the timeout is then per attempt."""
+        (llmunix/resilience/restart.py); the timeout is then per attempt. `deadline`: seconds
+        from now it should be done by (the learned scheduling order runs it earliest-deadline
+        first while it can make it; it is flagged when it cannot, llmunix/learning.py). `cache`:
+        reuse a stored result of the same tool, version, parameters and inputs (True, a TTL in
+        seconds, or a CachePolicy; llmunix/cache.py)."""
         self._writable()
         if timeout is not None and not 0 < timeout < float("inf"):
             raise LlmunixError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
         attempts = self.resilience.policies(retry, restart)  # checked before anything is made
+        caching = None if cache is None else CachePolicy.of(cache)
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
         history = self.store.tool_peak_memory if self.store is not None else None
@@ -272,11 +312,17 @@ class Kernel:
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
         policy = policy_data(attempts)
+        options: dict[str, Any] = self.learning.prepare(t, deadline)
+        if attempts is not None:
+            options["attempts"] = attempts
+        reuse = None
+        if caching is not None:
+            reuse, options["cache"] = self.cache.prepare(t, validated, caching, cwd or self.table.cwd(),
+                                                         waits=bool(deps))
         with self.table.lock:
             return self.table.spawn_locked(
                 t, validated, prio, deps, name=name, parent=parent, cwd=cwd, needs=wants, timeout=timeout,
-                options={"attempts": attempts} if attempts is not None else None,
-                event_data={"policy": policy} if policy else None).pid
+                options=options or None, event_data={"policy": policy} if policy else None, reuse=reuse).pid
 
     def kill(self, pid: int, force: bool = False, *, reason: str = "killed by user",
              interrupt: bool = False) -> ProcessInfo:
@@ -378,6 +424,21 @@ class Kernel:
     def info(self, pid: int) -> ProcessInfo:
         return self.durable.info(pid)
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (a mark for `ended_after`)."""
+        return self.bus.last_seq
+
+    def wait_each(self, pids: Iterable[int], timeout: float | None = None, *, include_paused: bool = False
+                  ) -> WaitWatch:
+        """Iterate the snapshots of `pids` as they finish; stops on `timeout`, or when all that is
+        left is paused (unless `include_paused`): see DurableState.wait_each."""
+        return self.durable.wait_each(pids, timeout, include_paused=include_paused)
+
+    def ended_after(self, seq: int) -> list[ProcessInfo]:
+        """Top-level processes of this session whose end came after event `seq`, by PID."""
+        return self.durable.ended_after(seq)
+
     def ps(self, all: bool = False, state: str | None = None) -> list[ProcessInfo]:  # noqa: A002
         """Snapshots of live processes (all=True: finished ones too), by PID. `state` filters
         on the visible state or the phase, case-insensitively."""
@@ -394,8 +455,9 @@ class Kernel:
         with self.table.lock:
             return list(self.table.live)
 
-    def logs(self, pid: int) -> list[tuple[float, str]]:
-        return self.durable.logs(pid)
+    def logs(self, pid: int, *, since: float | None = None, limit: int | None = None) -> list[tuple[float, str]]:
+        """A process's log lines (time, line), oldest first; `since` a Unix time, `limit` the newest N."""
+        return self.durable.logs(pid, since=since, limit=limit)
 
     def recent(self, seconds: float = 5.0) -> list[ProcessInfo]:
         """Live processes and those that finished in the last `seconds`, by PID (what `top` lists)."""
@@ -403,6 +465,42 @@ class Kernel:
 
     def tool_stats(self, tool: str | None = None) -> list[ToolStats]:
         return self.durable.tool_stats(tool)
+
+    def performance(self, tool: str) -> ToolPerformance:
+        """How the tool's runs went: completed and failed runs, mean and p90 running time
+        (the `ps -l` Performance line; llmunix/learning.py)."""
+        return self.learning.performance(tool)
+
+    def deadline(self, pid: int) -> Deadline | None:
+        """Process `pid`'s deadline (`spawn(deadline=...)`) and what became of it, or None."""
+        return self.learning.deadline(as_pid(pid))
+
+    def cached_from(self, pid: int) -> int | None:
+        """The process whose stored result process `pid` reused (llmunix/cache.py), or None."""
+        return self.cache.cached_from(as_pid(pid))
+
+    def hedge(self, tool: str, /, *, replicas: int, quorum: int | None = None, **spawn: Any) -> int:
+        """Start `replicas` copies of `tool` as children of one `hedge` process and return its PID:
+        it ends with the first copy that completes (the others cancelled), or with `quorum` equal
+        results (llmunix/hedge.py). `spawn`: priority, name, params, needs, timeout, deadline."""
+        self._writable()
+        return self.hedging.start(tool, replicas=replicas, quorum=quorum, **spawn)
+
+    def event_stats(self, since: float | None = None, *, bucket: float | None = None) -> EventStats:
+        """What the event log says since `since` (a Unix time; default the last hour): rates by
+        type, failure patterns by tool and host, bursts, the slowest tools and workflow steps.
+        SQL aggregation in the store (llmunix/observe/analytics.py)."""
+        from llmunix.observe.analytics import event_stats
+
+        return event_stats(self.store, since, bucket=bucket)
+
+    def preload(self, modules: Iterable[str]) -> list[tuple[str, str | None]]:
+        """Import `modules` now (`preload` in config.toml: what tools import lazily, paid for at
+        start instead of by the first run); [(module, error or None)], and a `system.preloaded`
+        event. Worker pools registered with `tools.preload.register_warmer` warm the same."""
+        from llmunix.tools.preload import preload
+
+        return preload(modules, self.bus)
 
     def samples(self, pid: int) -> list[ResourceSample]:
         """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
@@ -439,6 +537,22 @@ class Kernel:
     def set_max_running(self, n: int) -> None:
         self._writable()
         self.table.set_max_running(n)
+
+    @property
+    def scheduling(self) -> str:
+        """The scheduling order within a level: "fifo" or "learned" (scheduler.py, "Learned order")."""
+        return self.scheduler.policy
+
+    @scheduling.setter
+    def scheduling(self, policy: str) -> None:
+        self._writable()
+        if policy == "learned":  # what the queued processes' tools took before, read outside the lock
+            self.learning.prepare_policy({p.tool.name for p in self.table.live_processes()})
+        with self.table.lock:
+            now = time.monotonic()
+            if self.scheduler.set_policy(policy, now):
+                self.bus.publish("system.scheduling", None, {"policy": policy})
+                self.table.dispatch_locked(now)
 
     @property
     def time_slice(self) -> float:
@@ -563,9 +677,9 @@ class Kernel:
                       limit: int | None = None, *, timeout: float | None = None) -> Iterator[Event]:
         return self.event_log.follow_events(pid, types, since, limit, timeout=timeout)
 
-    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None
-                   ) -> Iterator[tuple[float, str]]:
-        return self.event_log.follow_log(pid, tail=tail, timeout=timeout)
+    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None,
+                   since: float | None = None) -> Iterator[tuple[float, str]]:
+        return self.event_log.follow_log(pid, tail=tail, timeout=timeout, since=since)
 
     def record_command(self, text: str, status: int) -> None:
         self.event_log.record_command(text, status)
@@ -750,9 +864,9 @@ class Kernel:
         return self.workflows.workflow_spec(name)
 
     def workflow_run(self, name: str | WorkflowSpec, inputs: Mapping[str, Any] | None = None, *,
-                     priority: Priority | str | None = None, seed: int | None = None) -> int:
+                     priority: Priority | str | None = None, seed: int | None = None, no_cache: bool = False) -> int:
         self._writable()
-        return self.workflows.workflow_run(name, inputs, priority=priority, seed=seed)
+        return self.workflows.workflow_run(name, inputs, priority=priority, seed=seed, no_cache=no_cache)
 
     def workflow_pid(self, target: str | int) -> int:
         return self.workflows.workflow_pid(target)
@@ -767,7 +881,7 @@ class Kernel:
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0, *,
-                 interrupt: bool | None = None) -> list[ProcessInfo]:
+                 interrupt: bool | None = None) -> Sequence[ProcessInfo]:
         """Stop every live process, then the threads. With a store (or `interrupt=True`) they end
         Interrupted, to be continued by `recover`; without one they end Cancelled with `reason`.
         Returns the snapshots of the processes it had to stop."""
@@ -778,18 +892,19 @@ class Kernel:
             if table.closed:
                 return []
             table.closed = True
-            live = list(table.live)
+            procs = list(table.live.values())
+        live = [p.pid for p in procs]
         stopped = 0 if self.read_only else table.stop_all(
             live, reason, Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED)
-        infos = self.wait(live, timeout=timeout) if live else []
-        for info in infos:
-            if not info.is_done:
-                try:
-                    self.kill(info.pid, force=True, reason=reason, interrupt=interrupt)
-                except LlmunixError:
-                    pass
-        if live:
-            infos = self.wait(live, timeout=2.0)
+        infos = table.wait_procs(procs, timeout)
+        stuck = infos.unfinished()
+        for pid in stuck:
+            try:
+                self.kill(pid, force=True, reason=reason, interrupt=interrupt)
+            except LlmunixError:
+                pass
+        if stuck:
+            infos = table.wait_procs(procs, 2.0)
         if self.monitor is not None:
             self.monitor.stop()
         table.close()
@@ -828,6 +943,12 @@ class Kernel:
                 pass
             return made
         raise LlmunixError(f"cannot run {tool!r}: give a tool name or a function taking ctx")
+
+
+def _fold_workflow(versions: list[Any]) -> Any:
+    from llmunix.workflows.runner import fold
+
+    return fold(versions)
 
 
 def _highest_pid(store: Store | None) -> int:

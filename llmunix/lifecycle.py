@@ -25,10 +25,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from llmunix.executor import ThreadExecutor, inject_exception
 from llmunix.models import (
@@ -268,6 +268,58 @@ class Relay:
                 self._table.emit(publish, self._proc, **data)
 
 
+class Snapshots(Sequence[ProcessInfo]):
+    """A read-only list of the snapshots of some processes, each built when it is first read
+    (under the table's lock) and kept. `pids` costs nothing."""
+
+    __slots__ = ("_table", "_procs", "_made")
+
+    def __init__(self, table: ProcessTable, procs: list[Process]) -> None:
+        self._table = table
+        self._procs = procs
+        self._made: dict[int, ProcessInfo] = {}
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def unfinished(self) -> list[int]:
+        """PIDs among these that have not finished yet (after a wait that timed out)."""
+        with self._table.lock:
+            return [p.pid for p in self._procs if p.phase is not Phase.DONE]
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    @overload
+    def __getitem__(self, index: int) -> ProcessInfo: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[ProcessInfo]: ...
+
+    def __getitem__(self, index: int | slice) -> ProcessInfo | list[ProcessInfo]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._procs)))]
+        if index < 0:
+            index += len(self._procs)
+        info = self._made.get(index)
+        if info is None:
+            proc = self._procs[index]  # IndexError ends iteration
+            with self._table.lock:
+                info = self._table.snapshot(proc)
+            self._made[index] = info
+        return info
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Snapshots, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Snapshots({self.pids})"
+
+
 class ProcessTable:
     """Every process and every move one makes (see the module docstring). Thread-safe."""
 
@@ -286,6 +338,8 @@ class ProcessTable:
         self.executor = ThreadExecutor(self._execute, max_threads)
         self.store: Any = None  # set by the kernel: terminal states are released once durable
         self._done = threading.Condition(self.lock)  # notified whenever a process finishes
+        self._groups: dict[int, list[_WaitGroup]] = {}  # pid -> external waiters counting its end
+        self._until = 0  # threads in wait_until (notified when a process ends)
         self._watchers: dict[int, list[Process]] = {}  # pid -> processes blocked until it ends (wait_for)
         self._pending_release: list[tuple[int, Process]] = []  # (event seq, finished process)
         # pid -> its off-slot waits (`off_slot`), innermost last: (what, on_kill, the waker before it)
@@ -301,7 +355,8 @@ class ProcessTable:
     # ------------------------------------------------------------------ hooks
 
     def register(self, feature: Hooks) -> None:
-        """Register a feature's hooks; only those it overrides are called."""
+        """Register a feature's hooks; only those it overrides are called. After the kernel is
+        built (a feature that registers on first use), hold the lock."""
         for name in HOOK_NAMES:
             impl = getattr(type(feature), name, None)
             if impl is not None and impl is not getattr(Hooks, name):
@@ -374,6 +429,9 @@ class ProcessTable:
 
     def snapshot(self, proc: Process) -> ProcessInfo:
         """An immutable snapshot of `proc`. Hold the lock."""
+        final = proc.final_snapshot
+        if final is not None:
+            return final
         fields = self._snapshot_fields
         return proc.snapshot(
             self.scheduler.ready.effective(proc, time.monotonic()) if proc.queue_token else None,
@@ -448,10 +506,14 @@ class ProcessTable:
                      restored: Any = None, checkpoints: list[Any] | None = None, note: str = "",
                      needs: tuple[dict[str, float], tuple[str, ...]] | None = None,
                      timeout: float | None = None, options: Mapping[str, Any] | None = None,
-                     event_data: Mapping[str, Any] | None = None) -> Process:
+                     event_data: Mapping[str, Any] | None = None,
+                     reuse: tuple[Any, str, Mapping[str, Any]] | None = None) -> Process:
         """Create a process (a new PID, or an old one being recovered or retried) and queue it,
         or end it at once if it can never run (a failed dependency, needs the pool cannot meet,
-        a stopping parent). Hold the lock."""
+        a stopping parent). `reuse` = (output, note, event data): a stored result stands for
+        this run (step caching, llmunix/cache.py): unless it must wait or fail as above, it ends
+        Completed at once with that output, without a slot or a thread, after a `process.cached`
+        event and a `cached` history entry. Hold the lock."""
         if self.closed:
             raise LlmunixError("the kernel has shut down; no new processes")
         for a in deps:
@@ -471,7 +533,7 @@ class ProcessTable:
         self.live[pid] = proc
         up = self.live.get(parent) if parent is not None else None
         if up is not None:
-            up.children.add(proc)
+            up.add_child(proc)
         proc.note("spawned", note or f"{t.name} priority={prio.label}")
         for hook in self._hooks["on_spawn"]:
             hook(proc, options or {})
@@ -487,8 +549,7 @@ class ProcessTable:
                     failed = (a, state)
                     break
             else:
-                proc.deps_pending.add(a)
-                dep.dependents.append(proc)
+                proc.add_dependency(dep)
         now = time.monotonic()
         never = self.scheduler.never_fits(proc.needs)
         if up is not None and up.requests & REQ_KILL:  # its parent is being stopped: so is it
@@ -501,6 +562,11 @@ class ProcessTable:
         elif proc.deps_pending:
             self.move(proc, Phase.WAITING)
             proc.detail = self._waiting_detail(proc)
+        elif reuse is not None:
+            output, why, data = reuse
+            proc.note("cached", why)
+            self.emit("process.cached", proc, **data)
+            self.finish_locked(proc, Outcome.COMPLETED, 0, None, output)
         else:
             self.scheduler.enqueue(proc, now)
         if up is not None and proc.phase is not Phase.DONE and (up.phase is Phase.PAUSED or up.requests & REQ_PAUSE):
@@ -640,10 +706,10 @@ class ProcessTable:
         now = time.monotonic()
         if proc.queue_token:
             self.scheduler.dequeue(proc)
-            proc.priority = prio
+            self.scheduler.reprioritize(proc, prio)
             self.scheduler.enqueue(proc, now, front=proc.phase is Phase.PREEMPTED, keep_age=True)
         else:
-            proc.priority = prio
+            self.scheduler.reprioritize(proc, prio)
         proc.forget_snapshot()
         if proc.subprocess is not None:
             renice_group(proc.subprocess, prio)
@@ -664,20 +730,21 @@ class ProcessTable:
         if proc.subprocess is not None and to is not Phase.WAITING:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
-    def dispatch_locked(self, now: float, spare_threads: int = 0) -> None:
+    def dispatch_locked(self, now: float, claim: bool = False) -> Process | None:
         """Carry out the scheduler's decisions: start or continue every process it picks while
         slots are free, then ask for a preemption if someone outranks a running process.
-        `spare_threads`: worker threads about to become idle (the caller's own, when a body has
-        just ended)."""
+        `claim`: the caller is a worker thread whose body has just ended; the first process that
+        needs a new thread is returned for it to run instead of being handed to the executor."""
         if self.closed:
-            return  # shutting down: nothing new starts, even when slots free up
+            return None  # shutting down: nothing new starts, even when slots free up
         sched = self.scheduler
         if sched.pressure_due(now):
             self.read_pressure_locked(sched.read_memory())
         if not sched.ready:
-            return
+            return None
         executor = self.executor
-        free = executor.available() + spare_threads
+        free = executor.available() + (1 if claim else 0)
+        claimed: Process | None = None
         while True:
             proc = sched.next(now, free)
             if proc is None:
@@ -691,20 +758,23 @@ class ProcessTable:
                 proc.note("continued")
                 self.emit("process.continued", proc)
                 self.wake(proc)
+                continue
+            proc.has_thread = True
+            proc.state = STARTED_STATE[proc.kind]
+            proc.detail = "starting"
+            free -= 1
+            if claim and claimed is None:
+                claimed = proc  # the calling worker runs it next
             else:
-                if free <= 0:
-                    executor.over_cap()
-                else:
-                    free -= 1
-                proc.has_thread = True
-                proc.state = STARTED_STATE[proc.kind]
-                proc.detail = "starting"
+                if executor.available() <= 0:
+                    executor.over_cap()  # threads are a soft bound: never a deadlock
                 executor.start(proc)
         victim = sched.victim(now)
         if victim is not None:
             victim.requests |= REQ_PREEMPT
             self.set_detail_locked(victim, "preempting at its next control point")
             self.wake(victim)
+        return claimed
 
     def _refilled(self) -> None:
         """Timer: a token bucket has refilled enough for a queued process."""
@@ -761,7 +831,7 @@ class ProcessTable:
             now = time.monotonic()
             self._off_slot(p, now)
             self.move(p, Phase.DONE)
-            p.state = oc.value
+            p.state, note, end_event = _ENDS[oc]
             p.exit_code = code
             p.error = err
             p.output = out
@@ -773,19 +843,23 @@ class ProcessTable:
                 p.timer = None
             if oc is Outcome.COMPLETED and p.total:
                 p.step, p.percentage, p.eta = p.total, 100.0, 0.0
-            p.note(oc.value.lower(), err or "")
+            p.note(note, err or "")
             self.live.pop(p.pid, None)
-            event = self.emit(f"process.{oc.value.lower()}", p, tool=p.tool.name, exit_code=code, error=err,
+            event = self.emit(end_event, p, tool=p.tool.name, exit_code=code, error=err,
                               runtime=round(p.runtime(now), 3), output=out, peak_memory_mb=p.peak_memory_mb,
                               parent=p.parent)
             p.end_seq = event.seq
             if p.parent is not None:
                 up = self.procs.get(p.parent)
                 if up is not None:
-                    up.children.discard(p)
+                    up.drop_child(p)
             for waiter in self._watchers.pop(p.pid, ()):
                 self.wake(waiter)
-            if oc is Outcome.COMPLETED:
+            for group in self._groups.pop(p.pid, ()):
+                group.left -= 1
+                if group.left <= 0:
+                    group.cond.notify_all()
+            if oc is Outcome.COMPLETED and p.peak_memory_mb is not None:
                 self.scheduler.record_run(p.tool.name, p.peak_memory_mb, self.store is not None)
             for hook in on_end:
                 hook(p)
@@ -796,7 +870,8 @@ class ProcessTable:
                 self._pending_release.append((event.seq, p))
             else:
                 work.extend(self._release_dependents_locked(p, cascade=False))
-        self._done.notify_all()
+        if self._until:  # someone waits in wait_until (the debugger): let it look again
+            self._done.notify_all()
 
     def _off_slot(self, proc: Process, now: float) -> None:
         """Out of the ready queue and the running set, its needs given back, its clock stopped
@@ -814,7 +889,7 @@ class ProcessTable:
         for d in p.dependents:
             if d.phase is Phase.DONE:
                 continue
-            d.deps_pending.discard(p.pid)
+            d.deps_pending.discard(p.pid)  # type: ignore[union-attr]  # (it has one: p)
             if not completed:
                 failures.append((d, Outcome.FAILED, 1, f"dependency failed: {format_pid(p.pid)} {p.state}", None))
             elif not d.deps_pending and d.phase is Phase.WAITING:
@@ -823,7 +898,7 @@ class ProcessTable:
                 self.scheduler.enqueue(d, now)
             elif d.phase is Phase.WAITING:
                 d.detail = self._waiting_detail(d)
-        p.dependents = []
+        p.dependents = ()
         if cascade:
             for f in failures:
                 self.finish_locked(*f)
@@ -883,21 +958,34 @@ class ProcessTable:
 
     def wait_live(self, targets: list[Process], timeout: float | None) -> None:
         """Block the calling (non-process) thread until every one of `targets` has finished or
-        `timeout` passes. Hold the lock (it is released while waiting)."""
-        i = 0
-
-        def all_done() -> bool:
-            nonlocal i  # done is permanent, so never look at a finished one twice
-            while i < len(targets) and targets[i].phase is Phase.DONE:
-                i += 1
-            return i == len(targets)
-
-        self._done.wait_for(all_done, timeout)
+        `timeout` passes. Hold the lock (it is released while waiting). The waiter is woken once,
+        by the last of them to finish, not at every end (100,000 ends would each wake it)."""
+        live = [t for t in targets if t.phase is not Phase.DONE]
+        if not live:
+            return
+        group = _WaitGroup(len(live), threading.Condition(self.lock))
+        for t in live:
+            self._groups.setdefault(t.pid, []).append(group)
+        try:
+            group.cond.wait_for(lambda: group.left <= 0, timeout)
+        finally:
+            if group.left > 0:  # timed out (or interrupted): stop counting for those still live
+                for t in live:
+                    if t.phase is not Phase.DONE:
+                        groups = self._groups.get(t.pid)
+                        if groups is not None and group in groups:
+                            groups.remove(group)
+                            if not groups:
+                                del self._groups[t.pid]
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Block a non-process thread until `predicate()` holds (it is re-checked whenever a
         process finishes or `notify_done` is called), or `timeout` passes. Hold the lock."""
-        return self._done.wait_for(predicate, timeout)
+        self._until += 1
+        try:
+            return self._done.wait_for(predicate, timeout)
+        finally:
+            self._until -= 1
 
     def notify_done(self) -> None:
         """Wake external waiters (a debugger stop is a reason to look again). Hold the lock."""
@@ -1131,7 +1219,7 @@ class ProcessTable:
     def log(self, proc: Process, message: str) -> None:
         with self.lock:
             proc.last_active = time.monotonic()  # the watchdog's sign of life
-            proc.logs.append((time.time(), message))
+            proc.add_log(time.time(), message)
             event = self.emit("process.log", proc, line=message)
         if self.store is not None:
             self.store.throttle(event.seq)  # a flood of lines waits for the store, not memory
@@ -1217,26 +1305,42 @@ class ProcessTable:
 
     # ------------------------------------------------------------------ the worker side
 
-    def _execute(self, proc: Process) -> None:
-        """Run one process body on this worker thread, from start to its terminal state."""
-        assert self.context is not None
-        ctx = self.context(proc)
+    def _execute(self, proc: Process) -> Process | None:
+        """Run process bodies on this worker thread: `proc`, then each process the scheduler
+        hands this same thread when a body ends (its end and the next one's start are one hold
+        of the lock: no queue, no other thread woken). Returns None when there is none."""
         with self.lock:
-            proc.thread_ident = threading.get_ident()
-            proc.native_id = threading.get_native_id()
-            killed = bool(proc.requests & REQ_KILL)
-            if not killed:
-                proc.in_body = True
-                proc.started = time.time()
-                proc.detail = "running"
-                proc.note("started")
-                self.emit("process.started", proc, tool=proc.tool.name, state=proc.state)
-                if proc.timeout is not None:
-                    self._arm(proc, proc.timeout, self._timeout_check, proc)
+            killed = self._begin_locked(proc)
+        job: tuple[Process, bool] | None = (proc, killed)
+        while job is not None:
+            job = self._run(*job)
+        return None
+
+    def _begin_locked(self, proc: Process) -> bool:
+        """`proc` starts its body on this thread. Returns True if a kill came first (it then
+        ends without running)."""
+        proc.thread_ident = threading.get_ident()
+        proc.native_id = threading.get_native_id()
+        if proc.requests & REQ_KILL:
+            return True
+        proc.in_body = True
+        proc.started = time.time()
+        proc.detail = "running"
+        proc.note("started")
+        self.emit("process.started", proc, tool=proc.tool.name, state=proc.state)
+        if proc.timeout is not None:
+            self._arm(proc, proc.timeout, self._timeout_check, proc)
+        return False
+
+    def _run(self, proc: Process, killed: bool) -> tuple[Process, bool] | None:
+        """One body, from its start to its terminal state; returns the next process this thread
+        runs (already begun), if the scheduler has one for it."""
         outcome, code, error, output = Outcome.CANCELLED, EXIT_CANCELLED, proc.kill_reason, None
         if not killed:
             try:
                 try:
+                    assert self.context is not None
+                    ctx = self.context(proc)
                     for hook in self._hooks["before_body"]:
                         hook(proc, ctx)  # resilience: circuit breakers, fallback tools, chaos faults
                     if self.remote is not None and proc.tool.remote:
@@ -1253,7 +1357,9 @@ class ProcessTable:
             except ProcessKilled:  # injected while an except clause above was running
                 outcome, code, error = Outcome.CANCELLED, EXIT_CANCELLED, None
         # Close the door on asynchronous kills before touching the table: once in_body is False
-        # (under the lock) no new one is injected, and a pending one is cleared.
+        # (under the lock) no new one is injected, and a pending one is cleared. Nothing that
+        # cannot be done twice happens before that clear, so an injected kill that fires in
+        # between only makes the loop go round again.
         while True:
             try:
                 with self.lock:
@@ -1262,6 +1368,7 @@ class ProcessTable:
                         # Clear a kill that was injected but has not fired. Only then: on CPython
                         # 3.11 a needless clear makes any traced thread (pdb, coverage) spin.
                         inject_exception(proc.thread_ident, None)
+                        proc.injected = False
                     if outcome is Outcome.CANCELLED or (proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED):
                         outcome = Outcome(proc.kill_outcome)
                         code, error = _exit_for(outcome), proc.kill_reason or error
@@ -1269,10 +1376,10 @@ class ProcessTable:
                         error = proc.kill_reason or "killed"
                     if not any(hook(proc, outcome, code, error, output) for hook in self._hooks["after_body"]):
                         self.finish_locked(proc, outcome, code, error, output)
-                    self.dispatch_locked(time.monotonic(), spare_threads=1)
                     if proc.subprocess is not None and proc.subprocess.poll() is None:
                         signal_group(proc.subprocess, signal.SIGKILL)
-                break
+                    nxt = self.dispatch_locked(time.monotonic(), claim=True)
+                    return (nxt, self._begin_locked(nxt)) if nxt is not None else None
             except ProcessKilled:
                 continue
 
@@ -1297,19 +1404,47 @@ class ProcessTable:
         and without building snapshots: shutdown may cancel 100,000 queued processes. Returns
         how many were asked."""
         asked = 0
+        code = _exit_for(outcome)
         for start in range(0, len(pids), 1000):  # let others have the lock between batches
             with self.lock:
                 for pid in pids[start:start + 1000]:
                     proc = self.live.get(pid)
-                    if proc is not None and proc.phase is not Phase.DONE:
+                    if proc is None or proc.phase is Phase.DONE:
+                        continue
+                    asked += 1
+                    if proc.has_thread:
                         self.kill_locked(proc, False, reason, outcome)
-                        asked += 1
+                    else:  # never started: nothing to stop, and no user's kill to record
+                        self.finish_locked(proc, outcome, code, reason)
         return asked
+
+    def wait_procs(self, procs: list[Process], timeout: float | None) -> Snapshots:
+        """Block until these processes have finished (or `timeout`); their snapshots, each built
+        when it is first read (shutdown may have stopped 100,000 queued processes, and its caller
+        often wants only their count and a few PIDs). For a caller that holds the records
+        already (shutdown: they may leave the table meanwhile)."""
+        with self.lock:
+            self.wait_live(procs, timeout)
+        return Snapshots(self, procs)
 
     def close(self) -> None:
         """Every process has ended: stop the threads (executor, timers) and record the next PID."""
         self.executor.shutdown(timeout=1.0)
         self.timers.close()
+
+
+# Each outcome's visible state, history note and terminal event type (no enum lookups per end).
+_ENDS = {oc: (oc.value, oc.value.lower(), f"process.{oc.value.lower()}") for oc in Outcome}
+
+
+class _WaitGroup:
+    """An external `wait` for several processes: woken when `left` reaches 0."""
+
+    __slots__ = ("left", "cond")
+
+    def __init__(self, left: int, cond: threading.Condition) -> None:
+        self.left = left
+        self.cond = cond
 
 
 def exit_for(outcome: Outcome) -> int | None:

@@ -59,7 +59,6 @@ class Priority(enum.IntEnum):
     def parse(cls, value: str | int | Priority) -> Priority:
         if isinstance(value, Priority):
             return value
-        names = ", ".join(p.label for p in sorted(cls, reverse=True))
         if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
             return cls(value)
         if isinstance(value, str):
@@ -67,15 +66,19 @@ class Priority(enum.IntEnum):
                 return cls[value.strip().upper()]
             except KeyError:
                 pass
+        names = ", ".join(p.label for p in sorted(cls, reverse=True))
         raise LlmunixError(f"unknown priority {value!r}; use one of: {names}")
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _PRIORITY_LABELS[self]  # (enum's own `name` is a slow descriptor: this is on the hot path)
 
     @property
     def title(self) -> str:
-        return self.name.title()
+        return _PRIORITY_LABELS[self].title()
+
+
+_PRIORITY_LABELS = {p: p.name.lower() for p in Priority}
 
 
 class ProcessKind(enum.StrEnum):
@@ -123,6 +126,21 @@ TERMINAL_STATES = frozenset({Outcome.COMPLETED.value, Outcome.FAILED.value, Outc
 FINISHED_STATES = TERMINAL_STATES | {Outcome.INTERRUPTED.value}  # not live in this llmunix
 
 
+def shown_state(phase: Phase, state: str, detail: str) -> str:
+    """The one answer to "what does the STATE column say": the kind's visible state, except that
+    a paused process says Paused, a preempted one Preempted, and a started tool that waits off
+    its slot Waiting (Deadlocked when its lock wait is part of a deadlock). So only a process
+    holding a slot says Running: `ps` never shows more Running rows than `max_running`. (Agents
+    and workflows keep their own states while they wait for their children: Acting, Monitoring.)"""
+    if phase is Phase.PAUSED:
+        return PAUSED
+    if phase is Phase.PREEMPTED:
+        return PREEMPTED
+    if phase is Phase.WAITING and state == RUNNING:
+        return DEADLOCKED if detail.startswith("deadlocked") else WAITING
+    return state
+
+
 def matches_state(wanted: str, display_state: str, phase: str, state: str) -> bool:
     """The one state filter (`ps --state S`, `Kernel.ps(state=S)`): the visible state as shown
     (Paused while paused), the phase or the kind's state, case-insensitively."""
@@ -134,6 +152,9 @@ def matches_state(wanted: str, display_state: str, phase: str, state: str) -> bo
 PENDING = "Pending"
 RUNNING = "Running"
 PAUSED = "Paused"
+PREEMPTED = "Preempted"  # off its slot by the scheduler (a higher level, or its time slice): it goes on later
+WAITING = "Waiting"  # a started tool waiting off-slot: for children, a message, a lock, a model, a worker
+DEADLOCKED = "Deadlocked"  # waiting for a lock in a cycle of waits that nothing will break (see `locks`)
 
 # Each kind's visible state while queued, and once it starts (its body may move it on, e.g. an
 # agent to Acting, a workflow to Executing, with ProcessContext.set_state).
@@ -181,8 +202,10 @@ class Context:
     intermediate_results: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
+    """One line of a process's history (`ps -l`, `--json`). A named tuple: three are made for
+    every process, on the hot path."""
+
     timestamp: float
     event: str
     details: str = ""
@@ -262,7 +285,7 @@ class ProcessInfo:
     def ps_row(self) -> PsRow:
         """The columns `ps` prints, as `Kernel.ps_rows` gives them."""
         p, r = self.progress, self.resources
-        return tuple.__new__(PsRow, (self.pid, self.name, PAUSED if self.phase is Phase.PAUSED else self.state,
+        return tuple.__new__(PsRow, (self.pid, self.name, shown_state(self.phase, self.state, self.detail),
                                      PRIORITY_LABELS[self.priority], int(self.runtime), r.memory_mb, r.cpu_percent,
                                      p.percentage, p.current_step, self.state, self.phase))
 
@@ -276,10 +299,9 @@ class ProcessInfo:
 
     @property
     def display_state(self) -> str:
-        """What a STATE column shows: the visible state, except a paused process says so."""
-        if self.phase is Phase.PAUSED:
-            return PAUSED
-        return self.state
+        """What a STATE column shows (`shown_state`): Paused, Preempted, Waiting, Deadlocked, or
+        the kind's visible state."""
+        return shown_state(self.phase, self.state, self.detail)
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's execution-state structure, plus what a process manager needs."""

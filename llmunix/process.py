@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from llmunix.models import (
     EMPTY,
-    PAUSED,
     PRIORITY_LABELS,
     QUEUED_STATE,
     Context,
@@ -34,6 +33,7 @@ from llmunix.models import (
     PsRow,
     Resources,
     fast_constructor,
+    shown_state,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ _new_row = tuple.__new__  # PsRow without its Python-level __new__ (ps builds 10
 # Snapshots (one per process in `wait`) are built without the frozen dataclass's slower __init__
 # (28 fields; for its small parts the generated __init__ is faster). Every field, in field order.
 _new_info = fast_constructor(ProcessInfo)
+_new_entry = tuple.__new__  # HistoryEntry without its Python-level __new__
+_NO_RESOURCES = Resources()  # what a process the monitor never measured shows (shared: immutable)
+_NO_PROGRESS = Progress()
 _PAUSED, _DONE = Phase.PAUSED, Phase.DONE
 LOG_LIMIT = 1000
 
@@ -114,7 +117,7 @@ class Process:
         self.percentage: float | None = None
         self.eta: float | None = None
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LIMIT)
-        self.logs: deque[tuple[float, str]] = deque(maxlen=LOG_LIMIT)
+        self.logs: Any = ()  # deque of (time, line), made at its first log line (add_log)
         self.checkpoints: list[Any] = []
         self.requests = 0
         self.kill_reason = ""
@@ -128,8 +131,10 @@ class Process:
         self.slice_start = 0.0
         self.run_since: float | None = None  # monotonic time the current running stretch began
         self.run_accum = 0.0
-        self.deps_pending: set[int] = set()
-        self.dependents: list[Process] = []
+        # Made when first needed (most processes have no dependencies, dependents or children:
+        # fewer containers per process is less for the garbage collector to walk).
+        self.deps_pending: set[int] | tuple[()] = ()
+        self.dependents: list[Process] | tuple[()] = ()
         self.subprocess: subprocess.Popen[bytes] | None = None
         self.cpu_percent: float | None = None
         self.memory_mb: float | None = None
@@ -154,7 +159,7 @@ class Process:
         self.timeout: float | None = None  # seconds of running time before it is stopped as Failed
         self.paused_by: int | None = None  # the parent whose pause paused it (resumed with it)
         self.end_seq = 0  # seq of its terminal event (durable once the store has committed it)
-        self.children: set[Process] = set()  # its live child processes (leave when they finish)
+        self.children: set[Process] | tuple[()] = ()  # its live child processes (leave when they finish)
         self.last_active = 0.0  # monotonic time of its last control point (the watchdog's sign of life)
 
     def __repr__(self) -> str:
@@ -183,13 +188,41 @@ class Process:
         """Its cached snapshot is stale (only a finished process's is kept)."""
         self._snapshot = None
 
+    @property
+    def final_snapshot(self) -> ProcessInfo | None:
+        """A finished process's snapshot, once built (it never changes again), else None."""
+        return self._snapshot
+
+    def add_log(self, when: float, line: str) -> None:
+        if not self.logs:
+            self.logs = deque(maxlen=LOG_LIMIT)
+        self.logs.append((when, line))
+
+    def add_child(self, child: Process) -> None:
+        if not self.children:
+            self.children = set()
+        self.children.add(child)  # type: ignore[union-attr]
+
+    def drop_child(self, child: Process) -> None:
+        if self.children:
+            self.children.discard(child)  # type: ignore[union-attr]
+
+    def add_dependency(self, dep: Process) -> None:
+        """It waits for `dep` to finish (and `dep` knows it has a dependent)."""
+        if not self.deps_pending:
+            self.deps_pending = set()
+        self.deps_pending.add(dep.pid)  # type: ignore[union-attr]
+        if not dep.dependents:
+            dep.dependents = []
+        dep.dependents.append(self)  # type: ignore[union-attr]
+
     def add_sample(self, sample: Any) -> None:
         if self.samples is None:
             self.samples = deque(maxlen=SAMPLES_KEPT)
         self.samples.append(sample)
 
     def note(self, event: str, details: str = "") -> None:
-        self.history.append(HistoryEntry(time.time(), event, details))
+        self.history.append(_new_entry(HistoryEntry, (time.time(), event, details)))
 
     def ps_row(self, now: float) -> PsRow:
         """The columns `ps` prints (what `snapshot().ps_row()` gives, without the snapshot).
@@ -199,7 +232,7 @@ class Process:
             return self._row
         phase = self.phase
         since = self.run_since
-        row = _new_row(PsRow, (self.pid, self.name, PAUSED if phase is _PAUSED else self.state,
+        row = _new_row(PsRow, (self.pid, self.name, shown_state(phase, self.state, self.detail),
                                PRIORITY_LABELS[self.priority],
                                int(self.run_accum + (now - since if since is not None else 0.0)),
                                self.memory_mb, self.cpu_percent, self.percentage, self.step, self.state, phase))
@@ -233,11 +266,13 @@ class Process:
             self.exit_code,
             self.error,
             self.output,
-            Progress(self.step, self.total, self.percentage, self.eta, self.message),
-            Resources(self.memory_mb, self.cpu_percent, self.io_operations),
+            (Progress(self.step, self.total, self.percentage, self.eta, self.message)
+             if self.step or self.total is not None or self.message or self.percentage is not None else _NO_PROGRESS),
+            (Resources(self.memory_mb, self.cpu_percent, self.io_operations)
+             if self.samples is not None else _NO_RESOURCES),
             Context(
                 self.cwd,
-                MappingProxyType(dict(self.params)),
+                MappingProxyType(dict(self.params)) if self.params else EMPTY,
                 MappingProxyType({"checkpoint": self.checkpoints[-1]}) if self.checkpoints else EMPTY,
             ),
             tuple(self.history),

@@ -48,6 +48,29 @@ Policy
   pressure) defers low and idle work the same way (detail `deferred: degraded (REASON)`).
 * Dependencies are handled by the process table before a process reaches this queue: a process waiting
   on others is in phase `waiting` and not in the ready queue at all.
+* Learned order (`scheduling = "learned"`; the default, "fifo", is everything above). Levels,
+  aging across levels, round robin, preemption and admission are unchanged; what changes is the
+  order *within* a level, which becomes, first to last:
+  1. preempted processes put back at the front (they hold a thread and continue where they
+     stopped), the most recently preempted first, as in FIFO;
+  2. processes with a deadline (`run --deadline 10m`) that can still make it, earliest deadline
+     first. "Can make it": now + the tool's expected duration <= the deadline. One that can no
+     longer make it is *flagged* (detail `deadline at risk: ...`, event `process.deadline_at_risk`,
+     through `on_deadline_risk`) and from then on queues as in 3;
+  3. everything else, shortest expected duration first, with aging: the order key is
+     `ready_since + LEARNED_AGING * expected`, so a process waits at most LEARNED_AGING times its
+     own expected duration before nothing that arrives later can pass it (the keys of all
+     waiting processes fall at the same rate as time passes, so the order is fixed at push time
+     and a heap keeps it). Ties go to the longer waiting.
+  A tool's expected duration is the mean of its last HISTORY_RUNS completed runs (`expected`:
+  loaded from the store the first time a tool is spawned under this policy, then fed by each
+  completed run, cached results excluded); a tool with no completed run counts as 0 s, so it
+  runs soon and its first run teaches the estimate. Across levels the rule is FIFO's, applied
+  to each level's first process in this order. A deadline is only a preference within its
+  level: it never raises a process's level. Under FIFO a deadline is recorded and its passing
+  flagged, no more. The FIFO queue is deques (push and pop O(1)); the learned one a heap per
+  level (O(log n)), made only while the policy is on: `set_policy` moves the queued processes
+  from one to the other, keeping how long each has waited.
 
 State (all guarded by the process table's lock)
 -----------------------------------------------
@@ -63,6 +86,11 @@ State (all guarded by the process table's lock)
   `ready_since`, `slice_start`: the scheduler's fields of the process record.
 * `Scheduler.pressure` (the last memory reading), `degraded` (reasons), `memory_runs` (peak
   memory of each tool's recent runs, for predictions).
+* `Scheduler.policy` ("fifo" or "learned"), `durations` (each tool's recent completed run times)
+  and `expected` (their mean), `deadlines` (pid -> monotonic deadline, set by the learning
+  component, llmunix/learning.py), `at_risk` (PIDs flagged as unable to make theirs).
+* `LearnedQueue._levels[level]`: a heap of `(tier, key, token, process)` entries (tiers 1-3 of
+  the learned order above); stale entries are dropped when they reach the top, as in FIFO.
 
 Decisions, not actions: `next()` returns the process to start (off the queue, needs acquired,
 counted as running), `victim()` the one to ask to step aside, `should_yield()` whether a
@@ -82,11 +110,12 @@ Invariants
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +143,8 @@ ADMISSION_LOOKAHEAD = 8  # queued processes considered when the next one's needs
 PRESSURE_RECHECK = 1.0  # seconds between memory readings made while dispatching
 DEFERRED = ("memory pressure",)  # blocked_on of a process deferred by memory pressure or degraded mode
 REQ_PREEMPT = 2  # process.REQ_PREEMPT (the request flag the table sets on a victim)
+SCHEDULING = ("fifo", "learned")  # the policies (`scheduling` setting)
+LEARNED_AGING = 1.0  # learned order: seconds of waiting worth one second of expected duration
 
 
 class ReadyQueue:
@@ -218,6 +249,127 @@ class ReadyQueue:
                 return level
         return None
 
+    def entries(self, level: Priority) -> Iterator[Process]:
+        """The live processes queued at base `level`, in queue order."""
+        return (p for token, p in self._levels[level] if p.queue_token == token)
+
+
+class LearnedQueue(ReadyQueue):
+    """The learned order within each level (module docstring, "Learned order"): a heap per level
+    of `(tier, key, token, process)`. Mutates: hold the table lock. `expected` (tool -> seconds),
+    `deadlines` (pid -> monotonic time) and `at_risk` (flagged PIDs) are the scheduler's;
+    `flag(proc, expected, left)` is called, lock held, when a process can no longer make its
+    deadline."""
+
+    def __init__(self, aging_interval: float, expected: Mapping[str, float], deadlines: Mapping[int, float],
+                 at_risk: set[int], flag: Callable[[Process, float, float], None]) -> None:
+        super().__init__(aging_interval)
+        self._levels: dict[Priority, list[tuple[int, float, int, Process]]] = {p: [] for p in Priority}  # type: ignore[assignment]
+        self.expected = expected
+        self.deadlines = deadlines
+        self.at_risk = at_risk
+        self.flag = flag
+
+    def push(self, proc: Process, now: float, *, front: bool = False, keep_age: bool = False) -> None:
+        self._tokens += 1
+        token = proc.queue_token = self._tokens
+        if not keep_age:
+            proc.ready_since = now
+        expected = self.expected.get(proc.tool.name, 0.0)
+        if front:
+            entry = (1, float(-token), token, proc)  # the latest preempted first, as FIFO's appendleft
+        else:
+            deadline = self.deadlines.get(proc.pid)
+            if deadline is not None and proc.pid not in self.at_risk and now + expected > deadline:
+                self._missed(proc, expected, deadline - now)
+            if deadline is not None and proc.pid not in self.at_risk:
+                entry = (2, deadline, token, proc)
+            else:
+                entry = (3, proc.ready_since + LEARNED_AGING * expected, token, proc)
+        heapq.heappush(self._levels[proc.priority], entry)  # type: ignore[arg-type]
+        self._count += 1
+
+    def _missed(self, proc: Process, expected: float, left: float) -> None:
+        self.at_risk.add(proc.pid)
+        self.flag(proc, expected, left)
+
+    def _top(self, level: Priority, now: float) -> Process | None:
+        """The first live process of `level` in the learned order: stale entries dropped, and a
+        deadline entry at the top that can no longer make it flagged and moved to tier 3."""
+        heap = self._levels[level]
+        while heap:
+            tier, key, token, proc = heap[0]  # type: ignore[misc]
+            if proc.queue_token != token:
+                heapq.heappop(heap)
+                continue
+            if tier == 2:
+                expected = self.expected.get(proc.tool.name, 0.0)
+                if now + expected > key:
+                    heapq.heappop(heap)
+                    if proc.pid not in self.at_risk:
+                        self._missed(proc, expected, key - now)
+                    heapq.heappush(heap, (3, proc.ready_since + LEARNED_AGING * expected, token, proc))  # type: ignore[arg-type]
+                    continue
+            return proc
+        return None
+
+    def peek(self, now: float) -> Process | None:
+        # FIFO's rule over each level's first process; FIFO inlines its own heads (its hot path).
+        best: Process | None = None
+        best_key: tuple[int, float] | None = None
+        for level in LEVELS:
+            head = self._top(level, now)
+            if head is None:
+                continue
+            key = (self.effective(head, now), -head.ready_since)
+            if best_key is None or key > best_key:
+                best, best_key = head, key
+            if best_key[0] == Priority.CRITICAL:
+                break
+        return best
+
+    def candidates(self, now: float, limit: int) -> list[Process]:
+        """As FIFO's: levels ordered by their first processes, the learned order within each.
+        Costs O(limit * log n) per level: the first entries are popped and pushed back."""
+        heads = []
+        for level in LEVELS:
+            head = self._top(level, now)
+            if head is not None:
+                heads.append((self.effective(head, now), -head.ready_since, level))
+        heads.sort(reverse=True)
+        out: list[Process] = []
+        for _eff, _age, level in heads:
+            heap = self._levels[level]
+            taken = []
+            while heap and len(taken) < 4 * limit and len(out) < limit:
+                entry = heapq.heappop(heap)
+                if entry[3].queue_token == entry[2]:  # type: ignore[index]
+                    taken.append(entry)
+                    out.append(entry[3])  # type: ignore[index]
+            for entry in taken:
+                heapq.heappush(heap, entry)
+            if len(out) >= limit:
+                break
+        return out
+
+    def head(self, level: Priority) -> Process | None:
+        return self._top(level, time.monotonic())
+
+    def pop(self, proc: Process) -> None:
+        heapq.heappop(self._levels[proc.priority])  # type: ignore[arg-type]
+        proc.queue_token = 0
+        self._count -= 1
+
+    def highest_base(self, now: float) -> Priority | None:
+        for level in LEVELS:
+            if self._top(level, now) is not None:
+                return level
+        return None
+
+    def entries(self, level: Priority) -> Iterator[Process]:
+        """The live processes queued at base `level` (heap order, not run order)."""
+        return (e[3] for e in self._levels[level] if e[3].queue_token == e[2])  # type: ignore[index]
+
 
 class Scheduler:
     """The policy of the module docstring, and the state it keeps. Mutates: hold the table lock
@@ -226,15 +378,16 @@ class Scheduler:
     def __init__(self, *, max_running: int, time_slice: float = 0.5, aging_interval: float = 5.0,
                  pool: ResourcePool | None = None, limits: Mapping[str, Any] | None = None,
                  memory_pressure_mb: float | None = None, available_memory: Callable[[], float] | None = None,
-                 pause_idle_under_pressure: bool = False) -> None:
+                 pause_idle_under_pressure: bool = False, policy: str = "fifo") -> None:
         if max_running < 1:
             raise LlmunixError("max_running must be at least 1")
         if memory_pressure_mb is not None and not memory_pressure_mb >= 0:
             raise LlmunixError("memory_pressure_mb must not be negative")
         self.max_running = max_running
         self.time_slice = time_slice
-        self.ready = ReadyQueue(aging_interval)
+        self.ready: ReadyQueue = ReadyQueue(aging_interval)
         self.running: set[Process] = set()
+        self._running_at = [0] * len(Priority)  # running processes per base level (victim's quick no)
         self.pool = pool if pool is not None else ResourcePool()
         for name, value in (limits or {}).items():
             self.pool.set_limit(name, value)
@@ -249,6 +402,15 @@ class Scheduler:
         self.refill_at: float | None = None  # when the pending token-bucket re-dispatch is due
         # Set by the process table: dispatch again in this many seconds (token buckets refill).
         self.wake_after: Callable[[float], None] = lambda seconds: None
+        # The learned order (module docstring): what it knows of each tool, and of deadlines.
+        self.policy = "fifo"
+        self.durations: dict[str, deque[float]] = {}  # tool -> recent completed run times (s), oldest first
+        self.expected: dict[str, float] = {}  # tool -> mean of `durations`
+        self.deadlines: dict[int, float] = {}  # pid -> monotonic deadline (learning.py keeps them)
+        self.at_risk: set[int] = set()  # PIDs flagged as unable to make their deadline
+        # Set by the learning component: a queued process can no longer make its deadline (lock held).
+        self.on_deadline_risk: Callable[[Process, float, float], None] = lambda proc, expected, left: None
+        self.set_policy(policy, time.monotonic())
 
     # ------------------------------------------------------------------ the queue
 
@@ -258,9 +420,68 @@ class Scheduler:
     def dequeue(self, proc: Process) -> None:
         self.ready.remove(proc)
 
+    def reprioritize(self, proc: Process, priority: Priority) -> None:
+        """A process's base level changes (renice); a queued one must be dequeued first."""
+        if proc in self.running:
+            self._running_at[proc.priority] -= 1
+            self._running_at[priority] += 1
+        proc.priority = priority
+
     def effective(self, proc: Process, now: float) -> Priority:
         """`proc`'s effective level: aged while it is queued, else its base level."""
         return self.ready.effective(proc, now) if proc.queue_token else proc.priority
+
+    # ------------------------------------------------------------------ the policy (fifo or learned)
+
+    def set_policy(self, policy: str, now: float) -> bool:
+        """Switch between the FIFO and the learned order (module docstring); the queued
+        processes move to the new queue in their old order, keeping how long each has waited.
+        True if it changed."""
+        if policy not in SCHEDULING:
+            raise LlmunixError(f"scheduling must be {' or '.join(SCHEDULING)}, not {policy!r}")
+        old = self.ready
+        if policy == self.policy:
+            return False
+        new = ReadyQueue(old.aging_interval) if policy == "fifo" else LearnedQueue(
+            old.aging_interval, self.expected, self.deadlines, self.at_risk, self._deadline_risk)
+        for level in LEVELS:
+            for proc in list(old.entries(level)):
+                new.push(proc, now, front=proc.phase is Phase.PREEMPTED, keep_age=True)
+        self.ready = new
+        self.policy = policy
+        return True
+
+    def _deadline_risk(self, proc: Process, expected: float, left: float) -> None:
+        self.on_deadline_risk(proc, expected, left)
+
+    def learn(self, tool: str, history: Callable[[str, int], list[float]] | None) -> None:
+        """Load a tool's recent completed run times the first time it is seen (`history(tool, n)`:
+        newest first, from the store). Call without the lock (it may read the disk)."""
+        if tool in self.durations:
+            return
+        loaded = history(tool, HISTORY_RUNS) if history is not None else []
+        runs = self.durations.setdefault(tool, deque(reversed(loaded), maxlen=HISTORY_RUNS))
+        if runs:
+            self.expected[tool] = sum(runs) / len(runs)
+
+    def record_duration(self, tool: str, seconds: float) -> None:
+        """A completed run's running time joins its tool's history (the expected duration).
+        O(1): every process that completes comes here, whichever the policy."""
+        runs = self.durations.get(tool)
+        if runs is None:
+            runs = self.durations[tool] = deque(maxlen=HISTORY_RUNS)
+        n = len(runs)
+        mean = self.expected.get(tool, 0.0)
+        if n == HISTORY_RUNS:  # the oldest leaves the mean as this one joins it
+            self.expected[tool] = mean + (seconds - runs[0]) / n
+        else:
+            self.expected[tool] = (mean * n + seconds) / (n + 1)
+        runs.append(seconds)
+
+    def forget(self, pid: int) -> None:
+        """A process has ended: its deadline goes."""
+        self.deadlines.pop(pid, None)
+        self.at_risk.discard(pid)
 
     # ------------------------------------------------------------------ the dispatch decision
 
@@ -290,12 +511,15 @@ class Scheduler:
             self.pool.acquire(proc.needs, first_start=not proc.has_thread)
             proc.holds = True
         self.running.add(proc)
+        self._running_at[proc.priority] += 1
         proc.slice_start = now
         return proc
 
     def stop(self, proc: Process) -> None:
         """`proc` no longer runs (paused, preempted, waiting, finished): its slot and needs are free."""
-        self.running.discard(proc)
+        if proc in self.running:
+            self.running.discard(proc)
+            self._running_at[proc.priority] -= 1
         if proc.holds:
             proc.holds = False
             self.pool.release(proc.needs)
@@ -306,10 +530,20 @@ class Scheduler:
         ready = self.ready
         if not ready._count or len(self.running) < self.max_running:
             return None
-        if any(p.requests & REQ_PREEMPT for p in self.running):
-            return None
-        level = ready.highest_base(now)
+        at = self._running_at
+        lowest = 0
+        while not at[lowest]:  # the lowest level that has a running process (running is full)
+            lowest += 1
+        level = None
+        for candidate in LEVELS:  # the highest level waiting, if above it (the common case: none)
+            if candidate <= lowest:
+                return None
+            if ready.head(candidate) is not None:
+                level = candidate
+                break
         if level is None or ready.head(level).blocked_on:  # type: ignore[union-attr]
+            return None
+        if any(p.requests & REQ_PREEMPT for p in self.running):
             return None
         victim: Process | None = None
         for proc in self.running:
@@ -487,8 +721,8 @@ class Scheduler:
         if self.pressure.on or self.degraded:
             return
         for lvl in (Priority.LOW, Priority.IDLE):
-            for token, p in self.ready._levels[lvl]:
-                if p.queue_token == token and p.blocked_on is DEFERRED:
+            for p in self.ready.entries(lvl):
+                if p.blocked_on is DEFERRED:
                     p.blocked_on = ()
                     p.detail = "queued"
 

@@ -88,6 +88,10 @@ class LlmunixShell(cmd2.Cmd):
         self.prompt = PROMPT
         self.failed = False  # set by any error report; read and reset by consume_failure()
         self.location = ""  # "FILE:LINE" while a script's line runs: every error starts with it
+        # `wait` with no PIDs reports the processes started here that ended since the last one
+        # (their failures make it fail: a script's `run fail` then `wait` exits non-zero).
+        self.wait_mark = 0
+        self.reported: set[int] = set()  # ends `wait` has printed: their alerts are not repeated
         self.command_name = "llmunix"  # the command of the line being run, for errors that name it
         self.intro = (f"llmunix {__version__} — `help` lists commands, `tools` what can run, "
                       "`run sleep seconds=5` starts one.") if interactive else ""
@@ -102,6 +106,9 @@ class LlmunixShell(cmd2.Cmd):
                                             "seconds between CPU / memory / I/O samples", kernel))
         self.add_settable(cmd2.Settable("time_slice", setting_type("time_slice", duration=True),
                                         "seconds a process runs before yielding to its peers", kernel))
+        self.add_settable(cmd2.Settable("scheduling", str, "the order within a priority level: fifo, or learned "
+                                        "(shortest expected first, deadlines earliest first)", kernel,
+                                        choices=("fifo", "learned")))
         self.add_settable(cmd2.Settable("deadlock_policy", str, "on a deadlock: report, or kill-lowest (its "
                                         "lowest-priority member)", kernel, choices=("report", "kill-lowest")))
         self.loglevel = current_level()
@@ -221,6 +228,9 @@ class LlmunixShell(cmd2.Cmd):
         d = event.data
         if d.get("parent") is not None and event.type in CHILD_QUIET:
             return  # a workflow's step or an agent's tool call: its parent's own end is announced
+        if event.type in CHILD_QUIET and event.pid in self.reported:
+            self.reported.discard(event.pid)
+            return  # `wait` has shown this end already
         pid = format_pid(event.pid or 0)
         name = safe_text(d.get("name", ""))  # names, errors, summaries: never raw to the terminal
         if event.type == "process.completed":

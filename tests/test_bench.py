@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs a bench script as `python bench/NAME.py ARGS` would, after applying INJECT (Python source).
@@ -79,3 +81,14 @@ def test_the_agents_bench_checks_every_agent_and_request():
     assert r.returncode == 0, r.stdout + r.stderr
     assert verdicts(r.stdout)[0] in ("met", "MISSED") and verdicts(r.stdout)[1] == "info", r.stdout
     assert "!!" not in r.stdout and "20 agents x 3 rounds" in r.stdout
+
+
+@pytest.mark.parametrize(("name", "args", "says"), [
+    ("learned", ("--n", "30", "--repeats", "1", "--deadlines", "3"), "deadlines met (of 3)"),
+    ("hedge", ("--requests", "10"), "--replicas 3 --first"),
+    ("cache", ("--repeats", "5", "--stored", "50"), "echo, 50 results stored, next session"),
+])
+def test_the_issue_20_benches_run_at_small_sizes(name, args, says):
+    r = bench(name, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert says in r.stdout and "INVALID" not in r.stdout

@@ -38,7 +38,9 @@ def test_the_llmunix_process_keeps_no_descriptor_per_shell_process(tmp_path):
     logs = subprocess.run([LLMUNIX, "--home", str(tmp_path), "-c", "log 1", "-c", "log 302"],
                           capture_output=True, text=True, timeout=60)
     before, after = (int(x) for x in logs.stdout.split())
-    assert after <= before, (before, after)
+    # A leak is one descriptor per process (300). A few may differ: `ls` can run before llmunix's
+    # thread has closed its copies of the pipes it made for that very process (both ends of two).
+    assert after <= before + 4, (before, after)
 
 
 def _low_fd_limit() -> None:

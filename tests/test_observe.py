@@ -388,3 +388,52 @@ def test_secret_params_are_redacted_in_views_and_the_events_table_but_kept_for_r
         # The processes table keeps the real value: recover re-runs the tool with it.
         assert db.execute("SELECT count(*) FROM processes WHERE params LIKE ?", (f"%{secret}%",)).fetchone()[0] == 2
         assert (tmp_path / "llmunix.db").stat().st_mode & 0o777 == 0o600
+
+
+# ---------------------------------------------------------------------------- paging from the store
+
+
+def _lines_tool(n: int):
+    def many_lines(ctx: ProcessContext) -> None:
+        for i in range(n):
+            ctx.log(f"line {i}")
+    return make_tool(many_lines, name="many-lines")
+
+
+def test_log_pages_from_the_store_newest_n_since_and_reversed(tmp_path, capsys):
+    k = Kernel(tmp_path, monitor=False)
+    pid = k.spawn(_lines_tool(50))
+    assert k.wait([pid], timeout=WAIT)[0].state == "Completed"
+    live = k.logs(pid, limit=3)
+    k.shutdown()
+
+    k = Kernel(tmp_path, monitor=False)  # a new session: the lines come from the store
+    try:
+        stored = k.logs(pid, limit=3)
+        assert [line for _t, line in stored] == ["line 47", "line 48", "line 49"] == [line for _t, line in live]
+        assert k.logs(pid, limit=0) == []
+        everything = k.logs(pid)
+        assert len(everything) == 50
+        cut = everything[40][0]
+        assert [line for t, line in k.logs(pid, since=cut)] == [line for t, line in everything if t >= cut]
+        sh = Session(k, capsys)
+        assert sh.ok(f"log {pid} --limit 2 --reverse").splitlines() == ["line 49", "line 48"]
+        assert sh.ok(f"log {pid} -n 2").splitlines() == ["line 48", "line 49"]
+        assert "bad count '-2'" in sh.bad(f"log {pid} -n -2")
+        assert "cannot follow" in sh.bad(f"log {pid} --follow --reverse")
+    finally:
+        k.shutdown()
+
+
+def test_events_and_audit_give_the_newest_n_and_reverse_on_request(sh):
+    for _ in range(5):
+        sh.ok("ps")
+    newest = sh.kernel.audit(limit=2)
+    assert len(newest) == 2 and newest == sh.kernel.audit()[-2:]  # read from the end, in order
+    out = sh.ok("audit --limit 3 --reverse --json")
+    times = [e["time"] for e in json.loads(out)]
+    assert len(times) == 3 and times == sorted(times, reverse=True)
+    out = sh.ok("events --limit 4 -r --json")
+    ids = [e["seq"] for e in json.loads(out)]
+    assert len(ids) == 4 and ids == sorted(ids, reverse=True)
+    assert "cannot follow" in sh.bad("events --follow --reverse")

@@ -9,6 +9,19 @@ learn (record each run in memory). See docs/agents.md.
         k.wait([pid])
 """
 
-from llmunix.agents.service import AgentInfo, AgentService, attach, service_for
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["AgentInfo", "AgentService", "attach", "service_for"]
+
+if TYPE_CHECKING:
+    from llmunix.agents.service import AgentInfo, AgentService, attach, service_for
+
+
+def __getattr__(name: str) -> Any:  # imported when first used (PEP 562): start-up pays for no agent code
+    if name not in __all__:
+        raise AttributeError(f"module 'llmunix.agents' has no attribute {name!r}")
+    from llmunix.agents import service
+
+    return getattr(service, name)

@@ -1,17 +1,19 @@
 """The event bus: every change in the engine is published here, and delivered in order.
 
-Publishing is a non-blocking put on a queue, so a worker never waits for a subscriber. One
-dispatcher thread takes events off that queue in sequence order and hands each to the
-subscriptions whose pattern matches. Events are published while the kernel lock is held, so their
-sequence numbers follow the order of the changes they describe.
+`publish` hands the event at once, in sequence order, to the subscriptions whose pattern
+matches (one small lock keeps sequence numbers and deliveries in the same order when publishers
+race; the engine publishes under the process table's lock anyway, so sequence numbers follow the
+order of the changes they describe). There is no dispatcher thread: a thread hop per event cost
+more than the delivery itself (issue 14's throughput budget).
 
 A subscription is delivered one of two ways:
 
-* **inline** (`queue=None`, the bus's default): the dispatcher calls the callback itself. Lossless
-  and unbounded, and exactly in step with `mark()`/`flush()` — but a slow callback holds up every
-  other subscriber, so this is for the engine's own quick consumers: the store's writer queue,
-  the followers of `events --follow` and `log --follow`.
-* **queued** (`queue=N`, what `Kernel.subscribe` gives by default): the dispatcher appends to the
+* **inline** (`queue=None`, the bus's default): `publish` calls the callback itself, in the
+  publisher's thread, usually with the process table's lock held. Lossless and unbounded, and
+  exactly in step with `mark()`/`flush()` — but the callback must be quick and must never block or
+  call back into the kernel: this is for the engine's own consumers that only queue the event
+  (the store's writer queue, the followers of `events --follow` and `log --follow`).
+* **queued** (`queue=N`, what `Kernel.subscribe` gives by default): `publish` appends to the
   subscription's own bounded queue and a delivery thread of its own calls the callback. A slow or
   blocked callback only fills its own queue. When the queue is full the drop policy decides —
   `"oldest"` (default: keep the newest events) or `"newest"` (refuse the incoming one) — and every
@@ -29,7 +31,6 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import logging
-import queue
 import re
 import threading
 import time
@@ -153,10 +154,10 @@ class Subscription:
     def queued_mode(self) -> bool:
         return self.maxsize is not None
 
-    # ------------------------------------------------------------------ dispatcher side
+    # ------------------------------------------------------------------ publisher side
 
     def _offer(self, event: Event) -> None:
-        """Dispatcher thread: hand over one matching event."""
+        """The publisher (under the bus order lock): hand over one matching event."""
         if self.maxsize is None:
             if self.filter is not None and not self.filter(event):
                 return
@@ -299,19 +300,28 @@ class Subscription:
 
 class EventBus:
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Event | threading.Event | None] = queue.SimpleQueue()
         self._subs: tuple[Subscription, ...] = ()
         self._subs_lock = threading.Lock()
+        self._order = threading.Lock()  # a sequence number and its deliveries, together
         self._seq = itertools.count(1)
         self.published = 0
-        self._thread = threading.Thread(target=self._dispatch, name="llmunix-events", daemon=True)
+        self.last_seq = 0  # the sequence number of the newest event published
         self._closed = False
-        self._thread.start()
 
     def publish(self, type: str, pid: int | None = None, data: Mapping[str, Any] = EMPTY) -> Event:
-        event = Event(next(self._seq), time.time(), type, pid, data)
-        if not self._closed:
-            self._queue.put(event)
+        with self._order:
+            event = Event(next(self._seq), time.time(), type, pid, data)
+            self.last_seq = event.seq
+            if self._closed:
+                return event
+            self.published += 1
+            for sub in self._subs:
+                if sub.matches(event):
+                    try:
+                        sub._offer(event)
+                    except Exception:  # a subscriber's bug must not stop delivery to others
+                        sub.errors += 1
+                        log.exception("event subscriber %r failed on %s", sub.pattern, event.type)
         return event
 
     def subscribe(self, pattern: str, callback: Callable[..., None], *, pid: int | str | None = None,
@@ -319,7 +329,7 @@ class EventBus:
                   coalesce: str | None = None, batch: bool = False, batch_size: int = DEFAULT_BATCH,
                   prelude: Callable[[], tuple[list[Event], int]] | None = None) -> Subscription:
         """Deliver events whose type matches `pattern` (and `pid`, and `filter`) to `callback`:
-        inline on the dispatcher thread (`queue=None`), or through a bounded queue of `queue`
+        inline, in the publisher's thread (`queue=None`), or through a bounded queue of `queue`
         events and a thread of its own (see the module docstring). `prelude`, for queued ones, runs
         first on that thread and returns (events to deliver first, seq up to which live ones
         are already among them): how `Kernel.subscribe(replay=True)` replays the store."""
@@ -341,22 +351,18 @@ class EventBus:
         return [s.stats() for s in self._subs]
 
     def backlog(self) -> int:
-        """Events published and not yet taken by the dispatcher."""
-        return self._queue.qsize()
+        """Events published and not yet handed to the subscriptions: none (`publish` delivers at
+        once; a queued subscription's own backlog is in `stats()`)."""
+        return 0
 
     def flush(self, timeout: float | None = 5.0, *, queued: bool = True) -> bool:
-        """Block until every event published so far has been delivered: to the inline subscribers,
-        and with `queued` (default) to the queued ones too — a blocked queued subscriber then makes
-        this wait out the timeout; durability (the store is inline) passes queued=False."""
-        if self._closed or threading.current_thread() is self._thread:
+        """Block until every event published so far has been delivered: to the inline subscribers
+        (done as they were published), and with `queued` (default) to the queued ones too — a
+        blocked queued subscriber then makes this wait out the timeout; durability (the store is
+        inline) passes queued=False."""
+        if self._closed or not queued:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        marker = threading.Event()
-        self._queue.put(marker)
-        if not marker.wait(timeout):
-            return False
-        if not queued:
-            return True
         markers = []
         for sub in self._subs:
             if sub.queued_mode and threading.current_thread() is not sub._thread:
@@ -371,38 +377,17 @@ class EventBus:
 
     def mark(self, marker: threading.Event) -> None:
         """Set `marker` once every event published so far has been delivered to the inline
-        subscribers; do not wait. An inline subscriber that checks the marker can tell the events
-        before it from those after."""
-        if self._closed:
+        subscribers (at once: they are delivered as they are published). An inline subscriber
+        that checks the marker can tell the events before it from those after."""
+        with self._order:
             marker.set()
-        else:
-            self._queue.put(marker)
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._closed:
-            return
         with self._subs_lock:
-            self._closed = True
+            if self._closed:
+                return
+            with self._order:
+                self._closed = True
             subs = self._subs
-        self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
         for sub in subs:
             sub._close()
-
-    def _dispatch(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            self.published += 1
-            for sub in self._subs:
-                if sub.matches(item):
-                    try:
-                        sub._offer(item)
-                    except Exception:  # a subscriber's bug must not stop delivery to others
-                        sub.errors += 1
-                        log.exception("event subscriber %r failed on %s", sub.pattern, item.type)

@@ -132,8 +132,6 @@ class Communication(Hooks):
 
     def __init__(self, table: ProcessTable, durable: DurableState, store: Store | None, home: Path | None, *,
                  read_only: bool, kill: Callable[..., Any], deadlock_policy: str = "report") -> None:
-        import llmunix.ipc.tools  # noqa: F401 - registers inbox, hold-locks, wordcount
-
         self.table = table
         self.durable = durable
         self.store = store

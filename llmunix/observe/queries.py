@@ -154,10 +154,11 @@ class EventLog:
         finally:
             sub.cancel()
 
-    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None
-                   ) -> Iterator[tuple[float, str]]:
-        """A process's log lines (the last `tail` of them), then each new line as the process
-        writes it, until the process has finished or `timeout` seconds have passed."""
+    def follow_log(self, pid: int, *, tail: int | None = None, timeout: float | None = None,
+                   since: float | None = None) -> Iterator[tuple[float, str]]:
+        """A process's log lines (the last `tail` of them; those from `since`, a Unix time, on),
+        then each new line as the process writes it, until the process has finished or `timeout`
+        seconds have passed."""
         pid = as_pid(pid)
         deadline = None if timeout is None else time.monotonic() + timeout
         marker = threading.Event()  # set by the bus after the lines already in proc.logs
@@ -177,10 +178,12 @@ class EventLog:
             if proc is None:  # an earlier session's process (or one released from memory)
                 if self.read_only:
                     self.durable.info(pid)
-                    for e in self._poll_events(pid, "process.log", None, tail, deadline):
+                    for e in self._poll_events(pid, "process.log", since, tail, deadline):
                         yield e.time, str(e.data.get("line", ""))
                     return
-                lines, done = self.durable.logs(pid), True
+                lines, done = self.durable.logs(pid, since=since, limit=tail), True
+            if since is not None:
+                lines = [(t, line) for t, line in lines if t >= since]
             yield from (lines if tail is None else lines[len(lines) - tail:] if tail > 0 else [])
             while not done:
                 e = self._next_event(live, deadline)

@@ -5,20 +5,44 @@ from __future__ import annotations
 import json
 import sqlite3
 from types import MappingProxyType
+from typing import Any
 
 from llmunix.models import (
     EMPTY,
+    PRIORITY_LABELS,
     Context,
     Phase,
     Priority,
     ProcessInfo,
     ProcessKind,
     Progress,
+    PsRow,
     Resources,
+    shown_state,
 )
 from llmunix.store.sqlite import Store, StoreFailure, json_text, storable_text
 
-__all__ = ["Store", "StoreFailure", "json_text", "row_to_info", "storable_text"]
+__all__ = ["Store", "StoreFailure", "json_text", "row_to_info", "row_to_ps", "storable_text"]
+
+_PHASES = {"done": Phase.DONE, "interrupted": Phase.DONE} | {p.value: p for p in Phase}
+_LABELS = {label: label for label in PRIORITY_LABELS.values()}
+
+
+def row_to_ps(row: tuple[Any, ...]) -> PsRow:
+    """A `ps` row of a stored process from `Store.ps_rows()`'s columns (no full snapshot: a cold
+    `ps -a` builds 100,000 of these)."""
+    pid, name, tool, state, phase_text, detail, priority, runtime, progress = row
+    phase = _PHASES.get(phase_text, Phase.DONE)
+    state = state or "Pending"
+    percentage, step = None, 0
+    if progress:
+        values = json.loads(progress)
+        percentage, step = values.get("percentage"), values.get("step") or 0
+        if state == "Completed" and values.get("total"):  # as the kernel shows a completed process
+            percentage, step = 100.0, values["total"]
+    label = _LABELS.get(priority) or PRIORITY_LABELS[Priority.parse(priority or "normal")]
+    return tuple.__new__(PsRow, (pid, name or tool, shown_state(phase, state, detail or ""), label,
+                                 int(runtime or 0), None, None, percentage, step, state, phase))
 
 
 def row_to_info(row: sqlite3.Row) -> ProcessInfo:

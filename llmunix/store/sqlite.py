@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -35,7 +36,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -109,9 +110,23 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE processes ADD COLUMN policy TEXT;
     ALTER TABLE processes ADD COLUMN worker TEXT;
     """,
+    # Step caching (llmunix/cache.py): one stored result per key (tool, version, parameters, inputs'
+    # content); a process that reused one names its source. The index serves the `ps -l`
+    # Performance line and learned scheduling (llmunix/learning.py): a tool's runs by outcome and
+    # duration, so its counts, mean and p90 are read from the index alone.
+    7: """
+    CREATE TABLE IF NOT EXISTS cache (
+        key TEXT PRIMARY KEY, tool TEXT NOT NULL, version TEXT, pid INTEGER, created REAL NOT NULL,
+        output TEXT, hits INTEGER DEFAULT 0, last_hit REAL
+    );
+    CREATE INDEX IF NOT EXISTS cache_tool ON cache(tool);
+    CREATE INDEX IF NOT EXISTS cache_created ON cache(created);
+    ALTER TABLE processes ADD COLUMN cached_from INTEGER;
+    CREATE INDEX IF NOT EXISTS tool_runs_perf ON tool_runs(tool, outcome, duration);
+    """,
     # LLM token usage, one row per model reply (a `process.tokens` event), for the roll-ups of
     # `stats --tokens`, `ps -l` and budgets (agents/usage.py); a process's children by parent.
-    7: """
+    8: """
     CREATE TABLE IF NOT EXISTS token_usage (
         id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, pid INTEGER, model TEXT, endpoint TEXT, backend TEXT,
         prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost REAL
@@ -500,6 +515,16 @@ class Store:
         marks = ",".join("?" * len(ids))
         return conn.execute(f"SELECT * FROM processes WHERE pid IN ({marks}) ORDER BY pid", ids).fetchall()
 
+    def ps_rows(self, *, live_only: bool = False) -> list[tuple[Any, ...]]:
+        """The columns a `ps` listing needs, for every stored process by PID (`live_only`: those
+        not finished), as plain tuples: (pid, name, tool, state, phase, detail, priority, runtime,
+        progress). What a cold `ps -a` over 100,000 stored processes reads, without whole rows."""
+        cur = self._reader().cursor()
+        cur.row_factory = None
+        where = " WHERE phase NOT IN ('done', 'interrupted')" if live_only else ""
+        return cur.execute("SELECT pid, name, tool, state, phase, detail, priority, runtime, progress "
+                           f"FROM processes{where} ORDER BY pid").fetchall()
+
     def process_row(self, pid: int) -> sqlite3.Row | None:
         return self._reader().execute("SELECT * FROM processes WHERE pid=?", (pid,)).fetchone()
 
@@ -534,9 +559,18 @@ class Store:
             sql = f"SELECT * FROM ({sql[:-len(' ORDER BY id')]} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
         return self._reader().execute(sql, args).fetchall()
 
-    def log_lines(self, pid: int) -> list[tuple[float, str]]:
-        rows = self._reader().execute(
-            "SELECT time, data FROM events WHERE pid=? AND type='process.log' ORDER BY id", (pid,)).fetchall()
+    def log_lines(self, pid: int, *, since: float | None = None, limit: int | None = None
+                  ) -> list[tuple[float, str]]:
+        """A process's log lines, oldest first; `since` a Unix time, `limit` the newest N (read
+        from the end of the index: a log of a million lines costs what N lines cost)."""
+        sql = "SELECT id, time, data FROM events WHERE pid=? AND type='process.log'"
+        args: list[Any] = [pid]
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)})"
+        rows = self._reader().execute(sql + " ORDER BY id", args).fetchall()
         return [(r["time"], json.loads(r["data"]).get("line", "")) for r in rows]
 
     def tool_runs(self, tool: str | None = None) -> list[tuple[str, str, float | None]]:
@@ -549,9 +583,10 @@ class Store:
         return [(r[0], r[1], r[2]) for r in rows]
 
     def audit_rows(self, since: float | None = None, limit: int | None = None) -> list[sqlite3.Row]:
-        sql = "SELECT * FROM audit WHERE time >= ? ORDER BY id"
-        rows = self._reader().execute(sql, (since or 0.0,)).fetchall()
-        return rows[-limit:] if limit else rows
+        sql = "SELECT * FROM audit WHERE time >= ?"
+        if limit is not None:  # the newest N, read from the end
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)})"
+        return self._reader().execute(sql + " ORDER BY id", (since or 0.0,)).fetchall()
 
     def tool_durations(self, tool: str, limit: int = 20) -> list[float]:
         rows = self._reader().execute(
@@ -563,13 +598,32 @@ class Store:
         """Running times of the last completed processes called `name` (workflow steps), newest first."""
         rows = self._reader().execute(
             "SELECT runtime FROM processes WHERE name=? AND state='Completed' AND runtime IS NOT NULL "
-            "ORDER BY finished DESC LIMIT ?", (name, limit)).fetchall()
+            "AND cached_from IS NULL ORDER BY finished DESC LIMIT ?", (name, limit)).fetchall()
         return [r[0] for r in rows]
 
     def latest_by_name(self, name: str, kind: str) -> int | None:
         """The newest process of `kind` called `name`."""
         row = self._reader().execute("SELECT MAX(pid) FROM processes WHERE name=? AND kind=?", (name, kind)).fetchone()
         return row[0] if row is not None else None
+
+    def tool_performance(self, tool: str) -> tuple[int, int, float | None, float | None]:
+        """(completed, failed, mean duration of the completed, their p90 by nearest rank) over the
+        tool's stored runs; cancelled and interrupted runs are not the tool's doing and are left
+        out. Read from the `tool_runs_perf` index: no row of the table is visited."""
+        conn = self._reader()
+        row = conn.execute(
+            "SELECT count(CASE WHEN outcome='Completed' THEN 1 END), count(CASE WHEN outcome='Failed' THEN 1 END), "
+            "avg(CASE WHEN outcome='Completed' THEN duration END), "
+            "count(CASE WHEN outcome='Completed' AND duration IS NOT NULL THEN 1 END) "
+            "FROM tool_runs WHERE tool=? AND outcome IN ('Completed', 'Failed')", (tool,)).fetchone()
+        completed, failed, mean, timed = int(row[0]), int(row[1]), row[2], int(row[3])
+        p90 = None
+        if timed:
+            rank = max(0, math.ceil(0.9 * timed) - 1)
+            hit = conn.execute("SELECT duration FROM tool_runs WHERE tool=? AND outcome='Completed' "
+                               "AND duration IS NOT NULL ORDER BY duration LIMIT 1 OFFSET ?", (tool, rank)).fetchone()
+            p90 = hit[0] if hit is not None else None
+        return completed, failed, mean, p90
 
     def tool_peak_memory(self, tool: str, limit: int = 20) -> list[float]:
         """Peak memory (MB) of the tool's last completed runs that were measured, newest first."""
@@ -726,7 +780,7 @@ class Compaction:
             if len(rows) == self.STEP:
                 return True
         # Last step: what belongs to no process ages out by time alone (shell.command events, the
-        # audit trail, tool run history, agents' learning memory), so none of them grows without
+        # audit trail, tool run history, agents' learning memory, cached results), so none of them grows without
         # bound; so do persistent messages left to a process that finished long ago (never to one
         # that was interrupted: `recover` delivers them to it again).
         self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL", (self.before,)).rowcount
@@ -735,27 +789,44 @@ class Compaction:
         conn.execute("DELETE FROM token_usage WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM agent_runs WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM agent_tool_uses WHERE time < ?", (self.before,))
+        conn.execute("DELETE FROM cache WHERE created < ?", (self.before,))
         conn.execute("DELETE FROM messages WHERE recipient IN (SELECT pid FROM processes WHERE phase='done' "
                      "AND finished < ?)", (self.before,))
         return False
 
 
+_ROW = ("pid", "session", "name", "tool", "kind", "priority", "owner", "parent", "after", "cwd", "params",
+        "idempotent", "state", "phase", "detail", "created", "runtime", "policy", "started", "finished",
+        "exit_code", "error", "output", "worker", "cached_from")
+_COL = {name: i for i, name in enumerate(_ROW)}
+_INSERT_ROW = f"INSERT OR REPLACE INTO processes ({', '.join(_ROW)}) VALUES ({', '.join('?' * len(_ROW))})"
+_PHASE_OF = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
+             "blocked": "waiting", "breakpoint": "paused", "stepped": "paused"}  # the debugger stops it as a pause does
+
+
 class _EventWriter:
-    """Turns events into rows, on the writer thread. Progress rows are coalesced per batch."""
+    """Turns events into rows, on the writer thread. A process spawned in the transaction being
+    written is one row built in memory from all its events (spawned, started, ..., its end) and
+    inserted once, with its tool run, when the events are flushed: a no-op process costs one
+    INSERT, not an INSERT and three UPDATEs. Progress rows are coalesced per batch."""
 
     def __init__(self, conn: sqlite3.Connection, session: int) -> None:
         self.conn = conn
         self.session = session
         self._progress: dict[int, str] = {}
         self._events: list[tuple[Any, ...]] = []  # event rows, inserted with one executemany
+        self._new: dict[int, list[Any]] = {}  # processes rows of this transaction, by PID
+        self._runs: list[tuple[Any, ...]] = []  # tool_runs rows of those
+        self._ends: dict[int, tuple[Any, ...]] = {}  # terminal updates of earlier processes, by PID
 
     def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
         self.conn.execute(sql, _bindable(args))
 
     def write(self, e: Event) -> None:
-        data = dict(e.data)
-        for key in _STRIP.get(e.type, ()):
-            data.pop(key, None)
+        data = e.data
+        strip = _STRIP.get(e.type)
+        if strip:
+            data = {k: v for k, v in data.items() if k not in strip}
         self._events.append(_bindable((self.session, e.seq, e.time, e.type, e.pid, json_text(redact(data)))))
         audit = audit_row(e)
         if audit is not None:
@@ -766,56 +837,95 @@ class _EventWriter:
         d = e.data
         kind = e.type[8:]
         if kind == "spawned":
-            self._execute(
-                "INSERT OR REPLACE INTO processes (pid, session, name, tool, kind, priority, owner, parent, after, "
-                "cwd, params, idempotent, state, phase, detail, created, runtime, policy) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
-                (e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
-                 d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
-                 json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
-                 d.get("detail", "queued"), e.time, json_text(d["policy"]) if d.get("policy") else None))
-        elif kind == "started":
-            self._execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
-                          "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
+            if e.pid in self._ends:  # it ended and runs again (rollback): its old end goes first
+                self.flush_events()
+            self._new[e.pid] = [
+                e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
+                d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
+                json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
+                d.get("detail", "queued"), e.time, 0, json_text(d["policy"]) if d.get("policy") else None,
+                None, None, None, None, None, None, None]
+            return
+        row = self._new.get(e.pid)
+        if kind == "started":
+            if row is not None:
+                row[_COL["started"]], row[_COL["state"]] = e.time, d.get("state", "Running")
+                row[_COL["phase"]], row[_COL["detail"]], row[_COL["session"]] = "running", "running", self.session
+            else:
+                self._execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
+                              "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
         elif kind == "state":
-            self._execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
-                          (d.get("state"), d.get("detail") or d.get("state"), e.pid))
+            if row is not None:
+                row[_COL["state"]], row[_COL["detail"]] = d.get("state"), d.get("detail") or d.get("state")
+            else:
+                self._execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
+                              (d.get("state"), d.get("detail") or d.get("state"), e.pid))
         elif kind == "progress":
             self._progress[e.pid] = json_text({k: d.get(k) for k in ("step", "total", "percentage", "message")})
         elif kind == "checkpoint":
             self._execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
                           (e.pid, d.get("version"), e.time, json_text(d.get("state"))))
-        elif kind in ("paused", "resumed", "preempted", "continued", "blocked", "breakpoint", "stepped"):
-            phase = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
-                     "blocked": "waiting",
-                     "breakpoint": "paused", "stepped": "paused"}[kind]  # the debugger stops it as a pause does
-            self._execute("UPDATE processes SET phase=? WHERE pid=?", (phase, e.pid))
+        elif kind in _PHASE_OF:
+            if row is not None:
+                row[_COL["phase"]] = _PHASE_OF[kind]
+            else:
+                self._execute("UPDATE processes SET phase=? WHERE pid=?", (_PHASE_OF[kind], e.pid))
+        elif kind == "cached":  # it reused a stored result (llmunix/cache.py): not a run of its tool
+            if row is not None:
+                row[_COL["cached_from"]] = d.get("source")
+            else:
+                self._execute("UPDATE processes SET cached_from=? WHERE pid=?", (d.get("source"), e.pid))
         elif kind == "tokens":  # an LLM reply's usage (cost NULL: no price for the model)
             self._execute("INSERT INTO token_usage (time, pid, model, endpoint, backend, prompt_tokens, "
                           "completion_tokens, cost) VALUES (?,?,?,?,?,?,?,?)",
                           (e.time, e.pid, d.get("model"), d.get("endpoint"), d.get("backend"),
                            int(d.get("prompt_tokens") or 0), int(d.get("completion_tokens") or 0), d.get("cost")))
         elif kind == "remote":  # its body runs on a Dask worker
-            self._execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
+            if row is not None:
+                row[_COL["worker"]] = d.get("worker")
+            else:
+                self._execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
         elif kind == "reniced":
-            self._execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
+            if row is not None:
+                row[_COL["priority"]] = d.get("new")
+            else:
+                self._execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
         elif e.type in TERMINAL:
             state = TERMINAL[e.type]
             phase = "interrupted" if state == "Interrupted" else "done"
-            self._execute(
-                "UPDATE processes SET state=?, phase=?, detail=?, exit_code=?, error=?, output=?, finished=?, "
-                "runtime=? WHERE pid=?",
-                (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
-                 d.get("exit_code"), d.get("error"), json_text(d.get("output")), e.time, d.get("runtime"), e.pid))
-            if state != "Interrupted":
-                self._execute(
-                    "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
-                    "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=?",
-                    (e.time, d.get("runtime"), state, d.get("peak_memory_mb"), e.pid))
+            end = (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
+                   d.get("exit_code"), d.get("error"), json_text(d.get("output")), e.time, d.get("runtime"))
+            if row is not None:
+                for name, value in zip(("state", "phase", "detail", "exit_code", "error", "output", "finished",
+                                        "runtime"), end, strict=True):
+                    row[_COL[name]] = value
+                if state != "Interrupted" and row[_COL["cached_from"]] is None:
+                    self._runs.append((row[_COL["tool"]], e.pid, row[_COL["started"]], e.time, d.get("runtime"),
+                                       state, d.get("peak_memory_mb")))
+                return
+            # Batched (shutdown ends 100,000 queued processes): one executemany at the flush.
+            self._ends[e.pid] = (*end, e.pid, e.time, d.get("runtime"), d.get("peak_memory_mb"))
 
     def flush_events(self) -> None:
-        """Insert the event rows written so far, in order (before a statement that may read or
-        delete events, and before the commit)."""
+        """Insert the rows written so far — the processes of this transaction, their tool runs,
+        the events in order — before a statement that may read or delete them, and before the
+        commit."""
+        new, self._new = self._new, {}
+        if new:
+            self.conn.executemany(_INSERT_ROW, [_bindable(tuple(row)) for row in new.values()])
+        ends, self._ends = self._ends, {}
+        if ends:
+            self.conn.executemany(
+                "UPDATE processes SET state=?, phase=?, detail=?, exit_code=?, error=?, output=?, finished=?, "
+                "runtime=? WHERE pid=?", [_bindable(end[:9]) for end in ends.values()])
+            self.conn.executemany(
+                "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
+                "SELECT tool, pid, started, ?, ?, ?, ? FROM processes WHERE pid=? AND cached_from IS NULL",
+                [(end[9], end[10], end[0], end[11], end[8]) for end in ends.values() if end[0] != "Interrupted"])
+        runs, self._runs = self._runs, []
+        if runs:
+            self.conn.executemany("INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, "
+                                  "peak_memory_mb) VALUES (?,?,?,?,?,?,?)", [_bindable(r) for r in runs])
         rows, self._events = self._events, []
         if rows:
             self.conn.executemany("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
@@ -825,6 +935,9 @@ class _EventWriter:
         """The transaction was rolled back: its event rows not inserted yet go with it (the
         latest progress stays, for the next transaction, unless `progress`: it was what failed)."""
         self._events.clear()
+        self._new.clear()
+        self._runs.clear()
+        self._ends.clear()
         if progress:
             self._progress.clear()
 

@@ -969,7 +969,7 @@ def markdown_tool(d: MarkdownDefinition, *, allow_shell: Any) -> Any:
         subprocess_tool = False
     # What it touches, for confinement under an agent: a script anything, a prompt nothing.
     return Tool(name=name, func=func, description=d.description, subprocess=subprocess_tool,
-                source=str(d.path), params=params, _model=model,
+                source=str(d.path), params=params, _model=model, _open=not d.inputs,
                 touches=("anything",) if subprocess_tool else ())
 
 

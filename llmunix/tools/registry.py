@@ -13,6 +13,8 @@ registry remembers who replaced whom (`overrides`) so that llmunix can say so.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import inspect
 import json
 import os
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import pydantic
+import annotated_types
 
 from llmunix.models import MAX_DURATION, LlmunixError, ProcessKind
 from llmunix.pool import parse_needs
@@ -46,8 +48,9 @@ TOUCH_KINDS = ("paths", "urls")
 
 # Parameter types with bounds, for tools' signatures (`def sleep(ctx, seconds: Seconds = 1.0)`):
 # a time no timer can wait out would stop a thread; more bounds with Annotated[int, Field(...)].
-Seconds = Annotated[float, pydantic.Field(ge=0, le=MAX_DURATION)]
-PositiveSeconds = Annotated[float, pydantic.Field(gt=0, le=MAX_DURATION)]
+# (annotated_types' constraints are what pydantic reads; importing them costs no pydantic.)
+Seconds = Annotated[float, annotated_types.Interval(ge=0, le=MAX_DURATION)]
+PositiveSeconds = Annotated[float, annotated_types.Interval(gt=0, le=MAX_DURATION)]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,11 @@ class Tool:
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
     overrides: str | None = None  # the source of the tool of the same name this one replaced ("builtin", a path)
-    _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
+    version: str | None = None  # what its cached results are keyed on (llmunix/cache.py); None: its file's hash
+    # The pydantic model its parameters are checked with, or a function that builds it (built on
+    # the first validation: pydantic is not imported until a tool's parameters need checking).
+    _model: Any = field(default=None, repr=False)
+    _open: bool = field(default=False, repr=False)  # it takes parameters beyond those it names
 
     @property
     def validated(self) -> bool:
@@ -91,7 +98,13 @@ class Tool:
     @property
     def open_ended(self) -> bool:
         """It takes parameters beyond those it names (declared with **kwargs)."""
-        return self._model is not None and self._model.model_config.get("extra") == "allow"
+        return self._model is not None and self._open
+
+    def _the_model(self) -> Any:
+        model = self._model
+        if model is not None and not isinstance(model, type):
+            model = self._model = model()  # (two threads building it at once build the same model)
+        return model
 
     @property
     def confinable(self) -> bool:
@@ -104,10 +117,12 @@ class Tool:
         """Check and coerce parameters; raise LlmunixError with one line naming the culprit."""
         if self._model is None:
             return dict(params)
-        if not params and not self._model.model_fields:  # a tool without parameters, given none
+        if not params and not self.params:  # a tool without parameters, given none
             return {}
+        import pydantic
+
         try:
-            model = self._model.model_validate(dict(params))
+            model = self._the_model().model_validate(dict(params))
         except pydantic.ValidationError as exc:
             raise LlmunixError(self._explain(exc)) from None
         values = {name: getattr(model, name) for name in type(model).model_fields}
@@ -155,7 +170,7 @@ class Tool:
                                f"give a JSON {kind}, e.g. {name}={example}")
         return value
 
-    def _explain(self, exc: pydantic.ValidationError) -> str:
+    def _explain(self, exc: Any) -> str:  # a pydantic.ValidationError
         errors = exc.errors()
         # A misspelt name first: `txt=hi` is "no parameter 'txt'; did you mean 'text'?", not "needs 'text'".
         err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
@@ -175,6 +190,21 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._lock = threading.Lock()
+        self._pending: list[str] = []  # modules whose @tool functions register when first needed
+        self._loading = threading.RLock()
+
+    def load_later(self, *modules: str) -> None:
+        """Import these modules (which register tools) the first time a tool is looked up or
+        listed, not now: a one-shot `llmunix -c ps` never pays for them."""
+        with self._lock:
+            self._pending.extend(m for m in modules if m not in self._pending)
+
+    def _load_pending(self) -> None:
+        with self._loading:  # (a module's @tool calls register, which takes _lock)
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for module in pending:
+                importlib.import_module(module)
 
     def register(self, tool: Tool) -> Tool:
         """Add a tool; returns the one now registered under its name. A user's tool replaces a
@@ -199,8 +229,16 @@ class ToolRegistry:
             self._tools[tool.name] = tool
         return tool
 
+    def has_user_tools(self) -> bool:
+        """Whether any tool a user can name, not built into llmunix, is registered (without loading
+        the built-ins): only then can one override a built-in."""
+        with self._lock:
+            return any(t.source != "builtin" and not t.hidden for t in self._tools.values())
+
     def overrides(self) -> list[Tool]:
         """The tools that replaced another of the same name (see `register`), by name."""
+        if self._pending:
+            self._load_pending()
         with self._lock:
             return sorted((t for t in self._tools.values() if t.overrides and not t.hidden), key=lambda t: t.name)
 
@@ -208,6 +246,8 @@ class ToolRegistry:
         """A tool by name, in any spelling one tool answers to (`Read`, `read-file`, `WebFetch`:
         see tools/markdown.py `find_tool_name`, the mapping agents use too), so "did you mean"
         is only ever said of a name that could not be resolved."""
+        if self._pending:
+            self._load_pending()
         try:
             return self._tools[name]
         except KeyError:
@@ -223,13 +263,19 @@ class ToolRegistry:
         raise LlmunixError(f"unknown tool {name!r}{hint}")
 
     def __contains__(self, name: object) -> bool:
+        if self._pending:
+            self._load_pending()
         return name in self._tools
 
     def __iter__(self) -> Iterator[Tool]:
         """The tools a user can run by name (hidden internals such as the workflow runner left out)."""
+        if self._pending:
+            self._load_pending()
         return iter(sorted((t for t in self._tools.values() if not t.hidden), key=lambda t: t.name))
 
     def names(self) -> list[str]:
+        if self._pending:
+            self._load_pending()
         return sorted(name for name, t in self._tools.items() if not t.hidden)
 
 
@@ -253,6 +299,7 @@ def make_tool(
     breaker: bool = True,
     remote: bool = False,
     touches: Iterable[str] | None = None,
+    version: str | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -279,9 +326,7 @@ def make_tool(
             ParamSpec(p.name, _type_name(annotation), required, None if required else p.default,
                       param_docs.get(p.name, ""), _shape(annotation), _allowed(annotation))
         )
-    config = pydantic.ConfigDict(extra="allow" if open_kwargs else "forbid", arbitrary_types_allowed=True,
-                                 allow_inf_nan=False)
-    model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
+    model = functools.partial(build_model, f"{func.__name__}_params", fields, open_kwargs)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
     _check_resilience(fallback, stall_timeout, on_stall)
     declared = _check_touches(name or func.__name__, touches, [spec.name for spec in specs])
@@ -302,8 +347,19 @@ def make_tool(
         breaker=breaker,
         remote=remote,
         touches=declared,
+        version=None if version is None else str(version),
         _model=model,
+        _open=open_kwargs,
     )
+
+
+def build_model(name: str, fields: Mapping[str, Any], open_ended: bool) -> Any:
+    """The pydantic model that checks a tool's parameters (made when first needed)."""
+    import pydantic
+
+    config = pydantic.ConfigDict(extra="allow" if open_ended else "forbid", arbitrary_types_allowed=True,
+                                 allow_inf_nan=False)
+    return pydantic.create_model(name, __config__=config, **fields)
 
 
 def tool(
@@ -322,6 +378,7 @@ def tool(
     breaker: bool = True,
     remote: bool = False,
     touches: Iterable[str] | None = None,
+    version: str | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -340,6 +397,8 @@ def tool(
     `("paths:path",)` the files its `path` parameter names, `("urls:urls",)` the URLs in `urls`,
     `("anything",)` no limit (a shell command); a tool that touches paths or URLs must take a
     `workspace` parameter and, when it is set, keep to it (docs/tools.md, "Confinement").
+    `version` is what cached results of the tool are keyed on (`run --cache`, a workflow step's
+    `cache: true`): change it when the tool's results change; unset, the hash of its file is used.
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -351,7 +410,7 @@ def tool(
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
                       fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
-                      breaker=breaker, remote=remote, touches=touches)
+                      breaker=breaker, remote=remote, touches=touches, version=version)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f

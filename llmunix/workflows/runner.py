@@ -10,12 +10,18 @@ time steps start or end — in full at first and every FULL_EVERY commits, as th
 
     {"attempt": 1, "run_dir": "...", "inputs": {...},
      "steps": {"fetch": {"state": "completed", "pid": 4, "attempts": 1, "output": {...},
-                         "duration": 0.8, "error": null, "started": t, "finished": t}, ...}}
+                         "duration": 0.8, "error": null, "started": t, "finished": t,
+                         "cached_from": null}, ...}}
 
 so a step's output is committed before any dependent starts, `workflow retry` re-runs a step and
 what depends on it from the committed outputs of everything upstream, and `recover` continues an
 interrupted workflow where it was. Step states: pending, running, retrying (waiting for its next
 attempt; no slot and no thread held), completed, skipped, failed, cancelled.
+
+A step with `cache: true` is spawned asking the step cache (llmunix/cache.py) for a stored result
+of the same tool, version, parameters (its references resolved) and inputs; one that reuses a
+result completes at once, and `cached_from` names the process that produced it. A run started
+with `workflow run --no-cache` (`refresh`) reuses nothing and stores its steps' new results.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmunix.cache import CachePolicy
 from llmunix.models import LlmunixError, ProcessKind, ToolError
 from llmunix.process import ProcessContext
 from llmunix.tools.registry import tool
@@ -66,14 +73,16 @@ def fresh_state(spec: WorkflowSpec, inputs: dict[str, Any], run_dir: str) -> dic
 
 def new_step() -> dict[str, Any]:
     return {"state": "pending", "pid": None, "attempts": 0, "output": None, "duration": None, "error": None,
-            "started": None, "finished": None, "next_at": None, "via": None}
+            "started": None, "finished": None, "next_at": None, "via": None, "cached_from": None}
 
 
 class WorkflowRun:
     """One attempt of a workflow, on the workflow process's own thread."""
 
-    def __init__(self, ctx: ProcessContext, spec: WorkflowSpec, state: dict[str, Any], seed: int | None) -> None:
+    def __init__(self, ctx: ProcessContext, spec: WorkflowSpec, state: dict[str, Any], seed: int | None,
+                 refresh: bool = False) -> None:
         self.ctx = ctx
+        self.refresh = refresh  # `workflow run --no-cache`: cached steps run afresh (and store)
         self.service = ctx.service("workflows")  # its step events
         self.spec = spec
         self.graph = dag.build(spec)
@@ -160,6 +169,8 @@ class WorkflowRun:
         kw: dict[str, Any] = {"name": name, "timeout": step.timeout, "needs": step.resources or None}
         if step.priority:
             kw["priority"] = step.priority
+        if step.cache:
+            kw["cache"] = CachePolicy(ttl=step.cache_ttl, refresh=self.refresh)
         if step.agent is not None:
             pid = self.ctx.service("agents").spawn_child(self.ctx, step.agent, goal or "", params, **kw)
         else:
@@ -172,10 +183,14 @@ class WorkflowRun:
         st = self.steps[sid]
         st.update(finished=time.time(), duration=round(info.runtime, 3), pid=info.pid)
         if info.state == "Completed":
-            st.update(state="completed", output=info.output, error=None)
+            source = self.service.cached_from(info.pid) if self.spec.step(sid).cache else None
+            st.update(state="completed", output=info.output, error=None, cached_from=source)
             self.service.step_event(self.ctx, "workflow.step_completed", step=sid, child=info.pid,
-                                        duration=round(info.runtime, 3))
-            self.log(f"step {sid} completed in {info.runtime:.2f}s")
+                                        duration=round(info.runtime, 3), cached_from=source)
+            if source is not None:
+                self.log(f"step {sid} reused the result of process {source:03d}")
+            else:
+                self.log(f"step {sid} completed in {info.runtime:.2f}s")
             for ost in self.steps.values():  # a fallback that succeeded stands in for its step
                 if ost["state"] == "failed" and ost.get("fallback_to") == sid:
                     ost.update(state="completed", output=info.output, via=sid)
@@ -271,7 +286,7 @@ class WorkflowRun:
 
 @tool(name="workflow", kind=ProcessKind.WORKFLOW, hidden=True, idempotent=True)
 def workflow(ctx: ProcessContext, spec: dict, inputs: dict | None = None, run_dir: str = "",  # noqa: B006
-             seed: int | None = None) -> dict:
+             seed: int | None = None, no_cache: bool = False) -> dict:
     """Run a workflow spec's steps as child processes (started by `workflow run`).
 
     Args:
@@ -279,6 +294,7 @@ def workflow(ctx: ProcessContext, spec: dict, inputs: dict | None = None, run_di
         inputs: input values, defaults filled in
         run_dir: the directory this run keeps its files in ({{ run.dir }})
         seed: seed for retry jitter (reproducible delays)
+        no_cache: cached steps run afresh and store their new results (`workflow run --no-cache`)
     """
     wf = spec_from_data(spec, spec.get("source") or spec.get("name", "<spec>"))
     state = ctx.restored if isinstance(ctx.restored, dict) and "steps" in ctx.restored else None
@@ -292,4 +308,4 @@ def workflow(ctx: ProcessContext, spec: dict, inputs: dict | None = None, run_di
         state = fresh_state(wf, values, run_dir)
     for s in wf.steps:  # a spec may have gained a step since the checkpoint
         state["steps"].setdefault(s.id, new_step())
-    return WorkflowRun(ctx, wf, state, seed).run()
+    return WorkflowRun(ctx, wf, state, seed, refresh=no_cache).run()

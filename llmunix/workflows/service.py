@@ -65,7 +65,6 @@ class WorkflowService:
         self.kernel = kernel  # the facade: spawn, info, checkpoints, registry, agents
         self._step_durations: dict[tuple[str, str], deque[float]] = {}
         self._wf_lock = threading.Lock()
-        kernel.durable.fold_checkpoints("workflow", runner.fold)
 
     # ------------------------------------------------------------------ specs
 
@@ -146,9 +145,10 @@ class WorkflowService:
     # ------------------------------------------------------------------ running
 
     def workflow_run(self, name: str | WorkflowSpec, inputs: Mapping[str, Any] | None = None, *,
-                     priority: Priority | str | None = None, seed: int | None = None) -> int:
+                     priority: Priority | str | None = None, seed: int | None = None, no_cache: bool = False) -> int:
         """Start a workflow process; returns its PID. Everything that can be checked before it
-        starts is (spec, DAG, tools, inputs): a bad one raises and nothing starts."""
+        starts is (spec, DAG, tools, inputs): a bad one raises and nothing starts. `no_cache`:
+        steps with `cache: true` run afresh (and store their results)."""
         spec = name if isinstance(name, WorkflowSpec) else self.workflow_spec(name)
         if isinstance(name, WorkflowSpec):
             self._checked_spec(spec)
@@ -156,7 +156,8 @@ class WorkflowService:
         prio = Priority.parse(priority or spec.priority or Priority.NORMAL)
         data = spec.model_dump(by_alias=True, exclude_none=True)
         return self.kernel.spawn("workflow", name=spec.name, priority=prio,
-                                 params={"spec": data, "inputs": values, "run_dir": "", "seed": seed})
+                                 params={"spec": data, "inputs": values, "run_dir": "", "seed": seed,
+                                         "no_cache": no_cache})
 
     def workflow_pid(self, target: str | int) -> int:
         """A workflow's PID from a PID or a name (its newest run: a live one first)."""
@@ -262,8 +263,12 @@ class WorkflowService:
         if not type.startswith("workflow."):
             raise LlmunixError(f"not a workflow event: {type!r}")
         event = self.kernel.table.publish(type, ctx.pid, **data)
-        if type == "workflow.step_completed":  # the ETA's history (the store has it too, for later sessions)
+        if type == "workflow.step_completed" and data.get("cached_from") is None:  # the ETA's history
             self._record_step_duration(str(event.data["name"]), str(data["step"]), float(data["duration"]))
+
+    def cached_from(self, pid: int) -> int | None:
+        """The process whose stored result step process `pid` reused (None: it ran)."""
+        return self.kernel.cached_from(pid)
 
     def _record_step_duration(self, workflow: str, step: str, seconds: float) -> None:
         with self._wf_lock:

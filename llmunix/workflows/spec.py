@@ -11,6 +11,8 @@ A spec is YAML or TOML::
         with: {urls: "{{ inputs.urls }}"}
         retry: {max_attempts: 3, initial: 1s, factor: 2, max: 30s, retry_on: ["HTTP 5*"]}
         timeout: 2m
+        cache: true               # reuse a stored result of the same tool, version, parameters, inputs
+        cache_ttl: 1d             # ... at most a day old (default: any age)
       - id: summarize
         tool: summarize
         needs: [fetch]
@@ -149,11 +151,13 @@ class StepSpec(BaseModel):
     on_error: OnError = "fail"
     priority: str | None = None
     resources: dict[str, Any] = Field(default_factory=dict)  # admission needs: memory_mb, cpu, gpu, ...
+    cache: bool = False  # reuse a stored result (llmunix/cache.py); `workflow run --no-cache` refreshes
+    cache_ttl: float | None = None  # seconds a stored result stays good (default: any age)
     # The step's LLM budget, its children's use included (agents/usage.py): past it, the step fails.
     max_tokens: int | None = Field(None, ge=1)
     max_cost: float | None = Field(None, gt=0)
 
-    _timeout = field_validator("timeout", mode="before")(lambda v: _duration(v))
+    _timeout = field_validator("timeout", "cache_ttl", mode="before")(lambda v: _duration(v))
 
     @field_validator("id")
     @classmethod
@@ -183,6 +187,12 @@ class StepSpec(BaseModel):
     def _one_kind(self) -> StepSpec:
         if (self.tool is None) == (self.agent is None):
             raise ValueError("a step names exactly one of 'tool' or 'agent'")
+        if self.cache and self.agent is not None:
+            raise ValueError("cache is for tool steps: an agent's run is not repeatable")
+        if self.cache_ttl is not None and not self.cache:
+            raise ValueError("cache_ttl needs cache: true")
+        if self.cache_ttl is not None and self.cache_ttl <= 0:
+            raise ValueError("cache_ttl must be more than 0")
         if self.on_error == "retry" and self.retry is None:
             self.retry = RetrySpec()
         return self
@@ -397,7 +407,7 @@ _NONE = re.compile(r"^\s*(none|n/?a|-|—|nothing|no dependencies)\b", re.IGNORE
 _OLD_PLACEHOLDER = re.compile(r"(?<!\{)\{step_?(\d+)_output\}(?!\})")
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
 ON_ERROR_ACTIONS = ("fail", "skip", "retry")
-TRACE_KEYS = ("tool", "parameters", "on_error", "depends_on", "timeout", "retry")
+TRACE_KEYS = ("tool", "parameters", "on_error", "depends_on", "timeout", "retry", "cache", "cache_ttl")
 
 
 def markdown_to_data(path: Path, text: str, warnings: list[str] | None = None) -> dict[str, Any]:
@@ -442,7 +452,8 @@ def markdown_to_data(path: Path, text: str, warnings: list[str] | None = None) -
         if validates:
             unchecked.append(number)
         step: dict[str, Any] = {"id": f"step{number}", "title": _plain(title) or f"Step {number}"}
-        for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry", "max_tokens", "max_cost"):
+        for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry", "cache", "cache_ttl",
+                    "max_tokens", "max_cost"):
             if key in call:
                 step[key] = call.pop(key)
         step["with"] = call.pop("parameters", call.pop("with", {})) or {}
@@ -459,7 +470,8 @@ def markdown_to_data(path: Path, text: str, warnings: list[str] | None = None) -
         _on_error(step, on_error, where, here, warnings)
         if call:
             raise SpecError(f"{where}: unknown key {next(iter(call))!r} in the "
-                            "tool-call block (use tool, parameters, on_error, depends_on, timeout, retry)")
+                            "tool-call block (use tool, parameters, on_error, depends_on, timeout, retry, cache, "
+                            "cache_ttl)")
         steps.append(step)
     if unchecked:
         warnings.append(f"the validation checks of step{'s' if len(unchecked) > 1 else ''} "

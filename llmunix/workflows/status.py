@@ -33,6 +33,7 @@ class StepStatus:
     via: str | None  # completed by this fallback step / running in place of this step
     standby: bool  # a fallback step: runs only when another fails
     phase: str | None  # the step process's phase (paused, waiting...) while it lives
+    cached_from: int | None = None  # the process whose stored result it reused (cache: true)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "runs": self.runs, "needs": list(self.needs),
@@ -41,7 +42,8 @@ class StepStatus:
                 "percentage": None if self.percentage is None else round(self.percentage, 1),
                 "elapsed": None if self.elapsed is None else round(self.elapsed, 3), "error": self.error,
                 "next_retry_in": None if self.next_retry_in is None else round(self.next_retry_in, 3),
-                "via": self.via, "fallback_only": self.standby, "phase": self.phase}
+                "via": self.via, "fallback_only": self.standby, "phase": self.phase,
+                "cached_from": None if self.cached_from is None else format_pid(self.cached_from)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ def build_status(info: ProcessInfo, spec: WorkflowSpec, state: Mapping[str, Any]
             attempts=int(st.get("attempts") or 0), max_attempts=s.retry.max_attempts if s.retry else 1,
             percentage=pct, elapsed=elapsed, error=st.get("error"),
             next_retry_in=max(0.0, next_at - now) if state_name == "retrying" and next_at else None,
-            via=st.get("via"), standby=s.id in standby, phase=phase))
+            via=st.get("via"), standby=s.id in standby, phase=phase, cached_from=st.get("cached_from")))
     counted = [s for s in steps if not s.standby]
     done = sum(1 for s in counted if s.state in ("completed", "skipped", "failed", "cancelled"))
     total = len(counted) or 1
