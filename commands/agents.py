@@ -17,7 +17,6 @@ from commands.base import LlmunixArgumentParser, ShellCommandSet
 from llmunix.agents import service_for
 from llmunix.agents.backend import BACKENDS
 from llmunix.agents.service import EXAMPLES, AgentService
-from llmunix.agents.usage import parse_tokens, parse_usd
 from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid
 from llmunix.tools.markdown import AGENT
@@ -37,6 +36,8 @@ def add_budget_options(parser: argparse.ArgumentParser) -> None:
 
 def budget_options(args: argparse.Namespace) -> dict[str, Any]:
     """`max_tokens` and `max_cost` from `--max-tokens` and `--max-cost` (LlmunixError if bad)."""
+    from llmunix.agents.usage import parse_tokens, parse_usd
+
     out: dict[str, Any] = {}
     if args.max_tokens is not None:
         out["max_tokens"] = parse_tokens(args.max_tokens)

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmunix.agents.backend import BACKENDS, BackendSettings, api_model
-from llmunix.agents.endpoints import EndpointInfo, EndpointLimits, Endpoints
 from llmunix.agents.memory import AgentMemory
-from llmunix.agents.usage import Budget, ProcessUsage, TokenLedger, TokenReport
 from llmunix.config import Config, active_config
 from llmunix.models import LlmunixError, Priority, ProcessKind, ToolError
 from llmunix.process import ProcessContext
@@ -44,6 +42,8 @@ from llmunix.tools.markdown import (
 from llmunix.tools.registry import Tool, make_tool
 
 if TYPE_CHECKING:
+    from llmunix.agents.endpoints import EndpointInfo
+    from llmunix.agents.usage import Budget, ProcessUsage, TokenReport
     from llmunix.kernel import Kernel
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -102,6 +102,10 @@ class AgentService:
         self.settings = AgentSettings.from_config(self.config, env)
         self.backoff = backoff  # tests make retries fast
         self.memory = AgentMemory(kernel.store)
+        # (imported here: the shell imports this module at start, and needs neither until an agent runs)
+        from llmunix.agents.endpoints import EndpointLimits, Endpoints
+        from llmunix.agents.usage import TokenLedger
+
         self.endpoints = Endpoints({key: EndpointLimits(**rule.model_dump())
                                     for key, rule in self.config.llm.endpoints.items()})
         self.ledger = TokenLedger(kernel, self.config.llm.prices)
