@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from typing import Any
 
 import cmd2
 from cmd2 import Choices, CompletionItem
@@ -22,6 +23,27 @@ from llmunix.tools.markdown import AGENT
 
 views = lazy_module("commands.agents_views")
 check_views = lazy_module("commands.check_views")
+
+
+def add_budget_options(parser: argparse.ArgumentParser) -> None:
+    """`--max-tokens N --max-cost USD`: a process's LLM budget, its children's use included."""
+    group = parser.add_argument_group("budget", "LLM tokens and money, children included: see docs/agents.md")
+    group.add_argument("--max-tokens", metavar="N",
+                       help="stop it (Failed: token budget exhausted) past N tokens, e.g. 50000 or 50k")
+    group.add_argument("--max-cost", metavar="USD",
+                       help="stop it past this many US dollars, e.g. 0.50 (needs [llm.prices] for its models)")
+
+
+def budget_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`max_tokens` and `max_cost` from `--max-tokens` and `--max-cost` (LlmunixError if bad)."""
+    from llmunix.agents.usage import parse_tokens, parse_usd
+
+    out: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        out["max_tokens"] = parse_tokens(args.max_tokens)
+    if args.max_cost is not None:
+        out["max_cost"] = parse_usd(args.max_cost)
+    return out
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
@@ -61,7 +83,8 @@ class AgentCommands(ShellCommandSet):
         "answer; `ps -l PID` shows its reasoning, tools used and actions.",
         "examples:\n  agent run summarization-agent --goal \"Summarize samples/agents.md into summary.md\"\n"
         "  agent run research-agent --goal \"Research aging in samples/\" --priority high\n"
-        "  agent run research-agent --goal \"...\" --backend openai --model gpt-4o-mini")
+        "  agent run research-agent --goal \"...\" --backend openai --model gpt-4o-mini\n"
+        "  agent run research-agent --goal \"...\" --backend openai --max-tokens 50k --max-cost 0.25")
     run_parser.add_argument("name", metavar="NAME", choices_provider=agent_choices, help="an agent (see `agents`)")
     run_parser.add_argument("-g", "--goal", required=True, help="what the agent should achieve")
     run_parser.add_argument("-b", "--backend", metavar="BACKEND", choices_provider=backend_choices,
@@ -71,12 +94,13 @@ class AgentCommands(ShellCommandSet):
                             help="critical, high, normal (default), low or idle")
     run_parser.add_argument("--max-iterations", type=int, metavar="N", help="Thinking/Acting rounds allowed")
     run_parser.add_argument("--model", help="the model name for the openai backend")
+    add_budget_options(run_parser)
 
     @cmd2.as_subcommand_to("agent", "run", run_parser, help="start an agent as a process")
     def _agent_run(self, args: argparse.Namespace) -> None:
         try:
             pid = self.agents.run(args.name, args.goal, backend=args.backend, priority=args.priority,
-                                  max_iterations=args.max_iterations, model=args.model)
+                                  max_iterations=args.max_iterations, model=args.model, **budget_options(args))
         except LlmunixError as exc:
             self.fail(str(exc))
             return

@@ -173,9 +173,10 @@ def action_count(state: Mapping[str, Any]) -> int:
     return done + sum(1 for a in actions if (a.get("iteration") or 0) > len(transcript))
 
 
-def agent_branches(info: ProcessInfo, tree: Tree) -> bool:
+def agent_branches(info: ProcessInfo, tree: Tree, *, tokens_shown: bool = False) -> bool:
     """Add the seed's agent lines (Reasoning, Tools Used, Actions, Learning, Tokens) to a `ps -l`
-    tree; False if the process has no agent checkpoint (the caller shows it as it would)."""
+    tree; False if the process has no agent checkpoint (the caller shows it as it would).
+    `tokens_shown`: the tree has the token lines already (views.usage_lines): say the backend."""
     state = agent_state(info)
     if state is None:
         return False
@@ -197,7 +198,7 @@ def agent_branches(info: ProcessInfo, tree: Tree) -> bool:
     if state.get("learning"):
         tree.add(Text(f"Learning: {state['learning']}"))
     tokens = state.get("tokens") or {}
-    if tokens.get("total_tokens"):
+    if tokens.get("total_tokens") and not tokens_shown:
         tree.add(Text(f"Tokens: {tokens['total_tokens']} ({tokens.get('prompt_tokens', 0)} prompt, "
                       f"{tokens.get('completion_tokens', 0)} completion) via {state.get('backend', '?')}"))
     else:

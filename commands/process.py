@@ -91,11 +91,13 @@ class ProcessCommands(ShellCommandSet):
             if not infos:
                 self.out("no processes")
             now = time.time()
+            usage = self.kernel.agents.usage([i.pid for i in infos])  # LLM tokens, cost, budget
             for info in infos:
                 self.out(views.ps_tree(
                     info, now=now, deadline=self.kernel.deadline(info.pid),
                     performance=self.kernel.performance(info.tool_name) if self._user_tool(info.tool_name) else None,
-                    cached_from=self.kernel.cached_from(info.pid) if info.state == "Completed" else None))
+                    cached_from=self.kernel.cached_from(info.pid) if info.state == "Completed" else None,
+                    usage=usage.get(info.pid)))
         elif entries is not None:
             self.out(views.ps_tree_plain(entries) if self.plain
                      else views.ps_table(infos, guides=[guide for _info, guide, _parent in entries]))

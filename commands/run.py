@@ -10,6 +10,7 @@ import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands import tools_views as views
+from commands.agents import add_budget_options, budget_options
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids, positive_duration
 from commands.resilience import add_run_options, run_options
 from llmunix.agents import service_for
@@ -35,7 +36,8 @@ class RunCommands(ShellCommandSet):
                "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
                "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s\n"
                "  run summarize documents=notes/ --cache --cache-ttl 1d\n  run report --deadline 10m\n"
-               "  run ask question=... --replicas 3 --first\n  run classify text=... --replicas 5 --quorum 3",
+               "  run ask question=... --replicas 3 --first\n  run classify text=... --replicas 5 --quorum 3\n"
+               "  run brief-writer topic=scheduling --max-tokens 20000 --max-cost 0.05",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
@@ -54,6 +56,7 @@ class RunCommands(ShellCommandSet):
                             help="a resource it must hold to run, e.g. memory_mb=500, gpu=1, "
                                  "llm_tokens_per_min=2000 (repeatable; see `limits`)")
     add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
+    add_budget_options(run_parser)  # LLM tokens and money: --max-tokens --max-cost
     learned = run_parser.add_argument_group(
         "deadlines, caching and replicas", "see docs/control.md (deadlines), docs/tools.md (caching, replicas)")
     learned.add_argument("--deadline", metavar="DURATION",
@@ -90,6 +93,7 @@ class RunCommands(ShellCommandSet):
             params = parse_params(args.params)
             if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
                 params = self.kernel.registry.get(args.tool).from_text(params)
+            budget = budget_options(args)  # checked before anything starts
             options = run_options(args)  # resilience: retry, restart, timeout
             options.update(_learned_options(args))  # deadline, cache
             if args.replicas is not None:
@@ -99,6 +103,8 @@ class RunCommands(ShellCommandSet):
             else:
                 pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
                                         name=args.name, params=params, needs=_needs(args.need), **options)
+            if budget:
+                service_for(self.kernel).set_budget(pid, **budget)
         except LlmunixError as exc:
             self.fail(str(exc))
             return

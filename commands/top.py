@@ -225,17 +225,27 @@ class TopCommands(ShellCommandSet):
 
     stats_parser = LlmunixArgumentParser(
         description="Per-tool statistics from the run history (this and earlier sessions): runs, "
-                    "how they ended, success rate, and mean and 95th-percentile duration of completed runs.",
-        epilog="examples:\n  stats\n  stats sleep\n  stats --json\n  stats | sort -k6",
+                    "how they ended, success rate, and mean and 95th-percentile duration of completed runs. "
+                    "With --tokens: LLM tokens and cost per top-level process (its children's included: an "
+                    "agent's tools and sub-agents, a workflow's steps) and per model and endpoint.",
+        epilog="examples:\n  stats\n  stats sleep\n  stats --json\n  stats | sort -k6\n  stats --tokens\n"
+               "  stats --tokens -n 10\n  stats --tokens --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     stats_parser.add_argument("tool", nargs="?", metavar="TOOL", help="only this tool",
                               choices_provider=ShellCommandSet.tool_choices)
-    stats_parser.add_argument("--json", action="store_true", help="print a JSON array")
+    stats_parser.add_argument("--tokens", action="store_true",
+                              help="LLM tokens and cost per process tree and per model (prices: [llm.prices])")
+    stats_parser.add_argument("-n", "--last", type=count_type("process count", 1), metavar="N",
+                              help="with --tokens: only the N newest top-level processes")
+    stats_parser.add_argument("--json", action="store_true", help="print a JSON array (--tokens: an object)")
 
     @cmd2.with_argparser(stats_parser)
     def do_stats(self, args: argparse.Namespace) -> None:
         """Per-tool run statistics."""
+        if args.tokens or args.last is not None:
+            self._token_stats(args)
+            return
         try:
             stats = self.kernel.tool_stats(args.tool)
         except LlmunixError as exc:
@@ -248,16 +258,36 @@ class TopCommands(ShellCommandSet):
         else:
             self.out(top_views.stats_table(stats))
 
+    def _token_stats(self, args: argparse.Namespace) -> None:
+        if not args.tokens:
+            self.fail("-n goes with --tokens: stats --tokens -n 10")
+            return
+        if args.tool:
+            self.fail("stats --tokens takes no TOOL; it rolls up processes and models")
+            return
+        try:
+            report = self.kernel.agents.token_report(args.last)
+        except LlmunixError as exc:
+            self.fail(str(exc))
+            return
+        if args.json:
+            self.out_json(report.to_dict())
+        elif self.plain:
+            self.out(top_views.tokens_plain(report))
+        else:
+            self.out(top_views.tokens_table(report))
+
     # ------------------------------------------------------------------ frames
 
     def _frame(self, controls: TopControls, delay: float, progress: dict[int, float | None]) -> TopFrame:
         """One snapshot for the renderers. `progress` holds the previous frame's percentages (for
         the progress arrows) and is updated."""
         infos = self.kernel.recent(RECENT)
+        usage = self.kernel.agents.usage([i.pid for i in infos])  # LLM tokens, children's included
         rows = []
         for info in infos:
             rows.append(TopRow(info, self._samples(info.pid), _trend(progress.get(info.pid),
-                                                                     info.progress.percentage)))
+                                                                     info.progress.percentage), usage.get(info.pid)))
         progress.clear()
         progress.update((i.pid, i.progress.percentage) for i in infos)
         system = self.kernel.system()
@@ -334,7 +364,8 @@ class TopCommands(ShellCommandSet):
             info = self.kernel.info(controls.detail)
         except LlmunixError:
             info = None
-        return top_views.top_detail(frame, info)
+        usage = self.kernel.agents.usage([controls.detail]).get(controls.detail) if info is not None else None
+        return top_views.top_detail(frame, info, usage)
 
     def _carry_out(self, action: Action) -> str:
         """Do what a key asked (through the same Kernel verbs as `kill`, `pause`, `resume` and

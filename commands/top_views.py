@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -30,10 +30,13 @@ from llmunix.models import ProcessInfo, format_memory, short_duration
 from llmunix.monitor import ResourceSample, SystemSample
 from llmunix.observe.stats import ToolStats
 
-TOP_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "PROGRESS")
+if TYPE_CHECKING:
+    from llmunix.agents.usage import ProcessUsage, TokenReport, UsageRow
+
+TOP_COLUMNS = ("PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "TOKENS", "PROGRESS")
 # Widths the live screen starts with (it only ever widens a column, so nothing moves between
 # refreshes), and the widest a free-text column gets before it is cut with an ellipsis.
-MIN_WIDTHS = {"PID": 3, "TOOL": 16, "STATE": 11, "PRIORITY": 8, "CPU%": 9, "MEM": 7, "PROGRESS": 22}
+MIN_WIDTHS = {"PID": 3, "TOOL": 16, "STATE": 11, "PRIORITY": 8, "CPU%": 9, "MEM": 7, "TOKENS": 6, "PROGRESS": 22}
 MAX_WIDTHS = {"TOOL": 40, "STATE": 24, "PROGRESS": 40}
 KEYS_HELP = ("↑↓ select · Enter details · k kill · p pause/resume · +/- priority · t tree · "
              "c/m/P/n sort cpu/mem/priority/pid · / filter · q quit")
@@ -50,6 +53,7 @@ class TopRow:
     info: ProcessInfo
     samples: tuple[ResourceSample, ...]  # oldest first
     progress_trend: str = ""  # UP / DOWN / "" against the previous frame
+    usage: ProcessUsage | None = None  # LLM tokens (its children's included), if it used any
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +171,22 @@ def header_pairs(frame: TopFrame) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------- three faces
 
 
+def fmt_tokens(n: int | None) -> str:
+    """`-`, `980`, `12.3k`, `4.56M`: a token count in a narrow column."""
+    if not n:
+        return "-"
+    if n < 10_000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1e6:.2f}M"
+
+
 def top_row(row: TopRow) -> tuple[str, ...]:
     i = row.info
+    tokens = fmt_tokens(row.usage.total.total_tokens if row.usage is not None else None)
     return (i.process_id, safe_text(i.name), safe_text(i.display_state), i.priority.label,
-            fmt_cpu(i.resources.cpu_percent)(i.resources.memory_mb), safe_text(top_progress(i)))
+            fmt_cpu(i.resources.cpu_percent), format_memory(i.resources.memory_mb), tokens, safe_text(top_progress(i)))
 
 
 def _cells(frame: TopFrame) -> list[tuple[str, ...]]:
@@ -180,7 +196,7 @@ def _cells(frame: TopFrame) -> list[tuple[str, ...]]:
         row = top_row(r)
         guide = frame.guides[n] if frame.tree and n < len(frame.guides) else ""
         out.append((row[0], guide + row[1], row[2], row[3], _with_trend(row[4], cpu_trend(r.samples)), row[5],
-                    _with_trend(row[6], r.progress_trend)))
+                    row[6], _with_trend(row[7], r.progress_trend)))
     return out
 
 
@@ -198,7 +214,7 @@ def stable_widths(frame: TopFrame, previous: dict[str, int] | None = None) -> di
 def top_plain_cells(r: TopRow) -> tuple[str, ...]:
     """One row of `top_plain`: single-word fields, TREND last."""
     row = top_row(r)
-    return (row[0], plain_word(row[1]), plain_word(row[2]), *row[3:6], plain_word(row[6]), cpu_trend(r.samples) or "-")
+    return (row[0], plain_word(row[1]), plain_word(row[2]), *row[3:7], plain_word(row[7]), cpu_trend(r.samples) or "-")
 
 
 def top_plain(frame: TopFrame) -> str:
@@ -241,7 +257,7 @@ def top_rich(frame: TopFrame) -> Group:
     widths = frame.widths or stable_widths(frame)
     table = Table(box=None, header_style="bold reverse", pad_edge=False, expand=False)
     for col in TOP_COLUMNS:
-        table.add_column(col, justify="right" if col in ("CPU%", "MEM") else "left", no_wrap=True,
+        table.add_column(col, justify="right" if col in ("CPU%", "MEM", "TOKENS") else "left", no_wrap=True,
                          width=widths.get(col), overflow="ellipsis")
     table.add_column("CPU HISTORY", no_wrap=True, width=SPARK_WIDTH)
     for r, cells in zip(frame.rows, _cells(frame), strict=True):
@@ -252,7 +268,8 @@ def top_rich(frame: TopFrame) -> Group:
             Text(cells[3], style=PRIORITY_STYLES.get(cells[3], "")),
             cells[4],
             cells[5],
-            Text(cells[6]),
+            cells[6],
+            Text(cells[7]),
             Text(sparkline(r.samples), style="green"),
             style="reverse" if r.info.pid == frame.selected else None,
         )
@@ -261,10 +278,10 @@ def top_rich(frame: TopFrame) -> Group:
     return Group(_title(frame, pairs), head, Text(""), table, Text(""), _footer(frame, KEYS_HELP))
 
 
-def top_detail(frame: TopFrame, info: ProcessInfo | None) -> Group:
+def top_detail(frame: TopFrame, info: ProcessInfo | None, usage: ProcessUsage | None = None) -> Group:
     """Enter on a row: that process's `ps -l` view, refreshed with the list."""
     pairs = dict(header_pairs(frame))
-    body = ps_tree(info) if info is not None else Text("that process is gone", style="dim")
+    body = ps_tree(info, usage=usage) if info is not None else Text("that process is gone", style="dim")
     return Group(_title(frame, pairs), Text(""), body, Text(""), _footer(frame, DETAIL_HELP))
 
 
@@ -294,6 +311,7 @@ def top_record(frame: TopFrame) -> dict[str, Any]:
             "cpu_percent": None if r.info.resources.cpu_percent is None else round(r.info.resources.cpu_percent, 1),
             "memory_mb": None if r.info.resources.memory_mb is None else round(r.info.resources.memory_mb, 1),
             "progress": None if r.info.progress.percentage is None else round(r.info.progress.percentage, 1),
+            "tokens": None if r.usage is None else r.usage.total.total_tokens,
             "cpu_trend": {UP: "up", DOWN: "down"}.get(cpu_trend(r.samples)),
             "cpu_history": [None if x.cpu_percent is None else round(x.cpu_percent, 1)
                             for x in r.samples[-SPARK_WIDTH:]],
@@ -333,3 +351,63 @@ def stats_table(stats: Sequence[ToolStats]) -> Table:
     if not stats:
         table.caption = "no finished runs yet"
     return table
+
+
+# ---------------------------------------------------------------------- stats --tokens
+
+TOKEN_COLUMNS = ("PID", "NAME", "KIND", "STATE", "CALLS", "INPUT", "OUTPUT", "TOTAL", "COST")
+MODEL_COLUMNS = ("MODEL", "ENDPOINT", "CALLS", "INPUT", "OUTPUT", "TOTAL", "COST")
+
+
+def _sums(u: Any) -> tuple[str, ...]:
+    return (f"{u.calls:,}", f"{u.prompt_tokens:,}", f"{u.completion_tokens:,}", f"{u.total_tokens:,}", u.cost_text())
+
+
+def _process_cells(r: UsageRow) -> tuple[str, ...]:
+    kind, _, state = r.kind.partition(" ")
+    return (r.key, safe_text(r.name), kind, state, *_sums(r.usage))
+
+
+def _model_cells(r: UsageRow) -> tuple[str, ...]:
+    return (safe_text(r.key), safe_text(r.name), *_sums(r.usage))
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], right_from: int) -> list[str]:
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    return ["  ".join(f.rjust(widths[c]) if c >= right_from else f.ljust(widths[c]) for c, f in enumerate(r)).rstrip()
+            for r in rows]
+
+
+def tokens_plain(report: TokenReport) -> str:
+    """`stats --tokens` piped: the per-process table (top-level processes, each with its
+    children's use), a blank line, the per-model table, and a TOTAL line; one field per column."""
+    if not report.models:
+        return "no LLM tokens used yet"
+    procs = [TOKEN_COLUMNS, *(tuple(plain_word(c) for c in _process_cells(r)) for r in report.processes)]
+    models = [MODEL_COLUMNS, *(tuple(plain_word(c) for c in _model_cells(r)) for r in report.models),
+              ("TOTAL", "-", *(plain_word(c) for c in _sums(report.total)))]
+    return "\n".join([*_aligned(procs, 4), "", *_aligned(models, 2)])
+
+
+def _token_table(title: str, columns: Sequence[str], right_from: int) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False, title=title, title_justify="left",
+                  title_style="bold")
+    for n, col in enumerate(columns):
+        table.add_column(col, justify="right" if n >= right_from else "left", no_wrap=True)
+    return table
+
+
+def tokens_table(report: TokenReport) -> Group:
+    if not report.models:
+        return Group(Text("no LLM tokens used yet", style="dim"))
+    procs = _token_table("by process (children included)", TOKEN_COLUMNS, 4)
+    for r in report.processes:
+        cells = _process_cells(r)
+        procs.add_row(Text(cells[0], style="cyan"), *cells[1:3], Text(cells[3], style=STATE_STYLES.get(cells[3], "")),
+                      *cells[4:])
+    models = _token_table("by model and endpoint", MODEL_COLUMNS, 2)
+    for r in report.models:
+        cells = _model_cells(r)
+        models.add_row(Text(cells[0], style="cyan"), *cells[1:])
+    models.add_row(Text("TOTAL", style="bold"), "", *(Text(c, style="bold") for c in _sums(report.total)))
+    return Group(procs, Text(""), models)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -23,6 +23,9 @@ from llmunix.models import ProcessInfo, PsRow, format_duration, format_memory, f
 from llmunix.observe.redact import redact
 from llmunix.pool import fmt_amount
 from llmunix.tools.registry import Tool
+
+if TYPE_CHECKING:
+    from llmunix.agents.usage import ProcessUsage, TokenUsage
 
 # The one place that maps states to styles.
 STATE_STYLES = {
@@ -212,11 +215,35 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def tokens_text(u: TokenUsage) -> str:
+    """`1,230 (1,000 in, 230 out; 3 calls), $0.0012`."""
+    calls = f"{u.calls} call{'s' if u.calls != 1 else ''}"
+    cost = u.cost_text()
+    return (f"{u.total_tokens:,} ({u.prompt_tokens:,} in, {u.completion_tokens:,} out; {calls})"
+            + ("" if cost == "-" else f", {cost}"))
+
+
+def usage_lines(u: ProcessUsage) -> list[str]:
+    """`ps -l`'s lines about LLM tokens and money: its own, with its children's, its budget."""
+    lines = []
+    if u.own.calls:
+        lines.append(f"Tokens: {tokens_text(u.own)}")
+    if u.total.calls != u.own.calls:
+        lines.append(f"Tokens with children: {tokens_text(u.total)}")
+    if u.budget:
+        used = [f"{u.total.total_tokens:,} tokens"] if u.budget.max_tokens is not None else []
+        if u.budget.max_cost is not None:
+            used.append(u.total.cost_text())
+        lines.append(f"Budget: {u.budget.describe()} (used {', '.join(used)})")
+    return lines
+
+
 def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance | None = None,
-            cached_from: int | None = None, deadline: Deadline | None = None, now: float = 0.0) -> Tree:
+            cached_from: int | None = None, deadline: Deadline | None = None, now: float = 0.0,
+            usage: ProcessUsage | None = None) -> Tree:
     """The seed's `ps -l` view. `performance`: its tool's figures (the Performance line);
     `cached_from`: the process whose stored result it reused; `deadline`: its deadline, judged
-    at `now` (a time.time())."""
+    at `now` (a time.time()); `usage`: its LLM tokens, cost and budget."""
     style = STATE_STYLES.get(info.display_state, "")
     root = Tree(Text.assemble(("Process ", "bold"), (info.process_id, "bold cyan"), " - ",
                               (info.name, "bold")))
@@ -251,6 +278,8 @@ def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance
     if p.eta is not None and not info.is_done:
         runtime += f" (ETA: {format_duration(p.eta)})"
     root.add(f"Runtime: {runtime}")
+    for line in usage_lines(usage) if usage is not None else ():
+        root.add(line)
     if deadline is not None:
         root.add(f"Deadline: {deadline_text(deadline, now)}")
     if performance is not None:
@@ -261,7 +290,7 @@ def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance
     if info.context.intermediate_results and not workflow:
         from commands.agents_views import agent_branches  # agents: Reasoning, Tools Used, Actions, ...
 
-        if info.kind != "agent" or not agent_branches(info, root):
+        if info.kind != "agent" or not agent_branches(info, root, tokens_shown=usage is not None):
             root.add(f"Intermediate: {_short(redact(info.context.intermediate_results))}")
     if info.is_done:
         root.add(f"Output: {_short(info.output)}")

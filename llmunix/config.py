@@ -19,6 +19,28 @@ MAX_COUNT = 1_000_000  # processes, threads, failures: far beyond any real use, 
 MAX_AMOUNT = 1e12  # megabytes and other amounts
 
 
+class EndpointConfig(pydantic.BaseModel):
+    """One `[llm.endpoints."URL|MODEL"]` (or `."URL"`) table: how much an LLM endpoint takes
+    (docs/agents.md, "Endpoint limits"). Unset: unlimited."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_concurrent: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT, description="requests in flight at once")
+    requests_per_min: float | None = pydantic.Field(None, gt=0, le=MAX_AMOUNT, description="requests per minute")
+    tokens_per_min: float | None = pydantic.Field(None, gt=0, le=MAX_AMOUNT,
+                                                  description="tokens (prompt and completion) per minute")
+
+
+class PriceConfig(pydantic.BaseModel):
+    """One `[llm.prices."MODEL"]` table: US dollars per million tokens, for `stats --tokens`,
+    `ps -l` and `--max-cost`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    input: float = pydantic.Field(ge=0, le=1e6, description="USD per 1M prompt (input) tokens")
+    output: float = pydantic.Field(ge=0, le=1e6, description="USD per 1M completion (output) tokens")
+
+
 class LlmConfig(pydantic.BaseModel):
     """The `[llm]` table: how agents reach a language model (see docs/agents.md). The environment
     overrides it: LLMUNIX_LLM_BACKEND, LLMUNIX_LLM_BASE_URL, LLMUNIX_LLM_MODEL, LLMUNIX_LLM_STREAM,
@@ -41,6 +63,24 @@ class LlmConfig(pydantic.BaseModel):
     stream: bool = pydantic.Field(
         False, description="ask for the reply as a stream (SSE): its text reaches the process log as it arrives, "
         "and the time to the first token is recorded")
+    endpoints: dict[str, EndpointConfig] = pydantic.Field(
+        default_factory=dict, description='limits per endpoint: [llm.endpoints."URL|MODEL"] (or "URL": one limit '
+        "for every model served there) with max_concurrent, requests_per_min, tokens_per_min")
+    prices: dict[str, PriceConfig] = pydantic.Field(
+        default_factory=dict, description='prices per model: [llm.prices."MODEL"] input = USD per 1M prompt tokens, '
+        "output = USD per 1M completion tokens")
+
+    @pydantic.field_validator("endpoints")
+    @classmethod
+    def _endpoint_keys(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
+        from llmunix.agents.endpoints import split_key
+
+        for key in value:
+            try:
+                split_key(key)
+            except LlmunixError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class Config(pydantic.BaseModel):
@@ -51,7 +91,9 @@ class Config(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_running: int = pydantic.Field(8, ge=1, le=MAX_COUNT, description="processes allowed to run at once")
-    max_threads: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT, description="cap on worker threads")
+    max_threads: int | None = pydantic.Field(
+        1024, ge=1, le=MAX_COUNT, description="worker threads kept (a soft cap: past it threads are made for the "
+        "moment and end after; processes waiting off-slot for a model keep theirs)")
     kill_grace: float = pydantic.Field(2.0, ge=0, le=HOUR, description="seconds between kill escalation steps")
     time_slice: float = pydantic.Field(0.5, gt=0, le=HOUR, description="seconds before a process yields to its peers")
     aging_interval: float = pydantic.Field(5.0, ge=0, le=DAY, description="seconds of waiting per level of aging")

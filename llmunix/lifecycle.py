@@ -25,7 +25,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -341,6 +342,8 @@ class ProcessTable:
         self._until = 0  # threads in wait_until (notified when a process ends)
         self._watchers: dict[int, list[Process]] = {}  # pid -> processes blocked until it ends (wait_for)
         self._pending_release: list[tuple[int, Process]] = []  # (event seq, finished process)
+        # pid -> its off-slot waits (`off_slot`), innermost last: (what, on_kill, the waker before it)
+        self._away: dict[int, list[tuple[str, Callable[[], None] | None, Callable[[], None] | None]]] = {}
         self._cwd_cache: str | None = None
         self._hooks: dict[str, list[Any]] = {name: [] for name in HOOK_NAMES}
         self._snapshot_fields: dict[str, Callable[[Process], Any]] = {}
@@ -681,6 +684,10 @@ class ProcessTable:
         if proc.deps_pending:
             self.move(proc, Phase.WAITING)
             proc.detail = self._waiting_detail(proc)
+        elif proc.pid in self._away:  # paused during an off-slot wait: back to that wait, not to a slot
+            self.move(proc, Phase.WAITING)
+            proc.start_clock(now)  # an off-slot wait counts as running time
+            proc.detail = "waiting for " + self._away[proc.pid][-1][0]
         elif proc.has_thread:
             self.move(proc, Phase.PREEMPTED)
             proc.detail = "resumed; waiting for a slot"
@@ -1025,7 +1032,71 @@ class ProcessTable:
             # Paused or preempted. The dispatch above may already have handed the slot back
             # (phase RUNNING again): then the loop goes on without waiting for a wake-up that
             # was sent before we waited.
+            if proc.pid in self._away:
+                return  # off-slot (`off_slot`): the outside wait goes on; a pause takes hold at its end
             self._cond(proc).wait()
+
+    @contextmanager
+    def off_slot(self, proc: Process, what: str, on_kill: Callable[[], None] | None = None) -> Iterator[None]:
+        """`proc`'s own thread waits for something outside llmunix (a model's reply, an endpoint's
+        capacity) without holding a slot, like `block` but with the waiting done by the caller::
+
+            with table.off_slot(proc, "the model: gpt-4o-mini", on_kill=call.abort):
+                reply = call.send()   # ctx.check(), log, progress and sleep only, in here
+
+        On entry the process honours pending requests, leaves its slot (phase waiting, `ps`
+        detail "waiting for WHAT") and the scheduler starts someone else. Inside, a control point
+        raises ProcessKilled on a kill and otherwise returns at once: a pause shows at once
+        (phase paused) while the wait goes on, and takes hold when the block ends. `on_kill` is
+        called, lock held (it must not block), when the process is asked to stop, so a wait on
+        something else (a socket, a queue) can end at once. Blocks nest: an inner one shows its
+        WHAT (and has its `on_kill`) until it ends. On leaving the outermost, the process queues
+        at the front of its level and waits for a slot (or while paused). Inside, do not
+        `block`, `wait`, `recv` or take IPC locks (they need the slot): leave the block first."""
+        self._leave_for(proc, what, on_kill)
+        try:
+            yield
+        finally:
+            self._come_back(proc)
+
+    def _leave_for(self, proc: Process, what: str, on_kill: Callable[[], None] | None) -> None:
+        with self.lock:
+            stack = self._away.get(proc.pid)
+            now = time.monotonic()
+            if stack is None:
+                self.control_point_locked(proc)  # pending requests first; returns running
+                self.leave_slot_locked(proc, Phase.WAITING, now)
+                stack = self._away[proc.pid] = []
+            stack.append((what, on_kill, proc.waker))
+            if on_kill is not None:
+                # The table wakes a process for many reasons (a message, a pause); only a kill is
+                # this wait's business.
+                proc.waker = lambda: on_kill() if proc.requests & REQ_KILL else None
+            if proc.phase is Phase.WAITING:  # (a paused one goes on saying why it is paused)
+                self.set_detail_locked(proc, "waiting for " + what)
+            self.emit("process.blocked", proc, detail="waiting for " + what)
+            if len(stack) == 1:
+                self.dispatch_locked(now)
+
+    def _come_back(self, proc: Process) -> None:
+        with self.lock:
+            stack = self._away[proc.pid]
+            what, _wake, before = stack.pop()
+            proc.waker = before
+            if stack:
+                if proc.phase is Phase.WAITING:
+                    self.set_detail_locked(proc, "waiting for " + stack[-1][0])
+                return
+            del self._away[proc.pid]
+            if proc.requests & REQ_KILL:
+                raise ProcessKilled(proc.kill_reason)
+            if proc.phase is Phase.WAITING:
+                now = time.monotonic()
+                self.move(proc, Phase.PREEMPTED)
+                proc.detail = f"done waiting for {what}; waiting for a slot"
+                self.scheduler.enqueue(proc, now, front=True)
+                self.dispatch_locked(now)
+            self.control_point_locked(proc)  # until it runs again (paused meanwhile: until resumed)
 
     def block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None) -> bool:
         """Wait in `proc`'s own thread until `ready()` holds, without holding a slot.

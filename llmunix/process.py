@@ -375,6 +375,20 @@ class ProcessContext:
         that waits on a clock, e.g. until a retry is due. A control point throughout."""
         self._table.idle(self._proc, float(seconds), reason)
 
+    def off_slot(self, what: str, on_kill: Callable[[], None] | None = None) -> AbstractContextManager[None]:
+        """Wait for something outside llmunix without holding a slot: a model's reply, an
+        endpoint's capacity. `ps` says "waiting for WHAT" (phase waiting) and the slot goes to
+        someone else until the block ends; then the process queues at the front of its level::
+
+            with ctx.off_slot("the model: gpt-4o-mini", on_kill=call.abort):
+                reply = call.send()
+
+        Inside, `check` raises on a kill and otherwise returns at once (a pause shows at once and
+        takes hold when the block ends); `on_kill` is called (it must not block) when the process
+        is killed, so a wait on a socket or a queue can end at once. Only `check`, `log`,
+        `progress` and `sleep` inside; blocks nest (the inner one's WHAT is shown)."""
+        return self._table.off_slot(self._proc, what, on_kill)
+
     def popen(self, cmd: str | list[str], *, shell: bool | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start an external command in its own process group, attached to this process so that
         pause, resume, kill and priority reach the whole group at once."""

@@ -14,162 +14,18 @@ import socket
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from conftest import LLMUNIX
+from fake_llm import FakeLLM, sse_chunks, text_reply, tool_reply
 
 from commands.base import plain_text
 from commands.views import ps_tree
 from llmunix import Kernel
 from llmunix.agents import attach
 from llmunix.config import Config, LlmConfig
-
-
-class FakeLLM:
-    """A scripted chat-completions server: each POST gets the next (status, body, headers).
-
-    Switchable behaviours, each a quirk of a real server:
-    * `strict`: like llama-cpp-python's server, a request whose messages hold `"content": null`
-      or tool-call arguments that are not a string is refused with HTTP 500 and validation errors;
-    * a request with `"stream": true` gets its scripted 200 reply as server-sent events (content
-      a word per chunk, tool-call arguments in fragments, usage in a last chunk of its own when
-      `stream_options.include_usage` asks); with `hold_after=N` the server sends N chunks, then
-      waits for `release()` before the rest (so a test can look at a half-streamed reply).
-    """
-
-    def __init__(self, script: list[tuple[int, Any, dict[str, str]]], *, strict: bool = False,
-                 hold_after: int | None = None) -> None:
-        self.script = list(script)
-        self.strict = strict
-        self.hold_after = hold_after
-        self.holding = threading.Event()
-        self.released = threading.Event()
-        self.hung_up = threading.Event()
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length))
-                fake.requests.append({"path": self.path, "body": body})
-                fake.headers.append(dict(self.headers))
-                refusal = fake.refuse(body)
-                status, reply, headers = refusal or (
-                    fake.script.pop(0) if fake.script else (500, {"error": "script over"}, {}))
-                if status == 200 and body.get("stream") and isinstance(reply, dict):
-                    self.stream(reply, bool((body.get("stream_options") or {}).get("include_usage")))
-                    return
-                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def stream(self, reply: dict[str, Any], usage: bool) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = True
-                try:
-                    for n, chunk in enumerate(sse_chunks(reply, usage)):
-                        if fake.hold_after is not None and n == fake.hold_after:
-                            fake.holding.set()
-                            fake.released.wait(10)
-                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                        self.wfile.flush()
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    fake.hung_up.set()  # the client went away mid-stream
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def refuse(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]] | None:
-        """What llama-cpp-python's server says to a request its schema does not accept."""
-        if not self.strict:
-            return None
-        errors = []
-        for i, m in enumerate(body.get("messages", [])):
-            if "content" in m and m["content"] is None:
-                for kind in ("str", "list[...]", "ChatCompletionRequestSystemMessage", "UserMessage",
-                             "FunctionMessage", "ToolMessage", "AssistantMessage.content"):
-                    errors.append({"loc": ["body", "messages", i, kind], "msg": "Input should be a valid string"})
-            for tc in m.get("tool_calls") or ():
-                if not isinstance(tc.get("function", {}).get("arguments"), str):
-                    errors.append({"loc": ["body", "messages", i, "tool_calls", "arguments"],
-                                   "msg": "Input should be a valid string"})
-        return (500, {"detail": errors}, {}) if errors else None
-
-    def release(self) -> None:
-        self.released.set()
-
-    def close(self) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def sse_chunks(reply: dict[str, Any], usage: bool) -> list[dict[str, Any]]:
-    """A chat completion as the chunks a streaming server sends."""
-    message = reply["choices"][0]["message"]
-    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "fake"}
-    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
-    text = message.get("content") or ""
-    words = text.split(" ")
-    for i, word in enumerate(words):
-        piece = word if i == len(words) - 1 else word + " "
-        if piece:
-            chunks.append({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
-    for index, tc in enumerate(message.get("tool_calls") or ()):
-        args = tc["function"]["arguments"]
-        args = args if isinstance(args, str) else json.dumps(args)
-        chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
-            {"index": index, "id": tc["id"], "type": "function",
-             "function": {"name": tc["function"]["name"], "arguments": ""}}]}}]})
-        for start in range(0, len(args), 7):
-            chunks.append({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
-                {"index": index, "function": {"arguments": args[start:start + 7]}}]}}]})
-    finish = "tool_calls" if message.get("tool_calls") else "stop"
-    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-    if usage and reply.get("usage"):
-        chunks.append({**base, "choices": [], "usage": reply["usage"]})
-    return chunks
-
-
-def tool_reply(*calls: tuple[str, str, Any], usage: tuple[int, int] = (10, 5), content: str | None = None,
-               legacy: str | None = None) -> Any:
-    """A reply with native tool calls. `legacy`: also the deprecated `function_call`, as
-    llama.cpp's server sends it: "copy" (of the first call), "empty" or "name:" (a broken copy)."""
-    message: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": [
-        {"id": cid, "type": "function", "function": {"name": name, "arguments": args}} for cid, name, args in calls]}
-    if legacy == "copy":
-        message["function_call"] = dict(message["tool_calls"][0]["function"])
-    elif legacy is not None:
-        message["function_call"] = {"name": "" if legacy == "empty" else legacy, "arguments": calls[0][2]}
-    return (200, {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "finish_reason": "tool_calls", "message": message}],
-        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}, {})
-
-
-def text_reply(content: str, usage: tuple[int, int] = (20, 8)) -> Any:
-    return (200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-                  "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}, {})
+from llmunix.models import LlmunixError
 
 
 @pytest.fixture
@@ -562,3 +418,376 @@ def test_kill_reaches_an_agent_in_the_middle_of_a_streamed_reply_and_hangs_up(ag
             assert fake.hung_up.wait(10), "the connection was left open"
     finally:
         fake.close()
+
+
+# ---------------------------------------------------------------------------- model calls off-slot, endpoint limits
+
+KEY_MODEL = "gpt-4o-mini"
+
+
+def held(reply: Any = None) -> tuple[Any, Any, Any]:
+    """A `respond` that answers each request only once `release` is set; `arrived` counts them."""
+    release = threading.Event()
+    arrived = threading.Semaphore(0)
+
+    def respond(body: dict[str, Any]) -> Any:
+        arrived.release()
+        assert release.wait(20)
+        return reply or text_reply("Done.")
+
+    return respond, release, arrived
+
+
+def test_two_agents_wait_for_the_model_at_once_with_one_slot(agent_home, wait_until):
+    """max_running=1, and yet both requests are in flight together: the server answers neither
+    until both have arrived (a slot-bound model call would leave the second unsent for ever)."""
+    both, release = threading.Barrier(2, timeout=15), threading.Event()
+
+    def respond(body: dict[str, Any]) -> Any:
+        both.wait()
+        assert release.wait(20)
+        return text_reply("Done.")
+
+    fake = FakeLLM(respond=respond)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3, max_running=1) as k:
+            service = start(k, fake.url, retries=0)
+            pids = [service.run("research-agent", f"goal {i}", backend="openai") for i in range(2)]
+            wait_until(lambda: fake.active == 2, message="both requests in flight")
+            for pid in pids:
+                info = k.info(pid)
+                assert (info.phase, info.detail) == ("waiting", f"waiting for the model: {KEY_MODEL}")
+                assert info.state == "Thinking"
+            release.set()
+            infos = k.wait(pids, timeout=20)
+    finally:
+        fake.close()
+    assert [i.state for i in infos] == ["Completed", "Completed"], [i.error for i in infos]
+    assert fake.peak == 2
+
+
+def test_max_concurrent_one_serialises_requests_and_says_what_it_waits_for(agent_home, wait_until):
+    respond, release, arrived = held()
+    fake = FakeLLM(respond=respond)
+    key = f"{fake.url}|{KEY_MODEL}"
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3, max_running=4) as k:
+            service = start(k, fake.url, endpoints={key: {"max_concurrent": 1}})
+            first = service.run("research-agent", "one", backend="openai")
+            assert arrived.acquire(timeout=10)
+            second = service.run("research-agent", "two", backend="openai")
+            wait_until(lambda: k.info(second).detail == f"waiting for the endpoint: {key} (1 of 1 in flight)",
+                       message="the second in the endpoint's line")
+            assert k.info(second).phase == "waiting"
+            [shown] = [e for e in service.endpoint_limits() if e.key == key]
+            assert (shown.in_flight, shown.waiting, shown.limits.max_concurrent) == (1, 1, 1)
+            release.set()
+            infos = k.wait([first, second], timeout=20)
+            [shown] = [e for e in service.endpoint_limits() if e.key == key]
+    finally:
+        fake.close()
+    assert [i.state for i in infos] == ["Completed", "Completed"]
+    assert fake.peak == 1 and (shown.in_flight, shown.waiting, shown.requests) == (0, 0, 2)
+
+
+def test_a_429_with_retry_after_holds_the_whole_endpoint(agent_home, wait_until):
+    calls = []
+
+    def respond(body: dict[str, Any]) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return (429, {"error": {"message": "rate limited"}}, {"Retry-After": "2"})
+        return text_reply("Done.")
+
+    fake = FakeLLM(respond=respond)
+    key = f"{fake.url}|{KEY_MODEL}"
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url)
+            first = service.run("research-agent", "one", backend="openai")
+            wait_until(lambda: any("429" in line for _t, line in k.logs(first)), message="the 429")
+            second = service.run("research-agent", "two", backend="openai")
+            wait_until(lambda: k.info(second).detail.startswith(
+                f"waiting for the endpoint: {key} (the server asked to wait "), message="the second held back")
+            infos = k.wait([first, second], timeout=20)
+    finally:
+        fake.close()
+    assert [i.state for i in infos] == ["Completed", "Completed"]
+    assert len(calls) == 3 and min(calls[1:]) - calls[0] >= 1.9  # nobody sent before the Retry-After
+
+
+def test_kill_reaches_an_agent_waiting_in_the_endpoints_line(agent_home, wait_until):
+    fake = FakeLLM(respond=lambda body: text_reply("Done."))
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, endpoints={fake.url: {"requests_per_min": 1}})  # one model for all
+            assert k.wait([service.run("research-agent", "one", backend="openai")], timeout=20)[0].state == "Completed"
+            second = service.run("research-agent", "two", backend="openai")
+            wait_until(lambda: k.info(second).detail.startswith(
+                f"waiting for the endpoint: {fake.url} (requests_per_min 1: "), message="the bucket empty")
+            k.kill(second)
+            assert k.wait([second], timeout=5)[0].state == "Cancelled"
+            [shown] = service.endpoint_limits()
+    finally:
+        fake.close()
+    assert (shown.key, shown.waiting, shown.in_flight, shown.requests) == (fake.url, 0, 0, 1)
+    assert fake.served == 1
+
+
+def test_pause_during_a_slow_reply_shows_at_once_and_holds_the_reply(agent_home, wait_until):
+    respond, release, arrived = held(tool_reply(("c1", "read_file", '{"path": "notes.txt"}')))
+    fake = FakeLLM(respond=respond)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url)
+            pid = service.run("research-agent", "Read the notes", backend="openai")
+            assert arrived.acquire(timeout=10)
+            k.pause(pid)
+            assert k.info(pid).phase == "paused"  # at once: it holds no slot while it waits
+            release.set()
+            wait_until(lambda: fake.served >= 1, message="the reply sent")
+            assert k.info(pid).phase == "paused" and children_of(k, pid) == []  # no tool starts while paused
+            fake.respond = lambda body: text_reply("The notes are read.")
+            k.resume(pid)
+            info = k.wait([pid], timeout=20)[0]
+            assert info.state == "Completed", info.error
+            assert children_of(k, pid) == [("read_file", "Completed")]
+    finally:
+        fake.close()
+
+
+# ---------------------------------------------------------------------------- tokens, money, budgets
+
+PRICES = {KEY_MODEL: {"input": 0.15, "output": 0.6}}  # USD per 1M tokens
+
+
+def two_rounds(body: dict[str, Any]) -> Any:
+    """Any conversation: first a read_file call (10 + 5 tokens), then a final answer (20 + 8)."""
+    if any(m.get("role") == "assistant" for m in body["messages"]):
+        return text_reply("The notes say aging stops starvation.")
+    return tool_reply(("c1", "read_file", '{"path": "notes.txt"}'))
+
+
+def test_a_token_budget_stops_the_agent_at_the_reply_that_exhausts_it(agent_home):
+    fake = FakeLLM(respond=two_rounds)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, prices=PRICES)
+            pid = service.run("research-agent", "Read the notes", backend="openai", max_tokens=20)
+            info = k.wait([pid], timeout=20)[0]
+            usage = service.usage([pid])[pid]
+            children = children_of(k, pid)
+    finally:
+        fake.close()
+    assert (info.state, info.error) == ("Failed", "token budget exhausted: 43 of 20")
+    assert children == [("read_file", "Completed")]
+    assert (usage.own.calls, usage.own.total_tokens, usage.budget.max_tokens) == (2, 43, 20)
+    assert fake.served == 2  # nothing asked after the budget was gone
+
+
+def test_a_cost_budget_needs_a_price_and_stops_past_it(agent_home):
+    fake = FakeLLM(respond=two_rounds)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            unpriced = start(k, fake.url)
+            with pytest.raises(LlmunixError, match=r"--max-cost needs a price for model 'gpt-4o-mini': add "
+                                                   r"\[llm.prices.\"gpt-4o-mini\"\]"):
+                unpriced.run("research-agent", "x", backend="openai", max_cost=0.01)
+            service = start(k, fake.url, prices=PRICES)
+            pid = service.run("research-agent", "Read the notes", backend="openai", max_cost=0.00001)
+            info = k.wait([pid], timeout=20)[0]
+    finally:
+        fake.close()
+    # 30 prompt tokens at $0.15/1M and 13 completion tokens at $0.60/1M: $0.0000123
+    assert (info.state, info.error) == ("Failed", "cost budget exhausted: $0.0000123 of $0.00001")
+
+
+WORKFLOW = {"name": "pair", "max_tokens": 60, "steps": [
+    {"id": "a", "agent": "research-agent", "goal": "Read the notes"},
+    {"id": "b", "agent": "research-agent", "goal": "Read the notes again", "needs": ["a"]}]}
+
+
+def test_a_workflow_budget_covers_its_agents_and_stops_the_run(agent_home):
+    """Two agent steps of 43 tokens each, one after the other, under a budget of 60: the second
+    one's second reply takes the run to 86; the workflow fails, that step is cancelled."""
+    from llmunix.workflows.spec import spec_from_data
+
+    fake = FakeLLM(respond=two_rounds)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3, max_running=4) as k:
+            service = start(k, fake.url, prices=PRICES, backend="openai")
+            pid = k.workflow_run(spec_from_data(WORKFLOW))
+            info = k.wait([pid], timeout=30)[0]
+            steps = sorted((c.state, c.error or "") for c in k.ps(all=True) if c.parent == pid)
+            usage = service.usage([pid])[pid]
+            report = service.token_report()
+    finally:
+        fake.close()
+    assert (info.state, info.error) == ("Failed", "token budget exhausted: 86 of 60")
+    assert steps == [("Cancelled", f"parent {pid:03d} token budget exhausted: 86 of 60"), ("Completed", "")]
+    assert (usage.own.calls, usage.total.calls, usage.total.total_tokens) == (0, 4, 86)
+    [row] = report.processes
+    assert (row.key, row.name, row.kind, row.usage.total_tokens) == (f"{pid:03d}", "pair", "workflow Failed", 86)
+    [model] = report.models
+    assert (model.key, model.name, model.usage.calls) == (KEY_MODEL, f"{fake.url}|{KEY_MODEL}", 4)
+    assert model.usage.cost_text() == "$0.0000246"
+
+
+def test_a_prompt_tool_counts_its_tokens_and_waits_off_slot(agent_home, wait_until):
+    (agent_home / "tools").mkdir()
+    (agent_home / "tools" / "brief-writer.md").write_text(
+        "---\nname: brief-writer\ndescription: Writes a one-line brief\nparameters:\n  topic: string\n---\n"
+        "Write a one-line brief about the topic.\n")
+    respond, release, arrived = held(text_reply("Aging stops starvation.", usage=(40, 6)))
+    fake = FakeLLM(respond=respond)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, backend="openai", prices=PRICES)
+            pid = k.spawn("brief-writer", topic="aging")
+            assert arrived.acquire(timeout=10)
+            assert k.info(pid).detail == f"waiting for the model: {KEY_MODEL}"
+            release.set()
+            info = k.wait([pid], timeout=20)[0]
+            usage = service.usage([pid])[pid]
+    finally:
+        fake.close()
+    assert (info.state, info.output) == ("Completed", "Aging stops starvation.")
+    assert (usage.own.calls, usage.own.prompt_tokens, usage.own.completion_tokens) == (1, 40, 6)
+
+
+def test_stats_tokens_and_ps_l_show_the_roll_ups_and_earlier_sessions(agent_home, capsys):
+    from conftest import Session
+
+    fake = FakeLLM(respond=two_rounds)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url, prices=PRICES)
+            pid = service.run("research-agent", "Read the notes", backend="openai", max_tokens=1000)
+            assert k.wait([pid], timeout=20)[0].state == "Completed"
+            sh = Session(k, capsys)
+            live = sh.ok(f"ps -l {pid}")
+            k.flush()
+            with Kernel(agent_home / "home", monitor=False, read_only=True) as second:  # a second shell
+                start(second, fake.url, prices=PRICES)
+                read_only = Session(second, capsys).ok(f"ps -l {pid}")
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:  # a later session: the store
+            start(k, fake.url, prices=PRICES)
+            sh = Session(k, capsys)
+            later = sh.ok(f"ps -l {pid}")
+            stats = sh.ok("stats --tokens")
+            as_json = json.loads(sh.ok("stats --tokens --json"))
+            assert "-n goes with --tokens" in sh.bad("stats -n 3")
+    finally:
+        fake.close()
+    for shown in (live, read_only, later):
+        assert "Tokens: 43 (30 in, 13 out; 2 calls), $0.0000123" in shown
+        assert "Budget: 1,000 tokens (used 43 tokens)" in shown
+        assert "Backend: openai" in shown and "via openai" not in shown  # one Tokens line, not two
+    lines = stats.splitlines()
+    assert lines[0].split() == ["PID", "NAME", "KIND", "STATE", "CALLS", "INPUT", "OUTPUT", "TOTAL", "COST"]
+    assert lines[1].split() == [f"{pid:03d}", "research-agent", "agent", "Completed", "2", "30", "13", "43",
+                                "$0.0000123"]
+    assert lines[3].split() == ["MODEL", "ENDPOINT", "CALLS", "INPUT", "OUTPUT", "TOTAL", "COST"]
+    assert lines[4].split() == [KEY_MODEL, f"{fake.url}|{KEY_MODEL}", "2", "30", "13", "43", "$0.0000123"]
+    assert lines[5].split() == ["TOTAL", "-", "2", "30", "13", "43", "$0.0000123"]
+    assert as_json["total"] == {"calls": 2, "prompt_tokens": 30, "completion_tokens": 13, "total_tokens": 43,
+                                "cost_usd": 0.0000123, "unpriced_tokens": 0}
+
+
+def test_limits_shows_and_sets_endpoint_limits(agent_home, capsys):
+    from conftest import Session
+
+    with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+        start(k, "http://127.0.0.1:9/v1", endpoints={"http://127.0.0.1:9/v1|qwen": {"max_concurrent": 2}})
+        sh = Session(k, capsys)
+        out = sh.ok("limits").splitlines()
+        at = out.index(next(line for line in out if line.startswith("ENDPOINT")))
+        assert out[at].split() == ["ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "LEFT", "TOKENS/MIN", "LEFT",
+                                   "REQUESTS"]
+        assert out[at + 1].split() == ["http://127.0.0.1:9/v1|qwen", "0/2", "0", "unlimited", "-", "unlimited", "-",
+                                       "0"]
+        sh.ok("limits --endpoint http://127.0.0.1:9/v1 requests_per_min=60 tokens_per_min=90k")
+        data = json.loads(sh.ok("limits --json"))
+        shown = {e["endpoint"]: e for e in data["endpoints"]}
+        assert shown["http://127.0.0.1:9/v1"]["requests_per_min"] == 60
+        assert shown["http://127.0.0.1:9/v1|qwen"]["max_concurrent"] == 2
+        assert sh.bad("limits --endpoint http://127.0.0.1:9/v1 gpu=1") == \
+            "limits: unknown endpoint limit 'gpu'; use max_concurrent, requests_per_min, tokens_per_min"
+        assert "needs NAME=VALUE" in sh.bad("limits --endpoint http://127.0.0.1:9/v1")
+        assert "bad endpoint 'ftp://x'" in sh.bad("limits --endpoint ftp://x max_concurrent=1")
+
+
+def test_budgets_and_stats_tokens_end_to_end_through_the_executable(agent_home):
+    """`agent run --max-tokens` and `run PROMPT_TOOL --max-tokens` from `llmunix -c`, with prices
+    in config.toml: both fail with the budget's line, `ps -l` shows tokens, cost and budget,
+    `stats --tokens` rolls them up, and a bad budget is one line."""
+    (agent_home / "tools").mkdir()
+    (agent_home / "tools" / "brief-writer.md").write_text(
+        "---\nname: brief-writer\ndescription: Writes a one-line brief\nparameters:\n  topic: string\n---\n"
+        "Write a one-line brief about the topic.\n")
+    home = agent_home / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text('[llm]\nbackend = "openai"\n\n[llm.prices."gpt-4o-mini"]\n'
+                                      "input = 0.15\noutput = 0.60\n")
+
+    def respond(body: dict[str, Any]) -> Any:
+        if "one-line brief" in body["messages"][0]["content"]:
+            return text_reply("Aging stops starvation.", usage=(40, 6))
+        return two_rounds(body)
+
+    fake = FakeLLM(respond=respond)
+    env = {**os.environ, "LLMUNIX_HOME": str(home), "NO_COLOR": "1", "OPENAI_API_KEY": "sk-local",
+           "LLMUNIX_LLM_BASE_URL": fake.url}
+    try:
+        r = subprocess.run([LLMUNIX, "-k", "-c", 'agent run research-agent --goal "Read the notes" --max-tokens 20',
+                            "-c", "run brief-writer topic=aging --max-tokens 30", "-c", "wait", "-c", "ps -l 1",
+                            "-c", "ps -l 2", "-c", "stats --tokens"],
+                           capture_output=True, text=True, env=env, cwd=agent_home, timeout=60)
+        bad = subprocess.run([LLMUNIX, "-c", "run brief-writer topic=x --max-cost free"],
+                             capture_output=True, text=True, env=env, cwd=agent_home, timeout=60)
+    finally:
+        fake.close()
+    assert r.returncode == 1, r.stderr  # `wait`: two processes did not complete
+    out = r.stdout
+    assert "State: Failed (token budget exhausted: 43 of 20)" in out
+    assert "Tokens: 43 (30 in, 13 out; 2 calls), $0.0000123" in out
+    assert "Budget: 20 tokens (used 43 tokens)" in out
+    assert "State: Failed (token budget exhausted: 46 of 30)" in out
+    assert "Tokens: 46 (40 in, 6 out; 1 call), $0.0000096" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["001"], ["002"])
+            and len(line.split()) == 9}
+    assert rows["001"] == ["001", "research-agent", "agent", "Failed", "2", "30", "13", "43", "$0.0000123"]
+    assert rows["002"] == ["002", "brief-writer", "tool", "Failed", "1", "40", "6", "46", "$0.0000096"]
+    assert any(line.split() == ["TOTAL", "-", "3", "70", "19", "89", "$0.0000219"] for line in out.splitlines())
+    assert bad.returncode == 1 and bad.stderr.strip() == \
+        "run: bad cost budget 'free'; give US dollars > 0, e.g. --max-cost 0.50"
+
+
+def test_a_recovered_agent_keeps_its_budget_and_what_it_had_used(agent_home, wait_until):
+    """Interrupted while waiting for its second reply, an agent under --max-tokens 40 is
+    recovered in a later session: the 15 tokens of its first reply (in the store) and its budget
+    (the `process.budget` event) still count, so the second reply (28) stops it at 43 of 40."""
+    calls: list[int] = []
+    release = threading.Event()
+
+    def respond(body: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the second round in the first session: never answered in time
+            release.wait(20)
+        return two_rounds(body)
+
+    fake = FakeLLM(respond=respond)
+    try:
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            service = start(k, fake.url)
+            pid = service.run("research-agent", "Read the notes", backend="openai", max_tokens=40)
+            wait_until(lambda: len(calls) == 2, message="the second request")
+        with Kernel(agent_home / "home", monitor=False, kill_grace=0.3) as k:
+            assert k.info(pid).state == "Interrupted"
+            start(k, fake.url)
+            k.recover([pid])
+            info = k.wait([pid], timeout=20)[0]
+    finally:
+        release.set()
+        fake.close()
+    assert (info.state, info.error) == ("Failed", "token budget exhausted: 43 of 40")

@@ -76,6 +76,13 @@ def test_the_monitor_bench_is_valid_only_when_the_monitor_sampled():
     assert verdicts(r.stdout) == ["INVALID"] and "0 of 20 processes sampled" in r.stdout
 
 
+def test_the_agents_bench_checks_every_agent_and_request():
+    r = bench("agents", "--n", "20", "--latency", "0.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert verdicts(r.stdout)[0] in ("met", "MISSED") and verdicts(r.stdout)[1] == "info", r.stdout
+    assert "!!" not in r.stdout and "20 agents x 3 rounds" in r.stdout
+
+
 @pytest.mark.parametrize(("name", "args", "says"), [
     ("learned", ("--n", "30", "--repeats", "1", "--deadlines", "3"), "deadlines met (of 3)"),
     ("hedge", ("--requests", "10"), "--replicas 3 --first"),

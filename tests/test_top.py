@@ -67,7 +67,7 @@ def test_top_batch_prints_two_plain_frames_with_header_and_processes(monitored):
         assert "%" in header["cpu"] and "total" in header["memory"] and "CPU" in header["llmunix"]
         assert header["processes"].startswith("1 total") and header["sort"] == "pid"
         table = table_of(frame)
-        assert table[0] == ["PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "PROGRESS", "TREND"]
+        assert table[0] == ["PID", "TOOL", "STATE", "PRIORITY", "CPU%", "MEM", "TOKENS", "PROGRESS", "TREND"]
         assert table[1][:4] == [f"{pid:03d}", "holder", "Running", "high"]
     assert not any(ch in out for ch in "─│┃━\x1b")  # no box characters, no colour
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmunix.agents.parsing import ToolCall
 from llmunix.config import Config, LlmConfig
 from llmunix.models import LlmunixError
+
+if TYPE_CHECKING:
+    from llmunix.agents.endpoints import Endpoints
 
 RESULT_LIMIT = 8000  # characters of a tool's output shown to the model
 
@@ -152,14 +156,23 @@ class Turn:
 Check = Callable[[], None]
 Sleep = Callable[[float], None]
 Log = Callable[[str], None]
+# ctx.off_slot: `with off_slot("the model: NAME", wake):` waits without holding a slot.
+OffSlot = Callable[..., AbstractContextManager[None]]
+
+
+def stay_on_slot(what: str, wake: Callable[[], None] | None = None) -> AbstractContextManager[None]:
+    """An `off_slot` for callers that are not a process (or keep their slot): does nothing."""
+    return nullcontext()
 
 
 class Backend(Protocol):
     name: str
 
-    def decide(self, turn: Turn, *, check: Check, sleep: Sleep, log: Log) -> Decision:
+    def decide(self, turn: Turn, *, check: Check, sleep: Sleep, log: Log,
+               off_slot: OffSlot = stay_on_slot) -> Decision:
         """One Thinking phase. `check` is a control point (call it while waiting), `sleep` a
-        pausable sleep for backoff, `log` a line in the process log. Raises BackendError."""
+        pausable sleep for backoff, `log` a line in the process log, `off_slot` the process's
+        way to wait for the model without holding a slot (ctx.off_slot). Raises BackendError."""
         ...
 
 
@@ -213,9 +226,15 @@ def _flag(value: str | None, default: bool) -> bool:
 BACKENDS = ("offline", "openai")
 
 
+def api_model(name: str | None) -> str | None:
+    """A definition's model as an API model name, or None: Claude Code files name models by
+    family (`sonnet`, `opus`, `haiku`, `inherit`), which no OpenAI-compatible server serves."""
+    return name if name and name not in ("sonnet", "opus", "haiku", "inherit") else None
+
+
 def make_backend(name: str, settings: BackendSettings, *, model: str | None = None,
-                 backoff: float | None = None) -> Backend:
-    """A backend by name: `offline` or `openai`."""
+                 backoff: float | None = None, endpoints: Endpoints | None = None) -> Backend:
+    """A backend by name: `offline` or `openai` (limited by `endpoints`, the kernel's, if given)."""
     from dataclasses import replace
 
     if model:
@@ -229,5 +248,5 @@ def make_backend(name: str, settings: BackendSettings, *, model: str | None = No
     if name == "openai":
         from llmunix.agents.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(settings)
+        return OpenAIBackend(settings, endpoints)
     raise LlmunixError(f"unknown backend {name!r}; use one of: {', '.join(BACKENDS)}")

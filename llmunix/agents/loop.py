@@ -29,6 +29,7 @@ from llmunix.agents.backend import (
     ToolSchema,
     Turn,
     Usage,
+    api_model,
     make_backend,
 )
 from llmunix.agents.memory import RunMemory, ToolUse
@@ -60,13 +61,14 @@ class AgentRun:
             raise ToolError("an agent needs a goal: agent run NAME --goal \"what to do\"")
         settings = service.settings
         self.backend_name = backend or settings.llm.backend
-        self.model = model or (definition.model if _api_model(definition) else "") or ""
+        self.model = model or api_model(definition.model) or ""
         self.backend: Backend = make_backend(self.backend_name, settings.llm, model=self.model or None,
-                                             backoff=service.backoff)
+                                             backoff=service.backoff, endpoints=service.endpoints)
         self.max_iterations = max_iterations or definition.max_iterations or settings.llm.max_iterations
         self.tools, self.missing = service.granted_tools(definition)
         self.workspace = str(service.workspace_for(ctx.cwd))
         self.steps: list[Step] = []
+        self._transcript: list[dict[str, Any]] = []  # the checkpointed form of `steps` (each made once)
         self.tokens = Usage()
         self.phase = "Idle"
         self.reasoning = ""
@@ -93,7 +95,8 @@ class AgentRun:
                 self._enter("Thinking", f"iteration {i}/{self.max_iterations}: asking the {self.backend.name} backend")
                 turn = Turn(self.d.name, self.d.description, self.d.body, self.goal, schemas, tuple(self.steps), i,
                             self.max_iterations, avoid, self.model)
-                decision = self.backend.decide(turn, check=self.ctx.check, sleep=self.ctx.sleep, log=self.ctx.log)
+                decision = self.backend.decide(turn, check=self.ctx.check, sleep=self.ctx.sleep, log=self.ctx.log,
+                                               off_slot=self.ctx.off_slot)
                 self._count_tokens(decision.usage)
                 self.reasoning = decision.reasoning or (
                     f"call {', '.join(c.name for c in decision.calls)}" if decision.calls else "final answer")
@@ -219,7 +222,8 @@ class AgentRun:
         if not usage.total_tokens:
             return
         self.tokens = self.tokens + usage
-        self.service.tokens_used(self.ctx, usage, self.tokens, self.backend.name)
+        self.service.tokens_used(self.ctx, usage, self.tokens, self.backend.name,
+                                 self.model or self.service.settings.llm.model)
 
     def _tools_used(self) -> list[str]:
         return list(dict.fromkeys(r.tool for s in self.steps for r in s.results if r.tool))
@@ -243,9 +247,14 @@ class AgentRun:
             "agent": self.d.name, "phase": self.phase, "iteration": len(steps), "max_iterations": self.max_iterations,
             "reasoning": self.reasoning, "tools_used": list(dict.fromkeys(a["tool"] for a in actions)),
             "actions": actions[-ACTIONS_SHOWN:], "learning": self.learning, "tokens": self.tokens.to_dict(),
-            "backend": self.backend.name, "goal": self.goal,
-            "transcript": [_trim(s.to_dict()) for s in self.steps],
+            "backend": self.backend.name, "goal": self.goal, "transcript": self._trimmed(),
         })
+
+    def _trimmed(self) -> list[dict[str, Any]]:
+        """The transcript as checkpoints keep it; a step, once taken, never changes."""
+        for step in self.steps[len(self._transcript):]:
+            self._transcript.append(_trim(step.to_dict()))
+        return self._transcript
 
     def _restore(self) -> None:
         state = self.ctx.restored
@@ -265,11 +274,6 @@ class AgentRun:
         params = tuple((p.name, _JSON_TYPES.get(p.type, "string"), p.required, p.description)
                        for p in tool.params if p.name != "workspace")
         return ToolSchema(tool.name, tool.description, params)
-
-
-def _api_model(d: MarkdownDefinition) -> bool:
-    """Claude Code files name models by family (`sonnet`, `opus`, `inherit`): not API model names."""
-    return bool(d.model) and d.model not in ("sonnet", "opus", "haiku", "inherit")
 
 
 def _public_args(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from llmunix.observe.redact import redact_text
 from llmunix.store import Store
 
 ANSWER_LIMIT = 500
+ETA_RUNS = 20  # completed runs the ETA looks at
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,10 @@ class AgentMemory:
         self._runs: list[RunMemory] = []  # without a store
         self._uses: list[ToolUse] = []
         self._lock = threading.Lock()
+        # Per agent: the iterations of its last completed runs (the ETA), read from the store once
+        # and kept up to date here: every agent start asks, and a thousand starts must not each
+        # flush the store and read every run.
+        self._recent: dict[str, deque[int]] = {}
 
     # ------------------------------------------------------------------ learning
 
@@ -84,6 +90,11 @@ class AgentMemory:
         run = RunMemory(run.time, run.agent, run.pid, redact_text(run.goal), run.outcome, run.duration,
                         run.iterations, run.tools, tuple(redact_text(e) for e in run.errors), run.tokens,
                         run.backend, redact_text(run.answer[:ANSWER_LIMIT]))
+        if run.outcome == "Completed" and run.iterations:
+            with self._lock:
+                recent = self._recent.get(run.agent)
+                if recent is not None:
+                    recent.append(run.iterations)
         if self._writable():
             assert self.store is not None
             self.store.execute(
@@ -143,7 +154,21 @@ class AgentMemory:
 
     def expected_iterations(self, agent: str) -> int | None:
         """The median iterations of the agent's last 20 completed runs (None without any)."""
-        done = [r.iterations for r in self._all_runs(agent)[-20:] if r.outcome == "Completed" and r.iterations]
+        with self._lock:
+            recent = self._recent.get(agent)
+        if recent is None:
+            if self.store is not None:
+                rows = self._query("SELECT iterations FROM agent_runs WHERE agent=? AND outcome='Completed' "
+                                   "AND iterations > 0 ORDER BY id DESC LIMIT ?", (agent, ETA_RUNS))
+                found = [r[0] for r in reversed(rows)]
+            else:
+                with self._lock:
+                    found = [r.iterations for r in self._runs if r.agent == agent and r.outcome == "Completed"
+                             and r.iterations]
+            with self._lock:
+                recent = self._recent.setdefault(agent, deque(found, maxlen=ETA_RUNS))
+        with self._lock:
+            done = list(recent)
         return round(statistics.median(done)) if done else None
 
     def avoid(self, agent: str) -> dict[str, str]:

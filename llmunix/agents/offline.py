@@ -32,7 +32,18 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from llmunix.agents.backend import ActionResult, Check, Decision, Log, Sleep, ToolSchema, Turn, Usage
+from llmunix.agents.backend import (
+    ActionResult,
+    Check,
+    Decision,
+    Log,
+    OffSlot,
+    Sleep,
+    ToolSchema,
+    Turn,
+    Usage,
+    stay_on_slot,
+)
 from llmunix.agents.parsing import ToolCall
 from llmunix.tools.markdown import canonical_tool_name, tool_key
 from llmunix.tools.text import is_content_word, select_sentences, split_sentences, word_tokens
@@ -64,7 +75,8 @@ _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "sev
 class OfflineBackend:
     name = "offline"
 
-    def decide(self, turn: Turn, *, check: Check, sleep: Sleep, log: Log) -> Decision:
+    def decide(self, turn: Turn, *, check: Check, sleep: Sleep, log: Log,
+               off_slot: OffSlot = stay_on_slot) -> Decision:
         check()
         plan = Planner(turn)
         pending = plan.pending()

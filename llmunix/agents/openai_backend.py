@@ -1,4 +1,4 @@
-"""The `openai` backend: OpenAI-compatible chat completions over HTTP (stdlib urllib).
+"""The `openai` backend: OpenAI-compatible chat completions over HTTP (stdlib http.client).
 
 Works with api.openai.com and with the local servers people run (llama.cpp, vLLM, Ollama,
 LM Studio): `POST {base_url}/chat/completions`. Two ways to call tools:
@@ -14,10 +14,13 @@ Liberal in what it accepts and conservative in what it sends, because servers di
 string or an object and always go back as a JSON string; an assistant turn without text goes
 back with `"content": ""` (llama.cpp's server rejects null).
 
-The request runs on a helper thread while the agent's thread reaches a control point every
-50 ms, so pause and kill act during a slow reply. A 429, a 5xx or a dropped connection is
-retried up to `retries` times after `backoff * 2**attempt` seconds, or after the server's
-Retry-After (seconds or an HTTP date; at most 60 s), sleeping pausably. A 400 for a full
+A model call waits off its process's slot (`ctx.off_slot`: `ps` says "waiting for the model:
+NAME"), first in its endpoint's line when the endpoint is limited (endpoints.py), then for the
+reply, on the process's own thread over a kept-alive connection (transport.py). A kill aborts it
+at once (the connection is shut down, so the server stops generating); a pause shows at once and
+takes hold when the reply is in. A 429, a 5xx or a dropped connection is retried up to `retries`
+times after `backoff * 2**attempt` seconds, or after the server's Retry-After (seconds or an
+HTTP date; at most 60 s: the whole endpoint waits that long), sleeping off-slot. A 400 for a full
 context, a 401/403 (the key) and a 404 (the model, or a wrong base URL) fail at once with the
 server's own message. With `stream = true` the reply comes as server-sent events: its text is
 written to the process log line by line as it arrives, and the time to the first token is kept
@@ -28,23 +31,33 @@ in the decision's `timing` (with the request's wall time). Token usage comes fro
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
-import queue
 import re
-import socket
-import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from llmunix.agents.backend import BackendError, BackendSettings, Check, Decision, Log, Sleep, Turn, Usage
+from llmunix.agents.backend import (
+    BackendError,
+    BackendSettings,
+    Check,
+    Decision,
+    Log,
+    OffSlot,
+    Sleep,
+    Turn,
+    Usage,
+    stay_on_slot,
+)
+from llmunix.agents.endpoints import CHARS_PER_TOKEN, Endpoints, Inbox
 from llmunix.agents.parsing import ToolCall, parse_native, parse_text
+from llmunix.agents.transport import Transport
+from llmunix.models import LlmunixError
 from llmunix.tools.markdown import claude_call
 
-POLL = 0.05
 RETRY_AFTER_CAP = 60.0
 LOG_WIDTH = 160  # a streamed line longer than this is logged in pieces, cut at a space
 LOG_EVERY = 2.0  # seconds: text waiting for its end of line is logged after this long
@@ -68,8 +81,10 @@ _CONTEXT_FULL = re.compile(
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(self, settings: BackendSettings, endpoints: Endpoints | None = None) -> None:
         self.settings = settings
+        self.endpoints = endpoints  # the kernel's endpoint limits (None: unlimited)
+        self.transport = endpoints.transport if endpoints is not None else Transport()
 
     # ------------------------------------------------------------------ the conversation
 
@@ -130,8 +145,9 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------ one Thinking phase
 
-    def decide(self, turn: Turn, *, check: Check, sleep: Sleep, log: Log) -> Decision:
-        reply, timing = self.exchange(self.request_body(turn), check=check, sleep=sleep, log=log)
+    def decide(self, turn: Turn, *, check: Check, sleep: Sleep, log: Log,
+               off_slot: OffSlot = stay_on_slot) -> Decision:
+        reply, timing = self.exchange(self.request_body(turn), check=check, sleep=sleep, log=log, off_slot=off_slot)
         usage = _usage(reply)
         choices = reply.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -164,16 +180,19 @@ class OpenAIBackend:
             return call
         return ToolCall(call.name, claude_call(call.name, call.arguments).arguments, call.id, None)
 
-    def complete(self, body: dict[str, Any], *, check: Check, sleep: Sleep, log: Log) -> dict[str, Any]:
+    def complete(self, body: dict[str, Any], *, check: Check, sleep: Sleep, log: Log,
+                 off_slot: OffSlot = stay_on_slot) -> dict[str, Any]:
         """POST the body; retry 429, 5xx and dropped connections; return the JSON reply."""
-        return self.exchange(body, check=check, sleep=sleep, log=log)[0]
+        return self.exchange(body, check=check, sleep=sleep, log=log, off_slot=off_slot)[0]
 
-    def exchange(self, body: dict[str, Any], *, check: Check, sleep: Sleep,
-                 log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    def exchange(self, body: dict[str, Any], *, check: Check, sleep: Sleep, log: Log,
+                 off_slot: OffSlot = stay_on_slot) -> tuple[dict[str, Any], dict[str, Any]]:
         """POST the body (streamed when the settings say so), retrying what is worth retrying;
-        return the reply (a streamed one assembled into the same shape) and its timing."""
+        return the reply (a streamed one assembled into the same shape) and its timing. The
+        process waits off its slot throughout (`off_slot`), in its endpoint's line first."""
         s = self.settings
         url = f"{s.base_url}/chat/completions"
+        model = str(body.get("model") or s.model)
         if s.api_key is None and "api.openai.com" in s.base_url:
             raise BackendError(f"no API key: set {s.api_key_env} (or point LLMUNIX_LLM_BASE_URL at a local server)")
         if s.stream:
@@ -183,40 +202,60 @@ class OpenAIBackend:
                    "Accept": "text/event-stream, application/json" if s.stream else "application/json"}
         if s.api_key:
             headers["Authorization"] = f"Bearer {s.api_key}"
+        endpoint = self.endpoints.endpoint(s.base_url, model) if self.endpoints is not None else None
+        estimate = len(data) // CHARS_PER_TOKEN
+        inbox = Inbox()  # a kill reaches the wait through it (off_slot's on_kill)
         attempts = s.retries + 1
-        for attempt in range(attempts):
-            check()
-            retry_after: float | None = None
-            lines = _LineLog(log)
-            started = time.monotonic()
-            try:
-                reply, streamed, first = self._post(url, data, headers, check, lines)
-            except urllib.error.HTTPError as exc:
-                detail = _error_detail(exc)
-                if (exc.code == 429 or exc.code >= 500) and attempt + 1 < attempts:
-                    retry_after = _retry_after(exc)
-                    problem = f"{exc.code} {exc.reason}" + (f" ({detail})" if detail else "")
+        with off_slot(f"the model: {model}", inbox):
+            for attempt in range(attempts):
+                check()
+                if endpoint is not None:
+                    try:
+                        endpoint.enter(estimate, inbox, check, off_slot)
+                    except LlmunixError as exc:
+                        raise BackendError(str(exc)) from None
+                retry_after: float | None = None
+                used: int | None = None
+                lines = _LineLog(log)
+                started = time.monotonic()
+                try:
+                    reply, streamed, first = self._post(url, data, headers, check, lines, inbox)
+                    used = _usage(reply).total_tokens or None
+                except urllib.error.HTTPError as exc:
+                    check()  # killed meanwhile: that, not the reply, is the end
+                    detail = _error_detail(exc)
+                    if (exc.code == 429 or exc.code >= 500) and attempt + 1 < attempts:
+                        retry_after = _retry_after(exc)
+                        if retry_after is not None and endpoint is not None:
+                            endpoint.hold(min(RETRY_AFTER_CAP, retry_after))  # everyone waits, not just us
+                        problem = f"{exc.code} {exc.reason}" + (f" ({detail})" if detail else "")
+                    else:
+                        raise BackendError(self._refusal(url, model, exc.code, str(exc.reason), detail,
+                                                          attempt + 1)) from None
+                except (urllib.error.URLError, OSError) as exc:
+                    check()  # an aborted call (a kill) ends here
+                    reason = getattr(exc, "reason", exc)
+                    if attempt + 1 >= attempts:
+                        raise BackendError(f"cannot reach the LLM endpoint {url}: {reason} "
+                                           f"(after {attempts} attempt{'s' if attempts > 1 else ''})") from None
+                    problem = str(reason)
                 else:
-                    raise BackendError(self._refusal(url, str(body.get("model") or s.model), exc.code,
-                                                      str(exc.reason), detail, attempt + 1)) from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                if attempt + 1 >= attempts:
-                    raise BackendError(f"cannot reach the LLM endpoint {url}: {reason} "
-                                       f"(after {attempts} attempt{'s' if attempts > 1 else ''})") from None
-                problem = str(reason)
-            else:
-                lines.close()
-                took = time.monotonic() - started
-                timing: dict[str, Any] = {"seconds": round(took, 3), "stream": streamed}
-                if streamed:
-                    timing["ttft"] = None if first is None else round(first - started, 3)
-                    said = f"first token after {first - started:.2f}s, " if first is not None else ""
-                    log(f"LLM: {said}reply in {took:.2f}s")
-                return reply, timing
-            delay = min(RETRY_AFTER_CAP, retry_after if retry_after is not None else s.backoff * 2 ** attempt)
-            log(f"LLM: {problem}; retrying in {delay:g}s (attempt {attempt + 2} of {attempts})")
-            sleep(delay)
+                    lines.close()
+                    took = time.monotonic() - started
+                    timing: dict[str, Any] = {"seconds": round(took, 3), "stream": streamed}
+                    if streamed:
+                        timing["ttft"] = None if first is None else round(first - started, 3)
+                        said = f"first token after {first - started:.2f}s, " if first is not None else ""
+                        log(f"LLM: {said}reply in {took:.2f}s")
+                    return reply, timing
+                finally:
+                    if endpoint is not None:
+                        endpoint.leave(estimate, used)
+                delay = min(RETRY_AFTER_CAP, retry_after if retry_after is not None else s.backoff * 2 ** attempt)
+                log(f"LLM: {problem}; retrying in {delay:g}s (attempt {attempt + 2} of {attempts})")
+                with off_slot(f"the endpoint: {endpoint.key if endpoint is not None else s.base_url} "
+                              f"(retrying in {delay:g}s after {problem.split(' (')[0]})"):
+                    sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _refusal(self, url: str, model: str, code: int, reason: str, detail: str, attempts: int) -> str:
@@ -236,70 +275,39 @@ class OpenAIBackend:
         after = f" (after {attempts} attempts)" if attempts > 1 else ""
         return f"the LLM endpoint {url} answered {said}{after}"
 
-    def _post(self, url: str, data: bytes, headers: dict[str, str], check: Check,
-              lines: _LineLog) -> tuple[dict[str, Any], bool, float | None]:
-        """The HTTP request on a helper thread; this thread keeps reaching control points, and
-        writes streamed text to the log as it arrives. Returns (reply, whether it was streamed,
-        the time of its first token)."""
-        items: queue.Queue[tuple[str, Any]] = queue.Queue()
-        held: dict[str, Any] = {}
-        timeout = self.settings.timeout
-
-        def fetch() -> None:
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the user's URL
-                    held["response"] = resp
-                    if "text/event-stream" in (resp.headers.get("Content-Type") or ""):
-                        for raw in resp:
-                            items.put(("line", raw.decode("utf-8", "replace")))
-                        items.put(("end", None))
-                    else:
-                        items.put(("body", (resp.status, resp.read())))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                items.put(("error", exc))
-
-        threading.Thread(target=fetch, name="llmunix-llm-request", daemon=True).start()
-        stream: _StreamedReply | None = None
-        finished = False
+    def _post(self, url: str, data: bytes, headers: dict[str, str], check: Check, lines: _LineLog,
+              inbox: Inbox) -> tuple[dict[str, Any], bool, float | None]:
+        """The HTTP request, on this thread (a kill aborts it through `inbox`); a streamed reply's
+        text goes to the log as it arrives. Returns (reply, whether it was streamed, the time of
+        its first token)."""
+        call = self.transport.call(url, data, headers, self.settings.timeout)
+        inbox.attach(call)
+        reusable = False
         try:
-            while True:
-                try:
-                    kind, value = items.get(timeout=POLL)
-                except queue.Empty:
-                    check()  # a kill raises here; the finally hangs up
+            check()  # a kill before the call could be aborted
+            resp = call.send()
+            try:
+                if "text/event-stream" not in (resp.headers.get("Content-Type") or ""):
+                    raw = resp.read()
+                    call.check()
+                    reply = _json_reply(url, resp.status, raw)
+                    reusable = True
+                    return reply, False, None
+                stream = _StreamedReply(url)
+                for line in resp:
+                    text = stream.feed(line.decode("utf-8", "replace"))
+                    if text:
+                        lines.feed(text)
+                        check()
                     lines.tick()
-                    continue
-                if kind == "error":
-                    raise value
-                if kind == "body":
-                    finished = True
-                    return _json_reply(url, *value), False, None
-                stream = stream or _StreamedReply(url)
-                if kind == "end":
-                    finished = True
-                    return stream.reply(), True, stream.first_token
-                text = stream.feed(value)
-                if text:
-                    lines.feed(text)
-                    check()
+                call.check()  # (an aborted stream ends like a finished one)
+            except http.client.HTTPException as exc:  # a reply cut short
+                raise call.failure(exc) from None
+            reusable = True
+            return stream.reply(), True, stream.first_token
         finally:
-            if not finished:
-                _hang_up(held.get("response"))
-
-
-def _hang_up(resp: Any) -> None:
-    """Stop a streamed reply that is no longer wanted (the agent was killed, or the stream went
-    bad): shut the connection down, so the server stops generating and the helper thread's
-    blocked read returns at once. (Closing the response from this thread would wait for the
-    reader's lock, which it holds until its read times out.)"""
-    if resp is None:
-        return
-    try:
-        with socket.fromfd(resp.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except (OSError, ValueError, AttributeError):
-        pass  # already closed
+            inbox.attach(None)
+            call.finish(reusable)  # kept alive for the next call, or closed (a kill hangs up here)
 
 
 # ---------------------------------------------------------------------------- replies and errors
@@ -527,12 +535,13 @@ class _LineLog:
             self.log(STREAM_PREFIX + line.rstrip())
 
 
-def complete_text(settings: BackendSettings, system: str, user: str, *, check: Check, sleep: Sleep,
-                  log: Log) -> tuple[str, Usage]:
+def complete_text(settings: BackendSettings, system: str, user: str, *, check: Check, sleep: Sleep, log: Log,
+                  off_slot: OffSlot = stay_on_slot, endpoints: Endpoints | None = None) -> tuple[str, Usage]:
     """One plain completion (no tools), for markdown prompt tools."""
-    backend = OpenAIBackend(settings)
+    backend = OpenAIBackend(settings, endpoints)
     reply = backend.complete({"model": settings.model, "messages": [
-        {"role": "system", "content": system}, {"role": "user", "content": user}]}, check=check, sleep=sleep, log=log)
+        {"role": "system", "content": system}, {"role": "user", "content": user}]}, check=check, sleep=sleep, log=log,
+        off_slot=off_slot)
     try:
         content = _text_content(reply["choices"][0]["message"].get("content"))
     except (KeyError, IndexError, TypeError, AttributeError):

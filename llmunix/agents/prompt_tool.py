@@ -18,15 +18,19 @@ from llmunix.tools.text import summarize_text
 
 
 def run_prompt_tool(ctx: ProcessContext, d: MarkdownDefinition, params: Mapping[str, Any]) -> str:
-    settings = ctx.service("agents").settings.llm
+    service = ctx.service("agents")
+    settings = service.settings.llm
     user = "\n".join(f"{k}: {v}" for k, v in params.items()) or "(no input)"
     if settings.backend == "openai":
         from llmunix.agents.openai_backend import complete_text
 
         try:
-            text, _usage = complete_text(settings, d.body, user, check=ctx.check, sleep=ctx.sleep, log=ctx.log)
+            text, usage = complete_text(settings, d.body, user, check=ctx.check, sleep=ctx.sleep, log=ctx.log,
+                                        off_slot=ctx.off_slot, endpoints=service.endpoints)
         except BackendError as exc:
             raise ToolError(str(exc)) from None
+        if usage.total_tokens:
+            service.tokens_used(ctx, usage, usage, "openai", settings.model)
         return text
     text = "\n\n".join(str(v) for v in params.values())
     return summarize_text(text, 3) if text.strip() else text

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import difflib
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmunix.agents.backend import BACKENDS, BackendSettings
+from llmunix.agents.backend import BACKENDS, BackendSettings, api_model
 from llmunix.agents.memory import AgentMemory
 from llmunix.config import Config, active_config
 from llmunix.models import LlmunixError, Priority, ProcessKind, ToolError
@@ -41,6 +42,8 @@ from llmunix.tools.markdown import (
 from llmunix.tools.registry import Tool, make_tool
 
 if TYPE_CHECKING:
+    from llmunix.agents.endpoints import EndpointInfo
+    from llmunix.agents.usage import Budget, ProcessUsage, TokenReport
     from llmunix.kernel import Kernel
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -99,6 +102,15 @@ class AgentService:
         self.settings = AgentSettings.from_config(self.config, env)
         self.backoff = backoff  # tests make retries fast
         self.memory = AgentMemory(kernel.store)
+        # (imported here: the shell imports this module at start, and needs neither until an agent runs)
+        from llmunix.agents.endpoints import EndpointLimits, Endpoints
+        from llmunix.agents.usage import TokenLedger
+
+        self.endpoints = Endpoints({key: EndpointLimits(**rule.model_dump())
+                                    for key, rule in self.config.llm.endpoints.items()})
+        self.ledger = TokenLedger(kernel, self.config.llm.prices)
+        # Kept-alive connections go with the kernel (a server's handler waits on each one).
+        weakref.finalize(kernel, self.endpoints.transport.close)
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         if directories is not None:
             self._search = [SearchPath(str(d), Path(d), k, "given") for d, k in directories]
@@ -109,6 +121,7 @@ class AgentService:
         self._agents: dict[str, MarkdownDefinition] = {}
         self._loaded: list[MarkdownDefinition] = []
         self._lock = threading.Lock()
+        self._agent_tools: dict[str, tuple[MarkdownDefinition, Tool]] = {}
         self.reload()
 
     # ------------------------------------------------------------------ definitions
@@ -130,8 +143,18 @@ class AgentService:
             self._loaded = [*self._agents.values(), *loaded]
             self.errors = errors
         for d in found.of_kind(AGENT):
-            self.kernel.registry.register(_agent_tool(d))
+            self._register_agent(d)
         return self.errors
+
+    def _register_agent(self, d: MarkdownDefinition) -> None:
+        """Register `d` as its agent tool, unless the registry holds that very tool already (a
+        tool is a pydantic model made per definition: making one per run costs more than the run)."""
+        registry = self.kernel.registry
+        made = self._agent_tools.get(d.key)
+        if made is not None and made[0] is d and d.name in registry and registry.get(d.name) is made[1]:
+            return
+        tool = registry.register(_agent_tool(d))
+        self._agent_tools[d.key] = (d, tool)
 
     # ------------------------------------------------------------------ where and how they are found
 
@@ -228,16 +251,21 @@ class AgentService:
     # ------------------------------------------------------------------ running
 
     def run(self, name: str, goal: str, *, backend: str | None = None, priority: Priority | str = Priority.NORMAL,
-            max_iterations: int | None = None, model: str | None = None) -> int:
-        """Start an agent process; returns its PID. Bad input raises LlmunixError at once."""
+            max_iterations: int | None = None, model: str | None = None, max_tokens: int | None = None,
+            max_cost: float | None = None) -> int:
+        """Start an agent process; returns its PID. Bad input raises LlmunixError at once.
+        `max_tokens`, `max_cost`: its budget (its tools' and sub-agents' use included)."""
         d = self.definition(name)
+        if max_cost is not None:
+            llm = self.settings.llm
+            self.check_priced(model or api_model(d.model) or llm.model, backend or llm.backend)
         if not goal or not goal.strip():
             raise LlmunixError(f"agent {d.name} needs a goal: agent run {d.name} --goal \"what to do\"")
         if backend is not None and backend not in BACKENDS:
             raise LlmunixError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
         if max_iterations is not None and max_iterations < 1:
             raise LlmunixError("--max-iterations must be at least 1")
-        self.kernel.registry.register(_agent_tool(d))  # the definition as it is now
+        self._register_agent(d)  # the definition as it is now
         params: dict[str, Any] = {"goal": goal}
         if backend:
             params["backend"] = backend
@@ -245,7 +273,10 @@ class AgentService:
             params["max_iterations"] = max_iterations
         if model:
             params["model"] = model
-        return self.kernel.spawn(d.name, priority=priority, params=params)
+        pid = self.kernel.spawn(d.name, priority=priority, params=params)
+        if max_tokens is not None or max_cost is not None:
+            self.set_budget(pid, max_tokens, max_cost)
+        return pid
 
 
     def spawn_child(self, ctx: ProcessContext, agent: str, goal: str, params: Mapping[str, Any], **kw: Any) -> int:
@@ -255,7 +286,7 @@ class AgentService:
         d = self.definition(agent)
         if not goal or not str(goal).strip():
             raise LlmunixError(f"agent {d.name} needs a goal (give the step a 'goal')")
-        self.kernel.registry.register(_agent_tool(d))
+        self._register_agent(d)
         return ctx.spawn(d.name, params={**params, "goal": str(goal)}, **kw)
 
     def run_prompt(self, ctx: ProcessContext, d: MarkdownDefinition, params: Mapping[str, Any]) -> str:
@@ -264,11 +295,43 @@ class AgentService:
 
         return run_prompt_tool(ctx, d, params)
 
-    def tokens_used(self, ctx: ProcessContext, usage: Any, totals: Any, backend: str) -> None:
-        """An agent's model call used tokens: the `process.tokens` event (what `ps -l`, `memory`
-        and the store's roll-ups read)."""
-        self.kernel.table.publish("process.tokens", ctx.pid, **usage.to_dict(), totals=totals.to_dict(),
-                                  backend=backend)
+    def tokens_used(self, ctx: ProcessContext, usage: Any, totals: Any, backend: str, model: str = "") -> None:
+        """A model call in `ctx`'s process (an agent's, a prompt tool's) used tokens: the
+        `process.tokens` event (what `ps -l`, `stats --tokens`, `memory` and the store's roll-ups
+        read), added up the process tree; a budget it exhausts stops its process (usage.py)."""
+        model = model or self.settings.llm.model
+        endpoint = self.endpoints.key_for(self.settings.llm.base_url, model) if backend == "openai" else backend
+        self.ledger.record(ctx, usage.prompt_tokens, usage.completion_tokens, model=model, endpoint=endpoint,
+                           backend=backend, totals=totals.to_dict())
+
+    # ------------------------------------------------------------------ tokens, money, endpoints
+
+    def set_budget(self, pid: int, max_tokens: int | None = None, max_cost: float | None = None) -> Budget:
+        """Hold process `pid` (and everything below it) to at most `max_tokens` tokens and
+        `max_cost` US dollars; past it, it ends Failed ("token budget exhausted: ...")."""
+        return self.ledger.set_budget(pid, max_tokens, max_cost)
+
+    def check_priced(self, model: str, backend: str = "openai") -> None:
+        """A cost budget for calls to `model` needs its price: LlmunixError saying where to set it."""
+        if backend == "openai" and self.ledger.price(model) is None:
+            raise LlmunixError(f"--max-cost needs a price for model {model!r}: add [llm.prices.\"{model}\"] with "
+                               "input = and output = (USD per 1M tokens) to config.toml")
+
+    def usage(self, pids: Sequence[int]) -> dict[int, ProcessUsage]:
+        """Token usage of each of `pids` that used any (own, and with its descendants), and its budget."""
+        return self.ledger.usage(pids)
+
+    def token_report(self, limit: int | None = None) -> TokenReport:
+        """`stats --tokens`: per top-level process (children included), per model and endpoint, in all."""
+        return self.ledger.report(limit)
+
+    def endpoint_limits(self) -> list[EndpointInfo]:
+        """Every configured or used LLM endpoint: its limits, requests in flight, waiters, buckets."""
+        return self.endpoints.infos()
+
+    def set_endpoint_limits(self, key: str, settings: Mapping[str, Any]) -> EndpointInfo:
+        """Change an endpoint's limits (`limits --endpoint URL|MODEL max_concurrent=4`)."""
+        return self.endpoints.set(key, settings)
 
 
 def _agent_tool(d: MarkdownDefinition) -> Tool:

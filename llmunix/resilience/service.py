@@ -210,11 +210,25 @@ class Resilience(Hooks):
             checks.append(HealthCheck(
                 "unkillable threads", FAIL if stuck else OK,
                 "; ".join(f"{p.pid:03d} {p.name}: blocked in native code" for p in stuck) or "none"))
+            checks.append(self._check_threads())
             degraded = self.degraded
         result = report(checks, degraded)
         self.bus.publish("system.health", None, {"status": result.status,
                                                  "failed": [c.name for c in checks if c.status == FAIL]})
         return result
+
+    def _check_threads(self) -> HealthCheck:
+        """Worker threads past `max_threads` (a soft cap: the scheduler never waits for a thread,
+        it makes one) are a warning while there are more than the cap: each made past it ends
+        after its body, so the cap is too low for this load (off-slot model calls keep theirs)."""
+        ex = self.table.executor
+        n, cap, past = ex.thread_count, ex.max_threads, ex.over_cap_starts
+        text = f"{n} worker thread{'s' if n != 1 else ''} of max_threads {cap}"
+        if past:
+            text += f"; {past:,} started past the cap so far"
+        if n > cap:
+            return HealthCheck("worker threads", WARN, f"{text}; raise max_threads in config.toml")
+        return HealthCheck("worker threads", OK, text)
 
     def _check_store(self) -> HealthCheck:
         if self.store is None:

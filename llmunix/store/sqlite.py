@@ -36,7 +36,7 @@ from llmunix.observe.redact import redact
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -124,9 +124,19 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE processes ADD COLUMN cached_from INTEGER;
     CREATE INDEX IF NOT EXISTS tool_runs_perf ON tool_runs(tool, outcome, duration);
     """,
+    # LLM token usage, one row per model reply (a `process.tokens` event), for the roll-ups of
+    # `stats --tokens`, `ps -l` and budgets (agents/usage.py); a process's children by parent.
+    8: """
+    CREATE TABLE IF NOT EXISTS token_usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, pid INTEGER, model TEXT, endpoint TEXT, backend TEXT,
+        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost REAL
+    );
+    CREATE INDEX IF NOT EXISTS token_usage_pid ON token_usage(pid);
+    CREATE INDEX IF NOT EXISTS processes_parent ON processes(parent);
+    """,
     # `clean`: a finished process leaves the listings (ps -a) but keeps its row, events and log
     # (`ps -l PID`, `log PID`, `events --pid PID` and the audit trail still answer).
-    8: """
+    9: """
     ALTER TABLE processes ADD COLUMN cleaned REAL;
     """,
 }
@@ -628,6 +638,56 @@ class Store:
             "AND peak_memory_mb IS NOT NULL ORDER BY id DESC LIMIT ?", (tool, limit)).fetchall()
         return [r[0] for r in rows]
 
+    # ---------------------------------------------------------------- LLM token usage (agents/usage.py)
+    # Each row: (key, calls, prompt_tokens, completion_tokens, cost of the priced calls, tokens of
+    # the calls without a price).
+    _TOKEN_SUMS = ("COUNT(t.id), COALESCE(SUM(t.prompt_tokens), 0), COALESCE(SUM(t.completion_tokens), 0), "
+                   "COALESCE(SUM(t.cost), 0.0), "
+                   "COALESCE(SUM(CASE WHEN t.cost IS NULL THEN t.prompt_tokens + t.completion_tokens END), 0)")
+
+    def token_usage(self, pids: Iterable[int]) -> dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """For each of `pids` that used tokens, itself or below it: (its own sums, the sums of it
+        and every process below it), each (calls, prompt, completion, cost, unpriced tokens)."""
+        ids = [int(p) for p in pids]
+        if not ids:
+            return {}
+        rows = self._reader().execute(
+            "WITH RECURSIVE tree(top, pid) AS (SELECT value, value FROM json_each(?) "
+            "UNION ALL SELECT tree.top, p.pid FROM processes p JOIN tree ON p.parent = tree.pid) "
+            f"SELECT tree.top, tree.pid = tree.top, {self._TOKEN_SUMS} FROM tree "
+            "JOIN token_usage t ON t.pid = tree.pid GROUP BY tree.top, tree.pid = tree.top",
+            (json.dumps(ids),)).fetchall()
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        for r in rows:
+            own, tree = out.setdefault(r[0], [(0, 0, 0, 0.0, 0), (0, 0, 0, 0.0, 0)])
+            sums = tuple(r[2:])
+            if r[1]:
+                own = sums
+            tree = tuple(a + b for a, b in zip(tree, sums, strict=True))
+            out[r[0]] = [own, tree]
+        return {pid: (v[0], v[1]) for pid, v in out.items()}
+
+    def token_roots(self, limit: int | None = None) -> list[tuple[Any, ...]]:
+        """Token sums per top-level process (one without a parent), its children's included:
+        (pid, name, kind, state, calls, prompt, completion, cost, unpriced), by PID."""
+        sql = ("WITH RECURSIVE up(pid, top) AS (SELECT DISTINCT pid, pid FROM token_usage "
+               "UNION SELECT up.pid, p.parent FROM up JOIN processes p ON p.pid = up.top WHERE p.parent IS NOT NULL), "
+               "roots(pid, top) AS (SELECT up.pid, up.top FROM up LEFT JOIN processes p ON p.pid = up.top "
+               "WHERE p.parent IS NULL) "
+               f"SELECT roots.top, r.name, r.kind, r.state, {self._TOKEN_SUMS} FROM token_usage t "
+               "JOIN roots ON roots.pid = t.pid LEFT JOIN processes r ON r.pid = roots.top "
+               "GROUP BY roots.top ORDER BY roots.top")
+        rows = self._reader().execute(sql).fetchall()
+        return [tuple(r) for r in (rows[-limit:] if limit else rows)]
+
+    def token_models(self) -> list[tuple[Any, ...]]:
+        """Token sums per model and endpoint: (model, endpoint, calls, prompt, completion, cost,
+        unpriced), by model."""
+        rows = self._reader().execute(
+            f"SELECT t.model, t.endpoint, {self._TOKEN_SUMS} FROM token_usage t "
+            "GROUP BY t.model, t.endpoint ORDER BY t.model, t.endpoint").fetchall()
+        return [tuple(r) for r in rows]
+
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query, on this thread's reading connection."""
         return self._reader().execute(sql, args).fetchall()
@@ -732,6 +792,7 @@ class Compaction:
         self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL", (self.before,)).rowcount
         conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
+        conn.execute("DELETE FROM token_usage WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM agent_runs WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM agent_tool_uses WHERE time < ?", (self.before,))
         conn.execute("DELETE FROM cache WHERE created < ?", (self.before,))
@@ -824,6 +885,11 @@ class _EventWriter:
                 row[_COL["cached_from"]] = d.get("source")
             else:
                 self._execute("UPDATE processes SET cached_from=? WHERE pid=?", (d.get("source"), e.pid))
+        elif kind == "tokens":  # an LLM reply's usage (cost NULL: no price for the model)
+            self._execute("INSERT INTO token_usage (time, pid, model, endpoint, backend, prompt_tokens, "
+                          "completion_tokens, cost) VALUES (?,?,?,?,?,?,?,?)",
+                          (e.time, e.pid, d.get("model"), d.get("endpoint"), d.get("backend"),
+                           int(d.get("prompt_tokens") or 0), int(d.get("completion_tokens") or 0), d.get("cost")))
         elif kind == "remote":  # its body runs on a Dask worker
             if row is not None:
                 row[_COL["worker"]] = d.get("worker")

@@ -100,6 +100,8 @@ class WorkflowRun:
 
     def run(self) -> dict[str, Any]:
         self.ctx.set_state("Planning", f"{len(self.order)} steps")
+        if self.spec.max_tokens or self.spec.max_cost:  # the run's LLM budget covers every step
+            self.ctx.service("agents").set_budget(self.ctx.pid, self.spec.max_tokens, self.spec.max_cost)
         for _sid, st in self.steps.items():  # an earlier attempt's running steps did not finish
             if st["state"] in ("running", "retrying"):
                 st.update(state="pending", pid=None, next_at=None)
@@ -170,8 +172,12 @@ class WorkflowRun:
         if step.cache:
             kw["cache"] = CachePolicy(ttl=step.cache_ttl, refresh=self.refresh)
         if step.agent is not None:
-            return self.ctx.service("agents").spawn_child(self.ctx, step.agent, goal or "", params, **kw)
-        return self.ctx.spawn(step.tool, params=params, **kw)
+            pid = self.ctx.service("agents").spawn_child(self.ctx, step.agent, goal or "", params, **kw)
+        else:
+            pid = self.ctx.spawn(step.tool, params=params, **kw)
+        if step.max_tokens or step.max_cost:  # the step's LLM budget (its own children's use included)
+            self.ctx.service("agents").set_budget(pid, step.max_tokens, step.max_cost)
+        return pid
 
     def ended(self, sid: str, info: ProcessInfo) -> None:
         st = self.steps[sid]

@@ -18,6 +18,7 @@ A spec is YAML or TOML::
         needs: [fetch]
         with: {documents: "{{ steps.fetch.output }}"}
         on_error: skip            # fail (default) | skip | retry | {fallback: STEP}
+        max_tokens: 20000         # this step's LLM budget (max_cost: USD); the spec may have one too
 
 or an LLMunix execution-trace markdown file (frontmatter, then `### Step N: Title` sections each
 with a YAML tool-call block, or the "pure markdown" era's `**Tool**:` line and `**Parameters**:`
@@ -152,6 +153,9 @@ class StepSpec(BaseModel):
     resources: dict[str, Any] = Field(default_factory=dict)  # admission needs: memory_mb, cpu, gpu, ...
     cache: bool = False  # reuse a stored result (llmunix/cache.py); `workflow run --no-cache` refreshes
     cache_ttl: float | None = None  # seconds a stored result stays good (default: any age)
+    # The step's LLM budget, its children's use included (agents/usage.py): past it, the step fails.
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
 
     _timeout = field_validator("timeout", "cache_ttl", mode="before")(lambda v: _duration(v))
 
@@ -215,6 +219,9 @@ class WorkflowSpec(BaseModel):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     steps: list[StepSpec]
     priority: str | None = None
+    # The whole run's LLM budget, every step's use included: past it, the workflow fails.
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
     source: str = ""  # the file it came from (set by the loader)
 
     @field_validator("inputs", mode="before")
@@ -445,7 +452,8 @@ def markdown_to_data(path: Path, text: str, warnings: list[str] | None = None) -
         if validates:
             unchecked.append(number)
         step: dict[str, Any] = {"id": f"step{number}", "title": _plain(title) or f"Step {number}"}
-        for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry", "cache", "cache_ttl"):
+        for key in ("tool", "agent", "goal", "timeout", "priority", "resources", "retry", "cache", "cache_ttl",
+                    "max_tokens", "max_cost"):
             if key in call:
                 step[key] = call.pop(key)
         step["with"] = call.pop("parameters", call.pop("with", {})) or {}
