@@ -228,8 +228,23 @@ class Relay:
 
     def control_point(self) -> None:
         """Honour requests here, as the body's thread would: blocks while paused or preempted,
-        raises ProcessKilled on a kill."""
+        raises ProcessKilled on a kill. A sign of life for the watchdog."""
         self._table.control_point(self._proc)
+
+    def check(self) -> None:
+        """The proxy loop's own control point, as `ctx.check()`: pause, preemption, the time
+        slice, kill (ProcessKilled). Not a sign of life: the body's reports and the monitor's
+        samples of its OS process say whether it is alive."""
+        proc = self._proc
+        if proc.requests or proc.phase is not Phase.RUNNING or self._table.scheduler.slice_expired(proc):
+            with self._table.lock:
+                self._table.control_point_locked(proc)
+
+    def attach(self, child: Any, what: str = "subprocess") -> None:
+        """The body runs in OS process `child` (Popen-like: `pid`, `poll()`), the leader of its
+        own process group: it becomes the process's subprocess, so pause (SIGSTOP), resume,
+        kill, priority (nice) and the monitor reach it, and it is recorded to die with llmunix."""
+        self._table.attach_subprocess(self._proc, child, what)
 
     def on_wake(self, fn: Callable[[], None] | None) -> None:
         """Call `fn()` (table lock held; it must not block) whenever the process is woken: a
@@ -293,6 +308,8 @@ class ProcessTable:
         self.known: Callable[[int], str | None] = lambda pid: None  # a PID not in memory: its stored state
         self.context: Callable[[Process], ProcessContext] | None = None  # makes a body's ctx (the kernel)
         self.remote: Any = None  # a distributed backend: runs bodies of remote tools (backends/)
+        self.isolation: Any = None  # runs bodies in worker OS processes (isolation.py): wants(proc), run(ctx, relay)
+        self.guard: Any = None  # records subprocess groups to die with llmunix (reaper.ChildRecord): adopt(pid, label)
         scheduler.wake_after = lambda seconds: self.timers.call_later(seconds, self._refilled)
 
     # ------------------------------------------------------------------ hooks
@@ -1116,12 +1133,17 @@ class ProcessTable:
         proc.tool = tool
         proc.forget_snapshot()
 
-    def attach_subprocess(self, proc: Process, child: Any) -> None:
+    def attach_subprocess(self, proc: Process, child: Any, what: str = "subprocess") -> None:
+        """`child` (a Popen, or an isolated worker's handle) leads a process group of its own that
+        does the process's work: recorded to die with llmunix (`guard`), then signalled with it."""
+        if self.guard is not None:
+            self.guard.adopt(child.pid, f"{format_pid(proc.pid)} {proc.tool.name}" +
+                             ("" if what == "subprocess" else f" ({what})"))
         with self.lock:
             proc.subprocess = child
             renice_group(child, proc.priority)
-            proc.note("subprocess", f"pid {child.pid}")
-            self.emit("process.subprocess", proc, os_pid=child.pid)
+            proc.note(what, f"pid {child.pid}")
+            self.emit("process.subprocess", proc, os_pid=child.pid, **({} if what == "subprocess" else {"what": what}))
             if proc.phase is not Phase.RUNNING:
                 signal_group(child, signal.SIGSTOP)
             if proc.requests & REQ_KILL:
@@ -1170,6 +1192,8 @@ class ProcessTable:
                         hook(proc, ctx)  # resilience: circuit breakers, fallback tools, chaos faults
                     if self.remote is not None and proc.tool.remote:
                         output = self.remote.run(ctx, Relay(self, proc))  # a proxy for a body on a cluster
+                    elif self.isolation is not None and self.isolation.wants(proc):
+                        output = self.isolation.run(ctx, Relay(self, proc))  # a proxy for a worker OS process
                     else:
                         output = proc.tool.func(ctx, **proc.params)
                     outcome, code, error = Outcome.COMPLETED, 0, None

@@ -38,7 +38,6 @@ import json
 import logging
 import queue
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -50,6 +49,7 @@ from distributed import Client, KilledWorker
 from llmunix.backends import ClusterInfo, WorkerInfo
 from llmunix.backends.remote import llmunix_deliver, run_body
 from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
+from llmunix.relayed import apply_report, tool_ref
 
 if TYPE_CHECKING:
     from llmunix.backends import Host
@@ -160,7 +160,8 @@ class DaskBackend:
         assert self._kernel is not None, "bind() the backend to a kernel first"
         key = f"{self.topic}-{relay.pid}-{next(self._counter)}"
         run = RemoteRun(key, relay.pid)
-        spec = {"key": key, "topic": self.topic, "pid": relay.pid, "ref": _tool_ref(relay.tool.func),
+        ref = tool_ref(relay.tool.func, "remotely", "declare it remote=False")
+        spec = {"key": key, "topic": self.topic, "pid": relay.pid, "ref": ref,
                 "params": relay.params, "restored": relay.restored, "cwd": relay.cwd,
                 "priority": relay.priority.label, "kill_grace": relay.kill_grace}
         self._live[key] = run
@@ -219,12 +220,10 @@ class DaskBackend:
             self._apply(relay, run, item)
 
     def _apply(self, relay: Relay, run: RemoteRun, msg: dict[str, Any]) -> None:
+        if apply_report(relay, msg):  # progress, logs, visible states
+            return
         kind = msg.get("t")
-        if kind == "progress":
-            relay.progress(msg["step"], msg["total"], msg["message"])
-        elif kind == "log":
-            relay.log(msg["line"])
-        elif kind == "checkpoint":
+        if kind == "checkpoint":
             version = relay.checkpoint(_lists(msg["state"]))  # durable before the body hears that it is
             with run.lock:
                 run.ack, run.ack_version = msg["n"], version
@@ -233,8 +232,6 @@ class DaskBackend:
             run.paused_ack = max(run.paused_ack, msg["v"])
         elif kind == "result":
             run.output = (_lists(msg["value"]),)
-        elif kind == "state":
-            relay.set_state(msg["state"], msg["detail"])
         elif kind == "started":
             where = f"{msg['worker']} (worker {msg['name']}, {msg['host']}, OS pid {msg['os_pid']})"
             self._workers[relay.pid] = msg["worker"]
@@ -418,18 +415,6 @@ class DaskBackend:
             self.client.close(timeout=5)
             if self._cluster is not None:
                 self._cluster.close(timeout=5)
-
-
-def _tool_ref(func: Any) -> tuple[str, str, str | None]:
-    """How a worker finds the tool's function: module, qualified name, and the module's file
-    (for tool files llmunix loaded by path, which are not importable by name)."""
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if not module or not qualname or "<locals>" in qualname or module == "__main__":
-        raise ToolError(f"tool function {qualname or func!r} cannot run remotely: define it at the top level "
-                        "of an importable module, or declare it remote=False")
-    path = getattr(sys.modules.get(module), "__file__", None)
-    return module, qualname, path
 
 
 def _lists(value: Any) -> Any:

@@ -80,6 +80,7 @@ class Tool:
     breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
+    isolation: str | None = None  # "process": its body runs in a worker OS process (isolation.py); None: the setting's
     overrides: str | None = None  # the source of the tool of the same name this one replaced ("builtin", a path)
     _model: type[pydantic.BaseModel] | None = field(default=None, repr=False)
 
@@ -229,6 +230,11 @@ class ToolRegistry:
         """The tools a user can run by name (hidden internals such as the workflow runner left out)."""
         return iter(sorted((t for t in self._tools.values() if not t.hidden), key=lambda t: t.name))
 
+    def every_tool(self) -> list[Tool]:
+        """Every registered tool, hidden ones too (what an isolation pool process must import)."""
+        with self._lock:
+            return list(self._tools.values())
+
     def names(self) -> list[str]:
         return sorted(name for name, t in self._tools.items() if not t.hidden)
 
@@ -253,6 +259,7 @@ def make_tool(
     breaker: bool = True,
     remote: bool = False,
     touches: Iterable[str] | None = None,
+    isolation: str | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -284,6 +291,8 @@ def make_tool(
     model = pydantic.create_model(f"{func.__name__}_params", __config__=config, **fields)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
     _check_resilience(fallback, stall_timeout, on_stall)
+    if isolation not in (None, "thread", "process"):
+        raise LlmunixError(f"isolation must be 'thread' or 'process', not {isolation!r}")
     declared = _check_touches(name or func.__name__, touches, [spec.name for spec in specs])
     return Tool(
         name=name or func.__name__,
@@ -302,6 +311,7 @@ def make_tool(
         breaker=breaker,
         remote=remote,
         touches=declared,
+        isolation=isolation,
         _model=model,
     )
 
@@ -322,6 +332,7 @@ def tool(
     breaker: bool = True,
     remote: bool = False,
     touches: Iterable[str] | None = None,
+    isolation: str | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -340,6 +351,10 @@ def tool(
     `("paths:path",)` the files its `path` parameter names, `("urls:urls",)` the URLs in `urls`,
     `("anything",)` no limit (a shell command); a tool that touches paths or URLs must take a
     `workspace` parameter and, when it is set, keep to it (docs/tools.md, "Confinement").
+    `isolation="process"` runs each call in a worker OS process of its own (true memory figures,
+    SIGSTOP pause, SIGKILL kill, crashes contained; a few milliseconds more per run: docs/tools.md,
+    "Isolated processes"); "thread" keeps it on a thread even when the configuration isolates
+    users' tools; None (the default) follows the configuration.
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -351,7 +366,7 @@ def tool(
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
                       fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
-                      breaker=breaker, remote=remote, touches=touches)
+                      breaker=breaker, remote=remote, touches=touches, isolation=isolation)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
