@@ -31,7 +31,8 @@ class RunCommands(ShellCommandSet):
         description="Start a tool as a background process and print its PID.",
         epilog="examples:\n  run sleep seconds=5\n  run shell cmd='make test' --priority high\n"
                "  run echo text=done --after 003 --name notify\n  run shell cmd='./train.sh' --need gpu=1\n"
-               "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s",
+               "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s\n"
+               "  run embed path=corpus.txt --isolate --memory 2GB --cpu-time 10m",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
@@ -49,6 +50,17 @@ class RunCommands(ShellCommandSet):
     run_parser.add_argument("--need", action="append", default=[], metavar="NAME=VALUE",
                             help="a resource it must hold to run, e.g. memory_mb=500, gpu=1, "
                                  "llm_tokens_per_min=2000 (repeatable; see `limits`)")
+    run_parser.add_argument("--isolate", action="store_true",
+                            help="run the body in a worker OS process of its own: true memory figures, pause "
+                                 "and kill even inside C code, a crash fails only this process (a few ms more)")
+    run_parser.add_argument("--thread", action="store_true",
+                            help="run the body on a thread even if the tool or the configuration isolates it")
+    run_parser.add_argument("--memory", metavar="SIZE",
+                            help="stop it (Failed) when its OS process tree holds more than SIZE, e.g. 500MB or "
+                                 "2GB; a Python tool is isolated for it")
+    run_parser.add_argument("--cpu-time", metavar="DURATION",
+                            help="stop it (Failed) after DURATION of CPU time, e.g. 60s or 5m; a Python tool is "
+                                 "isolated for it")
     add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
 
     @cmd2.with_argparser(run_parser)
@@ -69,8 +81,12 @@ class RunCommands(ShellCommandSet):
             params = parse_params(args.params)
             if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
                 params = self.kernel.registry.get(args.tool).from_text(params)
+            if args.isolate and args.thread:
+                raise LlmunixError("--isolate and --thread contradict each other; give one")
+            isolate = True if args.isolate else False if args.thread else None
             pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                    name=args.name, params=params, needs=_needs(args.need),
+                                    name=args.name, params=params, needs=_needs(args.need), isolate=isolate,
+                                    memory_limit=args.memory, cpu_limit=args.cpu_time,
                                     **run_options(args))  # resilience: retry, restart, timeout
         except LlmunixError as exc:
             self.fail(str(exc))
@@ -122,6 +138,7 @@ class RunCommands(ShellCommandSet):
             self.out_json([
                 {"name": t.name, "description": t.description, "source": t.source, "overrides": t.overrides,
                  "subprocess": t.subprocess, "idempotent": t.idempotent,
+                 "isolation": self.kernel.tool_isolation(t),
                  "parameters": [{"name": p.name, "type": p.type, "required": p.required,
                                  "default": None if p.required else p.default, "description": p.description,
                                  "range": p.allowed or None, "from_shell": views.param_forms(p) if p.shape else None}
@@ -129,7 +146,7 @@ class RunCommands(ShellCommandSet):
                 for t in tools
             ])
         elif args.name:
-            self.out(views.tool_tree(tools[0]))
+            self.out(views.tool_tree(tools[0], self.kernel.tool_isolation(tools[0])))
         elif self.plain:
             self.out(views.tools_plain(tools))
         else:

@@ -391,7 +391,8 @@ class WorkerPool:
                                 "next isolated process starts another") from None
             raise
         with self._lock:
-            handle = self._workers[pid] = WorkerHandle(pid, "isolated worker")
+            handle = self._workers[pid] = WorkerHandle(pid, f"isolated worker (forked from the pool process "
+                                                            f"{self.pid})")
             early = self._early.pop(pid, None)
         if early is not None:
             handle.ended(early)
@@ -531,6 +532,14 @@ class Isolation(Hooks):
             raise LlmunixError(f"--memory and --cpu-time limit an isolated or subprocess tool; tool {t.name!r} "
                                "runs as a thread here")
         return Placement(isolated, mem, cpu)
+
+    def tool_isolation(self, t: Tool) -> str:
+        """Where a plain run of `t` goes: "process" or "thread" (`tools` shows it)."""
+        try:
+            p = self.placement(t)
+        except LlmunixError:
+            return "thread"
+        return "process" if p is not None and p.isolated else "thread"
 
     @staticmethod
     def _cannot(t: Tool) -> str | None:

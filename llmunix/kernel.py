@@ -310,6 +310,10 @@ class Kernel:
                 t, validated, prio, deps, name=name, parent=parent, cwd=cwd, needs=wants, timeout=timeout,
                 options=options or None, event_data={"policy": policy} if policy else None).pid
 
+    def tool_isolation(self, tool: str | Tool) -> str:
+        """Where a plain run of `tool` goes: "process" (an isolated worker) or "thread"."""
+        return self.isolation.tool_isolation(self._resolve_tool(tool))
+
     def kill(self, pid: int, force: bool = False, *, reason: str = "killed by user",
              interrupt: bool = False) -> ProcessInfo:
         """Stop a process. Cooperative code stops at its next control point; code that never

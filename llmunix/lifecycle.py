@@ -219,6 +219,11 @@ class Relay:
         return bool(self._proc.requests & (REQ_PAUSE | REQ_PREEMPT))
 
     @property
+    def paused(self) -> bool:
+        """Paused, or a pause asked for (read without the lock: a waker may ask)."""
+        return self._proc.phase is Phase.PAUSED or bool(self._proc.requests & REQ_PAUSE)
+
+    @property
     def kill_reason(self) -> str:
         return self._proc.kill_reason
 
@@ -239,6 +244,23 @@ class Relay:
         if proc.requests or proc.phase is not Phase.RUNNING or self._table.scheduler.slice_expired(proc):
             with self._table.lock:
                 self._table.control_point_locked(proc)
+
+    def wait_off_slot(self, ready: Callable[[], bool], detail: str, *, counts: bool = True) -> bool:
+        """Wait, without holding a slot (phase waiting, `detail` shown), until `ready()` holds
+        (checked with the table lock held; whoever changes what it reads calls `wake()`). A
+        control point throughout. `counts=False`: the time is not the process's running time
+        (e.g. queued on a cluster: its body has not started)."""
+        return self._table.block(self._proc, ready, detail, counts=counts)
+
+    def wake(self) -> None:
+        """Wake the process wherever it waits (after changing what its `ready` reads)."""
+        with self._table.lock:
+            self._table.wake(self._proc)
+
+    def alive(self, seconds: float = 0.0) -> None:
+        """A sign of life for the watchdog: now, or for `seconds` (a body asleep on purpose)."""
+        with self._table.lock:
+            self._proc.last_active = max(self._proc.last_active, time.monotonic() + seconds)
 
     def attach(self, child: Any, what: str = "subprocess") -> None:
         """The body runs in OS process `child` (Popen-like: `pid`, `poll()`), the leader of its
@@ -663,14 +685,14 @@ class ProcessTable:
 
     # ------------------------------------------------------------------ slots and dispatch
 
-    def leave_slot_locked(self, proc: Process, to: Phase, now: float) -> None:
+    def leave_slot_locked(self, proc: Process, to: Phase, now: float, counts: bool = True) -> None:
         """A running process stops running (paused, preempted or waiting off-slot): its slot and
-        needs are freed. Blocked time still counts as running time (the work's own wait);
-        paused and preempted time does not."""
+        needs are freed. Blocked time still counts as running time (the work's own wait) unless
+        `counts` is False; paused and preempted time does not."""
         self.move(proc, to)
         proc.requests &= ~REQ_PREEMPT  # whatever stops it also answers a pending preemption
         self.scheduler.stop(proc)
-        proc.stop_clock(now, keep_running=to is Phase.WAITING)
+        proc.stop_clock(now, keep_running=to is Phase.WAITING and counts)
         if proc.subprocess is not None and to is not Phase.WAITING:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
@@ -956,14 +978,15 @@ class ProcessTable:
             # was sent before we waited.
             self._cond(proc).wait()
 
-    def block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None) -> bool:
+    def block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None,
+              counts: bool = True) -> bool:
         """Wait in `proc`'s own thread until `ready()` holds, without holding a slot.
 
         A control point throughout (pause, kill, preemption apply). `ready` is called with the
         lock held; whoever changes what it reads calls `wake(proc)` under the lock. While it is
         false the process is in phase `waiting` with `detail`, its slot and needs given back;
         once true it queues at the front of its level for a slot again. Returns `ready()`
-        (False after `timeout` seconds)."""
+        (False after `timeout` seconds). `counts`: the wait is running time (the work's own)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             while True:
@@ -973,7 +996,7 @@ class ProcessTable:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False
-                self.leave_slot_locked(proc, Phase.WAITING, now)
+                self.leave_slot_locked(proc, Phase.WAITING, now, counts)
                 proc.waiting = ready
                 proc.detail = detail
                 self.emit("process.blocked", proc, detail=detail)

@@ -35,6 +35,7 @@ from llmunix.models import (
     Resources,
     fast_constructor,
 )
+from llmunix.reaper import die_with_parent
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -183,7 +184,7 @@ class Process:
         """Its cached snapshot is stale (only a finished process's is kept)."""
         self._snapshot = None
 
-    def add_sample(self, sample: Any) -> None:
+    def add_sample(self, sample: Any) -> None:  # a monitor.ResourceSample
         if self.samples is None:
             self.samples = deque(maxlen=SAMPLES_KEPT)
         self.samples.append(sample)
@@ -234,7 +235,7 @@ class Process:
             self.error,
             self.output,
             Progress(self.step, self.total, self.percentage, self.eta, self.message),
-            Resources(self.memory_mb, self.cpu_percent, self.io_operations),
+            self._resources(),
             Context(
                 self.cwd,
                 MappingProxyType(dict(self.params)),
@@ -250,6 +251,15 @@ class Process:
         if self.phase is Phase.DONE:
             self._snapshot = info
         return info
+
+
+    def _resources(self) -> Resources:
+        """The monitor's figures; RSS and bytes come with its last sample (an OS process's)."""
+        last = self.samples[-1] if self.samples else None
+        if last is None:
+            return Resources(self.memory_mb, self.cpu_percent, self.io_operations)
+        return Resources(self.memory_mb, self.cpu_percent, self.io_operations, last.rss_mb, last.read_bytes,
+                         last.write_bytes)
 
 
 class ProcessContext:
@@ -344,6 +354,9 @@ class ProcessContext:
         """Start an external command in its own process group, attached to this process so that
         pause, resume, kill and priority reach the whole group at once."""
         use_shell = isinstance(cmd, str) if shell is None else shell
+        # It dies with the thread that started it (this process's, alive until the body ends) even
+        # if llmunix is SIGKILLed before attach_subprocess has recorded its group (reaper.py).
+        kwargs.setdefault("preexec_fn", die_with_parent)
         child = subprocess.Popen(  # noqa: S603 - running the user's command is the point
             cmd, shell=use_shell, start_new_session=True, cwd=self.cwd,
             stdin=subprocess.DEVNULL, **kwargs,

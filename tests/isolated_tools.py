@@ -13,33 +13,33 @@ from llmunix.models import ToolError
 from llmunix.tools.registry import tool
 
 
-@tool(name="iso_noop", hidden=True, isolation="process")
+@tool(name="iso_noop", isolation="process")
 def iso_noop(ctx: ProcessContext) -> int:
     """Nothing: the cost of an isolated process's lifecycle."""
     return os.getpid()
 
 
-@tool(name="thread_noop", hidden=True)
+@tool(name="thread_noop")
 def thread_noop(ctx: ProcessContext) -> int:
     """Nothing, on a thread: the baseline."""
     return os.getpid()
 
 
-@tool(name="iso_exit", hidden=True, isolation="process")
+@tool(name="iso_exit", isolation="process")
 def iso_exit(ctx: ProcessContext, code: int = 3) -> None:
     """End the worker at once, as a crashing C extension would: no exception, no cleanup."""
     ctx.progress(1, 2, "about to exit")
     os._exit(code)
 
 
-@tool(name="iso_signal", hidden=True, isolation="process")
+@tool(name="iso_signal", isolation="process")
 def iso_signal(ctx: ProcessContext, sig: int = 9) -> None:
     """Kill the worker with a signal (9: as the OOM killer does)."""
     os.kill(os.getpid(), sig)
     time.sleep(5)
 
 
-@tool(name="iso_alloc", hidden=True, isolation="process")
+@tool(name="iso_alloc", isolation="process")
 def iso_alloc(ctx: ProcessContext, mb: int = 200, seconds: float = 30.0, step: int = 0) -> int:
     """Hold `mb` megabytes (touched, so resident) for `seconds`; with `step`, grow by `step` MB
     a second up to `mb`."""
@@ -56,7 +56,7 @@ def iso_alloc(ctx: ProcessContext, mb: int = 200, seconds: float = 30.0, step: i
     return have
 
 
-@tool(name="iso_c_sleep", hidden=True, isolation="process")
+@tool(name="iso_c_sleep", isolation="process")
 def iso_c_sleep(ctx: ProcessContext, path: str, seconds: float = 60.0) -> str:
     """Write `path`.started, sleep in C (time.sleep: no control point, as a library call), then
     write `path`.done."""
@@ -66,7 +66,7 @@ def iso_c_sleep(ctx: ProcessContext, path: str, seconds: float = 60.0) -> str:
     return "slept"
 
 
-@tool(name="iso_spin", hidden=True, isolation="process")
+@tool(name="iso_spin", isolation="process")
 def iso_spin(ctx: ProcessContext, seconds: float = 30.0) -> int:
     """Burn CPU without reaching a control point."""
     end = time.monotonic() + seconds
@@ -76,7 +76,7 @@ def iso_spin(ctx: ProcessContext, seconds: float = 30.0) -> int:
     return n
 
 
-@tool(name="iso_fail", hidden=True, isolation="process")
+@tool(name="iso_fail", isolation="process")
 def iso_fail(ctx: ProcessContext, how: str = "tool") -> None:
     """Fail the way `how` says: tool (ToolError, exit 5), value (ValueError), exit (sys.exit(4))."""
     if how == "tool":
@@ -86,7 +86,7 @@ def iso_fail(ctx: ProcessContext, how: str = "tool") -> None:
     raise SystemExit(4)
 
 
-@tool(name="iso_print", hidden=True, isolation="process")
+@tool(name="iso_print", isolation="process")
 def iso_print(ctx: ProcessContext, text: str = "hello") -> str:
     """Print to stdout and stderr: both lines go to the process log."""
     print(f"out: {text}", flush=True)
@@ -94,7 +94,7 @@ def iso_print(ctx: ProcessContext, text: str = "hello") -> str:
     return text
 
 
-@tool(name="iso_ctx", hidden=True, isolation="process")
+@tool(name="iso_ctx", isolation="process")
 def iso_ctx(ctx: ProcessContext, peer: int = 0) -> dict:
     """Use the ctx API from a worker: progress, log, set_state, checkpoint, spawn and wait, the
     blackboard, a lock, a buffer, an event, and messages (with `peer`, a process to talk to)."""
@@ -122,7 +122,7 @@ def iso_ctx(ctx: ProcessContext, peer: int = 0) -> dict:
             "parent": ctx.parent, "os_pid": os.getpid(), "priority": ctx.priority.label}
 
 
-@tool(name="ctx_echo_back", hidden=True)
+@tool(name="ctx_echo_back")
 def ctx_echo_back(ctx: ProcessContext) -> dict:
     """On a thread: receive one message and answer its sender."""
     msg = ctx.recv(timeout=10)
@@ -132,7 +132,7 @@ def ctx_echo_back(ctx: ProcessContext) -> dict:
     return msg.body
 
 
-@tool(name="iso_shell_tree", hidden=True, isolation="process")
+@tool(name="iso_shell_tree", isolation="process")
 def iso_shell_tree(ctx: ProcessContext, seconds: float = 60.0) -> int:
     """Start a child and a grandchild from the worker and wait (they are in its group)."""
     child = ctx.popen(f"sleep {seconds} & sleep {seconds}", shell=True)

@@ -48,7 +48,7 @@ from distributed import Client, KilledWorker
 
 from llmunix.backends import ClusterInfo, WorkerInfo
 from llmunix.backends.remote import llmunix_deliver, run_body
-from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
+from llmunix.models import STARTED_STATE, LlmunixError, Priority, ProcessKilled, ToolError
 from llmunix.relayed import apply_report, tool_ref
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmunix.backends.dask")
 
 POLL = 0.05  # seconds between the proxy's control points while the body runs
+WAITING_STATE = "Waiting"  # the visible state of a process whose body waits in the cluster's queue
 RESULT_TIMEOUT = 60.0  # seconds to fetch a finished body's result from its worker
 RESOURCES_TTL = 5.0  # seconds the workers' resource names are cached for
 DASK_PRIORITY = {Priority.CRITICAL: 20, Priority.HIGH: 10, Priority.NORMAL: 0, Priority.LOW: -10,
@@ -83,7 +84,7 @@ class RemoteRun:
     (`control`, `ack`) is what the sender thread delivers; `version` orders deliveries."""
 
     __slots__ = ("key", "pid", "future", "inbox", "lock", "worker", "control", "reason", "version",
-                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output")
+                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output", "queued", "ended", "wake")
 
     def __init__(self, key: str, pid: int) -> None:
         self.key = key
@@ -101,6 +102,9 @@ class RemoteRun:
         self.pause_version = 0  # the version that asked for the current pause
         self.paused_ack = 0  # the highest version the body reported being paused at
         self.output: tuple[Any] | None = None  # a small output that came with the events
+        self.queued = True  # waiting in the cluster's queue: its body has not started on a worker
+        self.ended = False  # its future is done (or its worker lost) before it started
+        self.wake: Any = None  # wakes the process (Relay.wake) once it starts
 
     def state(self) -> dict[str, Any]:
         return {"v": self.version, "control": self.control, "reason": self.reason, "ack": self.ack,
@@ -165,13 +169,22 @@ class DaskBackend:
                 "params": relay.params, "restored": relay.restored, "cwd": relay.cwd,
                 "priority": relay.priority.label, "kill_grace": relay.kill_grace}
         self._live[key] = run
-        relay.on_wake(lambda: run.inbox.put(_WAKE))  # a pause or kill reaches the proxy's loop at once
+        run.wake = relay.wake
+
+        def woken() -> None:  # table lock held: a pause, resume or kill
+            run.inbox.put(_WAKE)  # reaches the proxy's loop at once
+            if run.queued and run.control != "kill":  # not started: the state it will start in follows
+                want = "pause" if relay.paused else "run"
+                if run.control != want:
+                    self._steer(run, want)
+
+        relay.on_wake(woken)
         try:
             run.future = self.client.submit(run_body, spec, key=key, pure=False, retries=0,
                                             priority=DASK_PRIORITY[relay.priority],
                                             resources=self._resources_for(relay.needs))
-            run.future.add_done_callback(lambda _f: run.inbox.put(_DONE))
-            relay.show(f"submitted to {self.address}; waiting for a worker")
+            run.future.add_done_callback(lambda _f: self._ended(run))
+            self._queued(relay, run)
             return self._proxy(relay, run)
         finally:
             relay.on_wake(None)
@@ -184,6 +197,24 @@ class DaskBackend:
                     except Exception:  # noqa: BLE001 - the client may be closing; the body stops at its next check
                         log.debug("could not cancel %s", key, exc_info=True)
                 future.release()
+
+    def _queued(self, relay: Relay, run: RemoteRun) -> None:
+        """Until a cluster worker starts the body, the process waits off-slot — `Waiting (for a
+        worker)`, its running time not counting, the watchdog not watching (it is not running)."""
+        with run.lock:
+            if not run.queued or run.ended:
+                return
+        relay.set_state(WAITING_STATE, "for a worker")
+        relay.wait_off_slot(lambda: not run.queued or run.ended, "for a worker", counts=False)
+        relay.set_state(STARTED_STATE[relay.tool.kind], "")
+        relay.show(f"running on {run.worker}" if run.worker else "running")
+
+    def _ended(self, run: RemoteRun) -> None:
+        """Its future is done (the client's event loop)."""
+        run.inbox.put(_DONE)
+        run.ended = True
+        if run.wake is not None:
+            run.wake()
 
     def _proxy(self, relay: Relay, run: RemoteRun) -> Any:
         """The control loop: steer the body from the process's requests, apply what it reports."""
@@ -232,6 +263,8 @@ class DaskBackend:
             run.paused_ack = max(run.paused_ack, msg["v"])
         elif kind == "result":
             run.output = (_lists(msg["value"]),)
+        elif kind == "sleep":  # asleep on purpose: alive for the watchdog, as ctx.sleep on a thread
+            relay.alive(msg["seconds"])
         elif kind == "started":
             where = f"{msg['worker']} (worker {msg['name']}, {msg['host']}, OS pid {msg['os_pid']})"
             self._workers[relay.pid] = msg["worker"]
@@ -319,7 +352,10 @@ class DaskBackend:
                 self._outbox.put((key, msg["worker"]))
                 return
             run.worker = msg["worker"]
+            run.queued = False
             self._outbox.put(run)  # a pause or kill asked for before it started
+            if run.wake is not None:
+                run.wake()  # out of the queue: the process takes a slot again
         if run is not None:
             run.inbox.put(msg)
 

@@ -143,6 +143,8 @@ class RemoteContext(RelayedContext):
         """Sleep `seconds` of running time, waking at once for pause and kill."""
         remaining = float(seconds)
         self.check()
+        if remaining > 0:
+            self.report("sleep", seconds=remaining)
         while remaining > 0:
             t0 = time.monotonic()
             with self._cond:
