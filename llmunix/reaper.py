@@ -308,9 +308,9 @@ def _members(pgid: int, start: int) -> list[tuple[int, int]]:
     out = []
     roots = [pgid] if start_time(pgid) == start else []
     for pid in _group_pids(pgid) | set(guardian.descendants(roots)):
-        s = start_time(pid)
-        if s is not None:
-            out.append((pid, s))
+        st = proc_stat(pid)
+        if st is not None and st[0] != "Z":  # (a zombie has ended already: only its parent's wait is due)
+            out.append((pid, st[3]))
     return out
 
 

@@ -47,7 +47,9 @@ def iso_alloc(ctx: ProcessContext, mb: int = 200, seconds: float = 30.0, step: i
     have = 0
     while have < mb:
         n = min(step or mb, mb - have)
-        blocks.append(bytearray(os.urandom(1) * (n * 1_000_000)))
+        block = bytearray(n * 1_000_000)
+        block[::4096] = b"\x01" * len(range(0, len(block), 4096))  # every page touched: resident
+        blocks.append(block)
         have += n
         ctx.progress(have, mb, f"{have} MB")
         if step:
@@ -137,3 +139,28 @@ def iso_shell_tree(ctx: ProcessContext, seconds: float = 60.0) -> int:
     """Start a child and a grandchild from the worker and wait (they are in its group)."""
     child = ctx.popen(f"sleep {seconds} & sleep {seconds}", shell=True)
     return child.wait()
+
+
+@tool(name="iso_ignore_term", isolation="process")
+def iso_ignore_term(ctx: ProcessContext, path: str) -> None:
+    """Ignore SIGTERM (as a careless library might), say so in `path`, and sleep in C."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+@tool(name="iso_nice")
+def iso_nice(ctx: ProcessContext) -> int:
+    """This process's nice value (isolation comes from the caller or the configuration)."""
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def make_closure_tool():
+    """A tool defined inside a function: no other process can import it."""
+
+    def inner(ctx: ProcessContext) -> str:
+        return "closure"
+
+    return inner
