@@ -226,6 +226,10 @@ class Channel:
         return bool(r)
 
     def close(self) -> None:
+        # shutdown first: a thread blocked reading this socket wakes up, and the other side sees
+        # the end of file at once (a bare close waits for that reader's system call to return).
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -303,6 +307,7 @@ class WorkerHandle:
         self.args = args
         self.returncode: int | None = None
         self._ended = threading.Event()
+        self.on_end: Any = None  # called with the exit status (the pool's reader thread)
 
     def poll(self) -> int | None:
         return self.returncode
@@ -315,6 +320,8 @@ class WorkerHandle:
     def ended(self, returncode: int) -> None:
         self.returncode = returncode
         self._ended.set()
+        if self.on_end is not None:
+            self.on_end(returncode)
 
 
 class Worker:
@@ -640,6 +647,9 @@ class _Proxy:
         self.refs: dict[int, Any] = {}
         self.killed: ProcessKilled | None = None
         self._partial = b""  # the last line of output, until its newline comes
+        self.in_call = False  # carrying out a ctx call for the body (it may block: sleep, recv, wait)
+        self.ended = False  # the body's end arrived
+        worker.handle.on_end = self._worker_ended
 
     def serve(self) -> Any:
         chan, relay, out = self.worker.chan, self.relay, self.worker.output
@@ -719,6 +729,12 @@ class _Proxy:
             self.relay.log(self._partial.decode("utf-8", "surrogateescape"))
             self._partial = b""
 
+    def _worker_ended(self, code: int) -> None:
+        """The pool's reader thread: the worker has exited. If the proxy is blocked in a call for
+        it (a long ctx.sleep or recv), nothing would notice until the call returns: stop it."""
+        if self.in_call and not self.ended:
+            self.relay.fail(death_reason(code))
+
     def _report(self, msg: Mapping[str, Any]) -> None:
         if apply_report(self.relay, msg):
             return
@@ -727,6 +743,7 @@ class _Proxy:
 
     def _call(self, msg: tuple[Any, ...]) -> None:
         _, call_id, name, args, kwargs = msg
+        self.in_call = True
         try:
             if self.killed is not None:
                 raise ProcessKilled(str(self.killed))
@@ -749,6 +766,8 @@ class _Proxy:
             reply = ("raise", call_id, _raised(exc))
         except BaseException as exc:  # noqa: BLE001 - it is the body's exception, raised there
             reply = ("raise", call_id, _raised(exc))
+        finally:
+            self.in_call = False
         try:
             self.worker.chan.send(reply)
         except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -781,6 +800,7 @@ class _Proxy:
         return ref
 
     def _end(self, msg: tuple[Any, ...]) -> Any:
+        self.ended = True
         # Not waiting for its exit status: it exits now, and the table SIGKILLs what is left of
         # its group (background children) as the process ends.
         if msg[1] == "ok":
@@ -801,20 +821,25 @@ class _Proxy:
             raise ProcessKilled(self.relay.kill_reason or str(self.killed))
         if code is None:
             raise ToolError("the isolated worker stopped answering")
-        if code >= 0:
-            raise ToolError(f"worker exited with code {code}", exit_code=code or 1)
-        sig = -code
+        raise ToolError(death_reason(code), exit_code=code if code > 0 else 1 if code == 0 else 128 - code)
+
+
+def death_reason(code: int) -> str:
+    """Why a worker ended without its body's end: `worker exited with code 3`, `killed by signal
+    9 (out of memory?)` — nobody in llmunix sent that SIGKILL, and the OOM killer sends it."""
+    if code >= 0:
+        return f"worker exited with code {code}"
+    sig = -code
+    if sig == signal.SIGKILL:
+        why = "out of memory?"
+    elif sig == signal.SIGXCPU:
+        why = "its CPU time limit"
+    else:
         try:
-            name = signal.Signals(sig).name
+            why = signal.Signals(sig).name
         except ValueError:
-            name = f"signal {sig}"
-        if sig == signal.SIGKILL:
-            why = "out of memory?"
-        elif sig == signal.SIGXCPU:
-            why = "its CPU time limit"
-        else:
-            why = name
-        raise ToolError(f"killed by signal {sig} ({why})", exit_code=128 + sig)
+            why = "unknown signal"
+    return f"killed by signal {sig} ({why})"
 
 
 # ---------------------------------------------------------------------- far side: the pool process

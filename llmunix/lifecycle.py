@@ -262,6 +262,13 @@ class Relay:
         with self._table.lock:
             self._proc.last_active = max(self._proc.last_active, time.monotonic() + seconds)
 
+    def fail(self, reason: str) -> None:
+        """Stop the process, Failed with `reason`, wherever its thread waits (its body's OS
+        process died while the proxy was carrying out a blocking call for it)."""
+        with self._table.lock:
+            if self._proc.phase is not Phase.DONE:
+                self._table.kill_locked(self._proc, False, reason, Outcome.FAILED)
+
     def attach(self, child: Any, what: str = "subprocess") -> None:
         """The body runs in OS process `child` (Popen-like: `pid`, `poll()`), the leader of its
         own process group: it becomes the process's subprocess, so pause (SIGSTOP), resume,

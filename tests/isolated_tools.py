@@ -164,3 +164,11 @@ def make_closure_tool():
         return "closure"
 
     return inner
+
+
+@tool(name="iso_recv", isolation="process")
+def iso_recv(ctx: ProcessContext, path: str) -> object:
+    """Write this worker's pid to `path`, then wait for a message: llmunix waits for it, off-slot."""
+    Path(path).write_text(str(os.getpid()))
+    msg = ctx.recv()
+    return msg.body if msg is not None else None

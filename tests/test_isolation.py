@@ -24,7 +24,7 @@ from llmunix.reaper import ChildRecord, boot_id
 from llmunix.retry import RetryPolicy
 from llmunix.workflows.spec import spec_from_data
 from tests import isolated_tools
-from tests.conftest import LLMUNIX, PROMPT
+from tests.conftest import LLMUNIX, PROMPT, wait_phase
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1"}
@@ -94,6 +94,15 @@ def test_a_worker_that_exits_or_dies_fails_only_its_process_with_the_reason(k):
     assert (c.state, c.exit_code, c.error) == ("Failed", 139, "killed by signal 11 (SIGSEGV)")
     assert d.state == "Failed" and d.error == f"dependency failed: {a.process_id} Failed"
     assert k.wait([k.spawn("echo", text="still here")], timeout=10)[0].output == "still here"
+
+
+def test_a_worker_killed_while_llmunix_waits_in_its_ctx_recv_fails_at_once(k, tmp_path):
+    mark = tmp_path / "pid"
+    pid = k.spawn("iso_recv", path=str(mark))
+    wait_phase(k, pid, "waiting")  # llmunix carries out its ctx.recv(), off-slot
+    os.kill(int(mark.read_text()), signal.SIGKILL)  # as the OOM killer would
+    [info] = k.wait([pid], timeout=10)
+    assert info.state == "Failed" and info.error == "killed by signal 9 (out of memory?)"
 
 
 def test_a_retry_policy_runs_a_crashed_isolated_body_again(k):
