@@ -194,7 +194,9 @@ def fmt_bytes(n: int) -> str:
 def resources_text(info: ProcessInfo) -> str:
     """`ps -l`'s Resources line: memory (whose), CPU, I/O."""
     r = info.resources
-    if r.memory_mb is None:
+    if r.memory_mb is None and info.subprocess_pid is not None:
+        memory = "memory not sampled" + (" (it ended before the monitor's first sample)" if info.is_done else " yet")
+    elif r.memory_mb is None:
         memory = "memory not attributed (thread-backed)"
     elif info.kind != "tool" and info.subprocess_pid is None:
         memory = f"{fmt_memory(r.memory_mb)} memory (its live child processes')"

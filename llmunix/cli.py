@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
     log_events(kernel)
+    if interactive and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
+        kernel.isolation.pool.warm()  # the pool process imports the tools while the user reads the prompt
     shell = LlmunixShell(kernel, interactive=interactive, home=home)
     if not interactive:
         # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
