@@ -94,20 +94,17 @@ def descendants(roots: list[int]) -> list[int]:
 
 def kill_group(pgid: int, start: int) -> bool:
     """SIGKILL the group if it is still ours; True if it was."""
-    if not group_is_ours(pgid, start):
-        return False
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    return group_is_ours(pgid, start) and _sigkill(os.killpg, pgid)
 
 
 def kill_process(pid: int, start: int) -> bool:
-    if start_time(pid) != start:
-        return False
+    """SIGKILL the process if it is still the one that started at `start`; True if it was."""
+    return start_time(pid) == start and _sigkill(os.kill, pid)
+
+
+def _sigkill(send: object, target: int) -> bool:
     try:
-        os.kill(pid, signal.SIGKILL)
+        send(target, signal.SIGKILL)  # type: ignore[operator]
     except (ProcessLookupError, PermissionError):
         return False
     return True

@@ -24,7 +24,7 @@ from llmunix.reaper import ChildRecord, boot_id
 from llmunix.retry import RetryPolicy
 from llmunix.workflows.spec import spec_from_data
 from tests import isolated_tools
-from tests.conftest import LLMUNIX, PROMPT, wait_phase
+from tests.conftest import LLMUNIX, PROMPT, close_prompt, wait_phase
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1"}
@@ -286,12 +286,7 @@ def prompt(tmp_path):
                           env={**ENV, "TERM": "xterm"}, encoding="utf-8", timeout=30, dimensions=(40, 200))
     child.expect(PROMPT)
     yield child
-    if child.isalive():
-        child.sendline("quit -f")
-        try:
-            child.expect(pexpect.EOF, timeout=10)
-        except pexpect.TIMEOUT:
-            child.terminate(force=True)
+    close_prompt(child)
 
 
 _asked = iter(range(1_000_000))
@@ -350,6 +345,15 @@ def test_pause_freezes_an_isolated_tool_inside_c_code_and_resume_continues_it_e2
     assert ask_json(prompt, "ps -a --json 1", tmp_path)[0]["state"] == "completed" and Path(f"{mark}.done").exists()
 
 
+def kill_all(procs: list[psutil.Process]) -> None:
+    """Whatever a failed test left running goes."""
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -381,11 +385,7 @@ def test_sigkill_of_llmunix_leaves_no_process_behind_e2e(tmp_path, wait_until):
         wait_until(lambda: all(gone(p.pid) for p in kids), timeout=10, message="every descendant to end")
         print(f"\nall {len(kids)} descendants gone {time.monotonic() - t0:.2f}s after SIGKILL of llmunix")
     finally:
-        for p in kids:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        kill_all(kids)
         shell.stdin.close()
 
 
@@ -418,11 +418,7 @@ def test_the_next_start_reaps_what_a_killed_llmunix_and_its_guardian_left_e2e(tm
         assert event["data"]["groups"][0]["what"] == "001 shell"
         wait_until(lambda: all(gone(p.pid) for p in sleeps), message="the reaped sleeps to end")
     finally:
-        for p in sleeps:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        kill_all(sleeps)
         shell.stdin.close()
 
 
