@@ -561,7 +561,15 @@ class Isolation(Hooks):
     # ------------------------------------------------------------------ hooks
 
     def on_spawn(self, proc: Process, options: Mapping[str, Any]) -> None:
-        placement = options.get("placement")
+        """`Kernel.spawn` chose (`placement`); a PID run again (recover, rollback, workflow retry)
+        goes where its tool and the configuration say (a `run --isolate` is not remembered)."""
+        if "placement" in options:
+            placement = options["placement"]
+        else:
+            try:
+                placement = self.placement(proc.tool)
+            except LlmunixError:
+                placement = None
         if placement is not None:
             self._placed[proc.pid] = placement
         else:

@@ -300,15 +300,13 @@ class Kernel:
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
         policy = policy_data(attempts)
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"placement": placement}  # (isolation: where it runs, its limits)
         if attempts is not None:
             options["attempts"] = attempts
-        if placement is not None:
-            options["placement"] = placement
         with self.table.lock:
             return self.table.spawn_locked(
                 t, validated, prio, deps, name=name, parent=parent, cwd=cwd, needs=wants, timeout=timeout,
-                options=options or None, event_data={"policy": policy} if policy else None).pid
+                options=options, event_data={"policy": policy} if policy else None).pid
 
     def tool_isolation(self, tool: str | Tool) -> str:
         """Where a plain run of `tool` goes: "process" (an isolated worker) or "thread"."""

@@ -170,5 +170,6 @@ def make_closure_tool():
 def iso_recv(ctx: ProcessContext, path: str) -> object:
     """Write this worker's pid to `path`, then wait for a message: llmunix waits for it, off-slot."""
     Path(path).write_text(str(os.getpid()))
+    ctx.checkpoint({"waiting": True})  # resumable: `recover` runs it again
     msg = ctx.recv()
     return msg.body if msg is not None else None

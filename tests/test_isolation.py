@@ -223,6 +223,19 @@ def test_the_configuration_chooses_for_users_tools_and_per_tool(make_kernel, tmp
     assert all(i.state == "Completed" for i in infos)
 
 
+def test_a_recovered_process_of_an_isolated_tool_runs_isolated_again(tmp_path):
+    home = tmp_path / "home"
+    with Kernel(home, monitor=False) as k:
+        pid = k.spawn("iso_recv", path=str(tmp_path / "pid"))
+        wait_phase(k, pid, "waiting")
+    with Kernel(home, monitor=False) as k:  # it was interrupted by the shutdown
+        [info] = k.recover([pid])
+        wait_phase(k, pid, "waiting")
+        assert k.info(pid).subprocess_pid is not None and k.info(pid).subprocess_pid != info.subprocess_pid
+        k.send(pid, "hello")
+        assert k.wait([pid], timeout=20)[0].output == "hello"
+
+
 # ------------------------------------------------------------------ nothing left behind (reaper.py)
 
 
