@@ -340,6 +340,15 @@ class Worker:
             os.close(self.output)
 
 
+def _waiting(ready: Any, check: Any, failure: str) -> None:
+    """Wait for `ready(timeout)` in POLL steps, calling `check()` between them."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready(POLL):
+        check()
+        if time.monotonic() > deadline:
+            raise ToolError(f"{failure} within {START_TIMEOUT:g}s")
+
+
 class WorkerPool:
     """The pool process (a fork server) and the workers it forks. Thread-safe; started on first
     use (or `warm()`), restarted if it dies."""
@@ -368,10 +377,12 @@ class WorkerPool:
         with self._lock:
             self._ensure_locked()
 
-    def start(self) -> Worker:
+    def start(self, check: Any = None) -> Worker:
         """A worker, ready for its spec: the pool process hands over its idle one (and forks the
-        next), which says hello on its socket. If this thread is stopped meanwhile, closing the
-        socket ends the worker (it exits when its socket does)."""
+        next), which says hello on its socket. `check()` is called while waiting (the process's
+        control point: a kill raises there); if it raises, closing the socket ends the worker
+        (it exits when its socket does)."""
+        check = check or (lambda: None)
         with self._lock:
             ctl = self._ensure_locked()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -379,16 +390,14 @@ class WorkerPool:
         chan = Channel(mine)
         try:
             try:
-                if not self._ready.wait(START_TIMEOUT):
-                    raise ToolError(f"the isolation pool process did not start within {START_TIMEOUT:g}s")
+                _waiting(self._ready.wait, check, "the isolation pool process did not start")
                 if self._failure:
                     raise ToolError(self._failure)
                 ctl.send(("fork",), fds=(theirs.fileno(), out_w))
             finally:
                 theirs.close()
                 os.close(out_w)
-            if not chan.ready(START_TIMEOUT):
-                raise ToolError("the isolation pool process did not hand over a worker")
+            _waiting(chan.ready, check, "the isolation pool process did not hand over a worker")
             _hello, pid = chan.recv()
         except BaseException as exc:
             chan.close()
@@ -616,7 +625,7 @@ class Isolation(Hooks):
                 "params": relay.params, "restored": relay.restored, "cwd": relay.cwd,
                 "priority": relay.priority.label, "kill_grace": relay.kill_grace, "parent": ctx.parent,
                 "cpu_time": placement.cpu_time}
-        worker = self.pool.start()
+        worker = self.pool.start(relay.check)
         try:
             relay.attach(worker.handle, "isolated worker")
             try:
