@@ -362,6 +362,13 @@ def test_pause_freezes_an_isolated_tool_inside_c_code_and_resume_continues_it_e2
     assert ask_json(prompt, "ps -a --json 1", tmp_path)[0]["state"] == "completed" and Path(f"{mark}.done").exists()
 
 
+def status_of(p: psutil.Process) -> str:
+    try:
+        return p.status()
+    except psutil.NoSuchProcess:
+        return "gone"
+
+
 def kill_all(procs: list[psutil.Process]) -> None:
     """Whatever a failed test left running goes."""
     for p in procs:
@@ -395,6 +402,9 @@ def test_sigkill_of_llmunix_leaves_no_process_behind_e2e(tmp_path, wait_until):
         return len(sleeps) == 8 and Path(f"{mark}.started").exists() and kids
 
     kids = wait_until(started, timeout=30, message="3 shell tools with grandchildren and 3 isolated tools")
+    shell.stdin.write("pause 1\n")  # a stopped group must go too (a SIGCONT later would let it run on)
+    shell.stdin.flush()
+    wait_until(lambda: any(status_of(p) == psutil.STATUS_STOPPED for p in kids), message="the paused group")
     try:
         shell.send_signal(signal.SIGKILL)
         shell.wait(timeout=5)
