@@ -186,6 +186,8 @@ def test_pause_stops_a_remote_body_until_resume_and_kill_stops_it_there(dk, tmp_
     count = tmp_path / "count"
     pid = dk.spawn("rt_count", path=str(count))
     wait_for(count.exists, message="the body to start counting")
+    # (until llmunix hears that it started, it counts as queued, and a pause is at once)
+    wait_for(lambda: dk.info(pid).detail.startswith("running on tcp://"), message="llmunix to know it runs")
     dk.pause(pid)
     wait_phase(dk, pid, "paused")  # Paused once the body itself has stopped at a control point
     before = count.read_text()

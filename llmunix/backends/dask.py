@@ -84,7 +84,8 @@ class RemoteRun:
     (`control`, `ack`) is what the sender thread delivers; `version` orders deliveries."""
 
     __slots__ = ("key", "pid", "future", "inbox", "lock", "worker", "control", "reason", "version",
-                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output", "queued", "ended", "wake")
+                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output", "queued", "ended", "wake",
+                 "steering")
 
     def __init__(self, key: str, pid: int) -> None:
         self.key = key
@@ -105,6 +106,7 @@ class RemoteRun:
         self.queued = True  # waiting in the cluster's queue: its body has not started on a worker
         self.ended = False  # its future is done (or its worker lost) before it started
         self.wake: Any = None  # wakes the process (Relay.wake) once it starts
+        self.steering = False  # the proxy's loop runs: it steers the body itself from the requests
 
     def state(self) -> dict[str, Any]:
         return {"v": self.version, "control": self.control, "reason": self.reason, "ack": self.ack,
@@ -173,7 +175,9 @@ class DaskBackend:
 
         def woken() -> None:  # table lock held: a pause, resume or kill
             run.inbox.put(_WAKE)  # reaches the proxy's loop at once
-            if run.queued and run.control != "kill":  # not started: the state it will start in follows
+            if not run.steering and run.control != "kill":
+                # Queued (or just out of the queue, not yet given its slot back): the process is
+                # paused here at once, so the body is told now (when it starts, if it has not).
                 want = "pause" if relay.paused else "run"
                 if run.control != want:
                     self._steer(run, want)
@@ -218,6 +222,7 @@ class DaskBackend:
 
     def _proxy(self, relay: Relay, run: RemoteRun) -> Any:
         """The control loop: steer the body from the process's requests, apply what it reports."""
+        run.steering = True
         while True:
             if relay.kill_requested:
                 return self._stop(relay, run)
