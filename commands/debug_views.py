@@ -54,6 +54,10 @@ def memory_text(d: DebugInfo, llmunix_mb: float | None) -> str:
         return f"not attributed (a thread-backed tool shares llmunix's heap{whole})"
     if mb is None:
         return "not measured yet (the monitor samples it)"
+    if d.child is not None and d.child.command.startswith("isolated worker"):
+        rss = d.sample.rss_mb if d.sample is not None else d.info.resources.rss_mb
+        also = f", RSS {format_memory(rss)}" if rss is not None else ""
+        return f"{format_memory(mb)} of its own (USS{also}: the isolated worker's tree, latest monitor sample)"
     return f"{format_memory(mb)} resident (the child process tree, latest monitor sample)"
 
 

@@ -37,7 +37,9 @@ class RunCommands(ShellCommandSet):
                "  run web_fetch urls=https://example.com --retry 4 --backoff 1s..60s --timeout 30s\n"
                "  run summarize documents=notes/ --cache --cache-ttl 1d\n  run report --deadline 10m\n"
                "  run ask question=... --replicas 3 --first\n  run classify text=... --replicas 5 --quorum 3\n"
-               "  run brief-writer topic=scheduling --max-tokens 20000 --max-cost 0.05",
+               "  run brief-writer topic=scheduling --max-tokens 20000 --max-cost 0.05\n"
+
+               "  run embed path=corpus.txt --isolate --memory 2GB --cpu-time 10m",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
@@ -55,6 +57,17 @@ class RunCommands(ShellCommandSet):
     run_parser.add_argument("--need", action="append", default=[], metavar="NAME=VALUE",
                             help="a resource it must hold to run, e.g. memory_mb=500, gpu=1, "
                                  "llm_tokens_per_min=2000 (repeatable; see `limits`)")
+    run_parser.add_argument("--isolate", action="store_true",
+                            help="run the body in a worker OS process of its own: true memory figures, pause "
+                                 "and kill even inside C code, a crash fails only this process (a few ms more)")
+    run_parser.add_argument("--thread", action="store_true",
+                            help="run the body on a thread even if the tool or the configuration isolates it")
+    run_parser.add_argument("--memory", metavar="SIZE",
+                            help="stop it (Failed) when its OS process tree holds more than SIZE, e.g. 500MB or "
+                                 "2GB; a Python tool is isolated for it")
+    run_parser.add_argument("--cpu-time", metavar="DURATION",
+                            help="stop it (Failed) after DURATION of CPU time, e.g. 60s or 5m; a Python tool is "
+                                 "isolated for it")
     add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
     add_budget_options(run_parser)  # LLM tokens and money: --max-tokens --max-cost
     learned = run_parser.add_argument_group(
@@ -93,16 +106,23 @@ class RunCommands(ShellCommandSet):
             params = parse_params(args.params)
             if args.tool in self.kernel.registry:  # lists and dicts from text (Tool.from_text)
                 params = self.kernel.registry.get(args.tool).from_text(params)
+            if args.isolate and args.thread:
+                raise LlmunixError("--isolate and --thread contradict each other; give one")
+            isolate = True if args.isolate else False if args.thread else None
             budget = budget_options(args)  # checked before anything starts
             options = run_options(args)  # resilience: retry, restart, timeout
             options.update(_learned_options(args))  # deadline, cache
             if args.replicas is not None:
+                if isolate is not None or args.memory is not None or args.cpu_time is not None:
+                    raise LlmunixError("--replicas runs copies where their tool says; --isolate, --thread, "
+                                       "--memory and --cpu-time do not apply to them (drop those)")
                 pid = self.kernel.hedge(args.tool, replicas=args.replicas, quorum=_quorum(args), priority=args.priority,
                                         name=args.name, params=params, needs=_needs(args.need) or None,
                                         **_hedge_options(args, options))
             else:
                 pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
-                                        name=args.name, params=params, needs=_needs(args.need), **options)
+                                        name=args.name, params=params, needs=_needs(args.need), isolate=isolate,
+                                        memory_limit=args.memory, cpu_limit=args.cpu_time, **options)
             if budget:
                 service_for(self.kernel).set_budget(pid, **budget)
         except LlmunixError as exc:
@@ -156,6 +176,7 @@ class RunCommands(ShellCommandSet):
                 {"name": t.name, "description": t.description, "source": t.source, "overrides": t.overrides,
                  "version": t.version,
                  "subprocess": t.subprocess, "idempotent": t.idempotent,
+                 "isolation": self.kernel.tool_isolation(t),
                  "parameters": [{"name": p.name, "type": p.type, "required": p.required,
                                  "default": None if p.required else p.default, "description": p.description,
                                  "range": p.allowed or None, "from_shell": views.param_forms(p) if p.shape else None}
@@ -163,7 +184,7 @@ class RunCommands(ShellCommandSet):
                 for t in tools
             ])
         elif args.name:
-            self.out(views.tool_tree(tools[0]))
+            self.out(views.tool_tree(tools[0], self.kernel.tool_isolation(tools[0])))
         elif self.plain:
             self.out(views.tools_plain(tools))
         else:

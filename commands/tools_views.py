@@ -41,10 +41,16 @@ def params_summary(t: Tool) -> str:
     return " ".join(p.name if p.required else f"[{p.name}]" for p in t.params)
 
 
-def tool_tree(t: Tool) -> Group:
+def tool_tree(t: Tool, isolation: str = "thread") -> Group:
+    """One tool's card; `isolation`: where a plain `run` of it goes ("process": isolated)."""
     root = Tree(Text.assemble(("Tool ", "bold"), (t.name, "bold cyan")))
     root.add(Text(f"Description: {t.description or '-'}"))  # Text: user text is never markup
-    kind = "subprocess (runs in its own process group)" if t.subprocess else "python (runs on a worker thread)"
+    if t.subprocess:
+        kind = "subprocess (runs in its own process group)"
+    elif isolation == "process":
+        kind = "python, isolated (each run in a worker OS process of its own; `run --thread` keeps it on a thread)"
+    else:
+        kind = "python (runs on a worker thread; `run --isolate` gives it an OS process of its own)"
     root.add(f"Kind: {kind}")
     if t.version:
         root.add(Text(f"Version: {t.version} (what cached results of it are keyed on)"))

@@ -215,6 +215,38 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def isolated(info: ProcessInfo) -> bool:
+    """Its body runs (ran) in an isolated worker OS process (llmunix/isolation.py)."""
+    return info.subprocess_pid is not None and any(h.event == "isolated worker" for h in info.history)
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def resources_text(info: ProcessInfo) -> str:
+    """`ps -l`'s Resources line: memory (whose), CPU, I/O."""
+    r = info.resources
+    if r.memory_mb is None and info.subprocess_pid is not None:
+        memory = "memory not sampled" + (" (it ended before the monitor's first sample)" if info.is_done else " yet")
+    elif r.memory_mb is None:
+        memory = "memory not attributed (thread-backed)"
+    elif info.kind != "tool" and info.subprocess_pid is None:
+        memory = f"{format_memory(r.memory_mb)} memory (its live child processes')"
+    elif isolated(info) and r.rss_mb is not None:
+        memory = f"{format_memory(r.memory_mb)} memory of its own (RSS {format_memory(r.rss_mb)})"
+    else:
+        memory = f"{format_memory(r.memory_mb)} memory"
+    cpu = f"{fmt_cpu(r.cpu_percent)}% CPU" if r.cpu_percent is not None else "CPU not sampled yet"
+    io = f", {r.io_operations} I/O ops" if r.io_operations is not None else ""
+    if r.read_bytes is not None and r.write_bytes is not None:
+        io += f" ({fmt_bytes(r.read_bytes)} read, {fmt_bytes(r.write_bytes)} written)"
+    return f"{memory}, {cpu}{io}"
+
+
 def tokens_text(u: TokenUsage) -> str:
     """`1,230 (1,000 in, 230 out; 3 calls), $0.0012`."""
     calls = f"{u.calls} call{'s' if u.calls != 1 else ''}"
@@ -258,12 +290,7 @@ def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance
         root.add(f"Workflow: {spec.get('source') or info.name} (steps: `workflow status {info.process_id}`)")
     elif info.name != info.tool_name or info.kind != "tool":
         root.add(f"{info.kind.title()}: {info.tool_name}")
-    r = info.resources
-    memory = (f"{format_memory(r.memory_mb)} memory" if r.memory_mb is not None
-              else "memory not attributed (thread-backed)")
-    cpu = f"{fmt_cpu(r.cpu_percent)}% CPU" if r.cpu_percent is not None else "CPU not sampled yet"
-    io = f", {r.io_operations} I/O ops" if r.io_operations is not None else ""
-    root.add(f"Resources: {memory}, {cpu}{io}")
+    root.add(f"Resources: {resources_text(info)}")
     if info.needs:
         root.add("Needs: " + needs_text(info.needs, info.predicted_needs))
     p = info.progress
@@ -302,7 +329,10 @@ def ps_tree(info: ProcessInfo, *, history: int = 5, performance: ToolPerformance
     if info.parent is not None:
         root.add(f"Parent: {format_pid(info.parent)}")
     if info.subprocess_pid is not None:
-        root.add(f"Subprocess: OS pid {info.subprocess_pid}")
+        if isolated(info):
+            root.add(f"Isolated: worker OS pid {info.subprocess_pid} (its body runs in a process of its own)")
+        else:
+            root.add(f"Subprocess: OS pid {info.subprocess_pid}")
     if info.worker is not None:
         root.add(f"Worker: {info.worker} (its body {'ran' if info.is_done else 'runs'} on this Dask worker)")
     root.add(f"Owner: {info.owner}")

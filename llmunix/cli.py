@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmunix.kernel import Kernel
     from llmunix.observe.logging import log_events
+    from llmunix.reaper import GUARDIAN, become_subreaper
+
+    # Nothing left behind (reaper.py): descendants that lose their parent stay ours while we run,
+    # and the guardian kills every descendant of this llmunix when it ends, however it ends.
+    become_subreaper()
+    GUARDIAN.scan_all = True
     from llmunix.shell import LlmunixShell
     from llmunix.tools.loader import load_user_tools
 
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             scheduling=config.scheduling,
             **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
             backend=backend,
+            isolation=config.isolation,
+            tool_settings={name: t.model_dump(exclude_none=True) for name, t in config.tools.items()},
         )
     except LlmunixError as exc:
         if backend is not None:
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = args.commands is None and script_lines is None and stdin_is_tty
     log_events(kernel)
+    if interactive and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
+        kernel.isolation.pool.warm()  # the pool process imports the tools while the user reads the prompt
     # Everything imported and built so far lives as long as llmunix does: move it out of the
     # garbage collector's reach, so that a full collection walks only what the engine made
     # since (with the startup heap, one took ~35 ms and ran every few thousand processes).
@@ -182,8 +192,15 @@ def _byte_safe_streams() -> None:
 
 
 def _start_notes(kernel: Any, recover: bool) -> list[str]:
-    """What a user should know as llmunix starts: read-only mode, interrupted work."""
+    """What a user should know as llmunix starts: read-only mode, what an earlier llmunix left
+    running (reaped now), interrupted work."""
     notes = []
+    if kernel.reaped:
+        groups = kernel.reaped
+        shown = ", ".join(r.label or f"pgid {r.pgid}" for r in groups[:5]) + (" ..." if len(groups) > 5 else "")
+        procs = sum(r.processes for r in groups)
+        notes.append(f"reaped {procs} OS process(es) in {len(groups)} group(s) that an earlier llmunix left running "
+                     f"when it was killed ({shown})")
     if kernel.read_only:
         notes.append(f"{kernel.home} is in use by llmunix pid {kernel.home_owner}; opened read-only "
                      "(ps, log, events and audit work; use another --home to run processes)")

@@ -83,6 +83,41 @@ class LlmConfig(pydantic.BaseModel):
         return value
 
 
+class ToolSettings(pydantic.BaseModel):
+    """A `[tools.NAME]` table: how one tool's processes run (docs/tools.md, "Isolated processes")."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    isolation: Literal["thread", "process"] | None = pydantic.Field(
+        None, description="process: each run in a worker OS process of its own; thread: on a thread")
+    memory: str | float | None = pydantic.Field(
+        None, description="memory limit of each run, e.g. 500MB (isolates a Python tool)")
+    cpu_time: str | float | None = pydantic.Field(
+        None, description="CPU time limit of each run, e.g. 60s (isolates a Python tool)")
+
+    @pydantic.field_validator("memory")
+    @classmethod
+    def _memory_parses(cls, value: str | float | None) -> str | float | None:
+        from llmunix.isolation import parse_memory
+
+        try:
+            parse_memory(value)
+        except LlmunixError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @pydantic.field_validator("cpu_time")
+    @classmethod
+    def _cpu_time_parses(cls, value: str | float | None) -> str | float | None:
+        from llmunix.isolation import parse_cpu_time
+
+        try:
+            parse_cpu_time(value)
+        except LlmunixError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class Config(pydantic.BaseModel):
     """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional.
     Every number has a range (the shell's `set` checks against the same, see `check_setting`):
@@ -139,6 +174,11 @@ class Config(pydantic.BaseModel):
     agent_allowed_urls: list[str] = pydantic.Field(
         default_factory=list, description="URLs tools run by agents (web_fetch) may fetch: SCHEME://HOST[:PORT] "
         "entries, http or https; HOST may be * or *.example.com; no port: any port. file:// never (default: none)")
+    isolation: Literal["thread", "process"] = pydantic.Field(
+        "thread", description="where users' Python tools run by default: thread (microseconds, shares llmunix's "
+        "memory) or process (a worker OS process each: true memory, hard pause and kill, crashes contained)")
+    tools: dict[str, ToolSettings] = pydantic.Field(
+        default_factory=dict, description="per-tool settings: [tools.NAME] isolation, memory, cpu_time")
     backend: Literal["threads", "dask"] = pydantic.Field(
         "threads", description="where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")
     dask_scheduler: str | None = pydantic.Field(
@@ -289,6 +329,8 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             section = LlmConfig if len(err["loc"]) > 1 and err["loc"][0] == "llm" else Config
+            if len(err["loc"]) > 2 and err["loc"][0] == "tools":
+                section = ToolSettings
             known = ", ".join(section.model_fields)
             raise LlmunixError(f"{path}: unknown setting {key!r}; known settings: {known}") from None
         if len(err["loc"]) == 1 and key in Config.model_fields and Config.model_fields[key].metadata:

@@ -41,6 +41,7 @@ from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, Dur
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
+from llmunix.isolation import Isolation
 from llmunix.learning import Deadline, Learning, ToolPerformance
 from llmunix.lifecycle import PidAllocator, ProcessTable
 from llmunix.models import (
@@ -60,6 +61,7 @@ from llmunix.observe.inspect import Inspector
 from llmunix.observe.queries import BusInfo, EventLog
 from llmunix.pool import LimitInfo, MemoryPressure, ResourcePool
 from llmunix.process import ProcessContext
+from llmunix.reaper import ChildRecord, Reaped
 from llmunix.resilience.restart import RestartPolicy, policy_data
 from llmunix.resilience.service import Resilience
 from llmunix.retry import RetryPolicy
@@ -117,6 +119,8 @@ class Kernel:
         stall_action: str = "alert", chaos: str | None = None, health_min_disk_mb: float = 100.0,
         backend: Backend | str | None = None,
         scheduling: str = "fifo",
+        # isolation (llmunix/isolation.py): the default for users' Python tools, per-tool settings
+        isolation: str = "thread", tool_settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not kill_grace >= 0 or kill_grace == float("inf"):
             raise LlmunixError(f"kill_grace must be a finite number of seconds >= 0, not {kill_grace!r}")
@@ -159,6 +163,11 @@ class Kernel:
         self.table = ProcessTable(scheduler=self.scheduler, bus=self.bus, owner=self.owner, kill_grace=kill_grace,
                                   max_threads=max_threads or max(64, 4 * max_running), pids=pids)
         self.table.context = self._context
+        # Nothing left behind (reaper.py): what an earlier llmunix on this home left running is
+        # reaped now (the home's lock says it has gone); what this one starts is recorded.
+        self.children = ChildRecord(None if self.read_only else self.home)
+        self.reaped: list[Reaped] = self.children.reap_leftovers()
+        self.table.guard = self.children
         self.durable = DurableState(self.table, self.store, self.registry, read_only=self.read_only,
                                     retention_days=retention_days, retention_count=retention_count)
         if self.store is not None and not self.read_only:
@@ -178,8 +187,14 @@ class Kernel:
                                      health_min_disk_mb=health_min_disk_mb)
         self.learning = Learning(self.table, self.store)  # (its deadlines register at the first deadline)
         self.cache = StepCache(self.table, self.store)  # (it registers at the first run asking for it)
-        for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning):
+        self.isolation = Isolation(self.table, default=isolation, tools=tool_settings, record=self.children,
+                                   config=_tool_config)
+        for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning, self.isolation):
             self.table.register(feature)
+        self.table.isolation = self.isolation
+        if self.reaped:
+            self.bus.publish("system.reaped", None, {
+                "groups": [{"pgid": r.pgid, "what": r.label, "processes": r.processes} for r in self.reaped]})
         self.backend.bind(self)
         self.table.remote = self.backend if self.backend.distributed else None
         self.monitor: Monitor | None = None
@@ -189,6 +204,8 @@ class Kernel:
             self.monitor = Monitor(self.table, monitor_interval)
             self.monitor.add_listener(self.resilience.watchdog_tick)  # stalled processes
             self.monitor.add_listener(self.table.check_pressure)  # memory pressure; token buckets refill
+            self.monitor.add_listener(self.isolation.check_limits)  # --memory, --cpu-time
+            self.monitor.add_listener(self._tend_children)  # groups that ended; orphans' exit statuses
             self.resilience.monitoring = True
             self.monitor.start()
         self._workflows: WorkflowService | None = None
@@ -204,6 +221,10 @@ class Kernel:
 
     def _context(self, proc: Any) -> ProcessContext:
         return ProcessContext(self, proc)
+
+    def _tend_children(self) -> None:
+        self.children.prune()
+        self.children.reap_orphans()
 
     def __enter__(self) -> Kernel:
         return self
@@ -286,6 +307,9 @@ class Kernel:
         restart: RestartPolicy | str | None = None,
         deadline: float | None = None,
         cache: CachePolicy | bool | float | None = None,
+        isolate: bool | None = None,
+        memory_limit: float | str | None = None,
+        cpu_limit: float | str | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
@@ -299,7 +323,10 @@ class Kernel:
         from now it should be done by (the learned scheduling order runs it earliest-deadline
         first while it can make it; it is flagged when it cannot, llmunix/learning.py). `cache`:
         reuse a stored result of the same tool, version, parameters and inputs (True, a TTL in
-        seconds, or a CachePolicy; llmunix/cache.py)."""
+        seconds, or a CachePolicy; llmunix/cache.py). `isolate` runs the body in a worker OS
+        process of its own (True) or on a thread (False) whatever the tool and the configuration
+        say; `memory_limit` (MB, or "500MB") and `cpu_limit` (seconds, or "60s") stop it, Failed,
+        when its OS process tree passes them (a Python tool is then isolated)."""
         self._writable()
         if timeout is not None and not 0 < timeout < float("inf"):
             raise LlmunixError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
@@ -307,12 +334,14 @@ class Kernel:
         caching = None if cache is None else CachePolicy.of(cache)
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
+        placement = self.isolation.placement(t, isolate, memory_limit, cpu_limit)
         history = self.store.tool_peak_memory if self.store is not None else None
         wants = self.scheduler.needs_for(t, needs, history)
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
         policy = policy_data(attempts)
         options: dict[str, Any] = self.learning.prepare(t, deadline)
+        options["placement"] = placement  # (isolation: where it runs, its limits)
         if attempts is not None:
             options["attempts"] = attempts
         reuse = None
@@ -322,7 +351,11 @@ class Kernel:
         with self.table.lock:
             return self.table.spawn_locked(
                 t, validated, prio, deps, name=name, parent=parent, cwd=cwd, needs=wants, timeout=timeout,
-                options=options or None, event_data={"policy": policy} if policy else None, reuse=reuse).pid
+                options=options, event_data={"policy": policy} if policy else None, reuse=reuse).pid
+
+    def tool_isolation(self, tool: str | Tool) -> str:
+        """Where a plain run of `tool` goes: "process" (an isolated worker) or "thread"."""
+        return self.isolation.tool_isolation(self._resolve_tool(tool))
 
     def kill(self, pid: int, force: bool = False, *, reason: str = "killed by user",
              interrupt: bool = False) -> ProcessInfo:
@@ -933,6 +966,8 @@ class Kernel:
         if self.monitor is not None:
             self.monitor.stop()
         table.close()
+        self.isolation.close()
+        self.children.close()  # what is left of their groups (background jobs of finished tools) goes too
         self.ipc.close()
         self.backend.close()
         self.bus.flush(timeout=5.0)
@@ -974,6 +1009,13 @@ def _fold_workflow(versions: list[Any]) -> Any:
     from llmunix.workflows.runner import fold
 
     return fold(versions)
+
+
+def _tool_config() -> dict[str, Any]:
+    """The configuration tools see (`active_config()`), for the isolation pool process."""
+    from llmunix.config import active_config
+
+    return active_config().model_dump()
 
 
 def _highest_pid(store: Store | None) -> int:

@@ -220,6 +220,11 @@ class Relay:
         return bool(self._proc.requests & (REQ_PAUSE | REQ_PREEMPT))
 
     @property
+    def paused(self) -> bool:
+        """Paused, or a pause asked for (read without the lock: a waker may ask)."""
+        return self._proc.phase is Phase.PAUSED or bool(self._proc.requests & REQ_PAUSE)
+
+    @property
     def kill_reason(self) -> str:
         return self._proc.kill_reason
 
@@ -229,8 +234,47 @@ class Relay:
 
     def control_point(self) -> None:
         """Honour requests here, as the body's thread would: blocks while paused or preempted,
-        raises ProcessKilled on a kill."""
+        raises ProcessKilled on a kill. A sign of life for the watchdog."""
         self._table.control_point(self._proc)
+
+    def check(self) -> None:
+        """The proxy loop's own control point, as `ctx.check()`: pause, preemption, the time
+        slice, kill (ProcessKilled). Not a sign of life: the body's reports and the monitor's
+        samples of its OS process say whether it is alive."""
+        proc = self._proc
+        if proc.requests or proc.phase is not Phase.RUNNING or self._table.scheduler.slice_expired(proc):
+            with self._table.lock:
+                self._table.control_point_locked(proc)
+
+    def wait_off_slot(self, ready: Callable[[], bool], detail: str, *, counts: bool = True) -> bool:
+        """Wait, without holding a slot (phase waiting, `detail` shown), until `ready()` holds
+        (checked with the table lock held; whoever changes what it reads calls `wake()`). A
+        control point throughout. `counts=False`: the time is not the process's running time
+        (e.g. queued on a cluster: its body has not started)."""
+        return self._table.block(self._proc, ready, detail, counts=counts)
+
+    def wake(self) -> None:
+        """Wake the process wherever it waits (after changing what its `ready` reads)."""
+        with self._table.lock:
+            self._table.wake(self._proc)
+
+    def alive(self, seconds: float = 0.0) -> None:
+        """A sign of life for the watchdog: now, or for `seconds` (a body asleep on purpose)."""
+        with self._table.lock:
+            self._proc.last_active = max(self._proc.last_active, time.monotonic() + seconds)
+
+    def fail(self, reason: str) -> None:
+        """Stop the process, Failed with `reason`, wherever its thread waits (its body's OS
+        process died while the proxy was carrying out a blocking call for it)."""
+        with self._table.lock:
+            if self._proc.phase is not Phase.DONE:
+                self._table.kill_locked(self._proc, False, reason, Outcome.FAILED)
+
+    def attach(self, child: Any, what: str = "subprocess") -> None:
+        """The body runs in OS process `child` (Popen-like: `pid`, `poll()`), the leader of its
+        own process group: it becomes the process's subprocess, so pause (SIGSTOP), resume,
+        kill, priority (nice) and the monitor reach it, and it is recorded to die with llmunix."""
+        self._table.attach_subprocess(self._proc, child, what)
 
     def on_wake(self, fn: Callable[[], None] | None) -> None:
         """Call `fn()` (table lock held; it must not block) whenever the process is woken: a
@@ -350,6 +394,8 @@ class ProcessTable:
         self.known: Callable[[int], str | None] = lambda pid: None  # a PID not in memory: its stored state
         self.context: Callable[[Process], ProcessContext] | None = None  # makes a body's ctx (the kernel)
         self.remote: Any = None  # a distributed backend: runs bodies of remote tools (backends/)
+        self.isolation: Any = None  # runs bodies in worker OS processes (isolation.py): wants(proc), run(ctx, relay)
+        self.guard: Any = None  # records subprocess groups to die with llmunix (reaper.ChildRecord): adopt(pid, label)
         scheduler.wake_after = lambda seconds: self.timers.call_later(seconds, self._refilled)
 
     # ------------------------------------------------------------------ hooks
@@ -719,14 +765,14 @@ class ProcessTable:
 
     # ------------------------------------------------------------------ slots and dispatch
 
-    def leave_slot_locked(self, proc: Process, to: Phase, now: float) -> None:
+    def leave_slot_locked(self, proc: Process, to: Phase, now: float, counts: bool = True) -> None:
         """A running process stops running (paused, preempted or waiting off-slot): its slot and
-        needs are freed. Blocked time still counts as running time (the work's own wait);
-        paused and preempted time does not."""
+        needs are freed. Blocked time still counts as running time (the work's own wait) unless
+        `counts` is False; paused and preempted time does not."""
         self.move(proc, to)
         proc.requests &= ~REQ_PREEMPT  # whatever stops it also answers a pending preemption
         self.scheduler.stop(proc)
-        proc.stop_clock(now, keep_running=to is Phase.WAITING)
+        proc.stop_clock(now, keep_running=to is Phase.WAITING and counts)
         if proc.subprocess is not None and to is not Phase.WAITING:
             signal_group(proc.subprocess, signal.SIGSTOP)
 
@@ -1098,14 +1144,15 @@ class ProcessTable:
                 self.dispatch_locked(now)
             self.control_point_locked(proc)  # until it runs again (paused meanwhile: until resumed)
 
-    def block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None) -> bool:
+    def block(self, proc: Process, ready: Callable[[], bool], detail: str, timeout: float | None = None,
+              counts: bool = True) -> bool:
         """Wait in `proc`'s own thread until `ready()` holds, without holding a slot.
 
         A control point throughout (pause, kill, preemption apply). `ready` is called with the
         lock held; whoever changes what it reads calls `wake(proc)` under the lock. While it is
         false the process is in phase `waiting` with `detail`, its slot and needs given back;
         once true it queues at the front of its level for a slot again. Returns `ready()`
-        (False after `timeout` seconds)."""
+        (False after `timeout` seconds). `counts`: the wait is running time (the work's own)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             while True:
@@ -1115,7 +1162,7 @@ class ProcessTable:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False
-                self.leave_slot_locked(proc, Phase.WAITING, now)
+                self.leave_slot_locked(proc, Phase.WAITING, now, counts)
                 proc.waiting = ready
                 proc.detail = detail
                 self.emit("process.blocked", proc, detail=detail)
@@ -1275,12 +1322,17 @@ class ProcessTable:
         proc.tool = tool
         proc.forget_snapshot()
 
-    def attach_subprocess(self, proc: Process, child: Any) -> None:
+    def attach_subprocess(self, proc: Process, child: Any, what: str = "subprocess") -> None:
+        """`child` (a Popen, or an isolated worker's handle) leads a process group of its own that
+        does the process's work: recorded to die with llmunix (`guard`), then signalled with it."""
+        if self.guard is not None:
+            self.guard.adopt(child.pid, f"{format_pid(proc.pid)} {proc.tool.name}" +
+                             ("" if what == "subprocess" else f" ({what})"))
         with self.lock:
             proc.subprocess = child
             renice_group(child, proc.priority)
-            proc.note("subprocess", f"pid {child.pid}")
-            self.emit("process.subprocess", proc, os_pid=child.pid)
+            proc.note(what, f"pid {child.pid}")
+            self.emit("process.subprocess", proc, os_pid=child.pid, **({} if what == "subprocess" else {"what": what}))
             if proc.phase is not Phase.RUNNING:
                 signal_group(child, signal.SIGSTOP)
             if proc.requests & REQ_KILL:
@@ -1345,6 +1397,8 @@ class ProcessTable:
                         hook(proc, ctx)  # resilience: circuit breakers, fallback tools, chaos faults
                     if self.remote is not None and proc.tool.remote:
                         output = self.remote.run(ctx, Relay(self, proc))  # a proxy for a body on a cluster
+                    elif self.isolation is not None and self.isolation.wants(proc):
+                        output = self.isolation.run(ctx, Relay(self, proc))  # a proxy for a worker OS process
                     else:
                         output = proc.tool.func(ctx, **proc.params)
                     outcome, code, error = Outcome.COMPLETED, 0, None

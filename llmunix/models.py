@@ -190,9 +190,12 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    memory_mb: float | None = None  # None: not measured (thread-backed tools, see docs)
+    memory_mb: float | None = None  # None: not measured (thread-backed tools, see docs); an isolated one's USS
     cpu_percent: float | None = None
     io_operations: int | None = None
+    rss_mb: float | None = None  # resident memory of its OS process tree (subprocess and isolated processes)
+    read_bytes: int | None = None  # bytes read and written through system calls (the monitor's last sample)
+    write_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +331,9 @@ class ProcessInfo:
                 "memory_mb": None if r.memory_mb is None else round(r.memory_mb, 1),
                 "cpu_percent": None if r.cpu_percent is None else round(r.cpu_percent, 1),
                 "io_operations": r.io_operations,
+                "rss_mb": None if r.rss_mb is None else round(r.rss_mb, 1),
+                "read_bytes": r.read_bytes,
+                "write_bytes": r.write_bytes,
             },
             "context": {
                 "working_directory": c.working_directory,

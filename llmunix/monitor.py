@@ -1,9 +1,14 @@
 """Resource measurement: one sampler thread for CPU, memory and I/O of running processes.
 
 Thread-backed processes are measured by their worker thread's native id: CPU time from
-/proc/self/task/TID/schedstat, I/O operations (read and write system calls) from
+/proc/self/task/TID/schedstat, I/O operations (read and write system calls) and bytes from
 /proc/self/task/TID/io. Their memory is not attributed (threads share one heap); it shows as "-".
-Subprocess tools are measured over the whole child tree: CPU, resident memory and I/O operations.
+Subprocess tools are measured over the whole child tree: CPU, resident memory (RSS), I/O
+operations and bytes. An isolated process (isolation.py) is measured over its worker's tree too;
+its memory is what it holds on its own (the worker's USS, what ending it would free: the pages it
+shares with the pool process it was forked from are not its own), with its RSS alongside.
+A workflow or agent (a thread that waits for its children) shows the memory of its live
+descendants, summed.
 
 Each process keeps its last `HISTORY` samples (for trend arrows, sparklines and ETA), and the
 monitor keeps the same for the whole system. The interval is settable while it runs.
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from llmunix.models import LlmunixError
+from llmunix.models import LlmunixError, Phase
 
 if TYPE_CHECKING:
     from llmunix.lifecycle import ProcessTable
@@ -42,6 +47,10 @@ class ResourceSample:
     cpu_percent: float | None
     memory_mb: float | None
     io_operations: int | None
+    rss_mb: float | None = None  # resident memory of the OS process tree (memory_mb is its USS when isolated)
+    read_bytes: int | None = None  # bytes read and written through system calls (files, pipes, sockets)
+    write_bytes: int | None = None
+    cpu_seconds: float | None = None  # CPU time of the OS process tree so far (--cpu-time limits it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,7 @@ class Monitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llmunix-monitor", daemon=True)
         self._last: dict[int, tuple[float, float]] = {}  # pid -> (wall, cpu seconds)
+        self._summed: set[int] = set()  # parents shown their descendants' memory in the last round
         self._self = psutil.Process()
 
     def start(self) -> None:
@@ -136,29 +146,64 @@ class Monitor:
             self._last.clear()
             return
         now = time.monotonic()
-        results: list[tuple[Process, float | None, float | None, int | None]] = []
+        wall = time.time()
+        samples: dict[int, tuple[Process, ResourceSample]] = {}
         for p in running:
-            if p.subprocess is not None:
-                cpu, mem, io = _tree(p.subprocess.pid)
+            child = p.subprocess
+            if child is not None:
+                f = _tree(child.pid, own=getattr(child, "isolated", False))
             else:
-                cpu, mem, io = _thread_cpu(p.native_id), None, _thread_io(p.native_id)
+                io, rd, wr = _thread_io(p.native_id)
+                f = _Figures(_thread_cpu(p.native_id), None, None, io, rd, wr)
             pct = None
-            if cpu is not None:
+            if f.cpu is not None:
                 prev = self._last.get(p.pid)
                 if prev is not None and now > prev[0]:
-                    pct = max(0.0, 100.0 * (cpu - prev[1]) / (now - prev[0]))
-                    if p.subprocess is None:
+                    pct = max(0.0, 100.0 * (f.cpu - prev[1]) / (now - prev[0]))
+                    if child is None:
                         pct = min(pct, 100.0)  # one thread is at most one core (sampling jitter aside)
-                self._last[p.pid] = (now, cpu)
-            results.append((p, pct, mem, io))
+                self._last[p.pid] = (now, f.cpu)
+            samples[p.pid] = (p, ResourceSample(wall, pct, f.memory, f.io, f.rss, f.read, f.write,
+                                                f.cpu if child is not None else None))
         live = {p.pid for p in running}
         for pid in list(self._last):
             if pid not in live:
                 del self._last[pid]
-        wall = time.time()
         with table.lock:
-            for p, pct, mem, io in results:
-                table.record_sample(p, pct, mem, io, ResourceSample(wall, pct, mem, io))
+            self._add_descendants(samples, wall)
+            for p, sample in samples.values():
+                table.record_sample(p, sample.cpu_percent, sample.memory_mb, sample.io_operations, sample)
+
+    def _add_descendants(self, samples: dict[int, tuple[Process, ResourceSample]], wall: float) -> None:
+        """A parent (a workflow, an agent: a thread waiting for its children) shows the memory of
+        its live descendants, summed into its own figure. Lock held."""
+        table = self.table
+        sums: dict[int, float] = {}
+        for p, sample in samples.values():
+            if sample.memory_mb is None:
+                continue
+            up = p.parent
+            while up is not None:  # (a parent's own memory is added once, at its level)
+                sums[up] = sums.get(up, 0.0) + sample.memory_mb
+                parent = table.get(up)
+                up = parent.parent if parent is not None else None
+        for pid in self._summed - sums.keys():  # its children have ended: nothing to show now
+            proc = table.get(pid)
+            if proc is not None and pid not in samples and proc.memory_mb is not None:
+                table.record_sample(proc, None, None, None, ResourceSample(wall, None, None, None))
+        self._summed = set(sums)
+        for pid, total in sums.items():
+            proc = table.get(pid)
+            if proc is None or proc.phase is Phase.DONE:
+                continue
+            own = samples.get(pid)
+            if own is None:
+                samples[pid] = (proc, ResourceSample(wall, None, total, None))
+            else:
+                s = own[1]
+                samples[pid] = (proc, ResourceSample(s.time, s.cpu_percent, (s.memory_mb or 0.0) + total,
+                                                     s.io_operations, s.rss_mb, s.read_bytes, s.write_bytes,
+                                                     s.cpu_seconds))
 
 
 def check_interval(seconds: float) -> float:
@@ -173,29 +218,51 @@ def check_interval(seconds: float) -> float:
     return value
 
 
-def _tree(pid: int) -> tuple[float | None, float | None, int | None]:
+@dataclass(frozen=True, slots=True)
+class _Figures:
+    cpu: float | None  # CPU seconds so far
+    memory: float | None  # MB: RSS, or for an isolated worker its USS (plus its children's RSS)
+    rss: float | None
+    io: int | None  # read and write system calls
+    read: int | None  # bytes through them
+    write: int | None
+
+
+def _tree(pid: int, own: bool = False) -> _Figures:
+    """A process and its descendants. `own`: the root was forked from a shared parent (an
+    isolated worker): its memory is its USS, the pages no other process shares."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return None, None, None
+        return _Figures(None, None, None, None, None, None)
     cpu = 0.0
     rss = 0
-    io = 0
+    memory = 0
+    io = rd = wr = 0
     for proc in procs:
         try:
             with proc.oneshot():
                 t = proc.cpu_times()
                 cpu += t.user + t.system + t.children_user + t.children_system
-                rss += proc.memory_info().rss
+                if own and proc is root:
+                    m = proc.memory_full_info()
+                    rss += m.rss
+                    memory += m.uss
+                else:
+                    r = proc.memory_info().rss
+                    rss += r
+                    memory += r
                 try:
                     c = proc.io_counters()
                     io += c.read_count + c.write_count
+                    rd += getattr(c, "read_chars", c.read_bytes)
+                    wr += getattr(c, "write_chars", c.write_bytes)
                 except (psutil.Error, AttributeError):
                     pass
         except psutil.Error:
             continue
-    return cpu, rss / 1e6, io
+    return _Figures(cpu, memory / 1e6, rss / 1e6, io, rd, wr)
 
 
 # Per-thread figures come straight from /proc with os-level reads: with 1,000 running processes
@@ -227,14 +294,18 @@ def _thread_cpu(native_id: int | None) -> float | None:
         return None
 
 
-def _thread_io(native_id: int | None) -> int | None:
-    """Read and write system calls of one thread."""
+def _thread_io(native_id: int | None) -> tuple[int | None, int | None, int | None]:
+    """Read and write system calls of one thread, and the bytes read and written through them."""
     data = _read_task(native_id, "io", 512) if native_id is not None else None
     if not data:
-        return None
+        return None, None, None
     try:
-        r = data.index(b"syscr:")
-        w = data.index(b"syscw:")
-        return int(data[r + 6:data.index(b"\n", r)]) + int(data[w + 6:data.index(b"\n", w)])
+        return (_field(data, b"syscr:") + _field(data, b"syscw:"), _field(data, b"rchar:"),
+                _field(data, b"wchar:"))
     except ValueError:
-        return None
+        return None, None, None
+
+
+def _field(data: bytes, name: bytes) -> int:
+    at = data.index(name) + len(name)
+    return int(data[at:data.index(b"\n", at)])

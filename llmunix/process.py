@@ -35,6 +35,7 @@ from llmunix.models import (
     fast_constructor,
     shown_state,
 )
+from llmunix.reaper import die_with_parent
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -216,7 +217,7 @@ class Process:
             dep.dependents = []
         dep.dependents.append(self)  # type: ignore[union-attr]
 
-    def add_sample(self, sample: Any) -> None:
+    def add_sample(self, sample: Any) -> None:  # a monitor.ResourceSample
         if self.samples is None:
             self.samples = deque(maxlen=SAMPLES_KEPT)
         self.samples.append(sample)
@@ -268,8 +269,8 @@ class Process:
             self.output,
             (Progress(self.step, self.total, self.percentage, self.eta, self.message)
              if self.step or self.total is not None or self.message or self.percentage is not None else _NO_PROGRESS),
-            (Resources(self.memory_mb, self.cpu_percent, self.io_operations)
-             if self.samples is not None else _NO_RESOURCES),
+            (self._resources() if self.samples is not None or self.memory_mb is not None
+             or self.cpu_percent is not None else _NO_RESOURCES),
             Context(
                 self.cwd,
                 MappingProxyType(dict(self.params)) if self.params else EMPTY,
@@ -285,6 +286,15 @@ class Process:
         if self.phase is Phase.DONE:
             self._snapshot = info
         return info
+
+
+    def _resources(self) -> Resources:
+        """The monitor's figures; RSS and bytes come with its last sample (an OS process's)."""
+        last = self.samples[-1] if self.samples else None
+        if last is None:
+            return Resources(self.memory_mb, self.cpu_percent, self.io_operations)
+        return Resources(self.memory_mb, self.cpu_percent, self.io_operations, last.rss_mb, last.read_bytes,
+                         last.write_bytes)
 
 
 class ProcessContext:
@@ -393,6 +403,9 @@ class ProcessContext:
         """Start an external command in its own process group, attached to this process so that
         pause, resume, kill and priority reach the whole group at once."""
         use_shell = isinstance(cmd, str) if shell is None else shell
+        # It dies with the thread that started it (this process's, alive until the body ends) even
+        # if llmunix is SIGKILLed before attach_subprocess has recorded its group (reaper.py).
+        kwargs.setdefault("preexec_fn", die_with_parent)
         child = subprocess.Popen(  # noqa: S603 - running the user's command is the point
             cmd, shell=use_shell, start_new_session=True, cwd=self.cwd,
             stdin=subprocess.DEVNULL, **kwargs,

@@ -92,3 +92,15 @@ def test_the_issue_20_benches_run_at_small_sizes(name, args, says):
     r = bench(name, *args)
     assert r.returncode == 0, r.stdout + r.stderr
     assert says in r.stdout and "INVALID" not in r.stdout
+
+
+def test_the_isolation_bench_is_valid_only_when_isolated_bodies_ran_elsewhere():
+    r = bench("isolation", "--n", "10")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(verdicts(r.stdout)) == 2 and set(verdicts(r.stdout)) <= {"met", "MISSED"}, r.stdout
+
+    # An "isolated" body that ran on the thread (in the benchmark's own OS process) measures nothing.
+    not_isolated = ("import llmunix.isolation as iso\n"
+                    "iso.Isolation.wants = lambda self, proc: False")
+    r = bench("isolation", "--n", "10", inject=not_isolated)
+    assert r.returncode == 1 and "INVALID: bench_isolated_noop process" in r.stderr, r.stdout + r.stderr

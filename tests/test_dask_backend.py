@@ -186,6 +186,8 @@ def test_pause_stops_a_remote_body_until_resume_and_kill_stops_it_there(dk, tmp_
     count = tmp_path / "count"
     pid = dk.spawn("rt_count", path=str(count))
     wait_for(count.exists, message="the body to start counting")
+    # (until llmunix hears that it started, it counts as queued, and a pause is at once)
+    wait_for(lambda: dk.info(pid).detail.startswith("running on tcp://"), message="llmunix to know it runs")
     dk.pause(pid)
     wait_phase(dk, pid, "paused")  # Paused once the body itself has stopped at a control point
     before = count.read_text()
@@ -282,6 +284,40 @@ def test_the_cli_takes_the_backend_from_config_and_rejects_a_stray_scheduler(clu
     bad = subprocess.run([LLMUNIX, "--backend", "threads", "--scheduler", "tcp://127.0.0.1:1", "-c", "ps"],
                          capture_output=True, text=True, env=env, timeout=30)
     assert bad.returncode == 2 and bad.stderr.strip() == "llmunix: --scheduler only applies to --backend dask"
+
+
+def test_processes_queued_for_a_worker_wait_off_slot_and_the_watchdog_lets_them_be(cluster, tmp_path):
+    """Four 3 s sleeps on two one-thread workers, stall_timeout 5 s and stall_action kill, through
+    the real executable: the two that wait in the cluster's queue show `Waiting (for a worker)`,
+    their runtime does not count, and all four complete (before: the watchdog killed the two)."""
+    workers_ready(cluster)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'backend = "dask"\ndask_scheduler = "{cluster.scheduler_address}"\n'
+                                      'stall_timeout = 2\nstall_action = "kill"\nmonitor_interval = 0.2\n')
+    env = {**os.environ, "LLMUNIX_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    script = ["-c", "run sleep seconds=3"] * 4 + ["-c", "run sleep seconds=3 --after 4"]
+    r = subprocess.run([LLMUNIX, *script, "-c", "ps --json", "-c", "wait", "-c", "ps -a --json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    first, final = _json_documents(r.stdout)
+    states = {rec["pid"]: (rec["state"], rec["phase"], rec["detail"]) for rec in first}
+    assert len(states) == 5
+    assert [p for p, s in states.items() if s == ("waiting", "waiting", "for a worker")], states
+    assert [rec["state"] for rec in final] == ["completed"] * 5, [(rec["pid"], rec["error"]) for rec in final]
+    queued = [rec for rec in final if any(h["event"] == "state" and h["details"] == "Waiting: for a worker"
+                                          for h in rec["history"])]
+    assert queued and all(rec["runtime"] < 4.5 for rec in queued)  # about 3 s of sleep, not 6 s with the wait
+
+
+def _json_documents(text: str) -> list:
+    """The JSON arrays printed one after another (pretty-printed: each opens with a `[` line)."""
+    docs, lines = [], text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line == "["]
+    for start in starts:
+        end = lines.index("]", start)
+        docs.append(json.loads("\n".join(lines[start:end + 1])))
+    return docs
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error():

@@ -147,6 +147,17 @@ def status(p: psutil.Process) -> str:
         return "gone"
 
 
+def frozen(p: psutil.Process) -> bool:
+    """Stopped by SIGSTOP. A shell that vforked a command waits, uninterruptibly (disk-sleep), until
+    the child execs: if the child was stopped before its exec, the shell cannot run either and
+    never shows `stopped` itself (dash does this for a foreground command)."""
+    st = status(p)
+    if st == psutil.STATUS_DISK_SLEEP:
+        kids = p.children()
+        return bool(kids) and all(status(c) == psutil.STATUS_STOPPED for c in kids)
+    return st == psutil.STATUS_STOPPED
+
+
 def gone(p: psutil.Process) -> bool:
     # An orphaned grandchild may linger as a zombie if PID 1 does not reap: it is dead all the same.
     return status(p) in ("gone", psutil.STATUS_ZOMBIE)
@@ -160,7 +171,7 @@ def test_shell_pause_stops_the_whole_group_and_resume_continues_it(make_kernel, 
 
     info = k.pause(pid)
     assert info.phase is Phase.PAUSED  # a subprocess tool is stopped at once, not at a control point
-    wait_until(lambda: all(status(p) == psutil.STATUS_STOPPED for p in group), message="all stopped")
+    wait_until(lambda: all(frozen(p) for p in group), message="all stopped")
 
     k.resume(pid)
     wait_until(lambda: k.info(pid).phase is Phase.RUNNING, message="running again")
@@ -176,7 +187,7 @@ def test_shell_kill_of_a_paused_group_removes_every_process(make_kernel, wait_un
     pid = k.spawn("shell", cmd="sleep 30 & sleep 30; wait")
     group = process_group(k, pid, wait_until, members=3)
     k.pause(pid)
-    wait_until(lambda: all(status(p) == psutil.STATUS_STOPPED for p in group), message="all stopped")
+    wait_until(lambda: all(frozen(p) for p in group), message="all stopped")
     k.kill(pid)
     assert_cancelled(k.wait([pid], timeout=10)[0])
     wait_until(lambda: all(gone(p) for p in group), message="every process of the group to be gone")

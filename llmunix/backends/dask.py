@@ -38,7 +38,6 @@ import json
 import logging
 import queue
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -49,7 +48,8 @@ from distributed import Client, KilledWorker
 
 from llmunix.backends import ClusterInfo, WorkerInfo
 from llmunix.backends.remote import llmunix_deliver, run_body
-from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
+from llmunix.models import STARTED_STATE, LlmunixError, Priority, ProcessKilled, ToolError
+from llmunix.relayed import apply_report, tool_ref
 
 if TYPE_CHECKING:
     from llmunix.backends import Host
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmunix.backends.dask")
 
 POLL = 0.05  # seconds between the proxy's control points while the body runs
+WAITING_STATE = "Waiting"  # the visible state of a process whose body waits in the cluster's queue
 RESULT_TIMEOUT = 60.0  # seconds to fetch a finished body's result from its worker
 RESOURCES_TTL = 5.0  # seconds the workers' resource names are cached for
 DASK_PRIORITY = {Priority.CRITICAL: 20, Priority.HIGH: 10, Priority.NORMAL: 0, Priority.LOW: -10,
@@ -83,7 +84,8 @@ class RemoteRun:
     (`control`, `ack`) is what the sender thread delivers; `version` orders deliveries."""
 
     __slots__ = ("key", "pid", "future", "inbox", "lock", "worker", "control", "reason", "version",
-                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output")
+                 "sent", "ack", "ack_version", "pause_version", "paused_ack", "output", "queued", "ended", "wake",
+                 "steering")
 
     def __init__(self, key: str, pid: int) -> None:
         self.key = key
@@ -101,6 +103,10 @@ class RemoteRun:
         self.pause_version = 0  # the version that asked for the current pause
         self.paused_ack = 0  # the highest version the body reported being paused at
         self.output: tuple[Any] | None = None  # a small output that came with the events
+        self.queued = True  # waiting in the cluster's queue: its body has not started on a worker
+        self.ended = False  # its future is done (or its worker lost) before it started
+        self.wake: Any = None  # wakes the process (Relay.wake) once it starts
+        self.steering = False  # the proxy's loop runs: it steers the body itself from the requests
 
     def state(self) -> dict[str, Any]:
         return {"v": self.version, "control": self.control, "reason": self.reason, "ack": self.ack,
@@ -160,17 +166,29 @@ class DaskBackend:
         assert self._kernel is not None, "bind() the backend to a kernel first"
         key = f"{self.topic}-{relay.pid}-{next(self._counter)}"
         run = RemoteRun(key, relay.pid)
-        spec = {"key": key, "topic": self.topic, "pid": relay.pid, "ref": _tool_ref(relay.tool.func),
+        ref = tool_ref(relay.tool.func, "remotely", "declare it remote=False")
+        spec = {"key": key, "topic": self.topic, "pid": relay.pid, "ref": ref,
                 "params": relay.params, "restored": relay.restored, "cwd": relay.cwd,
                 "priority": relay.priority.label, "kill_grace": relay.kill_grace}
         self._live[key] = run
-        relay.on_wake(lambda: run.inbox.put(_WAKE))  # a pause or kill reaches the proxy's loop at once
+        run.wake = relay.wake
+
+        def woken() -> None:  # table lock held: a pause, resume or kill
+            run.inbox.put(_WAKE)  # reaches the proxy's loop at once
+            if not run.steering and run.control != "kill":
+                # Queued (or just out of the queue, not yet given its slot back): the process is
+                # paused here at once, so the body is told now (when it starts, if it has not).
+                want = "pause" if relay.paused else "run"
+                if run.control != want:
+                    self._steer(run, want)
+
+        relay.on_wake(woken)
         try:
             run.future = self.client.submit(run_body, spec, key=key, pure=False, retries=0,
                                             priority=DASK_PRIORITY[relay.priority],
                                             resources=self._resources_for(relay.needs))
-            run.future.add_done_callback(lambda _f: run.inbox.put(_DONE))
-            relay.show(f"submitted to {self.address}; waiting for a worker")
+            run.future.add_done_callback(lambda _f: self._ended(run))
+            self._queued(relay, run)
             return self._proxy(relay, run)
         finally:
             relay.on_wake(None)
@@ -184,8 +202,27 @@ class DaskBackend:
                         log.debug("could not cancel %s", key, exc_info=True)
                 future.release()
 
+    def _queued(self, relay: Relay, run: RemoteRun) -> None:
+        """Until a cluster worker starts the body, the process waits off-slot — `Waiting (for a
+        worker)`, its running time not counting, the watchdog not watching (it is not running)."""
+        with run.lock:
+            if not run.queued or run.ended:
+                return
+        relay.set_state(WAITING_STATE, "for a worker")
+        relay.wait_off_slot(lambda: not run.queued or run.ended, "for a worker", counts=False)
+        relay.set_state(STARTED_STATE[relay.tool.kind], "")
+        relay.show(f"running on {run.worker}" if run.worker else "running")
+
+    def _ended(self, run: RemoteRun) -> None:
+        """Its future is done (the client's event loop)."""
+        run.inbox.put(_DONE)
+        run.ended = True
+        if run.wake is not None:
+            run.wake()
+
     def _proxy(self, relay: Relay, run: RemoteRun) -> Any:
         """The control loop: steer the body from the process's requests, apply what it reports."""
+        run.steering = True
         while True:
             if relay.kill_requested:
                 return self._stop(relay, run)
@@ -219,12 +256,10 @@ class DaskBackend:
             self._apply(relay, run, item)
 
     def _apply(self, relay: Relay, run: RemoteRun, msg: dict[str, Any]) -> None:
+        if apply_report(relay, msg):  # progress, logs, visible states
+            return
         kind = msg.get("t")
-        if kind == "progress":
-            relay.progress(msg["step"], msg["total"], msg["message"])
-        elif kind == "log":
-            relay.log(msg["line"])
-        elif kind == "checkpoint":
+        if kind == "checkpoint":
             version = relay.checkpoint(_lists(msg["state"]))  # durable before the body hears that it is
             with run.lock:
                 run.ack, run.ack_version = msg["n"], version
@@ -233,8 +268,8 @@ class DaskBackend:
             run.paused_ack = max(run.paused_ack, msg["v"])
         elif kind == "result":
             run.output = (_lists(msg["value"]),)
-        elif kind == "state":
-            relay.set_state(msg["state"], msg["detail"])
+        elif kind == "sleep":  # asleep on purpose: alive for the watchdog, as ctx.sleep on a thread
+            relay.alive(msg["seconds"])
         elif kind == "started":
             where = f"{msg['worker']} (worker {msg['name']}, {msg['host']}, OS pid {msg['os_pid']})"
             self._workers[relay.pid] = msg["worker"]
@@ -322,7 +357,10 @@ class DaskBackend:
                 self._outbox.put((key, msg["worker"]))
                 return
             run.worker = msg["worker"]
+            run.queued = False
             self._outbox.put(run)  # a pause or kill asked for before it started
+            if run.wake is not None:
+                run.wake()  # out of the queue: the process takes a slot again
         if run is not None:
             run.inbox.put(msg)
 
@@ -418,18 +456,6 @@ class DaskBackend:
             self.client.close(timeout=5)
             if self._cluster is not None:
                 self._cluster.close(timeout=5)
-
-
-def _tool_ref(func: Any) -> tuple[str, str, str | None]:
-    """How a worker finds the tool's function: module, qualified name, and the module's file
-    (for tool files llmunix loaded by path, which are not importable by name)."""
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if not module or not qualname or "<locals>" in qualname or module == "__main__":
-        raise ToolError(f"tool function {qualname or func!r} cannot run remotely: define it at the top level "
-                        "of an importable module, or declare it remote=False")
-    path = getattr(sys.modules.get(module), "__file__", None)
-    return module, qualname, path
 
 
 def _lists(value: Any) -> Any:

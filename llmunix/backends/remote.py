@@ -25,24 +25,20 @@ tool's module).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from llmunix.executor import inject_exception
-from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
+from llmunix.models import ProcessKilled, ToolError
 from llmunix.process import renice_group, signal_group, signal_tree
+from llmunix.relayed import RelayedContext, import_tool
 
 LIVENESS = 1.0  # seconds between checks that the task still belongs to someone (at control points)
 ACK_TIMEOUT = 60.0  # a checkpoint not acknowledged by llmunix in this long fails the body
@@ -91,45 +87,15 @@ def llmunix_deliver(key: str, state: dict[str, Any]) -> bool:
     return True
 
 
-def import_tool(ref: Iterable[str | None]) -> Any:
-    """The tool function named by (module, qualname, file). A module that is not importable by
-    name (a tool file llmunix loaded from a directory) is loaded from its file, if the worker
-    sees the same path."""
-    module_name, qualname, path = ref
-    assert module_name and qualname
-    try:
-        module = sys.modules.get(module_name) or importlib.import_module(module_name)
-    except ImportError as exc:
-        if not path or not os.path.exists(path):
-            raise ToolError(f"cannot import tool module {module_name!r} on worker: {exc}; make it importable "
-                            "there (install it, or put its directory on PYTHONPATH)") from None
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ToolError(f"cannot load tool file {path} on worker") from None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    obj: Any = module
-    try:
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ToolError(f"module {module_name!r} on worker has no {qualname!r}") from None
-    return obj
-
-
-class RemoteContext:
+class RemoteContext(RelayedContext):
     """What a remote tool sees as `ctx`: ProcessContext's methods, run on a cluster worker."""
 
+    where = "on a cluster worker"
+
     def __init__(self, spec: dict[str, Any], worker: Any) -> None:
-        self.pid: int = spec["pid"]
-        self.params: Mapping[str, Any] = MappingProxyType(dict(spec["params"]))
-        self.restored: Any = spec.get("restored")
-        self.kill_grace: float = float(spec.get("kill_grace", 2.0))
+        super().__init__(spec)
         self.key: str = spec["key"]
         self._topic: str = spec["topic"]
-        self._cwd: str = spec.get("cwd") or os.getcwd()
-        self._priority = Priority.parse(spec.get("priority", "normal"))
         self._worker = worker
         self._cond = threading.Condition()
         self._control = "run"
@@ -147,14 +113,6 @@ class RemoteContext:
 
     # ------------------------------------------------------------------ ProcessContext's API
 
-    @property
-    def cwd(self) -> str:
-        return self._cwd
-
-    @property
-    def priority(self) -> Priority:
-        return self._priority
-
     def check(self) -> None:
         """A bare control point: honour pause and kill."""
         if self._control != "run":
@@ -162,28 +120,8 @@ class RemoteContext:
         elif time.monotonic() >= self._next_liveness:
             self._liveness()
 
-    def progress(self, step: int, total: int | None = None, message: str = "") -> None:
-        self.report("progress", step=int(step), total=None if total is None else int(total), message=str(message))
-        self.check()
-
-    def log(self, message: str) -> None:
-        self.report("log", line=str(message))
-        self.check()
-
-    def output(self, line: str) -> None:
-        self.report("log", line=str(line))
-
-    def set_state(self, state: str, detail: str = "") -> None:
-        self.report("state", state=str(state), detail=str(detail))
-        self.check()
-
-    def checkpoint(self, state: Any) -> int:
+    def _checkpoint(self, encoded: Any) -> int:
         """Send a checkpoint and wait until llmunix has made it durable; returns its version."""
-        try:
-            encoded = json.loads(json.dumps(state))
-        except (TypeError, ValueError) as exc:
-            raise LlmunixError(f"checkpoint state must be JSON-serialisable: {exc}") from None
-        self.check()
         with self._cond:
             self._sent += 1
             n = self._sent
@@ -199,14 +137,14 @@ class RemoteContext:
                 self._cond.wait(min(left, LIVENESS))
                 if self._orphaned():
                     raise ProcessKilled("its task was cancelled on the cluster")
-            version = self._ack_version
-        self.check()
-        return version
+            return self._ack_version
 
     def sleep(self, seconds: float) -> None:
         """Sleep `seconds` of running time, waking at once for pause and kill."""
         remaining = float(seconds)
         self.check()
+        if remaining > 0:
+            self.report("sleep", seconds=remaining)
         while remaining > 0:
             t0 = time.monotonic()
             with self._cond:
@@ -239,8 +177,7 @@ class RemoteContext:
         from llmunix.process import ProcessContext
 
         if not name.startswith("_") and hasattr(ProcessContext, name):
-            raise ToolError(f"ctx.{name} is not available on a cluster worker; declare the tool "
-                            "remote=False to run it on the llmunix machine")
+            raise self.unavailable(name, "declare the tool remote=False to run it on the llmunix machine")
         raise AttributeError(name)
 
     # ------------------------------------------------------------------ internals
@@ -251,9 +188,7 @@ class RemoteContext:
             self._in_body = True
         try:
             try:
-                return func(self, **self.params)
-            except (SystemExit, KeyboardInterrupt) as exc:  # would take the whole worker down
-                raise ToolError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+                return super().run_func(func)
             finally:
                 self._close_door()
                 child = self._child

@@ -82,6 +82,9 @@ class Inspector:
             reason = "its tool is not a Python function"
         elif not stack and info.worker is not None:
             reason = f"its body runs on the Dask worker {info.worker}; debug sees this machine's threads only"
+        elif not stack and getattr(child, "isolated", False):
+            reason = (f"its body runs in an isolated worker (OS pid {child.pid}); its Python stack is the "
+                      "child's, below (py-spy)")
         elif not stack:
             reason = "its thread is not in the tool's code right now"
         else:
@@ -175,13 +178,14 @@ class Inspector:
                 weights.extend([interval] * count)
         frames = tuple(index)
         thread_backed = not child_seen
+        kind = "isolated process" if getattr(child, "isolated", False) else "subprocess tool"
         if stacks:
             assert spy is not None
-            note = (f"subprocess tool: the stacks are its Python child's (pid {spy.target_pid}), sampled by "
+            note = (f"{kind}: the stacks are its Python child's (pid {spy.target_pid}), sampled by "
                     "py-spy; CPU, memory and I/O are the child tree's, from the monitor")
         elif child_seen:
             why = failure or spy_note
-            note = (f"subprocess tool: {why}; the stacks are the tool thread's, waiting for its child; CPU, "
+            note = (f"{kind}: {why}; the stacks are the tool thread's, waiting for its child; CPU, "
                     "memory and I/O are the child tree's, from the monitor")
         elif code is None:
             note = "the tool is not a Python function: no stacks"
@@ -222,6 +226,7 @@ def _start_py_spy(child_pid: int, interval: float) -> tuple[pyspy.Recording | No
 def _child_info(child: Any) -> ChildInfo:
     """psutil's view of a subprocess (best effort: what cannot be read is left empty)."""
     notes: list[str] = []
+    isolated = getattr(child, "isolated", False)  # a forked worker: its command line is the pool process's
     try:
         p = psutil.Process(child.pid)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -252,8 +257,8 @@ def _child_info(child: Any) -> ChildInfo:
             local = f"{c.laddr.ip}:{c.laddr.port}" if c.laddr else "-"
             remote = f"{c.raddr.ip}:{c.raddr.port}" if c.raddr else "-"
             conns.append(f"{local} -> {remote} {c.status}")
-    command = " ".join(cmdline) if cmdline else (child.args if isinstance(child.args, str) else
-                                                 " ".join(map(str, child.args)))
+    command = " ".join(cmdline) if cmdline and not isolated else (
+        child.args if isinstance(child.args, str) else " ".join(map(str, child.args)))
     kids = len(procs) - 1
     if kids:
         notes.insert(0, f"{kids} descendant process{'es' if kids > 1 else ''}")

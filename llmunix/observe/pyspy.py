@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from llmunix.observe.debug import FrameId, StackFrame
+from llmunix.reaper import die_with_parent
 
 PY_SPY = "py-spy"
 DUMP_TIMEOUT = 5.0
@@ -87,8 +88,8 @@ def dump(child_pid: int) -> ChildStack:
     if exe is None:
         return ChildStack(target.pid, (), "py-spy not installed (`pip install py-spy` shows the Python child's stack)")
     try:
-        r = subprocess.run([exe, "dump", "--pid", str(target.pid)], capture_output=True, text=True,
-                           timeout=DUMP_TIMEOUT)
+        r = subprocess.run([exe, "dump", "--pid", str(target.pid)], capture_output=True, text=True,  # noqa: S603
+                           timeout=DUMP_TIMEOUT, preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
         return ChildStack(target.pid, (), f"py-spy dump did not answer within {DUMP_TIMEOUT:g}s")
     except OSError as exc:
@@ -129,7 +130,8 @@ class Recording:
         self.proc = subprocess.Popen(  # noqa: S603 - a fixed command line
             [exe, "record", "--pid", str(target.pid), "--rate", str(rate), "--format", "raw", "--function",
              "--full-filenames", "--nonblocking", "--subprocesses", "--output", self.path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=die_with_parent)  # (the thread that profiles outlives it)
 
     def finish(self) -> tuple[list[tuple[tuple[FrameId, ...], int]], str]:
         """Stop recording (SIGINT: py-spy then writes its file). Returns (stacks with sample

@@ -83,6 +83,7 @@ class Tool:
     breaker: bool = True  # its failures count on a tool circuit breaker (False: it guards its hosts itself)
     remote: bool = False  # may run on a cluster worker (backends/): importable, no ctx.spawn/recv/locks
     touches: tuple[str, ...] | None = None  # what it reaches: "paths:PARAM", "urls:PARAM", "anything" (see above)
+    isolation: str | None = None  # "process": its body runs in a worker OS process (isolation.py); None: the setting's
     overrides: str | None = None  # the source of the tool of the same name this one replaced ("builtin", a path)
     version: str | None = None  # what its cached results are keyed on (llmunix/cache.py); None: its file's hash
     # The pydantic model its parameters are checked with, or a function that builds it (built on
@@ -273,6 +274,11 @@ class ToolRegistry:
             self._load_pending()
         return iter(sorted((t for t in self._tools.values() if not t.hidden), key=lambda t: t.name))
 
+    def every_tool(self) -> list[Tool]:
+        """Every registered tool, hidden ones too (what an isolation pool process must import)."""
+        with self._lock:
+            return list(self._tools.values())
+
     def names(self) -> list[str]:
         if self._pending:
             self._load_pending()
@@ -300,6 +306,7 @@ def make_tool(
     remote: bool = False,
     touches: Iterable[str] | None = None,
     version: str | None = None,
+    isolation: str | None = None,
 ) -> Tool:
     """Build a Tool from a function whose first parameter receives the process context."""
     sig = inspect.signature(func)
@@ -329,6 +336,8 @@ def make_tool(
     model = functools.partial(build_model, f"{func.__name__}_params", fields, open_kwargs)
     first_line = doc.split("\n\n")[0].replace("\n", " ").strip()
     _check_resilience(fallback, stall_timeout, on_stall)
+    if isolation not in (None, "thread", "process"):
+        raise LlmunixError(f"isolation must be 'thread' or 'process', not {isolation!r}")
     declared = _check_touches(name or func.__name__, touches, [spec.name for spec in specs])
     return Tool(
         name=name or func.__name__,
@@ -348,6 +357,7 @@ def make_tool(
         remote=remote,
         touches=declared,
         version=None if version is None else str(version),
+        isolation=isolation,
         _model=model,
         _open=open_kwargs,
     )
@@ -379,6 +389,7 @@ def tool(
     remote: bool = False,
     touches: Iterable[str] | None = None,
     version: str | None = None,
+    isolation: str | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register a function as a tool: `@tool` or `@tool(name="fetch", idempotent=True)`.
@@ -399,6 +410,10 @@ def tool(
     `workspace` parameter and, when it is set, keep to it (docs/tools.md, "Confinement").
     `version` is what cached results of the tool are keyed on (`run --cache`, a workflow step's
     `cache: true`): change it when the tool's results change; unset, the hash of its file is used.
+    `isolation="process"` runs each call in a worker OS process of its own (true memory figures,
+    SIGSTOP pause, SIGKILL kill, crashes contained; a few milliseconds more per run: docs/tools.md,
+    "Isolated processes"); "thread" keeps it on a thread even when the configuration isolates
+    users' tools; None (the default) follows the configuration.
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
@@ -410,7 +425,8 @@ def tool(
         t = make_tool(f, name=name, description=description, subprocess=subprocess,
                       idempotent=idempotent, source=source, needs=needs, kind=kind, hidden=hidden,
                       fallback=fallback, stall_timeout=stall_timeout, on_stall=on_stall,
-                      breaker=breaker, remote=remote, touches=touches, version=version)
+                      breaker=breaker, remote=remote, touches=touches, version=version,
+                      isolation=isolation)
         (registry or REGISTRY).register(t)
         f.__llmunix_tool__ = t  # type: ignore[attr-defined]
         return f
