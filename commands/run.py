@@ -13,7 +13,6 @@ from commands import tools_views as views
 from commands.agents import add_budget_options, budget_options
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids, positive_duration
 from commands.resilience import add_run_options, run_options
-from llmunix.agents import service_for
 from llmunix.cache import CachePolicy
 from llmunix.config import MAX_AMOUNT
 from llmunix.models import LlmunixError, format_pid
@@ -124,7 +123,7 @@ class RunCommands(ShellCommandSet):
                                         name=args.name, params=params, needs=_needs(args.need), isolate=isolate,
                                         memory_limit=args.memory, cpu_limit=args.cpu_time, **options)
             if budget:
-                service_for(self.kernel).set_budget(pid, **budget)
+                self.kernel.agents.set_budget(pid, **budget)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -158,7 +157,7 @@ class RunCommands(ShellCommandSet):
             if args.name:
                 self.fail("tools --check DIR takes no TOOL name")
                 return
-            self.report_check(lambda: service_for(self.kernel).check(args.check, TOOL), args.check, args.json)
+            self.report_check(lambda: self.kernel.agents.check(args.check, TOOL), args.check, args.json)
             return
         try:
             if args.name is not None:

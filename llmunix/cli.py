@@ -115,22 +115,39 @@ def main(argv: list[str] | None = None) -> int:
             backend.close()
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
-    from llmunix.agents import attach
-    from llmunix.agents.service import default_directories
-    from llmunix.tools.loader import refused
-
+    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
+    interactive = args.commands is None and script_lines is None and stdin_is_tty
+    # Agents and markdown tools (built-in, <home>/agents and tools, ./agents and tools): read at
+    # start in an interactive shell; in a one-shot run when first needed (a tool looked up or
+    # listed, an agent command), their load errors printed by the shell after that command.
+    notes: list[str] = []
     reported = {str(e) for e in load_errors}
-    definitions = []  # agents and markdown tools: built-in, <home>/agents and tools, ./agents and tools
-    for directory, kind in default_directories(home, Path.cwd()):
-        err = refused(directory)
-        if err is None:
-            definitions.append((directory, kind))
-        elif str(err) not in reported:
-            reported.add(str(err))
-            print(f"llmunix: could not load definitions from {err}", file=sys.stderr)
-    for err in attach(kernel, config, directories=definitions).errors:
-        if str(err) not in reported:
-            print(f"llmunix: could not load {err}", file=sys.stderr)
+
+    def make_agents() -> Any:
+        from llmunix.agents.service import AgentService, default_directories
+        from llmunix.tools.loader import refused
+
+        definitions = []
+        for directory, kind in default_directories(home, Path.cwd()):
+            err = refused(directory)
+            if err is None:
+                definitions.append((directory, kind))
+            elif str(err) not in reported:
+                reported.add(str(err))
+                notes.append(f"llmunix: could not load definitions from {err}")
+        service = AgentService(kernel, config, directories=definitions)
+        for err in service.errors:
+            if str(err) not in reported:
+                reported.add(str(err))
+                notes.append(f"llmunix: could not load {err}")
+        return service
+
+    kernel.attach_agents_later(make_agents)
+    if interactive:
+        kernel.agents  # noqa: B018 (made now: its load errors are seen before the first prompt)
+        for note in notes:
+            print(note, file=sys.stderr)
+        notes.clear()
     for module, err in kernel.preload(config.preload):  # what tools import lazily, paid for now
         if err is not None:
             print(f"llmunix: could not preload {module}: {err}", file=sys.stderr)
@@ -138,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     for t in overridden:  # said once, at start; `tools` marks them too (no user tools: nothing to load)
         replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"
         print(f"llmunix: tool {t.name!r} from {t.source} overrides {replaced}", file=sys.stderr)
-    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
-    interactive = args.commands is None and script_lines is None and stdin_is_tty
     log_events(kernel)
     if interactive and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
         kernel.isolation.pool.warm()  # the pool process imports the tools while the user reads the prompt
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # garbage collector's reach, so that a full collection walks only what the engine made
     # since (with the startup heap, one took ~35 ms and ran every few thousand processes).
     gc.freeze()
-    shell = LlmunixShell(kernel, interactive=interactive, home=home)
+    shell = LlmunixShell(kernel, interactive=interactive, home=home, notes=notes, lazy=not interactive)
     if not interactive:
         # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))

@@ -211,7 +211,8 @@ class Kernel:
         self._workflows: WorkflowService | None = None
         self._hedging: Hedging | None = None
         self._agents: AgentService | None = None
-        self._agents_lock = threading.Lock()
+        self._agents_factory: Callable[[], AgentService] | None = None
+        self._agents_lock = threading.RLock()  # (re-entered: making the agent service may read other components)
         # What a stored workflow's checkpoints make (`ps -l` of an earlier session's run), without
         # importing the workflow machinery (networkx, YAML) until a workflow is looked at.
         self.durable.fold_checkpoints("workflow", _fold_workflow)
@@ -259,6 +260,10 @@ class Kernel:
         """The agent service (definitions, memory, runs), made with the active configuration the
         first time (llmunix.agents.attach makes it with a given one)."""
         with self._agents_lock:
+            factory = self._agents_factory
+        if factory is not None and self._agents is None:
+            return factory()
+        with self._agents_lock:
             if self._agents is None:
                 from llmunix.agents.service import AgentService
 
@@ -268,6 +273,20 @@ class Kernel:
     def attach_agents(self, service: AgentService) -> None:
         with self._agents_lock:
             self._agents = service
+
+    def attach_agents_later(self, make: Callable[[], AgentService]) -> None:
+        """Make the agent service with `make()` when it is first needed: the first use of
+        `agents`, or the first tool looked up or listed (its markdown tools register then). A
+        one-shot `llmunix -c ps` never reads the definitions."""
+        def made() -> AgentService:
+            with self._agents_lock:
+                if self._agents is None:
+                    self._agents = make()
+                return self._agents
+
+        with self._agents_lock:
+            self._agents_factory = made
+        self.registry.load_later(made)
 
     def service(self, name: str) -> Any:
         """A component for built-in bodies (`ProcessContext.service`): "agents" or "workflows"."""

@@ -81,12 +81,14 @@ def test_an_over_long_line_is_refused_before_it_is_parsed(tmp_path):
 
 def test_script_errors_say_file_and_line_and_the_script_stops_there(tmp_path):
     script = tmp_path / "jobs.llmunix"
-    script.write_text("run echo text=one\n\n# comment\nrun echo txt=two\nrun echo text=three\n")
+    # (001 is waited for: a process still live when the script stops would be reported on exit)
+    script.write_text("run echo text=one\nwait\n# comment\nrun echo txt=two\nrun echo text=three\n")
     r = llmunix(str(script), home=tmp_path)
     assert r.returncode == 1
     assert r.stderr == (f"{script}:4: run: tool 'echo' has no parameter 'txt' (its parameters: text); "
                         "did you mean 'text'?\n")
-    assert r.stdout.splitlines() == ["001"]
+    assert r.stdout.splitlines()[0] == "001" and r.stdout.splitlines()[1].startswith("[001] echo completed")
+    assert len(r.stdout.splitlines()) == 2
 
 
 def test_piped_commands_name_the_line_too_and_usage_errors_are_one_line(tmp_path):

@@ -36,8 +36,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import pydantic
-
 from llmunix.ipc.bus import glob_matcher
 from llmunix.ipc.deadlock import Deadlock, find_deadlock
 from llmunix.ipc.handles import (
@@ -48,7 +46,7 @@ from llmunix.ipc.handles import (
     SemaphoreHandle,
     SharedView,
 )
-from llmunix.ipc.messages import Envelope, Message, MessageInfo, decode, describe_error, encode, type_name
+from llmunix.ipc.messages import Envelope, Message, MessageInfo, MessageRejected, decode, encode, type_name
 from llmunix.ipc.persist import MessageStore
 from llmunix.ipc.shared import Blackboard, BufferInfo, BufferSpace, SharedBuffer, SharedEntry, check_name, copy_json
 from llmunix.ipc.sync import (
@@ -319,8 +317,8 @@ class Communication(Hooks):
                            **{"from": None if env.sender is None else format_pid(env.sender)})
             try:
                 body = decode(env.type, env.payload)
-            except pydantic.ValidationError as exc:
-                self._reject(proc, env, describe_error(exc))
+            except MessageRejected as exc:
+                self._reject(proc, env, str(exc))
                 continue
             ack = (lambda mid=env.id: self._ipc_ack(proc, mid)) if env.persistent else None
             return Message(env.id, env.sender, env.type, body, env.topic, env.sent, env.persistent, env.sensitive,

@@ -191,12 +191,15 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._lock = threading.Lock()
-        self._pending: list[str] = []  # modules whose @tool functions register when first needed
+        # Modules whose @tool functions register when first needed, or functions that register
+        # tools (a component made on first use: the agent service's markdown tools).
+        self._pending: list[str | Callable[[], Any]] = []
         self._loading = threading.RLock()
 
-    def load_later(self, *modules: str) -> None:
+    def load_later(self, *modules: str | Callable[[], Any]) -> None:
         """Import these modules (which register tools) the first time a tool is looked up or
-        listed, not now: a one-shot `llmunix -c ps` never pays for them."""
+        listed, not now: a one-shot `llmunix -c ps` never pays for them. A callable is called
+        then instead (it registers tools itself)."""
         with self._lock:
             self._pending.extend(m for m in modules if m not in self._pending)
 
@@ -205,7 +208,10 @@ class ToolRegistry:
             with self._lock:
                 pending, self._pending = self._pending, []
             for module in pending:
-                importlib.import_module(module)
+                if callable(module):
+                    module()
+                else:
+                    importlib.import_module(module)
 
     def register(self, tool: Tool) -> Tool:
         """Add a tool; returns the one now registered under its name. A user's tool replaces a
