@@ -145,6 +145,45 @@ def close_prompt(child: pexpect.spawn) -> None:
             child.terminate(force=True)
 
 
+class Prompt:
+    """The real `llmunix` at its prompt in a pty; `run(line)` returns what the command printed
+    (redirected to a file: the prompt's own redrawing never mixes in)."""
+
+    def __init__(self, home: Any, folder: Path, env: dict[str, str] | None = None) -> None:
+        self.child = spawn_prompt(home, env=env)
+        self.folder = folder
+        self.n = 0
+
+    def run(self, line: str) -> str:
+        self.n += 1
+        out, done = self.folder / f"{self.n}.out", self.folder / f"{self.n}.done"
+        self.child.sendline(f"{line} > {out}")
+        self.child.sendline(f"help > {done}")  # commands run in order: once this exists, `out` is complete
+        _wait_until(done.exists, message=f"{line!r} to finish")
+        _drain(self.child)
+        return out.read_text()
+
+    def poll(self, line: str, predicate: Callable[[str], Any], timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(line)
+            if predicate(out):
+                return out
+            if time.monotonic() > deadline:
+                pytest.fail(f"{line!r} never showed what was expected; last: {out!r}")
+
+    def close(self) -> None:
+        close_prompt(self.child)
+
+
+def _drain(child: pexpect.spawn) -> None:
+    while True:
+        try:
+            child.read_nonblocking(65536, timeout=0.05)
+        except pexpect.TIMEOUT:
+            return
+
+
 class Session:
     """The shell over a kernel, run without a terminal: each command's stdout is captured, and
     stderr through pytest's capsys. `ok` and `bad` assert success, or a one-line failure."""
