@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from llmunix.observe.stats import ToolStats
     from llmunix.resilience.breakers import BreakerInfo
     from llmunix.resilience.health import HealthReport
+    from llmunix.tools.loader import ReloadReport
     from llmunix.workflows.service import RetryStarted, SpecInfo, WorkflowService
     from llmunix.workflows.spec import WorkflowSpec
     from llmunix.workflows.status import WorkflowStatus
@@ -737,6 +739,25 @@ class Kernel:
 
     def health(self) -> HealthReport:
         return self.resilience.health()
+
+    # ------------------------------------------------------------------ tools
+
+    def reload_tools(self) -> ReloadReport:
+        """Load the user's tool files and modules again (tools/loader.py): changed and new ones
+        run as new modules, a broken one is refused and keeps its old tools, deleted tools go.
+        Running processes keep the code they started with (`running_old` lists them)."""
+        from llmunix.tools.loader import reload_user_tools
+
+        report = reload_user_tools()
+        with self.table.lock:
+            old = tuple(sorted((p.pid, p.tool.name) for p in self.table.live.values()
+                               if p.tool.source != "builtin" and self.registry.find(p.tool.name) is not p.tool))
+        report = replace(report, running_old=old)
+        self.bus.publish("tools.reloaded", None, {
+            "changed": [s.label for s in report.sources if s.status != "refused"],
+            "refused": [s.label for s in report.refused], "unchanged": report.unchanged,
+            "seconds": round(report.seconds, 4)})
+        return report
 
     # ------------------------------------------------------------------ workflows
 

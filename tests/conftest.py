@@ -125,13 +125,14 @@ LLMUNIX = _checkout_executable()
 PROMPT = r"llmunix\$"
 
 
-def spawn_prompt(home: Any, *, width: int = 140, env: dict[str, str] | None = None) -> pexpect.spawn:
+def spawn_prompt(home: Any, *, width: int = 140, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> pexpect.spawn:
     """The real `llmunix` at its prompt in a pty. prompt_toolkit asks the terminal where the
     cursor is and waits for an answer; PROMPT_TOOLKIT_NO_CPR=1 stops it asking."""
     full_env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LLMUNIX_HOME": str(home), "TERM": "xterm",
                 **(env or {})}
     full_env.pop("NO_COLOR", None)
-    child = pexpect.spawn(LLMUNIX, env=full_env, encoding="utf-8", timeout=20, dimensions=(40, width))
+    child = pexpect.spawn(LLMUNIX, args or [], env=full_env, encoding="utf-8", timeout=20, dimensions=(40, width))
     child.expect(PROMPT)
     return child
 
@@ -149,8 +150,9 @@ class Prompt:
     """The real `llmunix` at its prompt in a pty; `run(line)` returns what the command printed
     (redirected to a file: the prompt's own redrawing never mixes in)."""
 
-    def __init__(self, home: Any, folder: Path, env: dict[str, str] | None = None) -> None:
-        self.child = spawn_prompt(home, env=env)
+    def __init__(self, home: Any, folder: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.child = spawn_prompt(home, env=env, args=args)
         self.folder = folder
         self.n = 0
 

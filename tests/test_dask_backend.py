@@ -333,3 +333,30 @@ def test_a_workflow_step_retries_after_losing_its_worker(cluster, dk, tmp_path):
     info = dk.wait([wf], timeout=20)[0]
     assert info.state == "Completed", info.error
     assert dk.info(step).error.startswith("worker lost: tcp://")
+
+
+# ------------------------------------------------------------------ tools reload reaches the workers
+
+
+def test_a_reloaded_remote_tool_file_runs_its_new_code_on_workers_that_had_the_old(dk, tmp_path, monkeypatch):
+    from llmunix.tools import loader
+    from llmunix.tools.registry import REGISTRY
+
+    monkeypatch.setattr(loader, "SOURCES", loader.ToolSources())
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    source = ("from llmunix import tool\n\n@tool(name='rt_version', hidden=True, remote=True)\n"
+              "def rt_version(ctx, seconds: float = 0.2) -> list:\n    import os\n    ctx.sleep(seconds)\n"
+              "    return ['VERSION', os.getpid()]\n")
+    (tools / "rt_version.py").write_text(source.replace("VERSION", "v1"))
+    try:
+        assert loader.load_user_tools([tools]) == []
+        first = dk.wait([dk.spawn("rt_version") for _ in range(4)], timeout=20)
+        assert {i.output[0] for i in first} == {"v1"} and len({i.output[1] for i in first}) == 2  # both workers
+        (tools / "rt_version.py").write_text(source.replace("VERSION", "v2"))
+        assert dk.reload_tools().sources[0].status == "reloaded"
+        second = dk.wait([dk.spawn("rt_version") for _ in range(4)], timeout=20)
+        assert {i.output[0] for i in second} == {"v2"}, [i.error for i in second]
+        assert {i.output[1] for i in second} == {i.output[1] for i in first}  # the same worker processes
+    finally:
+        REGISTRY.remove("rt_version", REGISTRY.find("rt_version").source)

@@ -50,6 +50,7 @@ from distributed import Client, KilledWorker
 from llmunix.backends import ClusterInfo, WorkerInfo
 from llmunix.backends.remote import llmunix_deliver, run_body
 from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
+from llmunix.tools.loader import module_digest
 
 if TYPE_CHECKING:
     from llmunix.backends import Host
@@ -420,16 +421,17 @@ class DaskBackend:
                 self._cluster.close(timeout=5)
 
 
-def _tool_ref(func: Any) -> tuple[str, str, str | None]:
-    """How a worker finds the tool's function: module, qualified name, and the module's file
-    (for tool files llmunix loaded by path, which are not importable by name)."""
+def _tool_ref(func: Any) -> tuple[str, str, str | None, str | None]:
+    """How a worker finds the tool's function: module, qualified name, the module's file (for
+    tool files llmunix loaded by path, which are not importable by name), and the hash of the
+    code llmunix loaded (after `tools reload`, a worker that has an older one loads it again)."""
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
     if not module or not qualname or "<locals>" in qualname or module == "__main__":
         raise ToolError(f"tool function {qualname or func!r} cannot run remotely: define it at the top level "
                         "of an importable module, or declare it remote=False")
     path = getattr(sys.modules.get(module), "__file__", None)
-    return module, qualname, path
+    return module, qualname, path, module_digest(sys.modules.get(module))
 
 
 def _lists(value: Any) -> Any:

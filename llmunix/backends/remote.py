@@ -43,6 +43,7 @@ from typing import Any
 from llmunix.executor import inject_exception
 from llmunix.models import LlmunixError, Priority, ProcessKilled, ToolError
 from llmunix.process import renice_group, signal_group, signal_tree
+from llmunix.tools.loader import module_digest
 
 LIVENESS = 1.0  # seconds between checks that the task still belongs to someone (at control points)
 ACK_TIMEOUT = 60.0  # a checkpoint not acknowledged by llmunix in this long fails the body
@@ -92,23 +93,29 @@ def llmunix_deliver(key: str, state: dict[str, Any]) -> bool:
 
 
 def import_tool(ref: Iterable[str | None]) -> Any:
-    """The tool function named by (module, qualname, file). A module that is not importable by
-    name (a tool file llmunix loaded from a directory) is loaded from its file, if the worker
-    sees the same path."""
-    module_name, qualname, path = ref
+    """The tool function named by (module, qualname, file, digest). A module that is not
+    importable by name (a tool file llmunix loaded from a directory) is loaded from its file, if
+    the worker sees the same path; so is one whose code llmunix reloaded (`digest` differs from
+    what this worker loaded)."""
+    module_name, qualname, path, digest = (*ref, None)[:4]
     assert module_name and qualname
+    module = sys.modules.get(module_name)
+    stale = digest is not None and module_digest(module) != digest and bool(path) and os.path.exists(path or "")
     try:
-        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+        if module is None and not stale:
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         if not path or not os.path.exists(path):
             raise ToolError(f"cannot import tool module {module_name!r} on worker: {exc}; make it importable "
                             "there (install it, or put its directory on PYTHONPATH)") from None
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ToolError(f"cannot load tool file {path} on worker") from None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        stale = True
+    if stale or module is None:
+        from llmunix.tools.loader import load_file_as
+
+        err = load_file_as(module_name, path or "")
+        if err is not None:
+            raise ToolError(f"cannot load tool file {path} on worker: {err.error}")
+        module = sys.modules[module_name]
     obj: Any = module
     try:
         for part in qualname.split("."):
