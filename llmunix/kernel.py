@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmunix.backends import Backend, ClusterInfo, make_backend
+from llmunix.backends.placement import Placement
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
@@ -174,6 +175,9 @@ class Kernel:
             self.table.register(feature)
         self.backend.bind(self)
         self.table.remote = self.backend if self.backend.distributed else None
+        self.placement = Placement(self.table, self.backend)  # where bodies run; migrate
+        self.table.register(self.placement)
+        self.table.placement = self.placement.runs_remote
         self.monitor: Monitor | None = None
         if monitor:
             from llmunix.monitor import Monitor
@@ -512,6 +516,17 @@ class Kernel:
         (token buckets refill with time). The monitor does this every interval."""
         self.table.check_pressure()
         return self.scheduler.pressure
+
+    def migrate(self, pid: int, to: str, *, wait: float | None = None) -> ProcessInfo:
+        """Move live process `pid`'s body to `to` ("dask" or "local"): its attempt is stopped and
+        it runs again under its PID there, from its last checkpoint (backends/placement.py).
+        With `wait` (seconds), return once it has left its old place and is queued in the new."""
+        self._writable()
+        info = self.placement.migrate(pid, to)
+        if wait is not None:
+            self.placement.wait_moved([info.pid], wait)
+            return self.info(info.pid)
+        return info
 
     def cluster(self) -> ClusterInfo:
         """Where process bodies run: the backend and, for a cluster, its workers and which

@@ -149,9 +149,9 @@ class DaskBackend:
 
     def bind(self, kernel: Host) -> None:
         self._kernel = kernel
-        kernel.table.snapshot_field("worker", self._worker_of)
+        kernel.table.snapshot_field("worker", self.worker_of)
 
-    def _worker_of(self, proc: Any) -> str | None:
+    def worker_of(self, proc: Any) -> str | None:
         """The worker a process's body runs (or ran) on: a field of its snapshot."""
         return self._workers.get(proc.pid)
 
