@@ -17,7 +17,8 @@ class LimitsCommands(ShellCommandSet):
     limits_parser = LlmunixArgumentParser(
         description="Show the resource pool: each resource's capacity, what running processes hold, "
                     "what is free and how many processes wait for it; token buckets (NAME_per_min) show "
-                    "their level. With NAME=VALUE, set capacities first (0 or none removes a limit).",
+                    "their level; then memory pressure, and max_running (with `set max_running auto`, what "
+                    "it is now and why). With NAME=VALUE, set capacities first (0 or none removes a limit).",
         epilog="examples:\n  limits\n  limits gpu=1 memory_mb=8000\n  limits llm_tokens_per_min=90000\n"
                "  limits gpu=none\n  limits --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
@@ -40,9 +41,11 @@ class LimitsCommands(ShellCommandSet):
             self.fail(str(exc))
             return
         pressure = self.kernel.pressure()
+        slots = self.kernel.max_running_info()
         if args.json:
-            self.out_json({"resources": [i.to_dict() for i in infos], "memory_pressure": pressure.to_dict()})
+            self.out_json({"resources": [i.to_dict() for i in infos], "memory_pressure": pressure.to_dict(),
+                           "max_running": slots.to_dict()})
         elif self.plain:
-            self.out(views.limits_plain(infos, pressure))
+            self.out(views.limits_plain(infos, pressure, slots))
         else:
-            self.out(views.limits_table(infos, pressure))
+            self.out(views.limits_table(infos, pressure, slots))

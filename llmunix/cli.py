@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="configuration file (default: HOME/config.toml)")
     p.add_argument("--tools", action="append", default=[], metavar="MODULE",
                    help="import MODULE for its @tool functions (repeatable)")
-    p.add_argument("--max-running", type=int, metavar="N", help="processes allowed to run at once")
+    p.add_argument("--max-running", metavar="N", help="processes allowed to run at once, or auto (follows CPU "
+                                                      "and memory headroom)")
     p.add_argument("--backend", choices=("threads", "dask"),
                    help="where bodies of remote tools run: threads (this machine, the default) or dask "
                         "(a Dask cluster; see docs/cluster.md)")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         home = resolve_home(args.home)
         config = load_config(home, args.config)
         if args.max_running is not None:
-            check_setting("max_running", args.max_running)
+            args.max_running = check_setting("max_running", args.max_running)
         script_lines = _read_script(args.script) if args.script else None
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         kernel = Kernel(
             home,
             max_running=args.max_running or config.max_running,
+            max_running_auto=config.max_running_auto.settings(),
             max_threads=config.max_threads,
             kill_grace=config.kill_grace,
             time_slice=config.time_slice,
@@ -308,7 +310,9 @@ def _backend(args: argparse.Namespace, config: Any) -> Any:
     name = args.backend or ("dask" if args.scheduler else config.backend)
     if args.scheduler and name != "dask":
         raise LlmunixError("--scheduler only applies to --backend dask")
-    backend = make_backend(name, scheduler=(args.scheduler or config.dask_scheduler) if name == "dask" else None)
+    adapt = (config.dask_adapt.minimum, config.dask_adapt.maximum) if config.dask_adapt is not None else None
+    backend = make_backend(name, scheduler=(args.scheduler or config.dask_scheduler) if name == "dask" else None,
+                           adapt=adapt if name == "dask" else None)
     if name == "dask":
         capture_library_logs("distributed")
     return backend

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,6 +44,47 @@ class LlmConfig(pydantic.BaseModel):
         "and the time to the first token is recorded")
 
 
+class AutoScaleConfig(pydantic.BaseModel):
+    """The `[max_running_auto]` table: how `max_running = "auto"` moves (llmunix/autoscale.py)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    minimum: int = pydantic.Field(1, ge=1, le=MAX_COUNT, description="never fewer slots than this")
+    maximum: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT,
+                                         description="never more (default: the larger of 8 and 4 per CPU)")
+    cpu_low: float = pydantic.Field(60.0, ge=0, le=100, description="grow only while CPU (all cores) is below this")
+    cpu_high: float = pydantic.Field(85.0, ge=0, le=100, description="shrink when CPU is at or above this")
+    samples: int = pydantic.Field(3, ge=1, le=1000, description="readings in a row that must agree before a change")
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> AutoScaleConfig:
+        if self.maximum is not None and self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+        if self.cpu_low >= self.cpu_high:
+            raise ValueError(f"cpu_low ({self.cpu_low:g}) must be below cpu_high ({self.cpu_high:g})")
+        return self
+
+    def settings(self) -> Any:
+        from llmunix.autoscale import AutoSettings
+
+        return AutoSettings(self.minimum, self.maximum, self.cpu_low, self.cpu_high, self.samples)
+
+
+class DaskAdaptConfig(pydantic.BaseModel):
+    """The `dask_adapt` table: adaptive scaling of the local Dask cluster (docs/cluster.md)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    minimum: int = pydantic.Field(0, ge=0, le=10_000, description="workers kept even when idle")
+    maximum: int = pydantic.Field(4, ge=1, le=10_000, description="workers at most")
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> DaskAdaptConfig:
+        if self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+        return self
+
+
 class Config(pydantic.BaseModel):
     """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional.
     Every number has a range (the shell's `set` checks against the same, see `check_setting`):
@@ -50,7 +92,11 @@ class Config(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_running: int = pydantic.Field(8, ge=1, le=MAX_COUNT, description="processes allowed to run at once")
+    max_running: Annotated[int, pydantic.Field(ge=1, le=MAX_COUNT)] | Literal["auto"] = pydantic.Field(
+        8, description="processes allowed to run at once, or auto: follow CPU and memory headroom "
+        "([max_running_auto]; `limits` says the value now and why)")
+    max_running_auto: AutoScaleConfig = pydantic.Field(
+        default_factory=lambda: AutoScaleConfig(), description="bounds and thresholds of max_running = auto")
     max_threads: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT, description="cap on worker threads")
     kill_grace: float = pydantic.Field(2.0, ge=0, le=HOUR, description="seconds between kill escalation steps")
     time_slice: float = pydantic.Field(0.5, gt=0, le=HOUR, description="seconds before a process yields to its peers")
@@ -95,6 +141,9 @@ class Config(pydantic.BaseModel):
     dask_scheduler: str | None = pydantic.Field(
         None, description="the Dask scheduler's address for the dask backend, e.g. tcp://10.0.0.5:8786 "
         "(unset: a local cluster is started)")
+    dask_adapt: DaskAdaptConfig | None = pydantic.Field(
+        None, description="adaptive scaling of the local cluster llmunix starts: {minimum = 1, maximum = 8} "
+        "workers (a remote scheduler's cluster scales where it is managed)")
 
     # resilience (docs/resilience.md)
     breaker_threshold: int = pydantic.Field(5, ge=1, le=MAX_COUNT,
@@ -148,8 +197,8 @@ def check_setting(name: str, value: Any) -> Any:
     field = Config.model_fields[name]
     adapter = _ADAPTERS.get(name)
     if adapter is None:
-        adapter = _ADAPTERS[name] = pydantic.TypeAdapter(
-            Annotated[field.annotation, *field.metadata], config=pydantic.ConfigDict(allow_inf_nan=False))
+        kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+        adapter = _ADAPTERS[name] = pydantic.TypeAdapter(kind, config=pydantic.ConfigDict(allow_inf_nan=False))
     try:
         return adapter.validate_python(value)
     except pydantic.ValidationError:
@@ -157,18 +206,28 @@ def check_setting(name: str, value: Any) -> Any:
 
 
 def allowed_values(name: str) -> str:
-    """What a numeric setting accepts, in words: `a number from 0 to 3,600`."""
+    """What a numeric setting accepts, in words: `a number from 0 to 3,600` (`..., or auto` for
+    a setting that also takes a word)."""
     field = Config.model_fields[name]
+    words = [a.__args__[0] for a in getattr(field.annotation, "__args__", ()) if typing.get_origin(a) is Literal]
+    if words:  # `Annotated[int, Field(...)] | Literal["auto"]`: the number's range, then the words
+        number = next(a for a in field.annotation.__args__ if typing.get_origin(a) is not Literal)
+        inner = pydantic.fields.FieldInfo.from_annotation(number)
+        return _range(inner.annotation, inner.metadata) + "".join(f", or {w}" for w in words)
+    return _range(field.annotation, field.metadata)
+
+
+def _range(annotation: Any, metadata: list[Any]) -> str:
     low = high = None
     above = False
-    for rule in field.metadata:
+    for rule in metadata:
         if getattr(rule, "ge", None) is not None:
             low = rule.ge
         elif getattr(rule, "gt", None) is not None:
             low, above = rule.gt, True
         elif getattr(rule, "le", None) is not None:
             high = rule.le
-    whole = int in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    whole = int in (annotation, *getattr(annotation, "__args__", ()))
     kind = "a whole number" if whole else "a number"
     if low is None and high is None:
         return kind
@@ -239,7 +298,8 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            section = LlmConfig if len(err["loc"]) > 1 and err["loc"][0] == "llm" else Config
+            tables = {"llm": LlmConfig, "max_running_auto": AutoScaleConfig, "dask_adapt": DaskAdaptConfig}
+            section = tables.get(str(err["loc"][0]), Config) if len(err["loc"]) > 1 else Config
             known = ", ".join(section.model_fields)
             raise LlmunixError(f"{path}: unknown setting {key!r}; known settings: {known}") from None
         if len(err["loc"]) == 1 and key in Config.model_fields and Config.model_fields[key].metadata:

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmunix.autoscale import AUTO, AutoInfo, Autoscaler, AutoSettings
 from llmunix.backends import Backend, ClusterInfo, make_backend
 from llmunix.backends.placement import Placement
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState
@@ -57,6 +58,7 @@ from llmunix.observe.inspect import Inspector
 from llmunix.observe.queries import BusInfo, EventLog
 from llmunix.pool import LimitInfo, MemoryPressure, ResourcePool
 from llmunix.process import ProcessContext
+from llmunix.resilience.health import OK, HealthCheck, HealthReport
 from llmunix.resilience.restart import RestartPolicy, policy_data
 from llmunix.resilience.service import Resilience
 from llmunix.retry import RetryPolicy
@@ -72,7 +74,6 @@ if TYPE_CHECKING:
     from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceLog
     from llmunix.observe.stats import ToolStats
     from llmunix.resilience.breakers import BreakerInfo
-    from llmunix.resilience.health import HealthReport
     from llmunix.tools.loader import ReloadReport
     from llmunix.workflows.service import RetryStarted, SpecInfo, WorkflowService
     from llmunix.workflows.spec import WorkflowSpec
@@ -89,7 +90,8 @@ class Kernel:
         self,
         home: str | Path | None = None,
         *,
-        max_running: int = DEFAULT_MAX_RUNNING,
+        max_running: int | str = DEFAULT_MAX_RUNNING,
+        max_running_auto: AutoSettings | None = None,
         max_threads: int | None = None,
         time_slice: float = 0.5,
         aging_interval: float = 5.0,
@@ -115,7 +117,14 @@ class Kernel:
     ) -> None:
         if not kill_grace >= 0 or kill_grace == float("inf"):
             raise LlmunixError(f"kill_grace must be a finite number of seconds >= 0, not {kill_grace!r}")
-        self.scheduler = Scheduler(max_running=max_running, time_slice=time_slice, aging_interval=aging_interval,
+        auto = max_running == AUTO  # slots follow the machine (autoscale.py), from the default
+        if auto and not monitor:
+            raise LlmunixError('max_running = "auto" follows the monitor\'s samples; it needs the monitor on')
+        if not auto and not (isinstance(max_running, int) and max_running >= 1):
+            raise LlmunixError(f"max_running must be a whole number of at least 1, or auto, not {max_running!r}")
+        auto_settings = max_running_auto or AutoSettings()
+        slots = DEFAULT_MAX_RUNNING if auto else int(max_running)  # (auto: enable() puts it within its bounds)
+        self.scheduler = Scheduler(max_running=slots, time_slice=time_slice, aging_interval=aging_interval,
                                    pool=pool, limits=limits, memory_pressure_mb=memory_pressure_mb,
                                    available_memory=available_memory,
                                    pause_idle_under_pressure=pause_idle_under_pressure)
@@ -152,7 +161,8 @@ class Kernel:
                 self.interrupted_at_start = self.store.interrupted_at_start
         pids = None if self.read_only else PidAllocator(self.home, floor=_highest_pid(self.store) + 1)
         self.table = ProcessTable(scheduler=self.scheduler, bus=self.bus, owner=self.owner, kill_grace=kill_grace,
-                                  max_threads=max_threads or max(64, 4 * max_running), pids=pids)
+                                  max_threads=max_threads or max(64, 4 * (auto_settings.ceiling if auto else slots)),
+                                  pids=pids)
         self.table.context = self._context
         self.durable = DurableState(self.table, self.store, self.registry, read_only=self.read_only,
                                     retention_days=retention_days, retention_count=retention_count)
@@ -179,14 +189,18 @@ class Kernel:
         self.table.register(self.placement)
         self.table.placement = self.placement.runs_remote
         self.monitor: Monitor | None = None
+        self.autoscaler = Autoscaler(self.table, auto_settings, reading=self._latest_system)
         if monitor:
             from llmunix.monitor import Monitor
 
             self.monitor = Monitor(self.table, monitor_interval)
             self.monitor.add_listener(self.resilience.watchdog_tick)  # stalled processes
             self.monitor.add_listener(self.table.check_pressure)  # memory pressure; token buckets refill
+            self.monitor.add_listener(self.autoscaler.tick)  # max_running = "auto"
             self.resilience.monitoring = True
             self.monitor.start()
+        if auto:
+            self.autoscaler.enable(True)
         from llmunix.workflows.service import WorkflowService
 
         self.workflows: WorkflowService = WorkflowService(self)
@@ -197,6 +211,10 @@ class Kernel:
 
     def _context(self, proc: Any) -> ProcessContext:
         return ProcessContext(self, proc)
+
+    def _latest_system(self) -> SystemSample | None:
+        system = self.monitor.system if self.monitor is not None else None
+        return system[-1] if system else None
 
     def __enter__(self) -> Kernel:
         return self
@@ -442,9 +460,29 @@ class Kernel:
     def max_running(self, n: int) -> None:
         self.set_max_running(n)
 
-    def set_max_running(self, n: int) -> None:
+    def set_max_running(self, n: int | str) -> None:
+        """Slots: a number, or "auto" to follow CPU and memory headroom (llmunix/autoscale.py)."""
         self._writable()
-        self.table.set_max_running(n)
+        if n == AUTO:
+            if self.monitor is None:
+                raise LlmunixError("max_running auto follows the monitor's samples; this llmunix runs without one")
+            self.autoscaler.enable(True)
+            return
+        self.autoscaler.enable(False)
+        self.table.set_max_running(n)  # type: ignore[arg-type]
+
+    @property
+    def max_running_setting(self) -> int | str:
+        """What max_running is set to: a number, or "auto" (`max_running` is the value now)."""
+        return AUTO if self.autoscaler.enabled else self.scheduler.max_running
+
+    @max_running_setting.setter
+    def max_running_setting(self, value: int | str) -> None:
+        self.set_max_running(value)
+
+    def max_running_info(self) -> AutoInfo:
+        """max_running now, whether it follows the machine, and (auto) its last decision and why."""
+        return self.autoscaler.info()
 
     @property
     def time_slice(self) -> float:
@@ -753,7 +791,10 @@ class Kernel:
         return self.resilience.set_chaos(text)
 
     def health(self) -> HealthReport:
-        return self.resilience.health()
+        """The resilience checks (resilience/health.py), and what max_running is now and why."""
+        report = self.resilience.health()
+        slots = HealthCheck("max_running", OK, self.autoscaler.info().line().split(": ", 1)[1])
+        return HealthReport((*report.checks, slots), report.degraded, report.time)
 
     # ------------------------------------------------------------------ tools
 

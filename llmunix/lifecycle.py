@@ -736,11 +736,15 @@ class ProcessTable:
             self.dispatch_locked(time.monotonic())
 
     def set_max_running(self, n: int) -> None:
+        with self.lock:
+            self.set_max_running_locked(n)
+
+    def set_max_running_locked(self, n: int) -> None:
+        """Slots from now on (fewer: running processes go on, fewer new ones start). Hold the lock."""
         if n < 1:
             raise LlmunixError("max_running must be at least 1")
-        with self.lock:
-            self.scheduler.max_running = n
-            self.dispatch_locked(time.monotonic())
+        self.scheduler.max_running = n
+        self.dispatch_locked(time.monotonic())
 
     # ------------------------------------------------------------------ finish
 

@@ -466,3 +466,27 @@ def test_e2e_migrate_through_the_executable(cluster, tmp_path):
     assert "[001] crawl completed" in out
     events = [line for line in out.splitlines() if " process.migrat" in line]
     assert [e.split()[2] for e in events] == ["process.migrating", "process.migrated"] * 2
+
+
+# ------------------------------------------------------------------ adaptive scaling of a local cluster
+
+
+def test_an_adaptive_local_cluster_grows_with_work_and_shrinks_when_idle(tmp_path):
+    backend = DaskBackend(adapt=(1, 2))
+    with Kernel(tmp_path / "home", monitor=False, kill_grace=0.3, backend=backend) as k:
+        assert len(k.cluster().workers) == 1 and k.cluster().note == "adaptive: 1 to 2 workers (dask_adapt)"
+        pids = [k.spawn("sleep", seconds=3) for _ in range(6)]  # 18 s of work for one worker thread
+        wait_for(lambda: len(k.cluster().workers) == 2, timeout=40, message="a second worker")
+        assert all(i.state == "Completed" for i in k.wait(pids, timeout=60))
+        wait_for(lambda: len(k.cluster().workers) == 1, timeout=60, message="back to one idle worker")
+
+
+def test_dask_adapt_is_refused_for_a_cluster_llmunix_did_not_start(cluster, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'backend = "dask"\ndask_scheduler = "{cluster.scheduler_address}"\n'
+                                      "[dask_adapt]\nminimum = 1\nmaximum = 4\n")
+    r = subprocess.run([LLMUNIX, "--home", str(home), "-c", "ps"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and r.stderr.startswith("llmunix: dask_adapt scales the local cluster llmunix starts;")
+    assert len(r.stderr.splitlines()) == 1

@@ -99,16 +99,16 @@ def import_tool(ref: Iterable[str | None]) -> Any:
     what this worker loaded)."""
     module_name, qualname, path, digest = (*ref, None)[:4]
     assert module_name and qualname
-    module = sys.modules.get(module_name)
-    stale = digest is not None and module_digest(module) != digest and bool(path) and os.path.exists(path or "")
+    module = None
     try:
-        if module is None and not stale:
-            module = importlib.import_module(module_name)
+        # Always through the import system (not a bare sys.modules look-up): another body on this
+        # worker may be importing the module right now, and the import lock makes us wait for it.
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         if not path or not os.path.exists(path):
             raise ToolError(f"cannot import tool module {module_name!r} on worker: {exc}; make it importable "
                             "there (install it, or put its directory on PYTHONPATH)") from None
-        stale = True
+    stale = digest is not None and module_digest(module) != digest and bool(path) and os.path.exists(path or "")
     if stale or module is None:
         from llmunix.tools.loader import load_file_as
 
