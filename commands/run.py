@@ -95,7 +95,13 @@ class RunCommands(ShellCommandSet):
                "  tools --check components/tools\n  tools reload\n  tools reload --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
-    tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
+    def tools_choices(self) -> Choices:
+        """The tools, and `reload`."""
+        items = [CompletionItem("reload", display_meta="load your tool files and modules again"),
+                 *self.tool_choices().items]
+        return Choices(items=items, is_sorted=False)
+
+    tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=tools_choices,
                               help="a tool to show, or `reload`")
     tools_parser.add_argument("--check", metavar="DIR", completer=cmd2.Cmd.path_complete,
                               help="read every markdown file under DIR as a tool definition and say what loads "
