@@ -424,7 +424,8 @@ def test_a_workflow_under_chaos_ends_every_step_with_the_right_reason(make_kerne
 def test_health_reports_each_check(kernel):
     report = kernel.health()
     names = [c.name for c in report.checks]
-    assert names == ["store", "disk space", "memory", "breakers", "stalled processes", "unkillable threads"]
+    assert names == ["store", "disk space", "memory", "breakers", "stalled processes", "unkillable threads",
+                     "max_running"]
     checks = {c.name: c for c in report.checks}
     assert checks["store"].status == "ok" and checks["store"].detail.endswith("writable")
     assert checks["stalled processes"].status == "skip"  # no monitor in this fixture
