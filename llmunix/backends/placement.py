@@ -22,7 +22,8 @@ stop reaches it, it completes; if llmunix stops meanwhile, it ends Interrupted a
 continues it (in its default placement).
 
 State (under the table lock): `_where[pid]` ("dask" or "local", only for moved processes) and
-`_moving[pid]` (a move asked for, not done yet). Both go when the process ends.
+`_moving[pid]` (a move asked for, not done yet). Both go when the process ends; a move also goes
+when another feature runs the process again first (`on_attempt_end`).
 """
 
 from __future__ import annotations
@@ -153,6 +154,13 @@ class Placement(Hooks):
         self.table.emit("process.migrated", proc, to=move.to, came_from=move.came_from, checkpoint=version,
                         seconds=seconds)
         return True
+
+    def on_attempt_end(self, proc: Process) -> None:
+        """Another feature runs it again (a retry or restart took the attempt the stop ended,
+        e.g. a watchdog restart that came first): the move is moot."""
+        if self._moving.pop(proc.pid, None) is not None:
+            proc.note("not migrated", "it is being run again where it was")
+            self.table.notify_done()
 
     def on_end(self, proc: Process) -> None:
         self._where.pop(proc.pid, None)
