@@ -16,7 +16,7 @@ from llmunix.models import Outcome, Phase, Priority
 
 
 def test_a_kill_supersedes_a_stop_that_would_only_interrupt(make_kernel):
-    k = make_kernel()
+    k = make_kernel(kill_grace=30)  # the body answers at its control point, never by escalation
     go = threading.Event()
 
     def blocked(ctx: ProcessContext) -> None:
