@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "commands.process": ("ProcessCommands", ("log", "ps")),
-    "commands.control": ("ControlCommands", ("clean", "kill", "pause", "priority", "restart", "resume", "wait")),
+    "commands.control": ("ControlCommands", ("clean", "kill", "migrate", "pause", "priority", "restart", "resume",
+                                             "wait")),
     "commands.run": ("RunCommands", ("run", "tools")),
     "commands.recovery": ("RecoveryCommands", ("recover", "rollback")),
     "commands.maintenance": ("MaintenanceCommands", ("gc",)),

@@ -177,12 +177,51 @@ class ToolSettings(_Settings):
 
 
 @dataclass
+class AutoScaleConfig(_Settings):
+    """The `[max_running_auto]` table: how `max_running = "auto"` moves (llmunix/autoscale.py)."""
+
+    minimum: Annotated[int, Ge(1), Le(MAX_COUNT), Doc("never fewer slots than this")] = 1
+    maximum: Annotated[int | None, Ge(1), Le(MAX_COUNT), Doc(
+        "never more (default: the larger of 8 and 4 per CPU)")] = None
+    cpu_low: Annotated[float, Ge(0), Le(100), Doc("grow only while CPU (all cores) is below this")] = 60.0
+    cpu_high: Annotated[float, Ge(0), Le(100), Doc("shrink when CPU is at or above this")] = 85.0
+    samples: Annotated[int, Ge(1), Le(1000), Doc("readings in a row that must agree before a change")] = 3
+
+    def __post_init__(self) -> None:
+        if self.maximum is not None and self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+        if self.cpu_low >= self.cpu_high:
+            raise ValueError(f"cpu_low ({self.cpu_low:g}) must be below cpu_high ({self.cpu_high:g})")
+
+    def auto_settings(self) -> Any:
+        from llmunix.autoscale import AutoSettings
+
+        return AutoSettings(self.minimum, self.maximum, self.cpu_low, self.cpu_high, self.samples)
+
+
+@dataclass
+class DaskAdaptConfig(_Settings):
+    """The `dask_adapt` table: adaptive scaling of the local Dask cluster (docs/cluster.md)."""
+
+    minimum: Annotated[int, Ge(0), Le(10_000), Doc("workers kept even when idle")] = 0
+    maximum: Annotated[int, Ge(1), Le(10_000), Doc("workers at most")] = 4
+
+    def __post_init__(self) -> None:
+        if self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+
+
+@dataclass
 class Config(_Settings):
     """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional.
     Every number has a range (the shell's `set` checks against the same, see `check_setting`):
     an infinite, NaN or absurd value would stop a timer or a background thread."""
 
-    max_running: Annotated[int, Ge(1), Le(MAX_COUNT), Doc("processes allowed to run at once")] = 8
+    max_running: Annotated[Annotated[int, Ge(1), Le(MAX_COUNT)] | Literal["auto"], Doc(
+        "processes allowed to run at once, or auto: follow CPU and memory headroom ([max_running_auto]; "
+        "`limits` says the value now and why)")] = 8
+    max_running_auto: Annotated[AutoScaleConfig, Doc(
+        "bounds and thresholds of max_running = auto")] = field(default_factory=AutoScaleConfig)
     max_threads: Annotated[int | None, Ge(1), Le(MAX_COUNT), Doc(
         "worker threads kept (a soft cap: past it threads are made for the moment and end after; "
         "processes waiting off-slot for a model keep theirs)")] = 1024
@@ -240,6 +279,9 @@ class Config(_Settings):
     dask_scheduler: Annotated[str | None, Doc(
         "the Dask scheduler's address for the dask backend, e.g. tcp://10.0.0.5:8786 (unset: a local "
         "cluster is started)")] = None
+    dask_adapt: Annotated[DaskAdaptConfig | None, Doc(
+        "adaptive scaling of the local cluster llmunix starts: {minimum = 1, maximum = 8} workers (a "
+        "remote scheduler's cluster scales where it is managed)")] = None
 
     # resilience (docs/resilience.md)
     breaker_threshold: Annotated[int, Ge(1), Le(MAX_COUNT), Doc(
@@ -290,8 +332,19 @@ def check_setting(name: str, value: Any) -> Any:
 
 
 def allowed_values(name: str) -> str:
-    """What a numeric setting accepts, in words: `a number from 0 to 3,600`."""
+    """What a numeric setting accepts, in words: `a number from 0 to 3,600` (`..., or auto` for
+    a setting that also takes a word)."""
     kind, rules = Config.settings()[name]
+    words = [typing.get_args(a)[0] for a in typing.get_args(kind) if typing.get_origin(a) is Literal]
+    if words:  # `Annotated[int, Ge(1), ...] | Literal["auto"]`: the number's range, then the words
+        number = next(a for a in typing.get_args(kind) if typing.get_origin(a) is not Literal)
+        inner, inner_rules = (typing.get_args(number)[0], number.__metadata__) \
+            if typing.get_origin(number) is Annotated else (number, ())
+        return _range(inner, inner_rules) + "".join(f", or {w}" for w in words)
+    return _range(kind, rules)
+
+
+def _range(kind: Any, rules: tuple[Any, ...]) -> str:
     low = high = None
     above = False
     for rule in rules:
@@ -391,6 +444,9 @@ def _explain(err: Any) -> str:
         if loc[i] not in fields:
             break  # an unknown key of this table
         kind = fields[loc[i]][0]
+        tables = [a for a in typing.get_args(kind) if _is_table(a)]
+        if tables and type(None) in typing.get_args(kind):  # an optional table ([dask_adapt])
+            kind = tables[0]
         if typing.get_origin(kind) is dict and _is_table(typing.get_args(kind)[1]):
             if i + 1 < len(loc):  # a named entry: [tools.NAME], [llm.endpoints."URL|MODEL"]
                 names.append(loc[i + 1])
@@ -408,8 +464,7 @@ def _explain(err: Any) -> str:
     if err["type"] == "value_error" and message.startswith("setting '"):
         # a check of a value that needs parsing names its setting; this says in which table
         return message.replace("setting '", f"setting '{key}.", 1) if key else message
-    if len(names) == 1 and key in Config.settings() and any(
-            hasattr(r, a) for r in Config.settings()[key][1] for a in ("ge", "gt", "le")):
+    if len(names) == 1 and key in Config.settings() and allowed_values(key) not in ("a number", "a whole number"):
         return f"setting {key!r} must be {allowed_values(key)}"
     return f"setting {key!r}: {message}"
 

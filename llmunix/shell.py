@@ -105,8 +105,9 @@ class LlmunixShell(cmd2.Cmd):
                       "`run sleep seconds=5` starts one.") if interactive else ""
         # Each number is checked against the same range as in config.toml (config.py).
         self.add_settable(cmd2.Settable("max_running", setting_type("max_running"),
-                                        "processes allowed to run at once", kernel,
-                                        onchange_cb=self._max_running_changed))
+                                        "processes allowed to run at once, or auto (follows CPU and memory; "
+                                        "`limits` says the value now and why)", kernel,
+                                        settable_attrib_name="max_running_setting"))
         self.add_settable(cmd2.Settable("kill_grace", setting_type("kill_grace", duration=True),
                                         "seconds between kill escalation steps", kernel))
         if kernel.monitor_interval is not None:
@@ -376,9 +377,6 @@ class LlmunixShell(cmd2.Cmd):
         return self.do_quit("")
 
     do_exit = do_quit
-
-    def _max_running_changed(self, _name: str, _old: Any, new: Any) -> None:
-        self.kernel.set_max_running(new)
 
     def _loglevel_changed(self, _name: str, _old: Any, new: Any) -> None:
         set_level(new)

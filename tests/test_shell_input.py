@@ -123,7 +123,7 @@ def test_settings_refuse_values_that_would_stop_a_thread_and_keep_the_old_one(tm
     assert r.stderr.splitlines() == [
         "set: monitor_interval must be a number from 0.01 to 3,600 (seconds, or a duration such as 2m), not 'inf'",
         "set: kill_grace must be a number from 0 to 3,600 (seconds, or a duration such as 2m), not 'nan'",
-        "set: max_running must be a whole number from 1 to 1,000,000, not '0'",
+        "set: max_running must be a whole number from 1 to 1,000,000, or auto, not '0'",
         "run: bad duration '1e309'; at most 100 years (timers cannot wait longer)",
     ]
     assert "Traceback" not in r.stdout + r.stderr  # the monitor thread did not die
@@ -243,7 +243,8 @@ def test_a_read_only_shell_refuses_to_change_the_owners_settings(busy_home):
                                     for e in errors)
     assert errors[0].endswith("; change max_running there") and errors[1].endswith("; change chaos there")
     assert "loglevel ─> 'debug'" in r.stdout  # this shell's own log level is its own
-    assert r.stdout.splitlines()[-1].split() == ["max_running", "8", "processes", "allowed", "to", "run", "at", "once"]
+    last = r.stdout.splitlines()[-1]
+    assert last.split()[:2] == ["max_running", "8"] and "processes allowed to run at once" in last
 
 
 def test_a_read_only_shell_can_show_top_once(busy_home):
