@@ -493,7 +493,7 @@ def test_e2e_migrate_through_the_executable(cluster, tmp_path):
          "-k", "-c", "migrate 1 --to local --wait", "-c", "ps -l 1", "-c", "migrate 1 --to dask --wait --json",
          "-c", "wait", "-c", "events --type 'process.migrat*'", "-c", "migrate 1 --to local"],
         capture_output=True, text=True, env=env, timeout=120)
-    assert r.stderr.splitlines() == ["wait: timed out after 00:00:00; still running: 001",
+    assert r.stderr.splitlines() == ["wait: timed out after 0.5s; still running: 001 (running)",
                                      "migrate: cannot migrate process 001: it has already finished (Completed)"]
     out = r.stdout
     assert re.search(r"^migrated 001 crawl to local \(from checkpoint \d+\)$", out, re.M)
