@@ -146,7 +146,8 @@ class Resilience(Hooks):
     @breaker_threshold.setter
     def breaker_threshold(self, n: int) -> None:
         with self.table.lock:
-            self._board.configure(threshold=n)
+            for b in self._board.configure(threshold=n):
+                self._breaker_changed_locked(b, "opened")
 
     @property
     def breaker_cooldown(self) -> float:
@@ -164,7 +165,7 @@ class Resilience(Hooks):
     @breaker_cooldown.setter
     def breaker_cooldown(self, seconds: float) -> None:
         with self.table.lock:
-            self._board.configure(cooldown=float(seconds))
+            self._board.configure(cooldown=float(seconds))  # a cool-down opens nothing
             self._refresh_degraded_locked()
 
     def degraded_reasons(self) -> tuple[str, ...]:
