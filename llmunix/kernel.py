@@ -48,6 +48,7 @@ from llmunix.isolation import Isolation
 from llmunix.learning import Deadline, Learning, ToolPerformance
 from llmunix.lifecycle import PidAllocator, ProcessTable
 from llmunix.models import (
+    DEFAULT_MAX_THREADS,
     Event,
     IllegalTransition,
     LlmunixError,
@@ -173,7 +174,7 @@ class Kernel:
                 self.interrupted_at_start = self.store.interrupted_at_start
         pids = None if self.read_only else PidAllocator(self.home, floor=_highest_pid(self.store) + 1)
         self.table = ProcessTable(scheduler=self.scheduler, bus=self.bus, owner=self.owner, kill_grace=kill_grace,
-                                  max_threads=max_threads or max(64, 4 * (auto_settings.ceiling if auto else slots)),
+                                  max_threads=max_threads or DEFAULT_MAX_THREADS,
                                   pids=pids)
         self.table.context = self._context
         # Nothing left behind (reaper.py): what an earlier llmunix on this home left running is
