@@ -130,23 +130,12 @@ class CircuitBreaker:
         self.failures += 1
         self.last_error = error or self.last_error
         if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
-            return self._trip()
+            self.probe_pid = None
+            self.opened_at = self.clock()
+            self.trips += 1
+            self._set(OPEN)
+            return "opened"
         return None
-
-    def retune(self, threshold: int, cooldown: float) -> str | None:
-        """New settings. A closed breaker whose consecutive failures already reach a lowered
-        threshold opens now, as it would have under that rule (never "closed 3/1")."""
-        self.threshold, self.cooldown = threshold, cooldown
-        if self.state == CLOSED and self.failures >= threshold:
-            return self._trip()
-        return None
-
-    def _trip(self) -> str:
-        self.probe_pid = None
-        self.opened_at = self.clock()
-        self.trips += 1
-        self._set(OPEN)
-        return "opened"
 
     def release(self, pid: int | None) -> None:
         """A probe ended without an outcome of its own (cancelled): let another caller probe."""
@@ -203,18 +192,16 @@ class BreakerBoard:
             b = self._breakers[name] = CircuitBreaker(name, self.threshold, self.cooldown, self.clock)
         return b
 
-    def configure(self, threshold: int | None = None, cooldown: float | None = None) -> list[CircuitBreaker]:
-        """New settings, for the breakers there are and those to come. Returns the breakers a
-        lowered threshold opened (the caller announces them)."""
+    def configure(self, threshold: int | None = None, cooldown: float | None = None) -> None:
+        """New settings, for the breakers there are and those to come."""
         check_settings(self.threshold if threshold is None else threshold,
                        self.cooldown if cooldown is None else cooldown)
         if threshold is not None:
             self.threshold = threshold
         if cooldown is not None:
             self.cooldown = cooldown
-        tripped = [b for b in self._breakers.values() if b.retune(self.threshold, self.cooldown)]
-        self.recount()
-        return tripped
+        for b in self._breakers.values():
+            b.threshold, b.cooldown = self.threshold, self.cooldown
 
     def resolve(self, name: str) -> CircuitBreaker:
         """A breaker by its full name (`tool:fetch`) or its target (`fetch`, `example.com`)."""

@@ -146,8 +146,7 @@ class Resilience(Hooks):
     @breaker_threshold.setter
     def breaker_threshold(self, n: int) -> None:
         with self.table.lock:
-            for b in self._board.configure(threshold=n):
-                self._breaker_changed_locked(b, "opened")
+            self._board.configure(threshold=n)
 
     @property
     def breaker_cooldown(self) -> float:
@@ -165,7 +164,7 @@ class Resilience(Hooks):
     @breaker_cooldown.setter
     def breaker_cooldown(self, seconds: float) -> None:
         with self.table.lock:
-            self._board.configure(cooldown=float(seconds))  # a cool-down opens nothing
+            self._board.configure(cooldown=float(seconds))
             self._refresh_degraded_locked()
 
     def degraded_reasons(self) -> tuple[str, ...]:
