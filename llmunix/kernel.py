@@ -1047,7 +1047,8 @@ class Kernel:
                  interrupt: bool | None = None) -> Sequence[ProcessInfo]:
         """Stop every live process, then the threads. With a store (or `interrupt=True`) they end
         Interrupted, to be continued by `recover`; without one they end Cancelled with `reason`.
-        Returns the snapshots of the processes it had to stop."""
+        Returns the snapshots of the processes it stopped (not those a user's kill was ending
+        already: they end Cancelled, as that kill said)."""
         if interrupt is None:
             interrupt = self.store is not None
         table = self.table
@@ -1057,7 +1058,7 @@ class Kernel:
             table.closed = True
             procs = list(table.live.values())
         live = [p.pid for p in procs]
-        stopped = 0 if self.read_only else table.stop_all(
+        stopped = [] if self.read_only else table.stop_all(
             live, reason, Outcome.INTERRUPTED if interrupt else Outcome.CANCELLED)
         infos = table.wait_procs(procs, timeout)
         stuck = infos.unfinished()
@@ -1083,7 +1084,7 @@ class Kernel:
             table.pids.close()
         if self._home_lock is not None:
             self._home_lock.release()
-        return infos if stopped else []
+        return table.wait_procs(stopped, 0) if stopped else []  # (ended: no wait)
 
     # ------------------------------------------------------------------ helpers
 

@@ -633,6 +633,9 @@ class ProcessTable:
         if proc.requests & REQ_KILL and not force and not (
                 proc.kill_outcome == Outcome.INTERRUPTED and outcome is not Outcome.INTERRUPTED):
             return  # (a kill that ends it for good supersedes a stop that would only interrupt it)
+        if proc.requests & REQ_KILL and outcome is Outcome.INTERRUPTED and proc.kill_outcome != Outcome.INTERRUPTED:
+            # llmunix stopping forces a user's kill that has not taken yet: it ends as that kill said
+            outcome, reason = Outcome(proc.kill_outcome), proc.kill_reason or reason
         proc.note("kill requested", reason + (" (force)" if force else ""))
         proc.kill_outcome = outcome
         if not proc.has_thread:
@@ -1461,12 +1464,13 @@ class ProcessTable:
 
     # ------------------------------------------------------------------ shutdown
 
-    def stop_all(self, pids: list[int], reason: str, outcome: Outcome) -> int:
+    def stop_all(self, pids: list[int], reason: str, outcome: Outcome) -> list[Process]:
         """Ask every one of `pids` still live to stop, as `kill` would (parents before their
         children, as PIDs mostly grow; nothing new starts meanwhile), in batches under the lock
         and without building snapshots: shutdown may cancel 100,000 queued processes. Returns
-        how many were asked."""
-        asked = 0
+        the processes it stopped: not those a user's kill is ending already (they end as that
+        kill says, Cancelled, and are not this stop's to report)."""
+        asked: list[Process] = []
         code = _exit_for(outcome)
         for start in range(0, len(pids), 1000):  # let others have the lock between batches
             with self.lock:
@@ -1474,7 +1478,9 @@ class ProcessTable:
                     proc = self.live.get(pid)
                     if proc is None or proc.phase is Phase.DONE:
                         continue
-                    asked += 1
+                    if proc.requests & REQ_KILL and proc.kill_outcome != Outcome.INTERRUPTED:
+                        continue  # being killed for good already
+                    asked.append(proc)
                     if proc.has_thread:
                         self.kill_locked(proc, False, reason, outcome)
                     else:  # never started: nothing to stop, and no user's kill to record

@@ -53,6 +53,24 @@ def test_forced_kill_stops_a_spin_loop_without_waiting_for_the_grace(make_kernel
     assert_cancelled(k.wait([pid], timeout=WAIT)[0])
 
 
+def test_llmunix_stopping_leaves_a_pending_kill_to_end_cancelled_and_reports_only_what_it_stopped(
+        tmp_path, wait_until):
+    # A script that kills and then exits: a kill not yet taken (a spin loop within its grace)
+    # ended Interrupted, and the exit message said `recover` would continue it.
+    from llmunix import Kernel
+
+    k = Kernel(tmp_path, monitor=False, kill_grace=30)
+    spinning, sleeping = k.spawn("spin", seconds=60), k.spawn("sleep", seconds=60)
+    wait_in_body(k, spinning, wait_until)
+    wait_in_body(k, sleeping, wait_until)
+    k.kill(spinning)
+    stopped = k.shutdown(timeout=0.5)  # the spin is still in its grace: shutdown forces it
+    assert stopped.pids == [sleeping]
+    with Kernel(tmp_path, monitor=False) as again:
+        assert_cancelled(again.info(spinning))
+        assert again.info(sleeping).state == "Interrupted"
+
+
 def test_kill_wakes_a_cooperative_sleeper_at_once(make_kernel, wait_until):
     k = make_kernel(kill_grace=30)
     escalated = record_events(k, "process.kill_escalated")

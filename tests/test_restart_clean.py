@@ -125,8 +125,11 @@ def test_a_script_restarts_a_failure_then_cleans_everything(tmp_path):
     first = subprocess.run([LLMUNIX, "--home", str(tmp_path), "--keep-going"], input=script, text=True,
                            capture_output=True, timeout=120)
     assert first.returncode == 1 and "001 Failed" in first.stderr
-    run = subprocess.run([LLMUNIX, "--home", str(tmp_path), "-c", "restart 1", "-c", "clean --all --state completed",
-                          "-c", "ps -a --json"], text=True, capture_output=True, timeout=120)
+    # `wait` before exiting: on a loaded machine the restarted process may still be running at
+    # the end of the commands, and would then end Interrupted (not cleanable).
+    run = subprocess.run([LLMUNIX, "--home", str(tmp_path), "--keep-going", "-c", "restart 1", "-c", "wait",
+                          "-c", "clean --all --state completed", "-c", "ps -a --json"],
+                         text=True, capture_output=True, timeout=120)
     assert "restarted 001 as 002 fail" in run.stdout
     assert run.returncode == 1 and "no finished process to clean" in run.stderr  # none completed: it fails
     listed = subprocess.run([LLMUNIX, "--home", str(tmp_path), "-c", "clean --all", "-c", "ps -a --json"],

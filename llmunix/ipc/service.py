@@ -618,17 +618,18 @@ class Communication(Hooks):
         with self.table.lock:
             bar.reset()
 
-    @staticmethod
-    def _ready_noting(w: Waiter) -> Callable[[], bool]:
+    def _ready_noting(self, w: Waiter) -> Callable[[], bool]:
         """`w`'s ready test for `_block`, which also keeps the process's detail up to date: a
-        deadlock found after the process began to wait is written in by its own next check."""
+        deadlock found while it was not yet WAITING is written in by its own next check (one
+        found while it waits is written at once, by `_check_deadlock`)."""
         proc = w.proc
+        table = self.table
 
-        def ready() -> bool:
+        def ready() -> bool:  # (under the table lock)
             if w.ready():
                 return True
             if w.note is not None and proc.phase is Phase.WAITING and proc.detail != w.note:
-                proc.detail = w.note
+                table.set_detail_locked(proc, w.note)
             return False
 
         return ready
@@ -837,7 +838,9 @@ class Communication(Hooks):
             if member != pid:
                 w = t.waiting[member]
                 w.note = self._wait_detail(w, found)
-                self.table.wake(proc)  # its ready() runs again and puts the note in its detail
+                if proc.phase is Phase.WAITING:  # `ps` says so at once, not at its next check
+                    self.table.set_detail_locked(proc, w.note)
+                self.table.wake(proc)  # its ready() runs again (and puts the note in, if not yet waiting)
         log.warning("deadlock %d: %s", found.id, summary)
         self.bus.publish("ipc.deadlock", None, {
             "id": found.id, "cycle": [format_pid(p) for p in found.cycle],
