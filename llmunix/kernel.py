@@ -383,8 +383,9 @@ class Kernel:
         wants = self.scheduler.needs_for(t, needs, history)
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
-        policy = run_options(attempts, timeout=timeout, isolate=isolate, memory_limit=memory_limit,
-                             cpu_limit=cpu_limit)
+        policy = None if attempts is None and timeout is None and isolate is None and memory_limit is None \
+            and cpu_limit is None else run_options(attempts, timeout=timeout, isolate=isolate,
+                                                   memory_limit=memory_limit, cpu_limit=cpu_limit)
         options: dict[str, Any] = self.learning.prepare(t, deadline)
         options["placement"] = placement  # (isolation: where it runs, its limits)
         if attempts is not None:

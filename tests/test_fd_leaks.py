@@ -39,8 +39,9 @@ def test_the_llmunix_process_keeps_no_descriptor_per_shell_process(tmp_path):
                           capture_output=True, text=True, timeout=60)
     before, after = (int(x) for x in logs.stdout.split())
     # A leak is one descriptor per process (300). A few may differ: `ls` can run before llmunix's
-    # thread has closed its copies of the pipes it made for that very process (both ends of two).
-    assert after <= before + 4, (before, after)
+    # thread has closed its copies of the pipes it made for that very process (both ends of two),
+    # and on a loaded machine more worker threads (each with its own store reader) may be alive.
+    assert after <= before + 25, (before, after)
 
 
 def _low_fd_limit() -> None:
