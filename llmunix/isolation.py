@@ -34,6 +34,15 @@ Messages on a worker's socket, framed pickles (`Channel`):
                     ("end", HOW, ...)            the body ended: ok, tool, killed, error
   proxy -> worker   SPEC                         once: what to run (sent after it is recorded)
                     ("ok"|"raise", ID, VALUE)    the answer to call ID
+  llmunix -> worker ("q", KIND, ARGS) + a socket  a question (`Isolation.ask`: `debug PID memory`,
+                                                 `profile --memory`), from any thread of llmunix;
+                                                 the answer, ("ok"|"error", VALUE), comes back on
+                                                 the socket sent with it, not through the proxy
+                                                 (which may be busy carrying out a ctx call)
+
+In the worker a reader thread owns the socket: replies go to the body's main thread through a
+queue, questions are answered on the reader thread (`QUESTIONS`), even while the body computes
+or waits for a reply. Only a stopped (paused) worker cannot answer.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import logging
 import math
 import os
 import pickle
+import queue
 import re
 import resource
 import select
@@ -56,7 +66,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -75,6 +85,7 @@ log = logging.getLogger("llmunix.isolation")
 
 ISOLATIONS = ("thread", "process")
 POLL = 0.05  # seconds between the proxy's control points while the worker runs
+ASK_TIMEOUT = 10.0  # seconds llmunix waits for a worker's answer to a question
 START_TIMEOUT = 30.0  # the pool process imports llmunix and the user's tools first
 EXIT_WAIT = 5.0  # after its socket closes, seconds to wait for the worker's exit status
 
@@ -515,6 +526,7 @@ class Isolation(Hooks):
         self.tools = {name: dict(v) for name, v in (tools or {}).items()}
         self.pool = WorkerPool(modules or _user_modules, config, record)
         self._placed: dict[int, Placement] = {}  # pid -> placement, for processes isolated or limited
+        self._running: dict[int, Worker] = {}  # pid -> its worker, while its body runs (questions go there)
 
     # ------------------------------------------------------------------ choosing (before a process exists)
 
@@ -632,9 +644,41 @@ class Isolation(Hooks):
                 worker.chan.send(spec)
             except OSError:
                 pass  # it died already: its end says why
+            self._running[relay.pid] = worker
             return _Proxy(ctx, relay, worker).serve()
         finally:
+            self._running.pop(relay.pid, None)
             worker.close()
+
+    def ask(self, pid: int, kind: str, args: Any = None, timeout: float = ASK_TIMEOUT) -> Any:
+        """Ask the isolated worker of process `pid` a question (`QUESTIONS`: "memory") and return
+        its answer. Any thread; the body goes on meanwhile. Raises LlmunixError when the process
+        has no worker running, the worker is stopped (paused) or does not answer in `timeout`."""
+        worker = self._running.get(pid)
+        if worker is None:
+            raise LlmunixError(f"process {pid:03d} has no isolated worker running")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        chan = Channel(mine)
+        try:
+            try:
+                worker.chan.send(("q", kind, args), fds=(theirs.fileno(),))
+            except OSError:
+                raise LlmunixError(f"process {pid:03d}'s isolated worker has gone") from None
+            finally:
+                theirs.close()
+            if not chan.ready(timeout):
+                raise LlmunixError(f"process {pid:03d}'s isolated worker did not answer within {timeout:g}s"
+                                   + (" (it is paused: SIGSTOP holds it; resume it first)"
+                                      if _stopped(worker.handle.pid) else ""))
+            try:
+                status, value = chan.recv()
+            except (EOFError, OSError):
+                raise LlmunixError(f"process {pid:03d}'s isolated worker ended before it answered") from None
+        finally:
+            chan.close()
+        if status != "ok":
+            raise LlmunixError(value)
+        return value
 
     def close(self) -> None:
         self.pool.close()
@@ -841,6 +885,15 @@ class _Proxy:
         raise ToolError(death_reason(code), exit_code=code if code > 0 else 1 if code == 0 else 128 - code)
 
 
+def _stopped(os_pid: int) -> bool:
+    """Is this OS process stopped (SIGSTOP)?"""
+    try:
+        with open(f"/proc/{os_pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
+
+
 def death_reason(code: int) -> str:
     """Why a worker ended without its body's end: `worker exited with code 3`, `killed by signal
     9 (out of memory?)` — nobody in llmunix sent that SIGKILL, and the OOM killer sends it."""
@@ -1032,6 +1085,8 @@ class WorkerContext(RelayedContext):
         self._kill_pending: str | None = None
         self._killed = False
         self._buffers: list[Any] = []
+        self._replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # from the reader thread
+        self.tool_file: str | None = None  # the file of the tool's function (allocations "via" the tool)
 
     # ------------------------------------------------------------------ ProcessContext's API
 
@@ -1109,7 +1164,10 @@ class WorkerContext(RelayedContext):
             call_id = self._calls
             self._send(("c", call_id, name, args, dict(kwargs)))
             while True:
-                reply = self._chan.recv()
+                reply = self._replies.get()  # (a kill's SIGTERM interrupts this wait, as it did a recv)
+                if reply[0] == "eof":
+                    self._replies.put(reply)  # for any later call too
+                    raise EOFError
                 if reply[1] == call_id:  # (an answer to a call a kill interrupted is dropped)
                     break
         if reply[0] == "raise":
@@ -1137,6 +1195,20 @@ class WorkerContext(RelayedContext):
             return Message(*value.fields, _ack=ack)
         return value
 
+    def _read(self) -> None:
+        """The reader thread: replies to the main thread, questions answered here. Signals are
+        blocked here so that a kill's SIGTERM reaches the main thread, where the body runs."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            while True:
+                msg = self._chan.recv(with_fds=True)
+                if msg[0] == "q":
+                    _answer(msg[1], msg[2], self._chan.take_fd(), self)
+                else:
+                    self._replies.put(msg)
+        except BaseException:  # noqa: BLE001 - llmunix has gone (or the frame was bad): calls see the end
+            self._replies.put(("eof",))
+
     # ------------------------------------------------------------------ running the body
 
     def _on_term(self, signum: int, _frame: Any) -> None:
@@ -1152,6 +1224,7 @@ class WorkerContext(RelayedContext):
 
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
+        threading.Thread(target=self._read, name="llmunix-worker-reader", daemon=True).start()
         with contextlib.suppress(OSError):
             os.chdir(self.cwd)
         if self._spec.get("cpu_time"):
@@ -1160,6 +1233,7 @@ class WorkerContext(RelayedContext):
                 resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 2))  # SIGXCPU, then SIGKILL
         try:
             func = import_tool(self._spec["ref"], "in the isolated worker")
+            self.tool_file = getattr(getattr(func, "__code__", None), "co_filename", None)
             end: tuple[Any, ...] = ("end", "ok", self.run_func(func))
         except BaseException as exc:  # noqa: BLE001 - every end of the body is reported
             end = ("end", "raised", _raised(exc))
@@ -1186,6 +1260,33 @@ class WorkerContext(RelayedContext):
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
+
+
+def _memory_question(ctx: WorkerContext, args: Mapping[str, Any]) -> Any:
+    from llmunix.observe.memory import worker_memory
+
+    return worker_memory(args, tool_file=ctx.tool_file)
+
+
+# What llmunix may ask a worker (`Isolation.ask`): KIND -> fn(worker ctx, args) -> a picklable answer.
+QUESTIONS: dict[str, Callable[[WorkerContext, Any], Any]] = {"memory": _memory_question}
+
+
+def _answer(kind: str, args: Any, fd: int, ctx: WorkerContext) -> None:
+    """Answer one question on the socket that came with it (the reader thread)."""
+    chan = Channel(socket.socket(fileno=fd))
+    try:
+        fn = QUESTIONS.get(kind)
+        try:
+            if fn is None:
+                raise LlmunixError(f"unknown question {kind!r}")
+            reply: tuple[str, Any] = ("ok", fn(ctx, args))
+        except Exception as exc:  # noqa: BLE001 - said to the asker, in one line
+            reply = ("error", str(exc) if isinstance(exc, LlmunixError | ToolError) else f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(OSError):
+            chan.send(reply)
+    finally:
+        chan.close()
 
 
 class RemoteRef:

@@ -7,6 +7,7 @@
 * `durable`    durable.DurableState — earlier sessions, retention, gc, recover, rollback
 * `event_log`  observe.queries.EventLog — the event log, following, audit, subscriptions
 * `debugger`, `inspector` — breakpoints and stepping; stacks and the profiler
+* `memory`     observe.memory.MemoryDebugger — tracemalloc: `debug PID memory`, `profile --memory`
 * `ipc`        ipc.service.Communication — mailboxes, the blackboard, locks, deadlocks
 * `resilience` resilience.service.Resilience — retries, restarts, breakers, watchdog, health
 * `workflows`, `agents` — workflow specs and runs; agent definitions and runs
@@ -58,6 +59,7 @@ from llmunix.models import (
 )
 from llmunix.observe.debug_control import Debugger
 from llmunix.observe.inspect import Inspector
+from llmunix.observe.memory import DEFAULT_FRAMES, DEFAULT_TOP, MemoryDebugger, MemoryReport
 from llmunix.observe.queries import BusInfo, EventLog
 from llmunix.pool import LimitInfo, MemoryPressure, ResourcePool
 from llmunix.process import ProcessContext
@@ -191,6 +193,8 @@ class Kernel:
                                    config=_tool_config)
         for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning, self.isolation):
             self.table.register(feature)
+        self.memory = MemoryDebugger(self.table, self.durable, self.isolation)  # (registers at its first use)
+        self.inspector.memory = self.memory
         self.table.isolation = self.isolation
         if self.reaped:
             self.bus.publish("system.reaped", None, {
@@ -751,8 +755,19 @@ class Kernel:
         return self.inspector.debug_info(pid)
 
     def profile(self, pid: int, duration: float, interval: float = 0.01, stop: threading.Event | None = None,
-                on_tick: Callable[[float, int], Any] | None = None) -> ProfileReport:
-        return self.inspector.profile(pid, duration, interval, stop, on_tick)
+                on_tick: Callable[[float, int], Any] | None = None, *, memory: bool = False) -> ProfileReport:
+        return self.inspector.profile(pid, duration, interval, stop, on_tick, memory=memory)
+
+    def debug_memory(self, pid: int, *, diff: bool = False, top: int = DEFAULT_TOP, dump: str | None = None,
+                     stop: bool = False, frames: int = DEFAULT_FRAMES) -> MemoryReport:
+        """Where process `pid`'s live Python memory was allocated (tracemalloc, started for it on
+        the first call); `diff`: what grew since the previous call; `dump`: also write the
+        snapshot to that file; `stop`: end tracing after this look (observe/memory.py)."""
+        return self.memory.memory(pid, diff=diff, top=top, dump=dump, stop=stop, frames=frames)
+
+    def stop_memory_trace(self, pid: int) -> bool:
+        """End `debug PID memory`'s tracing of process `pid`; True if it was traced."""
+        return self.memory.stop(pid)
 
     def set_breakpoint(self, pid: int, *, at_step: int | None = None, when: str | None = None,
                        on_checkpoint: bool = False) -> Breakpoint:

@@ -5,6 +5,7 @@ sampling profiler). A component of the kernel (`kernel.inspector`); both return 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ import psutil
 
 from llmunix.models import LlmunixError, Phase, as_pid, format_pid
 from llmunix.observe import pyspy
+from llmunix.observe.advice import suggestions
 from llmunix.observe.debug import (
     ChildInfo,
     DebugInfo,
@@ -26,12 +28,15 @@ from llmunix.observe.debug import (
     sample_ids,
     window_figures,
 )
+from llmunix.observe.network import NetworkWatch
 
 if TYPE_CHECKING:
+    from llmunix.cache import StepCache
     from llmunix.durable import DurableState
     from llmunix.lifecycle import ProcessTable
     from llmunix.monitor import ResourceSample
     from llmunix.observe.debug_control import Debugger
+    from llmunix.observe.memory import MemoryDebugger, MemoryLook
 
 MAX_LISTED = 20  # open files / connections listed for a child
 NETWORK_EVERY = 0.5  # seconds between connection counts of a subprocess tool's child tree while profiling
@@ -44,6 +49,8 @@ class Inspector:
         self.table = table
         self.durable = durable
         self.debugger = debugger
+        self.memory: MemoryDebugger | None = None  # `profile --memory` (set by the kernel)
+        self.cache: StepCache | None = None  # the `cacheable` suggestion (set by the kernel)
 
     def samples(self, pid: int) -> list[ResourceSample]:
         """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
@@ -98,12 +105,14 @@ class Inspector:
                          child is None, debugger)
 
     def profile(self, pid: int, duration: float, interval: float = 0.01, stop: threading.Event | None = None,
-                on_tick: Callable[[float, int], Any] | None = None) -> ProfileReport:
+                on_tick: Callable[[float, int], Any] | None = None, *, memory: bool = False) -> ProfileReport:
         """Sample process `pid`'s tool stack every `interval` seconds in the calling thread, for
         `duration` seconds, until the process ends or until `stop` is set. `on_tick(elapsed,
         samples)` is called after each sample. A subprocess tool's thread only waits for its child:
         when the child is a Python program and py-spy is installed, py-spy samples the child
-        instead (pyspy.py); its report has the child tree's CPU, memory, I/O and connections."""
+        instead (pyspy.py); its report has the child tree's CPU, memory, I/O and connections
+        (observe/network.py: TCP bytes too). `memory`: trace its allocations over the window
+        (observe/memory.py), reported by site. The report ends with suggestions (advice.py)."""
         pid = as_pid(pid)
         if not duration > 0:
             raise LlmunixError("the profile duration must be more than 0")
@@ -119,7 +128,8 @@ class Inspector:
             if proc.phase is Phase.DONE:
                 raise LlmunixError(f"cannot profile process {format_pid(pid)}: it has already finished ({proc.state})")
             code = getattr(proc.tool.func, "__code__", None)
-            name, tool = proc.name, proc.tool.name
+            name, tool, idempotent = proc.name, proc.tool.name, proc.tool.idempotent
+        allocations_note = self._begin_allocations(pid) if memory else ""
         stop = stop or threading.Event()
         index: dict[FrameId, int] = {}
         timeline: list[tuple[int, ...]] = []
@@ -132,7 +142,7 @@ class Inspector:
         child_seen = False
         spy: pyspy.Recording | None = None
         spy_note = ""
-        net = pyspy.NetworkWatch()
+        net = NetworkWatch()
         net_at = float("-inf")
         try:
             while True:
@@ -166,9 +176,13 @@ class Inspector:
                     ended_by = "stopped"
                     break
         finally:
+            elapsed = time.monotonic() - t0
+            wall1 = time.time()
             stacks, failure = spy.finish() if spy is not None else ([], "")
-        elapsed = time.monotonic() - t0
-        figures = window_figures(self.samples(pid), wall0, time.time())
+            allocations = None
+            if memory and not allocations_note:
+                allocations, allocations_note = self._end_allocations(pid)
+        figures = window_figures(self.samples(pid), wall0, wall1)
         sampler = "llmunix"
         if stacks:  # the Python child's own stacks replace the tool thread's (which only waits for it)
             sampler, index, timeline, weights = "py-spy", {}, [], []
@@ -193,20 +207,45 @@ class Inspector:
             note = "no samples: the process was not running tool code during the window"
         else:
             note = ""
-        if figures[5] == 0:
+        if figures.samples == 0:
             note = "; ".join(x for x in (note, "no monitor samples in the window") if x)
         network = None
         if child_seen:
+            moved = net.bytes()
             network = NetworkFigures(len(net.seen), net.peak, net.last, net.samples,
-                                     "some connections could not be read (access denied)" if net.denied else "")
-        return ProfileReport(
+                                     "some connections could not be read (access denied)" if net.denied else "",
+                                     moved[0] if moved else None, moved[1] if moved else None, net.bytes_note)
+        report = ProfileReport(
             pid=pid, name=name, tool=tool, duration=elapsed, requested=float(duration), interval=float(interval),
             samples=len(timeline), ended_by=ended_by, frames=frames, timeline=tuple(timeline),
             weights=tuple(weights), hotspots=hotspots(frames, timeline),
-            cpu_average=figures[0], cpu_peak=figures[1], memory_average=figures[2], memory_peak=figures[3],
-            io_operations=figures[4], monitor_samples=figures[5], thread_backed=thread_backed, note=note,
-            network=network, sampler=sampler,
+            cpu_average=figures.cpu_average, cpu_peak=figures.cpu_peak, memory_average=figures.memory_average,
+            memory_peak=figures.memory_peak, io_operations=figures.io_operations, monitor_samples=figures.samples,
+            thread_backed=thread_backed, note=note, network=network, sampler=sampler, io=figures.io,
+            allocations=allocations, allocations_note=allocations_note,
         )
+        repeat = self.cache.repeat_of(pid) if self.cache is not None and idempotent else None
+        return dataclasses.replace(report, suggestions=suggestions(report, idempotent=idempotent, repeat_of=repeat))
+
+    def _begin_allocations(self, pid: int) -> str:
+        """`profile --memory`: trace the process's allocations from now (a first look, for the
+        window's diff); "" when tracing, else why not."""
+        if self.memory is None:
+            return "memory tracing is not available here"
+        try:
+            self.memory.memory(pid, owner="profile", top=1)
+        except LlmunixError as exc:
+            return str(exc)
+        return ""
+
+    def _end_allocations(self, pid: int) -> tuple[MemoryLook | None, str]:
+        """The window's allocations by site (what grew since the first look), tracing ended."""
+        assert self.memory is not None
+        try:
+            return self.memory.memory(pid, owner="profile", diff=True, stop=True).look, ""
+        except LlmunixError as exc:
+            self.memory.stop(pid, owner="profile")
+            return None, f"not measured at the end of the window: {exc}"
 
 
 def _start_py_spy(child_pid: int, interval: float) -> tuple[pyspy.Recording | None, str]:
