@@ -254,15 +254,16 @@ class DebugCommands(DebugCompletion):
         except LlmunixError as exc:
             self.fail(str(exc))
             return
+        io_limit = self.kernel.io_limit(pid)
         if args.json:
-            self.out_json(info.to_dict())
+            self.out_json({**info.to_dict(), "io_limit": None if io_limit is None else io_limit.to_dict()})
             return
         system = self.kernel.system()
         llmunix_mb = system[-1].llmunix_memory_mb if system else None
         if self.plain:
-            self.out(views.debug_plain(info, lines=args.lines, llmunix_mb=llmunix_mb))
+            self.out(views.debug_plain(info, lines=args.lines, llmunix_mb=llmunix_mb, io_limit=io_limit))
         else:
-            self.out(views.debug_rich(info, lines=args.lines, llmunix_mb=llmunix_mb))
+            self.out(views.debug_rich(info, lines=args.lines, llmunix_mb=llmunix_mb, io_limit=io_limit))
         if self._cmd.interactive and not self.plain and self._prompt_pid is None and not info.info.is_done:
             self._prompt(pid)
 

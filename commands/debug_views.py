@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from commands.views import fmt_bytes
+from llmunix.iolimit import IoLimitInfo
 from llmunix.models import format_memory, format_pid, short_duration
 from llmunix.observe.debug import DebugInfo, ProfileReport, StackFrame
 from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceEntry, TraceLog
@@ -63,7 +64,8 @@ def memory_text(d: DebugInfo, llmunix_mb: float | None) -> str:
     return f"{format_memory(mb)} resident (the child process tree, latest monitor sample)"
 
 
-def debug_pairs(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> list[tuple[str, str]]:
+def debug_pairs(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None,
+                io_limit: IoLimitInfo | None = None) -> list[tuple[str, str]]:
     cpu = d.sample.cpu_percent if d.sample is not None else d.info.resources.cpu_percent
     pairs = [
         ("Current State", d.info.display_state + (f" ({d.info.detail})" if d.info.detail and
@@ -87,6 +89,8 @@ def debug_pairs(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None =
             pairs.append(("Child Stack", f"{frames} (Python pid {c.python_pid}, by py-spy)"))
         elif c.python_note:
             pairs.append(("Child Stack", f"none: {c.python_note}"))
+    if io_limit is not None:
+        pairs.append(("I/O Limit", io_limit.describe()))
     if d.debugger is not None:
         pairs.append(("Debugger", debugger_text(d.debugger)))
     if not d.info.is_done:
@@ -131,12 +135,14 @@ def debug_title(d: DebugInfo) -> str:
     return f"Debugging Process {format_pid(d.info.pid)} ({d.info.name}):"
 
 
-def debug_plain(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> str:
-    return tree_plain(debug_title(d), debug_pairs(d, lines=lines, llmunix_mb=llmunix_mb))
+def debug_plain(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None,
+                io_limit: IoLimitInfo | None = None) -> str:
+    return tree_plain(debug_title(d), debug_pairs(d, lines=lines, llmunix_mb=llmunix_mb, io_limit=io_limit))
 
 
-def debug_rich(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None) -> Text:
-    return tree_rich(debug_title(d), debug_pairs(d, lines=lines, llmunix_mb=llmunix_mb))
+def debug_rich(d: DebugInfo, *, lines: bool = False, llmunix_mb: float | None = None,
+               io_limit: IoLimitInfo | None = None) -> Text:
+    return tree_rich(debug_title(d), debug_pairs(d, lines=lines, llmunix_mb=llmunix_mb, io_limit=io_limit))
 
 
 # ---------------------------------------------------------------------- profile

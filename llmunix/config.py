@@ -94,6 +94,8 @@ class ToolSettings(pydantic.BaseModel):
         None, description="memory limit of each run, e.g. 500MB (isolates a Python tool)")
     cpu_time: str | float | None = pydantic.Field(
         None, description="CPU time limit of each run, e.g. 60s (isolates a Python tool)")
+    io_rate: str | float | None = pydantic.Field(
+        None, description="I/O rate limit of each run, e.g. 10MB/s (isolates a Python tool)")
 
     @pydantic.field_validator("memory")
     @classmethod
@@ -113,6 +115,17 @@ class ToolSettings(pydantic.BaseModel):
 
         try:
             parse_cpu_time(value)
+        except LlmunixError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @pydantic.field_validator("io_rate")
+    @classmethod
+    def _io_rate_parses(cls, value: str | float | None) -> str | float | None:
+        from llmunix.isolation import parse_io_rate
+
+        try:
+            parse_io_rate(value)
         except LlmunixError as exc:
             raise ValueError(str(exc)) from None
         return value
@@ -178,7 +191,16 @@ class Config(pydantic.BaseModel):
         "thread", description="where users' Python tools run by default: thread (microseconds, shares llmunix's "
         "memory) or process (a worker OS process each: true memory, hard pause and kill, crashes contained)")
     tools: dict[str, ToolSettings] = pydantic.Field(
-        default_factory=dict, description="per-tool settings: [tools.NAME] isolation, memory, cpu_time")
+        default_factory=dict, description="per-tool settings: [tools.NAME] isolation, memory, cpu_time, io_rate")
+    io_cgroup: str | None = pydantic.Field(
+        None, description="a cgroup v2 directory delegated to you, with the io controller available: --io-rate "
+        "then uses io.max (disk I/O, held by the kernel) instead of a SIGSTOP/SIGCONT duty cycle")
+    connections_per_host: int = pydantic.Field(
+        6, ge=0, le=MAX_COUNT, description="web_fetch connections open at once to one host, across processes "
+        "(0: unlimited); more wait their turn off-slot")
+    host_connections: dict[str, Annotated[int, pydantic.Field(ge=0, le=MAX_COUNT)]] = pydantic.Field(
+        default_factory=dict, description='per-host connection limits over connections_per_host: '
+        '{"api.example.com" = 2, "127.0.0.1:8000" = 1} (a host, or host:port; 0: unlimited)')
     backend: Literal["threads", "dask"] = pydantic.Field(
         "threads", description="where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")
     dask_scheduler: str | None = pydantic.Field(

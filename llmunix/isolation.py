@@ -95,16 +95,28 @@ EXIT_WAIT = 5.0  # after its socket closes, seconds to wait for the worker's exi
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where one process's body runs, and its limits (`spawn(isolate=..., memory=..., cpu_time=...)`)."""
+    """Where one process's body runs, and its limits (`spawn(isolate=..., memory=..., cpu_time=...,
+    io_rate=...)`; the I/O rate is held by iolimit.py)."""
 
     isolated: bool
     memory_mb: float | None = None
     cpu_time: float | None = None
+    io_rate: float | None = None  # bytes per second
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"": 1.0, "k": 1 / 1000, "m": 1.0, "g": 1000.0, "t": 1e6,
             "ki": 1024 / 1e6, "mi": 1024**2 / 1e6, "gi": 1024**3 / 1e6, "ti": 1024**4 / 1e6}
+
+
+def size_mb(text: str) -> float | None:
+    """Megabytes from `500MB`, `2GB`, `1.5G`, `512MiB`, `64kB` or a plain number of MB; None if
+    it is not a size."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").lower().rstrip("b") if m else None
+    if m is None or unit not in _UNIT_MB:
+        return None
+    return float(m.group(1)) * _UNIT_MB[unit]
 
 
 def parse_memory(value: float | str | None) -> float | None:
@@ -114,11 +126,10 @@ def parse_memory(value: float | str | None) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         mb = float(value)
     else:
-        m = _SIZE.match(str(value))
-        unit = (m.group(2) or "").lower().rstrip("b") if m else None
-        if m is None or unit not in _UNIT_MB:
+        found = size_mb(str(value))
+        if found is None:
             raise LlmunixError(f"bad memory limit {value!r}; give a size such as 500MB or 2GB")
-        mb = float(m.group(1)) * _UNIT_MB[unit]
+        mb = found
     if not (math.isfinite(mb) and 1 <= mb <= 1e9):
         raise LlmunixError(f"bad memory limit {value!r}; give a size from 1MB to 1PB")
     return mb
@@ -137,6 +148,37 @@ def parse_cpu_time(value: float | str | None) -> float | None:
     if not (math.isfinite(seconds) and 1 <= seconds <= 365 * 86400):
         raise LlmunixError(f"bad CPU time limit {value!r}; give from 1s to 365 days")
     return seconds
+
+
+def parse_io_rate(value: float | str | None) -> float | None:
+    """Bytes per second from `10MB/s`, `500kB/s`, `1GiB/s` (the `/s` may be left out) or a plain
+    number of bytes per second; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        rate = float(value)
+    else:
+        text = str(value).strip()
+        for suffix in ("/s", "/sec", "ps"):
+            if text.lower().endswith(suffix):
+                text = text[: -len(suffix)]
+                break
+        mb = size_mb(text) if text and not text[-1:].isdigit() else None
+        if mb is None:
+            raise LlmunixError(f"bad I/O rate {value!r}; give bytes per second such as 10MB/s or 500kB/s")
+        rate = mb * 1e6
+    if not (math.isfinite(rate) and 1000 <= rate <= 1e13):
+        raise LlmunixError(f"bad I/O rate {value!r}; give from 1kB/s to 10TB/s")
+    return rate
+
+
+def fmt_rate(rate: float) -> str:
+    """`5 MB/s`, `512 kB/s`, `1.5 GB/s`."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if rate >= size:
+            value = rate / size
+            return f"{value:.{0 if value >= 100 or value.is_integer() else 1}f} {unit}/s"
+    return f"{rate:.0f} B/s"
 
 
 def check_isolation(value: str | None, what: str = "isolation") -> str | None:
@@ -531,15 +573,17 @@ class Isolation(Hooks):
     # ------------------------------------------------------------------ choosing (before a process exists)
 
     def placement(self, t: Tool, isolate: bool | None = None, memory: float | str | None = None,
-                  cpu_time: float | str | None = None) -> Placement | None:
+                  cpu_time: float | str | None = None, io_rate: float | str | None = None) -> Placement | None:
         """Where a new process of tool `t` runs, and its limits; None for a plain thread. Raises
         LlmunixError (one line) for what cannot be: an agent isolated, a tool defined in a script."""
         settings = self.tools.get(t.name, {})
         mem = parse_memory(memory if memory is not None else settings.get("memory"))
         cpu = parse_cpu_time(cpu_time if cpu_time is not None else settings.get("cpu_time"))
+        rate = parse_io_rate(io_rate if io_rate is not None else settings.get("io_rate"))
+        limited = mem is not None or cpu is not None or rate is not None
         if isolate is not None:
             isolated, asked = bool(isolate), bool(isolate)
-        elif (mem is not None or cpu is not None) and not t.subprocess:
+        elif limited and not t.subprocess:
             isolated, asked = True, True  # a limit on Python code needs a process of its own
         elif settings.get("isolation") is not None:
             isolated, asked = settings["isolation"] == "process", settings["isolation"] == "process"
@@ -554,12 +598,12 @@ class Isolation(Hooks):
                 if asked:
                     raise LlmunixError(f"tool {t.name!r} cannot run isolated: {why}")
                 isolated = False  # the default applies where it can
-        if not isolated and mem is None and cpu is None:
+        if not isolated and not limited:
             return None
         if not isolated and not t.subprocess:
-            raise LlmunixError(f"--memory and --cpu-time limit an isolated or subprocess tool; tool {t.name!r} "
-                               "runs as a thread here")
-        return Placement(isolated, mem, cpu)
+            raise LlmunixError(f"--memory, --cpu-time and --io-rate limit an isolated or subprocess tool; tool "
+                               f"{t.name!r} runs as a thread here")
+        return Placement(isolated, mem, cpu, rate)
 
     def tool_isolation(self, t: Tool) -> str:
         """Where a plain run of `t` goes: "process" or "thread" (`tools` shows it)."""

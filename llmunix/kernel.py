@@ -8,6 +8,7 @@
 * `event_log`  observe.queries.EventLog — the event log, following, audit, subscriptions
 * `debugger`, `inspector` — breakpoints and stepping; stacks and the profiler
 * `memory`     observe.memory.MemoryDebugger — tracemalloc: `debug PID memory`, `profile --memory`
+* `io_limits`  iolimit.IoLimiter — `run --io-rate`: cgroup v2 io.max, else a SIGSTOP/SIGCONT duty cycle
 * `ipc`        ipc.service.Communication — mailboxes, the blackboard, locks, deadlocks
 * `resilience` resilience.service.Resilience — retries, restarts, breakers, watchdog, health
 * `workflows`, `agents` — workflow specs and runs; agent definitions and runs
@@ -40,6 +41,7 @@ from llmunix.backends import Backend, ClusterInfo, make_backend
 from llmunix.cache import CachePolicy, StepCache
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState, WaitWatch
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
+from llmunix.iolimit import IoLimiter, IoLimitInfo
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
 from llmunix.isolation import Isolation
@@ -195,6 +197,8 @@ class Kernel:
             self.table.register(feature)
         self.memory = MemoryDebugger(self.table, self.durable, self.isolation)  # (registers at its first use)
         self.inspector.memory = self.memory
+        self.inspector.cache = self.cache
+        self.io_limits = IoLimiter(self.table, self.isolation, cgroup=_io_cgroup)  # (at the first --io-rate)
         self.table.isolation = self.isolation
         if self.reaped:
             self.bus.publish("system.reaped", None, {
@@ -314,6 +318,7 @@ class Kernel:
         isolate: bool | None = None,
         memory_limit: float | str | None = None,
         cpu_limit: float | str | None = None,
+        io_rate: float | str | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
@@ -330,7 +335,8 @@ class Kernel:
         seconds, or a CachePolicy; llmunix/cache.py). `isolate` runs the body in a worker OS
         process of its own (True) or on a thread (False) whatever the tool and the configuration
         say; `memory_limit` (MB, or "500MB") and `cpu_limit` (seconds, or "60s") stop it, Failed,
-        when its OS process tree passes them (a Python tool is then isolated)."""
+        when its OS process tree passes them (a Python tool is then isolated); `io_rate` (bytes per
+        second, or "10MB/s") holds its tree's I/O to that rate (iolimit.py)."""
         self._writable()
         if timeout is not None and not 0 < timeout < float("inf"):
             raise LlmunixError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
@@ -338,7 +344,9 @@ class Kernel:
         caching = None if cache is None else CachePolicy.of(cache)
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
-        placement = self.isolation.placement(t, isolate, memory_limit, cpu_limit)
+        placement = self.isolation.placement(t, isolate, memory_limit, cpu_limit, io_rate)
+        if placement is not None and placement.io_rate is not None:
+            self.io_limits.activate()
         history = self.store.tool_peak_memory if self.store is not None else None
         wants = self.scheduler.needs_for(t, needs, history)
         prio = Priority.parse(priority)
@@ -765,6 +773,14 @@ class Kernel:
         snapshot to that file; `stop`: end tracing after this look (observe/memory.py)."""
         return self.memory.memory(pid, diff=diff, top=top, dump=dump, stop=stop, frames=frames)
 
+    def io_limit(self, pid: int) -> IoLimitInfo | None:
+        """The I/O rate limit of process `pid` and how it holds so far; None if it has none running."""
+        return self.io_limits.info(as_pid(pid))
+
+    def io_limit_method(self) -> tuple[str, str]:
+        """How `--io-rate` is held here: ("cgroup", its directory) or ("duty-cycle", why not a cgroup)."""
+        return self.io_limits.method()
+
     def stop_memory_trace(self, pid: int) -> bool:
         """End `debug PID memory`'s tracing of process `pid`; True if it was traced."""
         return self.memory.stop(pid)
@@ -981,6 +997,7 @@ class Kernel:
         if self.monitor is not None:
             self.monitor.stop()
         table.close()
+        self.io_limits.close()
         self.isolation.close()
         self.children.close()  # what is left of their groups (background jobs of finished tools) goes too
         self.ipc.close()
@@ -1024,6 +1041,13 @@ def _fold_workflow(versions: list[Any]) -> Any:
     from llmunix.workflows.runner import fold
 
     return fold(versions)
+
+
+def _io_cgroup() -> str | None:
+    """The configured cgroup v2 directory for I/O limits (`io_cgroup`), if any."""
+    from llmunix.config import active_config
+
+    return active_config().io_cgroup
 
 
 def _tool_config() -> dict[str, Any]:

@@ -95,6 +95,9 @@ class Hooks:
       only while a feature asked for it with `watch(proc)` (the debugger). True: it stopped
       (the table then waits until it runs again).
     * `on_pressure(on)` — memory pressure switched on or off.
+    * `on_subprocess(proc, child)` — an OS process was attached to do the process's work (a
+      subprocess tool's child, an isolated worker; `attach_subprocess`), before any signal of
+      the table reaches it. For limits on its OS process tree (iolimit.py).
     """
 
     def on_spawn(self, proc: Process, options: Mapping[str, Any]) -> None: ...
@@ -114,9 +117,11 @@ class Hooks:
 
     def on_pressure(self, on: bool) -> None: ...
 
+    def on_subprocess(self, proc: Process, child: Any) -> None: ...
+
 
 HOOK_NAMES = ("on_spawn", "before_body", "after_body", "on_attempt_end", "on_end", "on_control_point",
-              "on_pressure")
+              "on_pressure", "on_subprocess")
 
 
 class PidAllocator:
@@ -1331,6 +1336,8 @@ class ProcessTable:
         with self.lock:
             proc.subprocess = child
             renice_group(child, proc.priority)
+            for hook in self._hooks["on_subprocess"]:
+                hook(proc, child)
             proc.note(what, f"pid {child.pid}")
             self.emit("process.subprocess", proc, os_pid=child.pid, **({} if what == "subprocess" else {"what": what}))
             if proc.phase is not Phase.RUNNING:
