@@ -75,6 +75,7 @@ class IoLimitInfo:
     seconds: float  # since the regulator first saw it
     held: float  # seconds stopped by the regulator
     stops: int
+    looks: int = 0  # times the regulator has read its bytes
 
     @property
     def achieved(self) -> float | None:
@@ -93,7 +94,7 @@ class IoLimitInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "rate": self.rate, "method": self.method, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3), "held": round(self.held, 3), "stops": self.stops,
-                "achieved": None if self.achieved is None else round(self.achieved)}
+                "looks": self.looks, "achieved": None if self.achieved is None else round(self.achieved)}
 
 
 class _Limited:
@@ -115,6 +116,7 @@ class _Limited:
         self.due = now
         self.held_for = 0.0
         self.stops = 0
+        self.looks = 0
         self.cgroup: Path | None = None
         self.placed = False  # a cgroup was tried for it
 
@@ -237,7 +239,7 @@ class IoLimiter(Hooks):
     def _info(self, lim: _Limited, now: float) -> IoLimitInfo:
         kind = "cgroup" if lim.cgroup is not None else "duty-cycle"
         held = lim.held_for + (max(0.0, now - lim.at) if lim.held else 0.0)  # (a stop under way counts)
-        return IoLimitInfo(lim.proc.pid, lim.rate, kind, lim.total, now - lim.started, held, lim.stops)
+        return IoLimitInfo(lim.proc.pid, lim.rate, kind, lim.total, now - lim.started, held, lim.stops, lim.looks)
 
     def close(self) -> None:
         self._closed = True
@@ -331,6 +333,7 @@ class IoLimiter(Hooks):
         ran (`ran`: a timed stretch, after which it is held again; else since the last look,
         unless it was held). None when its leader has gone."""
         total = lim.read(relist=not lim.held or ran is not None)
+        lim.looks += 1
         if total is None:
             return None
         consumed = max(0, total - lim.total)

@@ -72,7 +72,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from llmunix.lifecycle import Hooks
-from llmunix.models import LlmunixError, Phase, ProcessKilled, ProcessKind, ToolError, parse_duration
+from llmunix.models import LlmunixError, Phase, ProcessKilled, ProcessKind, ToolError, format_pid, parse_duration
 from llmunix.relayed import RelayedContext, apply_report, import_tool, load_module_file, tool_ref
 
 if TYPE_CHECKING:
@@ -700,24 +700,30 @@ class Isolation(Hooks):
         has no worker running, the worker is stopped (paused) or does not answer in `timeout`."""
         worker = self._running.get(pid)
         if worker is None:
-            raise LlmunixError(f"process {pid:03d} has no isolated worker running")
+            raise LlmunixError(f"process {format_pid(pid)} has no isolated worker running")
+        with self.table.lock:
+            proc = self.table.get(pid)
+            paused = proc is not None and proc.phase in (Phase.PAUSED, Phase.PREEMPTED)
+        if paused:
+            raise LlmunixError(f"process {format_pid(pid)} is paused: SIGSTOP holds its worker, which cannot answer; "
+                               "resume it first")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         chan = Channel(mine)
         try:
             try:
                 worker.chan.send(("q", kind, args), fds=(theirs.fileno(),))
             except OSError:
-                raise LlmunixError(f"process {pid:03d}'s isolated worker has gone") from None
+                raise LlmunixError(f"process {format_pid(pid)}'s isolated worker has gone") from None
             finally:
                 theirs.close()
             if not chan.ready(timeout):
-                raise LlmunixError(f"process {pid:03d}'s isolated worker did not answer within {timeout:g}s"
-                                   + (" (it is paused: SIGSTOP holds it; resume it first)"
+                raise LlmunixError(f"process {format_pid(pid)}'s isolated worker did not answer within {timeout:g}s"
+                                   + (" (it is stopped: paused, or held by its --io-rate)"
                                       if _stopped(worker.handle.pid) else ""))
             try:
                 status, value = chan.recv()
             except (EOFError, OSError):
-                raise LlmunixError(f"process {pid:03d}'s isolated worker ended before it answered") from None
+                raise LlmunixError(f"process {format_pid(pid)}'s isolated worker ended before it answered") from None
         finally:
             chan.close()
         if status != "ok":
@@ -1246,10 +1252,14 @@ class WorkerContext(RelayedContext):
         try:
             while True:
                 msg = self._chan.recv(with_fds=True)
-                if msg[0] == "q":
-                    _answer(msg[1], msg[2], self._chan.take_fd(), self)
-                else:
+                if msg[0] != "q":
                     self._replies.put(msg)
+                    continue
+                try:
+                    fd = self._chan.take_fd()
+                except IndexError:  # (a question without its socket: nobody to answer)
+                    continue
+                _answer(msg[1], msg[2], fd, self)
         except BaseException:  # noqa: BLE001 - llmunix has gone (or the frame was bad): calls see the end
             self._replies.put(("eof",))
 
@@ -1317,20 +1327,25 @@ QUESTIONS: dict[str, Callable[[WorkerContext, Any], Any]] = {"memory": _memory_q
 
 
 def _answer(kind: str, args: Any, fd: int, ctx: WorkerContext) -> None:
-    """Answer one question on the socket that came with it (the reader thread)."""
-    chan = Channel(socket.socket(fileno=fd))
+    """Answer one question on the socket that came with it (the reader thread). Nothing here may
+    end the reader: an asker that gave up (its socket closed) gets no SIGPIPE (MSG_NOSIGNAL; a
+    worker keeps SIGPIPE's default action for the body's own pipes)."""
+    sock = socket.socket(fileno=fd)
     try:
         fn = QUESTIONS.get(kind)
         try:
             if fn is None:
                 raise LlmunixError(f"unknown question {kind!r}")
             reply: tuple[str, Any] = ("ok", fn(ctx, args))
+            data = _dumps(reply)
         except Exception as exc:  # noqa: BLE001 - said to the asker, in one line
-            reply = ("error", str(exc) if isinstance(exc, LlmunixError | ToolError) else f"{type(exc).__name__}: {exc}")
+            text = str(exc) if isinstance(exc, LlmunixError | ToolError) else f"{type(exc).__name__}: {exc}"
+            data = _dumps(("error", text))
         with contextlib.suppress(OSError):
-            chan.send(reply)
+            sock.sendall(Channel.HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
     finally:
-        chan.close()
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class RemoteRef:

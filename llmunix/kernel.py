@@ -9,6 +9,7 @@
 * `debugger`, `inspector` — breakpoints and stepping; stacks and the profiler
 * `memory`     observe.memory.MemoryDebugger — tracemalloc: `debug PID memory`, `profile --memory`
 * `io_limits`  iolimit.IoLimiter — `run --io-rate`: cgroup v2 io.max, else a SIGSTOP/SIGCONT duty cycle
+* `hosts`      hosts.HostConnections — web hosts' connection limits (`ctx.connection`, web_fetch)
 * `ipc`        ipc.service.Communication — mailboxes, the blackboard, locks, deadlocks
 * `resilience` resilience.service.Resilience — retries, restarts, breakers, watchdog, health
 * `workflows`, `agents` — workflow specs and runs; agent definitions and runs
@@ -41,6 +42,7 @@ from llmunix.backends import Backend, ClusterInfo, make_backend
 from llmunix.cache import CachePolicy, StepCache
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState, WaitWatch
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
+from llmunix.hosts import HostConnections
 from llmunix.iolimit import IoLimiter, IoLimitInfo
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
@@ -199,6 +201,7 @@ class Kernel:
         self.inspector.memory = self.memory
         self.inspector.cache = self.cache
         self.io_limits = IoLimiter(self.table, self.isolation, cgroup=_io_cgroup)  # (at the first --io-rate)
+        self.hosts = HostConnections()  # (the configuration's limits are read at the first connection)
         self.table.isolation = self.isolation
         if self.reaped:
             self.bus.publish("system.reaped", None, {

@@ -536,6 +536,18 @@ class ProcessContext:
         self.check()
         return self._kernel.resilience.host_call(self._proc, host)
 
+    def connection(self, url: str) -> AbstractContextManager[None]:
+        """Hold one of the URL's host's connections for the block (web_fetch's per-host limit,
+        `connections_per_host`; llmunix/hosts.py)::
+
+            with ctx.connection(url):
+                response = fetch(url)
+
+        Past the limit it waits its turn off its slot (`ps`: "waiting for a connection to
+        HOST"); a kill reaches it at once."""
+        self.check()
+        return self._kernel.hosts.connection(self, url)
+
     def breaker(self, name: str, ok: bool, error: str | None = None) -> None:
         """Report one call's outcome to breaker `name` (e.g. "host:example.com") by hand."""
         self._kernel.breaker_record(name, ok, error, pid=self.pid)
