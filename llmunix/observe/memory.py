@@ -47,7 +47,10 @@ if TYPE_CHECKING:
     from llmunix.lifecycle import ProcessTable
     from llmunix.process import Process
 
-DEFAULT_FRAMES = 25  # enough to reach from an allocation in a library back to the tool's own line
+# Frames kept per allocation. Enough, mostly, to reach from an allocation in a library back to the
+# tool's own line (an allocation whose kept frames do not reach it is not counted as the tool's);
+# the cost grows with it: bench/memory.py (docs/performance.md) measures 1, 10 and 25.
+DEFAULT_FRAMES = 10
 MAX_FRAMES = 200
 DEFAULT_TOP = 10
 _TRACEMALLOC = tracemalloc.__file__
