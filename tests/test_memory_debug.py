@@ -180,7 +180,7 @@ def test_debug_memory_command_plain_diff_json_and_errors(sh: Session, no_tracing
     wait_until(lambda: sh.kernel.info(pid).progress.current_step > 0)
     text = sh.ok(f"debug {pid:03d} memory")
     assert f"Memory of Process {pid:03d} (mem_leaker):" in text
-    assert "tracemalloc in llmunix (a thread tool), 25 frames, started now" in text
+    assert "tracemalloc in llmunix (a thread tool), 10 frames, started now" in text
     assert "tracing began just now" in text
     wait_until(progressed(sh.kernel, pid, 5))
     text = sh.ok(f"debug {pid:03d} mem --diff --top 3")
