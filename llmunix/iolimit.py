@@ -11,8 +11,9 @@ Two ways, chosen once, when the first limited process starts (`IoLimiter.method`
   disk I/O only (pipes and sockets are not block I/O; writes count when the page cache writes
   them back).
 * otherwise a measured duty cycle (this machine: cgroup v2 has no io controller). The regulator
-  thread reads the tree's I/O bytes — read plus written through system calls, files, pipes and
-  sockets alike: /proc/PID/io `rchar + wchar`, the monitor's figures — and runs them against a
+  thread reads the tree's I/O bytes — read plus written through the read/write family of
+  system calls: files and pipes, not a socket's send/recv (/proc/PID/io `rchar + wchar`, the
+  monitor's figures; network traffic is limited per host, hosts.py) — and runs them against a
   token bucket (pool.TokenBucket) refilled at the rate and holding BURST seconds' worth. While
   the bucket is empty the tree's process group is stopped (SIGSTOP); when it has refilled, it is
   continued (SIGCONT). Each running stretch is sized from the speed the tree last showed; a

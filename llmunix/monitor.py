@@ -48,7 +48,7 @@ class ResourceSample:
     memory_mb: float | None
     io_operations: int | None
     rss_mb: float | None = None  # resident memory of the OS process tree (memory_mb is its USS when isolated)
-    read_bytes: int | None = None  # bytes read and written through system calls (files, pipes, sockets)
+    read_bytes: int | None = None  # bytes through read/write system calls: files, pipes (send/recv are not counted)
     write_bytes: int | None = None
     cpu_seconds: float | None = None  # CPU time of the OS process tree so far (--cpu-time limits it)
     read_ops: int | None = None  # io_operations split: read and write system calls

@@ -220,7 +220,8 @@ class NetworkFigures:
 @dataclass(frozen=True, slots=True)
 class IoFigures:
     """Reads and writes over a profile window, from the monitor's samples (deltas): system calls
-    and the bytes through them (files, pipes and sockets alike)."""
+    and the bytes through them (files and pipes; a socket's send/recv are not counted: the TCP
+    bytes are NetworkFigures')."""
 
     read_ops: int | None
     write_ops: int | None

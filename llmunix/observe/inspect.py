@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from llmunix.observe.memory import MemoryDebugger, MemoryLook
 
 MAX_LISTED = 20  # open files / connections listed for a child
-NETWORK_EVERY = 0.5  # seconds between connection counts of a subprocess tool's child tree while profiling
+NETWORK_EVERY = 0.2  # seconds between looks at a subprocess tree's connections while profiling (and ss runs)
 
 
 class Inspector:
