@@ -200,25 +200,28 @@ class IoLimiter(Hooks):
             self.table.register(self)
         self._thread.start()
 
-    # ------------------------------------------------------------------ hooks (lock held)
+    # ------------------------------------------------------------------ hooks
 
     def on_subprocess(self, proc: Process, child: Any) -> None:
+        """(Lock not held.) Hold a limited tree from its first instant: left to run until the
+        regulator's first look, a fast writer moves tens of megabytes (recording the child for
+        the reaper, which comes next, writes to disk)."""
         placement = self.isolation.placed(proc.pid)
         if placement is None or placement.io_rate is None:
             return
-        now = time.monotonic()
-        lim = _Limited(proc, child, placement.io_rate, now)
-        kind, where = self.method()
+        lim = _Limited(proc, child, placement.io_rate, time.monotonic())
+        kind, _where = self.method()
         if kind != "cgroup":
-            # Held from the start, until a first timed stretch has shown its speed: left to run
-            # at once, a fast writer could move tens of megabytes before the regulator's first look.
-            signal_group(child, signal.SIGSTOP)
+            signal_group(child, signal.SIGSTOP)  # (continued in timed stretches once the regulator looks)
             lim.held = True
+        with self.table.lock:
+            proc.note("io limit", f"{fmt_rate(placement.io_rate)} by " + (
+                "cgroup v2 io.max" if kind == "cgroup" else "a SIGSTOP/SIGCONT duty cycle"))
         with self._lock:
             self._limited[proc.pid] = lim
-        proc.note("io limit", f"{fmt_rate(placement.io_rate)} by " + ("cgroup v2 io.max" if kind == "cgroup" else
-                                                                      "a SIGSTOP/SIGCONT duty cycle"))
         self._wake.set()
+
+    # (on_end: lock held)
 
     def on_end(self, proc: Process) -> None:
         with self._lock:
@@ -318,14 +321,17 @@ class IoLimiter(Hooks):
             pgid = lim.child.pid
             libc = _pylibc()
             t0 = time.monotonic()
+            end = t0 + seconds
             if libc is not None:
                 libc.kill(-pgid, signal.SIGCONT)
-                libc.usleep(max(1, int(seconds * 1e6)))
+                while time.monotonic() < end:  # spin: a sleeping regulator wakes late on a busy machine
+                    pass
                 libc.kill(-pgid, signal.SIGSTOP)
             else:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGCONT)
-                    time.sleep(seconds)
+                    while time.monotonic() < end:
+                        pass
                     os.killpg(pgid, signal.SIGSTOP)
             return time.monotonic() - t0
 
