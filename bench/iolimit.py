@@ -3,13 +3,14 @@
     python bench/iolimit.py [--rate 5MB/s] [--seconds 10] [--runs 3]
 
 A `dd`-like writer (`dd if=/dev/zero of=FILE bs=64k`, as fast as it can: gigabytes a second into
-the page cache) runs as a `shell` tool limited to RATE, RUNS times. For each run, measured here
-and not by the regulator: the bytes its OS process tree read and wrote (/proc/PID/io, rchar +
-wchar, the figure the limit is on) over SECONDS from its start, so the achieved rate; the most it
-moved in any one second (bursts); the share of the time it was stopped; and the regulator
+the page cache) runs as a `shell` tool limited to RATE, RUNS times. The limit holds reads and
+writes each at RATE; dd reads /dev/zero as fast as it writes, so both are held. For each run,
+measured here and not by the regulator: the bytes its OS process tree wrote (/proc/PID/io wchar,
+the figure the write limit is on) over SECONDS from its start, so the achieved write rate; the
+most it wrote in any one second (bursts); the share of the time it was stopped; and the regulator
 thread's CPU time. The same writer unlimited, for a sense of the duty cycle.
 
-Budget: the median run's achieved rate over SECONDS within 20% of RATE. On a machine with a
+Budget: the median run's achieved write rate over SECONDS within 20% of RATE. On a machine with a
 writable cgroup v2 io delegation the limit is io.max (disk bytes, not system-call bytes), and the
 script says so: its figures are then not comparable.
 
@@ -42,6 +43,7 @@ TOLERANCE = 0.2
 
 
 def tree_bytes(pid: int) -> int:
+    """Bytes the tree has written (wchar)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -50,8 +52,7 @@ def tree_bytes(pid: int) -> int:
     total = 0
     for p in procs:
         try:
-            c = p.io_counters()
-            total += c.read_chars + c.write_chars
+            total += p.io_counters().write_chars
         except psutil.Error:
             continue
     return total
@@ -117,17 +118,17 @@ def main() -> int:
         print(f"--io-rate is held by: {kind} ({where})")
         out = Path(tmp) / "dd.out"
         free = one_run(k, out, None, min(2.0, args.seconds))
-        print(f"unlimited writer: {fmt_rate(free['rate'])} over {min(2.0, args.seconds):g}s")
+        print(f"unlimited writer: {fmt_rate(free['rate'])} written over {min(2.0, args.seconds):g}s")
         runs = [one_run(k, out, args.rate, args.seconds) for _ in range(args.runs)]
     rows = [(str(i + 1), f"{r['bytes'] / 1e6:.1f} MB", fmt_rate(r["rate"]), f"{r['rate'] / target:.2f}x",
              f"{r['peak'] / 1e6:.1f} MB", f"{r['held']:.1%}", str(r["stops"]), f"{r['cpu'] * 1000:.0f} ms")
             for i, r in enumerate(runs)]
     print(f"\n{args.rate} for {args.seconds:g}s, a dd writer (bs=64k) as fast as it can:")
-    print(table(("RUN", "MOVED", "ACHIEVED", "OF TARGET", "MOST IN 1s", "STOPPED", "STOPS", "REGULATOR CPU"), rows))
+    print(table(("RUN", "WRITTEN", "ACHIEVED", "OF TARGET", "MOST IN 1s", "STOPPED", "STOPS", "REGULATOR CPU"), rows))
     median = statistics.median(r["rate"] for r in runs)
     ok = abs(median / target - 1) <= TOLERANCE
     return report_budgets("budgets", [
-        (f"median achieved rate over {args.seconds:g}s within {TOLERANCE:.0%} of {args.rate}: "
+        (f"median achieved write rate over {args.seconds:g}s within {TOLERANCE:.0%} of {args.rate}: "
          f"{fmt_rate(median)} ({median / target:.2f}x)", verdict(ok)),
     ])
 

@@ -11,20 +11,24 @@ Two ways, chosen once, when the first limited process starts (`IoLimiter.method`
   disk I/O only (pipes and sockets are not block I/O; writes count when the page cache writes
   them back).
 * otherwise a measured duty cycle (this machine: cgroup v2 has no io controller). The regulator
-  thread reads the tree's I/O bytes — read plus written through the read/write family of
-  system calls: files and pipes, not a socket's send/recv (/proc/PID/io `rchar + wchar`, the
-  monitor's figures; network traffic is limited per host, hosts.py) — and runs them against a
-  token bucket (pool.TokenBucket) refilled at the rate and holding BURST seconds' worth. While
-  the bucket is empty the tree's process group is stopped (SIGSTOP); when it has refilled, it is
-  continued (SIGCONT). Each running stretch is sized from the speed the tree last showed; a
-  stretch shorter than MIN_RUN is timed by the regulator itself (continue, sleep, stop), so a
-  tree that could write 3 GB/s runs in stretches of a fraction of a millisecond (about a
-  megabyte) and waits out the rest. Over a window of T seconds it moves at most RATE x T +
-  BURST's worth + one stretch's bytes: the average holds the rate (bench/iolimit.py measures how
-  closely). A stretch lasts longer when the regulator thread does not get a CPU in time (a busy
-  machine: a few milliseconds, tens of megabytes at disk-cache speed); that is paid back by a
-  longer stop, so it shows over short windows, not in the long run. A pause, preemption or kill of the process
-  always wins: the regulator continues a tree only while its process is running.
+  thread reads the tree's I/O bytes — read and written through the read/write family of system
+  calls: files and pipes, not a socket's send/recv (/proc/PID/io `rchar`, `wchar`: the
+  monitor's figures; network traffic is limited per host, hosts.py) — and runs them against two
+  token buckets (pool.TokenBucket), one for reads and one for writes, each refilled at the rate
+  and holding BURST seconds' worth: the rate holds each way, as io.max's rbps and wbps do. While
+  a bucket is in debt the tree's process group is stopped (SIGSTOP); when both have refilled, it
+  is continued (SIGCONT). The tree is held from its first instant (the `on_subprocess` hook).
+  Each running stretch is sized from the speed the tree last showed (the fastest any tree has
+  shown, until it has run for CALM seconds); a stretch shorter than MIN_RUN is timed by the
+  regulator itself, spinning with the GIL held between SIGCONT and SIGSTOP, so a tree that could
+  write 2 GB/s runs in stretches of a fraction of a millisecond (about a megabyte) and waits out
+  the rest. Over a window of T seconds it moves at most RATE x T + BURST's worth + one stretch's
+  bytes each way: the average holds the rate (bench/iolimit.py measures how closely). A stretch
+  lasts longer when the regulator's thread loses its CPU (a busy machine: milliseconds, tens of
+  megabytes at page-cache speed); that is paid back by a longer stop, so it shows over short
+  windows, not in the long run. A pause, preemption or kill of the process always wins: the
+  regulator continues a tree only while its process runs, and a tree the table continued while
+  the regulator held it (a resume) is stopped again at the regulator's next look (every TICK).
 
 State (`_lock`): `_limited` (pid -> _Limited: the tree, its bucket, figures); the thread sleeps
 until the soonest `due` of them. Registered (hooks `on_subprocess`, `on_end`) at the first
@@ -63,39 +67,39 @@ MIN_BURST = 0.0003  # the shortest timed stretch (a sleep of a fraction of a mil
 CALM = 0.5  # seconds a tree runs before its own speed is trusted to size its stretches
 FASTEST = 2e9  # bytes per second assumed of an untrusted tree until one shows more (page-cache writes)
 BURST = 0.25  # seconds' worth of the rate the bucket holds (a burst after an idle stretch)
+STRAY = 256 * 1024  # bytes a held tree may still show (calls in flight when it was stopped)
 
 
 @dataclass(frozen=True, slots=True)
 class IoLimitInfo:
-    """A limited process's figures so far (`debug PID`, the history's last word)."""
+    """A limited process's figures so far (`debug PID`, the history's last word). The rate holds
+    for reads and for writes, each (as io.max's rbps and wbps)."""
 
     pid: int
-    rate: float  # bytes per second
+    rate: float  # bytes per second, each way
     method: str  # "cgroup" or "duty-cycle"
-    bytes: int  # read and written through system calls since it started (duty cycle)
+    read: int  # bytes read through read-family system calls since it started (duty cycle)
+    written: int
     seconds: float  # since the regulator first saw it
     held: float  # seconds stopped by the regulator
     stops: int
     looks: int = 0  # times the regulator has read its bytes
 
-    @property
-    def achieved(self) -> float | None:
-        return self.bytes / self.seconds if self.seconds > 0 else None
-
     def describe(self) -> str:
         if self.method == "cgroup":
-            return f"{fmt_rate(self.rate)} (cgroup v2 io.max: disk reads and writes)"
-        text = f"{fmt_rate(self.rate)} (duty cycle)"
+            return f"{fmt_rate(self.rate)} each way (cgroup v2 io.max: disk reads and writes)"
+        text = f"{fmt_rate(self.rate)} each way (duty cycle)"
         if self.seconds > 0:
-            text += (f": {self.bytes / 1e6:.1f} MB in {short_duration(self.seconds)}, "
-                     f"{fmt_rate(self.achieved or 0)}; stopped {self.held / self.seconds:.0%} of the time "
-                     f"in {self.stops} stop{'s' if self.stops != 1 else ''}")
+            text += (f": {self.read / 1e6:.1f} MB read, {self.written / 1e6:.1f} MB written in "
+                     f"{short_duration(self.seconds)} ({fmt_rate(self.read / self.seconds)}, "
+                     f"{fmt_rate(self.written / self.seconds)}); stopped {self.held / self.seconds:.0%} of the "
+                     f"time in {self.stops} stop{'s' if self.stops != 1 else ''}")
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "rate": self.rate, "method": self.method, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3), "held": round(self.held, 3), "stops": self.stops,
-                "looks": self.looks, "achieved": None if self.achieved is None else round(self.achieved)}
+        return {"pid": self.pid, "rate": self.rate, "method": self.method, "read": self.read,
+                "written": self.written, "seconds": round(self.seconds, 3), "held": round(self.held, 3),
+                "stops": self.stops, "looks": self.looks}
 
 
 class _Limited:
@@ -105,10 +109,11 @@ class _Limited:
         self.proc = proc
         self.child = child
         self.rate = rate
-        self.bucket = TokenBucket(rate * 60.0, time.monotonic, ceiling=rate * BURST)
+        # One bucket for reads, one for writes: the rate holds each way, as io.max's rbps and wbps.
+        self.buckets = tuple(TokenBucket(rate * 60.0, time.monotonic, ceiling=rate * BURST) for _ in range(2))
         self.members: list[int] = [child.pid]
         self.listed = False  # its members have been listed once (it may have forked before it was held)
-        self.total = 0  # bytes of the tree so far
+        self.totals = [0, 0]  # bytes of the tree so far: read, written
         self.speed: float | None = None  # bytes per second while it ran, lately (None: not known yet)
         self.ran = 0.0  # seconds it has run so far (not held)
         self.held = False
@@ -121,21 +126,26 @@ class _Limited:
         self.cgroup: Path | None = None
         self.placed = False  # a cgroup was tried for it
 
-    def read(self, relist: bool) -> int | None:
+    def read(self, relist: bool) -> tuple[int, int] | None:
         """Bytes read and written by the tree so far; None when its leader has gone. `relist`:
         list its members again first (it ran since the last look, so it may have forked: a
         stopped tree cannot)."""
         if relist or not self.listed:
             self.listed = True
             self.members = _tree(self.child.pid)
-        total = 0
+        rd = wr = 0
         alive = False
         for pid in self.members:
             n = _io_bytes(pid)
             if n is not None:
-                total += n
+                rd += n[0]
+                wr += n[1]
                 alive = alive or pid == self.child.pid
-        return total if alive else None
+        return (rd, wr) if alive else None
+
+    def debt(self) -> float:
+        """Seconds until both buckets are out of debt."""
+        return max(b.seconds_until(0.0) for b in self.buckets)
 
     def learn(self, consumed: int, running: float) -> float | None:
         """What its last stretch (`running` seconds, `consumed` bytes) says of its speed; the
@@ -153,7 +163,7 @@ class _Limited:
         bucket holds, if more) at its speed, within [MIN_BURST, TICK]. Until it has run for CALM
         seconds its own speed is not trusted (a writer starting up shows none): the fastest any
         limited tree has shown is used."""
-        level = self.bucket.refill()
+        level = min(b.refill() for b in self.buckets)
         speed = self.speed or 0.0
         if self.ran < CALM:
             speed = max(speed, fastest)
@@ -243,7 +253,8 @@ class IoLimiter(Hooks):
     def _info(self, lim: _Limited, now: float) -> IoLimitInfo:
         kind = "cgroup" if lim.cgroup is not None else "duty-cycle"
         held = lim.held_for + (max(0.0, now - lim.at) if lim.held else 0.0)  # (a stop under way counts)
-        return IoLimitInfo(lim.proc.pid, lim.rate, kind, lim.total, now - lim.started, held, lim.stops, lim.looks)
+        return IoLimitInfo(lim.proc.pid, lim.rate, kind, lim.totals[0], lim.totals[1], now - lim.started, held,
+                           lim.stops, lim.looks)
 
     def close(self) -> None:
         self._closed = True
@@ -276,16 +287,19 @@ class IoLimiter(Hooks):
                 if lim.cgroup is not None:
                     lim.due = float("inf")  # the kernel holds it
                     return
+        was_held = lim.held
         consumed = self._measure(lim, now)
         if consumed is None:  # its leader has gone: the process is ending
             lim.due = now + TICK
             return
-        debt = lim.bucket.seconds_until(0.0)
+        debt = lim.debt()
         if debt > 0:
-            if not lim.held and self._signal(lim, signal.SIGSTOP):
+            # Held, yet it moved more than a write in flight: the table continued it (a resume, the
+            # end of a preemption): stop it again. Looked at every TICK while held, for that.
+            if (not lim.held or (was_held and consumed > STRAY)) and self._signal(lim, signal.SIGSTOP):
                 lim.held = True
                 lim.stops += 1
-            lim.due = now + debt
+            lim.due = now + min(debt, TICK)
             return
         run = lim.next_run(self.fastest)
         if not lim.held:  # it goes on running: look again when its budget should be spent
@@ -305,7 +319,7 @@ class IoLimiter(Hooks):
                 lim.due = after + TICK
             else:
                 lim.stops += 1
-                lim.due = after + lim.bucket.seconds_until(0.0)
+                lim.due = after + min(lim.debt(), TICK)
 
     def _timed_run(self, lim: _Limited, seconds: float) -> float | None:
         """Continue the tree, let it run `seconds`, stop it again; the seconds it ran (measured
@@ -339,12 +353,15 @@ class IoLimiter(Hooks):
         """Read the tree's bytes and charge them to the bucket; learn its speed from the time it
         ran (`ran`: a timed stretch, after which it is held again; else since the last look,
         unless it was held). None when its leader has gone."""
-        total = lim.read(relist=not lim.held or ran is not None)
+        totals = lim.read(relist=not lim.held or ran is not None)
         lim.looks += 1
-        if total is None:
+        if totals is None:
             return None
-        consumed = max(0, total - lim.total)
-        lim.total = max(lim.total, total)
+        moved = [max(0, t - old) for t, old in zip(totals, lim.totals, strict=True)]
+        lim.totals = [max(t, old) for t, old in zip(totals, lim.totals, strict=True)]
+        for bucket, n in zip(lim.buckets, moved, strict=True):
+            bucket.take(n)
+        consumed = max(moved)  # the busier way sizes its stretches
         elapsed = now - lim.at
         lim.at = now
         if lim.held:
@@ -353,7 +370,6 @@ class IoLimiter(Hooks):
         speed = lim.learn(consumed, running)
         if speed is not None and speed > self.fastest:
             self.fastest = speed
-        lim.bucket.take(consumed)
         return consumed
 
     def _signal(self, lim: _Limited, sig: int) -> bool:
@@ -398,8 +414,8 @@ def _pylibc() -> Any:
 
 
 
-def _io_bytes(pid: int) -> int | None:
-    """rchar + wchar of one OS process (its reaped children's included, as the kernel adds them)."""
+def _io_bytes(pid: int) -> tuple[int, int] | None:
+    """(rchar, wchar) of one OS process (its reaped children's included, as the kernel adds them)."""
     try:
         fd = os.open(f"/proc/{pid}/io", os.O_RDONLY)
     except OSError:
@@ -410,11 +426,13 @@ def _io_bytes(pid: int) -> int | None:
         return None
     finally:
         os.close(fd)
-    total = 0
+    rd = wr = 0
     for line in data.split(b"\n"):
-        if line.startswith((b"rchar:", b"wchar:")):
-            total += int(line.split(b":", 1)[1])
-    return total
+        if line.startswith(b"rchar:"):
+            rd = int(line.split(b":", 1)[1])
+        elif line.startswith(b"wchar:"):
+            wr = int(line.split(b":", 1)[1])
+    return rd, wr
 
 
 def _tree(root: int) -> list[int]:

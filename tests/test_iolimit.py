@@ -133,8 +133,8 @@ def test_a_writer_limited_to_2_mb_a_second_is_stopped_and_continued_and_moves_a_
     info = k.io_limit(pid)
     assert info.method == "duty-cycle"
     assert tree_bytes(child) < 200 * MB
-    assert info.bytes <= tree_bytes(child)
-    assert "2 MB/s (duty cycle)" in info.describe()
+    assert info.read + info.written <= tree_bytes(child)
+    assert "2 MB/s each way (duty cycle)" in info.describe()
     assert any(os_state(p) == "T" for p in tree(child)) or info.stops > 0
     k.kill(pid)
     [done] = k.wait([pid], timeout=WAIT)  # a kill reaches a stopped tree (it is continued to die)
@@ -148,7 +148,7 @@ def test_a_pause_wins_over_the_regulator_and_a_resume_lets_it_go_on(limited_kern
     if k.io_limit_method()[0] == "cgroup":
         pytest.skip("this machine holds rates with cgroup io.max; the duty cycle is not used here")
     pid = k.spawn("shell", cmd=writer(tmp_path / "out"), io_rate="20MB/s")
-    wait_until(lambda: (i := k.io_limit(pid)) is not None and i.bytes > 0 and i.stops >= 2)
+    wait_until(lambda: (i := k.io_limit(pid)) is not None and i.written > 0 and i.stops >= 2)
     k.pause(pid)
     wait_phase(k, pid, "paused")
     child = k.info(pid).subprocess_pid
@@ -157,8 +157,11 @@ def test_a_pause_wins_over_the_regulator_and_a_resume_lets_it_go_on(limited_kern
     wait_until(lambda: k.io_limit(pid).looks >= looks + 5, message="the regulator to look again")
     assert all(os_state(p) == "T" for p in tree(child))  # the regulator did not continue it
     assert tree_bytes(child) - before <= 64 * 1024  # (one write in flight at most)
-    k.resume(pid)
+    k.resume(pid)  # (the table continues the whole tree: the regulator must hold it again)
     wait_until(lambda: tree_bytes(child) > before + MB, message="it to write again once resumed")
+    stops = k.io_limit(pid).stops
+    wait_until(lambda: k.io_limit(pid).stops > stops + 3, message="the regulator to stop it again")
+    assert k.io_limit(pid).written < 200 * MB
     k.kill(pid)
     k.wait([pid], timeout=WAIT)
 
@@ -170,7 +173,7 @@ def test_an_isolated_python_writer_is_limited_too(limited_kernel, tmp_path, wait
     pid = k.spawn("python_writer", params={"path": str(tmp_path / "out")}, io_rate="1MB/s")
     info = wait_until(lambda: (i := k.io_limit(pid)) is not None and i.stops >= 3 and i.seconds >= 1.0 and i)
     assert k.info(pid).subprocess_pid is not None  # a worker OS process of its own
-    assert info.bytes < 200 * MB
+    assert info.written < 200 * MB
     assert not k.info(pid).is_done
     k.kill(pid)
     assert k.wait([pid], timeout=WAIT)[0].state == "Cancelled"
@@ -209,7 +212,7 @@ def test_run_io_rate_on_the_command_line_and_its_errors(sh: Session, tmp_path, w
     pid = int(out)
     wait_until(lambda: (i := sh.kernel.io_limit(pid)) is not None and i.stops >= 1)
     text = sh.ok(f"debug {out}")
-    assert "I/O Limit: 2 MB/s (duty cycle" in text or "I/O Limit: 2 MB/s (cgroup" in text
+    assert "I/O Limit: 2 MB/s each way (" in text
     sh.ok(f"kill {out}")
     assert "bad I/O rate 'fast'" in sh.bad("run shell cmd=true --io-rate fast")
     assert "--io-rate limit an isolated or subprocess tool" in sh.bad(
@@ -225,7 +228,7 @@ def test_io_rate_end_to_end_through_the_executable(tmp_path):
          "-c", "run sleep seconds=1.5", "-c", "wait 002", "-c", "debug 001", "-c", "ps -l 001", "-c", "kill 001"],
         capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
     assert r.returncode == 0, r.stderr
-    assert "I/O Limit: 1 MB/s (" in r.stdout
+    assert "I/O Limit: 1 MB/s each way (" in r.stdout
     assert "io limit" in r.stdout
     assert target.stat().st_size < 100 * MB  # the 256 MB were not written
 
