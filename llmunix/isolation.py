@@ -163,10 +163,10 @@ def parse_io_rate(value: float | str | None) -> float | None:
             if text.lower().endswith(suffix):
                 text = text[: -len(suffix)]
                 break
-        mb = size_mb(text) if text and not text[-1:].isdigit() else None
+        mb = size_mb(text)
         if mb is None:
             raise LlmunixError(f"bad I/O rate {value!r}; give bytes per second such as 10MB/s or 500kB/s")
-        rate = mb * 1e6
+        rate = mb * 1e6 if not text[-1:].isdigit() else float(text)  # (a bare number: bytes per second)
     if not (math.isfinite(rate) and 1000 <= rate <= 1e13):
         raise LlmunixError(f"bad I/O rate {value!r}; give from 1kB/s to 10TB/s")
     return rate

@@ -72,6 +72,7 @@ def test_rates_parse_with_or_without_per_second_and_bad_ones_say_how():
     assert parse_io_rate("1MiB/s") == 1024 * 1024
     assert parse_io_rate("2M") == 2 * MB
     assert parse_io_rate(4096) == 4096
+    assert parse_io_rate("5000000") == 5 * MB  # a bare number: bytes per second
     assert parse_io_rate(None) is None
     for bad in ("fast", "10", "-5MB/s", "0MB/s", "10MB/h"):
         with pytest.raises(LlmunixError, match="I/O rate"):
