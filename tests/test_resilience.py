@@ -425,7 +425,7 @@ def test_health_reports_each_check(kernel):
     report = kernel.health()
     names = [c.name for c in report.checks]
     assert names == ["store", "disk space", "memory", "breakers", "stalled processes", "unkillable threads",
-                     "worker threads"]
+                     "worker threads", "max_running"]
     checks = {c.name: c for c in report.checks}
     assert checks["store"].status == "ok" and checks["store"].detail.endswith("writable")
     assert checks["stalled processes"].status == "skip"  # no monitor in this fixture
@@ -502,3 +502,16 @@ def test_recover_keeps_the_retry_and_restart_policies_of_an_interrupted_process(
     info = k.wait([pid], timeout=10)[0]
     assert (info.state, info.output, len(calls)) == ("Completed", 4, 4)  # retried twice after recover
     assert [h.event for h in info.history].count("retry") == 2
+
+
+@pytest.mark.parametrize("name", ["stall_timeout", "breaker_cooldown"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 1e99])
+def test_the_kernel_refuses_durations_that_would_stop_a_timer(make_kernel, name, value):
+    # A NaN or infinite setting would stop the watchdog's or a breaker's timer for good (issue 19).
+    k = make_kernel()
+    before = getattr(k, name)
+    with pytest.raises(LlmunixError, match=f"{name} must be a number of seconds from 0 to 604,800"):
+        setattr(k, name, value)
+    assert getattr(k, name) == before
+    setattr(k, name, 5)
+    assert getattr(k, name) == 5.0

@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, Phase, as_pid, format_pid
 from llmunix.observe import pyspy
 from llmunix.observe.advice import suggestions
@@ -29,6 +28,8 @@ from llmunix.observe.debug import (
     window_figures,
 )
 from llmunix.observe.network import NetworkWatch
+
+psutil = lazy_module("psutil")  # imported when first used: start-up does not need it
 
 if TYPE_CHECKING:
     from llmunix.cache import StepCache
