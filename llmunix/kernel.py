@@ -45,8 +45,6 @@ from llmunix.backends.placement import Placement
 from llmunix.cache import CachePolicy, StepCache
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState, WaitWatch
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
-from llmunix.hosts import HostConnections
-from llmunix.iolimit import IoLimiter, IoLimitInfo
 from llmunix.ipc.bus import DEFAULT_QUEUE, DropPolicy, EventBus, EventFilter, Subscription
 from llmunix.ipc.service import Communication, LocksInfo
 from llmunix.isolation import Isolation
@@ -66,7 +64,6 @@ from llmunix.models import (
 )
 from llmunix.observe.debug_control import Debugger
 from llmunix.observe.inspect import Inspector
-from llmunix.observe.memory import DEFAULT_FRAMES, DEFAULT_TOP, MemoryDebugger, MemoryReport
 from llmunix.observe.queries import BusInfo, EventLog
 from llmunix.pool import LimitInfo, MemoryPressure, ResourcePool
 from llmunix.process import ProcessContext
@@ -82,11 +79,14 @@ from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 if TYPE_CHECKING:
     from llmunix.agents.service import AgentService
     from llmunix.hedge import Hedging
+    from llmunix.hosts import HostConnections
+    from llmunix.iolimit import IoLimiter, IoLimitInfo
     from llmunix.monitor import Monitor, ResourceSample, SystemSample
     from llmunix.observe.analytics import EventStats
     from llmunix.observe.audit import AuditEntry as _AuditEntry
     from llmunix.observe.debug import DebugInfo, ProfileReport
     from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceLog
+    from llmunix.observe.memory import MemoryDebugger, MemoryReport
     from llmunix.observe.stats import ToolStats
     from llmunix.resilience.breakers import BreakerInfo
     from llmunix.tools.loader import ReloadReport
@@ -210,11 +210,13 @@ class Kernel:
                                    config=_tool_config)
         for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning, self.isolation):
             self.table.register(feature)
-        self.memory = MemoryDebugger(self.table, self.durable, self.isolation)  # (registers at its first use)
-        self.inspector.memory = self.memory
+        # Made on first use (tracemalloc, the I/O regulator, web hosts' lines: a one-shot `ps`
+        # imports none of them): `memory`, `io_limits`, `hosts` below.
+        self._memory: MemoryDebugger | None = None
+        self._io_limits: IoLimiter | None = None
+        self._hosts: HostConnections | None = None
+        self.inspector.memory = lambda: self.memory
         self.inspector.cache = self.cache
-        self.io_limits = IoLimiter(self.table, self.isolation, cgroup=_io_cgroup)  # (at the first --io-rate)
-        self.hosts = HostConnections()  # (the configuration's limits are read at the first connection)
         self.table.isolation = self.isolation
         if self.reaped:
             self.bus.publish("system.reaped", None, {
@@ -279,6 +281,39 @@ class Kernel:
 
                 self._workflows = WorkflowService(self)
             return self._workflows
+
+    @property
+    def memory(self) -> MemoryDebugger:
+        """tracemalloc for `debug PID memory` and `profile --memory` (observe/memory.py), made on
+        first use; it registers its hooks at its first look."""
+        with self._agents_lock:
+            if self._memory is None:
+                from llmunix.observe.memory import MemoryDebugger
+
+                self._memory = MemoryDebugger(self.table, self.durable, self.isolation)
+            return self._memory
+
+    @property
+    def io_limits(self) -> IoLimiter:
+        """`--io-rate` (iolimit.py), made on first use; it registers and starts its regulator at
+        the first limited run."""
+        with self._agents_lock:
+            if self._io_limits is None:
+                from llmunix.iolimit import IoLimiter
+
+                self._io_limits = IoLimiter(self.table, self.isolation, cgroup=_io_cgroup)
+            return self._io_limits
+
+    @property
+    def hosts(self) -> HostConnections:
+        """Web hosts' connection limits (`ctx.connection`, hosts.py), made on first use (the
+        configuration's limits are read at the first connection)."""
+        with self._agents_lock:
+            if self._hosts is None:
+                from llmunix.hosts import HostConnections
+
+                self._hosts = HostConnections()
+            return self._hosts
 
     @property
     def hedging(self) -> Hedging:
@@ -843,16 +878,17 @@ class Kernel:
                 on_tick: Callable[[float, int], Any] | None = None, *, memory: bool = False) -> ProfileReport:
         return self.inspector.profile(pid, duration, interval, stop, on_tick, memory=memory)
 
-    def debug_memory(self, pid: int, *, diff: bool = False, top: int = DEFAULT_TOP, dump: str | None = None,
-                     stop: bool = False, frames: int = DEFAULT_FRAMES) -> MemoryReport:
+    def debug_memory(self, pid: int, *, diff: bool = False, top: int | None = None, dump: str | None = None,
+                     stop: bool = False, frames: int | None = None) -> MemoryReport:
         """Where process `pid`'s live Python memory was allocated (tracemalloc, started for it on
-        the first call); `diff`: what grew since the previous call; `dump`: also write the
-        snapshot to that file; `stop`: end tracing after this look (observe/memory.py)."""
+        the first call); `diff`: what grew since the previous call; `top` sites (default 10) of
+        `frames` frames each (default 10); `dump`: also write the snapshot to that file; `stop`:
+        end tracing after this look (observe/memory.py)."""
         return self.memory.memory(pid, diff=diff, top=top, dump=dump, stop=stop, frames=frames)
 
     def io_limit(self, pid: int) -> IoLimitInfo | None:
         """The I/O rate limit of process `pid` and how it holds so far; None if it has none running."""
-        return self.io_limits.info(as_pid(pid))
+        return self._io_limits.info(as_pid(pid)) if self._io_limits is not None else None
 
     def io_limit_method(self) -> tuple[str, str]:
         """How `--io-rate` is held here: ("cgroup", its directory) or ("duty-cycle", why not a cgroup)."""
@@ -860,7 +896,7 @@ class Kernel:
 
     def stop_memory_trace(self, pid: int) -> bool:
         """End `debug PID memory`'s tracing of process `pid`; True if it was traced."""
-        return self.memory.stop(pid)
+        return self._memory.stop(pid) if self._memory is not None else False
 
     def set_breakpoint(self, pid: int, *, at_step: int | None = None, when: str | None = None,
                        on_checkpoint: bool = False) -> Breakpoint:
@@ -1096,7 +1132,8 @@ class Kernel:
         if self.monitor is not None:
             self.monitor.stop()
         table.close()
-        self.io_limits.close()
+        if self._io_limits is not None:
+            self._io_limits.close()
         self.isolation.close()
         self.children.close()  # what is left of their groups (background jobs of finished tools) goes too
         self.ipc.close()

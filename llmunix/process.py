@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Mapping  # noqa: F401 - Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from llmunix.ioprio import set_group_io_priority
 from llmunix.models import (
     EMPTY,
     PRIORITY_LABELS,
@@ -637,6 +636,8 @@ def renice_group(child: subprocess.Popen[bytes], priority: Priority) -> None:
     """Map a priority level onto the group's nice value and I/O class (ioprio.py: idle and low
     get the idle and lowest best-effort classes). Raising priority above 0 needs privileges;
     without them the group stays at 0, which is still above low and idle."""
+    from llmunix.ioprio import set_group_io_priority  # (here: a one-shot `ps` never renices)
+
     set_group_io_priority(child.pid, priority)
     nice = NICE_FOR[priority]
     for value in (nice, 0) if nice < 0 else (nice,):

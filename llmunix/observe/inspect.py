@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, Phase, as_pid, format_pid
 from llmunix.observe import pyspy
-from llmunix.observe.advice import suggestions
 from llmunix.observe.debug import (
     ChildInfo,
     DebugInfo,
@@ -27,7 +26,6 @@ from llmunix.observe.debug import (
     sample_ids,
     window_figures,
 )
-from llmunix.observe.network import NetworkWatch
 
 psutil = lazy_module("psutil")  # imported when first used: start-up does not need it
 
@@ -50,7 +48,8 @@ class Inspector:
         self.table = table
         self.durable = durable
         self.debugger = debugger
-        self.memory: MemoryDebugger | None = None  # `profile --memory` (set by the kernel)
+        # `profile --memory`: the kernel's MemoryDebugger, made when first asked for (set by the kernel)
+        self.memory: Callable[[], MemoryDebugger] | None = None
         self.cache: StepCache | None = None  # the `cacheable` suggestion (set by the kernel)
 
     def samples(self, pid: int) -> list[ResourceSample]:
@@ -143,6 +142,8 @@ class Inspector:
         child_seen = False
         spy: pyspy.Recording | None = None
         spy_note = ""
+        from llmunix.observe.network import NetworkWatch  # (only a profile needs it: psutil, ss)
+
         net = NetworkWatch()
         net_at = float("-inf")
         try:
@@ -226,6 +227,8 @@ class Inspector:
             allocations=allocations, allocations_note=allocations_note,
         )
         repeat = self.cache.repeat_of(pid) if self.cache is not None and idempotent else None
+        from llmunix.observe.advice import suggestions
+
         return dataclasses.replace(report, suggestions=suggestions(report, idempotent=idempotent, repeat_of=repeat))
 
     def _begin_allocations(self, pid: int) -> str:
@@ -234,7 +237,7 @@ class Inspector:
         if self.memory is None:
             return "memory tracing is not available here"
         try:
-            self.memory.memory(pid, owner="profile", top=1)
+            self.memory().memory(pid, owner="profile", top=1)
         except LlmunixError as exc:
             return str(exc)
         return ""
@@ -243,9 +246,9 @@ class Inspector:
         """The window's allocations by site (what grew since the first look), tracing ended."""
         assert self.memory is not None
         try:
-            return self.memory.memory(pid, owner="profile", diff=True, stop=True).look, ""
+            return self.memory().memory(pid, owner="profile", diff=True, stop=True).look, ""
         except LlmunixError as exc:
-            self.memory.stop(pid, owner="profile")
+            self.memory().stop(pid, owner="profile")
             return None, f"not measured at the end of the window: {exc}"
 
 

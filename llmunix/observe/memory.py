@@ -274,11 +274,14 @@ class MemoryDebugger(Hooks):
         self._traced: dict[int, set[str]] = {}
         self._active = False
 
-    def memory(self, pid: int, *, diff: bool = False, top: int = DEFAULT_TOP, dump: str | None = None,
-               stop: bool = False, frames: int = DEFAULT_FRAMES, owner: str = "debug") -> MemoryReport:
+    def memory(self, pid: int, *, diff: bool = False, top: int | None = None, dump: str | None = None,
+               stop: bool = False, frames: int | None = None, owner: str = "debug") -> MemoryReport:
         """Look at process `pid`'s allocations (see the module docstring); `stop` ends tracing
-        for it after this look. Raises LlmunixError for a process that cannot be traced."""
+        for it after this look; `top` and `frames` None: DEFAULT_TOP, DEFAULT_FRAMES. Raises
+        LlmunixError for a process that cannot be traced."""
         pid = as_pid(pid)
+        top = DEFAULT_TOP if top is None else top
+        frames = DEFAULT_FRAMES if frames is None else frames
         if not 1 <= top <= 1000:
             raise LlmunixError(f"bad --top {top}; give 1 to 1000 sites")
         if not 1 <= frames <= MAX_FRAMES:
