@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from llmunix.models import Priority
@@ -23,7 +24,7 @@ log = logging.getLogger("llmunix.ioprio")
 
 CLASS_NONE, CLASS_RT, CLASS_BE, CLASS_IDLE = 0, 1, 2, 3
 _CLASS_SHIFT = 13
-_WHO_PGRP = 2
+_WHO_PROCESS, _WHO_PGRP = 1, 2
 _SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "arm64": 30, "riscv64": 30, "i386": 289, "i686": 289,
                    "armv7l": 314, "ppc64le": 273, "ppc64": 273, "s390x": 282}
 _SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31, "arm64": 31, "riscv64": 31, "i386": 290, "i686": 290,
@@ -71,13 +72,31 @@ def set_group_io_priority(pgid: int, priority: Priority) -> bool:
     return _set_tree(pgid, ioclass, level)
 
 
+def own_io_priority_setter(priority: Priority) -> Callable[[], None] | None:
+    """A function that gives the calling process the I/O class of `priority`, safe to call in a
+    child between fork and exec (a `preexec_fn`: libc is loaded here, before the fork, so the
+    child imports nothing); None where the system call is not known. A short command would
+    otherwise do its I/O before the group is given its class."""
+    ioclass, level = IO_CLASS_FOR[priority]
+    number = _SYS_IOPRIO_SET.get(_MACHINE)
+    libc = _syscall()
+    if number is None or libc is None:
+        return None
+    value = (ioclass << _CLASS_SHIFT) | level
+
+    def set_own() -> None:
+        libc.syscall(number, _WHO_PROCESS, 0, value)
+
+    return set_own
+
+
 def group_io_priority(pid: int) -> tuple[str, int] | None:
     """(class name, level) of process `pid` (its main thread), or None if unreadable."""
     number = _SYS_IOPRIO_GET.get(_MACHINE)
     libc = _syscall()
     if number is None or libc is None:
         return None
-    value = libc.syscall(number, 1, pid)  # IOPRIO_WHO_PROCESS
+    value = libc.syscall(number, _WHO_PROCESS, pid)
     if value < 0:
         return None
     return CLASS_NAMES.get(value >> _CLASS_SHIFT, str(value >> _CLASS_SHIFT)), value & ((1 << _CLASS_SHIFT) - 1)

@@ -406,7 +406,7 @@ class ProcessContext:
         use_shell = isinstance(cmd, str) if shell is None else shell
         # It dies with the thread that started it (this process's, alive until the body ends) even
         # if llmunix is SIGKILLed before attach_subprocess has recorded its group (reaper.py).
-        kwargs.setdefault("preexec_fn", die_with_parent)
+        kwargs.setdefault("preexec_fn", child_setup(self._proc.priority))
         child = subprocess.Popen(  # noqa: S603 - running the user's command is the point
             cmd, shell=use_shell, start_new_session=True, cwd=self.cwd,
             stdin=subprocess.DEVNULL, **kwargs,
@@ -630,6 +630,28 @@ NICE_FOR = {
     Priority.LOW: 10,
     Priority.IDLE: 19,
 }
+
+
+def child_setup(priority: Priority) -> Callable[[], None]:
+    """A subprocess's `preexec_fn`: it dies with the thread that started it (reaper.py), and it
+    starts at its priority's I/O class and (a lower priority's) nice value, so that a short
+    command's first I/O is already classed; `renice_group` then sets the whole group."""
+    from llmunix.ioprio import own_io_priority_setter
+
+    set_io = own_io_priority_setter(priority)
+    nice = NICE_FOR[priority]
+
+    def setup() -> None:
+        die_with_parent()
+        if set_io is not None:
+            set_io()
+        if nice > 0:  # (a negative one needs privileges: left to renice_group's fallback)
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+            except OSError:
+                pass  # (llmunix itself runs nicer than that: the child keeps llmunix's)
+
+    return setup
 
 
 def renice_group(child: subprocess.Popen[bytes], priority: Priority) -> None:

@@ -234,5 +234,27 @@ def test_io_rate_end_to_end_through_the_executable(tmp_path):
     assert target.stat().st_size < 100 * MB  # the 256 MB were not written
 
 
+def test_io_rate_bad_input_end_to_end_one_line_and_a_failing_status(tmp_path):
+    for rate, says in (("banana", "run: bad I/O rate 'banana'; give bytes per second such as 10MB/s"),
+                       ("0", "run: bad I/O rate '0'; give from 1kB/s to 10TB/s"),
+                       ("inf", "run: bad I/O rate 'inf'; give bytes per second")):
+        r = subprocess.run([LLMUNIX, "--home", str(tmp_path / "home"), "-c", f"run shell cmd=true --io-rate {rate}"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+        assert r.returncode != 0 and r.stdout == ""
+        assert r.stderr.startswith(says) and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_io_priority_end_to_end_even_a_short_command_starts_in_its_class(tmp_path):
+    # The class is set in the child before its command runs (not only on the group once it is
+    # attached, by which time a short command has done its I/O).
+    r = subprocess.run(
+        [LLMUNIX, "--home", str(tmp_path / "home"), "-c", "run shell cmd='ionice -p $$' --priority idle",
+         "-c", "run shell cmd='ionice -p $$' --priority low", "-c", "run shell cmd='ionice -p $$'",
+         "-c", "wait 001 002 003", "-c", "log 001", "-c", "log 002", "-c", "log 003"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-3:] == ["idle", "best-effort: prio 7", "none: prio 0"]
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
