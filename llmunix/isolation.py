@@ -570,6 +570,7 @@ class Isolation(Hooks):
         self.pool = WorkerPool(modules or _user_modules, config, record)
         self._placed: dict[int, Placement] = {}  # pid -> placement, for processes isolated or limited
         self._running: dict[int, Worker] = {}  # pid -> its worker, while its body runs (questions go there)
+        self._worker_started = threading.Condition()  # (a question waits for a worker still starting)
 
     # ------------------------------------------------------------------ choosing (before a process exists)
 
@@ -689,7 +690,9 @@ class Isolation(Hooks):
                 worker.chan.send(spec)
             except OSError:
                 pass  # it died already: its end says why
-            self._running[relay.pid] = worker
+            with self._worker_started:
+                self._running[relay.pid] = worker
+                self._worker_started.notify_all()
             return _Proxy(ctx, relay, worker).serve()
         finally:
             self._running.pop(relay.pid, None)
@@ -699,9 +702,7 @@ class Isolation(Hooks):
         """Ask the isolated worker of process `pid` a question (`QUESTIONS`: "memory") and return
         its answer. Any thread; the body goes on meanwhile. Raises LlmunixError when the process
         has no worker running, the worker is stopped (paused) or does not answer in `timeout`."""
-        worker = self._running.get(pid)
-        if worker is None:
-            raise LlmunixError(f"process {format_pid(pid)} has no isolated worker running")
+        worker = self._worker_of(pid, timeout)
         with self.table.lock:
             proc = self.table.get(pid)
             paused = proc is not None and proc.phase in (Phase.PAUSED, Phase.PREEMPTED)
@@ -730,6 +731,26 @@ class Isolation(Hooks):
         if status != "ok":
             raise LlmunixError(value)
         return value
+
+    def _worker_of(self, pid: int, timeout: float) -> Worker:
+        """Process `pid`'s running worker; one still starting (its body has begun: the worker is
+        being handed over, or the pool itself started, the session's first isolated run) is
+        waited for up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            worker = self._running.get(pid)
+            if worker is not None:
+                return worker
+            with self.table.lock:
+                proc = self.table.get(pid)
+                starting = proc is not None and proc.phase is Phase.RUNNING and proc.has_thread
+            left = deadline - time.monotonic()
+            if not starting or left <= 0:
+                raise LlmunixError(f"process {format_pid(pid)} has no isolated worker running" +
+                                   (f" (still starting after {timeout:g}s)" if starting else ""))
+            with self._worker_started:
+                if pid not in self._running:
+                    self._worker_started.wait(min(left, 0.1))
 
     def close(self) -> None:
         self.pool.close()
@@ -985,7 +1006,10 @@ def pool_main(fd: int) -> None:
 
     gc.collect()
     gc.freeze()  # the imported objects stay shared with every worker (no copy-on-write of their headers)
-    ctl.send(("ready", failure))
+    try:
+        ctl.send(("ready", failure))
+    except OSError:
+        os._exit(0)  # llmunix ended while this was importing: nobody to serve
     own = (ctl.fileno(), wake_r, wake_w)
     handed: set[int] = set()  # workers given a body (their exits are reported)
     idle: tuple[int, socket.socket] | None = None if failure else _fork_idle(own)
@@ -1110,7 +1134,9 @@ def _worker_main(pool: socket.socket) -> None:
         chan = Channel(socket.socket(fileno=fds[0]))
         try:
             chan.send(("hello", os.getpid()))
-            spec = chan.recv()
+            # (with its fds: a question may follow the spec at once, its socket with it, and a
+            # plain recv would drop that socket: the asker would get no answer)
+            spec = chan.recv(with_fds=True)
         except (EOFError, OSError):
             os._exit(0)  # llmunix no longer wants it
         code = WorkerContext(chan, spec).serve()

@@ -155,6 +155,17 @@ def test_an_isolated_tool_is_traced_in_its_worker_and_llmunix_pays_nothing(kerne
     kernel.wait([pid], timeout=WAIT)
 
 
+def test_a_question_to_an_isolated_process_just_started_waits_for_its_worker(kernel, no_tracing):
+    # Running, but its worker is still being handed over (or the pool itself is starting, the
+    # session's first isolated run): the look waits for it instead of failing.
+    pid = kernel.spawn("mem_leaker_iso")
+    wait_phase(kernel, pid, "running")
+    report = kernel.debug_memory(pid, stop=True)
+    assert report.where == "isolated"
+    kernel.kill(pid)
+    kernel.wait([pid], timeout=WAIT)
+
+
 # ---------------------------------------------------------------------- profile --memory
 
 
@@ -203,3 +214,35 @@ def test_debug_memory_end_to_end_through_the_executable(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Memory of Process 001 (mem_leaker):" in r.stdout
     assert "Grew: +" in r.stdout and f"memory_tools.py:{memory_tools.LEAK_LINE}" in r.stdout
+
+
+def test_an_isolated_tools_memory_its_dump_and_profile_memory_end_to_end(tmp_path):
+    dump = tmp_path / "iso.snap"
+    script = tmp_path / "s.llmunix"
+    script.write_text("run mem_leaker_iso seconds=30\nrun mem_leaker seconds=30\nrun sleep seconds=0.5\nwait 003\n"
+                      f"debug 001 memory --dump {dump}\nrun sleep seconds=0.5\nwait 004\n"
+                      "debug 001 memory --diff --top 3\nprofile 002 --memory --duration 1s\nkill 001 002\n")
+    r = subprocess.run([LLMUNIX, "--home", str(tmp_path / "home"), "--tools", "tests.memory_tools", str(script)],
+                       capture_output=True, text=True, timeout=90,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Memory of Process 001 (mem_leaker_iso):" in out and "in its worker" in out
+    assert f"memory_tools.py:{memory_tools.LEAK_LINE}" in out.split("Memory of Process 001", 2)[2]  # the --diff look
+    snap = tracemalloc.Snapshot.load(str(dump))  # what the worker wrote: a snapshot tracemalloc reads
+    assert snap.traces is not None
+    profiled = out.split("Profiling Process 002", 1)[1]
+    assert "├── Allocations: +" in profiled and "GROWTH" in profiled
+    assert "memory-growth: its live allocations grew by" in profiled
+
+
+def test_debug_memory_bad_input_end_to_end_one_line_and_a_failing_status(tmp_path):
+    for n, (line, says) in enumerate((
+            ("debug 099 memory", "debug: no process 099; `ps -a` lists them"),
+            ("debug 001 memory --top 0", "debug: debug PID memory: argument --top: bad --top '0'; give 1 to 1000"),
+            ("debug 001 memory --frames 500", "debug: debug PID memory: argument --frames: bad --frames '500'"),
+            ("profile 099 --memory", "profile: no process 099"))):
+        r = subprocess.run([LLMUNIX, "--home", str(tmp_path / f"home{n}"), "-c", "run sleep seconds=5", "-c", line],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+        errors = [x for x in r.stderr.splitlines() if not x.startswith("llmunix: ")]  # (the sleep interrupted)
+        assert r.returncode != 0 and len(errors) == 1 and errors[0].startswith(says), r.stderr

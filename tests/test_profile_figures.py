@@ -4,7 +4,10 @@ and the rule-based suggestions (each rule on made-up figures, and the main ones 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ from llmunix.observe.debug import IoFigures, NetworkFigures, ProfileReport
 from llmunix.observe.memory import MemoryLook, MemorySite
 from llmunix.observe.network import parse_ss
 from tests import memory_tools
-from tests.conftest import WAIT
+from tests.conftest import LLMUNIX, WAIT
 
 SS_SAMPLE = """\
 ESTAB 0      0      127.0.0.1:55663 127.0.0.1:58114
@@ -167,3 +170,29 @@ def test_a_subprocess_trees_tcp_bytes_and_connections_are_measured(mk, echo_serv
     assert n.sent is not None and n.sent >= 20000 * 20  # about 100 sends a second: most of them counted
     assert n.received is not None and n.received >= 100 * 20
     assert "transferred on TCP" in views.network_text(report)
+
+
+def test_profile_end_to_end_reads_writes_network_and_suggestions(echo_server, tmp_path):
+    # A Python child that writes a file 100 bytes at a time and talks to a local server over one
+    # kept-alive connection: profiled through the executable, in plain text and as JSON.
+    child = tmp_path / "child.py"
+    child.write_text(f"import socket,time\nf=open({str(tmp_path / 'w')!r},'wb')\n"
+                     f"s=socket.create_connection(('127.0.0.1',{echo_server}))\nend=time.time()+60\n"
+                     "while time.time()<end:\n    s.sendall(b'y'*20000); s.recv(65536)\n"
+                     "    for _ in range(20):\n        f.write(b'x'*100); f.flush()\n    time.sleep(0.005)\n")
+    r = subprocess.run([LLMUNIX, "--home", str(tmp_path / "home"), "-c", f"run shell cmd='{sys.executable} {child}'",
+                        "-c", "profile 001 --duration 2.5s", "-c", "profile 001 --duration 2.5s --json"],
+                       capture_output=True, text=True, timeout=90, env={**os.environ, "NO_COLOR": "1"})
+    assert r.returncode == 0, r.stderr
+    plain, _, raw = r.stdout.partition("\n{\n")
+    assert "├── I/O Operations: " in plain and " writes (" in plain and " written)" in plain
+    assert "├── Network: 1 connection seen (1 open at the end, 1 at most at once)" in plain
+    assert "Suggestions:\n" in plain and "  small-io: " in plain
+    data = json.loads("{\n" + raw)
+    io, net = data["io"], data["network"]
+    assert io["write_ops"] >= 1000 and io["write_bytes"] < io["write_ops"] * 512
+    assert net["connections_seen"] == 1 and net["connections_peak"] == 1
+    if net.get("bytes_note"):
+        pytest.skip(net["bytes_note"])  # (no `ss` here: connections only)
+    assert net["bytes_sent"] >= 20000 * 10 and net["bytes_received"] >= 100 * 10
+    assert "small-io" in {s["rule"] for s in data["suggestions"]}
