@@ -78,6 +78,7 @@ from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 
 if TYPE_CHECKING:
     from llmunix.agents.service import AgentService
+    from llmunix.gate import EndpointInfo
     from llmunix.hedge import Hedging
     from llmunix.hosts import HostConnections
     from llmunix.iolimit import IoLimiter, IoLimitInfo
@@ -889,6 +890,11 @@ class Kernel:
     def io_limit(self, pid: int) -> IoLimitInfo | None:
         """The I/O rate limit of process `pid` and how it holds so far; None if it has none running."""
         return self._io_limits.info(as_pid(pid)) if self._io_limits is not None else None
+
+    def host_connections(self) -> list[EndpointInfo]:
+        """Web hosts connected to so far (`ctx.connection`, web_fetch): connections in flight,
+        fetches waiting for one, the host's limit (hosts.py); empty before the first."""
+        return self._hosts.infos() if self._hosts is not None else []
 
     def io_limit_method(self) -> tuple[str, str]:
         """How `--io-rate` is held here: ("cgroup", its directory) or ("duty-cycle", why not a cgroup)."""

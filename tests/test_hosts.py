@@ -141,7 +141,7 @@ def test_the_limit_end_to_end_with_a_config_file(slow, tmp_path):
     script = tmp_path / "s.llmunix"
     script.write_text(f"run web_fetch urls={slow.url('/a')} dest={tmp_path / 'a'}\n"
                       f"run web_fetch urls={slow.url('/b')} dest={tmp_path / 'b'}\n"
-                      "run sleep seconds=1\nwait 003\nps -l 001\nps -l 002\n")
+                      "run sleep seconds=1\nwait 003\nps -l 001\nps -l 002\nlimits\n")
     proc = subprocess.Popen([LLMUNIX, "--home", str(tmp_path / "home"), "--config", str(config), str(script)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1"})
@@ -152,6 +152,10 @@ def test_the_limit_end_to_end_with_a_config_file(slow, tmp_path):
     assert proc.returncode == 0, err
     assert "waiting for a connection to 127.0.0.1" in out
     assert slow.most == 1
+    # `limits` lists the host's line: one in flight of one allowed, one waiting, one admitted
+    assert "WEB_HOST" in out
+    assert [line.split() for line in out.splitlines() if line.startswith(f"127.0.0.1:{slow.port}")] == [
+        [f"127.0.0.1:{slow.port}", "1/1", "1", "1"]]
 
 
 def test_web_fetch_waits_in_the_kernel_for_an_isolated_run_too(configured, k, slow, tmp_path, wait_until):
