@@ -1,6 +1,6 @@
-"""Tools for the memory-debugging tests (`--tools tests.memory_tools`): each keeps what it
-allocates at one known line (LEAK_LINE), so that `debug PID memory --diff` has a site to find,
-until it has done `ticks` steps (or for `seconds`)."""
+"""Tools for the memory-debugging and profile tests (`--tools tests.memory_tools`): the leakers
+keep what they allocate at one known line (LEAK_LINE), so that `debug PID memory --diff` has a
+site to find, until it has done `ticks` steps (or for `seconds`)."""
 
 from __future__ import annotations
 
@@ -71,3 +71,21 @@ def slow_idempotent(ctx: ProcessContext, label: str = "") -> str:
     while HOLD.is_set():
         ctx.sleep(0.02)
     return label
+
+
+@tool(name="tcp_chatter_iso", isolation="process")
+def tcp_chatter_iso(ctx: ProcessContext, port: int, seconds: float = 60.0) -> int:
+    """Send 20 kB and read the answer over one connection to 127.0.0.1:`port`, every 10 ms, in a
+    worker OS process of its own (a profile's network figures for an isolated tree)."""
+    import socket
+    import time
+
+    n = 0
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            s.sendall(b"y" * 20000)
+            s.recv(65536)
+            n += 1
+            ctx.sleep(0.01)
+    return n

@@ -172,6 +172,22 @@ def test_a_subprocess_trees_tcp_bytes_and_connections_are_measured(mk, echo_serv
     assert "transferred on TCP" in views.network_text(report)
 
 
+def test_an_isolated_trees_network_is_measured_and_its_workers_reader_is_not_profiled(mk, echo_server):
+    pid = mk.spawn("tcp_chatter_iso", port=echo_server)
+    try:
+        report = mk.profile(pid, 1.5)
+    finally:
+        mk.kill(pid)
+    mk.wait([pid], timeout=WAIT)
+    n = report.network
+    assert not report.thread_backed and n is not None and n.seen == 1  # its TCP connection, not its llmunix socket
+    if not n.bytes_note:
+        assert n.sent is not None and n.sent >= 20000 * 10
+    if report.sampler == "py-spy":  # the worker's stacks: the tool's, without llmunix's reader thread
+        names = {f[0] for f in report.frames}
+        assert "tcp_chatter_iso" in names and "WorkerContext._read" not in names
+
+
 def test_profile_end_to_end_reads_writes_network_and_suggestions(echo_server, tmp_path):
     # A Python child that writes a file 100 bytes at a time and talks to a local server over one
     # kept-alive connection: profiled through the executable, in plain text and as JSON.

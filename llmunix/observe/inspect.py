@@ -6,6 +6,7 @@ sampling profiler). A component of the kernel (`kernel.inspector`); both return 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -181,6 +182,7 @@ class Inspector:
             elapsed = time.monotonic() - t0
             wall1 = time.time()
             stacks, failure = spy.finish() if spy is not None else ([], "")
+            stacks = [(ids, n) for ids, n in stacks if not _worker_reader(ids)]
             allocations = None
             if memory and not allocations_note:
                 allocations, allocations_note = self._end_allocations(pid)
@@ -250,6 +252,13 @@ class Inspector:
         except LlmunixError as exc:
             self.memory().stop(pid, owner="profile")
             return None, f"not measured at the end of the window: {exc}"
+
+
+def _worker_reader(ids: tuple[FrameId, ...]) -> bool:
+    """A stack of an isolated worker's reader thread (isolation.py: it waits for llmunix's
+    replies and questions): llmunix's, not the tool's, so left out of the tool's profile."""
+    return any(name == "WorkerContext._read" and file.endswith(f"llmunix{os.sep}isolation.py")
+               for name, file, _line in ids)
 
 
 def _start_py_spy(child_pid: int, interval: float) -> tuple[pyspy.Recording | None, str]:
