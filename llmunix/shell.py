@@ -134,7 +134,7 @@ class LlmunixShell(cmd2.Cmd):
             return True
 
     def rich_console(self) -> Console:
-        return Console(file=self.stdout)
+        return Console(file=self.stdout, markup=False, emoji=False)  # names are never markup
 
     def fail(self, message: str) -> None:
         """A command failed: one line on stderr, and remember it for the exit status."""

@@ -504,6 +504,18 @@ def test_recover_keeps_the_retry_and_restart_policies_of_an_interrupted_process(
     assert [h.event for h in info.history].count("retry") == 2
 
 
+def test_recover_keeps_the_timeout_of_an_interrupted_process(tmp_path, make_kernel, wait_until):
+    home = tmp_path / "home"
+    k = make_kernel(home=home)
+    pid = k.spawn("sleep", seconds=60, timeout=1.5)  # the builtin sleep checkpoints its ticks
+    wait_until(lambda: k.checkpoints(pid), message="a first checkpoint")
+    k.shutdown()
+    k = make_kernel(home=home)
+    [info] = k.recover()
+    info = k.wait([pid], timeout=20)[0]
+    assert (info.state, info.error) == ("Failed", "timed out after 1.5s")  # not 60 s of sleep
+
+
 @pytest.mark.parametrize("name", ["stall_timeout", "breaker_cooldown"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 1e99])
 def test_the_kernel_refuses_durations_that_would_stop_a_timer(make_kernel, name, value):
