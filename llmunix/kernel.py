@@ -435,7 +435,7 @@ class Kernel:
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
         policy = run_options(attempts, timeout=timeout, isolate=isolate, memory_limit=memory_limit,
-                             cpu_limit=cpu_limit)
+                             cpu_limit=cpu_limit, io_rate=io_rate)
         options: dict[str, Any] = self.learning.prepare(t, deadline)
         options["placement"] = placement  # (isolation: where it runs, its limits)
         if attempts is not None:

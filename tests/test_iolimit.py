@@ -144,6 +144,19 @@ def test_a_writer_limited_to_2_mb_a_second_is_stopped_and_continued_and_moves_a_
     assert any(h.event == "io limit" and "stopped" in h.details for h in done.history)  # the summary at its end
 
 
+def test_restart_runs_again_under_the_same_io_rate(limited_kernel, wait_until):
+    k = limited_kernel
+    first = k.spawn("shell", cmd="sleep 30", io_rate="3MB/s")
+    wait_until(lambda: k.io_limit(first) is not None)
+    k.kill(first)
+    k.wait([first], timeout=WAIT)
+    again = k.restart(first).pid
+    info = wait_until(lambda: k.io_limit(again))
+    assert info.rate == 3 * MB
+    k.kill(again)
+    k.wait([again], timeout=WAIT)
+
+
 def test_a_pause_wins_over_the_regulator_and_a_resume_lets_it_go_on(limited_kernel, tmp_path, wait_until):
     k = limited_kernel
     if k.io_limit_method()[0] == "cgroup":
