@@ -17,7 +17,10 @@ Two ways, chosen once, when the first limited process starts (`IoLimiter.method`
   token buckets (pool.TokenBucket), one for reads and one for writes, each refilled at the rate
   and holding BURST seconds' worth: the rate holds each way, as io.max's rbps and wbps do. While
   a bucket is in debt the tree's process group is stopped (SIGSTOP); when both have refilled, it
-  is continued (SIGCONT). The tree is held from its first instant (the `on_subprocess` hook).
+  is continued (SIGCONT). The tree is held as soon as it is attached (the `on_subprocess` hook):
+  not its very first instant, for it has exec'd by then — what it moved meanwhile is charged to
+  the buckets and repaid by a longer stop (starting it stopped needs the spawner's help: a
+  wrapper or a preexec handshake, not done).
   Each running stretch is sized from the speed the tree last showed (the fastest any tree has
   shown, until it has run for CALM seconds); a stretch shorter than MIN_RUN is timed by the
   regulator itself, spinning with the GIL held between SIGCONT and SIGSTOP, so a tree that could
