@@ -17,10 +17,9 @@ Two ways, chosen once, when the first limited process starts (`IoLimiter.method`
   token buckets (pool.TokenBucket), one for reads and one for writes, each refilled at the rate
   and holding BURST seconds' worth: the rate holds each way, as io.max's rbps and wbps do. While
   a bucket is in debt the tree's process group is stopped (SIGSTOP); when both have refilled, it
-  is continued (SIGCONT). The tree is held as soon as it is attached (the `on_subprocess` hook):
-  not its very first instant, for it has exec'd by then — what it moved meanwhile is charged to
-  the buckets and repaid by a longer stop (starting it stopped needs the spawner's help: a
-  wrapper or a preexec handshake, not done).
+  is continued (SIGCONT). The tree is held from its first instant: a subprocess tool's command
+  starts stopped (`held_command`: ctx.popen asks `starts_held`), and the `on_subprocess` hook
+  stops what is attached (an isolated worker, before it is given its body).
   Each running stretch is sized from the speed the tree last showed (the fastest any tree has
   shown, until it has run for CALM seconds); a stretch shorter than MIN_RUN is timed by the
   regulator itself, spinning with the GIL held between SIGCONT and SIGSTOP, so a tree that could
@@ -201,6 +200,12 @@ class IoLimiter(Hooks):
             self._method = ("cgroup", root, "") if root is not None else ("duty-cycle", None, why)
         kind, root, why = self._method
         return kind, str(root) if root is not None else why
+
+    def starts_held(self, pid: int) -> bool:
+        """Whether process `pid`'s commands must start stopped (`held_command`): its rate is held
+        by the duty cycle, whose first stretch should be the command's first instant."""
+        placement = self.isolation.placed(pid)
+        return placement is not None and placement.io_rate is not None and self.method()[0] == "duty-cycle"
 
     def activate(self) -> None:
         """Register the hooks (a first limited process is about to be spawned)."""
@@ -399,6 +404,19 @@ class IoLimiter(Hooks):
 
 
 # ---------------------------------------------------------------------- OS helpers
+
+HELD_START = 'kill -STOP $$; exec "$@"'  # a shell that stops itself, then becomes the command
+
+
+def held_command(cmd: str | list[str], shell: bool) -> list[str]:
+    """`cmd` (as Popen takes it, with `shell`) as an argument list that stops itself before it
+    runs: /bin/sh sends itself SIGSTOP and, once the regulator continues it, execs the command
+    (the same OS process). Without it the command runs from its exec until the `on_subprocess`
+    hook stops it: megabytes at page-cache speed, tens of them on a busy machine."""
+    argv = ["/bin/sh", "-c", cmd] if shell and isinstance(cmd, str) else (
+        [cmd] if isinstance(cmd, str) else [*cmd])
+    return ["/bin/sh", "-c", HELD_START, "sh", *argv]
+
 
 _PYLIBC: Any = None
 

@@ -905,6 +905,11 @@ class Kernel:
         fetches waiting for one, the host's limit (hosts.py); empty before the first."""
         return self._hosts.infos() if self._hosts is not None else []
 
+    def io_starts_held(self, pid: int) -> bool:
+        """Whether process `pid`'s external commands must start stopped (`ctx.popen`): its
+        `--io-rate` is held by the duty cycle, whose first stretch is their first instant."""
+        return self._io_limits is not None and self._io_limits.starts_held(as_pid(pid))
+
     def io_limit_method(self) -> tuple[str, str]:
         """How `--io-rate` is held here: ("cgroup", its directory) or ("duty-cycle", why not a cgroup)."""
         return self.io_limits.method()

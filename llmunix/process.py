@@ -404,6 +404,10 @@ class ProcessContext:
         """Start an external command in its own process group, attached to this process so that
         pause, resume, kill and priority reach the whole group at once."""
         use_shell = isinstance(cmd, str) if shell is None else shell
+        if "executable" not in kwargs and self._kernel.io_starts_held(self._proc.pid):
+            from llmunix.iolimit import held_command  # (--io-rate: it starts stopped, iolimit.py)
+
+            cmd, use_shell = held_command(cmd, use_shell), False
         # It dies with the thread that started it (this process's, alive until the body ends) even
         # if llmunix is SIGKILLed before attach_subprocess has recorded its group (reaper.py).
         kwargs.setdefault("preexec_fn", child_setup(self._proc.priority))

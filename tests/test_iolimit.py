@@ -5,6 +5,7 @@ process groups."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from conftest import LLMUNIX, WAIT, Session, wait_phase
 
 from llmunix import Kernel, ProcessContext
-from llmunix.iolimit import find_io_cgroup, make_limited_cgroup
+from llmunix.iolimit import find_io_cgroup, held_command, make_limited_cgroup
 from llmunix.ioprio import group_io_priority
 from llmunix.isolation import fmt_rate, parse_io_rate
 from llmunix.models import LlmunixError
@@ -142,6 +143,32 @@ def test_a_writer_limited_to_2_mb_a_second_is_stopped_and_continued_and_moves_a_
     assert done.state == "Cancelled"
     assert any(h.event == "io limit" and "by a SIGSTOP/SIGCONT duty cycle" in h.details for h in done.history)
     assert any(h.event == "io limit" and "stopped" in h.details for h in done.history)  # the summary at its end
+
+
+@pytest.mark.parametrize(("cmd", "shell"), [("printf '%s|' \"a b\" c; echo", True),
+                                            (["printf", "%s|", "a b", "c"], False)])
+def test_a_held_command_stops_itself_before_it_runs_and_is_the_command_once_continued(cmd, shell, wait_until):
+    child = subprocess.Popen(held_command(cmd, shell), stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: os_state(child.pid) == "T", message="stopped before the command ran")
+        os.killpg(child.pid, signal.SIGCONT)
+        out, _ = child.communicate(timeout=WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert out.startswith("a b|c|") and child.returncode == 0
+
+
+def test_a_limited_subprocess_tools_command_starts_held_and_an_unlimited_ones_does_not(limited_kernel, tmp_path,
+                                                                                        wait_until):
+    k = limited_kernel
+    limited = k.spawn("shell", cmd="sleep 30", io_rate="1MB/s")
+    free = k.spawn("shell", cmd="sleep 30")
+    assert k.io_starts_held(limited) and not k.io_starts_held(free)
+    wait_until(lambda: k.io_limit(limited) is not None)
+    k.kill(limited)
+    k.kill(free)
+    k.wait([limited, free], timeout=WAIT)
 
 
 def test_restart_runs_again_under_the_same_io_rate(limited_kernel, wait_until):
