@@ -3,6 +3,7 @@ and the rule-based suggestions (each rule on made-up figures, and the main ones 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -149,7 +150,7 @@ def echo_server() -> Iterator[int]:
             threading.Thread(target=echo, args=(conn,), daemon=True).start()
 
     def echo(conn: socket.socket) -> None:
-        with conn:
+        with conn, contextlib.suppress(OSError):  # (a killed client resets its connection)
             while data := conn.recv(65536):
                 conn.sendall(data[:100])  # a short answer to each chunk
 
