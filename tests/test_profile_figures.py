@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from commands import debug_views as views
-from llmunix.observe.advice import suggestions
+from llmunix.observe.advice import CPU_BOUND, suggestions
 from llmunix.observe.debug import IoFigures, NetworkFigures, ProfileReport
 from llmunix.observe.memory import MemoryLook, MemorySite
 from llmunix.observe.network import parse_ss
@@ -88,10 +88,14 @@ def mk(make_kernel, tmp_path):
     return make_kernel(home=tmp_path / "home", monitor=True, monitor_interval=0.1)
 
 
-def test_a_json_hot_spot_on_a_busy_thread_gets_both_suggestions(mk):
+def test_a_json_hot_spot_is_suggested_and_a_busy_thread_when_it_had_the_core(mk):
     pid = mk.spawn("json_cruncher")
     report = mk.profile(pid, 1.5)
-    assert {"json", "cpu-bound-thread"} <= {s.rule for s in report.suggestions}
+    found = {s.rule for s in report.suggestions}
+    assert "json" in found
+    # It would keep a core busy; whether it got 80% of one depends on what else the machine runs.
+    busy = report.cpu_average is not None and report.monitor_samples >= 2 and report.cpu_average >= CPU_BOUND
+    assert ("cpu-bound-thread" in found) == busy
     text = views.profile_plain(report)
     assert "Suggestions:\n  json: JSON decoding is on the stack in" in text
     mk.kill(pid)
