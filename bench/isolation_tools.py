@@ -33,3 +33,10 @@ def bench_thread_progress(ctx, n: int = 100) -> int:  # noqa: ANN001
         ctx.progress(i + 1, n)
     ctx.checkpoint({"n": n})
     return n
+
+
+@tool(name="bench_isolated_sleep", hidden=True, isolation="process")
+def bench_isolated_sleep(ctx, seconds: float = 600.0) -> None:  # noqa: ANN001
+    """An isolated process that waits (bench/memory.py traces it)."""
+    ctx.progress(1, 2, "asleep")
+    ctx.sleep(seconds)

@@ -24,6 +24,7 @@ from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid, parse_duration
 from llmunix.observe.debug import ProfileReport
 from llmunix.observe.debugger import DebugStatus
+from llmunix.observe.memory import DEFAULT_FRAMES, DEFAULT_TOP, MAX_FRAMES
 
 views = lazy_module("commands.debug_views")
 
@@ -42,6 +43,20 @@ def _positive_duration(what: str):
         return seconds
 
     parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def _count(what: str, most: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {value!r}; give a whole number") from None
+        if not 1 <= n <= most:
+            raise argparse.ArgumentTypeError(f"bad {what} {value!r}; give 1 to {most}")
+        return n
+
+    parse.__name__ = what
     return parse
 
 
@@ -177,6 +192,27 @@ def _add_actions(parser: argparse.ArgumentParser, *, required: bool) -> None:
                        description="Print the recorded trace in order, with times relative to its start.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("memory", aliases=["mem"], help="where its Python memory was allocated; --diff: what grew",
+                       description="Show the sites (file:line) holding the most live Python memory the process "
+                                   "allocated, traced with tracemalloc: in llmunix for a thread tool (the "
+                                   "allocations whose traceback passes through its tool's code; tracemalloc is "
+                                   "turned on for it now and off again when it ends or --stop), in its worker for "
+                                   "an isolated one. Allocations made before tracing began are not seen. --diff "
+                                   "shows what grew since the previous look (leak detection); --dump writes the "
+                                   "snapshot to FILE (tracemalloc.Snapshot.load reads it).",
+                       epilog="examples:\n  memory\n  memory --diff\n  memory --top 20 --frames 40\n"
+                              "  memory --dump /tmp/042.snapshot\n  memory --stop",
+                       formatter_class=cmd2.RawDescriptionCmd2HelpFormatter)
+    p.add_argument("--diff", action="store_true", help="what grew (or shrank) since the previous look")
+    p.add_argument("--top", type=_count("--top", 1000), default=DEFAULT_TOP, metavar="N",
+                   help=f"sites shown (default {DEFAULT_TOP})")
+    p.add_argument("--frames", type=_count("--frames", MAX_FRAMES), default=DEFAULT_FRAMES, metavar="N",
+                   help=f"traceback depth traced, when tracing starts (default {DEFAULT_FRAMES})")
+    p.add_argument("--dump", metavar="FILE", completer=cmd2.Cmd.path_complete,
+                   help="also write the snapshot (its allocations only) to FILE")
+    p.add_argument("--stop", action="store_true", help="end tracing after this look")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
 
 class DebugCommands(DebugCompletion):
     DEFAULT_CATEGORY = "Debugging commands"
@@ -198,7 +234,7 @@ class DebugCommands(DebugCompletion):
         epilog="examples:\n  debug 001\n  debug 001 --lines\n  debug 001 --json\n"
                "  debug 001 break --when \"step >= 3\"\n  debug 001 wait\n  debug 001 inspect total\n"
                "  debug 001 modify n 10\n  debug 001 step\n  debug 001 continue\n"
-               "  debug 001 trace on\n  debug 001 replay",
+               "  debug 001 trace on\n  debug 001 replay\n  debug 001 memory\n  debug 001 memory --diff",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     debug_parser.add_argument("pid", metavar="PID", choices_provider=ShellCommandSet.any_pid_choices)
@@ -218,15 +254,16 @@ class DebugCommands(DebugCompletion):
         except LlmunixError as exc:
             self.fail(str(exc))
             return
+        io_limit = self.kernel.io_limit(pid)
         if args.json:
-            self.out_json(info.to_dict())
+            self.out_json({**info.to_dict(), "io_limit": None if io_limit is None else io_limit.to_dict()})
             return
         system = self.kernel.system()
         llmunix_mb = system[-1].llmunix_memory_mb if system else None
         if self.plain:
-            self.out(views.debug_plain(info, lines=args.lines, llmunix_mb=llmunix_mb))
+            self.out(views.debug_plain(info, lines=args.lines, llmunix_mb=llmunix_mb, io_limit=io_limit))
         else:
-            self.out(views.debug_rich(info, lines=args.lines, llmunix_mb=llmunix_mb))
+            self.out(views.debug_rich(info, lines=args.lines, llmunix_mb=llmunix_mb, io_limit=io_limit))
         if self._cmd.interactive and not self.plain and self._prompt_pid is None and not info.info.is_done:
             self._prompt(pid)
 
@@ -323,7 +360,7 @@ class DebugCommands(DebugCompletion):
     def _act(self, pid: int, args: argparse.Namespace) -> None:
         """Run one debugger action (raises LlmunixError for the caller to report)."""
         action = {"b": "break", "bl": "breakpoints", "s": "step", "n": "next", "c": "continue", "w": "where",
-                  "bt": "where", "p": "inspect"}.get(args.action, args.action)
+                  "bt": "where", "p": "inspect", "mem": "memory"}.get(args.action, args.action)
         k = self.kernel
         if action == "break":
             bp = k.set_breakpoint(pid, at_step=args.at_step, when=args.when, on_checkpoint=args.on_checkpoint)
@@ -371,6 +408,13 @@ class DebugCommands(DebugCompletion):
         elif action == "replay":
             log = k.trace_log(pid)
             self.out_json(log.to_dict()) if args.json else self.out(views.replay_text(log))
+        elif action == "memory":
+            report = k.debug_memory(pid, diff=args.diff, top=args.top, dump=args.dump, stop=args.stop,
+                                    frames=args.frames)
+            if args.json:
+                self.out_json(report.to_dict())
+            else:
+                self.out(views.memory_plain(report) if self.plain else views.memory_rich(report))
         else:  # pragma: no cover - argparse allows only the choices above
             raise LlmunixError(f"unknown action {args.action!r}")
 
@@ -408,8 +452,12 @@ class DebugCommands(DebugCompletion):
                     "the monitor), I/O operations, network connections (subprocess tools) and hotspots: the "
                     "functions the samples found running (self share) and on the stack (inclusive share). "
                     "--output exports the samples as collapsed stacks (flamegraph.pl) or speedscope JSON. "
-                    "A subprocess tool running Python is sampled with py-spy when it is installed.",
+                    "A subprocess tool running Python is sampled with py-spy when it is installed. "
+                    "--memory also traces its Python allocations over the window (tracemalloc) and lists "
+                    "the sites that grew. The report ends with suggestions drawn from its figures "
+                    "(docs/debugging.md lists the rules).",
         epilog="examples:\n  profile 001\n  profile 001 --duration 60s\n  profile 001 -d 5s -i 5ms\n"
+               "  profile 001 --memory\n"
                "  profile 001 --output out.folded      # flamegraph.pl out.folded > flame.svg\n"
                "  profile 001 --output prof.json       # open in https://www.speedscope.app\n"
                "  profile 001 --json",
@@ -424,6 +472,8 @@ class DebugCommands(DebugCompletion):
                                 help="write the samples to FILE")
     profile_parser.add_argument("-f", "--format", choices=["collapsed", "speedscope"],
                                 help="export format (default: speedscope for .json files, else collapsed)")
+    profile_parser.add_argument("-m", "--memory", action="store_true",
+                                help="also trace its Python allocations over the window (tracemalloc)")
     profile_parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     @cmd2.with_argparser(profile_parser)
@@ -436,7 +486,8 @@ class DebugCommands(DebugCompletion):
             self.fail(str(exc))
             return
         try:
-            report = self._sample(pid, args.duration, args.interval, live=not (self.plain or args.json))
+            report = self._sample(pid, args.duration, args.interval, live=not (self.plain or args.json),
+                                  memory=args.memory)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -457,7 +508,7 @@ class DebugCommands(DebugCompletion):
         if args.output:
             self.out(f"Wrote {views.format_for(args.output, args.format)} stacks to {args.output}")
 
-    def _sample(self, pid: int, duration: float, interval: float, live: bool) -> ProfileReport:
+    def _sample(self, pid: int, duration: float, interval: float, live: bool, memory: bool = False) -> ProfileReport:
         """Run the profiler in a helper thread so that Ctrl-C here stops it early and still reports."""
         stop = threading.Event()
         result: list[ProfileReport] = []
@@ -472,7 +523,7 @@ class DebugCommands(DebugCompletion):
 
         def run() -> None:
             try:
-                result.append(self.kernel.profile(pid, duration, interval, stop=stop, on_tick=tick))
+                result.append(self.kernel.profile(pid, duration, interval, stop=stop, on_tick=tick, memory=memory))
             except BaseException as exc:  # noqa: BLE001 - handed to the command's thread
                 error.append(exc)
             finally:

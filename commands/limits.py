@@ -55,6 +55,7 @@ class LimitsCommands(ShellCommandSet):
             else:
                 infos = self.kernel.set_limits(settings) if settings else self.kernel.limits()
             endpoints = agents.endpoint_limits()
+            hosts = self.kernel.host_connections()
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -62,8 +63,9 @@ class LimitsCommands(ShellCommandSet):
         slots = self.kernel.max_running_info()
         if args.json:
             self.out_json({"resources": [i.to_dict() for i in infos], "memory_pressure": pressure.to_dict(),
-                           "max_running": slots.to_dict(), "endpoints": [e.to_dict() for e in endpoints]})
+                           "max_running": slots.to_dict(), "endpoints": [e.to_dict() for e in endpoints],
+                           "hosts": [views.host_dict(h) for h in hosts]})
         elif self.plain:
-            self.out(views.limits_plain(infos, pressure, slots, endpoints))
+            self.out(views.limits_plain(infos, pressure, slots, endpoints, hosts))
         else:
-            self.out(views.limits_table(infos, pressure, slots, endpoints))
+            self.out(views.limits_table(infos, pressure, slots, endpoints, hosts))

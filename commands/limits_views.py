@@ -1,6 +1,6 @@
 """Renderers for `limits`: the resource pool, the memory pressure reading, max_running (fixed,
-or auto with its last decision) and the LLM endpoints. Pure: snapshots in, rich renderables or
-plain text out."""
+or auto with its last decision), the LLM endpoints and the web hosts connected to. Pure:
+snapshots in, rich renderables or plain text out."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from llmunix.autoscale import AutoInfo
 from llmunix.pool import LimitInfo, MemoryPressure, fmt_amount
 
 if TYPE_CHECKING:
-    from llmunix.agents.endpoints import EndpointInfo
+    from llmunix.gate import EndpointInfo
 
 COLUMNS = ("RESOURCE", "CAPACITY", "IN_USE", "FREE", "WAITING")
+HOST_COLUMNS = ("WEB_HOST", "IN_FLIGHT", "WAITING", "REQUESTS")
 ENDPOINT_COLUMNS = ("ENDPOINT", "IN_FLIGHT", "WAITING", "REQUESTS/MIN", "LEFT", "TOKENS/MIN", "LEFT", "REQUESTS")
 
 
@@ -32,6 +33,18 @@ def endpoint_row(e: EndpointInfo) -> tuple[str, ...]:
     waiting = str(e.waiting) + (f" (held {e.held_for:.0f}s)" if e.held_for else "")
     return (safe_text(e.key), flight, waiting, *_rate(e.limits.requests_per_min, e.requests_level),
             *_rate(e.limits.tokens_per_min, e.tokens_level), str(e.requests))
+
+
+def host_row(h: EndpointInfo) -> tuple[str, ...]:
+    """A web host's line (hosts.py): connections in flight of its limit, fetches waiting, requests."""
+    limit = h.limits.max_concurrent
+    flight = f"{h.in_flight}/{limit}" if limit is not None else str(h.in_flight)
+    return safe_text(h.key), flight, str(h.waiting), str(h.requests)
+
+
+def host_dict(h: EndpointInfo) -> dict[str, object]:
+    return {"host": h.key, "max_connections": h.limits.max_concurrent, "in_flight": h.in_flight,
+            "waiting": h.waiting, "requests": h.requests}
 
 
 def _row(i: LimitInfo) -> tuple[str, ...]:
@@ -51,7 +64,7 @@ def pressure_line(p: MemoryPressure) -> str:
 
 
 def limits_table(infos: Sequence[LimitInfo], pressure: MemoryPressure, slots: AutoInfo,
-                 endpoints: Sequence[EndpointInfo] = ()) -> Group:
+                 endpoints: Sequence[EndpointInfo] = (), hosts: Sequence[EndpointInfo] = ()) -> Group:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in COLUMNS:
         table.add_column(name.replace("_", " "), no_wrap=True, justify="left" if name == "RESOURCE" else "right")
@@ -70,16 +83,27 @@ def limits_table(infos: Sequence[LimitInfo], pressure: MemoryPressure, slots: Au
             eps.add_row(Text(row[0], style="cyan"), row[1], Text(row[2], style="bold yellow" if e.waiting else ""),
                         *row[3:])
         parts += [Text(""), eps]
+    if hosts:
+        web = Table(box=None, header_style="bold", pad_edge=False)
+        for name in HOST_COLUMNS:
+            web.add_column(name.replace("_", " "), no_wrap=True, justify="left" if name == "WEB_HOST" else "right")
+        for h in hosts:
+            row = host_row(h)
+            web.add_row(Text(row[0], style="cyan"), row[1], Text(row[2], style="bold yellow" if h.waiting else ""),
+                        row[3])
+        parts += [Text(""), web]
     return Group(*parts)
 
 
 def limits_plain(infos: Sequence[LimitInfo], pressure: MemoryPressure, slots: AutoInfo,
-                 endpoints: Sequence[EndpointInfo] = ()) -> str:
+                 endpoints: Sequence[EndpointInfo] = (), hosts: Sequence[EndpointInfo] = ()) -> str:
     rows = [COLUMNS] + [tuple(f.replace(" ", "") for f in _row(i)) for i in infos]
     lines = [*_columns(rows), pressure_line(pressure), slots.line()]
     if endpoints:
         lines += ["", *_columns([ENDPOINT_COLUMNS, *(tuple("_".join(f.split()) for f in endpoint_row(e))
                                                       for e in endpoints)])]
+    if hosts:
+        lines += ["", *_columns([HOST_COLUMNS, *(host_row(h) for h in hosts)])]
     return "\n".join(lines)
 
 

@@ -38,7 +38,8 @@ class RunCommands(ShellCommandSet):
                "  run ask question=... --replicas 3 --first\n  run classify text=... --replicas 5 --quorum 3\n"
                "  run brief-writer topic=scheduling --max-tokens 20000 --max-cost 0.05\n"
 
-               "  run embed path=corpus.txt --isolate --memory 2GB --cpu-time 10m",
+               "  run embed path=corpus.txt --isolate --memory 2GB --cpu-time 10m\n"
+               "  run shell cmd='tar czf /backup/home.tgz ~' --io-rate 10MB/s --priority idle",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
     run_parser.add_argument("tool", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices,
@@ -67,6 +68,10 @@ class RunCommands(ShellCommandSet):
     run_parser.add_argument("--cpu-time", metavar="DURATION",
                             help="stop it (Failed) after DURATION of CPU time, e.g. 60s or 5m; a Python tool is "
                                  "isolated for it")
+    run_parser.add_argument("--io-rate", metavar="RATE",
+                            help="hold its OS process tree's reads and writes to RATE, e.g. 10MB/s (cgroup v2 "
+                                 "io.max where the machine allows, else stopped and continued in a duty cycle); a "
+                                 "Python tool is isolated for it")
     add_run_options(run_parser)  # resilience: --retry --backoff --retry-on --timeout --restart ...
     add_budget_options(run_parser)  # LLM tokens and money: --max-tokens --max-cost
     learned = run_parser.add_argument_group(
@@ -112,16 +117,17 @@ class RunCommands(ShellCommandSet):
             options = run_options(args)  # resilience: retry, restart, timeout
             options.update(_learned_options(args))  # deadline, cache
             if args.replicas is not None:
-                if isolate is not None or args.memory is not None or args.cpu_time is not None:
+                if isolate is not None or args.memory is not None or args.cpu_time is not None or args.io_rate:
                     raise LlmunixError("--replicas runs copies where their tool says; --isolate, --thread, "
-                                       "--memory and --cpu-time do not apply to them (drop those)")
+                                       "--memory, --cpu-time and --io-rate do not apply to them (drop those)")
                 pid = self.kernel.hedge(args.tool, replicas=args.replicas, quorum=_quorum(args), priority=args.priority,
                                         name=args.name, params=params, needs=_needs(args.need) or None,
                                         **_hedge_options(args, options))
             else:
                 pid = self.kernel.spawn(args.tool, priority=args.priority, after=parse_pids(args.after),
                                         name=args.name, params=params, needs=_needs(args.need), isolate=isolate,
-                                        memory_limit=args.memory, cpu_limit=args.cpu_time, **options)
+                                        memory_limit=args.memory, cpu_limit=args.cpu_time, io_rate=args.io_rate,
+                                        **options)
             if budget:
                 self.kernel.agents.set_budget(pid, **budget)
         except LlmunixError as exc:

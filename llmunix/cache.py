@@ -239,6 +239,21 @@ class StepCache(Hooks):
 
     # ------------------------------------------------------------------ queries
 
+    def repeat_of(self, pid: int) -> int | None:
+        """For a live process that did not ask for the cache: the newest earlier process of the
+        same tool, with the same parameters, that completed (`profile`'s suggestion that its
+        result could be cached); None when there is none, or the process uses the cache."""
+        with self.table.lock:
+            proc = self.table.get(pid)
+            if proc is None or pid in self._pending or pid in self._reused:
+                return None
+            tool, params = proc.tool.name, json_text(dict(proc.params))
+        if self.store is None:
+            return None
+        rows = self.store.query("SELECT pid FROM processes WHERE tool=? AND params=? AND state=? AND pid<? "
+                                "ORDER BY pid DESC LIMIT 1", (tool, params, Outcome.COMPLETED.value, pid))
+        return int(rows[0][0]) if rows else None
+
     def cached_from(self, pid: int) -> int | None:
         """The process whose stored result process `pid` reused, or None if it ran."""
         with self.table.lock:

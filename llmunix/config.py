@@ -167,13 +167,16 @@ class ToolSettings(_Settings):
         "memory limit of each run, e.g. 500MB (isolates a Python tool)")] = None
     cpu_time: Annotated[str | float | None, Doc(
         "CPU time limit of each run, e.g. 60s (isolates a Python tool)")] = None
+    io_rate: Annotated[str | float | None, Doc(
+        "I/O rate limit of each run, e.g. 10MB/s (isolates a Python tool)")] = None
 
     def __post_init__(self) -> None:
-        if self.memory is not None or self.cpu_time is not None:
-            from llmunix.isolation import parse_cpu_time, parse_memory
+        if self.memory is not None or self.cpu_time is not None or self.io_rate is not None:
+            from llmunix.isolation import parse_cpu_time, parse_io_rate, parse_memory
 
             _check("memory", parse_memory, self.memory)
             _check("cpu_time", parse_cpu_time, self.cpu_time)
+            _check("io_rate", parse_io_rate, self.io_rate)
 
 
 @dataclass
@@ -273,7 +276,16 @@ class Config(_Settings):
         "where users' Python tools run by default: thread (microseconds, shares llmunix's memory) or "
         "process (a worker OS process each: true memory, hard pause and kill, crashes contained)")] = "thread"
     tools: Annotated[dict[str, ToolSettings], Doc(
-        "per-tool settings: [tools.NAME] isolation, memory, cpu_time")] = field(default_factory=dict)
+        "per-tool settings: [tools.NAME] isolation, memory, cpu_time, io_rate")] = field(default_factory=dict)
+    io_cgroup: Annotated[str | None, Doc(
+        "a cgroup v2 directory delegated to you, with the io controller available: --io-rate then uses "
+        "io.max (disk I/O, held by the kernel) instead of a SIGSTOP/SIGCONT duty cycle")] = None
+    connections_per_host: Annotated[int, Ge(0), Le(MAX_COUNT), Doc(
+        "web_fetch connections open at once to one host, across processes (0: unlimited); more wait "
+        "their turn off-slot")] = 6
+    host_connections: Annotated[dict[str, Annotated[int, Ge(0), Le(MAX_COUNT)]], Doc(
+        'per-host connection limits over connections_per_host: {"api.example.com" = 2, '
+        '"127.0.0.1:8000" = 1} (a host, or host:port; 0: unlimited)')] = field(default_factory=dict)
     backend: Annotated[Literal["threads", "dask"], Doc(
         "where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")] = "threads"
     dask_scheduler: Annotated[str | None, Doc(

@@ -34,6 +34,15 @@ Messages on a worker's socket, framed pickles (`Channel`):
                     ("end", HOW, ...)            the body ended: ok, tool, killed, error
   proxy -> worker   SPEC                         once: what to run (sent after it is recorded)
                     ("ok"|"raise", ID, VALUE)    the answer to call ID
+  llmunix -> worker ("q", KIND, ARGS) + a socket  a question (`Isolation.ask`: `debug PID memory`,
+                                                 `profile --memory`), from any thread of llmunix;
+                                                 the answer, ("ok"|"error", VALUE), comes back on
+                                                 the socket sent with it, not through the proxy
+                                                 (which may be busy carrying out a ctx call)
+
+In the worker a reader thread owns the socket: replies go to the body's main thread through a
+queue, questions are answered on the reader thread (`QUESTIONS`), even while the body computes
+or waits for a reply. Only a stopped (paused) worker cannot answer.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import logging
 import math
 import os
 import pickle
+import queue
 import re
 import resource
 import select
@@ -57,13 +67,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from llmunix.lifecycle import Hooks
-from llmunix.models import LlmunixError, Phase, ProcessKilled, ProcessKind, ToolError, parse_duration
+from llmunix.models import LlmunixError, Phase, ProcessKilled, ProcessKind, ToolError, format_pid, parse_duration
 from llmunix.relayed import RelayedContext, apply_report, import_tool, load_module_file, tool_ref
 
 if TYPE_CHECKING:
@@ -76,6 +86,7 @@ log = logging.getLogger("llmunix.isolation")
 
 ISOLATIONS = ("thread", "process")
 POLL = 0.05  # seconds between the proxy's control points while the worker runs
+ASK_TIMEOUT = 10.0  # seconds llmunix waits for a worker's answer to a question
 START_TIMEOUT = 30.0  # the pool process imports llmunix and the user's tools first
 EXIT_WAIT = 5.0  # after its socket closes, seconds to wait for the worker's exit status
 
@@ -85,16 +96,28 @@ EXIT_WAIT = 5.0  # after its socket closes, seconds to wait for the worker's exi
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where one process's body runs, and its limits (`spawn(isolate=..., memory=..., cpu_time=...)`)."""
+    """Where one process's body runs, and its limits (`spawn(isolate=..., memory=..., cpu_time=...,
+    io_rate=...)`; the I/O rate is held by iolimit.py)."""
 
     isolated: bool
     memory_mb: float | None = None
     cpu_time: float | None = None
+    io_rate: float | None = None  # bytes per second
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNIT_MB = {"": 1.0, "k": 1 / 1000, "m": 1.0, "g": 1000.0, "t": 1e6,
             "ki": 1024 / 1e6, "mi": 1024**2 / 1e6, "gi": 1024**3 / 1e6, "ti": 1024**4 / 1e6}
+
+
+def size_mb(text: str) -> float | None:
+    """Megabytes from `500MB`, `2GB`, `1.5G`, `512MiB`, `64kB` or a plain number of MB; None if
+    it is not a size."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").lower().rstrip("b") if m else None
+    if m is None or unit not in _UNIT_MB:
+        return None
+    return float(m.group(1)) * _UNIT_MB[unit]
 
 
 def parse_memory(value: float | str | None) -> float | None:
@@ -104,11 +127,10 @@ def parse_memory(value: float | str | None) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         mb = float(value)
     else:
-        m = _SIZE.match(str(value))
-        unit = (m.group(2) or "").lower().rstrip("b") if m else None
-        if m is None or unit not in _UNIT_MB:
+        found = size_mb(str(value))
+        if found is None:
             raise LlmunixError(f"bad memory limit {value!r}; give a size such as 500MB or 2GB")
-        mb = float(m.group(1)) * _UNIT_MB[unit]
+        mb = found
     if not (math.isfinite(mb) and 1 <= mb <= 1e9):
         raise LlmunixError(f"bad memory limit {value!r}; give a size from 1MB to 1PB")
     return mb
@@ -127,6 +149,37 @@ def parse_cpu_time(value: float | str | None) -> float | None:
     if not (math.isfinite(seconds) and 1 <= seconds <= 365 * 86400):
         raise LlmunixError(f"bad CPU time limit {value!r}; give from 1s to 365 days")
     return seconds
+
+
+def parse_io_rate(value: float | str | None) -> float | None:
+    """Bytes per second from `10MB/s`, `500kB/s`, `1GiB/s` (the `/s` may be left out) or a plain
+    number of bytes per second; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        rate = float(value)
+    else:
+        text = str(value).strip()
+        for suffix in ("/s", "/sec", "ps"):
+            if text.lower().endswith(suffix):
+                text = text[: -len(suffix)]
+                break
+        mb = size_mb(text)
+        if mb is None:
+            raise LlmunixError(f"bad I/O rate {value!r}; give bytes per second such as 10MB/s or 500kB/s")
+        rate = mb * 1e6 if not text[-1:].isdigit() else float(text)  # (a bare number: bytes per second)
+    if not (math.isfinite(rate) and 1000 <= rate <= 1e13):
+        raise LlmunixError(f"bad I/O rate {value!r}; give from 1kB/s to 10TB/s")
+    return rate
+
+
+def fmt_rate(rate: float) -> str:
+    """`5 MB/s`, `512 kB/s`, `1.5 GB/s`."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if rate >= size:
+            value = rate / size
+            return f"{value:.{0 if value >= 100 or value.is_integer() else 1}f} {unit}/s"
+    return f"{rate:.0f} B/s"
 
 
 def check_isolation(value: str | None, what: str = "isolation") -> str | None:
@@ -516,19 +569,23 @@ class Isolation(Hooks):
         self.tools = {name: dict(v) for name, v in (tools or {}).items()}
         self.pool = WorkerPool(modules or _user_modules, config, record)
         self._placed: dict[int, Placement] = {}  # pid -> placement, for processes isolated or limited
+        self._running: dict[int, Worker] = {}  # pid -> its worker, while its body runs (questions go there)
+        self._worker_started = threading.Condition()  # (a question waits for a worker still starting)
 
     # ------------------------------------------------------------------ choosing (before a process exists)
 
     def placement(self, t: Tool, isolate: bool | None = None, memory: float | str | None = None,
-                  cpu_time: float | str | None = None) -> Placement | None:
+                  cpu_time: float | str | None = None, io_rate: float | str | None = None) -> Placement | None:
         """Where a new process of tool `t` runs, and its limits; None for a plain thread. Raises
         LlmunixError (one line) for what cannot be: an agent isolated, a tool defined in a script."""
         settings = self.tools.get(t.name, {})
         mem = parse_memory(memory if memory is not None else settings.get("memory"))
         cpu = parse_cpu_time(cpu_time if cpu_time is not None else settings.get("cpu_time"))
+        rate = parse_io_rate(io_rate if io_rate is not None else settings.get("io_rate"))
+        limited = mem is not None or cpu is not None or rate is not None
         if isolate is not None:
             isolated, asked = bool(isolate), bool(isolate)
-        elif (mem is not None or cpu is not None) and not t.subprocess:
+        elif limited and not t.subprocess:
             isolated, asked = True, True  # a limit on Python code needs a process of its own
         elif settings.get("isolation") is not None:
             isolated, asked = settings["isolation"] == "process", settings["isolation"] == "process"
@@ -543,12 +600,12 @@ class Isolation(Hooks):
                 if asked:
                     raise LlmunixError(f"tool {t.name!r} cannot run isolated: {why}")
                 isolated = False  # the default applies where it can
-        if not isolated and mem is None and cpu is None:
+        if not isolated and not limited:
             return None
         if not isolated and not t.subprocess:
-            raise LlmunixError(f"--memory and --cpu-time limit an isolated or subprocess tool; tool {t.name!r} "
-                               "runs as a thread here")
-        return Placement(isolated, mem, cpu)
+            raise LlmunixError(f"--memory, --cpu-time and --io-rate limit an isolated or subprocess tool; tool "
+                               f"{t.name!r} runs as a thread here")
+        return Placement(isolated, mem, cpu, rate)
 
     def tool_isolation(self, t: Tool) -> str:
         """Where a plain run of `t` goes: "process" or "thread" (`tools` shows it)."""
@@ -633,9 +690,67 @@ class Isolation(Hooks):
                 worker.chan.send(spec)
             except OSError:
                 pass  # it died already: its end says why
+            with self._worker_started:
+                self._running[relay.pid] = worker
+                self._worker_started.notify_all()
             return _Proxy(ctx, relay, worker).serve()
         finally:
+            self._running.pop(relay.pid, None)
             worker.close()
+
+    def ask(self, pid: int, kind: str, args: Any = None, timeout: float = ASK_TIMEOUT) -> Any:
+        """Ask the isolated worker of process `pid` a question (`QUESTIONS`: "memory") and return
+        its answer. Any thread; the body goes on meanwhile. Raises LlmunixError when the process
+        has no worker running, the worker is stopped (paused) or does not answer in `timeout`."""
+        worker = self._worker_of(pid, timeout)
+        with self.table.lock:
+            proc = self.table.get(pid)
+            paused = proc is not None and proc.phase in (Phase.PAUSED, Phase.PREEMPTED)
+        if paused:
+            raise LlmunixError(f"process {format_pid(pid)} is paused: SIGSTOP holds its worker, which cannot answer; "
+                               "resume it first")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        chan = Channel(mine)
+        try:
+            try:
+                worker.chan.send(("q", kind, args), fds=(theirs.fileno(),))
+            except OSError:
+                raise LlmunixError(f"process {format_pid(pid)}'s isolated worker has gone") from None
+            finally:
+                theirs.close()
+            if not chan.ready(timeout):
+                raise LlmunixError(f"process {format_pid(pid)}'s isolated worker did not answer within {timeout:g}s"
+                                   + (" (it is stopped: paused, or held by its --io-rate)"
+                                      if _stopped(worker.handle.pid) else ""))
+            try:
+                status, value = chan.recv()
+            except (EOFError, OSError):
+                raise LlmunixError(f"process {format_pid(pid)}'s isolated worker ended before it answered") from None
+        finally:
+            chan.close()
+        if status != "ok":
+            raise LlmunixError(value)
+        return value
+
+    def _worker_of(self, pid: int, timeout: float) -> Worker:
+        """Process `pid`'s running worker; one still starting (its body has begun: the worker is
+        being handed over, or the pool itself started, the session's first isolated run) is
+        waited for up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            worker = self._running.get(pid)
+            if worker is not None:
+                return worker
+            with self.table.lock:
+                proc = self.table.get(pid)
+                starting = proc is not None and proc.phase is Phase.RUNNING and proc.has_thread
+            left = deadline - time.monotonic()
+            if not starting or left <= 0:
+                raise LlmunixError(f"process {format_pid(pid)} has no isolated worker running" +
+                                   (f" (still starting after {timeout:g}s)" if starting else ""))
+            with self._worker_started:
+                if pid not in self._running:
+                    self._worker_started.wait(min(left, 0.1))
 
     def close(self) -> None:
         self.pool.close()
@@ -842,6 +957,15 @@ class _Proxy:
         raise ToolError(death_reason(code), exit_code=code if code > 0 else 1 if code == 0 else 128 - code)
 
 
+def _stopped(os_pid: int) -> bool:
+    """Is this OS process stopped (SIGSTOP)?"""
+    try:
+        with open(f"/proc/{os_pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
+
+
 def death_reason(code: int) -> str:
     """Why a worker ended without its body's end: `worker exited with code 3`, `killed by signal
     9 (out of memory?)` — nobody in llmunix sent that SIGKILL, and the OOM killer sends it."""
@@ -882,7 +1006,10 @@ def pool_main(fd: int) -> None:
 
     gc.collect()
     gc.freeze()  # the imported objects stay shared with every worker (no copy-on-write of their headers)
-    ctl.send(("ready", failure))
+    try:
+        ctl.send(("ready", failure))
+    except OSError:
+        os._exit(0)  # llmunix ended while this was importing: nobody to serve
     own = (ctl.fileno(), wake_r, wake_w)
     handed: set[int] = set()  # workers given a body (their exits are reported)
     idle: tuple[int, socket.socket] | None = None if failure else _fork_idle(own)
@@ -1007,7 +1134,9 @@ def _worker_main(pool: socket.socket) -> None:
         chan = Channel(socket.socket(fileno=fds[0]))
         try:
             chan.send(("hello", os.getpid()))
-            spec = chan.recv()
+            # (with its fds: a question may follow the spec at once, its socket with it, and a
+            # plain recv would drop that socket: the asker would get no answer)
+            spec = chan.recv(with_fds=True)
         except (EOFError, OSError):
             os._exit(0)  # llmunix no longer wants it
         code = WorkerContext(chan, spec).serve()
@@ -1039,6 +1168,8 @@ class WorkerContext(RelayedContext):
         self._kill_pending: str | None = None
         self._killed = False
         self._buffers: list[Any] = []
+        self._replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # from the reader thread
+        self.tool_file: str | None = None  # the file of the tool's function (allocations "via" the tool)
 
     # ------------------------------------------------------------------ ProcessContext's API
 
@@ -1116,7 +1247,10 @@ class WorkerContext(RelayedContext):
             call_id = self._calls
             self._send(("c", call_id, name, args, dict(kwargs)))
             while True:
-                reply = self._chan.recv()
+                reply = self._replies.get()  # (a kill's SIGTERM interrupts this wait, as it did a recv)
+                if reply[0] == "eof":
+                    self._replies.put(reply)  # for any later call too
+                    raise EOFError
                 if reply[1] == call_id:  # (an answer to a call a kill interrupted is dropped)
                     break
         if reply[0] == "raise":
@@ -1144,6 +1278,24 @@ class WorkerContext(RelayedContext):
             return Message(*value.fields, _ack=ack)
         return value
 
+    def _read(self) -> None:
+        """The reader thread: replies to the main thread, questions answered here. Signals are
+        blocked here so that a kill's SIGTERM reaches the main thread, where the body runs."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            while True:
+                msg = self._chan.recv(with_fds=True)
+                if msg[0] != "q":
+                    self._replies.put(msg)
+                    continue
+                try:
+                    fd = self._chan.take_fd()
+                except IndexError:  # (a question without its socket: nobody to answer)
+                    continue
+                _answer(msg[1], msg[2], fd, self)
+        except BaseException:  # noqa: BLE001 - llmunix has gone (or the frame was bad): calls see the end
+            self._replies.put(("eof",))
+
     # ------------------------------------------------------------------ running the body
 
     def _on_term(self, signum: int, _frame: Any) -> None:
@@ -1159,6 +1311,7 @@ class WorkerContext(RelayedContext):
 
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
+        threading.Thread(target=self._read, name="llmunix-worker-reader", daemon=True).start()
         with contextlib.suppress(OSError):
             os.chdir(self.cwd)
         if self._spec.get("cpu_time"):
@@ -1167,6 +1320,7 @@ class WorkerContext(RelayedContext):
                 resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 2))  # SIGXCPU, then SIGKILL
         try:
             func = import_tool(self._spec["ref"], "in the isolated worker")
+            self.tool_file = getattr(getattr(func, "__code__", None), "co_filename", None)
             end: tuple[Any, ...] = ("end", "ok", self.run_func(func))
         except BaseException as exc:  # noqa: BLE001 - every end of the body is reported
             end = ("end", "raised", _raised(exc))
@@ -1193,6 +1347,38 @@ class WorkerContext(RelayedContext):
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
+
+
+def _memory_question(ctx: WorkerContext, args: Mapping[str, Any]) -> Any:
+    from llmunix.observe.memory import worker_memory
+
+    return worker_memory(args, tool_file=ctx.tool_file)
+
+
+# What llmunix may ask a worker (`Isolation.ask`): KIND -> fn(worker ctx, args) -> a picklable answer.
+QUESTIONS: dict[str, Callable[[WorkerContext, Any], Any]] = {"memory": _memory_question}
+
+
+def _answer(kind: str, args: Any, fd: int, ctx: WorkerContext) -> None:
+    """Answer one question on the socket that came with it (the reader thread). Nothing here may
+    end the reader: an asker that gave up (its socket closed) gets no SIGPIPE (MSG_NOSIGNAL; a
+    worker keeps SIGPIPE's default action for the body's own pipes)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        fn = QUESTIONS.get(kind)
+        try:
+            if fn is None:
+                raise LlmunixError(f"unknown question {kind!r}")
+            reply: tuple[str, Any] = ("ok", fn(ctx, args))
+            data = _dumps(reply)
+        except Exception as exc:  # noqa: BLE001 - said to the asker, in one line
+            text = str(exc) if isinstance(exc, LlmunixError | ToolError) else f"{type(exc).__name__}: {exc}"
+            data = _dumps(("error", text))
+        with contextlib.suppress(OSError):
+            sock.sendall(Channel.HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class RemoteRef:

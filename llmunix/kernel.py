@@ -7,6 +7,9 @@
 * `durable`    durable.DurableState — earlier sessions, retention, gc, recover, rollback
 * `event_log`  observe.queries.EventLog — the event log, following, audit, subscriptions
 * `debugger`, `inspector` — breakpoints and stepping; stacks and the profiler
+* `memory`     observe.memory.MemoryDebugger — tracemalloc: `debug PID memory`, `profile --memory`
+* `io_limits`  iolimit.IoLimiter — `run --io-rate`: cgroup v2 io.max, else a SIGSTOP/SIGCONT duty cycle
+* `hosts`      hosts.HostConnections — web hosts' connection limits (`ctx.connection`, web_fetch)
 * `ipc`        ipc.service.Communication — mailboxes, the blackboard, locks, deadlocks
 * `resilience` resilience.service.Resilience — retries, restarts, breakers, watchdog, health
 * `workflows`, `agents` — workflow specs and runs; agent definitions and runs
@@ -76,12 +79,16 @@ from llmunix.tools.registry import REGISTRY, Tool, ToolRegistry, make_tool
 
 if TYPE_CHECKING:
     from llmunix.agents.service import AgentService
+    from llmunix.gate import EndpointInfo
     from llmunix.hedge import Hedging
+    from llmunix.hosts import HostConnections
+    from llmunix.iolimit import IoLimiter, IoLimitInfo
     from llmunix.monitor import Monitor, ResourceSample, SystemSample
     from llmunix.observe.analytics import EventStats
     from llmunix.observe.audit import AuditEntry as _AuditEntry
     from llmunix.observe.debug import DebugInfo, ProfileReport
     from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceLog
+    from llmunix.observe.memory import MemoryDebugger, MemoryReport
     from llmunix.observe.stats import ToolStats
     from llmunix.resilience.breakers import BreakerInfo
     from llmunix.tools.loader import ReloadReport
@@ -205,6 +212,13 @@ class Kernel:
                                    config=_tool_config)
         for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning, self.isolation):
             self.table.register(feature)
+        # Made on first use (tracemalloc, the I/O regulator, web hosts' lines: a one-shot `ps`
+        # imports none of them): `memory`, `io_limits`, `hosts` below.
+        self._memory: MemoryDebugger | None = None
+        self._io_limits: IoLimiter | None = None
+        self._hosts: HostConnections | None = None
+        self.inspector.memory = lambda: self.memory
+        self.inspector.cache = self.cache
         self.table.isolation = self.isolation
         if self.reaped:
             self.bus.publish("system.reaped", None, {
@@ -269,6 +283,39 @@ class Kernel:
 
                 self._workflows = WorkflowService(self)
             return self._workflows
+
+    @property
+    def memory(self) -> MemoryDebugger:
+        """tracemalloc for `debug PID memory` and `profile --memory` (observe/memory.py), made on
+        first use; it registers its hooks at its first look."""
+        with self._agents_lock:
+            if self._memory is None:
+                from llmunix.observe.memory import MemoryDebugger
+
+                self._memory = MemoryDebugger(self.table, self.durable, self.isolation)
+            return self._memory
+
+    @property
+    def io_limits(self) -> IoLimiter:
+        """`--io-rate` (iolimit.py), made on first use; it registers and starts its regulator at
+        the first limited run."""
+        with self._agents_lock:
+            if self._io_limits is None:
+                from llmunix.iolimit import IoLimiter
+
+                self._io_limits = IoLimiter(self.table, self.isolation, cgroup=_io_cgroup)
+            return self._io_limits
+
+    @property
+    def hosts(self) -> HostConnections:
+        """Web hosts' connection limits (`ctx.connection`, hosts.py), made on first use (the
+        configuration's limits are read at the first connection)."""
+        with self._agents_lock:
+            if self._hosts is None:
+                from llmunix.hosts import HostConnections
+
+                self._hosts = HostConnections()
+            return self._hosts
 
     @property
     def hedging(self) -> Hedging:
@@ -354,6 +401,7 @@ class Kernel:
         isolate: bool | None = None,
         memory_limit: float | str | None = None,
         cpu_limit: float | str | None = None,
+        io_rate: float | str | None = None,
         **kwargs: Any,
     ) -> int:
         """Start `tool` (a registered name, a Tool, or a callable taking `ctx` first) as a new
@@ -370,7 +418,8 @@ class Kernel:
         seconds, or a CachePolicy; llmunix/cache.py). `isolate` runs the body in a worker OS
         process of its own (True) or on a thread (False) whatever the tool and the configuration
         say; `memory_limit` (MB, or "500MB") and `cpu_limit` (seconds, or "60s") stop it, Failed,
-        when its OS process tree passes them (a Python tool is then isolated)."""
+        when its OS process tree passes them (a Python tool is then isolated); `io_rate` (bytes per
+        second, or "10MB/s") holds its tree's I/O to that rate (iolimit.py)."""
         self._writable()
         if timeout is not None and not 0 < timeout < float("inf"):
             raise LlmunixError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
@@ -378,14 +427,17 @@ class Kernel:
         caching = None if cache is None else CachePolicy.of(cache)
         t = self._resolve_tool(tool)
         validated = t.validate({**(params or {}), **kwargs})
-        placement = self.isolation.placement(t, isolate, memory_limit, cpu_limit)
+        placement = self.isolation.placement(t, isolate, memory_limit, cpu_limit, io_rate)
+        if placement is not None and placement.io_rate is not None:
+            self.io_limits.activate()
         history = self.store.tool_peak_memory if self.store is not None else None
         wants = self.scheduler.needs_for(t, needs, history)
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
         policy = None if attempts is None and timeout is None and isolate is None and memory_limit is None \
-            and cpu_limit is None else run_options(attempts, timeout=timeout, isolate=isolate,
-                                                   memory_limit=memory_limit, cpu_limit=cpu_limit)
+            and cpu_limit is None and io_rate is None else run_options(
+                attempts, timeout=timeout, isolate=isolate, memory_limit=memory_limit, cpu_limit=cpu_limit,
+                io_rate=io_rate)
         options: dict[str, Any] = self.learning.prepare(t, deadline)
         options["placement"] = placement  # (isolation: where it runs, its limits)
         if attempts is not None:
@@ -835,8 +887,38 @@ class Kernel:
         return self.inspector.debug_info(pid)
 
     def profile(self, pid: int, duration: float, interval: float = 0.01, stop: threading.Event | None = None,
-                on_tick: Callable[[float, int], Any] | None = None) -> ProfileReport:
-        return self.inspector.profile(pid, duration, interval, stop, on_tick)
+                on_tick: Callable[[float, int], Any] | None = None, *, memory: bool = False) -> ProfileReport:
+        return self.inspector.profile(pid, duration, interval, stop, on_tick, memory=memory)
+
+    def debug_memory(self, pid: int, *, diff: bool = False, top: int | None = None, dump: str | None = None,
+                     stop: bool = False, frames: int | None = None) -> MemoryReport:
+        """Where process `pid`'s live Python memory was allocated (tracemalloc, started for it on
+        the first call); `diff`: what grew since the previous call; `top` sites (default 10) of
+        `frames` frames each (default 10); `dump`: also write the snapshot to that file; `stop`:
+        end tracing after this look (observe/memory.py)."""
+        return self.memory.memory(pid, diff=diff, top=top, dump=dump, stop=stop, frames=frames)
+
+    def io_limit(self, pid: int) -> IoLimitInfo | None:
+        """The I/O rate limit of process `pid` and how it holds so far; None if it has none running."""
+        return self._io_limits.info(as_pid(pid)) if self._io_limits is not None else None
+
+    def host_connections(self) -> list[EndpointInfo]:
+        """Web hosts connected to so far (`ctx.connection`, web_fetch): connections in flight,
+        fetches waiting for one, the host's limit (hosts.py); empty before the first."""
+        return self._hosts.infos() if self._hosts is not None else []
+
+    def io_starts_held(self, pid: int) -> bool:
+        """Whether process `pid`'s external commands must start stopped (`ctx.popen`): its
+        `--io-rate` is held by the duty cycle, whose first stretch is their first instant."""
+        return self._io_limits is not None and self._io_limits.starts_held(as_pid(pid))
+
+    def io_limit_method(self) -> tuple[str, str]:
+        """How `--io-rate` is held here: ("cgroup", its directory) or ("duty-cycle", why not a cgroup)."""
+        return self.io_limits.method()
+
+    def stop_memory_trace(self, pid: int) -> bool:
+        """End `debug PID memory`'s tracing of process `pid`; True if it was traced."""
+        return self._memory.stop(pid) if self._memory is not None else False
 
     def set_breakpoint(self, pid: int, *, at_step: int | None = None, when: str | None = None,
                        on_checkpoint: bool = False) -> Breakpoint:
@@ -1073,6 +1155,8 @@ class Kernel:
         if self.monitor is not None:
             self.monitor.stop()
         table.close()
+        if self._io_limits is not None:
+            self._io_limits.close()
         self.isolation.close()
         self.children.close()  # what is left of their groups (background jobs of finished tools) goes too
         self.ipc.close()
@@ -1116,6 +1200,13 @@ def _fold_workflow(versions: list[Any]) -> Any:
     from llmunix.workflows.runner import fold
 
     return fold(versions)
+
+
+def _io_cgroup() -> str | None:
+    """The configured cgroup v2 directory for I/O limits (`io_cgroup`), if any."""
+    from llmunix.config import active_config
+
+    return active_config().io_cgroup
 
 
 def _tool_config() -> dict[str, Any]:

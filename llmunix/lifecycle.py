@@ -95,6 +95,10 @@ class Hooks:
       only while a feature asked for it with `watch(proc)` (the debugger). True: it stopped
       (the table then waits until it runs again).
     * `on_pressure(on)` — memory pressure switched on or off.
+    * `on_subprocess(proc, child)` — lock NOT held: an OS process is being attached to do the
+      process's work (a subprocess tool's child, an isolated worker; `attach_subprocess`), first
+      thing, before it is recorded or signalled: for limits on its OS process tree that must hold
+      from its first instant (iolimit.py stops it there). It must not block.
     """
 
     def on_spawn(self, proc: Process, options: Mapping[str, Any]) -> None: ...
@@ -114,9 +118,11 @@ class Hooks:
 
     def on_pressure(self, on: bool) -> None: ...
 
+    def on_subprocess(self, proc: Process, child: Any) -> None: ...
+
 
 HOOK_NAMES = ("on_spawn", "before_body", "after_body", "on_attempt_end", "on_end", "on_control_point",
-              "on_pressure")
+              "on_pressure", "on_subprocess")
 
 
 class PidAllocator:
@@ -1337,6 +1343,8 @@ class ProcessTable:
     def attach_subprocess(self, proc: Process, child: Any, what: str = "subprocess") -> None:
         """`child` (a Popen, or an isolated worker's handle) leads a process group of its own that
         does the process's work: recorded to die with llmunix (`guard`), then signalled with it."""
+        for hook in self._hooks["on_subprocess"]:  # (first: recording it below writes to disk)
+            hook(proc, child)
         if self.guard is not None:
             self.guard.adopt(child.pid, f"{format_pid(proc.pid)} {proc.tool.name}" +
                              ("" if what == "subprocess" else f" ({what})"))

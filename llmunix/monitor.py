@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from llmunix.lazy import lazy_module
@@ -50,9 +50,11 @@ class ResourceSample:
     memory_mb: float | None
     io_operations: int | None
     rss_mb: float | None = None  # resident memory of the OS process tree (memory_mb is its USS when isolated)
-    read_bytes: int | None = None  # bytes read and written through system calls (files, pipes, sockets)
+    read_bytes: int | None = None  # bytes through read/write system calls: files, pipes (send/recv are not counted)
     write_bytes: int | None = None
     cpu_seconds: float | None = None  # CPU time of the OS process tree so far (--cpu-time limits it)
+    read_ops: int | None = None  # io_operations split: read and write system calls
+    write_ops: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +162,8 @@ class Monitor:
             if child is not None:
                 f = _tree(child.pid, own=getattr(child, "isolated", False))
             else:
-                io, rd, wr = _thread_io(p.native_id)
-                f = _Figures(_thread_cpu(p.native_id), None, None, io, rd, wr)
+                rops, wops, rd, wr = _thread_io(p.native_id)
+                f = _Figures(_thread_cpu(p.native_id), None, None, rops, wops, rd, wr)
             pct = None
             if f.cpu is not None:
                 prev = self._last.get(p.pid)
@@ -170,8 +172,9 @@ class Monitor:
                     if child is None:
                         pct = min(pct, 100.0)  # one thread is at most one core (sampling jitter aside)
                 self._last[p.pid] = (now, f.cpu)
-            samples[p.pid] = (p, ResourceSample(wall, pct, f.memory, f.io, f.rss, f.read, f.write,
-                                                f.cpu if child is not None else None))
+            io = None if f.read_ops is None or f.write_ops is None else f.read_ops + f.write_ops
+            samples[p.pid] = (p, ResourceSample(wall, pct, f.memory, io, f.rss, f.read, f.write,
+                                                f.cpu if child is not None else None, f.read_ops, f.write_ops))
         live = {p.pid for p in running}
         for pid in list(self._last):
             if pid not in live:
@@ -208,9 +211,7 @@ class Monitor:
                 samples[pid] = (proc, ResourceSample(wall, None, total, None))
             else:
                 s = own[1]
-                samples[pid] = (proc, ResourceSample(s.time, s.cpu_percent, (s.memory_mb or 0.0) + total,
-                                                     s.io_operations, s.rss_mb, s.read_bytes, s.write_bytes,
-                                                     s.cpu_seconds))
+                samples[pid] = (proc, replace(s, memory_mb=(s.memory_mb or 0.0) + total))
 
 
 def check_interval(seconds: float) -> float:
@@ -230,7 +231,8 @@ class _Figures:
     cpu: float | None  # CPU seconds so far
     memory: float | None  # MB: RSS, or for an isolated worker its USS (plus its children's RSS)
     rss: float | None
-    io: int | None  # read and write system calls
+    read_ops: int | None  # read and write system calls
+    write_ops: int | None
     read: int | None  # bytes through them
     write: int | None
 
@@ -242,11 +244,11 @@ def _tree(pid: int, own: bool = False) -> _Figures:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return _Figures(None, None, None, None, None, None)
+        return _Figures(None, None, None, None, None, None, None)
     cpu = 0.0
     rss = 0
     memory = 0
-    io = rd = wr = 0
+    rops = wops = rd = wr = 0
     for proc in procs:
         try:
             with proc.oneshot():
@@ -262,14 +264,15 @@ def _tree(pid: int, own: bool = False) -> _Figures:
                     memory += r
                 try:
                     c = proc.io_counters()
-                    io += c.read_count + c.write_count
+                    rops += c.read_count
+                    wops += c.write_count
                     rd += getattr(c, "read_chars", c.read_bytes)
                     wr += getattr(c, "write_chars", c.write_bytes)
                 except (psutil.Error, AttributeError):
                     pass
         except psutil.Error:
             continue
-    return _Figures(cpu, memory / 1e6, rss / 1e6, io, rd, wr)
+    return _Figures(cpu, memory / 1e6, rss / 1e6, rops, wops, rd, wr)
 
 
 # Per-thread figures come straight from /proc with os-level reads: with 1,000 running processes
@@ -301,16 +304,15 @@ def _thread_cpu(native_id: int | None) -> float | None:
         return None
 
 
-def _thread_io(native_id: int | None) -> tuple[int | None, int | None, int | None]:
+def _thread_io(native_id: int | None) -> tuple[int | None, int | None, int | None, int | None]:
     """Read and write system calls of one thread, and the bytes read and written through them."""
     data = _read_task(native_id, "io", 512) if native_id is not None else None
     if not data:
-        return None, None, None
+        return None, None, None, None
     try:
-        return (_field(data, b"syscr:") + _field(data, b"syscw:"), _field(data, b"rchar:"),
-                _field(data, b"wchar:"))
+        return (_field(data, b"syscr:"), _field(data, b"syscw:"), _field(data, b"rchar:"), _field(data, b"wchar:"))
     except ValueError:
-        return None, None, None
+        return None, None, None, None
 
 
 def _field(data: bytes, name: bytes) -> int:

@@ -99,20 +99,24 @@ def available_memory_mb() -> float:
 
 
 class TokenBucket:
-    """`capacity` tokens per minute, refilled continuously; starts full."""
+    """`capacity` tokens per minute, refilled continuously; starts full. It holds at most
+    `ceiling` tokens (default: a minute's worth), so that a short ceiling (an I/O rate's, a
+    fraction of a second's worth) allows no long burst after an idle stretch. `take` may leave
+    it below zero: a debt, repaid before `seconds_until` says yes again."""
 
-    __slots__ = ("capacity", "level", "updated", "clock")
+    __slots__ = ("capacity", "ceiling", "level", "updated", "clock")
 
-    def __init__(self, capacity: float, clock: Clock) -> None:
+    def __init__(self, capacity: float, clock: Clock, ceiling: float | None = None) -> None:
         self.capacity = capacity
+        self.ceiling = capacity if ceiling is None else ceiling
         self.clock = clock
-        self.level = capacity
+        self.level = self.ceiling
         self.updated = clock()
 
     def refill(self) -> float:
         now = self.clock()
         if now > self.updated:
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.capacity / 60.0)
+            self.level = min(self.ceiling, self.level + (now - self.updated) * self.capacity / 60.0)
         self.updated = now
         return self.level
 
@@ -125,13 +129,13 @@ class TokenBucket:
         level = self.refill()
         if level + _EPS >= amount:
             return 0.0
-        if amount > self.capacity or self.capacity <= 0:
+        if amount > self.ceiling or self.capacity <= 0:
             return math.inf
         return (amount - level) * 60.0 / self.capacity
 
     def set_capacity(self, capacity: float) -> None:
         self.refill()
-        self.capacity = capacity
+        self.capacity = self.ceiling = capacity
         self.level = min(self.level, capacity)
 
 

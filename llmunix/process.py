@@ -404,9 +404,13 @@ class ProcessContext:
         """Start an external command in its own process group, attached to this process so that
         pause, resume, kill and priority reach the whole group at once."""
         use_shell = isinstance(cmd, str) if shell is None else shell
+        if "executable" not in kwargs and self._kernel.io_starts_held(self._proc.pid):
+            from llmunix.iolimit import held_command  # (--io-rate: it starts stopped, iolimit.py)
+
+            cmd, use_shell = held_command(cmd, use_shell), False
         # It dies with the thread that started it (this process's, alive until the body ends) even
         # if llmunix is SIGKILLed before attach_subprocess has recorded its group (reaper.py).
-        kwargs.setdefault("preexec_fn", die_with_parent)
+        kwargs.setdefault("preexec_fn", child_setup(self._proc.priority))
         child = subprocess.Popen(  # noqa: S603 - running the user's command is the point
             cmd, shell=use_shell, start_new_session=True, cwd=self.cwd,
             stdin=subprocess.DEVNULL, **kwargs,
@@ -541,6 +545,18 @@ class ProcessContext:
         self.check()
         return self._kernel.resilience.host_call(self._proc, host)
 
+    def connection(self, url: str) -> AbstractContextManager[None]:
+        """Hold one of the URL's host's connections for the block (web_fetch's per-host limit,
+        `connections_per_host`; llmunix/hosts.py)::
+
+            with ctx.connection(url):
+                response = fetch(url)
+
+        Past the limit it waits its turn off its slot (`ps`: "waiting for a connection to
+        HOST"); a kill reaches it at once."""
+        self.check()
+        return self._kernel.hosts.connection(self, url)
+
     def breaker(self, name: str, ok: bool, error: str | None = None) -> None:
         """Report one call's outcome to breaker `name` (e.g. "host:example.com") by hand."""
         self._kernel.breaker_record(name, ok, error, pid=self.pid)
@@ -620,9 +636,35 @@ NICE_FOR = {
 }
 
 
+def child_setup(priority: Priority) -> Callable[[], None]:
+    """A subprocess's `preexec_fn`: it dies with the thread that started it (reaper.py), and it
+    starts at its priority's I/O class and (a lower priority's) nice value, so that a short
+    command's first I/O is already classed; `renice_group` then sets the whole group."""
+    from llmunix.ioprio import own_io_priority_setter
+
+    set_io = own_io_priority_setter(priority)
+    nice = NICE_FOR[priority]
+
+    def setup() -> None:
+        die_with_parent()
+        if set_io is not None:
+            set_io()
+        if nice > 0:  # (a negative one needs privileges: left to renice_group's fallback)
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+            except OSError:
+                pass  # (llmunix itself runs nicer than that: the child keeps llmunix's)
+
+    return setup
+
+
 def renice_group(child: subprocess.Popen[bytes], priority: Priority) -> None:
-    """Map a priority level onto the group's nice value. Raising priority above 0 needs
-    privileges; without them the group stays at 0, which is still above low and idle."""
+    """Map a priority level onto the group's nice value and I/O class (ioprio.py: idle and low
+    get the idle and lowest best-effort classes). Raising priority above 0 needs privileges;
+    without them the group stays at 0, which is still above low and idle."""
+    from llmunix.ioprio import set_group_io_priority  # (here: a one-shot `ps` never renices)
+
+    set_group_io_priority(child.pid, priority)
     nice = NICE_FOR[priority]
     for value in (nice, 0) if nice < 0 else (nice,):
         try:

@@ -350,7 +350,7 @@ def test_debug_actions_through_the_shell(sh, go):
     report = sh.ok(f"debug {p}")
     assert "├── Debugger: stopped at breakpoint 1 (when step >= 2), 1 breakpoint (1: when step >= 2)" in report
     assert report.splitlines()[-1] == ("└── Debug Commands: [break, step, next, continue, where, inspect, modify, "
-                                       "trace, replay]")
+                                       "trace, replay, memory]")
     assert sh.ok(f"debug {p} inspect total") == "total = 3  (int, local variable of count())\n"
     assert json.loads(sh.ok(f"debug {p} inspect n --json"))["value"] == "4"
     assert sh.ok(f"debug {p} where").startswith("> #0 count() test_debugger.py:")

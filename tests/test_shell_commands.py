@@ -221,14 +221,17 @@ def test_the_family_table_names_every_command_of_every_family():
 
 def test_a_one_shot_ps_imports_only_what_it_needs(tmp_path):
     # Start-up budget (issue 15): `llmunix -c ps` registers the ps family only, reads no agent
-    # definitions and does not import pydantic (no config.toml to check).
+    # definitions and does not import pydantic (no config.toml to check), nor what only debugging,
+    # profiling, --io-rate or a web fetch needs (tracemalloc, the I/O regulator, hosts' lines).
     import subprocess
     import sys
 
     code = ("import io, contextlib, sys\nfrom llmunix import cli\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             f"    status = cli.main(['--home', {str(tmp_path)!r}, '-c', 'ps'])\n"
-            "heavy = sorted(m for m in sys.modules if m in ('pydantic', 'networkx', 'yaml', 'cryptography')\n"
+            "heavy = sorted(m for m in sys.modules if m in ('pydantic', 'networkx', 'yaml', 'cryptography',\n"
+            "               'tracemalloc', 'llmunix.iolimit', 'llmunix.ioprio', 'llmunix.gate', 'llmunix.hosts',\n"
+            "               'llmunix.observe.memory', 'llmunix.observe.network', 'llmunix.observe.advice')\n"
             "               or m.startswith(('llmunix.agents.', 'llmunix.workflows.', 'commands.agents',\n"
             "                                'commands.workflow', 'commands.debug')))\n"
             "print(status, heavy)\n")

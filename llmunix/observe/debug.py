@@ -23,7 +23,9 @@ from llmunix.monitor import ResourceSample
 from llmunix.observe.redact import MASK, is_secret_key, redact_text
 
 if TYPE_CHECKING:
+    from llmunix.observe.advice import Suggestion
     from llmunix.observe.debugger import DebugStatus
+    from llmunix.observe.memory import MemoryLook
 
 REPR_LIMIT = 80
 LOCALS_LIMIT = 40  # locals shown per frame
@@ -195,17 +197,53 @@ class Hotspot:
 
 @dataclass(frozen=True, slots=True)
 class NetworkFigures:
-    """A subprocess tool's child tree's network connections over a profile window (psutil)."""
+    """A subprocess or isolated tool's OS process tree's network use over a profile window:
+    connections (psutil), and bytes on its TCP connections (observe/network.py says how)."""
 
     seen: int  # distinct connections seen
     peak: int  # most open at once
     open: int  # open at the last sample
     samples: int
     note: str = ""
+    sent: int | None = None  # bytes on its TCP connections in the window (None: not measured)
+    received: int | None = None
+    bytes_note: str = ""  # why they are not measured
 
     def to_dict(self) -> dict[str, Any]:
+        measured = self.sent is not None and self.received is not None
         return {"connections_seen": self.seen, "connections_peak": self.peak, "connections_open": self.open,
-                "samples": self.samples, "bytes": None, "note": self.note}
+                "samples": self.samples, "bytes": (self.sent or 0) + (self.received or 0) if measured else None,
+                "bytes_sent": self.sent, "bytes_received": self.received, "bytes_note": self.bytes_note,
+                "note": self.note}
+
+
+@dataclass(frozen=True, slots=True)
+class IoFigures:
+    """Reads and writes over a profile window, from the monitor's samples (deltas): system calls
+    and the bytes through them (files and pipes; a socket's send/recv are not counted: the TCP
+    bytes are NetworkFigures')."""
+
+    read_ops: int | None
+    write_ops: int | None
+    read_bytes: int | None
+    write_bytes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"read_ops": self.read_ops, "write_ops": self.write_ops, "read_bytes": self.read_bytes,
+                "write_bytes": self.write_bytes}
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What the monitor's samples say about a profile window."""
+
+    cpu_average: float | None
+    cpu_peak: float | None
+    memory_average: float | None
+    memory_peak: float | None
+    io_operations: int | None
+    io: IoFigures
+    samples: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +273,10 @@ class ProfileReport:
     note: str = ""
     network: NetworkFigures | None = None  # None: a thread-backed tool (it shares llmunix's sockets)
     sampler: str = "llmunix"  # who took the stacks: "llmunix" (the tool thread) or "py-spy" (a Python child)
+    io: IoFigures | None = None  # reads and writes apart
+    allocations: MemoryLook | None = None  # --memory: live allocations made in the window, by site
+    allocations_note: str = ""  # --memory: why there are none
+    suggestions: tuple[Suggestion, ...] = ()
 
     def collapsed(self) -> list[str]:
         """flamegraph.pl's input: one `outer;middle;inner COUNT` line per distinct stack."""
@@ -271,9 +313,15 @@ class ProfileReport:
             "io_operations": self.io_operations, "monitor_samples": self.monitor_samples,
             "thread_backed": self.thread_backed, "note": self.note, "sampler": self.sampler,
             "network": None if self.network is None else self.network.to_dict(),
+            "io": None if self.io is None else self.io.to_dict(),
             "hotspots": [{"function": h.function, "file": h.file, "line": h.line,
                           "inclusive": round(h.inclusive, 4), "self": round(h.self_share, 4)}
                          for h in self.hotspots],
+            "allocations": None if self.allocations is None else {
+                "size_diff": self.allocations.size_diff, "count_diff": self.allocations.count_diff,
+                "frames": self.allocations.frames, "sites": [x.to_dict() for x in self.allocations.sites]},
+            "allocations_note": self.allocations_note,
+            "suggestions": [x.to_dict() for x in self.suggestions],
         }
 
 
@@ -293,18 +341,22 @@ def hotspots(frames: Sequence[FrameId], timeline: Sequence[tuple[int, ...]]) -> 
     return tuple(sorted(spots, key=lambda h: (-h.self_share, -h.inclusive, h.function)))
 
 
-def window_figures(samples: Sequence[ResourceSample], start: float, end: float
-                   ) -> tuple[float | None, float | None, float | None, float | None, int | None, int]:
-    """CPU average/peak, memory average/peak and the I/O operations delta from monitor samples
-    taken in [start, end] (Unix times); the last sample before the window is the I/O baseline."""
+def window_figures(samples: Sequence[ResourceSample], start: float, end: float) -> Window:
+    """CPU average/peak, memory average/peak and the I/O deltas from monitor samples taken in
+    [start, end] (Unix times); the last sample before the window is the I/O baseline."""
     inside = [s for s in samples if start <= s.time <= end]
-    before = [s for s in samples if s.time < start]
+    span = [*[s for s in samples if s.time < start][-1:], *inside]
     cpu = [s.cpu_percent for s in inside if s.cpu_percent is not None]
     mem = [s.memory_mb for s in inside if s.memory_mb is not None]
-    io = [s.io_operations for s in (before[-1:] + inside) if s.io_operations is not None]
-    return (
+
+    def delta(name: str) -> int | None:
+        values = [v for v in (getattr(s, name) for s in span) if v is not None]
+        return max(0, values[-1] - values[0]) if len(values) >= 2 else None
+
+    return Window(
         sum(cpu) / len(cpu) if cpu else None, max(cpu) if cpu else None,
         sum(mem) / len(mem) if mem else None, max(mem) if mem else None,
-        io[-1] - io[0] if len(io) >= 2 else None,
+        delta("io_operations"),
+        IoFigures(delta("read_ops"), delta("write_ops"), delta("read_bytes"), delta("write_bytes")),
         len(inside),
     )

@@ -5,6 +5,8 @@ sampling profiler). A component of the kernel (`kernel.inspector`); both return 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 import threading
 import time
@@ -29,13 +31,15 @@ from llmunix.observe.debug import (
 psutil = lazy_module("psutil")  # imported when first used: start-up does not need it
 
 if TYPE_CHECKING:
+    from llmunix.cache import StepCache
     from llmunix.durable import DurableState
     from llmunix.lifecycle import ProcessTable
     from llmunix.monitor import ResourceSample
     from llmunix.observe.debug_control import Debugger
+    from llmunix.observe.memory import MemoryDebugger, MemoryLook
 
 MAX_LISTED = 20  # open files / connections listed for a child
-NETWORK_EVERY = 0.5  # seconds between connection counts of a subprocess tool's child tree while profiling
+NETWORK_EVERY = 0.2  # seconds between looks at a subprocess tree's connections while profiling (and ss runs)
 
 
 class Inspector:
@@ -45,6 +49,9 @@ class Inspector:
         self.table = table
         self.durable = durable
         self.debugger = debugger
+        # `profile --memory`: the kernel's MemoryDebugger, made when first asked for (set by the kernel)
+        self.memory: Callable[[], MemoryDebugger] | None = None
+        self.cache: StepCache | None = None  # the `cacheable` suggestion (set by the kernel)
 
     def samples(self, pid: int) -> list[ResourceSample]:
         """The monitor's recent measurements of a process, oldest first (empty if none yet)."""
@@ -99,12 +106,14 @@ class Inspector:
                          child is None, debugger)
 
     def profile(self, pid: int, duration: float, interval: float = 0.01, stop: threading.Event | None = None,
-                on_tick: Callable[[float, int], Any] | None = None) -> ProfileReport:
+                on_tick: Callable[[float, int], Any] | None = None, *, memory: bool = False) -> ProfileReport:
         """Sample process `pid`'s tool stack every `interval` seconds in the calling thread, for
         `duration` seconds, until the process ends or until `stop` is set. `on_tick(elapsed,
         samples)` is called after each sample. A subprocess tool's thread only waits for its child:
         when the child is a Python program and py-spy is installed, py-spy samples the child
-        instead (pyspy.py); its report has the child tree's CPU, memory, I/O and connections."""
+        instead (pyspy.py); its report has the child tree's CPU, memory, I/O and connections
+        (observe/network.py: TCP bytes too). `memory`: trace its allocations over the window
+        (observe/memory.py), reported by site. The report ends with suggestions (advice.py)."""
         pid = as_pid(pid)
         if not duration > 0:
             raise LlmunixError("the profile duration must be more than 0")
@@ -120,7 +129,8 @@ class Inspector:
             if proc.phase is Phase.DONE:
                 raise LlmunixError(f"cannot profile process {format_pid(pid)}: it has already finished ({proc.state})")
             code = getattr(proc.tool.func, "__code__", None)
-            name, tool = proc.name, proc.tool.name
+            name, tool, idempotent = proc.name, proc.tool.name, proc.tool.idempotent
+        allocations_note = self._begin_allocations(pid) if memory else ""
         stop = stop or threading.Event()
         index: dict[FrameId, int] = {}
         timeline: list[tuple[int, ...]] = []
@@ -133,7 +143,9 @@ class Inspector:
         child_seen = False
         spy: pyspy.Recording | None = None
         spy_note = ""
-        net = pyspy.NetworkWatch()
+        from llmunix.observe.network import NetworkWatch  # (only a profile needs it: psutil, ss)
+
+        net = NetworkWatch()
         net_at = float("-inf")
         try:
             while True:
@@ -167,9 +179,14 @@ class Inspector:
                     ended_by = "stopped"
                     break
         finally:
+            elapsed = time.monotonic() - t0
+            wall1 = time.time()
             stacks, failure = spy.finish() if spy is not None else ([], "")
-        elapsed = time.monotonic() - t0
-        figures = window_figures(self.samples(pid), wall0, time.time())
+            stacks = [(ids, n) for ids, n in stacks if not _worker_reader(ids)]
+            allocations = None
+            if memory and not allocations_note:
+                allocations, allocations_note = self._end_allocations(pid)
+        figures = window_figures(self.samples(pid), wall0, wall1)
         sampler = "llmunix"
         if stacks:  # the Python child's own stacks replace the tool thread's (which only waits for it)
             sampler, index, timeline, weights = "py-spy", {}, [], []
@@ -194,20 +211,54 @@ class Inspector:
             note = "no samples: the process was not running tool code during the window"
         else:
             note = ""
-        if figures[5] == 0:
+        if figures.samples == 0:
             note = "; ".join(x for x in (note, "no monitor samples in the window") if x)
         network = None
         if child_seen:
+            moved = net.bytes()
             network = NetworkFigures(len(net.seen), net.peak, net.last, net.samples,
-                                     "some connections could not be read (access denied)" if net.denied else "")
-        return ProfileReport(
+                                     "some connections could not be read (access denied)" if net.denied else "",
+                                     moved[0] if moved else None, moved[1] if moved else None, net.bytes_note)
+        report = ProfileReport(
             pid=pid, name=name, tool=tool, duration=elapsed, requested=float(duration), interval=float(interval),
             samples=len(timeline), ended_by=ended_by, frames=frames, timeline=tuple(timeline),
             weights=tuple(weights), hotspots=hotspots(frames, timeline),
-            cpu_average=figures[0], cpu_peak=figures[1], memory_average=figures[2], memory_peak=figures[3],
-            io_operations=figures[4], monitor_samples=figures[5], thread_backed=thread_backed, note=note,
-            network=network, sampler=sampler,
+            cpu_average=figures.cpu_average, cpu_peak=figures.cpu_peak, memory_average=figures.memory_average,
+            memory_peak=figures.memory_peak, io_operations=figures.io_operations, monitor_samples=figures.samples,
+            thread_backed=thread_backed, note=note, network=network, sampler=sampler, io=figures.io,
+            allocations=allocations, allocations_note=allocations_note,
         )
+        repeat = self.cache.repeat_of(pid) if self.cache is not None and idempotent else None
+        from llmunix.observe.advice import suggestions
+
+        return dataclasses.replace(report, suggestions=suggestions(report, idempotent=idempotent, repeat_of=repeat))
+
+    def _begin_allocations(self, pid: int) -> str:
+        """`profile --memory`: trace the process's allocations from now (a first look, for the
+        window's diff); "" when tracing, else why not."""
+        if self.memory is None:
+            return "memory tracing is not available here"
+        try:
+            self.memory().memory(pid, owner="profile", top=1)
+        except LlmunixError as exc:
+            return str(exc)
+        return ""
+
+    def _end_allocations(self, pid: int) -> tuple[MemoryLook | None, str]:
+        """The window's allocations by site (what grew since the first look), tracing ended."""
+        assert self.memory is not None
+        try:
+            return self.memory().memory(pid, owner="profile", diff=True, stop=True).look, ""
+        except LlmunixError as exc:
+            self.memory().stop(pid, owner="profile")
+            return None, f"not measured at the end of the window: {exc}"
+
+
+def _worker_reader(ids: tuple[FrameId, ...]) -> bool:
+    """A stack of an isolated worker's reader thread (isolation.py: it waits for llmunix's
+    replies and questions): llmunix's, not the tool's, so left out of the tool's profile."""
+    return any(name == "WorkerContext._read" and file.endswith(f"llmunix{os.sep}isolation.py")
+               for name, file, _line in ids)
 
 
 def _start_py_spy(child_pid: int, interval: float) -> tuple[pyspy.Recording | None, str]:

@@ -6,9 +6,6 @@ Python program and `py-spy` is on PATH, `debug` shows its stack (`py-spy dump`) 
 samples it (`py-spy record --format raw`, flamegraph.pl's collapsed format, aggregated by function).
 py-spy attaches with ptrace; where that is not permitted it fails, and the reports say so in one
 line and fall back to what psutil and the monitor can tell.
-
-Also here: the child tree's network connections over a profile window (psutil), for the report's
-`Network` line. Bytes transferred are not measurable per process on Linux without privileges.
 """
 
 from __future__ import annotations
@@ -20,8 +17,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from llmunix.lazy import lazy_module
 from llmunix.observe.debug import FrameId, StackFrame
@@ -181,37 +177,3 @@ def parse_collapsed(lines: Iterable[str]) -> list[tuple[tuple[FrameId, ...], int
         if ids:
             stacks.append((tuple(ids), int(count)))
     return stacks
-
-
-# ---------------------------------------------------------------------- network
-
-
-@dataclass
-class NetworkWatch:
-    """Connections of a child tree, sampled over a window (psutil)."""
-
-    seen: set[tuple[Any, ...]] = field(default_factory=set)
-    peak: int = 0
-    last: int = 0
-    samples: int = 0
-    denied: bool = False
-
-    def sample(self, child_pid: int) -> None:
-        try:
-            root = psutil.Process(child_pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        now: set[tuple[Any, ...]] = set()
-        for p in tree:
-            try:
-                for c in p.net_connections(kind="inet"):
-                    now.add((p.pid, c.fd, c.laddr, c.raddr, c.type))
-            except psutil.AccessDenied:
-                self.denied = True
-            except psutil.Error:
-                continue
-        self.samples += 1
-        self.seen |= now
-        self.peak = max(self.peak, len(now))
-        self.last = len(now)

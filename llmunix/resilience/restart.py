@@ -136,7 +136,7 @@ def policy_data(attempts: Attempts | None) -> dict[str, Any] | None:
     return data
 
 
-RUN_OPTIONS = ("timeout", "isolate", "memory_limit", "cpu_limit")  # kept with the policies
+RUN_OPTIONS = ("timeout", "isolate", "memory_limit", "cpu_limit", "io_rate")  # kept with the policies
 
 
 def run_options(attempts: Attempts | None, **asked: Any) -> dict[str, Any] | None:

@@ -51,7 +51,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
 
-from llmunix.models import ToolError
+from llmunix.models import LlmunixError, ToolError
 from llmunix.process import ProcessContext
 from llmunix.tools.files import Confinement, Refused, open_dir, open_file, write_atomic
 from llmunix.tools.registry import PositiveSeconds, tool
@@ -307,7 +307,7 @@ def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int, scope:
         # A client error (404, 403...) is the request's fault, not the host's: it does not count.
         client_error: _FetchFailed | None = None
         try:
-            with ctx.host_call(url):
+            with ctx.connection(url), ctx.host_call(url):  # the host's connection limit, then its breaker
                 try:
                     return _http_get(ctx, url, timeout, max_bytes,
                                      allow=scope.conf.url if scope.conf is not None else None)
@@ -315,7 +315,7 @@ def _fetch(ctx: ProcessContext, url: str, timeout: float, max_bytes: int, scope:
                     if not _CLIENT_ERROR.match(str(exc)):
                         raise
                     client_error = exc
-        except ToolError as exc:  # the breaker is open
+        except LlmunixError as exc:  # the breaker is open (a ToolError), or the URL names no host
             raise _FetchFailed(str(exc)) from None
         assert client_error is not None
         raise client_error
