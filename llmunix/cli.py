@@ -19,14 +19,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmunix",
         description="A process manager for LLM work. With no arguments on a terminal, opens the "
-                    "llmunix$ shell; otherwise runs commands from -c, a script file, or stdin.",
+                    "llmunix$ shell; otherwise runs commands from -c, a script file, or stdin. When a "
+                    "daemon serves the home (`llmunix serve`), attaches to it.",
         epilog="examples:\n  llmunix\n  llmunix -c 'run sleep seconds=2' -c wait -c 'ps -a'\n"
-               "  llmunix jobs.llmunix\n  echo ps | llmunix",
+               "  llmunix jobs.llmunix\n  echo ps | llmunix\n  llmunix serve -d       (the daemon: "
+               "`llmunix serve --help`)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("script", nargs="?", metavar="FILE", help="run the commands in FILE (one per line, # comments)")
     p.add_argument("-c", "--command", action="append", dest="commands", metavar="CMD",
                    help="run CMD and exit (repeatable; run in order)")
+    add_engine_options(p)
+    p.add_argument("-k", "--keep-going", action="store_true",
+                   help="in scripts and -c, go on after a failed command")
+    p.add_argument("--version", action="version", version=f"llmunix {__version__}")
+    return p
+
+
+ENGINE_OPTIONS = ("config", "tools", "max_running", "backend", "scheduler", "recover")
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The options that make the engine: the shell's own, and `llmunix serve`'s."""
     p.add_argument("--home", metavar="DIR", help="state directory (default: $LLMUNIX_HOME, else "
                                                  "$XDG_STATE_HOME/llmunix)")
     p.add_argument("--config", metavar="FILE", help="configuration file (default: HOME/config.toml)")
@@ -41,15 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a local cluster)")
     p.add_argument("--recover", action="store_true",
                    help="at start, continue processes interrupted when llmunix last stopped")
-    p.add_argument("-k", "--keep-going", action="store_true",
-                   help="in scripts and -c, go on after a failed command")
-    p.add_argument("--version", action="version", version=f"llmunix {__version__}")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     _byte_safe_streams()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from llmunix.daemon.serve import main as serve
+
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        script_lines = _read_script(args.script) if args.script else None
+    except ScriptError as exc:
+        print(f"llmunix: {exc}", file=sys.stderr)
+        return 2
+    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
+    interactive = args.commands is None and script_lines is None and stdin_is_tty
+    attached = _attached(args, script_lines, interactive)
+    if attached is not None:
+        return attached
     from llmunix.config import check_setting, load_config, resolve_home
     from llmunix.home import tighten_home
     from llmunix.models import LlmunixError
@@ -59,94 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(home, args.config)
         if args.max_running is not None:
             check_setting("max_running", args.max_running)
-        script_lines = _read_script(args.script) if args.script else None
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(home, config)
-    from llmunix.config import activate
-
-    activate(config)  # tools and agents read their settings from it
-
-    from llmunix.kernel import Kernel
-    from llmunix.observe.logging import log_events
-    from llmunix.reaper import GUARDIAN, become_subreaper
-
-    # Nothing left behind (reaper.py): descendants that lose their parent stay ours while we run,
-    # and the guardian kills every descendant of this llmunix when it ends, however it ends.
-    become_subreaper()
-    GUARDIAN.scan_all = True
-    from llmunix.shell import LlmunixShell
-    from llmunix.tools.loader import load_user_tools
-
-    dirs = [Path.cwd() / "tools", home / "tools", *(Path(p).expanduser() for p in config.tool_paths)]
-    load_errors = load_user_tools(dirs, [*config.tool_modules, *args.tools])
-    named = {f"module {m}" for m in [*config.tool_modules, *args.tools]}
-    for err in load_errors:
-        print(f"llmunix: could not load tools from {err}", file=sys.stderr)
-    if any(err.source in named for err in load_errors):  # asked for by name: nothing runs without it
-        return 2
-
-    backend = None
     try:
-        backend = _backend(args, config)
-        kernel = Kernel(
-            home,
-            max_running=args.max_running or config.max_running,
-            max_threads=config.max_threads,
-            kill_grace=config.kill_grace,
-            time_slice=config.time_slice,
-            aging_interval=config.aging_interval,
-            monitor_interval=config.monitor_interval,
-            retention_days=config.retention_days,
-            retention_count=config.retention_count,
-            limits=config.limits,
-            memory_pressure_mb=config.memory_pressure_mb,
-            pause_idle_under_pressure=config.pause_idle_under_pressure,
-            deadlock_policy=config.deadlock_policy,
-            scheduling=config.scheduling,
-            **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
-            backend=backend,
-            isolation=config.isolation,
-            tool_settings={name: t.model_dump(exclude_none=True) for name, t in config.tools.items()},
-        )
-    except LlmunixError as exc:
-        if backend is not None:
-            backend.close()
-        print(f"llmunix: {exc}", file=sys.stderr)
-        return 2
-    from llmunix.agents import attach
-    from llmunix.agents.service import default_directories
-    from llmunix.tools.loader import refused
+        kernel = start_engine(args, home, config, warm_pool=interactive)
+    except StartFailed as exc:
+        return exc.status
+    from llmunix.shell import LlmunixShell
 
-    reported = {str(e) for e in load_errors}
-    definitions = []  # agents and markdown tools: built-in, <home>/agents and tools, ./agents and tools
-    for directory, kind in default_directories(home, Path.cwd()):
-        err = refused(directory)
-        if err is None:
-            definitions.append((directory, kind))
-        elif str(err) not in reported:
-            reported.add(str(err))
-            print(f"llmunix: could not load definitions from {err}", file=sys.stderr)
-    for err in attach(kernel, config, directories=definitions).errors:
-        if str(err) not in reported:
-            print(f"llmunix: could not load {err}", file=sys.stderr)
-    for module, err in kernel.preload(config.preload):  # what tools import lazily, paid for now
-        if err is not None:
-            print(f"llmunix: could not preload {module}: {err}", file=sys.stderr)
-    overridden = kernel.registry.overrides() if kernel.registry.has_user_tools() else []
-    for t in overridden:  # said once, at start; `tools` marks them too (no user tools: nothing to load)
-        replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"
-        print(f"llmunix: tool {t.name!r} from {t.source} overrides {replaced}", file=sys.stderr)
-    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
-    interactive = args.commands is None and script_lines is None and stdin_is_tty
-    log_events(kernel)
-    if interactive and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
-        kernel.isolation.pool.warm()  # the pool process imports the tools while the user reads the prompt
-    # Everything imported and built so far lives as long as llmunix does: move it out of the
-    # garbage collector's reach, so that a full collection walks only what the engine made
-    # since (with the startup heap, one took ~35 ms and ran every few thousand processes).
-    gc.freeze()
     shell = LlmunixShell(kernel, interactive=interactive, home=home)
     if not interactive:
         # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
@@ -154,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
     status = 0
     try:
-        for line in _start_notes(kernel, args.recover):
+        for line in start_notes(kernel, args.recover):
             print(f"llmunix: {line}", file=sys.stderr)
         if args.commands is not None:
             status = shell.run_lines(args.commands, keep_going=args.keep_going)
@@ -182,6 +128,142 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _attached(args: argparse.Namespace, script_lines: list[str] | None, interactive: bool) -> int | None:
+    """When a daemon serves the home, run there (its exit status); None: no daemon, run embedded.
+    Only the standard library is imported on this path (daemon/client.py)."""
+    from llmunix.daemon.client import attach, run_attached
+    from llmunix.daemon.protocol import DaemonError, say
+    from llmunix.paths import home_path
+
+    home = home_path(args.home)
+    try:
+        link = attach(home, "shell" if interactive else "run")
+    except DaemonError as exc:
+        say(str(exc))
+        return 2
+    if link is None:
+        return None
+    given = [f"--{name.replace('_', '-')}" for name in ENGINE_OPTIONS
+             if getattr(args, name) not in (None, False, [])]
+    if given:
+        link.close()
+        say(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} up the engine, which the daemon "
+            f"(pid {link.pid}) runs for {home}; give {'it' if len(given) == 1 else 'them'} to `llmunix serve` "
+            "(or stop the daemon: llmunix serve --stop)")
+        return 2
+    if interactive:
+        from llmunix.daemon.attached import run_interactive
+
+        return run_interactive(link, home)
+    if not interactive:
+        # As embedded: SIGTERM/SIGHUP end a script; here they only detach (the daemon's processes go on).
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
+    if args.commands is not None:
+        return run_attached(link, lines=args.commands, source="", keep_going=args.keep_going)
+    if script_lines is not None:
+        return run_attached(link, lines=script_lines, source=args.script, keep_going=args.keep_going)
+    return run_attached(link, lines=None, source="<stdin>", keep_going=args.keep_going)
+
+
+class StartFailed(Exception):
+    """The engine could not start; what went wrong has been printed."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def start_engine(args: argparse.Namespace, home: Path, config: Any, *, warm_pool: bool) -> Any:
+    """Build the Kernel as `args` and `config` say, with tools, agents and definitions loaded,
+    or raise StartFailed (after printing why): the embedded shell's start and the daemon's."""
+    from llmunix.models import LlmunixError
+
+    _setup_logging(home, config)
+    from llmunix.config import activate
+
+    activate(config)  # tools and agents read their settings from it
+
+    from llmunix.kernel import Kernel
+    from llmunix.observe.logging import log_events
+    from llmunix.reaper import GUARDIAN, become_subreaper
+
+    # Nothing left behind (reaper.py): descendants that lose their parent stay ours while we run,
+    # and the guardian kills every descendant of this llmunix when it ends, however it ends.
+    become_subreaper()
+    GUARDIAN.scan_all = True
+    from llmunix.tools.loader import load_user_tools
+
+    dirs = [Path.cwd() / "tools", home / "tools", *(Path(p).expanduser() for p in config.tool_paths)]
+    load_errors = load_user_tools(dirs, [*config.tool_modules, *args.tools])
+    named = {f"module {m}" for m in [*config.tool_modules, *args.tools]}
+    for err in load_errors:
+        print(f"llmunix: could not load tools from {err}", file=sys.stderr)
+    if any(err.source in named for err in load_errors):  # asked for by name: nothing runs without it
+        raise StartFailed(2)
+
+    backend = None
+    try:
+        backend = _backend(args, config)
+        kernel = Kernel(
+            home,
+            max_running=args.max_running or config.max_running,
+            max_threads=config.max_threads,
+            kill_grace=config.kill_grace,
+            time_slice=config.time_slice,
+            aging_interval=config.aging_interval,
+            monitor_interval=config.monitor_interval,
+            retention_days=config.retention_days,
+            retention_count=config.retention_count,
+            limits=config.limits,
+            memory_pressure_mb=config.memory_pressure_mb,
+            pause_idle_under_pressure=config.pause_idle_under_pressure,
+            deadlock_policy=config.deadlock_policy,
+            scheduling=config.scheduling,
+            **config.resilience(),  # breakers, watchdog, chaos, health (docs/resilience.md)
+            backend=backend,
+            isolation=config.isolation,
+            tool_settings={name: t.model_dump(exclude_none=True) for name, t in config.tools.items()},
+            read_only=getattr(args, "read_only", None),
+        )
+    except LlmunixError as exc:
+        if backend is not None:
+            backend.close()
+        print(f"llmunix: {exc}", file=sys.stderr)
+        raise StartFailed(2) from None
+    from llmunix.agents import attach
+    from llmunix.agents.service import default_directories
+    from llmunix.tools.loader import refused
+
+    reported = {str(e) for e in load_errors}
+    definitions = []  # agents and markdown tools: built-in, <home>/agents and tools, ./agents and tools
+    for directory, kind in default_directories(home, Path.cwd()):
+        err = refused(directory)
+        if err is None:
+            definitions.append((directory, kind))
+        elif str(err) not in reported:
+            reported.add(str(err))
+            print(f"llmunix: could not load definitions from {err}", file=sys.stderr)
+    for err in attach(kernel, config, directories=definitions).errors:
+        if str(err) not in reported:
+            print(f"llmunix: could not load {err}", file=sys.stderr)
+    for module, err in kernel.preload(config.preload):  # what tools import lazily, paid for now
+        if err is not None:
+            print(f"llmunix: could not preload {module}: {err}", file=sys.stderr)
+    overridden = kernel.registry.overrides() if kernel.registry.has_user_tools() else []
+    for t in overridden:  # said once, at start; `tools` marks them too (no user tools: nothing to load)
+        replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"
+        print(f"llmunix: tool {t.name!r} from {t.source} overrides {replaced}", file=sys.stderr)
+    log_events(kernel)
+    if warm_pool and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
+        kernel.isolation.pool.warm()  # the pool process imports the tools while the user reads the prompt
+    # Everything imported and built so far lives as long as llmunix does: move it out of the
+    # garbage collector's reach, so that a full collection walks only what the engine made
+    # since (with the startup heap, one took ~35 ms and ran every few thousand processes).
+    gc.freeze()
+    return kernel
+
+
 def _byte_safe_streams() -> None:
     """Bytes that were not UTF-8 (a parameter, a command's output, kept as surrogateescape'd
     text) go out as they came in, as `cat` would, whatever the locale: never a UnicodeEncodeError
@@ -191,7 +273,7 @@ def _byte_safe_streams() -> None:
             stream.reconfigure(errors="surrogateescape")
 
 
-def _start_notes(kernel: Any, recover: bool) -> list[str]:
+def start_notes(kernel: Any, recover: bool) -> list[str]:
     """What a user should know as llmunix starts: read-only mode, what an earlier llmunix left
     running (reaped now), interrupted work."""
     notes = []
@@ -238,17 +320,19 @@ def _backend(args: argparse.Namespace, config: Any) -> Any:
     return backend
 
 
-def _read_script(path: str) -> list[str]:
-    from llmunix.models import LlmunixError
+class ScriptError(Exception):
+    """A script file that cannot be read (said in one line)."""
 
+
+def _read_script(path: str) -> list[str]:
     try:
         return Path(path).read_text().splitlines()
     except FileNotFoundError:
-        raise LlmunixError(f"no such script file: {path}") from None
+        raise ScriptError(f"no such script file: {path}") from None
     except IsADirectoryError:
-        raise LlmunixError(f"{path} is a directory, not a script file") from None
+        raise ScriptError(f"{path} is a directory, not a script file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise LlmunixError(f"cannot read script {path}: {exc}") from None
+        raise ScriptError(f"cannot read script {path}: {exc}") from None
 
 
 def _setup_logging(home: Path, config: Any) -> None:

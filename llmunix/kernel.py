@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +288,11 @@ class Kernel:
     def cwd(self) -> str:
         """The working directory new processes get by default (the shell's)."""
         return self.table.cwd()
+
+    def working_directory(self, path: str) -> AbstractContextManager[None]:
+        """Inside `with kernel.working_directory(path):`, processes the calling thread spawns
+        (and `cwd()`, workflow files it looks up) default to `path`: a daemon's client's directory."""
+        return self.table.working_directory(path)
 
     # ------------------------------------------------------------------ processes
 
