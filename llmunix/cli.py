@@ -60,10 +60,11 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     _byte_safe_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
+    serve_argv = _serve_argv(argv)
+    if serve_argv is not None:
         from llmunix.daemon.serve import main as serve
 
-        return serve(argv[1:])
+        return serve(serve_argv)
     args = build_parser().parse_args(argv)
     try:
         script_lines = _read_script(args.script) if args.script else None
@@ -126,6 +127,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
                       "end a script with `wait` to let them finish", file=sys.stderr)
     return status
+
+
+# Options of the main parser that take a value (so that `llmunix --home DIR serve` is found).
+_VALUED = frozenset({"-c", "--command", "--home", "--config", "--tools", "--max-running", "--backend", "--scheduler"})
+
+
+def _serve_argv(argv: list[str]) -> list[str] | None:
+    """`llmunix [OPTIONS] serve [OPTIONS]`: the arguments for `serve` (the options on both sides of
+    the word), or None when the first word that is not an option is not `serve` (a script file
+    named serve runs as ./serve)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return None
+        if not arg.startswith("-") or arg == "-":
+            return argv[:i] + argv[i + 1:] if arg == "serve" else None
+        i += 2 if arg in _VALUED else 1
+    return None
 
 
 def _attached(args: argparse.Namespace, script_lines: list[str] | None, interactive: bool) -> int | None:

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from llmunix import __version__
 from llmunix.daemon.client import Link, Terminal, gone_message
-from llmunix.daemon.protocol import ConnectionLost, DaemonError, say, terminal_size
+from llmunix.daemon.protocol import ConnectionLost, DaemonError, DaemonStopped, say, terminal_size
 
 PROMPT = "llmunix$ "
 ANSWER_TIMEOUT = 10.0  # seconds to wait for completions before giving up on them
@@ -76,7 +76,7 @@ class AttachedShell(cmd2.Cmd):
                 self.link.send({"t": "cmd", "text": line, "size": terminal_size()})
                 done = self.term.serve(("done",))
         except ConnectionLost as exc:
-            self._lost(str(exc))
+            self._lost(str(exc) if isinstance(exc, DaemonStopped) else "")
             return True
         finally:
             self.term.restore()
@@ -137,7 +137,7 @@ class AttachedShell(cmd2.Cmd):
     def _on_alert(self, message: dict[str, Any] | None) -> None:
         """The reader thread: an alert (shown above the prompt), or None: the connection ended."""
         if message is None:
-            self._lost("")
+            self._lost(self.link.bye or "")
             return
         if message["t"] == "alert":
             with contextlib.suppress(Exception):
@@ -147,9 +147,9 @@ class AttachedShell(cmd2.Cmd):
                                     "`events` lists them)", style="yellow"))
 
     def _lost(self, why: str) -> None:
-        if self.gone is not None or self.leaving:
+        if self.gone is not None or self.leaving or self.link.detached:
             return
-        self.gone = why if why and "stopp" in why else gone_message(self.link.pid, self.home)
+        self.gone = why or gone_message(self.link.pid, self.home)
         self.status = 1
         with self._answered:
             self._answered.notify_all()
@@ -216,7 +216,7 @@ def run_interactive(link: Link, home: Path) -> int:
         try:
             shell._learn(shell.term.serve(("ready",)))
         except ConnectionLost as exc:
-            shell._lost(str(exc))
+            shell._lost(str(exc) if isinstance(exc, DaemonStopped) else "")
             status = 1
         else:
             status = shell.cmdloop()

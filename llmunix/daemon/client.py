@@ -38,6 +38,7 @@ from llmunix.daemon.protocol import (
     Channel,
     ConnectionLost,
     DaemonError,
+    DaemonStopped,
     ProtocolError,
     peer_uid,
     private_dir_problem,
@@ -145,9 +146,12 @@ class Link:
         self.pid = welcome.get("pid")
         self.messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.on_alert: Any = None  # callable(message) for alerts, from the reader thread
         self.on_reply: Any = None  # callable(message) for replies to our own requests (completion)
+        self.bye: str | None = None  # what the daemon said as it stopped
+        self.detached = False  # the session ended as asked (quit): its close is no loss
         self._reader = threading.Thread(target=self._read, name="llmunix-client-reader", daemon=True)
         self._reader.start()
 
@@ -158,6 +162,10 @@ class Link:
                 if message is None:
                     break
                 t = message["t"]
+                if t == "bye":
+                    self.bye = str(message.get("message") or "the daemon stopped")
+                elif t == "done" and message.get("stop"):
+                    self.detached = True  # (set here, before the daemon's close can be seen as a loss)
                 if t in ("alert", "lagged") and self.on_alert is not None:
                     self.on_alert(message)
                 elif t == "answer" and self.on_reply is not None:
@@ -186,9 +194,10 @@ class Link:
         return self._wake_r
 
     def take(self) -> dict[str, Any] | None:
-        """The next queued message without waiting; raises queue.Empty."""
+        """The next queued message without waiting; raises queue.Empty. (The wake-up bytes are
+        drained first: a message queued after that wakes the next select again.)"""
         with contextlib.suppress(OSError):
-            os.read(self._wake_r, 1)
+            os.read(self._wake_r, 4096)
         return self.messages.get_nowait()
 
     def close(self) -> None:
@@ -307,7 +316,7 @@ class Terminal:
             self.keys(bool(message.get("on")))
             self.link.reply(message, ok=True)
         elif t == "bye":
-            raise ConnectionLost(message.get("message") or "the daemon stopped")
+            raise DaemonStopped(str(message.get("message") or "the daemon stopped"))
         # anything else (a newer daemon's message this client does not know) is not ours to act on
 
     # ------------------------------------------------------------------ output
@@ -471,6 +480,13 @@ class Terminal:
                 os.close(fd)
 
 
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
 def _decode(data: bytes) -> str:
     encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
     return data.decode(encoding, "surrogateescape")
@@ -491,13 +507,20 @@ def run_attached(link: Link, *, lines: list[str] | None, source: str, keep_going
     """Run `lines` (-c, a script), or the lines of stdin when None, in the daemon; return the
     exit status exactly as an embedded llmunix would."""
     term = Terminal(link)
+    if _isatty(0) and _isatty(1):
+        # What an embedded llmunix writes first on a terminal (prompt_toolkit shows the cursor as
+        # its shell is made): the same bytes here, so that output is the same byte for byte.
+        term.write_out("\x1b[?12l\x1b[?25h")
     try:
         with term.forwarding_interrupts():
             link.send({"t": "run", "lines": lines, "source": source, "keep_going": keep_going})
             done = term.serve(("exit",))
         return int(done.get("status", 1))
-    except ConnectionLost as exc:
-        say(str(exc) if "stopp" in str(exc) else gone_message(link.pid, link.home))
+    except DaemonStopped as exc:
+        say(str(exc))
+        return 1
+    except ConnectionLost:
+        say(gone_message(link.pid, link.home))
         return 1
     finally:
         term.close()

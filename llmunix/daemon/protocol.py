@@ -64,6 +64,10 @@ class ConnectionLost(DaemonError):
     """The other side went away (a daemon that died, a client that left)."""
 
 
+class DaemonStopped(ConnectionLost):
+    """The daemon said it is stopping (or restarting) and closed the connection."""
+
+
 class ProtocolError(DaemonError):
     """A message that is not one: too long, not JSON, not an object."""
 
