@@ -257,6 +257,45 @@ def test_quit_detaches_and_the_prompt_completes_from_the_daemon(served: Served) 
             child.terminate(force=True)
 
 
+def test_top_debug_prompts_and_ctrl_c_work_attached(served: Served) -> None:
+    child = attached_prompt(served, width=100)
+    pid = ""
+    try:
+        child.sendline("run sleep seconds=60 --name longnap")
+        child.expect(r"(\d{3,})\r\n")
+        pid = child.match.group(1)
+        child.expect(PROMPT)
+        child.sendline("top")  # drawn in the daemon, keys read here
+        child.expect("longnap")
+        child.send("/longnap\r")  # (only it: top may select a row of a process that has just ended)
+        child.expect("longnap")
+        child.send("p")  # pause the selected process from top
+        child.expect(r"paus(ed|ing) \d{3}")  # (its status line)
+        child.send("q")
+        child.expect(PROMPT)
+        _wait_until(lambda: state_of(served, pid) == "paused", message="top's pause to take hold")
+        child.sendline(f"resume {pid}")
+        child.expect(PROMPT)
+        child.sendline(f"debug {pid}")  # the debug(PID)> prompt is asked of this terminal
+        child.expect(r"debug\(\d+\)>")
+        child.send("wher\t")  # completed by the daemon against the prompt's own parser
+        child.expect("e")
+        child.sendline("")
+        child.expect(r"debug\(\d+\)>")
+        child.sendline("quit")
+        child.expect(PROMPT)
+        child.sendline(f"wait {pid}")  # progress bars; Ctrl-C interrupts the wait in the daemon
+        child.expect("longnap")
+        child.sendcontrol("c")
+        child.expect("stopped waiting")
+        child.expect(PROMPT)
+        assert "Running" in served.run("-c", f"ps {pid}").stdout  # the process goes on
+    finally:
+        if pid:
+            served.run("-c", f"kill {pid}")
+        leave(child)
+
+
 def test_eight_clients_at_once_start_four_hundred_processes(served: Served) -> None:
     args = [a for i in range(50) for a in ("-c", f"run echo text={i}")] + ["-c", "wait"]
     procs = [subprocess.Popen([LLMUNIX, *args], env=served.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -466,7 +466,7 @@ class Terminal:
 
         if on and self._keys_saved is None and os.isatty(0):
             self._keys_saved = termios.tcgetattr(0)
-            tty.setcbreak(0)
+            tty.setcbreak(0, termios.TCSANOW)  # (keys typed ahead are kept)
         elif not on and self._keys_saved is not None:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(0, termios.TCSADRAIN, self._keys_saved)

@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -427,6 +428,11 @@ class SessionShell(LlmunixShell):
             os.close(r)
             os.close(w)
 
+    def pexcept(self, exception: BaseException, **kwargs: Any) -> None:  # type: ignore[override]
+        if isinstance(exception, ConnectionLost):
+            return  # the client left while its command asked it something: nobody to tell
+        super().pexcept(exception, **kwargs)
+
     # ------------------------------------------------------------------ leaving
 
     quit_parser = LlmunixArgumentParser(description="Leave: detach from the daemon. Processes keep running.")
@@ -537,7 +543,16 @@ class Session:
     # ------------------------------------------------------------------ Ctrl-C, leaving
 
     def interrupt(self) -> None:
-        """The client's Ctrl-C (or its leaving): interrupt the command running now, if any."""
+        """The client's Ctrl-C (or its leaving): interrupt the command running now, if any, as
+        the signal would interrupt an embedded llmunix's main thread.
+
+        Not while a thread is starting: CPython (3.11) gives a thread being started the ident of
+        the thread starting it until it runs, and PyThreadState_SetAsyncExc raises in the newest
+        thread with that ident — the new one, which then dies before telling its starter it has
+        started, and the session would wait for it forever (seen with `wait`'s progress bars)."""
+        deadline = time.monotonic() + 1.0
+        while any(t.ident is None for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.001)
         with self._busy_lock:
             if self._busy and self._thread is not None:
                 inject_exception(self._thread, KeyboardInterrupt)
@@ -551,6 +566,9 @@ class Session:
         finally:
             with self._busy_lock:
                 self._busy = False
+                if self._thread is not None:
+                    # A Ctrl-C that came as the command ended must not land in what follows it.
+                    inject_exception(self._thread, None)
 
     # ------------------------------------------------------------------ the loop
 
