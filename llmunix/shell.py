@@ -152,18 +152,8 @@ class LlmunixShell(cmd2.Cmd):
             fd = self.stdin.fileno() if self.stdin.isatty() else None
         except (AttributeError, ValueError, OSError):
             fd = None
-        if fd is None:
-            yield None
-            return
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(fd)
-        try:
-            tty.setcbreak(fd)
+        with keys_unbuffered(fd):
             yield fd
-        finally:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
     def fail(self, message: str) -> None:
         """A command failed: one line on stderr, and remember it for the exit status."""
@@ -391,6 +381,24 @@ class LlmunixShell(cmd2.Cmd):
 
     def _loglevel_changed(self, _name: str, _old: Any, new: Any) -> None:
         set_level(new)
+
+
+@contextmanager
+def keys_unbuffered(fd: int | None) -> Iterator[None]:
+    """Keys arrive one at a time and unechoed (cbreak: Ctrl-C still raises KeyboardInterrupt);
+    the terminal's settings come back however the command ends. None: nothing to do."""
+    if fd is None:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _settings_plain(settables: dict[str, cmd2.Settable], names: list[str]) -> str:
