@@ -82,7 +82,7 @@ def survivors_after_sigkill(home: Path) -> tuple[float, int]:
     deadline = time.monotonic() + 60
     while True:
         kids = psutil.Process(shell.pid).children(recursive=True)
-        if sum(1 for p in kids if p.name() == "sleep") == 8 and Path(f"{mark}.started").exists():
+        if sum(1 for p in kids if _name(p) == "sleep") == 8 and Path(f"{mark}.started").exists():
             break
         if time.monotonic() > deadline:
             shell.kill()
@@ -100,6 +100,14 @@ def survivors_after_sigkill(home: Path) -> tuple[float, int]:
                 p.kill()
             invalid(f"{len(left)} descendants of a SIGKILLed llmunix still alive after 30 s")
         time.sleep(0.005)
+
+
+def _name(p: psutil.Process) -> str:
+    """Its name, or "" if it ended meanwhile (a shell's short-lived helper)."""
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -8,18 +8,18 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cmd2
 from cmd2 import Choices, CompletionItem
 
 from commands.base import LlmunixArgumentParser, ShellCommandSet
-from llmunix.agents import service_for
-from llmunix.agents.backend import BACKENDS
-from llmunix.agents.service import EXAMPLES, AgentService
 from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, format_pid
 from llmunix.tools.markdown import AGENT
+
+if TYPE_CHECKING:
+    from llmunix.agents.service import AgentService
 
 views = lazy_module("commands.agents_views")
 check_views = lazy_module("commands.check_views")
@@ -54,15 +54,18 @@ def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
 class AgentCommands(ShellCommandSet):
     DEFAULT_CATEGORY = "Agent commands"
 
-    @property
-    def agents(self) -> AgentService:
-        return service_for(self.kernel)
+    def service(self) -> AgentService:
+        """The kernel's agent service (a method, not a property: cmd2 reads every attribute of
+        a command set when it registers it, and the service is made on first use)."""
+        return self.kernel.agents
 
     def agent_choices(self) -> Choices:
-        items = [CompletionItem(a.name, display_meta=a.description[:60]) for a in self.agents.agents()]
+        items = [CompletionItem(a.name, display_meta=a.description[:60]) for a in self.service().agents()]
         return Choices(items=items, is_sorted=True)
 
     def backend_choices(self) -> Choices:
+        from llmunix.agents.backend import BACKENDS
+
         return Choices.from_values(list(BACKENDS), is_sorted=True)
 
     # ------------------------------------------------------------------ agent ...
@@ -99,7 +102,7 @@ class AgentCommands(ShellCommandSet):
     @cmd2.as_subcommand_to("agent", "run", run_parser, help="start an agent as a process")
     def _agent_run(self, args: argparse.Namespace) -> None:
         try:
-            pid = self.agents.run(args.name, args.goal, backend=args.backend, priority=args.priority,
+            pid = self.service().run(args.name, args.goal, backend=args.backend, priority=args.priority,
                                   max_iterations=args.max_iterations, model=args.model, **budget_options(args))
         except LlmunixError as exc:
             self.fail(str(exc))
@@ -115,11 +118,11 @@ class AgentCommands(ShellCommandSet):
     @cmd2.as_subcommand_to("agent", "show", show_parser, help="show an agent's definition and record")
     def _agent_show(self, args: argparse.Namespace) -> None:
         try:
-            info = self.agents.info(args.name)
+            info = self.service().info(args.name)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
-        runs = self.agents.memory.runs(info.name, limit=None)
+        runs = self.service().memory.runs(info.name, limit=None)
         if args.json:
             self.out_json({**info.to_dict(), "instructions": info.instructions,
                            "runs": [r.to_dict() for r in runs[-10:]]})
@@ -132,10 +135,12 @@ class AgentCommands(ShellCommandSet):
 
     @cmd2.as_subcommand_to("agent", "samples", samples_parser, help="copy the sample texts into the workspace")
     def _agent_samples(self, args: argparse.Namespace) -> None:
-        target = self.agents.workspace_for(None) / "samples"
+        target = self.service().workspace_for(None) / "samples"
         copied = []
         try:
             target.mkdir(parents=True, exist_ok=True)
+            from llmunix.agents.service import EXAMPLES
+
             for src in sorted((EXAMPLES / "samples").iterdir()):
                 dest = target / src.name
                 if dest.exists() and not args.force:
@@ -170,23 +175,23 @@ class AgentCommands(ShellCommandSet):
     def do_agents(self, args: argparse.Namespace) -> None:
         """List agents."""
         if args.check is not None:
-            self.report_check(lambda: self.agents.check(args.check, AGENT), args.check, args.json)
+            self.report_check(lambda: self.service().check(args.check, AGENT), args.check, args.json)
             return
         if args.paths:
-            paths = self.agents.search_paths()
+            paths = self.service().search_paths()
             if args.json:
                 self.out_json([p.to_dict() for p in paths])
             else:
                 self.out(check_views.paths_plain(paths) if self.plain else check_views.paths_table(paths))
             return
-        infos = self.agents.agents()
+        infos = self.service().agents()
         if args.json:
             self.out_json([i.to_dict() for i in infos])
         elif self.plain:
             self.out(views.agents_plain(infos))
         else:
             self.out(views.agents_table(infos))
-        for err in self.agents.errors:  # a warning, not a failure: the listing itself worked
+        for err in self.service().errors:  # a warning, not a failure: the listing itself worked
             sys.stderr.write(f"agents: could not load {err}\n")
 
     # ------------------------------------------------------------------ memory
@@ -212,13 +217,13 @@ class AgentCommands(ShellCommandSet):
             text = " ".join(args.words[1:]).strip() if args.words else None
             if args.words and not text:
                 raise LlmunixError("memory search needs TEXT, e.g. memory search scheduling")
-            agent = self.agents.definition(args.agent).name if args.agent else None
+            agent = self.service().definition(args.agent).name if args.agent else None
             if args.limit < 1:
                 raise LlmunixError("-n must be at least 1")
         except LlmunixError as exc:
             self.fail(str(exc))
             return
-        memory = self.agents.memory
+        memory = self.service().memory
         if args.tools:
             rows = memory.tool_summary(agent)
             if args.json:

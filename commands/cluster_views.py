@@ -34,6 +34,8 @@ def heading(info: ClusterInfo) -> str:
         return f"backend: {info.backend}"
     threads = sum(w.nthreads for w in info.workers)
     line = f"backend: dask, scheduler {info.scheduler}, {len(info.workers)} worker(s), {threads} thread(s)"
+    if info.note:  # (dask: adaptive scaling)
+        line += f"; {info.note}"
     if info.waiting:
         line += "; waiting for a worker: " + ",".join(format_pid(p) for p in info.waiting)
     return line
@@ -50,7 +52,8 @@ def cluster_table(info: ClusterInfo) -> Group | Text:
         row = _row(w)
         table.add_row(Text(row[0], style="cyan"), *row[1:7], Text(row[7], style="bold" if w.pids else "dim"))
     if not info.workers:
-        table.caption = "no workers: start some with `dask worker ADDRESS`"
+        table.caption = ("no workers now: they start as work arrives" if info.note else
+                         "no workers: start some with `dask worker ADDRESS`")
     return Group(Text(heading(info), style="bold"), table)
 
 

@@ -1,6 +1,6 @@
-"""Process control: kill, pause, resume, priority, wait, and restart and clean for finished
-processes. Parse, call one Kernel method per process, report. The verbs take PIDs, ranges, --all
-and filters (commands/selection.py)."""
+"""Process control: kill, pause, resume, priority, migrate, wait, and restart and clean for
+finished processes. Parse, call one Kernel method per process, report. The verbs take PIDs,
+ranges, --all and filters (commands/selection.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from commands import views
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_pids
 from commands.selection import Filters, check_state, parse_pid_specs, single_pids, state_choices
 from commands.terminal_safe import json_array_chunks, safe_text
+from llmunix.backends.placement import PLACES
 from llmunix.models import (
     IllegalTransition,
     LlmunixError,
@@ -26,6 +27,8 @@ from llmunix.models import (
     format_pid,
     parse_duration,
 )
+
+WAIT = 60.0  # seconds `migrate --wait` waits for each process to leave its old place
 
 
 def _parser(description: str, epilog: str) -> LlmunixArgumentParser:
@@ -118,6 +121,23 @@ class ControlCommands(ShellCommandSet):
             return
         self._act(args, "priority", lambda pid: self.kernel.renice(pid, level),
                   lambda i: f"{i.process_id} {safe_text(i.name)} priority {i.priority.label}", cascades=False)
+
+    migrate_parser = _selection_parser(
+        "migrate", "Move live processes' bodies between this machine (local) and the Dask cluster (dask): each "
+        "is stopped at its next control point and runs again under its PID in the new place, from its last "
+        "checkpoint (a tool that has none must be idempotent: it starts over). To go to dask a tool must be "
+        "declared remote=True and llmunix must run with --backend dask. A paused process stays paused.",
+        "  migrate 003 --to local      (bring it here: debug, profile)\n  migrate 3-5 --to dask --wait\n"
+        "  migrate --tool 'crawl*' --to dask")
+    migrate_parser.add_argument("--to", required=True, choices=PLACES, help="where its body should run")
+    migrate_parser.add_argument("-w", "--wait", action="store_true",
+                                help="return once each has left its old place and is queued in the new one")
+
+    @cmd2.with_argparser(migrate_parser)
+    def do_migrate(self, args: argparse.Namespace) -> None:
+        """Move processes between this machine and the cluster."""
+        self._act(args, "migrate", lambda pid: self.kernel.migrate(pid, args.to, wait=WAIT if args.wait else None),
+                  lambda i: _migrated(i, args.to), cascades=False)
 
     restart_parser = _selection_parser(
         "restart", "Run finished processes again, each as a new process (a new PID) with the same tool, "
@@ -386,6 +406,18 @@ class ControlCommands(ShellCommandSet):
         except LlmunixError:
             pass
         return None
+
+
+def _migrated(info: ProcessInfo, to: str) -> str:
+    """`migrated 003 crawl to local (from checkpoint 9)`, or `migrating ...` while it stops."""
+    entry = next((h for h in reversed(info.history) if h.event in ("migrated", "migrating")), None)
+    where = ""
+    if entry is not None and "checkpoint" in entry.details:
+        where = " (from checkpoint " + entry.details.split("checkpoint ", 1)[1].split()[0].rstrip(",") + ")"
+    elif entry is not None and "scratch" in entry.details:
+        where = " (from scratch)"
+    done = entry is not None and entry.event == "migrated"
+    return f"{'migrated' if done else 'migrating'} {info.process_id} {safe_text(info.name)} to {to}{where}"
 
 
 def _killed(info: ProcessInfo) -> str:

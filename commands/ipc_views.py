@@ -113,7 +113,7 @@ def locks_plain(info: LocksInfo, now: float) -> str:
 
 def locks_rich(info: LocksInfo, now: float) -> Group:
     table = _table(LOCK_COLUMNS, caption=None if info.primitives else "no locks, semaphores, conditions, "
-                                                                      "barriers or rwlocks in use")
+                                                                      "barriers, rwlocks or elections in use")
     stuck = {p for d in info.deadlocks if d.resolved is None for p in d.members}
     for p in info.primitives:
         waiters = Text()

@@ -20,8 +20,9 @@ class LimitsCommands(ShellCommandSet):
     limits_parser = LlmunixArgumentParser(
         description="Show the resource pool: each resource's capacity, what running processes hold, "
                     "what is free and how many processes wait for it; token buckets (NAME_per_min) show "
-                    "their level. With NAME=VALUE, set capacities first (0 or none removes a limit). Then the "
-                    "LLM endpoints (base URL and model): requests in flight and waiting, and their limits; "
+                    "their level; then memory pressure, and max_running (with `set max_running auto`, what "
+                    "it is now and why). With NAME=VALUE, set capacities first (0 or none removes a limit). Then "
+                    "the LLM endpoints (base URL and model): requests in flight and waiting, and their limits; "
                     "--endpoint URL[|MODEL] with max_concurrent=, requests_per_min=, tokens_per_min= sets them.",
         epilog="examples:\n  limits\n  limits gpu=1 memory_mb=8000\n  limits llm_tokens_per_min=90000\n"
                "  limits gpu=none\n  limits --json\n"
@@ -58,10 +59,11 @@ class LimitsCommands(ShellCommandSet):
             self.fail(str(exc))
             return
         pressure = self.kernel.pressure()
+        slots = self.kernel.max_running_info()
         if args.json:
             self.out_json({"resources": [i.to_dict() for i in infos], "memory_pressure": pressure.to_dict(),
-                           "endpoints": [e.to_dict() for e in endpoints]})
+                           "max_running": slots.to_dict(), "endpoints": [e.to_dict() for e in endpoints]})
         elif self.plain:
-            self.out(views.limits_plain(infos, pressure, endpoints))
+            self.out(views.limits_plain(infos, pressure, slots, endpoints))
         else:
-            self.out(views.limits_table(infos, pressure, endpoints))
+            self.out(views.limits_table(infos, pressure, slots, endpoints))

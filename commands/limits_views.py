@@ -1,5 +1,6 @@
-"""Renderers for `limits`: the resource pool, the memory pressure reading and the LLM endpoints.
-Pure: snapshots in, rich renderables or plain text out."""
+"""Renderers for `limits`: the resource pool, the memory pressure reading, max_running (fixed,
+or auto with its last decision) and the LLM endpoints. Pure: snapshots in, rich renderables or
+plain text out."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from commands.terminal_safe import safe_text
+from llmunix.autoscale import AutoInfo
 from llmunix.pool import LimitInfo, MemoryPressure, fmt_amount
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ def pressure_line(p: MemoryPressure) -> str:
     return f"memory pressure: {state}; {available}, threshold {fmt_amount(round(p.threshold_mb))} MB"
 
 
-def limits_table(infos: Sequence[LimitInfo], pressure: MemoryPressure,
+def limits_table(infos: Sequence[LimitInfo], pressure: MemoryPressure, slots: AutoInfo,
                  endpoints: Sequence[EndpointInfo] = ()) -> Group:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in COLUMNS:
@@ -57,7 +59,8 @@ def limits_table(infos: Sequence[LimitInfo], pressure: MemoryPressure,
         row = _row(i)
         table.add_row(Text(row[0], style="cyan"), *row[1:4],
                       Text(row[4], style="bold yellow" if i.waiting else ""))
-    parts = [table, Text(pressure_line(pressure), style="bold red" if pressure.on else "dim")]
+    parts = [table, Text(pressure_line(pressure), style="bold red" if pressure.on else "dim"),
+             Text(slots.line(), style="cyan" if slots.auto else "dim")]
     if endpoints:
         eps = Table(box=None, header_style="bold", pad_edge=False)
         for name in ENDPOINT_COLUMNS:
@@ -70,10 +73,10 @@ def limits_table(infos: Sequence[LimitInfo], pressure: MemoryPressure,
     return Group(*parts)
 
 
-def limits_plain(infos: Sequence[LimitInfo], pressure: MemoryPressure,
+def limits_plain(infos: Sequence[LimitInfo], pressure: MemoryPressure, slots: AutoInfo,
                  endpoints: Sequence[EndpointInfo] = ()) -> str:
     rows = [COLUMNS] + [tuple(f.replace(" ", "") for f in _row(i)) for i in infos]
-    lines = [*_columns(rows), pressure_line(pressure)]
+    lines = [*_columns(rows), pressure_line(pressure), slots.line()]
     if endpoints:
         lines += ["", *_columns([ENDPOINT_COLUMNS, *(tuple("_".join(f.split()) for f in endpoint_row(e))
                                                       for e in endpoints)])]

@@ -13,7 +13,6 @@ from commands import tools_views as views
 from commands.agents import add_budget_options, budget_options
 from commands.base import LlmunixArgumentParser, ShellCommandSet, parse_params, parse_pids, positive_duration
 from commands.resilience import add_run_options, run_options
-from llmunix.agents import service_for
 from llmunix.cache import CachePolicy
 from llmunix.config import MAX_AMOUNT
 from llmunix.models import LlmunixError, format_pid
@@ -124,7 +123,7 @@ class RunCommands(ShellCommandSet):
                                         name=args.name, params=params, needs=_needs(args.need), isolate=isolate,
                                         memory_limit=args.memory, cpu_limit=args.cpu_time, **options)
             if budget:
-                service_for(self.kernel).set_budget(pid, **budget)
+                self.kernel.agents.set_budget(pid, **budget)
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -140,12 +139,22 @@ class RunCommands(ShellCommandSet):
 
     tools_parser = LlmunixArgumentParser(
         description="List the tools that can be run, or show one tool's parameters. --check DIR reports on every "
-                    "markdown file under DIR: loaded, loaded with warnings (what), or refused (why).",
+                    "markdown file under DIR: loaded, loaded with warnings (what), or refused (why). `tools reload` "
+                    "loads your tool files and modules again without a restart: running processes keep the code "
+                    "they started with, new ones get the new code, and a file that fails to load is refused "
+                    "and keeps its old tools.",
         epilog="examples:\n  tools\n  tools sleep\n  tools Read      (LLMunix spellings find read_file)\n"
-               "  tools --check components/tools",
+               "  tools --check components/tools\n  tools reload\n  tools reload --json",
         formatter_class=cmd2.RawDescriptionCmd2HelpFormatter,
     )
-    tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=ShellCommandSet.tool_choices)
+    def tools_choices(self) -> Choices:
+        """The tools, and `reload`."""
+        items = [CompletionItem("reload", display_meta="load your tool files and modules again"),
+                 *self.tool_choices().items]
+        return Choices(items=items, is_sorted=False)
+
+    tools_parser.add_argument("name", nargs="?", metavar="TOOL", choices_provider=tools_choices,
+                              help="a tool to show, or `reload`")
     tools_parser.add_argument("--check", metavar="DIR", completer=cmd2.Cmd.path_complete,
                               help="read every markdown file under DIR as a tool definition and say what loads "
                                    "(non-zero exit if any is refused)")
@@ -154,11 +163,14 @@ class RunCommands(ShellCommandSet):
     @cmd2.with_argparser(tools_parser)
     def do_tools(self, args: argparse.Namespace) -> None:
         """List tools."""
+        if args.name == "reload" and args.check is None:
+            self._reload(args.json)
+            return
         if args.check is not None:
             if args.name:
                 self.fail("tools --check DIR takes no TOOL name")
                 return
-            self.report_check(lambda: service_for(self.kernel).check(args.check, TOOL), args.check, args.json)
+            self.report_check(lambda: self.kernel.agents.check(args.check, TOOL), args.check, args.json)
             return
         try:
             if args.name is not None:
@@ -189,6 +201,19 @@ class RunCommands(ShellCommandSet):
             self.out(views.tools_plain(tools))
         else:
             self.out(views.tools_table(tools))
+
+    def _reload(self, as_json: bool) -> None:
+        report = self.kernel.reload_tools()
+        if as_json:
+            self.out_json(report.to_dict())
+        else:
+            self.out(views.reload_plain(report) if self.plain else views.reload_table(report))
+        refused = report.refused
+        if refused:
+            first = refused[0]
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            kept = "its old tools are kept" if first.kept else "nothing of it is loaded"
+            self.fail(f"refused {views.shown_source(first.label)}: {first.error}{more}; {kept}")
 
 
 def _learned_options(args: argparse.Namespace) -> dict[str, Any]:

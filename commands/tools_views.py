@@ -1,9 +1,10 @@
-"""`tools` renderers (pure: tools in, renderables or plain text out): the list of tools, and one
+"""`tools` renderers (pure: tools in, renderables or plain text out): the list of tools, one
 tool's card with its parameters, the forms a list or dict parameter takes from the shell, and
-whether the tool replaced a built-in one of the same name."""
+whether the tool replaced a built-in one of the same name; and what `tools reload` did."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from rich.console import Group
@@ -11,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from llmunix.models import format_pid
+from llmunix.tools.loader import ReloadReport, SourceReload
 from llmunix.tools.registry import ParamSpec, Tool
 
 
@@ -106,3 +109,56 @@ def _origin(overrides: str) -> str:
 
 def _field(text: str) -> str:
     return text.replace(" ", "_") or "-"
+
+
+# ---------------------------------------------------------------------------- tools reload
+
+RELOAD_COLUMNS = ("SOURCE", "STATUS", "TOOLS")
+_RELOAD_STYLE = {"reloaded": "green", "new": "green", "gone": "yellow", "refused": "bold red"}
+
+
+def shown_source(label: str) -> str:
+    """A source's path relative to the working directory when under it."""
+    if label.startswith("module "):
+        return label
+    try:
+        rel = os.path.relpath(label)
+    except ValueError:
+        return label
+    return label if rel.startswith("..") else rel
+
+
+def _reload_tools(s: SourceReload) -> str:
+    parts = [*s.reloaded, *(f"{n} (new)" for n in s.added), *(f"{n} (removed)" for n in s.removed),
+             *(f"{n} (kept)" for n in s.kept)]
+    text = ", ".join(parts) or "-"
+    return f"{text}: {s.error}" if s.error else text
+
+
+def _reload_footer(r: ReloadReport) -> list[str]:
+    changed = len(r.sources)
+    lines = [f"{changed} source{'s' if changed != 1 else ''} changed, {r.unchanged} unchanged; "
+             f"{r.seconds * 1000:.1f} ms"]
+    if r.running_old:
+        lines.append("running processes keep the code they started with: "
+                     + ", ".join(f"{format_pid(pid)} {name}" for pid, name in r.running_old))
+    return lines
+
+
+def reload_plain(r: ReloadReport) -> str:
+    rows = [RELOAD_COLUMNS] + [(shown_source(s.label), s.status, _reload_tools(s)) for s in r.sources]
+    widths = [max(len(row[c]) for row in rows) for c in range(2)]
+    lines = [f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}".rstrip() for row in rows]
+    return "\n".join((lines if r.sources else []) + _reload_footer(r))
+
+
+def reload_table(r: ReloadReport) -> Group:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("SOURCE", style="cyan", no_wrap=True)
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("TOOLS")
+    for s in r.sources:
+        table.add_row(shown_source(s.label), Text(s.status, style=_RELOAD_STYLE.get(s.status, "")),
+                      Text(_reload_tools(s)))
+    parts: list[object] = [table] if r.sources else []
+    return Group(*parts, *(Text(line, style="dim") for line in _reload_footer(r)))

@@ -36,7 +36,6 @@ key to store under), `_reused` (pid -> (source, key)), `_recent` (key -> Stored)
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -47,9 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmunix.lazy import lazy_module
 from llmunix.lifecycle import Hooks
 from llmunix.models import MAX_DURATION, LlmunixError, Outcome, format_pid, short_duration
 from llmunix.store.sqlite import json_text
+
+hashlib = lazy_module("hashlib")  # (2 ms a start-up need not pay: no run asked for a cache yet)
 
 if TYPE_CHECKING:
     from llmunix.lifecycle import ProcessTable

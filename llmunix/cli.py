@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--command", action="append", dest="commands", metavar="CMD",
                    help="run CMD and exit (repeatable; run in order)")
     add_engine_options(p)
+    p.add_argument("--standby", action="store_true",
+                   help="hot standby: while another llmunix owns the home, wait for it to stop (a read-only "
+                        "shell meanwhile, or before running -c/script commands), then take over as the owner "
+                        "and recover its interrupted processes")
     p.add_argument("-k", "--keep-going", action="store_true",
                    help="in scripts and -c, go on after a failed command")
     p.add_argument("--version", action="version", version=f"llmunix {__version__}")
@@ -46,7 +52,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="configuration file (default: HOME/config.toml)")
     p.add_argument("--tools", action="append", default=[], metavar="MODULE",
                    help="import MODULE for its @tool functions (repeatable)")
-    p.add_argument("--max-running", type=int, metavar="N", help="processes allowed to run at once")
+    p.add_argument("--max-running", metavar="N", help="processes allowed to run at once, or auto (follows CPU "
+                                                      "and memory headroom)")
     p.add_argument("--backend", choices=("threads", "dask"),
                    help="where bodies of remote tools run: threads (this machine, the default) or dask "
                         "(a Dask cluster; see docs/cluster.md)")
@@ -84,25 +91,31 @@ def main(argv: list[str] | None = None) -> int:
         home = resolve_home(args.home)
         config = load_config(home, args.config)
         if args.max_running is not None:
-            check_setting("max_running", args.max_running)
+            args.max_running = check_setting("max_running", args.max_running)
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
+    if args.standby:
+        args.recover = True  # a standby that becomes the owner continues what the old owner left
+        if not interactive and not wait_for_home(home):
+            return 130
     try:
-        kernel = start_engine(args, home, config, warm_pool=interactive)
+        kernel, notes = start_engine(args, home, config, interactive=interactive)
     except StartFailed as exc:
         return exc.status
     from llmunix.shell import LlmunixShell
 
-    shell = LlmunixShell(kernel, interactive=interactive, home=home)
+    shell = LlmunixShell(kernel, interactive=interactive, home=home, notes=notes, lazy=not interactive)
     if not interactive:
         # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
         signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
     status = 0
     try:
-        for line in start_notes(kernel, args.recover):
+        for line in start_notes(kernel, args.recover, standby=args.standby):
             print(f"llmunix: {line}", file=sys.stderr)
+        if args.standby and kernel.read_only:
+            _start_standby(kernel, home)
         if args.commands is not None:
             status = shell.run_lines(args.commands, keep_going=args.keep_going)
         elif script_lines is not None:
@@ -163,6 +176,7 @@ def _attached(args: argparse.Namespace, script_lines: list[str] | None, interact
         return 2
     if link is None:
         return None
+    # (a standby makes no sense here: the daemon owns the home, and the client has full control)
     given = [f"--{name.replace('_', '-')}" for name in ENGINE_OPTIONS
              if getattr(args, name) not in (None, False, [])]
     if given:
@@ -175,10 +189,9 @@ def _attached(args: argparse.Namespace, script_lines: list[str] | None, interact
         from llmunix.daemon.attached import run_interactive
 
         return run_interactive(link, home)
-    if not interactive:
-        # As embedded: SIGTERM/SIGHUP end a script; here they only detach (the daemon's processes go on).
-        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-        signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
+    # As embedded: SIGTERM/SIGHUP end a script; here they only detach (the daemon's processes go on).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
     if args.commands is not None:
         return run_attached(link, lines=args.commands, source="", keep_going=args.keep_going)
     if script_lines is not None:
@@ -194,9 +207,12 @@ class StartFailed(Exception):
         self.status = status
 
 
-def start_engine(args: argparse.Namespace, home: Path, config: Any, *, warm_pool: bool) -> Any:
-    """Build the Kernel as `args` and `config` say, with tools, agents and definitions loaded,
-    or raise StartFailed (after printing why): the embedded shell's start and the daemon's."""
+def start_engine(args: argparse.Namespace, home: Path, config: Any, *, interactive: bool) -> tuple[Any, list[str]]:
+    """Build the Kernel as `args` and `config` say, with tools loaded (the embedded shell's start
+    and the daemon's), or raise StartFailed after printing why. Returns it and the list the
+    shell prints notes from: agents and markdown definitions are read now when `interactive`
+    (their load errors printed before the first prompt), else when first needed (a tool looked
+    up or listed, an agent command), their load errors printed after that command."""
     from llmunix.models import LlmunixError
 
     _setup_logging(home, config)
@@ -228,6 +244,7 @@ def start_engine(args: argparse.Namespace, home: Path, config: Any, *, warm_pool
         kernel = Kernel(
             home,
             max_running=args.max_running or config.max_running,
+            max_running_auto=config.max_running_auto.auto_settings(),
             max_threads=config.max_threads,
             kill_grace=config.kill_grace,
             time_slice=config.time_slice,
@@ -251,22 +268,34 @@ def start_engine(args: argparse.Namespace, home: Path, config: Any, *, warm_pool
             backend.close()
         print(f"llmunix: {exc}", file=sys.stderr)
         raise StartFailed(2) from None
-    from llmunix.agents import attach
-    from llmunix.agents.service import default_directories
-    from llmunix.tools.loader import refused
-
+    notes: list[str] = []
     reported = {str(e) for e in load_errors}
-    definitions = []  # agents and markdown tools: built-in, <home>/agents and tools, ./agents and tools
-    for directory, kind in default_directories(home, Path.cwd()):
-        err = refused(directory)
-        if err is None:
-            definitions.append((directory, kind))
-        elif str(err) not in reported:
-            reported.add(str(err))
-            print(f"llmunix: could not load definitions from {err}", file=sys.stderr)
-    for err in attach(kernel, config, directories=definitions).errors:
-        if str(err) not in reported:
-            print(f"llmunix: could not load {err}", file=sys.stderr)
+
+    def make_agents() -> Any:
+        from llmunix.agents.service import AgentService, default_directories
+        from llmunix.tools.loader import refused
+
+        definitions = []
+        for directory, kind in default_directories(home, Path.cwd()):
+            err = refused(directory)
+            if err is None:
+                definitions.append((directory, kind))
+            elif str(err) not in reported:
+                reported.add(str(err))
+                notes.append(f"llmunix: could not load definitions from {err}")
+        service = AgentService(kernel, config, directories=definitions)
+        for err in service.errors:
+            if str(err) not in reported:
+                reported.add(str(err))
+                notes.append(f"llmunix: could not load {err}")
+        return service
+
+    kernel.attach_agents_later(make_agents)
+    if interactive:
+        kernel.agents  # noqa: B018 (made now: its load errors are seen before the first prompt)
+        for note in notes:
+            print(note, file=sys.stderr)
+        notes.clear()
     for module, err in kernel.preload(config.preload):  # what tools import lazily, paid for now
         if err is not None:
             print(f"llmunix: could not preload {module}: {err}", file=sys.stderr)
@@ -275,13 +304,13 @@ def start_engine(args: argparse.Namespace, home: Path, config: Any, *, warm_pool
         replaced = "the built-in one" if t.overrides == "builtin" else f"the one from {t.overrides}"
         print(f"llmunix: tool {t.name!r} from {t.source} overrides {replaced}", file=sys.stderr)
     log_events(kernel)
-    if warm_pool and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
+    if interactive and any(kernel.tool_isolation(t) == "process" for t in kernel.registry):
         kernel.isolation.pool.warm()  # the pool process imports the tools while the user reads the prompt
     # Everything imported and built so far lives as long as llmunix does: move it out of the
     # garbage collector's reach, so that a full collection walks only what the engine made
     # since (with the startup heap, one took ~35 ms and ran every few thousand processes).
     gc.freeze()
-    return kernel
+    return kernel, notes
 
 
 def _byte_safe_streams() -> None:
@@ -293,23 +322,31 @@ def _byte_safe_streams() -> None:
             stream.reconfigure(errors="surrogateescape")
 
 
-def start_notes(kernel: Any, recover: bool) -> list[str]:
-    """What a user should know as llmunix starts: read-only mode, what an earlier llmunix left
-    running (reaped now), interrupted work."""
+def start_notes(kernel: Any, recover: bool, standby: bool = False) -> list[str]:
+    """What a user should know as llmunix starts: read-only mode, a standby, a takeover, what an
+    earlier llmunix left running (reaped now), interrupted work."""
     notes = []
+    took_over = os.environ.pop(TAKEOVER_ENV, "")
     if kernel.reaped:
         groups = kernel.reaped
         shown = ", ".join(r.label or f"pgid {r.pgid}" for r in groups[:5]) + (" ..." if len(groups) > 5 else "")
         procs = sum(r.processes for r in groups)
         notes.append(f"reaped {procs} OS process(es) in {len(groups)} group(s) that an earlier llmunix left running "
                      f"when it was killed ({shown})")
-    if kernel.read_only:
+    if kernel.read_only and standby:
+        notes.append(f"standby: {kernel.home} is in use by llmunix pid {kernel.home_owner}; read-only until it "
+                     "stops, then this shell takes over as the owner and recovers its processes")
+    elif kernel.read_only:
         notes.append(f"{kernel.home} is in use by llmunix pid {kernel.home_owner}; opened read-only "
                      "(ps, log, events and audit work; use another --home to run processes)")
-    elif recover:
+    if not kernel.read_only and recover:
         infos = kernel.recover()
         ok = [i.process_id for i in infos if i.state != "Failed"]
         bad = [i.process_id for i in infos if i.state == "Failed"]
+        if took_over:
+            owner, _, since = took_over.partition(":")
+            notes.append(f"took over {kernel.home} from llmunix pid {owner} "
+                         f"{time.time() - float(since or time.time()):.3f}s after it stopped")
         if ok:
             notes.append(f"recovered {len(ok)} interrupted process(es): {', '.join(ok)}")
         if bad:
@@ -324,6 +361,94 @@ def start_notes(kernel: Any, recover: bool) -> list[str]:
     return notes
 
 
+TAKEOVER_ENV = "LLMUNIX_TOOK_OVER"  # "OWNER:TIME" the standby got the lock, for the new program's note
+
+
+def wait_for_home(home: Path) -> bool:
+    """A standby running commands: wait (blocking) until the home is free, take its lock and
+    hand it to the Kernel about to be made. False if interrupted (Ctrl-C)."""
+    from llmunix.home import HomeInUse, HomeLock
+
+    lock = HomeLock(home)
+    try:
+        try:
+            lock.acquire()
+        except HomeInUse as exc:
+            print(f"llmunix: standby: waiting for llmunix pid {exc.owner} to release {home}", file=sys.stderr)
+            lock.acquire(wait=True)
+            os.environ[TAKEOVER_ENV] = f"{lock.previous or exc.owner}:{time.time()}"
+    except KeyboardInterrupt:
+        lock.release()
+        return False
+    lock.hand_over()
+    return True
+
+
+def _start_standby(kernel: Any, home: Path) -> None:
+    """An interactive standby: a thread waits for the home lock; when the owner stops, it hands
+    the lock over and replaces this program with the owner's (the same command line, without
+    --standby, with --recover). Why exec and not a new Kernel in this process: the owner's
+    start is one path (tools, agents, backend, settings, alerts, the shell's settables bound to
+    the kernel), and a fresh program runs exactly it; a read-only kernel swapped under a live
+    prompt would leave half of that pointing at the old one."""
+    import threading
+
+    from llmunix.home import HomeLock
+
+    saved = _terminal_mode()
+
+    def watch() -> None:
+        lock = HomeLock(home)
+        lock.acquire(wait=True)
+        got = time.time()
+        owner = lock.previous or kernel.home_owner  # the last owner (a standby before us may have become it)
+        lock.hand_over()
+        os.environ[TAKEOVER_ENV] = f"{owner}:{got}"
+        try:
+            kernel.shutdown(timeout=1.0)  # the read-only store and threads; it runs nothing
+        except Exception:  # noqa: BLE001 - the exec below replaces everything anyway
+            pass
+        _restore_terminal(saved)
+        # Straight to the descriptor: the prompt may be holding sys.stderr in a proxy the exec discards.
+        os.write(2, f"\r\nllmunix: llmunix pid {owner} has stopped; taking over {home}\r\n".encode())
+        argv = _owner_argv()
+        os.execv(sys.executable, argv)
+
+    threading.Thread(target=watch, name="llmunix-standby", daemon=True).start()
+
+
+def _owner_argv() -> list[str]:
+    """This program's command line as the owner: without --standby, with --recover."""
+    orig = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    own = sys.argv[1:]
+    prefix = orig[: len(orig) - len(own)]
+    args = [a for a in own if a != "--standby"]
+    return [*prefix, *args, *([] if "--recover" in args else ["--recover"])]
+
+
+def _terminal_mode() -> Any:
+    try:
+        import termios
+
+        return termios.tcgetattr(sys.stdin.fileno())
+    except Exception:  # noqa: BLE001 - not a terminal
+        return None
+
+
+def _restore_terminal(mode: Any) -> None:
+    """Put the terminal back as it was before the prompt took it (raw mode survives an exec)."""
+    if mode is None:
+        return
+    try:
+        import termios
+
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, mode)
+        sys.stdout.write("\x1b[?2004l\x1b[?25h")  # bracketed paste off, cursor shown
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _backend(args: argparse.Namespace, config: Any) -> Any:
     """The backend from --backend/--scheduler, else the config; `--scheduler` alone means dask.
     A cluster library's own log lines go to llmunix.log, not over the shell."""
@@ -334,7 +459,9 @@ def _backend(args: argparse.Namespace, config: Any) -> Any:
     name = args.backend or ("dask" if args.scheduler else config.backend)
     if args.scheduler and name != "dask":
         raise LlmunixError("--scheduler only applies to --backend dask")
-    backend = make_backend(name, scheduler=(args.scheduler or config.dask_scheduler) if name == "dask" else None)
+    adapt = (config.dask_adapt.minimum, config.dask_adapt.maximum) if config.dask_adapt is not None else None
+    backend = make_backend(name, scheduler=(args.scheduler or config.dask_scheduler) if name == "dask" else None,
+                           adapt=adapt if name == "dask" else None)
     if name == "dask":
         capture_library_logs("distributed")
     return backend

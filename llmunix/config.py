@@ -1,13 +1,24 @@
-"""Configuration: the home directory and `config.toml`, validated by pydantic."""
+"""Configuration: the home directory and `config.toml`.
+
+The settings are plain dataclasses whose fields carry their ranges (annotated_types) and their
+descriptions (`Doc`). pydantic checks a config.toml, and a `set NAME VALUE`, against exactly those
+(`pydantic.TypeAdapter`); it is imported only when there is something to check, so a start-up
+without a config file (every one-shot `llmunix -c ...` of most users) does not pay for pydantic
+(issue 15). Settings built in code (`Config(max_running=4)`) are not range-checked; their
+`__post_init__` checks what needs parsing (chaos specs, URLs, limits) either way."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
+import typing
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pydantic
+from annotated_types import Ge, Gt, Le
 
 from llmunix.home import UnsafePath, prepare_home, unsafe_reason
 from llmunix.models import LlmunixError
@@ -17,210 +28,289 @@ DAY = 24 * HOUR
 WEEK = 7 * DAY
 MAX_COUNT = 1_000_000  # processes, threads, failures: far beyond any real use, far below overflow
 MAX_AMOUNT = 1e12  # megabytes and other amounts
+_STRICT = {"extra": "forbid", "allow_inf_nan": False}  # a pydantic ConfigDict (a plain dict: no import)
 
 
-class EndpointConfig(pydantic.BaseModel):
+class Doc(str):
+    """A setting's description, in its `Annotated` type (pydantic ignores it)."""
+
+
+def _check(name: str, parse: typing.Callable[[Any], Any], value: Any) -> None:
+    """`parse(value)`, its LlmunixError as the ValueError pydantic reports (naming the setting)."""
+    try:
+        parse(value)
+    except LlmunixError as exc:
+        raise ValueError(f"setting {name!r}: {exc}") from None
+
+
+class _Settings:
+    """What every settings table shares: validation from plain data, the fields with their
+    types, rules and descriptions, and `model_dump` (the names pydantic models had)."""
+
+    __pydantic_config__ = _STRICT
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Any:
+        """Checked and converted from plain data (a parsed TOML table). Raises pydantic's
+        ValidationError; `load_config` turns that into one line."""
+        return _adapter(cls).validate_python(data)
+
+    @classmethod
+    def settings(cls) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+        """Each field's name: (its type, its rules and Doc); resolved once."""
+        return _fields_of(cls)
+
+    def __post_init__(self) -> None:
+        self._tables()
+
+    def _tables(self) -> None:
+        """Nested tables given as plain dicts (`LlmConfig(endpoints={"URL": {...}})` in code)
+        become their settings objects, as a config file's do."""
+        for name, (kind, _rules) in self.settings().items():
+            value = getattr(self, name)
+            if _is_table(kind) and isinstance(value, dict):
+                setattr(self, name, kind(**value))
+            elif typing.get_origin(kind) is dict and _is_table(typing.get_args(kind)[1]) and value:
+                entry = typing.get_args(kind)[1]
+                setattr(self, name, {k: entry(**v) if isinstance(v, dict) else v for k, v in value.items()})
+
+    def model_dump(self, *, exclude_none: bool = False) -> dict[str, Any]:
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        if exclude_none:
+            data = {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+@cache
+def _fields_of(cls: type) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Annotated:
+            out[f.name] = (hint.__origin__, hint.__metadata__)
+        else:
+            out[f.name] = (hint, ())
+    return out
+
+
+@cache
+def _adapter(kind: Any) -> Any:
+    import pydantic
+
+    return pydantic.TypeAdapter(kind, config=None if dataclasses.is_dataclass(kind) else _STRICT)  # type: ignore[arg-type]
+
+
+@dataclass
+class EndpointConfig(_Settings):
     """One `[llm.endpoints."URL|MODEL"]` (or `."URL"`) table: how much an LLM endpoint takes
     (docs/agents.md, "Endpoint limits"). Unset: unlimited."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    max_concurrent: int | None = pydantic.Field(None, ge=1, le=MAX_COUNT, description="requests in flight at once")
-    requests_per_min: float | None = pydantic.Field(None, gt=0, le=MAX_AMOUNT, description="requests per minute")
-    tokens_per_min: float | None = pydantic.Field(None, gt=0, le=MAX_AMOUNT,
-                                                  description="tokens (prompt and completion) per minute")
+    max_concurrent: Annotated[int | None, Ge(1), Le(MAX_COUNT), Doc("requests in flight at once")] = None
+    requests_per_min: Annotated[float | None, Gt(0), Le(MAX_AMOUNT), Doc("requests per minute")] = None
+    tokens_per_min: Annotated[float | None, Gt(0), Le(MAX_AMOUNT), Doc(
+        "tokens (prompt and completion) per minute")] = None
 
 
-class PriceConfig(pydantic.BaseModel):
+@dataclass
+class PriceConfig(_Settings):
     """One `[llm.prices."MODEL"]` table: US dollars per million tokens, for `stats --tokens`,
     `ps -l` and `--max-cost`."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    input: float = pydantic.Field(ge=0, le=1e6, description="USD per 1M prompt (input) tokens")
-    output: float = pydantic.Field(ge=0, le=1e6, description="USD per 1M completion (output) tokens")
+    input: Annotated[float, Ge(0), Le(1e6), Doc("USD per 1M prompt (input) tokens")]
+    output: Annotated[float, Ge(0), Le(1e6), Doc("USD per 1M completion (output) tokens")]
 
 
-class LlmConfig(pydantic.BaseModel):
+@dataclass
+class LlmConfig(_Settings):
     """The `[llm]` table: how agents reach a language model (see docs/agents.md). The environment
     overrides it: LLMUNIX_LLM_BACKEND, LLMUNIX_LLM_BASE_URL, LLMUNIX_LLM_MODEL, LLMUNIX_LLM_STREAM,
     and the key from the variable named by `api_key_env`."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+    backend: Annotated[Literal["offline", "openai"], Doc(
+        "offline (deterministic, no network) or openai (OpenAI-compatible chat completions)")] = "offline"
+    base_url: Annotated[str, Doc("the chat completions API root")] = "https://api.openai.com/v1"
+    model: Annotated[str, Doc("the model name sent to the API")] = "gpt-4o-mini"
+    api_key_env: Annotated[str, Doc("environment variable holding the API key")] = "OPENAI_API_KEY"
+    timeout: Annotated[float, Gt(0), Le(DAY), Doc("seconds to wait for one reply")] = 60.0
+    retries: Annotated[int, Ge(0), Le(100), Doc("retries after a 429, a 5xx or a dropped connection")] = 3
+    backoff: Annotated[float, Ge(0), Le(HOUR), Doc("first retry delay in seconds (doubles each time)")] = 1.0
+    max_iterations: Annotated[int, Ge(1), Le(10_000), Doc("an agent's Thinking/Acting rounds unless it says")] = 10
+    tool_format: Annotated[Literal["native", "text"], Doc(
+        "native function calling, or the LLMunix text formats in the reply")] = "native"
+    stream: Annotated[bool, Doc(
+        "ask for the reply as a stream (SSE): its text reaches the process log as it arrives, and the "
+        "time to the first token is recorded")] = False
+    endpoints: Annotated[dict[str, EndpointConfig], Doc(
+        'limits per endpoint: [llm.endpoints."URL|MODEL"] (or "URL": one limit for every model served '
+        "there) with max_concurrent, requests_per_min, tokens_per_min")] = field(default_factory=dict)
+    prices: Annotated[dict[str, PriceConfig], Doc(
+        'prices per model: [llm.prices."MODEL"] input = USD per 1M prompt tokens, output = USD per 1M '
+        "completion tokens")] = field(default_factory=dict)
 
-    backend: Literal["offline", "openai"] = pydantic.Field(
-        "offline", description="offline (deterministic, no network) or openai (OpenAI-compatible chat completions)")
-    base_url: str = pydantic.Field("https://api.openai.com/v1", description="the chat completions API root")
-    model: str = pydantic.Field("gpt-4o-mini", description="the model name sent to the API")
-    api_key_env: str = pydantic.Field("OPENAI_API_KEY", description="environment variable holding the API key")
-    timeout: float = pydantic.Field(60.0, gt=0, le=DAY, description="seconds to wait for one reply")
-    retries: int = pydantic.Field(3, ge=0, le=100, description="retries after a 429, a 5xx or a dropped connection")
-    backoff: float = pydantic.Field(1.0, ge=0, le=HOUR, description="first retry delay in seconds (doubles each time)")
-    max_iterations: int = pydantic.Field(10, ge=1, le=10_000,
-                                         description="an agent's Thinking/Acting rounds unless it says")
-    tool_format: Literal["native", "text"] = pydantic.Field(
-        "native", description="native function calling, or the LLMunix text formats in the reply")
-    stream: bool = pydantic.Field(
-        False, description="ask for the reply as a stream (SSE): its text reaches the process log as it arrives, "
-        "and the time to the first token is recorded")
-    endpoints: dict[str, EndpointConfig] = pydantic.Field(
-        default_factory=dict, description='limits per endpoint: [llm.endpoints."URL|MODEL"] (or "URL": one limit '
-        "for every model served there) with max_concurrent, requests_per_min, tokens_per_min")
-    prices: dict[str, PriceConfig] = pydantic.Field(
-        default_factory=dict, description='prices per model: [llm.prices."MODEL"] input = USD per 1M prompt tokens, '
-        "output = USD per 1M completion tokens")
+    def __post_init__(self) -> None:
+        self._tables()
+        if self.endpoints:
+            from llmunix.agents.endpoints import split_key
 
-    @pydantic.field_validator("endpoints")
-    @classmethod
-    def _endpoint_keys(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
-        from llmunix.agents.endpoints import split_key
-
-        for key in value:
-            try:
-                split_key(key)
-            except LlmunixError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+            for key in self.endpoints:
+                _check("endpoints", split_key, key)
 
 
-class ToolSettings(pydantic.BaseModel):
+@dataclass
+class ToolSettings(_Settings):
     """A `[tools.NAME]` table: how one tool's processes run (docs/tools.md, "Isolated processes")."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+    isolation: Annotated[Literal["thread", "process"] | None, Doc(
+        "process: each run in a worker OS process of its own; thread: on a thread")] = None
+    memory: Annotated[str | float | None, Doc(
+        "memory limit of each run, e.g. 500MB (isolates a Python tool)")] = None
+    cpu_time: Annotated[str | float | None, Doc(
+        "CPU time limit of each run, e.g. 60s (isolates a Python tool)")] = None
 
-    isolation: Literal["thread", "process"] | None = pydantic.Field(
-        None, description="process: each run in a worker OS process of its own; thread: on a thread")
-    memory: str | float | None = pydantic.Field(
-        None, description="memory limit of each run, e.g. 500MB (isolates a Python tool)")
-    cpu_time: str | float | None = pydantic.Field(
-        None, description="CPU time limit of each run, e.g. 60s (isolates a Python tool)")
+    def __post_init__(self) -> None:
+        if self.memory is not None or self.cpu_time is not None:
+            from llmunix.isolation import parse_cpu_time, parse_memory
 
-    @pydantic.field_validator("memory")
-    @classmethod
-    def _memory_parses(cls, value: str | float | None) -> str | float | None:
-        from llmunix.isolation import parse_memory
-
-        try:
-            parse_memory(value)
-        except LlmunixError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-    @pydantic.field_validator("cpu_time")
-    @classmethod
-    def _cpu_time_parses(cls, value: str | float | None) -> str | float | None:
-        from llmunix.isolation import parse_cpu_time
-
-        try:
-            parse_cpu_time(value)
-        except LlmunixError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+            _check("memory", parse_memory, self.memory)
+            _check("cpu_time", parse_cpu_time, self.cpu_time)
 
 
-class Config(pydantic.BaseModel):
+@dataclass
+class AutoScaleConfig(_Settings):
+    """The `[max_running_auto]` table: how `max_running = "auto"` moves (llmunix/autoscale.py)."""
+
+    minimum: Annotated[int, Ge(1), Le(MAX_COUNT), Doc("never fewer slots than this")] = 1
+    maximum: Annotated[int | None, Ge(1), Le(MAX_COUNT), Doc(
+        "never more (default: the larger of 8 and 4 per CPU)")] = None
+    cpu_low: Annotated[float, Ge(0), Le(100), Doc("grow only while CPU (all cores) is below this")] = 60.0
+    cpu_high: Annotated[float, Ge(0), Le(100), Doc("shrink when CPU is at or above this")] = 85.0
+    samples: Annotated[int, Ge(1), Le(1000), Doc("readings in a row that must agree before a change")] = 3
+
+    def __post_init__(self) -> None:
+        if self.maximum is not None and self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+        if self.cpu_low >= self.cpu_high:
+            raise ValueError(f"cpu_low ({self.cpu_low:g}) must be below cpu_high ({self.cpu_high:g})")
+
+    def auto_settings(self) -> Any:
+        from llmunix.autoscale import AutoSettings
+
+        return AutoSettings(self.minimum, self.maximum, self.cpu_low, self.cpu_high, self.samples)
+
+
+@dataclass
+class DaskAdaptConfig(_Settings):
+    """The `dask_adapt` table: adaptive scaling of the local Dask cluster (docs/cluster.md)."""
+
+    minimum: Annotated[int, Ge(0), Le(10_000), Doc("workers kept even when idle")] = 0
+    maximum: Annotated[int, Ge(1), Le(10_000), Doc("workers at most")] = 4
+
+    def __post_init__(self) -> None:
+        if self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+
+
+@dataclass
+class Config(_Settings):
     """Settings read from `<home>/config.toml` (or `--config FILE`). Every key is optional.
     Every number has a range (the shell's `set` checks against the same, see `check_setting`):
     an infinite, NaN or absurd value would stop a timer or a background thread."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    max_running: int = pydantic.Field(8, ge=1, le=MAX_COUNT, description="processes allowed to run at once")
-    max_threads: int | None = pydantic.Field(
-        1024, ge=1, le=MAX_COUNT, description="worker threads kept (a soft cap: past it threads are made for the "
-        "moment and end after; processes waiting off-slot for a model keep theirs)")
-    kill_grace: float = pydantic.Field(2.0, ge=0, le=HOUR, description="seconds between kill escalation steps")
-    time_slice: float = pydantic.Field(0.5, gt=0, le=HOUR, description="seconds before a process yields to its peers")
-    aging_interval: float = pydantic.Field(5.0, ge=0, le=DAY, description="seconds of waiting per level of aging")
-    monitor_interval: float = pydantic.Field(1.0, ge=0.01, le=HOUR, description="seconds between resource samples")
-    retention_days: float = pydantic.Field(30.0, ge=0, le=36_500, description="finished processes older than this many "
-                                           "days are compacted (summary row kept; events, logs, checkpoints deleted)")
-    retention_count: int = pydantic.Field(10_000, ge=0, le=10**9, description="newest finished processes kept in full "
-                                          "(and the most held in memory); older ones are compacted")
-    tool_paths: list[str] = pydantic.Field(default_factory=list, description="extra directories of tools")
-    definition_paths: list[str] = pydantic.Field(
-        default_factory=list, description="extra directories of LLMunix agent and tool markdown, searched after "
-        "the built-in ones (relative to where llmunix starts; globs such as projects/*/agents allowed; "
-        "`agents --paths` lists them all)")
-    tool_modules: list[str] = pydantic.Field(default_factory=list, description="modules to import for tools")
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = pydantic.Field(
-        "info", description="what llmunix.log records (the shell's `set loglevel` changes it)")
-    log_max_bytes: int = pydantic.Field(5_000_000, ge=0, le=10**12,
-                                        description="rotate llmunix.log at this size (0: never)")
-    log_backups: int = pydantic.Field(3, ge=0, le=1000, description="rotated llmunix.log files to keep")
-    limits: dict[str, float] = pydantic.Field(
-        default_factory=dict, description="resource capacities, e.g. memory_mb = 8000, gpu = 1, "
-        "llm_tokens_per_min = 90000 (the `limits` command changes them)")
-    memory_pressure_mb: float | None = pydantic.Field(
-        None, ge=0, le=MAX_AMOUNT,
-        description="below this much available memory, low and idle work waits (default: 5% of total)")
-    pause_idle_under_pressure: bool = pydantic.Field(
-        False, description="under memory pressure, also pause running idle processes (resumed when it ends)")
-    scheduling: Literal["fifo", "learned"] = pydantic.Field(
-        "fifo", description="the order within a priority level: fifo (arrival), or learned (shortest expected "
-        "duration first from each tool's past runs, with aging; deadlines earliest first; the shell's "
-        "`set scheduling` changes it)")
-    preload: list[str] = pydantic.Field(
-        default_factory=list, description="modules to import at start (what tools import lazily), so the first "
-        "run does not pay for them")
-    deadlock_policy: Literal["report", "kill-lowest"] = pydantic.Field(
-        "report", description="on a deadlock: report it (event, alert, `locks`), or also kill its lowest-priority "
-        "member (the shell's `set deadlock_policy` changes it)")
-    llm: LlmConfig = pydantic.Field(default_factory=LlmConfig, description="agents' LLM backend ([llm] table)")
-    allow_shell_tools: bool = pydantic.Field(
-        False, description="let markdown shell tools run, and agents use the shell tool")
-    workspace: str = pydantic.Field(
-        "workspace", description="the directory file tools are confined to (relative to where llmunix starts)")
-    agent_allowed_urls: list[str] = pydantic.Field(
-        default_factory=list, description="URLs tools run by agents (web_fetch) may fetch: SCHEME://HOST[:PORT] "
-        "entries, http or https; HOST may be * or *.example.com; no port: any port. file:// never (default: none)")
-    isolation: Literal["thread", "process"] = pydantic.Field(
-        "thread", description="where users' Python tools run by default: thread (microseconds, shares llmunix's "
-        "memory) or process (a worker OS process each: true memory, hard pause and kill, crashes contained)")
-    tools: dict[str, ToolSettings] = pydantic.Field(
-        default_factory=dict, description="per-tool settings: [tools.NAME] isolation, memory, cpu_time")
-    backend: Literal["threads", "dask"] = pydantic.Field(
-        "threads", description="where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")
-    dask_scheduler: str | None = pydantic.Field(
-        None, description="the Dask scheduler's address for the dask backend, e.g. tcp://10.0.0.5:8786 "
-        "(unset: a local cluster is started)")
+    max_running: Annotated[Annotated[int, Ge(1), Le(MAX_COUNT)] | Literal["auto"], Doc(
+        "processes allowed to run at once, or auto: follow CPU and memory headroom ([max_running_auto]; "
+        "`limits` says the value now and why)")] = 8
+    max_running_auto: Annotated[AutoScaleConfig, Doc(
+        "bounds and thresholds of max_running = auto")] = field(default_factory=AutoScaleConfig)
+    max_threads: Annotated[int | None, Ge(1), Le(MAX_COUNT), Doc(
+        "worker threads kept (a soft cap: past it threads are made for the moment and end after; "
+        "processes waiting off-slot for a model keep theirs)")] = 1024
+    kill_grace: Annotated[float, Ge(0), Le(HOUR), Doc("seconds between kill escalation steps")] = 2.0
+    time_slice: Annotated[float, Gt(0), Le(HOUR), Doc("seconds before a process yields to its peers")] = 0.5
+    aging_interval: Annotated[float, Ge(0), Le(DAY), Doc("seconds of waiting per level of aging")] = 5.0
+    monitor_interval: Annotated[float, Ge(0.01), Le(HOUR), Doc("seconds between resource samples")] = 1.0
+    retention_days: Annotated[float, Ge(0), Le(36_500), Doc(
+        "finished processes older than this many days are compacted (summary row kept; events, logs, "
+        "checkpoints deleted)")] = 30.0
+    retention_count: Annotated[int, Ge(0), Le(10**9), Doc(
+        "newest finished processes kept in full (and the most held in memory); older ones are compacted")] = 10_000
+    tool_paths: Annotated[list[str], Doc("extra directories of tools")] = field(default_factory=list)
+    definition_paths: Annotated[list[str], Doc(
+        "extra directories of LLMunix agent and tool markdown, searched after the built-in ones (relative"
+        " to where llmunix starts; globs such as projects/*/agents allowed; `agents --paths` lists them "
+        "all)")] = field(default_factory=list)
+    tool_modules: Annotated[list[str], Doc("modules to import for tools")] = field(default_factory=list)
+    log_level: Annotated[Literal["debug", "info", "warning", "error", "critical"], Doc(
+        "what llmunix.log records (the shell's `set loglevel` changes it)")] = "info"
+    log_max_bytes: Annotated[int, Ge(0), Le(10**12), Doc("rotate llmunix.log at this size (0: never)")] = 5_000_000
+    log_backups: Annotated[int, Ge(0), Le(1000), Doc("rotated llmunix.log files to keep")] = 3
+    limits: Annotated[dict[str, float], Doc(
+        "resource capacities, e.g. memory_mb = 8000, gpu = 1, llm_tokens_per_min = 90000 (the `limits` "
+        "command changes them)")] = field(default_factory=dict)
+    memory_pressure_mb: Annotated[float | None, Ge(0), Le(MAX_AMOUNT), Doc(
+        "below this much available memory, low and idle work waits (default: 5% of total)")] = None
+    pause_idle_under_pressure: Annotated[bool, Doc(
+        "under memory pressure, also pause running idle processes (resumed when it ends)")] = False
+    scheduling: Annotated[Literal["fifo", "learned"], Doc(
+        "the order within a priority level: fifo (arrival), or learned (shortest expected duration first "
+        "from each tool's past runs, with aging; deadlines earliest first; the shell's `set scheduling` "
+        "changes it)")] = "fifo"
+    preload: Annotated[list[str], Doc(
+        "modules to import at start (what tools import lazily), so the first run does not pay for them"
+    )] = field(default_factory=list)
+    deadlock_policy: Annotated[Literal["report", "kill-lowest"], Doc(
+        "on a deadlock: report it (event, alert, `locks`), or also kill its lowest-priority member (the "
+        "shell's `set deadlock_policy` changes it)")] = "report"
+    llm: Annotated[LlmConfig, Doc("agents' LLM backend ([llm] table)")] = field(default_factory=LlmConfig)
+    allow_shell_tools: Annotated[bool, Doc("let markdown shell tools run, and agents use the shell tool")] = False
+    workspace: Annotated[str, Doc(
+        "the directory file tools are confined to (relative to where llmunix starts)")] = "workspace"
+    agent_allowed_urls: Annotated[list[str], Doc(
+        "URLs tools run by agents (web_fetch) may fetch: SCHEME://HOST[:PORT] entries, http or https; "
+        "HOST may be * or *.example.com; no port: any port. file:// never (default: none)"
+    )] = field(default_factory=list)
+    isolation: Annotated[Literal["thread", "process"], Doc(
+        "where users' Python tools run by default: thread (microseconds, shares llmunix's memory) or "
+        "process (a worker OS process each: true memory, hard pause and kill, crashes contained)")] = "thread"
+    tools: Annotated[dict[str, ToolSettings], Doc(
+        "per-tool settings: [tools.NAME] isolation, memory, cpu_time")] = field(default_factory=dict)
+    backend: Annotated[Literal["threads", "dask"], Doc(
+        "where bodies of remote tools run: threads (here) or dask (a cluster; docs/cluster.md)")] = "threads"
+    dask_scheduler: Annotated[str | None, Doc(
+        "the Dask scheduler's address for the dask backend, e.g. tcp://10.0.0.5:8786 (unset: a local "
+        "cluster is started)")] = None
+    dask_adapt: Annotated[DaskAdaptConfig | None, Doc(
+        "adaptive scaling of the local cluster llmunix starts: {minimum = 1, maximum = 8} workers (a "
+        "remote scheduler's cluster scales where it is managed)")] = None
 
     # resilience (docs/resilience.md)
-    breaker_threshold: int = pydantic.Field(5, ge=1, le=MAX_COUNT,
-                                            description="consecutive failures that open a circuit breaker")
-    breaker_cooldown: float = pydantic.Field(30.0, ge=0, le=WEEK,
-                                             description="seconds an open breaker waits before a probe")
-    stall_timeout: float = pydantic.Field(60.0, ge=0, le=WEEK, description="seconds without progress before a running "
-                                          "process is marked stalled (0: no watchdog)")
-    stall_action: Literal["alert", "restart", "kill"] = pydantic.Field(
-        "alert", description="what the watchdog does with a stalled process")
-    chaos: str | None = pydantic.Field(None, description='fault injection for tool processes, e.g. '
-                                       '"fail=0.2,hang=0.05,slow=0.1,seed=42" (testing only)')
-    health_min_disk_mb: float = pydantic.Field(100.0, ge=0, le=MAX_AMOUNT,
-                                               description="`health` fails below this much free "
-                                               "disk space in the home")
+    breaker_threshold: Annotated[int, Ge(1), Le(MAX_COUNT), Doc(
+        "consecutive failures that open a circuit breaker")] = 5
+    breaker_cooldown: Annotated[float, Ge(0), Le(WEEK), Doc("seconds an open breaker waits before a probe")] = 30.0
+    stall_timeout: Annotated[float, Ge(0), Le(WEEK), Doc(
+        "seconds without progress before a running process is marked stalled (0: no watchdog)")] = 60.0
+    stall_action: Annotated[Literal["alert", "restart", "kill"], Doc(
+        "what the watchdog does with a stalled process")] = "alert"
+    chaos: Annotated[str | None, Doc(
+        'fault injection for tool processes, e.g. "fail=0.2,hang=0.05,slow=0.1,seed=42" (testing only)')] = None
+    health_min_disk_mb: Annotated[float, Ge(0), Le(MAX_AMOUNT), Doc(
+        "`health` fails below this much free disk space in the home")] = 100.0
 
-    @pydantic.field_validator("agent_allowed_urls")
-    @classmethod
-    def _urls_parse(cls, value: list[str]) -> list[str]:
-        from urllib.parse import urlsplit
+    def __post_init__(self) -> None:
+        self._tables()
+        if self.agent_allowed_urls:
+            from urllib.parse import urlsplit
 
-        for entry in value:
-            parts = urlsplit(entry.strip())
-            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"{entry!r} is not an http(s)://HOST[:PORT] entry (file:// is never allowed)")
-        return [entry.strip() for entry in value]
+            for entry in self.agent_allowed_urls:
+                parts = urlsplit(str(entry).strip())
+                if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                    raise ValueError(f"setting 'agent_allowed_urls': {entry!r} is not an http(s)://HOST[:PORT] "
+                                     "entry (file:// is never allowed)")
+            self.agent_allowed_urls = [str(entry).strip() for entry in self.agent_allowed_urls]
+        if self.chaos is not None:
+            from llmunix.resilience.chaos import ChaosSpec
 
-    @pydantic.field_validator("chaos")
-    @classmethod
-    def _chaos_parses(cls, value: str | None) -> str | None:
-        from llmunix.resilience.chaos import ChaosSpec
-
-        try:
-            ChaosSpec.parse(value)
-        except LlmunixError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+            _check("chaos", ChaosSpec.parse, self.chaos)
 
     def resilience(self) -> dict[str, Any]:
         """The Kernel's resilience keyword arguments."""
@@ -228,17 +318,13 @@ class Config(pydantic.BaseModel):
                                               "stall_action", "chaos", "health_min_disk_mb")}
 
 
-_ADAPTERS: dict[str, pydantic.TypeAdapter[Any]] = {}
-
-
 def check_setting(name: str, value: Any) -> Any:
     """`value` for the setting `name`, converted and checked against its range in Config (what
     the shell's `set NAME VALUE` runs). Raises LlmunixError saying what is allowed."""
-    field = Config.model_fields[name]
-    adapter = _ADAPTERS.get(name)
-    if adapter is None:
-        adapter = _ADAPTERS[name] = pydantic.TypeAdapter(
-            Annotated[field.annotation, *field.metadata], config=pydantic.ConfigDict(allow_inf_nan=False))
+    import pydantic
+
+    kind, rules = Config.settings()[name]
+    adapter = _adapter(Annotated[kind, *rules] if rules else kind)
     try:
         return adapter.validate_python(value)
     except pydantic.ValidationError:
@@ -246,26 +332,42 @@ def check_setting(name: str, value: Any) -> Any:
 
 
 def allowed_values(name: str) -> str:
-    """What a numeric setting accepts, in words: `a number from 0 to 3,600`."""
-    field = Config.model_fields[name]
+    """What a numeric setting accepts, in words: `a number from 0 to 3,600` (`..., or auto` for
+    a setting that also takes a word)."""
+    kind, rules = Config.settings()[name]
+    words = [typing.get_args(a)[0] for a in typing.get_args(kind) if typing.get_origin(a) is Literal]
+    if words:  # `Annotated[int, Ge(1), ...] | Literal["auto"]`: the number's range, then the words
+        number = next(a for a in typing.get_args(kind) if typing.get_origin(a) is not Literal)
+        inner, inner_rules = (typing.get_args(number)[0], number.__metadata__) \
+            if typing.get_origin(number) is Annotated else (number, ())
+        return _range(inner, inner_rules) + "".join(f", or {w}" for w in words)
+    return _range(kind, rules)
+
+
+def _range(kind: Any, rules: tuple[Any, ...]) -> str:
     low = high = None
     above = False
-    for rule in field.metadata:
+    for rule in rules:
         if getattr(rule, "ge", None) is not None:
             low = rule.ge
         elif getattr(rule, "gt", None) is not None:
             low, above = rule.gt, True
         elif getattr(rule, "le", None) is not None:
             high = rule.le
-    whole = int in (field.annotation, *getattr(field.annotation, "__args__", ()))
-    kind = "a whole number" if whole else "a number"
+    whole = int in (kind, *typing.get_args(kind))
+    number = "a whole number" if whole else "a number"
     if low is None and high is None:
-        return kind
+        return number
     if above:
-        return f"{kind} greater than {_num(low)}" + (f" and at most {_num(high)}" if high is not None else "")
+        return f"{number} greater than {_num(low)}" + (f" and at most {_num(high)}" if high is not None else "")
     if high is None:
-        return f"{kind} of at least {_num(low)}"
-    return f"{kind} from {_num(low)} to {_num(high)}"
+        return f"{number} of at least {_num(low)}"
+    return f"{number} from {_num(low)} to {_num(high)}"
+
+
+def describe(name: str) -> str:
+    """A setting's description (its `Doc`), or ""."""
+    return next((str(r) for r in Config.settings()[name][1] if isinstance(r, Doc)), "")
 
 
 def _num(x: float) -> str:
@@ -318,17 +420,50 @@ def load_config(home: Path, config_file: str | os.PathLike[str] | None = None) -
                            f"{exc.start})") from None
     except RecursionError:  # tomllib recurses once per level of nesting
         raise LlmunixError(f"{path}: nested too deeply to be a configuration") from None
+    import pydantic
+
     try:
         return Config.model_validate(data)
     except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            section = LlmConfig if len(err["loc"]) > 1 and err["loc"][0] == "llm" else Config
-            if len(err["loc"]) > 2 and err["loc"][0] == "tools":
-                section = ToolSettings
-            known = ", ".join(section.model_fields)
-            raise LlmunixError(f"{path}: unknown setting {key!r}; known settings: {known}") from None
-        if len(err["loc"]) == 1 and key in Config.model_fields and Config.model_fields[key].metadata:
-            raise LlmunixError(f"{path}: setting {key!r} must be {allowed_values(key)}") from None
-        raise LlmunixError(f"{path}: setting {key!r}: {err['msg']}") from None
+        raise LlmunixError(f"{path}: {_explain(exc.errors()[0])}") from None
+
+
+def _explain(err: Any) -> str:
+    """pydantic's first error about a config file, as one line naming the setting."""
+    loc = [str(part) for part in err["loc"]]
+    section: type[_Settings] = Config
+    names: list[str] = []
+    i = 0
+    while i < len(loc):
+        fields = section.settings()
+        names.append(loc[i])
+        if loc[i] not in fields:
+            break  # an unknown key of this table
+        kind = fields[loc[i]][0]
+        tables = [a for a in typing.get_args(kind) if _is_table(a)]
+        if tables and type(None) in typing.get_args(kind):  # an optional table ([dask_adapt])
+            kind = tables[0]
+        if typing.get_origin(kind) is dict and _is_table(typing.get_args(kind)[1]):
+            if i + 1 < len(loc):  # a named entry: [tools.NAME], [llm.endpoints."URL|MODEL"]
+                names.append(loc[i + 1])
+                i += 1
+            section = typing.get_args(kind)[1]
+        elif _is_table(kind):
+            section = kind
+        else:
+            break  # a value (what follows names the union member pydantic tried)
+        i += 1
+    key = ".".join(names)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"unknown setting {key!r}; known settings: {', '.join(section.settings())}"
+    if err["type"] == "value_error" and message.startswith("setting '"):
+        # a check of a value that needs parsing names its setting; this says in which table
+        return message.replace("setting '", f"setting '{key}.", 1) if key else message
+    if len(names) == 1 and key in Config.settings() and allowed_values(key) not in ("a number", "a whole number"):
+        return f"setting {key!r} must be {allowed_values(key)}"
+    return f"setting {key!r}: {message}"
+
+
+def _is_table(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, _Settings)

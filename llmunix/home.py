@@ -13,7 +13,8 @@ fix it (`chmod go-w PATH`).
 Ownership. The owner holds an exclusive `flock` on `<home>/lock` (and writes its PID there for
 people to read). The kernel releases the lock when it dies, however it dies, so a crash never
 leaves a stale lock behind. A second llmunix on the same home opens it read-only instead: it can
-list processes, events, logs and the audit trail, but not start or steer processes.
+list processes, events, logs and the audit trail, but not start or steer processes. A standby
+(`llmunix --standby`) waits for the lock and becomes the owner when it is free (`HomeLock`).
 """
 
 from __future__ import annotations
@@ -153,21 +154,74 @@ class HomeInUse(LlmunixError):
 
 
 class HomeLock:
+    """The owner's `flock` on `<home>/lock`.
+
+    Handing it over (hot standby, docs/durable.md): a standby shell that has waited for the lock
+    and got it replaces itself with the owner's program (`os.execv`); `hand_over()` lets the
+    locked descriptor survive that exec and names it in the environment, and the next
+    `acquire()` in the new program adopts it, so that the lock is never free in between (another
+    standby cannot slip in). The variable is removed at once and the descriptor made
+    close-on-exec again: no process llmunix starts later inherits the lock."""
+
+    ENV = "LLMUNIX_HOME_LOCK_FD"
+
     def __init__(self, home: Path) -> None:
         self.path = home / "lock"
         self._fd: int | None = None
+        self.previous = ""
 
-    def acquire(self) -> None:
-        """Take the lock or raise HomeInUse naming the owner."""
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock (with `wait`, block until it is free) or raise HomeInUse naming the owner."""
+        if self._adopt():
+            return
         fd = create_private_file(self.path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise HomeInUse(self.path.parent, self.owner()) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._own(fd)
+
+    def _own(self, fd: int) -> None:
+        self.previous = self.owner()  # who held it last (a standby says whom it took over from)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+
+    def _adopt(self) -> bool:
+        """Take over a lock handed over to this program for this home (see the class docstring)."""
+        text = os.environ.get(self.ENV)
+        if not text:
+            return False
+        try:
+            fd = int(text)
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except (ValueError, OSError):
+            return False
+        if not same:
+            return False  # handed over for another home: not ours to take
+        del os.environ[self.ENV]
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours: the same open file
+        except OSError:
+            return False
+        os.set_inheritable(fd, False)
+        self._own(fd)
+        return True
+
+    def hand_over(self) -> None:
+        """Let the held lock survive an exec of this process (see the class docstring)."""
+        if self._fd is None:
+            raise LlmunixError("no home lock is held to hand over")
+        os.set_inheritable(self._fd, True)
+        os.environ[self.ENV] = str(self._fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def owner(self) -> str:
         try:

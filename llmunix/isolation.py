@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copyreg
+import importlib
 import inspect
 import io
 import logging
@@ -957,6 +958,12 @@ def _prepare(init: Mapping[str, Any]) -> str:
         import llmunix.kernel  # noqa: F401 - what tools import anyway
         import llmunix.tools.builtin  # noqa: F401
         from llmunix.config import Config, activate
+
+        # What the kernel imports only when first used (start-up laziness): here, before the
+        # fork, so each worker shares it instead of importing its own copy (its own pages).
+        for name in ("psutil", "hashlib", "llmunix.ipc.messages", "llmunix.relayed", "llmunix.tools.loader",
+                     "pydantic"):
+            dir(importlib.import_module(name))  # (dir() runs a lazily bound module's code)
 
         if init.get("config") is not None:
             activate(Config.model_validate(init["config"]))

@@ -33,10 +33,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmunix.autoscale import AUTO, AutoInfo, Autoscaler, AutoSettings
 from llmunix.backends import Backend, ClusterInfo, make_backend
+from llmunix.backends.placement import Placement
 from llmunix.cache import CachePolicy, StepCache
 from llmunix.durable import DEFAULT_RETENTION_COUNT, DEFAULT_RETENTION_DAYS, DurableState, WaitWatch
 from llmunix.home import HomeInUse, HomeLock, make_private_dir, prepare_home
@@ -63,6 +66,7 @@ from llmunix.observe.queries import BusInfo, EventLog
 from llmunix.pool import LimitInfo, MemoryPressure, ResourcePool
 from llmunix.process import ProcessContext
 from llmunix.reaper import ChildRecord, Reaped
+from llmunix.resilience.health import OK, HealthCheck, HealthReport
 from llmunix.resilience.restart import RestartPolicy, policy_data
 from llmunix.resilience.service import Resilience
 from llmunix.retry import RetryPolicy
@@ -80,7 +84,7 @@ if TYPE_CHECKING:
     from llmunix.observe.debugger import Breakpoint, DebugStatus, Inspected, Modification, TraceLog
     from llmunix.observe.stats import ToolStats
     from llmunix.resilience.breakers import BreakerInfo
-    from llmunix.resilience.health import HealthReport
+    from llmunix.tools.loader import ReloadReport
     from llmunix.workflows.service import RetryStarted, SpecInfo, WorkflowService
     from llmunix.workflows.spec import WorkflowSpec
     from llmunix.workflows.status import WorkflowStatus
@@ -96,7 +100,8 @@ class Kernel:
         self,
         home: str | Path | None = None,
         *,
-        max_running: int = DEFAULT_MAX_RUNNING,
+        max_running: int | str = DEFAULT_MAX_RUNNING,
+        max_running_auto: AutoSettings | None = None,
         max_threads: int | None = None,
         time_slice: float = 0.5,
         aging_interval: float = 5.0,
@@ -125,7 +130,14 @@ class Kernel:
     ) -> None:
         if not kill_grace >= 0 or kill_grace == float("inf"):
             raise LlmunixError(f"kill_grace must be a finite number of seconds >= 0, not {kill_grace!r}")
-        self.scheduler = Scheduler(max_running=max_running, time_slice=time_slice, aging_interval=aging_interval,
+        auto = max_running == AUTO  # slots follow the machine (autoscale.py), from the default
+        if auto and not monitor:
+            raise LlmunixError('max_running = "auto" follows the monitor\'s samples; it needs the monitor on')
+        if not auto and not (isinstance(max_running, int) and max_running >= 1):
+            raise LlmunixError(f"max_running must be a whole number of at least 1, or auto, not {max_running!r}")
+        auto_settings = max_running_auto or AutoSettings()
+        slots = DEFAULT_MAX_RUNNING if auto else int(max_running)  # (auto: enable() puts it within its bounds)
+        self.scheduler = Scheduler(max_running=slots, time_slice=time_slice, aging_interval=aging_interval,
                                    pool=pool, limits=limits, memory_pressure_mb=memory_pressure_mb,
                                    available_memory=available_memory,
                                    pause_idle_under_pressure=pause_idle_under_pressure, policy=scheduling)
@@ -162,7 +174,8 @@ class Kernel:
                 self.interrupted_at_start = self.store.interrupted_at_start
         pids = None if self.read_only else PidAllocator(self.home, floor=_highest_pid(self.store) + 1)
         self.table = ProcessTable(scheduler=self.scheduler, bus=self.bus, owner=self.owner, kill_grace=kill_grace,
-                                  max_threads=max_threads or max(64, 4 * max_running), pids=pids)
+                                  max_threads=max_threads or max(64, 4 * (auto_settings.ceiling if auto else slots)),
+                                  pids=pids)
         self.table.context = self._context
         # Nothing left behind (reaper.py): what an earlier llmunix on this home left running is
         # reaped now (the home's lock says it has gone); what this one starts is recorded.
@@ -198,7 +211,11 @@ class Kernel:
                 "groups": [{"pgid": r.pgid, "what": r.label, "processes": r.processes} for r in self.reaped]})
         self.backend.bind(self)
         self.table.remote = self.backend if self.backend.distributed else None
+        self.placement = Placement(self.table, self.backend)  # where bodies run; migrate
+        self.table.register(self.placement)
+        self.table.placement = self.placement.runs_remote
         self.monitor: Monitor | None = None
+        self.autoscaler = Autoscaler(self.table, auto_settings, reading=self._latest_system)
         if monitor:
             from llmunix.monitor import Monitor
 
@@ -207,12 +224,16 @@ class Kernel:
             self.monitor.add_listener(self.table.check_pressure)  # memory pressure; token buckets refill
             self.monitor.add_listener(self.isolation.check_limits)  # --memory, --cpu-time
             self.monitor.add_listener(self._tend_children)  # groups that ended; orphans' exit statuses
+            self.monitor.add_listener(self.autoscaler.tick)  # max_running = "auto"
             self.resilience.monitoring = True
             self.monitor.start()
+        if auto:
+            self.autoscaler.enable(True)
         self._workflows: WorkflowService | None = None
         self._hedging: Hedging | None = None
         self._agents: AgentService | None = None
-        self._agents_lock = threading.Lock()
+        self._agents_factory: Callable[[], AgentService] | None = None
+        self._agents_lock = threading.RLock()  # (re-entered: making the agent service may read other components)
         # What a stored workflow's checkpoints make (`ps -l` of an earlier session's run), without
         # importing the workflow machinery (networkx, YAML) until a workflow is looked at.
         self.durable.fold_checkpoints("workflow", _fold_workflow)
@@ -226,6 +247,10 @@ class Kernel:
     def _tend_children(self) -> None:
         self.children.prune()
         self.children.reap_orphans()
+
+    def _latest_system(self) -> SystemSample | None:
+        system = self.monitor.system if self.monitor is not None else None
+        return system[-1] if system else None
 
     def __enter__(self) -> Kernel:
         return self
@@ -260,6 +285,10 @@ class Kernel:
         """The agent service (definitions, memory, runs), made with the active configuration the
         first time (llmunix.agents.attach makes it with a given one)."""
         with self._agents_lock:
+            factory = self._agents_factory
+        if factory is not None and self._agents is None:
+            return factory()
+        with self._agents_lock:
             if self._agents is None:
                 from llmunix.agents.service import AgentService
 
@@ -269,6 +298,20 @@ class Kernel:
     def attach_agents(self, service: AgentService) -> None:
         with self._agents_lock:
             self._agents = service
+
+    def attach_agents_later(self, make: Callable[[], AgentService]) -> None:
+        """Make the agent service with `make()` when it is first needed: the first use of
+        `agents`, or the first tool looked up or listed (its markdown tools register then). A
+        one-shot `llmunix -c ps` never reads the definitions."""
+        def made() -> AgentService:
+            with self._agents_lock:
+                if self._agents is None:
+                    self._agents = make()
+                return self._agents
+
+        with self._agents_lock:
+            self._agents_factory = made
+        self.registry.load_later(made)
 
     def service(self, name: str) -> Any:
         """A component for built-in bodies (`ProcessContext.service`): "agents" or "workflows"."""
@@ -573,9 +616,29 @@ class Kernel:
     def max_running(self, n: int) -> None:
         self.set_max_running(n)
 
-    def set_max_running(self, n: int) -> None:
+    def set_max_running(self, n: int | str) -> None:
+        """Slots: a number, or "auto" to follow CPU and memory headroom (llmunix/autoscale.py)."""
         self._writable()
-        self.table.set_max_running(n)
+        if n == AUTO:
+            if self.monitor is None:
+                raise LlmunixError("max_running auto follows the monitor's samples; this llmunix runs without one")
+            self.autoscaler.enable(True)
+            return
+        self.autoscaler.enable(False)
+        self.table.set_max_running(n)  # type: ignore[arg-type]
+
+    @property
+    def max_running_setting(self) -> int | str:
+        """What max_running is set to: a number, or "auto" (`max_running` is the value now)."""
+        return AUTO if self.autoscaler.enabled else self.scheduler.max_running
+
+    @max_running_setting.setter
+    def max_running_setting(self, value: int | str) -> None:
+        self.set_max_running(value)
+
+    def max_running_info(self) -> AutoInfo:
+        """max_running now, whether it follows the machine, and (auto) its last decision and why."""
+        return self.autoscaler.info()
 
     @property
     def scheduling(self) -> str:
@@ -663,6 +726,17 @@ class Kernel:
         (token buckets refill with time). The monitor does this every interval."""
         self.table.check_pressure()
         return self.scheduler.pressure
+
+    def migrate(self, pid: int, to: str, *, wait: float | None = None) -> ProcessInfo:
+        """Move live process `pid`'s body to `to` ("dask" or "local"): its attempt is stopped and
+        it runs again under its PID there, from its last checkpoint (backends/placement.py).
+        With `wait` (seconds), return once it has left its old place and is queued in the new."""
+        self._writable()
+        info = self.placement.migrate(pid, to)
+        if wait is not None:
+            self.placement.wait_moved([info.pid], wait)
+            return self.info(info.pid)
+        return info
 
     def cluster(self) -> ClusterInfo:
         """Where process bodies run: the backend and, for a cluster, its workers and which
@@ -914,7 +988,29 @@ class Kernel:
         return self.resilience.set_chaos(text)
 
     def health(self) -> HealthReport:
-        return self.resilience.health()
+        """The resilience checks (resilience/health.py), and what max_running is now and why."""
+        report = self.resilience.health()
+        slots = HealthCheck("max_running", OK, self.autoscaler.info().line().split(": ", 1)[1])
+        return HealthReport((*report.checks, slots), report.degraded, report.time)
+
+    # ------------------------------------------------------------------ tools
+
+    def reload_tools(self) -> ReloadReport:
+        """Load the user's tool files and modules again (tools/loader.py): changed and new ones
+        run as new modules, a broken one is refused and keeps its old tools, deleted tools go.
+        Running processes keep the code they started with (`running_old` lists them)."""
+        from llmunix.tools.loader import reload_user_tools
+
+        report = reload_user_tools()
+        with self.table.lock:
+            old = tuple(sorted((p.pid, p.tool.name) for p in self.table.live.values()
+                               if p.tool.source != "builtin" and self.registry.find(p.tool.name) is not p.tool))
+        report = replace(report, running_old=old)
+        self.bus.publish("tools.reloaded", None, {
+            "changed": [s.label for s in report.sources if s.status != "refused"],
+            "refused": [s.label for s in report.refused], "unchanged": report.unchanged,
+            "seconds": round(report.seconds, 4)})
+        return report
 
     # ------------------------------------------------------------------ workflows
 
@@ -945,9 +1041,11 @@ class Kernel:
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0, *,
-                 interrupt: bool | None = None) -> Sequence[ProcessInfo]:
+                 interrupt: bool | None = None, hand_over_home: bool = False) -> Sequence[ProcessInfo]:
         """Stop every live process, then the threads. With a store (or `interrupt=True`) they end
         Interrupted, to be continued by `recover`; without one they end Cancelled with `reason`.
+        `hand_over_home`: keep the home's lock for an exec of this process (HomeLock.hand_over:
+        a daemon restarting in place, so that no other llmunix takes the home in between).
         Returns the snapshots of the processes it had to stop."""
         if interrupt is None:
             interrupt = self.store is not None
@@ -983,7 +1081,10 @@ class Kernel:
         if not self.read_only:
             table.pids.close()
         if self._home_lock is not None:
-            self._home_lock.release()
+            if hand_over_home:
+                self._home_lock.hand_over()
+            else:
+                self._home_lock.release()
         return infos if stopped else []
 
     # ------------------------------------------------------------------ helpers

@@ -397,6 +397,9 @@ class ProcessTable:
         self.remote: Any = None  # a distributed backend: runs bodies of remote tools (backends/)
         self.isolation: Any = None  # runs bodies in worker OS processes (isolation.py): wants(proc), run(ctx, relay)
         self.guard: Any = None  # records subprocess groups to die with llmunix (reaper.ChildRecord): adopt(pid, label)
+        # Whether a process's body goes to `remote` (backends/placement.py: `migrate` moves one);
+        # None: the tools declared remote do.
+        self.placement: Callable[[Process], bool] | None = None
         scheduler.wake_after = lambda seconds: self.timers.call_later(seconds, self._refilled)
 
     # ------------------------------------------------------------------ hooks
@@ -644,8 +647,9 @@ class ProcessTable:
         """Ask a live process to stop; it ends as `outcome`. Cooperative code stops at its next
         control point; code that never reaches one gets an asynchronous exception after the
         grace period (at once with `force`); a subprocess group gets SIGTERM, then SIGKILL."""
-        if proc.requests & REQ_KILL and not force:
-            return
+        if proc.requests & REQ_KILL and not force and not (
+                proc.kill_outcome == Outcome.INTERRUPTED and outcome is not Outcome.INTERRUPTED):
+            return  # (a kill that ends it for good supersedes a stop that would only interrupt it)
         proc.note("kill requested", reason + (" (force)" if force else ""))
         proc.kill_outcome = outcome
         if not proc.has_thread:
@@ -872,11 +876,15 @@ class ProcessTable:
             self.dispatch_locked(time.monotonic())
 
     def set_max_running(self, n: int) -> None:
+        with self.lock:
+            self.set_max_running_locked(n)
+
+    def set_max_running_locked(self, n: int) -> None:
+        """Slots from now on (fewer: running processes go on, fewer new ones start). Hold the lock."""
         if n < 1:
             raise LlmunixError("max_running must be at least 1")
-        with self.lock:
-            self.scheduler.max_running = n
-            self.dispatch_locked(time.monotonic())
+        self.scheduler.max_running = n
+        self.dispatch_locked(time.monotonic())
 
     # ------------------------------------------------------------------ finish
 
@@ -983,10 +991,11 @@ class ProcessTable:
         """Run a process's body again, under its PID, after `delay` seconds (a retry or restart):
         the attempt that just ended leaves its slot and its thread, and nothing of it stays
         (subprocess, pending requests, kill state); the `on_attempt_end` hooks run; the process
-        waits (phase waiting, `detail` shown) and is queued when the delay is over. Hold the lock."""
+        waits (phase waiting, `detail` shown) and is queued when the delay is over; a paused one
+        stays paused (resuming it queues it). Hold the lock."""
         now = time.monotonic()
         self._off_slot(proc, now)
-        if proc.phase is Phase.RUNNING:
+        if proc.phase in (Phase.RUNNING, Phase.PREEMPTED):  # (preempted: stopped while waiting to go on)
             self.move(proc, Phase.WAITING)
         if proc.subprocess is not None and proc.subprocess.poll() is None:
             signal_group(proc.subprocess, signal.SIGKILL)
@@ -1412,7 +1421,8 @@ class ProcessTable:
                     ctx = self.context(proc)
                     for hook in self._hooks["before_body"]:
                         hook(proc, ctx)  # resilience: circuit breakers, fallback tools, chaos faults
-                    if self.remote is not None and proc.tool.remote:
+                    if self.remote is not None and (proc.tool.remote if self.placement is None
+                                                    else self.placement(proc)):
                         output = self.remote.run(ctx, Relay(self, proc))  # a proxy for a body on a cluster
                     elif self.isolation is not None and self.isolation.wants(proc):
                         output = self.isolation.run(ctx, Relay(self, proc))  # a proxy for a worker OS process

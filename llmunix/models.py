@@ -104,7 +104,7 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.READY: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.WAITING, Phase.DONE}),  # WAITING: made with deps pending
     Phase.RUNNING: frozenset({Phase.PAUSED, Phase.PREEMPTED, Phase.WAITING, Phase.DONE}),
     Phase.PAUSED: frozenset({Phase.READY, Phase.WAITING, Phase.PREEMPTED, Phase.DONE}),
-    Phase.PREEMPTED: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.DONE}),
+    Phase.PREEMPTED: frozenset({Phase.RUNNING, Phase.PAUSED, Phase.WAITING, Phase.DONE}),  # WAITING: its attempt ended
     Phase.DONE: frozenset(),
 }
 

@@ -23,11 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import psutil
-
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, Phase
+
+psutil = lazy_module("psutil")  # imported on first use (a one-shot `-c ps` starts faster)
 
 if TYPE_CHECKING:
     from llmunix.lifecycle import ProcessTable
@@ -37,6 +38,7 @@ log = logging.getLogger("llmunix.monitor")
 
 
 HISTORY = 60  # samples kept per process and for the system
+STARTUP_DELAY = 0.25  # seconds before the first measurement starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ class Monitor:
         self._thread = threading.Thread(target=self._loop, name="llmunix-monitor", daemon=True)
         self._last: dict[int, tuple[float, float]] = {}  # pid -> (wall, cpu seconds)
         self._summed: set[int] = set()  # parents shown their descendants' memory in the last round
-        self._self = psutil.Process()
+        self._self: Any = None  # this llmunix, as psutil sees it (made on the monitor's thread)
 
     def start(self) -> None:
         self._thread.start()
@@ -108,6 +110,11 @@ class Monitor:
             self._thread.join(timeout=2)
 
     def _loop(self) -> None:
+        # A one-shot command (`llmunix -c ps`) is often over in a fraction of a second: measuring
+        # starts after a short wait, so it never pays for psutil.
+        if self._stop.wait(min(self.interval, STARTUP_DELAY)):
+            return
+        self._self = psutil.Process()
         psutil.cpu_percent(None)  # the first call only starts the measurement
         self._self.cpu_percent(None)
         while not self._stop.is_set():

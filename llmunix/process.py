@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from llmunix.ipc.handles import (
         BarrierHandle,
         ConditionHandle,
+        ElectionHandle,
         MutexHandle,
         RWLockHandle,
         SemaphoreHandle,
@@ -520,6 +521,11 @@ class ProcessContext:
     def rwlock(self, name: str) -> RWLockHandle:
         """The read-write lock `name`: `with ctx.rwlock("index").read(): ...`."""
         return self._kernel.ipc.primitive(self._proc, "rwlock", name)
+
+    def elect(self, name: str, lease: float | str | None = None) -> ElectionHandle:
+        """Stand in the leader election `name` with a lease (seconds or `10s`; default 10):
+        `with ctx.elect("indexer") as e:` waits to lead; `e.is_leader` says whether it does."""
+        return self._kernel.ipc.elect(self._proc, name, lease)
 
     # ------------------------------------------------------------------ circuit breakers (resilience)
 

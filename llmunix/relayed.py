@@ -125,32 +125,48 @@ def apply_report(relay: Relay, msg: Mapping[str, Any]) -> bool:
     return True
 
 
-def tool_ref(func: Any, where: str, instead: str) -> tuple[str, str, str | None]:
-    """How the far side finds the tool's function: module, qualified name, and the module's file
-    (for tool files llmunix loaded by path, which are not importable by name). `where` and
-    `instead` word the error for a function that cannot be found from elsewhere."""
+def tool_ref(func: Any, where: str, instead: str) -> tuple[str, str, str | None, str | None]:
+    """How the far side finds the tool's function: module, qualified name, the module's file
+    (for tool files llmunix loaded by path, which are not importable by name), and the hash of
+    the code llmunix loaded (after `tools reload`, a side that has an older one loads it again).
+    `where` and `instead` word the error for a function that cannot be found from elsewhere."""
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
     if not module or not qualname or "<locals>" in qualname or module == "__main__":
         raise ToolError(f"tool function {qualname or func!r} cannot run {where}: define it at the top level "
                         f"of an importable module, or {instead}")
+    from llmunix.tools.loader import module_digest
+
     path = getattr(sys.modules.get(module), "__file__", None)
-    return module, qualname, path
+    return module, qualname, path, module_digest(sys.modules.get(module))
 
 
 def import_tool(ref: Iterable[str | None], where: str = "on worker") -> Any:
-    """The tool function named by (module, qualname, file). A module that is not importable by
-    name (a tool file llmunix loaded from a directory) is loaded from its file, if this side
-    sees the same path."""
-    module_name, qualname, path = ref
+    """The tool function named by (module, qualname, file, digest). A module that is not
+    importable by name (a tool file llmunix loaded from a directory) is loaded from its file, if
+    this side sees the same path; so is one whose code llmunix reloaded (`digest` differs from
+    what this side loaded)."""
+    from llmunix.tools.loader import load_file_as, module_digest
+
+    module_name, qualname, path, digest = (*ref, None)[:4]
     assert module_name and qualname
+    module = None
     try:
-        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+        # Always through the import system (not a bare sys.modules look-up): another body on this
+        # worker may be importing the module right now, and the import lock makes us wait for it.
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         if not path or not os.path.exists(path):
             raise ToolError(f"cannot import tool module {module_name!r} {where}: {exc}; make it importable "
                             "there (install it, or put its directory on PYTHONPATH)") from None
-        module = load_module_file(module_name, path)
+    stale = digest is not None and module_digest(module) != digest and bool(path) and os.path.exists(path or "")
+    if module is None:
+        module = load_module_file(module_name, path or "")
+    elif stale:
+        err = load_file_as(module_name, path or "")
+        if err is not None:
+            raise ToolError(f"cannot load tool file {path} {where}: {err.error}")
+        module = sys.modules[module_name]
     obj: Any = module
     try:
         for part in qualname.split("."):

@@ -12,6 +12,7 @@ import difflib
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from commands import all_command_sets
+from commands import FAMILIES, SETTINGS_FAMILIES, all_command_sets, command_set, family_of
 from commands.base import LlmunixArgumentParser, UsageError, setting_type
 from commands.cmdline import MAX_LINE, LineError, command_word, prepare_line
 from commands.ipc import redact_sensitive_message
@@ -65,7 +66,11 @@ class LlmunixShell(cmd2.Cmd):
     DEFAULT_CATEGORY = "Shell commands"  # cmd2's own: alias, history, set, quit, ...
 
     def __init__(self, kernel: Kernel, *, interactive: bool, home: Path | None = None,
-                 stdin: Any = None, stdout: Any = None, alerts: bool | None = None) -> None:
+                 stdin: Any = None, stdout: Any = None, notes: list[str] | None = None, lazy: bool = False,
+                 alerts: bool | None = None) -> None:
+        """`lazy`: register each command family when a line first uses it (one-shot runs: `-c`,
+        scripts, piped input), not all at start (commands/__init__.py, FAMILIES). `alerts`: show
+        alerts above the prompt (default: when interactive)."""
         cmd2.set_default_argument_parser(LlmunixArgumentParser)
         history = str(home / "history") if (interactive and home is not None) else ""
         super().__init__(
@@ -73,7 +78,7 @@ class LlmunixShell(cmd2.Cmd):
             stdout=stdout,
             allow_cli_args=False,
             auto_load_commands=False,
-            command_sets=all_command_sets(),
+            command_sets=[] if lazy else all_command_sets(),
             persistent_history_file=history,
             include_py=False,
             allow_clipboard=False,  # `ps >` is a missing file name, not "copy to the clipboard"
@@ -89,6 +94,10 @@ class LlmunixShell(cmd2.Cmd):
         self.prompt = PROMPT
         self.failed = False  # set by any error report; read and reset by consume_failure()
         self.location = ""  # "FILE:LINE" while a script's line runs: every error starts with it
+        self._families: set[str] = set() if lazy else set(FAMILIES)  # command families registered
+        # Lines for stderr that a component found while a command ran (a definition that did not
+        # load when the agent service was first made): printed after that command.
+        self.notes: list[str] = notes if notes is not None else []
         # `wait` with no PIDs reports the processes started here that ended since the last one
         # (their failures make it fail: a script's `run fail` then `wait` exits non-zero).
         self.wait_mark = 0
@@ -99,8 +108,9 @@ class LlmunixShell(cmd2.Cmd):
                       "`run sleep seconds=5` starts one.") if interactive else ""
         # Each number is checked against the same range as in config.toml (config.py).
         self.add_settable(cmd2.Settable("max_running", setting_type("max_running"),
-                                        "processes allowed to run at once", kernel,
-                                        onchange_cb=self._max_running_changed))
+                                        "processes allowed to run at once, or auto (follows CPU and memory; "
+                                        "`limits` says the value now and why)", kernel,
+                                        settable_attrib_name="max_running_setting"))
         self.add_settable(cmd2.Settable("kill_grace", setting_type("kill_grace", duration=True),
                                         "seconds between kill escalation steps", kernel))
         if kernel.monitor_interval is not None:
@@ -193,6 +203,31 @@ class LlmunixShell(cmd2.Cmd):
         self.perror(f"llmunix: no command {name[:40]!r}{hint} (`help` lists them)")
         return None
 
+    def load_families(self, *modules: str) -> None:
+        """Register these command families (module names; all of them if none are given) now."""
+        for module in modules or tuple(FAMILIES):
+            if module not in self._families:
+                self._families.add(module)
+                self.register_command_set(command_set(module))
+
+    def _load_families_for(self, line: str) -> None:
+        """A lazy shell registers what `line` needs: its command's family; for `help` the one it
+        asks about (all for a listing), for `set` those with settings, for anything else (an
+        unknown word: its suggestion looks at every command) all of them."""
+        if len(self._families) == len(FAMILIES):
+            return
+        word = self.command_name
+        family = family_of(word)
+        if family is not None:
+            self.load_families(family)
+        elif word == "help":
+            topic = family_of(line.split()[1]) if len(line.split()) > 1 else None
+            self.load_families(*((topic,) if topic else ()))
+        elif word == "set":
+            self.load_families(*SETTINGS_FAMILIES)
+        elif word not in self.get_all_commands():
+            self.load_families()
+
     def consume_failure(self) -> bool:
         failed, self.failed = self.failed, False
         return failed
@@ -213,12 +248,15 @@ class LlmunixShell(cmd2.Cmd):
             if not prepared:  # blank, or only a comment
                 return False
             self.command_name = command_word(prepared)
+            self._load_families_for(prepared)
             return super().onecmd_plus_hooks(prepared, **kwargs)
         finally:
             text = line.strip()[:MAX_LINE]
             if text and text != "_eof" and not text.startswith("#"):
                 self.kernel.record_command(audit_text(text), 1 if self.failed else 0)
             self.failed = self.failed or earlier
+            while self.notes:  # what a component found while this command ran (load errors)
+                print(self.notes.pop(0), file=sys.stderr)
 
     def onecmd(self, statement: Any, *, add_to_history: bool = True) -> bool:
         try:
@@ -375,9 +413,6 @@ class LlmunixShell(cmd2.Cmd):
         return self.do_quit("")
 
     do_exit = do_quit
-
-    def _max_running_changed(self, _name: str, _old: Any, new: Any) -> None:
-        self.kernel.set_max_running(new)
 
     def _loglevel_changed(self, _name: str, _old: Any, new: Any) -> None:
         set_level(new)

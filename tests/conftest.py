@@ -125,13 +125,14 @@ LLMUNIX = _checkout_executable()
 PROMPT = r"llmunix\$"
 
 
-def spawn_prompt(home: Any, *, width: int = 140, env: dict[str, str] | None = None) -> pexpect.spawn:
+def spawn_prompt(home: Any, *, width: int = 140, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> pexpect.spawn:
     """The real `llmunix` at its prompt in a pty. prompt_toolkit asks the terminal where the
     cursor is and waits for an answer; PROMPT_TOOLKIT_NO_CPR=1 stops it asking."""
     full_env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LLMUNIX_HOME": str(home), "TERM": "xterm",
                 **(env or {})}
     full_env.pop("NO_COLOR", None)
-    child = pexpect.spawn(LLMUNIX, env=full_env, encoding="utf-8", timeout=20, dimensions=(40, width))
+    child = pexpect.spawn(LLMUNIX, args or [], env=full_env, encoding="utf-8", timeout=20, dimensions=(40, width))
     child.expect(PROMPT)
     return child
 
@@ -143,6 +144,46 @@ def close_prompt(child: pexpect.spawn) -> None:
             child.expect(pexpect.EOF, timeout=10)
         except pexpect.TIMEOUT:
             child.terminate(force=True)
+
+
+class Prompt:
+    """The real `llmunix` at its prompt in a pty; `run(line)` returns what the command printed
+    (redirected to a file: the prompt's own redrawing never mixes in)."""
+
+    def __init__(self, home: Any, folder: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.child = spawn_prompt(home, env=env, args=args)
+        self.folder = folder
+        self.n = 0
+
+    def run(self, line: str) -> str:
+        self.n += 1
+        out, done = self.folder / f"{self.n}.out", self.folder / f"{self.n}.done"
+        self.child.sendline(f"{line} > {out}")
+        self.child.sendline(f"help > {done}")  # commands run in order: once this exists, `out` is complete
+        _wait_until(done.exists, message=f"{line!r} to finish")
+        _drain(self.child)
+        return out.read_text()
+
+    def poll(self, line: str, predicate: Callable[[str], Any], timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(line)
+            if predicate(out):
+                return out
+            if time.monotonic() > deadline:
+                pytest.fail(f"{line!r} never showed what was expected; last: {out!r}")
+
+    def close(self) -> None:
+        close_prompt(self.child)
+
+
+def _drain(child: pexpect.spawn) -> None:
+    while True:
+        try:
+            child.read_nonblocking(65536, timeout=0.05)
+        except pexpect.TIMEOUT:
+            return
 
 
 class Session:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -369,3 +370,161 @@ def test_a_workflow_step_retries_after_losing_its_worker(cluster, dk, tmp_path):
     info = dk.wait([wf], timeout=20)[0]
     assert info.state == "Completed", info.error
     assert dk.info(step).error.startswith("worker lost: tcp://")
+
+
+# ------------------------------------------------------------------ tools reload reaches the workers
+
+
+def test_a_reloaded_remote_tool_file_runs_its_new_code_on_workers_that_had_the_old(dk, tmp_path, monkeypatch):
+    from llmunix.tools import loader
+    from llmunix.tools.registry import REGISTRY
+
+    monkeypatch.setattr(loader, "SOURCES", loader.ToolSources())
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    source = ("from llmunix import tool\n\n@tool(name='rt_version', hidden=True, remote=True)\n"
+              "def rt_version(ctx, seconds: float = 0.2) -> list:\n    import os\n    ctx.sleep(seconds)\n"
+              "    return ['VERSION', os.getpid()]\n")
+    (tools / "rt_version.py").write_text(source.replace("VERSION", "v1"))
+    try:
+        assert loader.load_user_tools([tools]) == []
+        first = dk.wait([dk.spawn("rt_version") for _ in range(4)], timeout=20)
+        assert {i.output[0] for i in first} == {"v1"}
+        (tools / "rt_version.py").write_text(source.replace("VERSION", "v2"))
+        assert dk.reload_tools().sources[0].status == "reloaded"
+        second = dk.wait([dk.spawn("rt_version") for _ in range(4)], timeout=20)
+        assert {i.output[0] for i in second} == {"v2"}, [i.error for i in second]
+        assert {i.output[1] for i in second} & {i.output[1] for i in first}  # a worker that had loaded v1
+    finally:
+        REGISTRY.remove("rt_version", REGISTRY.find("rt_version").source)
+
+
+# ------------------------------------------------------------------ migrate
+
+
+def ticks(k: Kernel, pid: int) -> list[int]:
+    return [s["tick"] for _v, s in k.checkpoints(pid)]
+
+
+def test_migrate_brings_a_remote_process_here_and_back_from_its_last_checkpoint(dk):
+    pid = dk.spawn("sleep", seconds=3)  # built-in, remote=True, checkpoints each tick
+    wait_for(lambda: dk.info(pid).worker and len(ticks(dk, pid)) >= 3, message="ticks on a worker")
+    info = dk.migrate(pid, "local", wait=10)
+    assert info.worker is None and info.phase in ("waiting", "ready", "running")
+    wait_for(lambda: dk.info(pid).detail == "running", message="the body to run here")
+    assert dk.info(pid).worker is None and pid not in {p for w in dk.cluster().workers for p in w.pids}
+    before = len(ticks(dk, pid))
+    wait_for(lambda: len(ticks(dk, pid)) > before + 2, message="ticks here")
+    dk.migrate(pid, "dask", wait=10)
+    wait_for(lambda: dk.info(pid).worker, message="the body to run on a worker again")
+    info = dk.wait([pid], timeout=20)[0]
+    assert info.state == "Completed" and info.pid == pid
+    seen = ticks(dk, pid)
+    assert seen == sorted(seen) and seen.count(1) == 1  # each move went on from its last checkpoint
+    moves = [h.details for h in info.history if h.event == "migrated"]
+    assert [m.split(",")[0] for m in moves] == ["dask -> local", "local -> dask"]
+    dk.flush()
+    migrated = dk.events(pid, types="process.migrated")
+    assert [(e.data["came_from"], e.data["to"]) for e in migrated] == [("dask", "local"), ("local", "dask")]
+    assert all(e.data["checkpoint"] >= 3 for e in migrated)
+
+
+def test_a_paused_process_moves_and_stays_paused_until_resumed(dk):
+    pid = dk.spawn("sleep", seconds=30)
+    wait_for(lambda: dk.info(pid).worker and ticks(dk, pid), message="a checkpoint on a worker")
+    dk.pause(pid)
+    wait_phase(dk, pid, "paused")
+    info = dk.migrate(pid, "local", wait=10)
+    assert info.phase == "paused" and info.detail == "migrated to local; paused (resume runs it there)"
+    dk.resume(pid)
+    wait_for(lambda: dk.info(pid).detail == "running", message="it to run here after resume")
+    assert dk.info(pid).worker is None
+    dk.kill(pid)
+    assert dk.wait([pid], timeout=10)[0].state == "Cancelled"
+
+
+def test_a_queued_process_changes_place_before_it_starts(dk, tmp_path):
+    dk.max_running = 1
+    flag = tmp_path / "go"
+    busy = dk.spawn("rt_gate", path=str(flag))
+    wait_for(lambda: dk.info(busy).worker, message="the first to run")
+    queued = dk.spawn("sleep", seconds=0.2)
+    info = dk.migrate(queued, "local")
+    assert info.phase == "ready" and [h.details for h in info.history if h.event == "migrated"] == [
+        "dask -> local (before it started)"]
+    flag.touch()
+    assert [i.state for i in dk.wait([busy, queued], timeout=20)] == ["Completed", "Completed"]
+    assert dk.info(queued).worker is None  # it ran here
+
+
+def test_migrate_refuses_what_cannot_move_in_one_line(dk, tmp_path):
+    # (a cooperative local tool: a killed `spin` is interrupted by an asynchronous exception, after
+    # which the debugger's stepping tests hang in this pytest process — also on main; reported)
+    local = dk.spawn("lead", params={"name": "refuse", "seconds": 30})
+    remote = dk.spawn("rt_count", path=str(tmp_path / "count"))  # no checkpoints, not idempotent
+    wait_for(lambda: dk.info(remote).worker, message="the body to run on a worker")
+    with pytest.raises(LlmunixError, match=r"^cannot migrate 001 lead to dask: tool 'lead' is not declared remote="):
+        dk.migrate(local, "dask")
+    with pytest.raises(LlmunixError, match=r"^process 001 lead already runs here$"):
+        dk.migrate(local, "local")
+    with pytest.raises(LlmunixError, match=r"^cannot migrate 002 rt_count: it has made no checkpoint to go on from"):
+        dk.migrate(remote, "local")
+    for pid in (local, remote):
+        dk.kill(pid)
+    dk.wait([local, remote], timeout=10)
+    with pytest.raises(LlmunixError, match="it has already finished"):
+        dk.migrate(local, "local")
+
+
+def test_a_kill_while_a_process_is_moving_wins(dk):
+    pid = dk.spawn("sleep", seconds=30)
+    wait_for(lambda: dk.info(pid).worker and ticks(dk, pid), message="a checkpoint on a worker")
+    dk.migrate(pid, "local")
+    dk.kill(pid)
+    info = dk.wait([pid], timeout=10)[0]
+    assert info.state == "Cancelled" and info.error == "killed by user"
+
+
+def test_e2e_migrate_through_the_executable(cluster, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [LLMUNIX, "--home", str(tmp_path / "home"), "--scheduler", cluster.scheduler_address,
+         "-c", "run sleep seconds=3 --name crawl", "-c", "wait 1 --timeout 0.5s",
+         "-k", "-c", "migrate 1 --to local --wait", "-c", "ps -l 1", "-c", "migrate 1 --to dask --wait --json",
+         "-c", "wait", "-c", "events --type 'process.migrat*'", "-c", "migrate 1 --to local"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert r.stderr.splitlines() == ["wait: timed out after 0.5s; still running: 001 (running)",
+                                     "migrate: cannot migrate process 001: it has already finished (Completed)"]
+    out = r.stdout
+    assert re.search(r"^migrated 001 crawl to local \(from checkpoint \d+\)$", out, re.M)
+    card = out.split("Process 001 - crawl", 1)[1].split("\n[", 1)[0]
+    assert "Worker:" not in card and "migrated: dask -> local, from checkpoint " in card
+    record = json.loads(out[out.index("[\n"):out.index("\n]") + 2])[0]
+    assert record["ok"] and record["result"].startswith("migrated 001 crawl to dask (from checkpoint ")
+    assert "[001] crawl completed" in out
+    events = [line for line in out.splitlines() if " process.migrat" in line]
+    assert [e.split()[2] for e in events] == ["process.migrating", "process.migrated"] * 2
+
+
+# ------------------------------------------------------------------ adaptive scaling of a local cluster
+
+
+def test_an_adaptive_local_cluster_grows_with_work_and_shrinks_when_idle(tmp_path):
+    backend = DaskBackend(adapt=(1, 2))
+    with Kernel(tmp_path / "home", monitor=False, kill_grace=0.3, backend=backend) as k:
+        assert len(k.cluster().workers) == 1 and k.cluster().note == "adaptive: 1 to 2 workers (dask_adapt)"
+        pids = [k.spawn("sleep", seconds=3) for _ in range(6)]  # 18 s of work for one worker thread
+        wait_for(lambda: len(k.cluster().workers) == 2, timeout=40, message="a second worker")
+        assert all(i.state == "Completed" for i in k.wait(pids, timeout=60))
+        wait_for(lambda: len(k.cluster().workers) == 1, timeout=60, message="back to one idle worker")
+
+
+def test_dask_adapt_is_refused_for_a_cluster_llmunix_did_not_start(cluster, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'backend = "dask"\ndask_scheduler = "{cluster.scheduler_address}"\n'
+                                      "[dask_adapt]\nminimum = 1\nmaximum = 4\n")
+    r = subprocess.run([LLMUNIX, "--home", str(home), "-c", "ps"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and r.stderr.startswith("llmunix: dask_adapt scales the local cluster llmunix starts;")
+    assert len(r.stderr.splitlines()) == 1

@@ -11,7 +11,7 @@ import pytest
 from conftest import Session, wait_phase
 
 from commands import views
-from llmunix.models import ProcessInfo, format_duration
+from llmunix.models import ProcessInfo, format_duration, format_memory
 
 
 def reference_plain(infos: Sequence[ProcessInfo]) -> str:
@@ -22,7 +22,7 @@ def reference_plain(infos: Sequence[ProcessInfo]) -> str:
         progress = (f"{p.percentage:.0f}%" if p.percentage is not None
                     else f"step {p.current_step}" if p.current_step else "-")
         rows.append((i.process_id, views.plain_word(i.name), i.display_state, i.priority.label,
-                     format_duration(i.runtime), views.fmt_memory(i.resources.memory_mb),
+                     format_duration(i.runtime), format_memory(i.resources.memory_mb),
                      views.fmt_cpu(i.resources.cpu_percent), progress))
     widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"

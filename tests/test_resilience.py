@@ -425,7 +425,7 @@ def test_health_reports_each_check(kernel):
     report = kernel.health()
     names = [c.name for c in report.checks]
     assert names == ["store", "disk space", "memory", "breakers", "stalled processes", "unkillable threads",
-                     "worker threads"]
+                     "worker threads", "max_running"]
     checks = {c.name: c for c in report.checks}
     assert checks["store"].status == "ok" and checks["store"].detail.endswith("writable")
     assert checks["stalled processes"].status == "skip"  # no monitor in this fixture

@@ -99,7 +99,8 @@ def test_health_prints_checks_and_fails_when_unhealthy(sh):
     report = json.loads(sh.ok("health --json"))
     assert report["status"] == "healthy"
     assert [c["name"] for c in report["checks"]] == ["store", "disk space", "memory", "breakers",
-                                                      "stalled processes", "unkillable threads", "worker threads"]
+                                                      "stalled processes", "unkillable threads", "worker threads",
+                                                      "max_running"]
     sh.kernel.health_min_disk_mb = 1e12
     assert sh.bad("health") == "health: unhealthy: disk space"
 

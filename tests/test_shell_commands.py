@@ -204,3 +204,33 @@ def test_log_shows_a_shell_tools_output(sh):
     assert sh.ok("log 1").splitlines() == ["one", "two", "three"]
     assert sh.ok("log 1 --tail 1").splitlines() == ["three"]
     assert "no process 009" in sh.bad("log 9")
+
+
+def test_the_family_table_names_every_command_of_every_family():
+    # A lazy (one-shot) shell finds a command's family in this table without importing it.
+    import inspect
+
+    from commands import FAMILIES, command_set
+
+    for module, (cls_name, names) in FAMILIES.items():
+        cs = command_set(module)
+        assert type(cs).__name__ == cls_name
+        defined = tuple(sorted(n[3:] for n, _ in inspect.getmembers(type(cs)) if n.startswith("do_")))
+        assert defined == tuple(sorted(names)), module
+
+
+def test_a_one_shot_ps_imports_only_what_it_needs(tmp_path):
+    # Start-up budget (issue 15): `llmunix -c ps` registers the ps family only, reads no agent
+    # definitions and does not import pydantic (no config.toml to check).
+    import subprocess
+    import sys
+
+    code = ("import io, contextlib, sys\nfrom llmunix import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    status = cli.main(['--home', {str(tmp_path)!r}, '-c', 'ps'])\n"
+            "heavy = sorted(m for m in sys.modules if m in ('pydantic', 'networkx', 'yaml', 'cryptography')\n"
+            "               or m.startswith(('llmunix.agents.', 'llmunix.workflows.', 'commands.agents',\n"
+            "                                'commands.workflow', 'commands.debug')))\n"
+            "print(status, heavy)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "0 []", r.stdout + r.stderr

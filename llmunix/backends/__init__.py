@@ -121,9 +121,10 @@ class ThreadBackend:
 
 
 def make_backend(backend: Backend | str | None = None, *, scheduler: str | None = None,
-                 timeout: float = 5.0) -> Backend:
+                 timeout: float = 5.0, adapt: tuple[int, int] | None = None) -> Backend:
     """A backend from a name (`threads`, `dask`) or an instance. `dask` connects to `scheduler`
-    (`tcp://host:8786`); without one it starts a local cluster of worker processes."""
+    (`tcp://host:8786`); without one it starts a local cluster of worker processes, adaptive
+    between `adapt` = (minimum, maximum) workers if given."""
     if backend is None or backend == "threads":
         if scheduler:
             raise LlmunixError("a scheduler address only applies to the dask backend (--backend dask)")
@@ -136,7 +137,7 @@ def make_backend(backend: Backend | str | None = None, *, scheduler: str | None 
         except ImportError as exc:
             raise LlmunixError(f"the dask backend needs Dask distributed ({exc}); "
                                'install it with: pip install "llmunix[dask]"') from None
-        return DaskBackend(scheduler, timeout=timeout)
+        return DaskBackend(scheduler, timeout=timeout, adapt=adapt)
     if not isinstance(backend, Backend):
         raise LlmunixError(f"not a backend: {backend!r}")
     return backend

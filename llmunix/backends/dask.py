@@ -121,17 +121,26 @@ class DaskBackend:
     distributed = True
 
     def __init__(self, scheduler: str | None = None, *, client: Client | None = None, timeout: float = 5.0,
-                 n_workers: int | None = None) -> None:
+                 n_workers: int | None = None, adapt: tuple[int, int] | None = None) -> None:
         self._cluster: Any = None
         self._own_client = client is None
+        self.adapt = adapt
+        if adapt is not None and (scheduler or client is not None):
+            raise LlmunixError("dask_adapt scales the local cluster llmunix starts; a cluster at a scheduler of "
+                               "its own scales where it is managed (e.g. cluster.adapt() in dask-kubernetes or "
+                               "dask-jobqueue, see docs/cluster.md): remove dask_adapt or dask_scheduler")
         try:
             if client is not None:
                 self.client = client
             elif scheduler:
                 self.client = Client(scheduler, timeout=timeout, set_as_default=False)
             else:
-                self._cluster = distributed.LocalCluster(processes=True, n_workers=n_workers,
-                                                         dashboard_address=":0", silence_logs=logging.CRITICAL)
+                self._cluster = distributed.LocalCluster(
+                    processes=True, n_workers=adapt[0] if adapt is not None else n_workers,
+                    dashboard_address=":0", silence_logs=logging.CRITICAL)
+                if adapt is not None:
+                    # Dask's own adaptive scaling: workers follow the tasks waiting on the cluster.
+                    self._cluster.adapt(minimum=adapt[0], maximum=adapt[1])
                 self.client = Client(self._cluster, set_as_default=False)
         except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address...
             raise LlmunixError(f"cannot reach the Dask scheduler at {scheduler}: {_first_line(exc)} "
@@ -154,9 +163,9 @@ class DaskBackend:
 
     def bind(self, kernel: Host) -> None:
         self._kernel = kernel
-        kernel.table.snapshot_field("worker", self._worker_of)
+        kernel.table.snapshot_field("worker", self.worker_of)
 
-    def _worker_of(self, proc: Any) -> str | None:
+    def worker_of(self, proc: Any) -> str | None:
         """The worker a process's body runs (or ran) on: a field of its snapshot."""
         return self._workers.get(proc.pid)
 
@@ -438,7 +447,8 @@ class DaskBackend:
                 resources=dict(w.get("resources") or {}),
                 pids=tuple(sorted(r.pid for r in runs if r.worker == address))))
         waiting = tuple(sorted(r.pid for r in runs if r.worker is None))
-        return ClusterInfo("dask", self.address, tuple(workers), waiting)
+        note = f"adaptive: {self.adapt[0]} to {self.adapt[1]} workers (dask_adapt)" if self.adapt else ""
+        return ClusterInfo("dask", self.address, tuple(workers), waiting, note)
 
     def close(self) -> None:
         if self._closed:

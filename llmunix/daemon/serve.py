@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--restart", action="store_true",
                       help="stop it and start it again, recovering what it interrupted (starts one if none runs)")
     what.add_argument("--print-unit", action="store_true", help="print a systemd user unit for this home")
+    p.add_argument("--standby", action="store_true",
+                   help="while another llmunix (a shell, a script, a daemon) owns the home, wait for it to stop, "
+                        "then become the daemon and recover what it left")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # (serve -d: where the child says it is ready)
     return p
 
@@ -105,18 +108,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         home = resolve_home(args.home)
         config = load_config(home, args.config)
         if args.max_running is not None:
-            check_setting("max_running", args.max_running)
+            args.max_running = check_setting("max_running", args.max_running)
     except LlmunixError as exc:
         ready.fail(str(exc))
         return 2
-    busy = _owner(home)
-    if busy:
-        ready.fail(busy)
-        return 2
+    from llmunix.home import HomeLock
+
+    if HomeLock.ENV not in os.environ:  # (else restarting in place: the lock was handed over to us)
+        busy = _owner(home)
+        if busy and not args.standby:
+            ready.fail(busy)
+            return 2
+        if busy:
+            from llmunix.cli import wait_for_home
+
+            ready.waiting(f"standby: {busy}; this daemon (pid {os.getpid()}) takes over when it stops")
+            args.recover = True  # it continues what the owner it replaces left
+            if not wait_for_home(home):
+                return 130
     notify = _Notifier.from_environment()
     args.read_only = False  # a daemon owns its home or does not start
     try:
-        kernel = _quiet_start(start_engine, args, home, config, ready)
+        kernel, _ = _quiet_start(start_engine, args, home, config, ready)
     except StartFailed as exc:
         return exc.status
     from llmunix.daemon.server import Daemon
@@ -152,7 +165,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         notify.send("RELOADING=1" if restarting else "STOPPING=1")
         daemon.stop("the daemon is restarting; attach again in a moment" if restarting
                     else "the daemon stopped (llmunix serve --stop)")
-        kernel.shutdown(reason="daemon stopped")
+        kernel.shutdown(reason="daemon stopped", hand_over_home=restarting)
         tighten_home(home)
     if status == 0 and stop_reason[:1] == ["restart"]:
         _reexec(argv)
@@ -162,14 +175,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 def _quiet_start(start_engine: Any, args: argparse.Namespace, home: Path, config: Any, ready: _ReadyPipe) -> Any:
     """Start the engine; its one-line complaints go to the launcher of `serve -d` too."""
     if ready.fd is None:
-        return start_engine(args, home, config, warm_pool=True)
+        return start_engine(args, home, config, interactive=True)
     import io
 
     captured = io.StringIO()
     real = sys.stderr
     sys.stderr = _Tee(real, captured)
     try:
-        return start_engine(args, home, config, warm_pool=True)
+        return start_engine(args, home, config, interactive=True)
     except Exception:
         for line in captured.getvalue().splitlines():
             if line.startswith("llmunix: "):
@@ -253,6 +266,13 @@ class _ReadyPipe:
         self._line(f"error {text}")
         self._close()
 
+    def waiting(self, text: str) -> None:
+        """A standby: it waits for the home; `serve -d` has nothing more to wait for."""
+        if self.fd is None:
+            say(text)
+        self._line(f"waiting {text}")
+        self._close()
+
     def done(self, pid: int, home: Path) -> None:
         if self.fd is None:
             say(f"daemon pid {pid} serves {home}; Ctrl-C or SIGTERM stops it (its processes end Interrupted: "
@@ -333,6 +353,9 @@ def detach(home: Path, argv: list[str], extra: tuple[str, ...] = ()) -> int:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
                 raise DaemonError(text)
+            elif kind == "waiting":
+                say(text)
+                return 0
             elif kind == "ready":
                 say(f"daemon pid {text} serves {home}")
                 return 0

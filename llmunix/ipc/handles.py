@@ -16,7 +16,7 @@ from llmunix.models import LlmunixError
 if TYPE_CHECKING:
     from llmunix.ipc.service import Communication
     from llmunix.ipc.shared import SharedEntry
-    from llmunix.ipc.sync import Barrier, Condition, Primitive, RWLock
+    from llmunix.ipc.sync import Barrier, Condition, Election, Primitive, RWLock
     from llmunix.process import Process
 
 
@@ -129,6 +129,67 @@ class BarrierHandle(_Handle):
 
     @property
     def _barrier(self) -> Barrier:
+        return self._prim  # type: ignore[return-value]
+
+
+class ElectionHandle(_Handle):
+    """This process's candidacy in a leader election (`ctx.elect("indexer", lease=10)`)::
+
+        with ctx.elect("indexer") as election:   # waits (off-slot) until this process leads
+            while election.is_leader:            # False once the lead has passed on
+                ...one unit of work, with control points...
+        # leaving the block resigns: the first follower leads at once
+
+    or without waiting: `if ctx.elect("indexer").is_leader: ...`. The lease is renewed by this
+    process's control points (progress, log, checkpoint, sleep), by `is_leader` and `renew()`,
+    and by the engine while it waits off-slot; a leader that shows none of these for its lease
+    (paused, or stuck in a call) loses the lead to the first follower and follows again. Use
+    `term` as a fencing token: it grows each time a leader is chosen."""
+
+    __slots__ = ()
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this process leads (asking renews the lease)."""
+        return self._kernel.leads(self._proc, self._election)
+
+    def renew(self) -> bool:
+        """Renew the lease now; returns `is_leader`."""
+        return self._kernel.leads(self._proc, self._election)
+
+    @property
+    def leader(self) -> int | None:
+        """The PID of the leader now, or None."""
+        return self._kernel.leader_of(self._election)
+
+    @property
+    def followers(self) -> list[int]:
+        """The PIDs waiting to lead, in the order they would."""
+        return self._kernel.followers_of(self._election)
+
+    @property
+    def term(self) -> int:
+        """How many leaders this election has had (this process's term, while it leads)."""
+        return self._election.term
+
+    def wait_leader(self, timeout: float | None = None) -> bool:
+        """Wait off-slot (a control point throughout) until this process leads; False if
+        `timeout` seconds pass first. A process that had resigned stands again."""
+        return self._kernel.wait_leader(self._proc, self._election, timeout)
+
+    def resign(self) -> None:
+        """Stop standing; a leader hands the lead to the first follower at once."""
+        self._kernel.resign(self._proc, self._election)
+
+    def __enter__(self) -> ElectionHandle:
+        self.wait_leader()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.resign()
+
+    @property
+    def _election(self) -> Election:
         return self._prim  # type: ignore[return-value]
 
 

@@ -16,15 +16,34 @@ today's schema); one that fails on delivery is rejected with an `ipc.rejected` e
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from llmunix.models import LlmunixError, format_pid, iso_time
+
+if TYPE_CHECKING:
+    import pydantic
+
+# pydantic is imported when a type is registered (or a model is sent): a kernel that never sends
+# a typed message never imports it. Until then nothing can be a pydantic model.
+
+
+def _is_model(value: Any) -> bool:
+    pd = sys.modules.get("pydantic")
+    return pd is not None and isinstance(value, pd.BaseModel)
+
+
+def _is_model_class(value: Any) -> bool:
+    pd = sys.modules.get("pydantic")
+    return pd is not None and isinstance(value, type) and issubclass(value, pd.BaseModel)
+
+
+class MessageRejected(LlmunixError):
+    """A received message does not validate as its registered type (the receiver rejects it)."""
 
 
 class MessageTypes:
@@ -46,6 +65,8 @@ class MessageTypes:
         if not name or name in BUILTIN_TYPES:
             raise LlmunixError(f"bad message type name {name!r}" + (" (built in)" if name in BUILTIN_TYPES else ""))
         try:
+            import pydantic
+
             adapter = pydantic.TypeAdapter(schema)
         except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
             raise LlmunixError(f"message type {name!r}: pydantic cannot validate {schema!r}: {exc}") from None
@@ -84,7 +105,7 @@ def type_name(wanted: Any) -> str:
     name = MESSAGE_TYPES.name_of(wanted)
     if name is not None:
         return name
-    if isinstance(wanted, type) and issubclass(wanted, pydantic.BaseModel):
+    if _is_model_class(wanted):
         return MESSAGE_TYPES.register(wanted)
     if wanted is str:
         return "text"
@@ -95,7 +116,7 @@ def encode(message: Any, type: Any = None) -> tuple[str, Any]:
     """Sender side: (type name, JSON-shaped payload), validated if the type is registered."""
     if type is not None:
         name = type_name(type)
-    elif isinstance(message, pydantic.BaseModel):
+    elif _is_model(message):
         name = type_name(message.__class__)
     elif isinstance(message, str):
         name = "text"
@@ -103,12 +124,14 @@ def encode(message: Any, type: Any = None) -> tuple[str, Any]:
         name = "json"
     adapter = MESSAGE_TYPES.adapter(name)
     if adapter is not None:
+        import pydantic
+
         try:
             value = adapter.validate_python(message)
             payload = adapter.dump_python(value, mode="json")
         except pydantic.ValidationError as exc:
             raise LlmunixError(f"message is not a valid {name!r}: {_first_error(exc)}") from None
-    elif isinstance(message, pydantic.BaseModel):
+    elif _is_model(message):
         payload = message.model_dump(mode="json")
     elif name == "text" and not isinstance(message, str):
         raise LlmunixError(f"a 'text' message must be a str, not {message.__class__.__name__}")
@@ -123,11 +146,16 @@ def encode(message: Any, type: Any = None) -> tuple[str, Any]:
 
 
 def decode(name: str, payload: Any) -> Any:
-    """Receiver side: a fresh value; registered types validated (pydantic.ValidationError if not)."""
+    """Receiver side: a fresh value; registered types validated (MessageRejected if not)."""
     adapter = MESSAGE_TYPES.adapter(name)
     if adapter is None:
         return json.loads(json.dumps(payload))  # a copy: the receiver shares nothing with the sender
-    return adapter.validate_python(payload)
+    import pydantic
+
+    try:
+        return adapter.validate_python(payload)
+    except pydantic.ValidationError as exc:
+        raise MessageRejected(_first_error(exc)) from None
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:
@@ -136,8 +164,6 @@ def _first_error(exc: pydantic.ValidationError) -> str:
     return f"{where}: {err['msg']}" if where else err["msg"]
 
 
-def describe_error(exc: pydantic.ValidationError) -> str:
-    return _first_error(exc)
 
 
 class Envelope:

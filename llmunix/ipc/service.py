@@ -7,8 +7,8 @@ whatever a process held.
 State (`IpcTables`, all under the kernel lock):
 * `mailboxes[pid]` — messages waiting, in the order sent; `unacked[pid]` — persistent ones
   delivered and not acknowledged yet; `topics[pid]` — topic patterns a process listens to.
-* `prims[name]` — the named primitives; `waiting[pid]` — the one tracked wait a process is in
-  (the wait-for graph's edges come from these); `deadlocks` — those found, newest last.
+* `prims[name]` — the named primitives and elections; `waiting[pid]` — the one tracked wait a
+  process is in (the wait-for graph's edges come from these); `deadlocks` — those found, newest last.
 * `board` — the blackboard; `buffers` — the memory-mapped buffers and their users.
 * `users` — PIDs with any of the above, so a finishing process that used none costs one lookup.
 
@@ -16,6 +16,18 @@ Invariants: every wait inside a process goes through `ProcessTable.block` (off-s
 point); whoever changes what a waiter's `ready()` reads wakes it while holding the lock; when a
 process ends, `on_end` releases whatever it held (no lock outlives its holder), wakes who that lets
 go, and frees the buffers it was the last user of.
+
+Leader election (`ctx.elect(name, lease)`, an `Election` in sync.py): one leader among the
+candidates, the others follow in the order they joined. The lead passes to the first follower
+at once when the leader ends, resigns or fails an attempt (`on_end`, `on_attempt_end`), and when
+its lease expires. The lease is renewed, lazily (read whenever the lease is looked at), by the
+leader's signs of life: a control point that goes through the kernel (`ctx.progress`, `log`,
+`checkpoint`, `sleep` — `Process.last_active`, the watchdog's reading too) or a look at its own
+handle (`is_leader`, `renew`); and by the engine while the leader waits inside it (off-slot in
+a `recv`, a lock, `ctx.wait`, or for a slot): it is alive and answers pause and kill there. A
+paused leader, or one running without a control point for its lease (hung in a call), is not
+renewed. One timer per election with followers (`_lease_due`, on the table's timer thread)
+looks when the lease would end, so a takeover does not wait for anyone to ask.
 
 Delivery guarantees: in-memory messages are delivered at most once (lost if the recipient ends or
 llmunix stops first). Persistent ones are in the store before `send` returns and are delivered at
@@ -36,25 +48,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import pydantic
-
 from llmunix.ipc.bus import glob_matcher
 from llmunix.ipc.deadlock import Deadlock, find_deadlock
 from llmunix.ipc.handles import (
     BarrierHandle,
     ConditionHandle,
+    ElectionHandle,
     MutexHandle,
     RWLockHandle,
     SemaphoreHandle,
     SharedView,
 )
-from llmunix.ipc.messages import Envelope, Message, MessageInfo, decode, describe_error, encode, type_name
+from llmunix.ipc.messages import Envelope, Message, MessageInfo, MessageRejected, decode, encode, type_name
 from llmunix.ipc.persist import MessageStore
 from llmunix.ipc.shared import Blackboard, BufferInfo, BufferSpace, SharedBuffer, SharedEntry, check_name, copy_json
 from llmunix.ipc.sync import (
     Barrier,
     BrokenBarrier,
     Condition,
+    Election,
     Mutex,
     Primitive,
     PrimitiveInfo,
@@ -69,7 +81,9 @@ from llmunix.models import (
     Outcome,
     Phase,
     as_pid,
+    format_duration,
     format_pid,
+    parse_duration,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +101,8 @@ MAILBOX_LIMIT = 100_000  # messages waiting for one process before `send` refuse
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 _KINDS: dict[str, type[Primitive]] = {"mutex": Mutex, "semaphore": Semaphore, "condition": Condition,
                                       "barrier": Barrier, "rwlock": RWLock}
+DEFAULT_LEASE = 10.0  # seconds a leader leads without a sign of life
+MIN_LEASE = 0.05
 _HANDLES: dict[str, type] = {"mutex": MutexHandle, "semaphore": SemaphoreHandle, "condition": ConditionHandle,
                              "barrier": BarrierHandle, "rwlock": RWLockHandle}
 _WHAT = {"x": "", "r": " for reading", "w": " for writing"}
@@ -208,7 +224,9 @@ class Communication(Hooks):
     def locks(self) -> LocksInfo:
         """Every named primitive (holders, waiters and since when) and the deadlocks found."""
         with self.table.lock:
-            prims = tuple(p.info() for _n, p in sorted(self._ipc.prims.items()))
+            now = time.monotonic()
+            prims = tuple(self._election_info_locked(p, now) if isinstance(p, Election) else p.info()
+                          for _n, p in sorted(self._ipc.prims.items()))
             found = sorted(self._ipc.deadlocks, key=lambda d: (d.resolved is not None, -d.id))
             deadlocks = tuple(copy.copy(d) for d in found)
         return LocksInfo(prims, deadlocks, self.deadlock_policy)
@@ -319,8 +337,8 @@ class Communication(Hooks):
                            **{"from": None if env.sender is None else format_pid(env.sender)})
             try:
                 body = decode(env.type, env.payload)
-            except pydantic.ValidationError as exc:
-                self._reject(proc, env, describe_error(exc))
+            except MessageRejected as exc:
+                self._reject(proc, env, str(exc))
                 continue
             ack = (lambda mid=env.id: self._ipc_ack(proc, mid)) if env.persistent else None
             return Message(env.id, env.sender, env.type, body, env.topic, env.sent, env.persistent, env.sensitive,
@@ -517,15 +535,7 @@ class Communication(Hooks):
         if w.granted:
             self._ipc_check(proc, event)
             return True
-        if found is not None and found.victim is not None:
-            self._kill_victim(found)
-        try:
-            self.table.block(proc, self._ready_noting(w), detail, timeout)
-        except BaseException:
-            with self.table.lock:
-                self._end_wait(w, "killed while waiting")
-                self._wake_all(prim.cancel(w))
-            raise
+        self._tracked_wait(proc, w, found, detail, timeout, leave=True)
         with self.table.lock:
             self._end_wait(w, "acquired" if w.granted else "gave up waiting")
             if not w.granted:
@@ -535,6 +545,22 @@ class Communication(Hooks):
             self.table.emit("ipc.acquired", proc, kind=prim.kind, lock=prim.name, mode=mode,
                        waited=round(time.time() - w.since, 3))
         return True
+
+    def _tracked_wait(self, proc: Process, w: Waiter, found: Deadlock | None, detail: str, timeout: float | None,
+                      *, leave: bool) -> None:
+        """Wait off-slot until `w` is granted (or `timeout`), after killing the victim of the
+        deadlock this wait closed, if the policy chose one. Killed while waiting: the wait ends,
+        and with `leave` `w` leaves the primitive's queue too."""
+        if found is not None and found.victim is not None:
+            self._kill_victim(found)
+        try:
+            self.table.block(proc, self._ready_noting(w), detail, timeout)
+        except BaseException:
+            with self.table.lock:
+                self._end_wait(w, "killed while waiting")
+                if leave:
+                    self._wake_all(w.prim.cancel(w))
+            raise
 
     def release(self, proc: Process, prim: Primitive, mode: str) -> None:
         with self.table.lock:
@@ -610,8 +636,184 @@ class Communication(Hooks):
     def _wait_detail(self, w: Waiter, found: Deadlock | None) -> str:
         prim = w.prim
         holders = ", ".join(format_pid(h) for h in sorted(prim.holders)) or "nobody"
+        if w.mode == "l":
+            text = f"waiting to lead election {prim.name!r} (leader {holders})"
+            return f"deadlocked: {found.path()}; {text}" if found is not None else text
         text = f"waiting for {prim.kind} {prim.name!r}{_WHAT.get(w.mode, '')} (held by {holders})"
         return f"deadlocked: {found.path()}; {text}" if found is not None else text
+
+    # ------------------------------------------------------------------ process side: leader election
+
+    def elect(self, proc: Process, name: str, lease: float | str | None) -> ElectionHandle:
+        """`proc` stands in election `name` (made on first use) with its own `lease`: it leads
+        at once if nobody does, else follows. Standing again while a candidate is a no-op."""
+        name = check_name("election", name)
+        seconds = _lease(lease)
+        with self.table.lock:
+            prim = self._ipc.prims.get(name)
+            if prim is None:
+                prim = self._ipc.prims[name] = Election(name)
+            elif not isinstance(prim, Election):
+                raise LlmunixError(f"{name!r} is a {prim.kind}, not an election; pick another name")
+            self._ipc.prim_users.setdefault(name, set()).add(proc.pid)
+            self._ipc.opened.setdefault(proc.pid, set()).add(name)
+            self._ipc.users.add(proc.pid)
+            if proc.pid in prim.candidates:
+                prim.leases[proc.pid] = seconds
+            else:
+                self._stand_locked(proc, prim, seconds)
+        return ElectionHandle(self, proc, prim)
+
+    def _stand_locked(self, proc: Process, e: Election, lease: float) -> None:
+        e.leases[proc.pid] = lease
+        before = e.leader
+        granted = e.request(Waiter(proc, e, "l"))
+        if granted:
+            self._led_locked(e, before, "elected (no leader)")
+        else:
+            proc.note("candidate", f"election {e.name}: following {format_pid(before)}" if before is not None
+                      else f"election {e.name}")
+            self.table.emit("ipc.candidate", proc, election=e.name,
+                            leader=None if before is None else format_pid(before))
+        self._arm_lease_locked(e)
+
+    def leads(self, proc: Process, e: Election) -> bool:
+        """Is `proc` the leader now? A leader's asking renews its lease. A control point, so a
+        `while election.is_leader:` loop answers pause and kill."""
+        with self.table.lock:
+            self._check_lease_locked(e, time.monotonic())
+            leading = e.leader == proc.pid
+            if leading:
+                e.renewed = time.monotonic()
+        self._ipc_check(proc)
+        return leading
+
+    def leader_of(self, e: Election) -> int | None:
+        with self.table.lock:
+            self._check_lease_locked(e, time.monotonic())
+            return e.leader
+
+    def followers_of(self, e: Election) -> list[int]:
+        with self.table.lock:
+            return e.followers
+
+    def wait_leader(self, proc: Process, e: Election, timeout: float | None) -> bool:
+        """Block off-slot until `proc` leads (standing again first if it had resigned); False if
+        `timeout` seconds passed first (it stays a candidate)."""
+        pid = proc.pid
+        with self.table.lock:
+            w = e.candidates.get(pid)
+            if w is None:
+                current = self._ipc.prims.setdefault(e.name, e)  # forgotten after everyone resigned: again
+                if current is not e:
+                    raise LlmunixError(f"election {e.name!r} was made again meanwhile; call ctx.elect({e.name!r})")
+                self._ipc.opened.setdefault(pid, set()).add(e.name)
+                self._ipc.prim_users.setdefault(e.name, set()).add(pid)
+                self._ipc.users.add(pid)
+                self._stand_locked(proc, e, e.leases.get(pid, DEFAULT_LEASE))
+                w = e.candidates[pid]
+            self._check_lease_locked(e, time.monotonic())
+            if w.granted:
+                e.renewed = time.monotonic()
+                return True
+            self._ipc.waiting[pid] = w
+            found = self._check_deadlock(pid)
+            detail = self._wait_detail(w, found)
+        self._tracked_wait(proc, w, found, detail, timeout, leave=False)  # a follower stays one
+        with self.table.lock:
+            self._end_wait(w, "became leader" if w.granted else "gave up waiting")
+            if w.granted:
+                e.renewed = time.monotonic()
+            return w.granted
+
+    def resign(self, proc: Process, e: Election) -> None:
+        """`proc` stops standing: a leader hands the lead to the first follower at once."""
+        with self.table.lock:
+            w = e.candidates.get(proc.pid)
+            if w is None:
+                return
+            if w.granted:
+                self._wake_all(e.release(proc.pid))
+                proc.note("resigned", f"election {e.name}")
+                self._led_locked(e, proc.pid, f"{format_pid(proc.pid)} resigned")
+            else:
+                e.cancel(w)
+                self.table.emit("ipc.resigned", proc, election=e.name)
+            self._arm_lease_locked(e)
+
+    def _led_locked(self, e: Election, before: int | None, reason: str) -> None:
+        """The lead has (perhaps) changed hands: wake and tell the new leader, publish it."""
+        leader = e.leader
+        if leader is None or leader == before:
+            if leader is None and before is not None:
+                self.bus.publish("ipc.leader", None, {"election": e.name, "leader": None,
+                                                     "previous": format_pid(before), "term": e.term,
+                                                     "reason": reason})
+            return
+        proc = self.table.get(leader)
+        data = {"election": e.name, "leader": format_pid(leader),
+                "previous": None if before is None else format_pid(before), "term": e.term, "reason": reason}
+        if proc is None:
+            self.bus.publish("ipc.leader", leader, data)
+            return
+        proc.note("leader", f"election {e.name}, term {e.term}: {reason}")
+        self.table.emit("ipc.leader", proc, **data)
+        self.table.wake(proc)
+
+    def _lease_left_locked(self, e: Election, now: float) -> float | None:
+        """Seconds left of the leader's lease, after renewing it from the leader's signs of life
+        (see the module docstring); None without a leader."""
+        leader = e.leader
+        if leader is None:
+            return None
+        proc = self.table.get(leader)
+        lease = e.leases.get(leader, DEFAULT_LEASE)
+        if proc is None or proc.phase is Phase.DONE:
+            return 0.0
+        if proc.phase in (Phase.WAITING, Phase.READY, Phase.PREEMPTED):
+            e.renewed = now  # waiting inside the engine: alive, and it answers pause and kill there
+        elif proc.phase is Phase.RUNNING:
+            e.renewed = max(e.renewed, min(proc.last_active, now))  # a sleep's last_active is its end
+        return e.renewed + lease - now
+
+    def _check_lease_locked(self, e: Election, now: float) -> None:
+        """Hand the lead on if the leader's lease has run out and someone follows."""
+        left = self._lease_left_locked(e, now)
+        if left is None or left > 0 or not e.queue:
+            return
+        before = e.leader
+        self._wake_all(e.demote())
+        old = self.table.get(before) if before is not None else None
+        lease = e.leases.get(before, DEFAULT_LEASE) if before is not None else DEFAULT_LEASE
+        if old is not None:
+            old.note("lease expired", f"election {e.name}: no sign of life for {format_duration(lease)}")
+        self._led_locked(e, before, f"lease of {format_pid(before)} expired" if before is not None else "lease expired")
+
+    def _arm_lease_locked(self, e: Election) -> None:
+        """One timer per election with a leader and followers, due when the lease could end."""
+        if e.timer is not None:
+            e.timer.cancel()
+            e.timer = None
+        left = self._lease_left_locked(e, time.monotonic())
+        if left is not None and e.queue and not self.table.closed:
+            e.timer = self.table.timers.call_later(max(0.0, left) + 0.001, self._lease_due, e)
+
+    def _lease_due(self, e: Election) -> None:
+        with self.table.lock:
+            e.timer = None
+            if self._ipc.prims.get(e.name) is not e:
+                return
+            self._check_lease_locked(e, time.monotonic())
+            self._arm_lease_locked(e)
+
+    def _election_info_locked(self, e: Election, now: float) -> PrimitiveInfo:
+        self._check_lease_locked(e, now)
+        left = self._lease_left_locked(e, now)
+        base = e.info()
+        lease = e.leases.get(e.leader, DEFAULT_LEASE) if e.leader is not None else None
+        detail = base.detail if left is None else f"{base.detail}, lease {max(0.0, left):.1f}s left"
+        return replace(base, detail=detail, term=e.term, lease=lease,
+                       lease_left=None if left is None else max(0.0, left))
 
     # ------------------------------------------------------------------ deadlocks
 
@@ -697,8 +899,12 @@ class Communication(Hooks):
             prim = t.prims.get(name)
             if prim is None:
                 continue
+            was_leader = isinstance(prim, Election) and prim.leader == pid
             held, granted = prim.drop(pid)
             self._wake_all(granted)
+            if was_leader:
+                self._led_locked(prim, pid, f"{format_pid(pid)} {when}")  # type: ignore[arg-type]
+                self._arm_lease_locked(prim)  # type: ignore[arg-type]
             if held:
                 p.note("released", f"{prim.kind} {name} (held when it {when})")
                 self.table.emit("ipc.released", p, kind=prim.kind, lock=name, reason=f"holder {when}", count=held)
@@ -707,6 +913,8 @@ class Communication(Hooks):
                 users.discard(pid)
                 if not users and prim.idle():
                     del t.prims[name], t.prim_users[name]
+                    if isinstance(prim, Election) and prim.timer is not None:
+                        prim.timer.cancel()
 
     def on_attempt_end(self, p: Process) -> None:
         """An attempt of `p` ended and it runs again under the same PID (a retry or a restart,
@@ -748,6 +956,19 @@ class Communication(Hooks):
         """The kernel is stopping and its processes have ended: remove the buffer directory."""
         with self.table.lock:
             self._ipc.buffers.close()
+
+
+def _lease(value: float | str | None) -> float:
+    """A lease in seconds (a number or a duration such as 10s); None: the default."""
+    if value is None:
+        return DEFAULT_LEASE
+    try:
+        seconds = parse_duration(value)
+    except LlmunixError:
+        raise LlmunixError(f"bad lease {value!r}; give seconds or a duration such as 10s") from None
+    if seconds < MIN_LEASE:
+        raise LlmunixError(f"lease {value!r} is too short; at least {MIN_LEASE:g}s")
+    return seconds
 
 
 def _check_key(key: str) -> str:

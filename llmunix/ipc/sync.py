@@ -1,4 +1,5 @@
-"""Named synchronisation primitives the kernel keeps: mutex, semaphore, condition, barrier, rwlock.
+"""Named synchronisation primitives the kernel keeps: mutex, semaphore, condition, barrier, rwlock,
+and leader elections.
 
 These are records, not locks of their own: every method runs under the kernel lock, and a process
 that must wait does so through `Kernel._block` (off its scheduler slot, a control point: pause
@@ -10,6 +11,12 @@ its FIFO queue right away (`Waiter.granted = True`) and the kernel wakes them. S
 "ready" test is only `waiter.granted`, is idempotent, and nobody can overtake the queue. For the
 read-write lock this gives writer preference: a reader that arrives while a writer waits queues
 behind it, so writers do not starve.
+
+An election is a mutex whose holder is the *leader* and whose queue is the *followers*: every
+candidate is queued from the moment it joins (`ctx.elect`), not only while it blocks, so when
+the leader ends or resigns the longest-standing follower takes over at once (hand-off, as for a
+mutex). What a mutex lacks is the lease: the leader keeps leading only while it shows signs of
+life (the service, ipc/service.py, decides that and calls `demote`).
 
 Every mutating method returns the waiters it granted, for the kernel to wake.
 """
@@ -72,18 +79,26 @@ class PrimitiveInfo:
     kind: str
     holders: tuple[Holder, ...]
     waiters: tuple[WaitInfo, ...]
-    detail: str  # "2 of 3 free", "1 of 4 arrived", ...
+    detail: str  # "2 of 3 free", "1 of 4 arrived", "term 2, lease 8.1s left", ...
     created: float
+    term: int | None = None  # an election's: how many times a leader was chosen (a fencing token)
+    lease: float | None = None  # an election's: the leader's lease, and what is left of it (seconds)
+    lease_left: float | None = None
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        return {"name": self.name, "kind": self.kind, "detail": self.detail,
-                "holders": [{"pid": format_pid(h.pid), "mode": _MODE[h.mode], "count": h.count} for h in self.holders],
-                "waiters": [{"pid": format_pid(w.pid), "mode": _MODE[w.mode], "since": round(w.since, 3),
-                             "waited": round(max(0.0, now - w.since), 3)} for w in self.waiters]}
+        out = {"name": self.name, "kind": self.kind, "detail": self.detail,
+               "holders": [{"pid": format_pid(h.pid), "mode": _MODE[h.mode], "count": h.count} for h in self.holders],
+               "waiters": [{"pid": format_pid(w.pid), "mode": _MODE[w.mode], "since": round(w.since, 3),
+                            "waited": round(max(0.0, now - w.since), 3)} for w in self.waiters]}
+        if self.term is not None:
+            out.update(leader=format_pid(self.holders[0].pid) if self.holders else None, term=self.term,
+                       lease=self.lease, lease_left=None if self.lease_left is None else round(self.lease_left, 3),
+                       followers=[format_pid(w.pid) for w in self.waiters])
+        return out
 
 
-_MODE = {"x": "exclusive", "r": "read", "w": "write", "n": "notify", "b": "arrive"}
+_MODE = {"x": "exclusive", "r": "read", "w": "write", "n": "notify", "b": "arrive", "l": "candidate", "L": "leader"}
 
 
 class Primitive:
@@ -355,3 +370,81 @@ class Barrier(Primitive):
             return f"broken: {self.broken}"
         return f"{len(self.queue)} of {self.parties} arrived (round {self.generation + 1})"
 
+
+
+class Election(Primitive):
+    """A leader among candidate processes: the holder leads, the queue (FIFO) follows.
+
+    `leases[pid]` is each candidate's lease in seconds (its own, from `ctx.elect`); `renewed`
+    (monotonic) the leader's last renewal and `term` the number of leaders chosen so far, both
+    kept by the service. A candidate joins with `request` (it leads at once if nobody does),
+    resigns with `release` (leader) or `cancel` (follower), and is `drop`ped when it ends; each
+    hands the lead to the head of the queue. `demote` is the lease's expiry."""
+
+    kind = "election"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.term = 0
+        self.renewed = 0.0
+        self.leases: dict[int, float] = {}
+        self.candidates: dict[int, Waiter] = {}  # pid -> its waiter (granted: the leader)
+        self.timer: Any = None  # the lease check due next (TimerHandle), while there are followers
+
+    @property
+    def leader(self) -> int | None:
+        return next(iter(self.holders), None)
+
+    @property
+    def followers(self) -> list[int]:
+        return [w.pid for w in self.queue]
+
+    def _can(self, w: Waiter) -> bool:
+        return not self.holders
+
+    def _hold(self, w: Waiter) -> None:
+        super()._hold(w)
+        self.term += 1
+        self.renewed = time.monotonic()
+
+    def request(self, w: Waiter) -> list[Waiter]:
+        if w.pid in self.candidates:
+            raise LlmunixError(f"process {format_pid(w.pid)} is already a candidate in election {self.name!r}")
+        self.candidates[w.pid] = w
+        return super().request(w)
+
+    def release(self, pid: int, mode: str | None = None) -> list[Waiter]:
+        self.candidates.pop(pid, None)
+        self.leases.pop(pid, None)
+        return super().release(pid, mode)
+
+    def cancel(self, w: Waiter) -> list[Waiter]:
+        """`w` leaves the candidates (a follower resigning; a leader resigning goes by `release`)."""
+        if self.candidates.get(w.pid) is w and not w.granted:
+            del self.candidates[w.pid]
+            self.leases.pop(w.pid, None)
+        return super().cancel(w)
+
+    def drop(self, pid: int) -> tuple[int, list[Waiter]]:
+        self.candidates.pop(pid, None)
+        self.leases.pop(pid, None)
+        return super().drop(pid)
+
+    def demote(self) -> list[Waiter]:
+        """The leader's lease has expired: it goes to the back of the queue (still a candidate)
+        and the head of the queue leads. Nothing changes without a follower to take over."""
+        leader = self.leader
+        if leader is None or not self.queue:
+            return []
+        w = self.candidates[leader]
+        del self.holders[leader]
+        w.granted = False
+        w.since = time.time()
+        self.queue.append(w)
+        return self._grant()
+
+    def _modes(self, pid: int) -> str:
+        return "L"
+
+    def _detail(self) -> str:
+        return f"term {self.term}" if self.holders else "no leader"

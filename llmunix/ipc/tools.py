@@ -1,5 +1,5 @@
-"""Built-in tools that show communication from the shell: a mailbox reader, a lock holder and a
-map-reduce word count. Their parameter names are part of the interface."""
+"""Built-in tools that show communication from the shell: a mailbox reader, a lock holder, a
+leader-election candidate and a map-reduce word count. Their parameter names are part of the interface."""
 
 from __future__ import annotations
 
@@ -70,6 +70,40 @@ def hold_locks(ctx: ProcessContext, names: str = "a", seconds: Seconds = 5.0, st
         for lock in reversed(held):
             lock.release()
     return f"held {', '.join(lock.name for lock in held)}"
+
+
+@tool(touches=())
+def lead(ctx: ProcessContext, name: str = "leader", seconds: Seconds = 5.0, lease: Seconds = 10.0,
+         step: Seconds = 0.25) -> str:
+    """Stand in the leader election `name`; once leading, work for `seconds` (a control point
+    every `step`, which renews the lease), then resign so that the next candidate leads. A
+    leader that loses the lead (its lease ran out: it was paused) waits to lead again.
+
+    Args:
+        name: the election
+        seconds: how long to lead (time spent not leading does not count)
+        lease: seconds the lead lasts without a sign of life
+        step: seconds between control points while leading
+    """
+    election = ctx.elect(name, lease=max(lease, 0.05))
+    leader = election.leader
+    if leader is not None and leader != ctx.pid:
+        ctx.log(f"candidate in {name}; following {leader:03d}")
+    terms = []
+    done = 0.0
+    with election:
+        while done < seconds:
+            if not election.is_leader:
+                who = election.leader
+                ctx.log(f"lost the lead of {name}{f' to {who:03d}' if who else ''}; waiting to lead again")
+                election.wait_leader()
+            if not terms or terms[-1] != election.term:
+                terms.append(election.term)
+                ctx.log(f"leading {name} (term {election.term})")
+            ctx.sleep(min(step, seconds - done))
+            done += min(step, seconds - done)
+            ctx.progress(round(done * 1000), round(seconds * 1000))
+    return f"led {name} for {seconds:g}s in term{'s' if len(terms) > 1 else ''} {', '.join(map(str, terms))}"
 
 
 def _count_words(ctx: ProcessContext, item: str) -> dict:

@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
+from llmunix.lazy import lazy_module
 from llmunix.models import LlmunixError, Phase, as_pid, format_pid
 from llmunix.observe import pyspy
 from llmunix.observe.debug import (
@@ -26,6 +25,8 @@ from llmunix.observe.debug import (
     sample_ids,
     window_figures,
 )
+
+psutil = lazy_module("psutil")  # imported when first used: start-up does not need it
 
 if TYPE_CHECKING:
     from llmunix.durable import DurableState

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
+from llmunix.lazy import lazy_module
 from llmunix.observe.debug import FrameId, StackFrame
 from llmunix.reaper import die_with_parent
+
+psutil = lazy_module("psutil")  # imported when first used: start-up does not need it
 
 PY_SPY = "py-spy"
 DUMP_TIMEOUT = 5.0

@@ -12,6 +12,7 @@ registry remembers who replaced whom (`overrides`) so that llmunix can say so.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -187,16 +188,31 @@ class Tool:
                 f"{err['msg']}")
 
 
+class Stage:
+    """Registrations held back while a source loads (`ToolRegistry.staged`): made all together
+    if it loaded (`keep = True`), else none of them."""
+
+    def __init__(self) -> None:
+        self.tools: list[Tool] = []
+        self.keep = False
+        self.registered: list[Tool] = []  # what was registered, once kept
+
+
 class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._replaced: dict[str, Tool] = {}  # name -> the tool a user's tool replaced (back if it goes)
+        self._stages: dict[int, Stage] = {}  # thread ident -> the stage its registrations go to
         self._lock = threading.Lock()
-        self._pending: list[str] = []  # modules whose @tool functions register when first needed
+        # Modules whose @tool functions register when first needed, or functions that register
+        # tools (a component made on first use: the agent service's markdown tools).
+        self._pending: list[str | Callable[[], Any]] = []
         self._loading = threading.RLock()
 
-    def load_later(self, *modules: str) -> None:
+    def load_later(self, *modules: str | Callable[[], Any]) -> None:
         """Import these modules (which register tools) the first time a tool is looked up or
-        listed, not now: a one-shot `llmunix -c ps` never pays for them."""
+        listed, not now: a one-shot `llmunix -c ps` never pays for them. A callable is called
+        then instead (it registers tools itself)."""
         with self._lock:
             self._pending.extend(m for m in modules if m not in self._pending)
 
@@ -205,29 +221,47 @@ class ToolRegistry:
             with self._lock:
                 pending, self._pending = self._pending, []
             for module in pending:
-                importlib.import_module(module)
+                if callable(module):
+                    module()
+                else:
+                    importlib.import_module(module)
 
     def register(self, tool: Tool) -> Tool:
         """Add a tool; returns the one now registered under its name. A user's tool replaces a
         built-in one of the same name, and a built-in one never replaces a user's (built-ins load
         when the first Kernel is made, usually after the user's tools); between two user tools
         the later wins. The winner's `overrides` names the source it replaced. Internal tools
-        (the workflow runner) cannot be replaced."""
+        (the workflow runner) cannot be replaced. Inside `staged()` (this thread) the tool is
+        held back until the stage is kept."""
         with self._lock:
-            old = self._tools.get(tool.name)
-            if old is None or old.source == tool.source:  # new, or the same definition loaded again
-                if old is not None and old.overrides and not tool.overrides:
-                    tool.overrides = old.overrides
-                self._tools[tool.name] = tool
+            stage = self._stages.get(threading.get_ident())
+            if stage is not None:
+                self._check_name(tool)
+                stage.tools.append(tool)
                 return tool
-            if old.hidden and old.source == "builtin":
-                raise LlmunixError(f"{tool.name!r} is the name of an internal llmunix tool; "
-                                   "give your tool another name (@tool(name=...))")
-            if tool.source == "builtin":
-                old.overrides = "builtin"
-                return old
-            tool.overrides = old.source
+            return self._register_locked(tool)
+
+    def _check_name(self, tool: Tool) -> None:
+        old = self._tools.get(tool.name)
+        if old is not None and old.source != tool.source and old.hidden and old.source == "builtin":
+            raise LlmunixError(f"{tool.name!r} is the name of an internal llmunix tool; "
+                               "give your tool another name (@tool(name=...))")
+
+    def _register_locked(self, tool: Tool) -> Tool:
+        old = self._tools.get(tool.name)
+        if old is None or old.source == tool.source:  # new, or the same definition loaded again
+            if old is not None and old.overrides and not tool.overrides:
+                tool.overrides = old.overrides
             self._tools[tool.name] = tool
+            return tool
+        self._check_name(tool)
+        if tool.source == "builtin":
+            old.overrides = "builtin"
+            self._replaced.setdefault(tool.name, tool)
+            return old
+        tool.overrides = old.source
+        self._replaced[tool.name] = old
+        self._tools[tool.name] = tool
         return tool
 
     def has_user_tools(self) -> bool:
@@ -235,6 +269,44 @@ class ToolRegistry:
         the built-ins): only then can one override a built-in."""
         with self._lock:
             return any(t.source != "builtin" and not t.hidden for t in self._tools.values())
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[Stage]:
+        """Hold back what this thread registers in the block: a source being (re)loaded. Set
+        `stage.keep = True` to register it all on leaving; otherwise nothing of it is kept (a
+        module that failed half way leaves no half of its tools behind)."""
+        stage = Stage()
+        key = threading.get_ident()
+        with self._lock:
+            if key in self._stages:
+                raise LlmunixError("tool sources load one at a time")
+            self._stages[key] = stage
+        try:
+            yield stage
+        finally:
+            with self._lock:
+                del self._stages[key]
+                if stage.keep:
+                    stage.registered = [self._register_locked(t) for t in stage.tools]
+
+    def remove(self, name: str, source: str) -> bool:
+        """Forget tool `name` if `source` registered it (its file was deleted or no longer
+        defines it); the tool it had replaced, if any, comes back. Processes running it keep it."""
+        with self._lock:
+            t = self._tools.get(name)
+            if t is None or t.source != source:
+                return False
+            back = self._replaced.pop(name, None)
+            if back is not None:
+                back.overrides = None
+                self._tools[name] = back
+            else:
+                del self._tools[name]
+            return True
+
+    def find(self, name: str) -> Tool | None:
+        """The tool registered under exactly `name`, or None."""
+        return self._tools.get(name)
 
     def overrides(self) -> list[Tool]:
         """The tools that replaced another of the same name (see `register`), by name."""
