@@ -501,18 +501,47 @@ def test_stop_and_restart(tmp_path: Path) -> None:
     served = own_daemon(tmp_path)
     assert served.serve("--stop").returncode == 1  # nothing to stop: said in one line
     served.start()
-    first = served.pid
-    done = served.run("-c", "run sleep seconds=2 --name across")
-    [pid] = pids_of(done.stdout)
-    restarted = served.serve("--restart")
-    assert restarted.returncode == 0, restarted.stderr
-    assert served.note_pid() == first  # in place: the same process (systemd keeps following it)
-    done = served.run("-c", f"wait {pid}")
-    assert done.returncode == 0, done.stderr  # interrupted by the restart, recovered, completed
-    assert state_of(served, pid) == "completed"
-    stopped = served.serve("--stop")
-    assert stopped.returncode == 0 and not served.alive()
-    assert served.run("-c", "ps").returncode == 0  # no daemon: embedded again
+    gate = tmp_path / "gate"
+    started: list[subprocess.Popen[str]] = []
+    try:
+        first = served.pid
+        done = served.run("-c", "run sleep seconds=2 --name across")
+        [pid] = pids_of(done.stdout)
+        # The restarted daemon loads a tool file that waits for `gate` to go: a client started
+        # meanwhile finds the home held by a daemon that is starting, and must wait, then attach
+        # (not open the home read-only, where `wait` would not see the process finish).
+        gate.touch()
+        (served.home / "tools").mkdir(mode=0o700)
+        (served.home / "tools" / "gate.py").write_text(
+            f"import os, time\nwhile os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n")
+        restart = subprocess.Popen([LLMUNIX, "serve", "--restart"], env=served.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        started.append(restart)
+        _wait_until(lambda: (served.record() or {}).get("state") == "starting",
+                    message="the daemon's record to say it is starting")
+        client = subprocess.Popen([LLMUNIX, "-c", f"wait {pid}"], env=served.env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(client)
+        assert client.stderr is not None
+        assert "is starting; waiting for it" in client.stderr.readline()
+        gate.unlink()
+        _, err = client.communicate(timeout=WAIT * 3)
+        assert client.returncode == 0, err  # interrupted by the restart, recovered, completed
+        assert "read-only" not in err
+        _, said = restart.communicate(timeout=90)
+        assert restart.returncode == 0 and said.startswith("llmunix: restarted the daemon"), said
+        assert served.note_pid() == first  # in place: the same process (systemd keeps following it)
+        assert state_of(served, pid) == "completed"
+        stopped = served.serve("--stop")
+        assert stopped.returncode == 0 and not served.alive()
+        assert served.run("-c", "ps").returncode == 0  # no daemon: embedded again
+    finally:
+        gate.unlink(missing_ok=True)
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        served.stop()
 
 
 # ---------------------------------------------------------------------- versions

@@ -43,12 +43,17 @@ from llmunix.daemon.protocol import (
     peer_uid,
     private_dir_problem,
     read_record,
+    record_alive,
     say,
     terminal_facts,
     version,
+    waiting_state,
 )
 
 WELCOME_TIMEOUT = 10.0  # seconds a live daemon has to answer a hello (it may be busy starting)
+STARTING_WAIT = 60.0  # seconds a client waits for a daemon that is starting, restarting or stopping
+STARTING_NOTE = 1.0  # seconds of that wait before the client says what it waits for
+DEAF_WAIT = 2.0  # seconds a live daemon may not answer at its socket before the client says so
 PIPE_GRACE = 0.2  # as cmd2: a pipe command that exits this soon could not take the output
 
 
@@ -74,17 +79,41 @@ def attach(home: Path, mode: str, **hello: Any) -> Link | None:
     """Connect to the daemon serving `home` and introduce ourselves; None when no daemon serves
     it (no record, or a record a dead daemon left). Raises DaemonError for what the user must
     hear: a daemon that refuses us (another protocol: exit 2), a socket in a directory that is
-    not private, a daemon that does not answer."""
-    record = read_record(home)
-    if record is None or not isinstance(record.get("socket"), str) or not isinstance(record.get("token"), str):
-        return None
+    not private, a daemon that does not answer.
+
+    A daemon that is starting, restarting in place or stopping holds the home without a socket:
+    we wait for it (`_ready_record`), and also when it began to stop just after we read its
+    record (the connection refused or closed): the record then says so, or names a new daemon."""
+    deadline = time.monotonic() + STARTING_WAIT
+    failed: tuple[Any, float] | None = None  # the token nobody answered for, since when
+    while True:
+        record = _ready_record(home, deadline)
+        if record is None or not isinstance(record.get("socket"), str) or not isinstance(record.get("token"), str):
+            return None
+        link = _attach_to(record, home, mode, hello)
+        if link is not None:
+            return link
+        if not record_alive(record):
+            return None  # a record the last daemon left behind: nobody serves this home
+        now = time.monotonic()
+        if failed is None or failed[0] != record["token"]:
+            failed = (record["token"], now)
+        elif now - failed[1] >= DEAF_WAIT:
+            raise DaemonError(f"the daemon (pid {record.get('pid')}) holds {home} but does not listen at "
+                              f"{record['socket']}; `{restart_hint(home)}` restarts it")
+        time.sleep(0.02)  # it is stopping: its record says so in a moment
+
+
+def _attach_to(record: dict[str, Any], home: Path, mode: str, hello: dict[str, Any]) -> Link | None:
+    """One try at the daemon `record` names: the link, or None if nobody answered at its socket
+    (or it was stopping)."""
     path = Path(record["socket"])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(os.fsencode(path))
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
-        return None  # a record the last daemon left behind: nobody serves this home
+        return None
     except OSError as exc:
         sock.close()
         raise DaemonError(f"cannot reach the daemon at {path}: {exc.strerror}") from None
@@ -107,9 +136,9 @@ def attach(home: Path, mode: str, **hello: Any) -> Link | None:
                           "restarts it") from None
     except ConnectionLost:
         reply = None
-    if reply is None:
+    if reply is None or reply.get("why") == "stopping":
         channel.close()
-        return None  # it was stopping
+        return None
     if reply.get("t") == "refused" or reply.get("proto") != PROTOCOL:
         channel.close()
         if reply.get("why") == "protocol" or reply.get("proto") != PROTOCOL:
@@ -122,6 +151,27 @@ def attach(home: Path, mode: str, **hello: Any) -> Link | None:
         say(f"note: the daemon (pid {reply.get('pid')}) runs llmunix {reply.get('version')}, this is {version()}; "
             f"`{restart_hint(home)}` runs this version")
     return Link(channel, reply, home)
+
+
+def _ready_record(home: Path, deadline: float) -> dict[str, Any] | None:
+    """The daemon's record; while a live daemon says it is starting (or restarting in place) or
+    stopping, wait for it (until `deadline`) rather than run embedded on a home it has locked.
+    Past STARTING_NOTE seconds of that, one line on stderr says what we wait for."""
+    noted = time.monotonic() + STARTING_NOTE
+    while True:
+        record = read_record(home)
+        state = waiting_state(record)
+        if state is None:
+            return record
+        assert record is not None
+        now = time.monotonic()
+        if now >= deadline:
+            raise DaemonError(f"the daemon (pid {record.get('pid')}) has been {state} for {STARTING_WAIT:.0f} s; "
+                              f"see {home / 'serve.log'}")
+        if noted is not None and now >= noted:
+            say(f"the daemon (pid {record.get('pid')}) is {state}; waiting for it")
+            noted = None
+        time.sleep(0.02)
 
 
 def _cwd() -> str:

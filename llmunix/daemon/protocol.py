@@ -16,8 +16,9 @@ the same protocol works, with one note on stderr (never stdout: `ps --json` stay
 Where things are:
 
 * `<home>/daemon.json` (0600): the daemon's PID and start time, its socket, protocol, version and
-  the token a client must present. Whoever can read the home may control its daemon, as whoever
-  can write it could already change what it runs.
+  the token a client must present; while it starts, restarts in place or stops, only its PID,
+  start time and `state` (clients wait for it: `passing_record`). Whoever can read the home
+  may control its daemon, as whoever can write it could already change what it runs.
 * the socket: `$XDG_RUNTIME_DIR/llmunix/<hash of the home>.sock`, else
   `/tmp/llmunix-<uid>/...` — a directory that must be yours and mode 0700 (checked on both
   sides: a client never sends its token into a directory someone else could have made), the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -90,25 +92,54 @@ def read_record(home: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@contextlib.contextmanager
+def _record_lock(home: Path) -> Any:
+    """Writers and removers of the record one at a time (an flock on the home directory itself):
+    a daemon that has let the home go removes its record while a new one may be writing its own."""
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_record(home: Path, record: dict[str, Any]) -> None:
     """Write the record 0600 (whatever the umask), whole or not at all."""
     path = Path(home) / DAEMON_FILE
     tmp = path.with_name(DAEMON_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, json.dumps(record).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    with _record_lock(home):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, json.dumps(record).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
 
 
-def remove_record(home: Path, token: str) -> None:
-    """Remove the record if it is still this daemon's (a new one may have replaced it)."""
-    record = read_record(home)
-    if record is not None and record.get("token") == token:
-        with contextlib.suppress(OSError):
-            os.unlink(Path(home) / DAEMON_FILE)
+def remove_record(home: Path, pid: int) -> None:
+    """Remove the record if it is still this process's (a new daemon may have replaced it)."""
+    with _record_lock(home):
+        record = read_record(home)
+        if record is not None and record.get("pid") == pid:
+            with contextlib.suppress(OSError):
+                os.unlink(Path(home) / DAEMON_FILE)
+
+
+def passing_record(pid: int, state: str) -> dict[str, Any]:
+    """The record of a daemon that is `state` ("starting", also while it restarts in place, or
+    "stopping"): written only while it holds the home's lock, so that clients wait for it
+    (`waiting_state`) rather than run embedded on a home it has locked, read-only."""
+    return {"pid": pid, "start": process_start(pid), "state": state, "protocol": PROTOCOL, "version": version()}
+
+
+def waiting_state(record: dict[str, Any] | None) -> str | None:
+    """"starting" or "stopping" while the daemon the record names is alive and in that state
+    (a client waits), else None (it is serving, or it has gone)."""
+    if record is None or record.get("state") not in ("starting", "stopping") or not record_alive(record):
+        return None
+    return str(record["state"])
 
 
 def process_start(pid: int) -> int | None:

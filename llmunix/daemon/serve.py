@@ -32,9 +32,12 @@ from typing import Any
 
 from llmunix.daemon.protocol import (
     DaemonError,
+    passing_record,
     read_record,
     record_alive,
+    remove_record,
     say,
+    write_record,
 )
 
 READY_TIMEOUT = 60.0  # seconds `serve -d` waits for the daemon to load its tools and listen
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from llmunix.home import HomeLock
 
     if HomeLock.ENV not in os.environ:  # (else restarting in place: the lock was handed over to us)
-        busy = _owner(home)
+        busy = _take_home(home)
         if busy and not args.standby:
             ready.fail(busy)
             return 2
@@ -128,9 +131,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 return 130
     notify = _Notifier.from_environment()
     args.read_only = False  # a daemon owns its home or does not start
+    # We hold the home's lock (handed over to the Kernel about to be made): only its holder writes
+    # the record, so that a daemon losing a race never overwrites the winner's.
+    write_record(home, passing_record(os.getpid(), "starting"))  # clients wait for us from now on
     try:
         kernel, _ = _quiet_start(start_engine, args, home, config, ready)
     except StartFailed as exc:
+        remove_record(home, os.getpid())
         return exc.status
     from llmunix.daemon.server import Daemon
     from llmunix.daemon.session import SessionFactory, install_routing
@@ -161,13 +168,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         ready.fail(str(exc))
         status = 2
     finally:
-        restarting = stop_reason[:1] == ["restart"]
+        restarting = stop_reason[:1] == ["restart"] and status == 0
         notify.send("RELOADING=1" if restarting else "STOPPING=1")
         daemon.stop("the daemon is restarting; attach again in a moment" if restarting
-                    else "the daemon stopped (llmunix serve --stop)")
+                    else "the daemon stopped (llmunix serve --stop)", restarting=restarting)
         kernel.shutdown(reason="daemon stopped", hand_over_home=restarting)
         tighten_home(home)
-    if status == 0 and stop_reason[:1] == ["restart"]:
+        if not restarting:
+            remove_record(home, os.getpid())  # the home is free: clients run embedded again
+    if restarting:
         _reexec(argv)
     return status
 
@@ -388,7 +397,7 @@ def restart(home: Path, args: argparse.Namespace, argv: list[str]) -> int:
     deadline = time.monotonic() + STOP_TIMEOUT + READY_TIMEOUT
     while time.monotonic() < deadline:
         new = read_record(home)
-        if new is not None and new.get("token") != old_token and record_alive(new):
+        if new is not None and "state" not in new and new.get("token") != old_token and record_alive(new):
             say(f"restarted the daemon (pid {new['pid']}); it recovers what it interrupted")
             return 0
         if not _alive(pid, record.get("start")) and (new is None or not record_alive(new)):
@@ -397,9 +406,10 @@ def restart(home: Path, args: argparse.Namespace, argv: list[str]) -> int:
     raise DaemonError(f"the daemon (pid {pid}) did not come back within {STOP_TIMEOUT + READY_TIMEOUT:.0f} s")
 
 
-def _owner(home: Path) -> str | None:
-    """Why `home` cannot be served now (another llmunix owns it: which), or None. The Kernel's
-    own lock is what decides; this only words the usual case for a daemon."""
+def _take_home(home: Path) -> str | None:
+    """Take the home's lock and hand it to the Kernel this process is about to make (as a standby
+    does: cli.wait_for_home), or say why `home` cannot be served now (another llmunix owns it:
+    which)."""
     from llmunix.home import HomeInUse, HomeLock
 
     lock = HomeLock(home)
@@ -411,7 +421,7 @@ def _owner(home: Path) -> str | None:
             return f"a daemon (pid {exc.owner}) already serves {home}"
         return (f"{home} is in use by llmunix pid {exc.owner} (a shell or a script); quit it first, "
                 "then start the daemon")
-    lock.release()
+    lock.hand_over()
     return None
 
 

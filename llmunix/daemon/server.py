@@ -50,9 +50,9 @@ from llmunix.daemon.protocol import (
     ProtocolError,
     bind_private,
     make_private_dir,
+    passing_record,
     peer_uid,
     process_start,
-    remove_record,
     socket_path,
     version,
     write_record,
@@ -175,8 +175,11 @@ class Daemon:
             return None
         return connection
 
-    def stop(self, message: str) -> None:
-        """Stop accepting; tell every client why and close its connection (their sessions end)."""
+    def stop(self, message: str, *, restarting: bool = False) -> None:
+        """Stop accepting; tell every client why and close its connection (their sessions end).
+        The record says the daemon is stopping (or starting again), so that clients wait for it
+        rather than run embedded on the home it still holds; the caller removes it once it has
+        let the home go (serve.run)."""
         with self._lock:
             self._closing = True
             connections = list(self.connections)
@@ -189,7 +192,7 @@ class Daemon:
             connection.say_bye(message)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
-        remove_record(self.home, self.token)
+        write_record(self.home, passing_record(os.getpid(), "starting" if restarting else "stopping"))
 
 
 class Connection:
