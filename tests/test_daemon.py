@@ -103,28 +103,37 @@ def test_the_thin_client_imports_no_engine_and_no_terminal_library(served: Serve
 
 GOLDEN = ["ps -a", "ps -a --json", "tools", "help", "help run", "run -h", "log 1", "ps -l 2", "set",
           "kill 99", "nosuch", "wait 1", "ps 1 --json", "agents", "audit --help"]
+FAILING = ["kill 99", "nosuch", "wait 2"]  # (2: the process that failed)
 
 
 def test_outputs_and_exit_statuses_are_byte_identical_to_embedded_piped(tmp_path: Path) -> None:
     served = own_daemon(tmp_path)
     first = served.run("-c", "run echo text=hello", "-c", "run fail message=boom", "-c", "wait")
     assert first.returncode == 1, first.stderr  # (embedded: a failed process fails the wait)
-    embedded = [served.run("-c", cmd) for cmd in GOLDEN]
     script = tmp_path / "jobs.llmunix"
     script.write_text("ps -a\nkill 99\n# a comment\nps\n")
-    embedded_script = [served.run(str(script)), served.run("-k", str(script)),
-                       served.run(input="tools\nkill 77\nps\n"), served.run("-k", input="kill 5\nps -a\n")]
+    # Every golden command in one -k run (an embedded start costs a second), and on its own each
+    # one whose exit status is not 0, and the script and stdin forms.
+    runs = {"-k GOLDEN": ["-k", *(arg for cmd in GOLDEN for arg in ("-c", cmd))],
+            **{cmd: ["-c", cmd] for cmd in FAILING},
+            "FILE": [str(script)], "-k FILE": ["-k", str(script)]}
+    stdin = {"stdin": ([], "tools\nkill 77\nps\n"), "-k stdin": (["-k"], "kill 5\nps -a\n")}
+
+    def outputs() -> dict[str, subprocess.CompletedProcess[str]]:
+        return {**{name: served.run(*args) for name, args in runs.items()},
+                **{name: served.run(*args, input=text) for name, (args, text) in stdin.items()}}
+
+    embedded = outputs()
     served.start()
     try:
-        attached = [served.run("-c", cmd) for cmd in GOLDEN]
-        attached_script = [served.run(str(script)), served.run("-k", str(script)),
-                           served.run(input="tools\nkill 77\nps\n"), served.run("-k", input="kill 5\nps -a\n")]
+        attached = outputs()
     finally:
         served.stop()
-    for cmd, e, a in zip([*GOLDEN, "FILE", "-k FILE", "stdin", "-k stdin"], embedded + embedded_script,
-                         attached + attached_script, strict=True):
-        assert (a.stdout, a.stderr, a.returncode) == (e.stdout, e.stderr, e.returncode), cmd
-    assert "jobs.llmunix:2: kill: no process 099" in attached_script[0].stderr
+    for name, e in embedded.items():
+        a = attached[name]
+        assert (a.stdout, a.stderr, a.returncode) == (e.stdout, e.stderr, e.returncode), name
+    assert [embedded[cmd].returncode for cmd in FAILING] == [1, 1, 1]
+    assert "jobs.llmunix:2: kill: no process 099" in attached["FILE"].stderr
 
 
 def pty_output(served: Served, *args: str) -> tuple[bytes, int]:
@@ -139,15 +148,16 @@ def test_outputs_are_byte_identical_to_embedded_on_a_terminal(tmp_path: Path) ->
     served = own_daemon(tmp_path)
     served.run("-c", "run echo text=hello", "-c", "run fail message=boom", "-c", "wait")
     commands = ["ps -a", "tools", "help", "ps -l 2", "kill 99", "set", "run -h"]
-    embedded = [pty_output(served, "-c", c) for c in commands]
+    runs = [["-k", *(arg for cmd in commands for arg in ("-c", cmd))], ["-c", "kill 99"]]
+    embedded = [pty_output(served, *args) for args in runs]
     served.start()
     try:
-        attached = [pty_output(served, "-c", c) for c in commands]
+        attached = [pty_output(served, *args) for args in runs]
     finally:
         served.stop()
-    for cmd, e, a in zip(commands, embedded, attached, strict=True):
-        assert a == e, cmd
+    assert attached == embedded
     assert b"\x1b[" in attached[0][0]  # (a terminal: colours, a table)
+    assert embedded[1][1] == 1
 
 
 def test_pipes_redirection_and_shell_escapes_happen_in_the_client(served: Served, tmp_path: Path) -> None:
@@ -462,16 +472,19 @@ def test_a_killed_daemon_ends_its_clients_and_everything_it_started(tmp_path: Pa
     served = own_daemon(tmp_path)
     served.start()
     marker = tmp_path / "child.pid"
-    done = served.run("-c", "run sleep seconds=4 --name resumable",
-                      "-c", f"run shell 'cmd=echo $$ > {marker}; exec sleep 300'")
-    resumable, shell_pid = pids_of(done.stdout)
-    _wait_until(lambda: marker.exists() and marker.read_text().strip(), message="the shell tool to start")
-    child_pid = int(marker.read_text())
-    _wait_until(lambda: _progress(served, resumable) >= 10, message="the resumable process to checkpoint")
-    waiter = subprocess.Popen([LLMUNIX, "-c", f"wait {resumable}"], env=served.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    child = attached_prompt(served)
+    child = attached_prompt(served)  # (first: an interactive client is the slowest to start)
     try:
+        done = served.run("-c", "run sleep seconds=3 --name resumable",
+                          "-c", f"run shell 'cmd=echo $$ > {marker}; exec sleep 300'")
+        resumable, shell_pid = pids_of(done.stdout)
+        _wait_until(lambda: marker.exists() and marker.read_text().strip(), message="the shell tool to start")
+        child_pid = int(marker.read_text())
+        _wait_until(lambda: _progress(served, resumable) >= 10, message="the resumable process to checkpoint")
+        waiter = subprocess.Popen([LLMUNIX, "-c", f"ps {resumable}", "-c", f"wait {resumable}"], env=served.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline().startswith("PID")  # (attached: it is waiting in the daemon)
+        assert _progress(served, resumable) < 100
         served.kill()
         child.expect(pexpect.EOF, timeout=WAIT)
         child.close()
@@ -558,33 +571,25 @@ def copy_checkout(dest: Path, edit: tuple[str, str, str]) -> str:
     return launcher_for(dest)
 
 
-def test_another_protocol_is_refused_with_the_restart_hint(tmp_path: Path) -> None:
+def test_another_protocol_is_refused_with_the_restart_hint(served: Served, tmp_path: Path) -> None:
     from llmunix.daemon.protocol import PROTOCOL
 
+    # A client of protocol N+1 (the package was upgraded) against the daemon of protocol N.
     newer = copy_checkout(tmp_path / "newer", ("llmunix/daemon/protocol.py", f"PROTOCOL = {PROTOCOL}\n",
                                                f"PROTOCOL = {PROTOCOL + 1}\n"))
-    served = own_daemon(tmp_path)
-    served.start(launcher=newer)  # a daemon of protocol N+1; this checkout's client speaks N
-    try:
-        done = served.run("-c", "ps")
-        assert done.returncode == 2 and done.stdout == ""
-        assert len(done.stderr.splitlines()) == 1
-        assert f"protocol {PROTOCOL + 1}" in done.stderr and "llmunix serve --restart" in done.stderr
-    finally:
-        served.stop()
+    done = served.run("-c", "ps", launcher=newer)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1
+    assert f"(protocol {PROTOCOL})" in done.stderr and f"(protocol {PROTOCOL + 1})" in done.stderr
+    assert "restart it to use this version: llmunix serve --restart" in done.stderr
 
 
-def test_another_version_under_the_same_protocol_is_one_note_on_stderr(tmp_path: Path) -> None:
+def test_another_version_under_the_same_protocol_is_one_note_on_stderr(served: Served, tmp_path: Path) -> None:
     other = copy_checkout(tmp_path / "other", ("llmunix/__init__.py", '__version__ = "', '__version__ = "9.9.'))
-    served = own_daemon(tmp_path)
-    served.start(launcher=other)
-    try:
-        done = served.run("-c", "ps -a --json")
-        assert done.returncode == 0
-        json.loads(done.stdout)  # stdout untouched
-        assert len(done.stderr.splitlines()) == 1 and "runs llmunix 9.9." in done.stderr
-    finally:
-        served.stop()
+    done = served.run("-c", "ps -a --json", launcher=other)
+    assert done.returncode == 0
+    json.loads(done.stdout)  # stdout untouched
+    assert len(done.stderr.splitlines()) == 1 and "this is 9.9." in done.stderr
 
 
 # ---------------------------------------------------------------------- systemd
