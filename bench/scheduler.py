@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from baseline import invalid, pool_roundtrip, pool_throughput, report_budgets, settle, table, us, verdict
+from baseline import invalid, noop_plain, pool_roundtrip, pool_throughput, report_budgets, settle, table, us, verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # measure this checkout, not an install
 
@@ -135,6 +135,7 @@ def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -
         p_rt.append(us(pool_roundtrip(n_rt, workers), n_rt))
         k_rt.append(us(kernel_roundtrip(n_rt, workers, noop), n_rt))
     raw = us(kernel_throughput(n_raw, workers, noop_raw)[0], n_raw)
+    peer = dask_throughput(n, workers)
 
     rows = []
     results = []
@@ -155,6 +156,8 @@ def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -
     row("(b) round trip", n_rt, k_rt, p_rt, True)
     row("(a) throughput, spawn(cwd=...)", n, k_cwd, p_tp, False)
     row("(a) throughput, unregistered fn", n_raw, [raw], p_tp, False)
+    if peer is not None:
+        row("peer: dask.threaded.get, n no-ops", n, peer, p_tp, False)
     print(table(("variant", "n", "llmunix us", "best", "pool us", "best", "ratio", "best", "budget", "result"),
                 rows))
     print(f"   events seen by the process.* subscriber: "
@@ -163,7 +166,35 @@ def bench_lifecycle(n: int, n_rt: int, n_raw: int, workers: int, repeats: int) -
     print("   (b) k.wait([k.spawn(noop)]) one at a time  vs  submit(noop).result() one at a time")
     print("   spawn(cwd=...): the caller passes cwd, so spawn skips os.getcwd() (a GIL release under the kernel lock)")
     print("   unregistered fn: k.spawn(plain_function) builds a Tool (pydantic model) on every call; one run")
+    if peer is not None:
+        print("   peer: Dask's local threaded scheduler over a graph of n independent no-ops, same workers "
+              "(a local peer with far less per task: no states, events, store, control)")
+    else:
+        print("   peer: dask is not installed (pip install 'llmunix[dask]'): no Dask row")
     return results
+
+
+def dask_throughput(n: int, workers: int, repeats: int = 3) -> list[float] | None:
+    """Microseconds per task of Dask's threaded scheduler over n independent no-ops (a local
+    peer measured in the same run); None without Dask."""
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import dask
+        from dask.threaded import get
+    except ImportError:
+        return None
+    graph = {f"t{i}": (noop_plain,) for i in range(n)}
+    keys = list(graph)
+    out = []
+    with ThreadPoolExecutor(workers) as pool, dask.config.set(pool=pool):
+        get(graph, keys[:10], num_workers=workers)  # warm the pool
+        for _ in range(repeats):
+            settle()
+            t0 = time.perf_counter()
+            get(graph, keys, num_workers=workers)
+            out.append(us(time.perf_counter() - t0, n))
+    return out
 
 
 # ---------------------------------------------------------------------------- 2. queue length

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from commands.terminal_safe import safe_tree
 from commands.views import STATE_STYLES, plain_word
 from llmunix.agents.memory import RunMemory
 from llmunix.agents.service import AgentInfo
@@ -94,7 +95,7 @@ def agent_tree(info: AgentInfo, runs: Sequence[RunMemory]) -> Tree:
             branch.add(run_line(r))
     else:
         root.add(Text("Memory: no runs yet"))
-    return root
+    return safe_tree(root)
 
 
 def run_line(r: RunMemory) -> Text:

@@ -218,9 +218,11 @@ class LlmunixArgumentParser(cmd2.Cmd2ArgumentParser):
 
 
 def plain_text(renderable: Any) -> str:
-    """Render for a pipe: no colour, and wide enough that no line is wrapped or cropped."""
+    """Render for a pipe: no colour, and wide enough that no line is wrapped or cropped. Strings
+    are never read as rich markup (a workflow named `[bold]x` is printed as it is), as on a
+    terminal, where cmd2's consoles have markup off."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=10_000, color_system=None, force_terminal=False, no_color=True,
-                      highlight=False, emoji=False)
+                      highlight=False, emoji=False, markup=False)
     console.print(renderable)
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from commands.terminal_safe import safe_text, safe_tree
 from llmunix.models import format_pid
 from llmunix.tools.loader import ReloadReport, SourceReload
 from llmunix.tools.registry import ParamSpec, Tool
@@ -75,7 +76,7 @@ def tool_tree(t: Tool, isolation: str = "thread") -> Group:
         node = params.add(Text(label))
         if p.shape:
             node.add(Text(f"from the shell: {param_forms(p)}", style="dim"))
-    return Group(root, Text(f"Example: run {t.name} {_example(t)}".rstrip(), style="dim"))
+    return Group(safe_tree(root), Text(safe_text(f"Example: run {t.name} {_example(t)}".rstrip()), style="dim"))
 
 
 def param_forms(p: ParamSpec) -> str:

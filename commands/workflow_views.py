@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from commands.terminal_safe import safe_tree
 from commands.views import STATE_STYLES, fmt_cpu
 from llmunix.models import format_duration, format_memory, format_pid
 from llmunix.workflows import dag
@@ -65,7 +66,7 @@ def spec_tree(spec: WorkflowSpec) -> Tree:
             title = f"{s.id}" + (f" ({s.title})" if s.title and s.title != s.id else "")
             stage.add(Text.assemble((title, "cyan"), f": {s.runs}", (f"  [{'; '.join(extras)}]" if extras else "",
                                                                          "dim")))
-    return tree
+    return safe_tree(tree)
 
 
 def _ttl(seconds: float) -> str:
@@ -87,7 +88,7 @@ def planned_tree(spec: WorkflowSpec, pid: int) -> Tree:
         else:
             what = "Queued" if not list(graph.predecessors(s.id)) else "Waiting"
         tree.add(f"Step {n}: {s.label} → {what}")
-    return tree
+    return safe_tree(tree)
 
 
 def status_tree(st: WorkflowStatus) -> Tree:
@@ -113,7 +114,7 @@ def status_tree(st: WorkflowStatus) -> Tree:
         tree.add(f"Resources: {format_memory(st.memory_mb)} memory, {fmt_cpu(st.cpu_percent)}% CPU")
     if st.run_dir:
         tree.add(f"Files: {st.run_dir}")
-    return tree
+    return safe_tree(tree)
 
 
 def step_line(s: StepStatus) -> Text:

@@ -473,13 +473,15 @@ class ScriptError(Exception):
 
 def _read_script(path: str) -> list[str]:
     try:
-        return Path(path).read_text().splitlines()
+        # Bytes that are not UTF-8 travel as they do from -c and stdin (surrogateescape'd, stored
+        # and shown escaped), rather than refusing a whole script for one parameter.
+        return Path(path).read_text(errors="surrogateescape").splitlines()
     except FileNotFoundError:
         raise ScriptError(f"no such script file: {path}") from None
     except IsADirectoryError:
         raise ScriptError(f"{path} is a directory, not a script file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptError(f"cannot read script {path}: {exc}") from None
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror or exc}") from None
 
 
 def _setup_logging(home: Path, config: Any) -> None:

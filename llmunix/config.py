@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Gt, Le
 
 from llmunix.home import UnsafePath, prepare_home, unsafe_reason
-from llmunix.models import LlmunixError
+from llmunix.models import DEFAULT_MAX_THREADS, LlmunixError
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -224,7 +224,7 @@ class Config(_Settings):
         "bounds and thresholds of max_running = auto")] = field(default_factory=AutoScaleConfig)
     max_threads: Annotated[int | None, Ge(1), Le(MAX_COUNT), Doc(
         "worker threads kept (a soft cap: past it threads are made for the moment and end after; "
-        "processes waiting off-slot for a model keep theirs)")] = 1024
+        "processes waiting off-slot for a model keep theirs)")] = DEFAULT_MAX_THREADS
     kill_grace: Annotated[float, Ge(0), Le(HOUR), Doc("seconds between kill escalation steps")] = 2.0
     time_slice: Annotated[float, Gt(0), Le(HOUR), Doc("seconds before a process yields to its peers")] = 0.5
     aging_interval: Annotated[float, Ge(0), Le(DAY), Doc("seconds of waiting per level of aging")] = 5.0

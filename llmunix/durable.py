@@ -120,6 +120,22 @@ class DurableState(Hooks):
     def exists(self, pid: int) -> bool:
         return self.table.get(pid) is not None or self.stored_state(pid) is not None
 
+    def run_options(self, pid: int) -> dict[str, Any] | None:
+        """What process `pid` was asked to run under, as stored with it (retry and restart
+        policies, timeout, isolation, limits: resilience/restart.py `run_options`); None without
+        a store or when nothing was asked."""
+        if self.store is None:
+            return None
+        self.flush()  # a process that just ended may not be written yet
+        row = self.store.process_row(int(pid))
+        if row is None or not row["policy"]:
+            return None
+        try:
+            data = json.loads(row["policy"])
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
     def stored_state(self, pid: int) -> str | None:
         """The state of a process that is not in memory, from the store; None if none such."""
         if self.store is None:
@@ -439,12 +455,14 @@ class DurableState(Hooks):
                       else "interrupted; not resumable (no checkpoint, and the tool is not idempotent)")
             return self._retire(row, Outcome.FAILED, reason, action=action, how=how)
         policy = json.loads(row["policy"]) if "policy" in row.keys() and row["policy"] else None  # noqa: SIM118
+        timeout = policy.get("timeout") if isinstance(policy, dict) else None
         table = self.table
         with table.lock:
             restored = versions[-1][2] if versions else None
             proc = table.spawn_locked(
                 t, params, Priority.parse(row["priority"] or "normal"), (), name=row["name"], parent=row["parent"],
                 cwd=row["cwd"], pid=pid, restored=restored, checkpoints=[s for _v, _t, s in versions],
+                timeout=timeout if isinstance(timeout, int | float) and timeout > 0 else None,
                 note=f"{how}" + (f" from checkpoint {versions[-1][0]}" if versions and checkpoint is None else ""),
                 # its retry/restart policies go on (attempts counted afresh): resilience's on_spawn
                 options={"stored_policy": policy} if policy else None,

@@ -49,6 +49,7 @@ from llmunix.isolation import Isolation
 from llmunix.learning import Deadline, Learning, ToolPerformance
 from llmunix.lifecycle import PidAllocator, ProcessTable
 from llmunix.models import (
+    DEFAULT_MAX_THREADS,
     Event,
     IllegalTransition,
     LlmunixError,
@@ -67,7 +68,7 @@ from llmunix.pool import LimitInfo, MemoryPressure, ResourcePool
 from llmunix.process import ProcessContext
 from llmunix.reaper import ChildRecord, Reaped
 from llmunix.resilience.health import OK, HealthCheck, HealthReport
-from llmunix.resilience.restart import RestartPolicy, policy_data
+from llmunix.resilience.restart import RUN_OPTIONS, RestartPolicy, attempts_from_data, run_options
 from llmunix.resilience.service import Resilience
 from llmunix.retry import RetryPolicy
 from llmunix.scheduler import Scheduler
@@ -174,7 +175,7 @@ class Kernel:
                 self.interrupted_at_start = self.store.interrupted_at_start
         pids = None if self.read_only else PidAllocator(self.home, floor=_highest_pid(self.store) + 1)
         self.table = ProcessTable(scheduler=self.scheduler, bus=self.bus, owner=self.owner, kill_grace=kill_grace,
-                                  max_threads=max_threads or max(64, 4 * (auto_settings.ceiling if auto else slots)),
+                                  max_threads=max_threads or DEFAULT_MAX_THREADS,
                                   pids=pids)
         self.table.context = self._context
         # Nothing left behind (reaper.py): what an earlier llmunix on this home left running is
@@ -388,7 +389,8 @@ class Kernel:
         wants = self.scheduler.needs_for(t, needs, history)
         prio = Priority.parse(priority)
         deps = tuple(dict.fromkeys(as_pid(a) for a in after))
-        policy = policy_data(attempts)
+        policy = run_options(attempts, timeout=timeout, isolate=isolate, memory_limit=memory_limit,
+                             cpu_limit=cpu_limit)
         options: dict[str, Any] = self.learning.prepare(t, deadline)
         options["placement"] = placement  # (isolation: where it runs, its limits)
         if attempts is not None:
@@ -777,7 +779,9 @@ class Kernel:
     def restart(self, pid: int) -> ProcessInfo:
         """Run a finished process again as a new process (a new PID): the same tool, parameters,
         name, priority, resource needs, working directory and dependencies. Not a live or an
-        interrupted one (`recover` continues those). Returns the new process's snapshot."""
+        interrupted one (`recover` continues those). With a home, it also runs under the same
+        retry and restart policies, timeout, isolation and limits it was started with. Returns the
+        new process's snapshot."""
         self._writable()
         info = self.info(as_pid(pid))
         if not info.is_done:
@@ -786,9 +790,14 @@ class Kernel:
         if info.state == Outcome.INTERRUPTED:
             raise IllegalTransition(f"process {info.process_id} was interrupted: `recover {info.process_id}` "
                                     f"continues it, `kill {info.process_id}` dismisses it")
+        asked = self.durable.run_options(info.pid) or {}
+        attempts = attempts_from_data(asked)
         new = self.spawn(info.tool_name, params=dict(info.context.input_parameters), priority=info.priority,
                          after=info.after, name=info.name, cwd=info.context.working_directory or None,
-                         needs=dict(info.needs) or None)
+                         needs=dict(info.needs) or None,
+                         retry=attempts.retry if attempts is not None else None,
+                         restart=attempts.restart if attempts is not None else None,
+                         **{k: asked[k] for k in RUN_OPTIONS if k in asked})
         with self.table.lock:  # events are published under the lock, so in order
             self.bus.publish("process.rerun", info.pid, {"as": new})
         return self.info(new)

@@ -20,6 +20,8 @@ _T = TypeVar("_T")
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+DEFAULT_MAX_THREADS = 1024  # worker threads kept, for the shell's config and the Kernel API alike
+
 
 class LlmunixError(Exception):
     """Base of every error the engine raises on purpose; its message is one line meant for users."""

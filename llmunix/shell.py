@@ -139,7 +139,7 @@ class LlmunixShell(cmd2.Cmd):
             return True
 
     def rich_console(self) -> Console:
-        return Console(file=self.stdout)
+        return Console(file=self.stdout, markup=False, emoji=False)  # names are never markup
 
     def own(self, infos: Iterable[Any]) -> list[Any]:
         """Of `infos` (process snapshots), the processes this shell started: `wait` with no PIDs

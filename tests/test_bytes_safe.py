@@ -59,6 +59,21 @@ def test_a_parameter_that_is_not_utf8_loses_nothing_end_to_end(tmp_path):
     assert any(r.get("data", {}).get("output") == CAFE for r in records)
 
 
+def test_a_script_or_stdin_with_bytes_that_are_not_utf8_runs_as_minus_c_does(tmp_path):
+    # A script used to be refused whole for one Latin-1 byte, while -c and stdin took it.
+    script = tmp_path / "latin1.lmx"
+    script.write_bytes(b"run echo text=caf\xe9\nwait\n")
+    home = tmp_path / "home"
+    by_file = subprocess.run([LLMUNIX, "--home", str(home), str(script)], capture_output=True, timeout=60)
+    assert by_file.returncode == 0, by_file.stderr
+    by_stdin = subprocess.run([LLMUNIX, "--home", str(home)], input=b"run echo text=caf\xe9\nwait\n",
+                              capture_output=True, timeout=60)
+    assert by_stdin.returncode == 0, by_stdin.stderr
+    for pid in (1, 2):
+        log = _llmunix(home, f"log {pid}")
+        assert log.returncode == 0 and log.stdout == b"caf\xe9\n", (pid, log.stdout, log.stderr)
+
+
 def test_any_bytes_round_trip_through_the_store(tmp_path):
     reg = ToolRegistry()
 

@@ -502,3 +502,28 @@ def test_recover_keeps_the_retry_and_restart_policies_of_an_interrupted_process(
     info = k.wait([pid], timeout=10)[0]
     assert (info.state, info.output, len(calls)) == ("Completed", 4, 4)  # retried twice after recover
     assert [h.event for h in info.history].count("retry") == 2
+
+
+def test_recover_keeps_the_timeout_of_an_interrupted_process(tmp_path, make_kernel, wait_until):
+    home = tmp_path / "home"
+    k = make_kernel(home=home)
+    pid = k.spawn("sleep", seconds=60, timeout=1.5)  # the builtin sleep checkpoints its ticks
+    wait_until(lambda: k.checkpoints(pid), message="a first checkpoint")
+    k.shutdown()
+    k = make_kernel(home=home)
+    [info] = k.recover()
+    info = k.wait([pid], timeout=20)[0]
+    assert (info.state, info.error) == ("Failed", "timed out after 1.5s")  # not 60 s of sleep
+
+
+@pytest.mark.parametrize("name", ["stall_timeout", "breaker_cooldown"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 1e99])
+def test_the_kernel_refuses_durations_that_would_stop_a_timer(make_kernel, name, value):
+    # A NaN or infinite setting would stop the watchdog's or a breaker's timer for good (issue 19).
+    k = make_kernel()
+    before = getattr(k, name)
+    with pytest.raises(LlmunixError, match=f"{name} must be a number of seconds from 0 to 604,800"):
+        setattr(k, name, value)
+    assert getattr(k, name) == before
+    setattr(k, name, 5)
+    assert getattr(k, name) == 5.0

@@ -12,6 +12,7 @@ from conftest import LLMUNIX, Session
 
 from llmunix import Kernel
 from llmunix.models import IllegalTransition
+from llmunix.retry import RetryPolicy
 
 WAIT = 20.0
 
@@ -33,6 +34,26 @@ def test_restart_runs_a_finished_process_again_as_a_new_pid_with_the_same_settin
     _done(k, again.pid)
     assert k.info(again.pid).state == "Completed"
     assert k.info(first).state == "Completed"  # the old one is untouched
+
+
+def test_restart_runs_under_the_policies_and_timeout_it_was_started_with(tmp_path):
+    k = Kernel(tmp_path, monitor=False, kill_grace=0.3)
+    try:
+        retried = k.spawn("fail", retry=RetryPolicy(max_attempts=2, initial=0.01, jitter="none"))
+        slow = k.spawn("sleep", seconds=30, timeout=0.2)
+        plain = k.spawn("echo", text="x")
+        _done(k, retried, slow, plain)
+        assert k.info(retried).attempts.attempt == 2
+        assert k.info(slow).error == "timed out after 0.2s"
+        again = k.restart(retried)
+        assert again.attempts is not None and again.attempts.max_attempts == 2
+        timed = k.restart(slow)
+        _done(k, again.pid, timed.pid)
+        assert k.info(again.pid).attempts.attempt == 2  # retried, as the first one was
+        assert k.info(timed.pid).error == "timed out after 0.2s"  # not a 30 s sleep
+        assert k.restart(plain).attempts is None
+    finally:
+        k.shutdown(timeout=5.0)
 
 
 def test_restart_refuses_live_processes(make_kernel, make_gate):

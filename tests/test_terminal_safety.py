@@ -68,6 +68,21 @@ def test_a_hostile_name_and_output_reach_no_listing_raw_but_json_keeps_them(tmp_
     assert line["line"] == f"a{TITLE}b"
 
 
+def test_names_that_look_like_rich_markup_are_printed_as_written(tmp_path):
+    # A workflow's name and step titles went through rich as markup when piped: `[bold]wf` lost
+    # its brackets, and an escape sequence in a title reached the terminal raw.
+    spec = tmp_path / "wf.yaml"
+    spec.write_text('name: "[bold]wf[/bold]"\nsteps:\n  - id: s1\n    title: "[red]T\\u001b[2J"\n'
+                    '    tool: echo\n    with: {text: "[link=http://x]y"}\n')
+    r = llmunix(f"workflow run {spec}", "wait", "workflow status 1", f"workflow show {spec}", "ps -a", "ps -l 2",
+                home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout
+    assert r.stdout.count("[bold]wf[/bold]") >= 5  # run, wait's line, status, show, ps
+    assert r.stdout.count("[red]T\\x1b[2J") == 3  # run, status, show
+    assert "Output: [link=http://x]y" in r.stdout
+
+
 def test_ps_json_streams_the_same_array_as_before_over_many_processes(tmp_path):
     with Kernel(tmp_path, monitor=False) as k:
         k.wait([k.spawn("echo", text=f"record {n}") for n in range(300)])

@@ -314,7 +314,7 @@ class SessionShell(LlmunixShell):
 
     def rich_console(self) -> Console:
         assert self.session is not None
-        return SessionConsole(self.session, file=self.stdout)
+        return SessionConsole(self.session, file=self.stdout, markup=False, emoji=False)  # as LlmunixShell's
 
     def live(self, renderable: Any = None, **options: Any) -> Any:
         # Never rich's process-wide sys.stdout/sys.stderr redirection: they are every session's.

@@ -219,5 +219,18 @@ class BreakerBoard:
 def check_settings(threshold: int, cooldown: float) -> None:
     if not isinstance(threshold, int) or threshold < 1:
         raise LlmunixError(f"breaker_threshold must be a whole number of at least 1, not {threshold!r}")
-    if not cooldown >= 0:
-        raise LlmunixError(f"breaker_cooldown must be seconds >= 0, not {cooldown!r}")
+    check_seconds("breaker_cooldown", cooldown)
+
+
+MAX_SECONDS = 7 * 86400.0  # a week: past it a timer is as good as never (and inf or NaN would stop one)
+
+
+def check_seconds(name: str, seconds: float, what: str = "") -> float:
+    """`seconds` as a float if it is a number from 0 to a week, else a one-line LlmunixError."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value <= MAX_SECONDS:  # (NaN fails both)
+        raise LlmunixError(f"{name} must be a number of seconds from 0 to 604,800 (a week){what}, not {seconds!r}")
+    return value

@@ -136,6 +136,18 @@ def policy_data(attempts: Attempts | None) -> dict[str, Any] | None:
     return data
 
 
+RUN_OPTIONS = ("timeout", "isolate", "memory_limit", "cpu_limit")  # kept with the policies
+
+
+def run_options(attempts: Attempts | None, **asked: Any) -> dict[str, Any] | None:
+    """What a process was asked to run under, as JSON data stored with it: its retry and restart
+    policies (`policy_data`) and the RUN_OPTIONS given to spawn (timeout, isolation, limits), so
+    that `restart` and `recover` run it the same way. None if nothing was asked."""
+    data = policy_data(attempts) or {}
+    data.update({k: v for k, v in asked.items() if k in RUN_OPTIONS and v is not None})
+    return data or None
+
+
 def attempts_from_data(data: Any) -> Attempts | None:
     """The policies `policy_data` stored, as a fresh Attempts (attempts counted from 1); None if
     there are none or the data is unusable."""

@@ -44,6 +44,7 @@ from llmunix.resilience.breakers import (
     BreakerBoard,
     BreakerInfo,
     CircuitBreaker,
+    check_seconds,
     describe,
 )
 from llmunix.resilience.chaos import INJECTED_FAILURE, ChaosSpec
@@ -88,12 +89,11 @@ class Resilience(Hooks):
         self.bus = table.bus
         self.monitoring = False  # the monitor runs (and so the watchdog): set by the kernel
         self._attempts: dict[int, Attempts] = {}
-        if not stall_timeout >= 0:
-            raise LlmunixError(f"stall_timeout must be seconds >= 0 (0: no watchdog), not {stall_timeout!r}")
+        check_seconds("stall_timeout", stall_timeout, "; 0: no watchdog")
         if not health_min_disk_mb >= 0:
             raise LlmunixError("health_min_disk_mb must not be negative")
         self._board = BreakerBoard(int(breaker_threshold), float(breaker_cooldown))
-        self.stall_timeout = float(stall_timeout)
+        self._stall_timeout = float(stall_timeout)
         self.stall_action = check_action(stall_action) or "alert"
         self.health_min_disk_mb = float(health_min_disk_mb)
         self._chaos: ChaosSpec | None = ChaosSpec.parse(chaos)
@@ -151,6 +151,15 @@ class Resilience(Hooks):
     @property
     def breaker_cooldown(self) -> float:
         return self._board.cooldown
+
+    @property
+    def stall_timeout(self) -> float:
+        """Seconds without progress before a running process is marked stalled (0: no watchdog)."""
+        return self._stall_timeout
+
+    @stall_timeout.setter
+    def stall_timeout(self, seconds: float) -> None:
+        self._stall_timeout = check_seconds("stall_timeout", seconds, "; 0: no watchdog")
 
     @breaker_cooldown.setter
     def breaker_cooldown(self, seconds: float) -> None:
