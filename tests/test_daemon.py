@@ -108,7 +108,8 @@ FAILING = ["kill 99", "nosuch", "wait 2"]  # (2: the process that failed)
 
 def test_outputs_and_exit_statuses_are_byte_identical_to_embedded_piped(tmp_path: Path) -> None:
     served = own_daemon(tmp_path)
-    first = served.run("-c", "run echo text=hello", "-c", "run fail message=boom", "-c", "wait")
+    first = served.run("-c", "run echo text=hello --name [bold]hi[/bold]", "-c", "run fail message=boom",
+                       "-c", "wait")
     assert first.returncode == 1, first.stderr  # (embedded: a failed process fails the wait)
     script = tmp_path / "jobs.llmunix"
     script.write_text("ps -a\nkill 99\n# a comment\nps\n")
@@ -146,7 +147,7 @@ def pty_output(served: Served, *args: str) -> tuple[bytes, int]:
 
 def test_outputs_are_byte_identical_to_embedded_on_a_terminal(tmp_path: Path) -> None:
     served = own_daemon(tmp_path)
-    served.run("-c", "run echo text=hello", "-c", "run fail message=boom", "-c", "wait")
+    served.run("-c", "run echo text=hello --name [bold]hi[/bold]", "-c", "run fail message=boom", "-c", "wait")
     commands = ["ps -a", "tools", "help", "ps -l 2", "kill 99", "set", "run -h"]
     runs = [["-k", *(arg for cmd in commands for arg in ("-c", cmd))], ["-c", "kill 99"]]
     embedded = [pty_output(served, *args) for args in runs]
@@ -157,6 +158,7 @@ def test_outputs_are_byte_identical_to_embedded_on_a_terminal(tmp_path: Path) ->
         served.stop()
     assert attached == embedded
     assert b"\x1b[" in attached[0][0]  # (a terminal: colours, a table)
+    assert b"[bold]hi[/bold]" in attached[0][0]  # (a name is never rich markup)
     assert embedded[1][1] == 1
 
 
