@@ -336,6 +336,8 @@ def test_a_client_that_never_reads_does_not_hold_the_engine_up(served: Served) -
     channel.send({"t": "hello", "proto": PROTOCOL, "version": "test", "token": record["token"], "mode": "shell",
                   "pid": os.getpid(), "cwd": "/", "tty": {"in": True, "out": True, "err": True},
                   "size": [80, 24], "env": {}})
+    for _ in range(40):  # output it never reads: its socket fills, and every send to it blocks
+        channel.send({"t": "cmd", "text": "help -v"})
     try:
         rss_before = _rss_mb(served.pid)
         # Alerts for 1,500 ends go to a client that reads none of them.
