@@ -14,7 +14,8 @@ thin client, a daemon that did not start). Budgets (issue 22, "done when"):
   each get every alert exactly once, within 500 ms of the process's end;
 * 4: a subscriber that never reads: throughput within 10% of the same run without it; the
   daemon's RSS grows by less than 50 MB;
-* 5: a bad token refused within 1 s; a 100 MB unauthenticated line adds < 10 MB RSS.
+* 5: a bad token refused within 1 s; a 100 MB unauthenticated line adds < 10 MB RSS;
+* 7: the daemon SIGKILLed, a client waiting in it exits 1 within 1 s.
 
 The daemon runs this checkout (`python -m llmunix serve -d`) on a temporary home, with a private
 runtime directory of its own; it is stopped (killed if need be) however the run ends. Clients run
@@ -328,6 +329,32 @@ def bench_strangers(daemon: Daemon) -> list[Any]:
              f"{HUGE_RSS_BUDGET_MB} MB)", verdict(cut and growth < HUGE_RSS_BUDGET_MB, valid=cut))]
 
 
+# ---------------------------------------------------------------------- 7: the daemon killed
+
+
+def bench_killed(daemon: Daemon) -> list[Any]:
+    """SIGKILL the daemon under a client waiting for a process: how soon the client exits, and how."""
+    [pid] = pids_of(daemon.llmunix("-c", "run sleep seconds=60 --name victim").stdout)
+    client = subprocess.Popen([sys.executable, "-m", "llmunix", "-c", f"ps {pid}", "-c", f"wait {pid}"],
+                              env=daemon.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    assert client.stdout is not None
+    if not client.stdout.readline().startswith("PID"):  # (attached, and waiting in the daemon)
+        invalid("the waiting client did not attach")
+    assert daemon.pid is not None
+    t0 = time.perf_counter()
+    os.kill(daemon.pid, signal.SIGKILL)
+    _, err = client.communicate(timeout=30)
+    gone = time.perf_counter() - t0
+    daemon.pid = None
+    ok = client.returncode == 1 and "has gone away" in err and len(err.splitlines()) == 1
+    if not ok:
+        print(f"!! the client of a killed daemon exited {client.returncode}: {err.strip()[:200]}")
+    print(f"daemon SIGKILLed: its waiting client exited {client.returncode} after {gone * 1000:.0f} ms")
+    return [(f"a killed daemon's client exits 1 within {gone * 1000:.0f} ms (budget < 1 s)",
+             verdict(gone < 1.0, valid=ok))]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10 start-up runs, 300 processes per throughput run")
@@ -354,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             results += bench_alerts(daemon)
             results += bench_stuck(daemon, n, args.repeats)
             results += bench_strangers(daemon)
+            results += bench_killed(daemon)  # (last: it ends the daemon)
         finally:
             daemon.stop()
     return report_budgets(f"Budgets ({time.perf_counter() - started:.1f} s total)", results)
