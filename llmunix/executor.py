@@ -96,11 +96,35 @@ class ThreadExecutor:
                     return
 
 
+class _Drained(BaseException):  # noqa: N818 - stands in for a pending exception so it can be consumed
+    pass
+
+
+def drain_async_exception() -> None:
+    """Drop an asynchronous exception pending for the calling thread (an injected kill that has
+    not fired), if there is one, and leave the interpreter clean.
+
+    Not `PyThreadState_SetAsyncExc(id, NULL)`: on CPython 3.11 that raises the interpreter-wide
+    "async exception pending" flag with nothing to deliver, and no thread ever lowers it again;
+    from then on every thread handles "pending" at each check, and a thread with a trace
+    function (the debugger's step, pdb, coverage) loops forever at its next call, holding the
+    GIL: the whole llmunix froze at a debugger step after any kill of a spinning tool. Instead
+    the pending exception is replaced by a private one, which this thread consumes at once:
+    consuming lowers the flag."""
+    try:
+        if inject_exception(threading.get_ident(), _Drained):  # fires as the call returns, at the latest
+            for _ in range(1_000_000):  # at the first backward jump; the bound is only a guard
+                pass
+    except _Drained:
+        pass
+
+
 def inject_exception(thread_ident: int, exc_type: type[BaseException] | None) -> bool:
     """Raise `exc_type` asynchronously in another thread (None clears a pending one).
 
     The exception fires at the thread's next bytecode; a thread blocked in C code sees it only
-    when the call returns. Returns False if no such thread exists.
+    when the call returns. Returns False if no such thread exists. To clear a pending one, the
+    thread itself calls `drain_async_exception` (never pass None: see there).
     """
     obj = ctypes.py_object(exc_type) if exc_type is not None else None
     n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_ident), obj)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from llmunix.executor import ThreadExecutor, inject_exception
+from llmunix.executor import ThreadExecutor, drain_async_exception, inject_exception
 from llmunix.models import (
     ALLOWED,
     EXIT_CANCELLED,
@@ -1446,9 +1446,8 @@ class ProcessTable:
                 with self.lock:
                     proc.in_body = False
                     if proc.injected:
-                        # Clear a kill that was injected but has not fired. Only then: on CPython
-                        # 3.11 a needless clear makes any traced thread (pdb, coverage) spin.
-                        inject_exception(proc.thread_ident, None)
+                        # Clear a kill that was injected but has not fired (this is its thread).
+                        drain_async_exception()
                         proc.injected = False
                     if outcome is Outcome.CANCELLED or (proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED):
                         outcome = Outcome(proc.kill_outcome)

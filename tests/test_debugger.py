@@ -178,6 +178,44 @@ def test_step_advances_line_by_line_into_calls(kernel, go):
     assert kernel.wait([pid], timeout=WAIT)[0].output == 3 + 4 + 5
 
 
+KILL_THEN_STEP = """
+import sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from llmunix import Kernel
+import test_debugger as td
+
+k = Kernel(monitor=False, kill_grace=0.1)
+pid = k.spawn("spin", seconds=60)
+deadline = time.monotonic() + 20
+while k.info(pid).started is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+k.kill(pid)  # the loop never checks in: the kill is an injected exception, then cleared
+assert k.wait([pid], timeout=20)[0].state == "Cancelled"
+go = threading.Event()
+step = k.spawn(td.stepping_tool(go))
+k.set_breakpoint(step, at_step=1)
+go.set()
+assert k.debug_wait(step, 20).stopped
+status = k.step(step)
+status = k.debug_wait(step, 20, since=status.stops)
+print(status.stopped_by, status.location.function)
+k.kill(step, force=True)
+k.shutdown(timeout=5)
+"""
+
+
+def test_stepping_still_works_after_a_spinning_tool_was_killed(tmp_path):
+    # Clearing the injected kill with PyThreadState_SetAsyncExc(id, NULL) left CPython 3.11's
+    # "async exception pending" flag up for good: the next step's trace function then looped
+    # forever holding the GIL, freezing the whole llmunix. Its own interpreter: a regression must
+    # not take the test process down with it.
+    tests = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "-c", KILL_THEN_STEP, tests], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.path.dirname(tests)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["step", "stepper"]
+
+
 def test_next_steps_over_calls(kernel, go):
     tool = stepping_tool(go)
     pid = kernel.spawn(tool)

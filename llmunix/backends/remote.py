@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any
 
-from llmunix.executor import inject_exception
+from llmunix.executor import drain_async_exception, inject_exception
 from llmunix.models import ProcessKilled, ToolError
 from llmunix.process import renice_group, signal_group, signal_tree
 from llmunix.relayed import RelayedContext, import_tool
@@ -203,7 +203,7 @@ class RemoteContext(RelayedContext):
                 with self._cond:
                     self._in_body = False
                     if self._injected:
-                        inject_exception(self._thread, None)
+                        drain_async_exception()  # (this is the body's thread)
                 return
             except ProcessKilled:  # injected as the body ended
                 continue
