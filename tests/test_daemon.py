@@ -308,6 +308,21 @@ def test_top_debug_prompts_and_ctrl_c_work_attached(served: Served) -> None:
         leave(child)
 
 
+def test_the_debugger_steps_attached_after_other_commands(served: Served) -> None:
+    # Each attached command ends by dropping a Ctrl-C that came too late; cleared with
+    # PyThreadState_SetAsyncExc(id, NULL), CPython 3.11's "pending" flag stayed up and the next
+    # debugger step spun for ever holding the GIL: the whole daemon froze.
+    [pid] = pids_of(served.run("-c", "run sleep seconds=60 --name stepme").stdout)
+    try:
+        assert served.run("-c", f"debug {pid} break --when 'step >= 1'").returncode == 0
+        _wait_until(lambda: state_of(served, pid) == "paused", message="the breakpoint to stop it")
+        for _ in range(2):
+            done = served.run("-c", f"debug {pid} step", timeout=WAIT * 3)
+            assert done.returncode == 0 and "Stopped at builtin.py:" in done.stdout, done.stdout + done.stderr
+    finally:
+        served.run("-c", f"kill {pid}")
+
+
 def test_eight_clients_at_once_start_four_hundred_processes(served: Served) -> None:
     args = [a for i in range(50) for a in ("-c", f"run echo text={i}")] + ["-c", "wait"]
     procs = [subprocess.Popen([LLMUNIX, *args], env=served.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -49,7 +49,7 @@ from rich.console import Console, ConsoleDimensions
 from commands.base import LlmunixArgumentParser
 from llmunix.daemon.protocol import CHUNK, ConnectionLost
 from llmunix.daemon.server import AlertFeed, Connection
-from llmunix.executor import inject_exception
+from llmunix.executor import drain_async_exception, inject_exception
 from llmunix.kernel import Kernel
 from llmunix.shell import ALERT_EVENTS, LlmunixShell
 
@@ -509,6 +509,7 @@ class Session:
         shell.bind(self)
         self._thread: int | None = None
         self._busy = False
+        self._injected = False  # a Ctrl-C was injected into the running command (drained after it)
         self._busy_lock = threading.Lock()
         connection.on_interrupt = self.interrupt
         connection.on_complete = shell.answer_completion
@@ -555,7 +556,7 @@ class Session:
             time.sleep(0.001)
         with self._busy_lock:
             if self._busy and self._thread is not None:
-                inject_exception(self._thread, KeyboardInterrupt)
+                self._injected = inject_exception(self._thread, KeyboardInterrupt) or self._injected
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -566,9 +567,12 @@ class Session:
         finally:
             with self._busy_lock:
                 self._busy = False
-                if self._thread is not None:
-                    # A Ctrl-C that came as the command ended must not land in what follows it.
-                    inject_exception(self._thread, None)
+                injected, self._injected = self._injected, False
+            if injected:
+                # A Ctrl-C that came as the command ended must not land in what follows it. This
+                # is the session's thread: it consumes the pending one (never a clear with NULL,
+                # which on CPython 3.11 leaves every traced thread spinning: executor.py).
+                drain_async_exception()
 
     # ------------------------------------------------------------------ the loop
 
