@@ -181,10 +181,10 @@ class ControlCommands(ShellCommandSet):
         self._report(args, outcomes, "clean", filters, finished=True)
 
     wait_parser = _parser(
-        "Wait until processes finish (default: every live process, and reports those started here "
-        "that ended since the last wait). Each end is shown as it happens. A process that nobody "
-        "will wake (paused, or waiting only for paused ones) is not waited on forever: wait stops, "
-        "says which, and fails. Ctrl-C stops waiting; the processes go on. Fails if a process did "
+        "Wait until processes finish (default: every live process started here — attached to a daemon, by "
+        "this client — and reports those that ended since the last wait). Each end is shown as it happens. "
+        "A process that nobody will wake (paused, or waiting only for paused ones) is not waited on "
+        "forever: wait stops, says which, and fails. Ctrl-C stops waiting; the processes go on. Fails if a process did "
         "not complete or the timeout passed (waiting for every process, a child whose parent was "
         "waited for is its parent's to judge: a hedge's cancelled replica, a retried step).",
         "examples:\n  wait\n  wait 003 004 --timeout 30s\n  wait 5 --include-paused")
@@ -206,8 +206,9 @@ class ControlCommands(ShellCommandSet):
                     self.kernel.info(pid)  # unknown PIDs fail before any waiting
             else:  # the live top-level ones, and those that ended since the last `wait`
                 # (not those the last wait reported: one may have ended after its mark was taken)
-                earlier = [i for i in self.kernel.ended_after(shell.wait_mark) if i.pid not in shell.wait_seen]
-                pids = [i.pid for i in self.kernel.ps() if i.parent is None]
+                ended = shell.own(self.kernel.ended_after(shell.wait_mark))
+                earlier = [i for i in ended if i.pid not in shell.wait_seen]
+                pids = [i.pid for i in shell.own(self.kernel.ps()) if i.parent is None]
         except LlmunixError as exc:
             self.fail(str(exc))
             return
@@ -254,10 +255,10 @@ class ControlCommands(ShellCommandSet):
 
     def _wait_with_progress(self, watch: Any, pids: list[int]) -> list[ProcessInfo]:
         """On a terminal: a live bar per process, each end printed above the bars as it happens."""
-        from rich.live import Live
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        console = self._cmd.rich_console()
+        live = self._cmd.live(transient=True, auto_refresh=False)
+        console = live.console
         columns = (TextColumn("[cyan]{task.fields[pid]}"), TextColumn("{task.description}", markup=False),
                    BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[state]}"),
                    TimeElapsedColumn())
@@ -281,7 +282,8 @@ class ControlCommands(ShellCommandSet):
                     bar.update(task, completed=info.progress.percentage or 0.0, state=info.display_state)
                 bar.refresh()
 
-        with Live(bar, console=console, transient=True, auto_refresh=False) as live:
+        live.update(bar)
+        with live:
             ticker = threading.Thread(target=refresh, name="llmunix-wait-bars", daemon=True)
             ticker.start()
             try:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import termios
 import threading
 import time
-import tty
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -330,14 +328,10 @@ class TopCommands(ShellCommandSet):
             self.out(top_views.top_plain(replace(frame, widths=widths)))
 
     def _live(self, controls: TopControls, delay: float, frames: int | None) -> None:
-        from rich.live import Live
-
         progress: dict[int, float | None] = {}
         widths: dict[str, int] | None = None
-        stdin = self._cmd.stdin
-        fd = stdin.fileno() if _isatty(stdin) else None
         shown = 0
-        with _keys_unbuffered(fd), Live(console=self._cmd.rich_console(), screen=True, auto_refresh=False) as live:
+        with self._cmd.key_input() as fd, self._cmd.live(screen=True, auto_refresh=False) as live:
             due = 0.0
             while not controls.quit:
                 if time.monotonic() >= due:
@@ -429,25 +423,3 @@ def _plain_widths(frame: TopFrame, previous: dict[str, int] | None) -> dict[str,
         for col, text in zip((*top_views.TOP_COLUMNS, "TREND"), top_views.top_plain_cells(r), strict=True):
             widths[col] = max(widths.get(col, 0), len(text))
     return widths
-
-
-def _isatty(stream: object) -> bool:
-    try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError):
-        return False
-
-
-@contextmanager
-def _keys_unbuffered(fd: int | None) -> Iterator[None]:
-    """Keys arrive one at a time and unechoed (cbreak: Ctrl-C still raises KeyboardInterrupt);
-    the terminal's settings come back however top ends."""
-    if fd is None:
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -191,11 +191,7 @@ class WorkflowCommands(ShellCommandSet):
             self.fail(f"workflow {info.process_id} {info.name} {info.state.lower()}: {info.error}")
 
     def _live(self, pid: int):  # noqa: ANN202 - a ProcessInfo
-        from rich.live import Live
-
-        console = self._cmd.rich_console()
-        with Live(wv.status_tree(self.kernel.workflow_status(pid)), console=console,
-                  refresh_per_second=8) as live:
+        with self._cmd.live(wv.status_tree(self.kernel.workflow_status(pid)), refresh_per_second=8) as live:
             while True:
                 info = self.kernel.wait([pid], timeout=0.2)[0]
                 live.update(wv.status_tree(self.kernel.workflow_status(pid)))

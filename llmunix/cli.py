@@ -21,14 +21,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmunix",
         description="A process manager for LLM work. With no arguments on a terminal, opens the "
-                    "llmunix$ shell; otherwise runs commands from -c, a script file, or stdin.",
+                    "llmunix$ shell; otherwise runs commands from -c, a script file, or stdin. When a "
+                    "daemon serves the home (`llmunix serve`), attaches to it.",
         epilog="examples:\n  llmunix\n  llmunix -c 'run sleep seconds=2' -c wait -c 'ps -a'\n"
-               "  llmunix jobs.llmunix\n  echo ps | llmunix",
+               "  llmunix jobs.llmunix\n  echo ps | llmunix\n  llmunix serve -d       (the daemon: "
+               "`llmunix serve --help`)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("script", nargs="?", metavar="FILE", help="run the commands in FILE (one per line, # comments)")
     p.add_argument("-c", "--command", action="append", dest="commands", metavar="CMD",
                    help="run CMD and exit (repeatable; run in order)")
+    add_engine_options(p)
+    p.add_argument("--standby", action="store_true",
+                   help="hot standby: while another llmunix owns the home, wait for it to stop (a read-only "
+                        "shell meanwhile, or before running -c/script commands), then take over as the owner "
+                        "and recover its interrupted processes")
+    p.add_argument("-k", "--keep-going", action="store_true",
+                   help="in scripts and -c, go on after a failed command")
+    p.add_argument("--version", action="version", version=f"llmunix {__version__}")
+    return p
+
+
+ENGINE_OPTIONS = ("config", "tools", "max_running", "backend", "scheduler", "recover")
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The options that make the engine: the shell's own, and `llmunix serve`'s."""
     p.add_argument("--home", metavar="DIR", help="state directory (default: $LLMUNIX_HOME, else "
                                                  "$XDG_STATE_HOME/llmunix)")
     p.add_argument("--config", metavar="FILE", help="configuration file (default: HOME/config.toml)")
@@ -44,19 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a local cluster)")
     p.add_argument("--recover", action="store_true",
                    help="at start, continue processes interrupted when llmunix last stopped")
-    p.add_argument("--standby", action="store_true",
-                   help="hot standby: while another llmunix owns the home, wait for it to stop (a read-only "
-                        "shell meanwhile, or before running -c/script commands), then take over as the owner "
-                        "and recover its interrupted processes")
-    p.add_argument("-k", "--keep-going", action="store_true",
-                   help="in scripts and -c, go on after a failed command")
-    p.add_argument("--version", action="version", version=f"llmunix {__version__}")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     _byte_safe_streams()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    serve_argv = _serve_argv(argv)
+    if serve_argv is not None:
+        from llmunix.daemon.serve import main as serve
+
+        return serve(serve_argv)
     args = build_parser().parse_args(argv)
+    try:
+        script_lines = _read_script(args.script) if args.script else None
+    except ScriptError as exc:
+        print(f"llmunix: {exc}", file=sys.stderr)
+        return 2
+    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
+    interactive = args.commands is None and script_lines is None and stdin_is_tty
+    attached = _attached(args, script_lines, interactive)
+    if attached is not None:
+        return attached
     from llmunix.config import check_setting, load_config, resolve_home
     from llmunix.home import tighten_home
     from llmunix.models import LlmunixError
@@ -66,10 +92,129 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(home, args.config)
         if args.max_running is not None:
             args.max_running = check_setting("max_running", args.max_running)
-        script_lines = _read_script(args.script) if args.script else None
     except LlmunixError as exc:
         print(f"llmunix: {exc}", file=sys.stderr)
         return 2
+    if args.standby:
+        args.recover = True  # a standby that becomes the owner continues what the old owner left
+        if not interactive and not wait_for_home(home):
+            return 130
+    try:
+        kernel, notes = start_engine(args, home, config, interactive=interactive)
+    except StartFailed as exc:
+        return exc.status
+    from llmunix.shell import LlmunixShell
+
+    shell = LlmunixShell(kernel, interactive=interactive, home=home, notes=notes, lazy=not interactive)
+    if not interactive:
+        # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
+    status = 0
+    try:
+        for line in start_notes(kernel, args.recover, standby=args.standby):
+            print(f"llmunix: {line}", file=sys.stderr)
+        if args.standby and kernel.read_only:
+            _start_standby(kernel, home)
+        if args.commands is not None:
+            status = shell.run_lines(args.commands, keep_going=args.keep_going)
+        elif script_lines is not None:
+            status = shell.run_lines(script_lines, keep_going=args.keep_going, source=args.script)
+        elif not interactive:
+            status = shell.run_lines(sys.stdin or (), keep_going=args.keep_going, source="<stdin>")
+        else:
+            status = shell.cmdloop()
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        stopped = kernel.shutdown(reason="shell exited")
+        if not kernel.read_only:
+            tighten_home(home)  # what this session made with the umask's mode (pids, runs/) becomes private
+        if stopped and not interactive:
+            shown = [i.process_id for i in stopped[:10]]
+            pids = ", ".join(shown) + (f" and {len(stopped) - len(shown)} more" if len(stopped) > len(shown) else "")
+            if kernel.store is not None:
+                print(f"llmunix: interrupted {len(stopped)} live process(es) on exit ({pids}); "
+                      "`recover` continues them", file=sys.stderr)
+            else:
+                print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
+                      "end a script with `wait` to let them finish", file=sys.stderr)
+    return status
+
+
+# Options of the main parser that take a value (so that `llmunix --home DIR serve` is found).
+_VALUED = frozenset({"-c", "--command", "--home", "--config", "--tools", "--max-running", "--backend", "--scheduler"})
+
+
+def _serve_argv(argv: list[str]) -> list[str] | None:
+    """`llmunix [OPTIONS] serve [OPTIONS]`: the arguments for `serve` (the options on both sides of
+    the word), or None when the first word that is not an option is not `serve` (a script file
+    named serve runs as ./serve)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return None
+        if not arg.startswith("-") or arg == "-":
+            return argv[:i] + argv[i + 1:] if arg == "serve" else None
+        i += 2 if arg in _VALUED else 1
+    return None
+
+
+def _attached(args: argparse.Namespace, script_lines: list[str] | None, interactive: bool) -> int | None:
+    """When a daemon serves the home, run there (its exit status); None: no daemon, run embedded.
+    Only the standard library is imported on this path (daemon/client.py)."""
+    from llmunix.daemon.client import attach, run_attached
+    from llmunix.daemon.protocol import DaemonError, say
+    from llmunix.paths import home_path
+
+    home = home_path(args.home)
+    try:
+        link = attach(home, "shell" if interactive else "run")
+    except DaemonError as exc:
+        say(str(exc))
+        return 2
+    if link is None:
+        return None
+    # (a standby makes no sense here: the daemon owns the home, and the client has full control)
+    given = [f"--{name.replace('_', '-')}" for name in ENGINE_OPTIONS
+             if getattr(args, name) not in (None, False, [])]
+    if given:
+        link.close()
+        say(f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} up the engine, which the daemon "
+            f"(pid {link.pid}) runs for {home}; give {'it' if len(given) == 1 else 'them'} to `llmunix serve` "
+            "(or stop the daemon: llmunix serve --stop)")
+        return 2
+    if interactive:
+        from llmunix.daemon.attached import run_interactive
+
+        return run_interactive(link, home)
+    # As embedded: SIGTERM/SIGHUP end a script; here they only detach (the daemon's processes go on).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
+    if args.commands is not None:
+        return run_attached(link, lines=args.commands, source="", keep_going=args.keep_going)
+    if script_lines is not None:
+        return run_attached(link, lines=script_lines, source=args.script, keep_going=args.keep_going)
+    return run_attached(link, lines=None, source="<stdin>", keep_going=args.keep_going)
+
+
+class StartFailed(Exception):
+    """The engine could not start; what went wrong has been printed."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def start_engine(args: argparse.Namespace, home: Path, config: Any, *, interactive: bool) -> tuple[Any, list[str]]:
+    """Build the Kernel as `args` and `config` say, with tools loaded (the embedded shell's start
+    and the daemon's), or raise StartFailed after printing why. Returns it and the list the
+    shell prints notes from: agents and markdown definitions are read now when `interactive`
+    (their load errors printed before the first prompt), else when first needed (a tool looked
+    up or listed, an agent command), their load errors printed after that command."""
+    from llmunix.models import LlmunixError
+
     _setup_logging(home, config)
     from llmunix.config import activate
 
@@ -83,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     # and the guardian kills every descendant of this llmunix when it ends, however it ends.
     become_subreaper()
     GUARDIAN.scan_all = True
-    from llmunix.shell import LlmunixShell
     from llmunix.tools.loader import load_user_tools
 
     dirs = [Path.cwd() / "tools", home / "tools", *(Path(p).expanduser() for p in config.tool_paths)]
@@ -92,14 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     for err in load_errors:
         print(f"llmunix: could not load tools from {err}", file=sys.stderr)
     if any(err.source in named for err in load_errors):  # asked for by name: nothing runs without it
-        return 2
+        raise StartFailed(2)
 
-    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
-    interactive = args.commands is None and script_lines is None and stdin_is_tty
-    if args.standby:
-        args.recover = True  # a standby that becomes the owner continues what the old owner left
-        if not interactive and not _wait_for_home(home):
-            return 130
     backend = None
     try:
         backend = _backend(args, config)
@@ -123,17 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             backend=backend,
             isolation=config.isolation,
             tool_settings={name: t.model_dump(exclude_none=True) for name, t in config.tools.items()},
+            read_only=getattr(args, "read_only", None),
         )
     except LlmunixError as exc:
         if backend is not None:
             backend.close()
         print(f"llmunix: {exc}", file=sys.stderr)
-        return 2
-    stdin_is_tty = sys.stdin is not None and sys.stdin.isatty()
-    interactive = args.commands is None and script_lines is None and stdin_is_tty
-    # Agents and markdown tools (built-in, <home>/agents and tools, ./agents and tools): read at
-    # start in an interactive shell; in a one-shot run when first needed (a tool looked up or
-    # listed, an agent command), their load errors printed by the shell after that command.
+        raise StartFailed(2) from None
     notes: list[str] = []
     reported = {str(e) for e in load_errors}
 
@@ -176,41 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     # garbage collector's reach, so that a full collection walks only what the engine made
     # since (with the startup heap, one took ~35 ms and ran every few thousand processes).
     gc.freeze()
-    shell = LlmunixShell(kernel, interactive=interactive, home=home, notes=notes, lazy=not interactive)
-    if not interactive:
-        # Scripts stop cleanly on SIGTERM/SIGHUP too: the finally below stops the processes.
-        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-        signal.signal(signal.SIGHUP, lambda signum, _frame: sys.exit(128 + signum))
-    status = 0
-    try:
-        for line in _start_notes(kernel, args.recover, standby=args.standby):
-            print(f"llmunix: {line}", file=sys.stderr)
-        if args.standby and kernel.read_only:
-            _start_standby(kernel, home)
-        if args.commands is not None:
-            status = shell.run_lines(args.commands, keep_going=args.keep_going)
-        elif script_lines is not None:
-            status = shell.run_lines(script_lines, keep_going=args.keep_going, source=args.script)
-        elif not interactive:
-            status = shell.run_lines(sys.stdin or (), keep_going=args.keep_going, source="<stdin>")
-        else:
-            status = shell.cmdloop()
-    except KeyboardInterrupt:
-        status = 130
-    finally:
-        stopped = kernel.shutdown(reason="shell exited")
-        if not kernel.read_only:
-            tighten_home(home)  # what this session made with the umask's mode (pids, runs/) becomes private
-        if stopped and not interactive:
-            shown = [i.process_id for i in stopped[:10]]
-            pids = ", ".join(shown) + (f" and {len(stopped) - len(shown)} more" if len(stopped) > len(shown) else "")
-            if kernel.store is not None:
-                print(f"llmunix: interrupted {len(stopped)} live process(es) on exit ({pids}); "
-                      "`recover` continues them", file=sys.stderr)
-            else:
-                print(f"llmunix: stopped {len(stopped)} live process(es) on exit ({pids}); "
-                      "end a script with `wait` to let them finish", file=sys.stderr)
-    return status
+    return kernel, notes
 
 
 def _byte_safe_streams() -> None:
@@ -222,7 +322,7 @@ def _byte_safe_streams() -> None:
             stream.reconfigure(errors="surrogateescape")
 
 
-def _start_notes(kernel: Any, recover: bool, standby: bool = False) -> list[str]:
+def start_notes(kernel: Any, recover: bool, standby: bool = False) -> list[str]:
     """What a user should know as llmunix starts: read-only mode, a standby, a takeover, what an
     earlier llmunix left running (reaped now), interrupted work."""
     notes = []
@@ -264,7 +364,7 @@ def _start_notes(kernel: Any, recover: bool, standby: bool = False) -> list[str]
 TAKEOVER_ENV = "LLMUNIX_TOOK_OVER"  # "OWNER:TIME" the standby got the lock, for the new program's note
 
 
-def _wait_for_home(home: Path) -> bool:
+def wait_for_home(home: Path) -> bool:
     """A standby running commands: wait (blocking) until the home is free, take its lock and
     hand it to the Kernel about to be made. False if interrupted (Ctrl-C)."""
     from llmunix.home import HomeInUse, HomeLock
@@ -367,19 +467,21 @@ def _backend(args: argparse.Namespace, config: Any) -> Any:
     return backend
 
 
-def _read_script(path: str) -> list[str]:
-    from llmunix.models import LlmunixError
+class ScriptError(Exception):
+    """A script file that cannot be read (said in one line)."""
 
+
+def _read_script(path: str) -> list[str]:
     try:
         # Bytes that are not UTF-8 travel as they do from -c and stdin (surrogateescape'd, stored
         # and shown escaped), rather than refusing a whole script for one parameter.
         return Path(path).read_text(errors="surrogateescape").splitlines()
     except FileNotFoundError:
-        raise LlmunixError(f"no such script file: {path}") from None
+        raise ScriptError(f"no such script file: {path}") from None
     except IsADirectoryError:
-        raise LlmunixError(f"{path} is a directory, not a script file") from None
+        raise ScriptError(f"{path} is a directory, not a script file") from None
     except OSError as exc:
-        raise LlmunixError(f"cannot read script {path}: {exc.strerror or exc}") from None
+        raise ScriptError(f"cannot read script {path}: {exc.strerror or exc}") from None
 
 
 def _setup_logging(home: Path, config: Any) -> None:

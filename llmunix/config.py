@@ -401,14 +401,10 @@ def activate(config: Config | None) -> None:
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """`--home`, else $LLMUNIX_HOME, else the XDG state directory."""
-    if home:
-        path = Path(home).expanduser()
-    elif os.environ.get("LLMUNIX_HOME"):
-        path = Path(os.environ["LLMUNIX_HOME"]).expanduser()
-    else:
-        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        path = Path(base) / "llmunix"
+    """`--home`, else $LLMUNIX_HOME, else the XDG state directory, made private (prepare_home)."""
+    from llmunix.paths import home_path
+
+    path = home_path(home)
     try:
         prepare_home(path)  # 0700 whatever the umask; refused if others can write it
     except OSError as exc:

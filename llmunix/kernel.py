@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -378,6 +379,11 @@ class Kernel:
     def cwd(self) -> str:
         """The working directory new processes get by default (the shell's)."""
         return self.table.cwd()
+
+    def working_directory(self, path: str) -> AbstractContextManager[None]:
+        """Inside `with kernel.working_directory(path):`, processes the calling thread spawns
+        (and `cwd()`, workflow files it looks up) default to `path`: a daemon's client's directory."""
+        return self.table.working_directory(path)
 
     # ------------------------------------------------------------------ processes
 
@@ -1127,9 +1133,11 @@ class Kernel:
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self, reason: str = "kernel shut down", timeout: float = 10.0, *,
-                 interrupt: bool | None = None) -> Sequence[ProcessInfo]:
+                 interrupt: bool | None = None, hand_over_home: bool = False) -> Sequence[ProcessInfo]:
         """Stop every live process, then the threads. With a store (or `interrupt=True`) they end
         Interrupted, to be continued by `recover`; without one they end Cancelled with `reason`.
+        `hand_over_home`: keep the home's lock for an exec of this process (HomeLock.hand_over:
+        a daemon restarting in place, so that no other llmunix takes the home in between).
         Returns the snapshots of the processes it stopped (not those a user's kill was ending
         already: they end Cancelled, as that kill said)."""
         if interrupt is None:
@@ -1168,7 +1176,10 @@ class Kernel:
         if not self.read_only:
             table.pids.close()
         if self._home_lock is not None:
-            self._home_lock.release()
+            if hand_over_home:
+                self._home_lock.hand_over()
+            else:
+                self._home_lock.release()
         return table.wait_procs(stopped, 0) if stopped else []  # (ended: no wait)
 
     # ------------------------------------------------------------------ helpers

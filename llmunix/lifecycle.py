@@ -395,6 +395,7 @@ class ProcessTable:
         # pid -> its off-slot waits (`off_slot`), innermost last: (what, on_kill, the waker before it)
         self._away: dict[int, list[tuple[str, Callable[[], None] | None, Callable[[], None] | None]]] = {}
         self._cwd_cache: str | None = None
+        self._thread_cwd = threading.local()  # a thread's own default (working_directory)
         self._hooks: dict[str, list[Any]] = {name: [] for name in HOOK_NAMES}
         self._snapshot_fields: dict[str, Callable[[Process], Any]] = {}
         self.known: Callable[[int], str | None] = lambda pid: None  # a PID not in memory: its stored state
@@ -505,11 +506,27 @@ class ProcessTable:
         return out
 
     def cwd(self) -> str:
+        """The working directory a new process gets by default: the calling thread's own (see
+        `working_directory`), else this program's."""
+        own = getattr(self._thread_cwd, "path", None)
+        if own is not None:
+            return own
         # os.getcwd() is a system call that releases the GIL: under the lock it made threads
         # queue behind each other. The shell's working directory rarely changes.
         if self._cwd_cache is None:
             self._cwd_cache = os.getcwd()
         return self._cwd_cache
+
+    @contextmanager
+    def working_directory(self, path: str) -> Iterator[None]:
+        """Inside, processes spawned by the calling thread default to `path` (the daemon runs
+        each client's commands on a thread of its own, in the client's directory)."""
+        before = getattr(self._thread_cwd, "path", None)
+        self._thread_cwd.path = path
+        try:
+            yield
+        finally:
+            self._thread_cwd.path = before
 
     # ------------------------------------------------------------------ events and small moves (lock held)
 

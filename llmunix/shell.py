@@ -13,7 +13,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,11 @@ class LlmunixShell(cmd2.Cmd):
     DEFAULT_CATEGORY = "Shell commands"  # cmd2's own: alias, history, set, quit, ...
 
     def __init__(self, kernel: Kernel, *, interactive: bool, home: Path | None = None,
-                 stdin: Any = None, stdout: Any = None, notes: list[str] | None = None, lazy: bool = False) -> None:
+                 stdin: Any = None, stdout: Any = None, notes: list[str] | None = None, lazy: bool = False,
+                 alerts: bool | None = None) -> None:
         """`lazy`: register each command family when a line first uses it (one-shot runs: `-c`,
-        scripts, piped input), not all at start (commands/__init__.py, FAMILIES)."""
+        scripts, piped input), not all at start (commands/__init__.py, FAMILIES). `alerts`: show
+        alerts above the prompt (default: when interactive)."""
         cmd2.set_default_argument_parser(LlmunixArgumentParser)
         history = str(home / "history") if (interactive and home is not None) else ""
         super().__init__(
@@ -123,7 +126,9 @@ class LlmunixShell(cmd2.Cmd):
         self.loglevel = current_level()
         self.add_settable(cmd2.Settable("loglevel", _log_level, "what llmunix.log records: " + ", ".join(LEVELS),
                                         self, choices=LEVELS, onchange_cb=self._loglevel_changed))
-        self._alerts = kernel.subscribe(ALERT_EVENTS, self._alert) if interactive else None
+        # Alerts: an interactive shell's own (a daemon's session shell feeds them to its client itself).
+        subscribe = interactive if alerts is None else alerts
+        self._alerts = kernel.subscribe(ALERT_EVENTS, self._alert) if subscribe else None
 
     # ------------------------------------------------------------------ output
 
@@ -135,6 +140,30 @@ class LlmunixShell(cmd2.Cmd):
 
     def rich_console(self) -> Console:
         return Console(file=self.stdout, markup=False, emoji=False)  # names are never markup
+
+    def own(self, infos: Iterable[Any]) -> list[Any]:
+        """Of `infos` (process snapshots), the processes this shell started: `wait` with no PIDs
+        waits for these. Embedded, every process of the kernel is the shell's; a daemon's session
+        shell keeps those its client started (daemon/session.py)."""
+        return list(infos)
+
+    def live(self, renderable: Any = None, **options: Any) -> Any:
+        """A rich Live display on this shell's output (`wait`'s bars, `top`, `workflow --wait`)."""
+        from rich.live import Live
+
+        return Live(renderable, console=self.rich_console(), **options)
+
+    @contextmanager
+    def key_input(self) -> Iterator[int | None]:
+        """Keys one at a time and unechoed, for a full-screen command (`top`): a descriptor to
+        select on and read, or None when input is not a terminal. Cbreak mode, so Ctrl-C still
+        raises KeyboardInterrupt; the terminal's settings come back however the command ends."""
+        try:
+            fd = self.stdin.fileno() if self.stdin.isatty() else None
+        except (AttributeError, ValueError, OSError):
+            fd = None
+        with keys_unbuffered(fd):
+            yield fd
 
     def fail(self, message: str) -> None:
         """A command failed: one line on stderr, and remember it for the exit status."""
@@ -262,12 +291,19 @@ class LlmunixShell(cmd2.Cmd):
 
     def _alert(self, event: Event) -> None:
         """Runs on the event thread: queue a line above the prompt (cmd2's thread-safe way)."""
+        text = self.alert_text(event)
+        if text is not None:
+            self.add_alert(msg=text)
+
+    def alert_text(self, event: Event) -> Text | None:
+        """The line an alert event shows above the prompt, or None for one this shell does not
+        announce (a child's end; an end `wait` has printed already)."""
         d = event.data
         if d.get("parent") is not None and event.type in CHILD_QUIET:
-            return  # a workflow's step or an agent's tool call: its parent's own end is announced
+            return None  # a workflow's step or an agent's tool call: its parent's own end is announced
         if event.type in CHILD_QUIET and event.pid in self.reported:
             self.reported.discard(event.pid)
-            return  # `wait` has shown this end already
+            return None  # `wait` has shown this end already
         pid = format_pid(event.pid or 0)
         name = safe_text(d.get("name", ""))  # names, errors, summaries: never raw to the terminal
         if event.type == "process.completed":
@@ -289,7 +325,7 @@ class LlmunixShell(cmd2.Cmd):
             state = event.type.split(".", 1)[1]
             text = Text.assemble((f"[{pid}] ", "cyan"), f"{name} ", (state, STATE_STYLES[state.title()]),
                                  f": {safe_text(d.get('error') or '')}")
-        self.add_alert(msg=text)
+        return text
 
     # ------------------------------------------------------------------ running and leaving
 
@@ -380,6 +416,24 @@ class LlmunixShell(cmd2.Cmd):
 
     def _loglevel_changed(self, _name: str, _old: Any, new: Any) -> None:
         set_level(new)
+
+
+@contextmanager
+def keys_unbuffered(fd: int | None) -> Iterator[None]:
+    """Keys arrive one at a time and unechoed (cbreak: Ctrl-C still raises KeyboardInterrupt);
+    the terminal's settings come back however the command ends. None: nothing to do."""
+    if fd is None:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _settings_plain(settables: dict[str, cmd2.Settable], names: list[str]) -> str:

@@ -12,10 +12,11 @@ import pytest
 from conftest import LLMUNIX, PROMPT, close_prompt, spawn_prompt
 from test_shell_commands import Session
 
-from commands.top import TopControls, _keys_unbuffered
+from commands.top import TopControls
 from commands.top_views import TopRow, arrange, cpu_trend, sparkline
 from llmunix import Kernel, ProcessContext
 from llmunix.monitor import ResourceSample
+from llmunix.shell import keys_unbuffered
 
 ANY = r"[^\n]*"  # pexpect compiles with re.DOTALL: `.*` would run across lines
 STYLE = r"(?:\x1b\[[0-9;]*m)*"  # colour codes rich may put between a label and its value
@@ -159,7 +160,7 @@ def test_key_reading_mode_is_undone_even_when_top_fails():
     leader, follower = os.openpty()
     try:
         before = termios.tcgetattr(follower)
-        with pytest.raises(RuntimeError), _keys_unbuffered(follower):
+        with pytest.raises(RuntimeError), keys_unbuffered(follower):
             assert not termios.tcgetattr(follower)[3] & termios.ICANON  # keys one at a time
             raise RuntimeError("boom")
         assert termios.tcgetattr(follower) == before
