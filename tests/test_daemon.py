@@ -96,6 +96,28 @@ def test_commands_run_in_the_daemon_and_keep_running_after_the_client(served: Se
     assert done.returncode == 0 and f"[{pid}] sleep completed" in done.stdout
 
 
+def test_a_wait_in_a_client_that_started_nothing_waits_for_every_live_process(tmp_path: Path) -> None:
+    # `llmunix -c 'run build'` then `llmunix -c wait` are two clients: the second one's `wait`
+    # returned at once, exit 0, while the first one's process still ran.
+    served = own_daemon(tmp_path)
+    try:
+        assert served.start().returncode == 0
+        started = served.run("-c", "run sleep seconds=1 --name build")
+        [pid] = pids_of(started.stdout)
+        waited = served.run("-c", "wait")
+        assert waited.returncode == 0, waited.stderr
+        assert f"[{pid}] build completed" in waited.stdout
+        assert state_of(served, pid) == "completed"
+        # A client that started something waits for its own only (the other one's runs on).
+        other = served.run("-c", "run sleep seconds=30 --name long")
+        [long_pid] = pids_of(other.stdout)
+        mine = served.run("-c", "run echo text=x", "-c", "wait")
+        assert mine.returncode == 0 and "echo completed" in mine.stdout
+        assert state_of(served, long_pid) == "running"
+    finally:
+        served.stop()
+
+
 def test_the_thin_client_imports_no_engine_and_no_terminal_library(served: Served) -> None:
     probe = (f"import sys, json\nsys.path.insert(0, {str(ROOT)!r})\nfrom llmunix.cli import main\n"
              "status = main(['-c', 'ps'])\n"

@@ -308,6 +308,12 @@ class SessionShell(LlmunixShell):
         self.wait_mark = self.kernel.last_seq  # `wait` reports ends from now on, not the daemon's past
 
     def own(self, infos: Any) -> list[Any]:
+        """What `wait` without PIDs waits for: what this client started; a client that started
+        nothing (`llmunix -c 'run build'` then `llmunix -c wait`: two clients) waits for every
+        live process, as pueue's `wait` and an embedded shell do — never a silent exit 0."""
+        infos = list(infos)
+        if not self.started:
+            return infos
         return [i for i in infos if i.pid in self.started]
 
     # ------------------------------------------------------------------ drawing for the client
