@@ -73,7 +73,17 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from llmunix.lifecycle import Hooks
-from llmunix.models import LlmunixError, Phase, ProcessKilled, ProcessKind, ToolError, format_pid, parse_duration
+from llmunix.models import (
+    EXIT_CPU_LIMIT,
+    EXIT_MEMORY_LIMIT,
+    LlmunixError,
+    Phase,
+    ProcessKilled,
+    ProcessKind,
+    ToolError,
+    format_pid,
+    parse_duration,
+)
 from llmunix.relayed import RelayedContext, apply_report, import_tool, load_module_file, tool_ref
 
 if TYPE_CHECKING:
@@ -669,10 +679,10 @@ class Isolation(Hooks):
                 s = proc.samples[-1]
                 if p.memory_mb is not None and s.memory_mb is not None and s.memory_mb > p.memory_mb:
                     table.kill_tree_locked(proc, f"exceeded its memory limit ({fmt_mb(s.memory_mb)} > "
-                                                 f"{fmt_mb(p.memory_mb)})")
+                                                 f"{fmt_mb(p.memory_mb)})", code=EXIT_MEMORY_LIMIT)
                 elif p.cpu_time is not None and s.cpu_seconds is not None and s.cpu_seconds > p.cpu_time:
                     table.kill_tree_locked(proc, f"exceeded its CPU time limit ({s.cpu_seconds:.0f}s > "
-                                                 f"{p.cpu_time:g}s)")
+                                                 f"{p.cpu_time:g}s)", code=EXIT_CPU_LIMIT)
 
     # ------------------------------------------------------------------ the proxy (the process's own thread)
 

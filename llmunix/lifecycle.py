@@ -649,7 +649,8 @@ class ProcessTable:
 
     # ------------------------------------------------------------------ kill
 
-    def kill_locked(self, proc: Process, force: bool, reason: str, outcome: Outcome) -> None:
+    def kill_locked(self, proc: Process, force: bool, reason: str, outcome: Outcome,
+                    code: int | None = None) -> None:
         """Ask a live process to stop; it ends as `outcome`. Cooperative code stops at its next
         control point; code that never reaches one gets an asynchronous exception after the
         grace period (at once with `force`); a subprocess group gets SIGTERM, then SIGKILL."""
@@ -657,13 +658,15 @@ class ProcessTable:
                 proc.kill_outcome == Outcome.INTERRUPTED and outcome is not Outcome.INTERRUPTED):
             return  # (a kill that ends it for good supersedes a stop that would only interrupt it)
         if proc.requests & REQ_KILL and outcome is Outcome.INTERRUPTED and proc.kill_outcome != Outcome.INTERRUPTED:
-            # llmunix stopping forces a user's kill that has not taken yet: it ends as that kill said
+            # llmunix stopping forces a kill for good that has not taken yet: it ends as that kill said
             outcome, reason = Outcome(proc.kill_outcome), proc.kill_reason or reason
+        else:
+            proc.kill_code = code
         proc.note("kill requested", reason + (" (force)" if force else ""))
         proc.kill_outcome = outcome
         if not proc.has_thread:
             self.emit("process.kill_requested", proc, reason=reason, force=force)
-            self.finish_locked(proc, outcome, _exit_for(outcome), reason)
+            self.finish_locked(proc, outcome, _kill_status(proc, outcome), reason)
             self.dispatch_locked(time.monotonic())
             return
         proc.requests |= REQ_KILL
@@ -675,11 +678,13 @@ class ProcessTable:
         self.wake(proc)
         self._arm(proc, 0 if force else self.kill_grace, self._escalate, proc, 1)
 
-    def kill_tree_locked(self, proc: Process, reason: str, outcome: Outcome = Outcome.FAILED) -> None:
-        """Stop `proc` as `outcome` with `reason` (a timeout, the watchdog) and its descendants
-        as Cancelled ("parent 003 timed out after 5s")."""
+    def kill_tree_locked(self, proc: Process, reason: str, outcome: Outcome = Outcome.FAILED,
+                         code: int | None = None) -> None:
+        """Stop `proc` as `outcome` with `reason` (a timeout, the watchdog, a limit) and exit
+        status `code` (default: its outcome's, 124 for Failed), and its descendants as Cancelled
+        ("parent 003 timed out after 5s")."""
         children = self.descendants_locked(proc)
-        self.kill_locked(proc, False, reason, outcome)
+        self.kill_locked(proc, False, reason, outcome, code)
         for child in children:
             self.kill_locked(child, False, f"parent {format_pid(proc.pid)} {reason}", Outcome.CANCELLED)
 
@@ -1013,7 +1018,7 @@ class ProcessTable:
         proc.thread_ident = proc.native_id = proc.subprocess = None
         proc.injected = proc.unkillable = False
         proc.requests &= REQ_HOOK  # a kill that ended the attempt (a timeout) is answered; a preemption is moot
-        proc.kill_reason, proc.kill_outcome = "", "Cancelled"
+        proc.kill_reason, proc.kill_outcome, proc.kill_code = "", "Cancelled", None
         proc.blocked_on = ()
         proc.attempt_base = proc.run_accum
         proc.state = QUEUED_STATE[proc.kind]
@@ -1462,7 +1467,7 @@ class ProcessTable:
                         proc.injected = False
                     if outcome is Outcome.CANCELLED or (proc.requests & REQ_KILL and outcome is not Outcome.COMPLETED):
                         outcome = Outcome(proc.kill_outcome)
-                        code, error = _exit_for(outcome), proc.kill_reason or error
+                        code, error = _kill_status(proc, outcome), proc.kill_reason or error
                     if outcome is not Outcome.COMPLETED and not error:
                         error = proc.kill_reason or "killed"
                     if not any(hook(proc, outcome, code, error, output) for hook in self._hooks["after_body"]):
@@ -1545,6 +1550,12 @@ def exit_for(outcome: Outcome) -> int | None:
     """The exit status of a process the engine stopped: 143 (cancelled, as a shell reports a
     terminated job), 124 (failed: timed out, as timeout(1) says), None (interrupted: not an end)."""
     return _exit_for(outcome)
+
+
+def _kill_status(proc: Process, outcome: Outcome) -> int | None:
+    """The exit status of a process a kill ended: the one the kill named, else its outcome's."""
+    return proc.kill_code if proc.kill_code is not None and outcome is not Outcome.INTERRUPTED \
+        else _exit_for(outcome)
 
 
 def _exit_for(outcome: Outcome) -> int | None:

@@ -163,6 +163,8 @@ DEADLOCKED = "Deadlocked"  # waiting for a lock in a cycle of waits that nothing
 QUEUED_STATE = {ProcessKind.TOOL: PENDING, ProcessKind.AGENT: "Idle", ProcessKind.WORKFLOW: "Planning"}
 STARTED_STATE = {ProcessKind.TOOL: RUNNING, ProcessKind.AGENT: "Thinking", ProcessKind.WORKFLOW: "Planning"}
 EXIT_TIMEOUT = 124  # as timeout(1) reports
+EXIT_MEMORY_LIMIT = 137  # 128 + SIGKILL, as a process the kernel's OOM killer ended reports
+EXIT_CPU_LIMIT = 152  # 128 + SIGXCPU, as a process past RLIMIT_CPU reports
 
 EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a terminated job
 EXIT_REFUSED = 77  # a path or URL the tool may not touch (BSD's EX_NOPERM): the caller's mistake

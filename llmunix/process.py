@@ -82,7 +82,7 @@ class Process:
         "pid", "name", "tool", "params", "kind", "priority", "owner", "parent", "after", "cwd",
         "created", "started", "finished", "phase", "state", "detail", "exit_code", "error",
         "output", "step", "total", "message", "percentage", "eta", "history", "logs",
-        "checkpoints", "restored", "requests", "kill_reason", "kill_outcome", "pause_reason", "paused_by",
+        "checkpoints", "restored", "requests", "kill_reason", "kill_outcome", "kill_code", "pause_reason", "paused_by",
         "has_thread", "thread_ident", "native_id", "in_body", "injected", "unkillable", "cond", "waker",
         "timer", "timeout", "run_since", "run_accum", "attempt_base", "last_active",
         "deps_pending", "dependents", "children", "waiting", "end_seq", "subprocess",
@@ -146,6 +146,7 @@ class Process:
         self.samples: Any = None  # deque of ResourceSample, made by the monitor when it first measures
         self.peak_memory_mb: float | None = None
         self.kill_outcome = "Cancelled"  # or "Interrupted" when llmunix itself is stopping
+        self.kill_code: int | None = None  # the exit status a kill for good gives (None: its outcome's)
         self.pause_reason = "paused by user"  # what `ps` says while it is paused
         self.restored: Any = None  # the checkpoint a recovered process resumes from
         self.waker: Callable[[], None] | None = None  # called when it is woken (a proxy's wait loop: Relay)
