@@ -273,7 +273,10 @@ class Relay:
         """Stop the process, Failed with `reason`, wherever its thread waits (its body's OS
         process died while the proxy was carrying out a blocking call for it)."""
         with self._table.lock:
-            if self._proc.phase is not Phase.DONE:
+            # Not over a stop already asked (a kill, llmunix stopping): the OS process died of
+            # that stop, and the process ends as the stop said (Interrupted at shutdown, to be
+            # recovered), not Failed.
+            if self._proc.phase is not Phase.DONE and not self._proc.requests & REQ_KILL:
                 self._table.kill_locked(self._proc, False, reason, Outcome.FAILED)
 
     def attach(self, child: Any, what: str = "subprocess") -> None:

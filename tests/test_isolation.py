@@ -101,7 +101,7 @@ def test_a_worker_killed_while_llmunix_waits_in_its_ctx_recv_fails_at_once(k, tm
     pid = k.spawn("iso_recv", path=str(mark))
     wait_phase(k, pid, "waiting")  # llmunix carries out its ctx.recv(), off-slot
     os.kill(int(mark.read_text()), signal.SIGKILL)  # as the OOM killer would
-    [info] = k.wait([pid], timeout=10)
+    [info] = k.wait([pid], timeout=30)
     assert info.state == "Failed" and info.error == "killed by signal 9 (out of memory?)"
 
 
@@ -117,7 +117,7 @@ def test_kill_stops_an_isolated_body_stuck_in_c_code_at_once(k, tmp_path, wait_u
     wait_until(lambda: Path(f"{mark}.started").exists(), message="the body to start")
     worker = int(Path(f"{mark}.started").read_text())
     k.kill(pid)
-    [info] = k.wait([pid], timeout=10)
+    [info] = k.wait([pid], timeout=30)
     assert info.state == "Cancelled" and info.exit_code == 143 and info.runtime < 30
     wait_until(lambda: gone(worker), message="the worker to end")
 
@@ -127,7 +127,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(k, tmp_path, wa
     pid = k.spawn("iso_ignore_term", path=str(mark))
     wait_until(mark.exists, message="the body to ignore SIGTERM")
     k.kill(pid)
-    [info] = k.wait([pid], timeout=10)
+    [info] = k.wait([pid], timeout=30)
     assert info.state == "Cancelled"
     wait_until(lambda: gone(int(mark.read_text())), message="SIGKILL after the grace")
 
@@ -148,7 +148,7 @@ def test_pause_stops_an_isolated_body_with_sigstop_and_resume_continues_it(k, tm
     wait_until(lambda: worker.status() == psutil.STATUS_STOPPED, message="the worker to be stopped")
     assert not k.wait([pid], timeout=1.5)[0].is_done  # its 1 s of C sleep does not end while it is stopped
     k.resume(pid)
-    [info] = k.wait([pid], timeout=10)
+    [info] = k.wait([pid], timeout=30)
     assert info.state == "Completed" and Path(f"{mark}.done").exists()
 
 
