@@ -13,6 +13,14 @@ from llmunix.models import ToolError
 from llmunix.tools.registry import tool
 
 
+def _mark(path: str, text: str) -> None:
+    """Write a file a test waits for, whole or not at all: a test that sees it exist must never
+    read it empty (write_text creates the file before it writes)."""
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(text)
+    os.replace(tmp, path)
+
+
 @tool(name="iso_noop", isolation="process")
 def iso_noop(ctx: ProcessContext) -> int:
     """Nothing: the cost of an isolated process's lifecycle."""
@@ -62,7 +70,7 @@ def iso_alloc(ctx: ProcessContext, mb: int = 200, seconds: float = 30.0, step: i
 def iso_c_sleep(ctx: ProcessContext, path: str, seconds: float = 60.0) -> str:
     """Write `path`.started, sleep in C (time.sleep: no control point, as a library call), then
     write `path`.done."""
-    Path(path + ".started").write_text(str(os.getpid()))
+    _mark(path + ".started", str(os.getpid()))
     time.sleep(seconds)
     Path(path + ".done").write_text("done")
     return "slept"
@@ -147,7 +155,7 @@ def iso_ignore_term(ctx: ProcessContext, path: str) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    Path(path).write_text(str(os.getpid()))
+    _mark(path, str(os.getpid()))
     time.sleep(60)
 
 
@@ -169,7 +177,7 @@ def make_closure_tool():
 @tool(name="iso_recv", isolation="process")
 def iso_recv(ctx: ProcessContext, path: str) -> object:
     """Write this worker's pid to `path`, then wait for a message: llmunix waits for it, off-slot."""
-    Path(path).write_text(str(os.getpid()))
+    _mark(path, str(os.getpid()))
     ctx.checkpoint({"waiting": True})  # resumable: `recover` runs it again
     msg = ctx.recv()
     return msg.body if msg is not None else None
