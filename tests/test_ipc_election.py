@@ -129,16 +129,20 @@ def test_a_leader_waiting_inside_the_engine_keeps_its_lease(make_kernel):
 def test_a_leader_stuck_without_control_points_loses_the_lead(make_kernel):
     k = make_kernel()
     release = threading.Event()
+    recorded = threading.Event()
     seen: list[bool] = []
 
     def stuck(ctx: ProcessContext) -> None:
         e = ctx.elect("s", lease=0.2)
         release.wait(10)  # a blocking call: no sign of life reaches the kernel
         seen.append(e.is_leader)
+        recorded.set()
 
     def follow(ctx: ProcessContext) -> None:
         ctx.elect("s", lease=0.2).wait_leader()
-        while not release.is_set():
+        # Lead until the stuck one has looked: were this one to end first, the lead would pass
+        # back to the stuck one (still a candidate), and it would rightly lead again.
+        while not recorded.is_set():
             ctx.sleep(0.01)
 
     a = k.spawn(stuck)
