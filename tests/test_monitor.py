@@ -44,7 +44,10 @@ def test_a_spinning_tool_shows_the_cpu_its_thread_really_used(make_kernel, wait_
     reported = sum(b.cpu_percent / 100 * (b.time - a.time) for a, b in pairs) / (end - start)
     used = (thread_cpu_at(clock, end) - thread_cpu_at(clock, start)) / (end - start)
     assert used > 0.05, used  # it did spin
-    assert abs(reported - used) < 0.1, (reported, used)
+    # Within 0.2 of a core: each sample's time is when /proc was read, a few ms off the thread's
+    # own clock (0.86 against 0.97 seen once); the wrong thread (~0) or a per-core share (~0.5
+    # on 2 cores) would be far further off.
+    assert abs(reported - used) < 0.2, (reported, used)
 
 
 def thread_cpu_at(clock: list[tuple[float, float]], when: float) -> float:
