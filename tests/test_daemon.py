@@ -510,6 +510,26 @@ def test_two_daemons_started_at_once_make_one(tmp_path: Path) -> None:
         served.stop()
 
 
+def test_a_home_held_by_a_shell_is_not_taken_by_a_daemon(tmp_path: Path) -> None:
+    """The home's lock held by a program that is not a daemon (this test, as a shell would hold
+    it): `serve` says who holds it and that it is not a daemon, once, and exits 2."""
+    from llmunix.home import HomeLock
+
+    served = own_daemon(tmp_path)
+    served.home.mkdir(parents=True)
+    lock = HomeLock(served.home)
+    lock.acquire()
+    try:
+        done = subprocess.run([LLMUNIX, "serve", "-d"], env=served.env, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        lock.release()
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines() == [
+        f"llmunix: {served.home} is in use by llmunix pid {os.getpid()} (a shell or a script); quit it "
+        "first, then start the daemon"], done.stderr
+
+
 def test_a_killed_daemon_ends_its_clients_and_everything_it_started(tmp_path: Path) -> None:
     served = own_daemon(tmp_path)
     served.start()

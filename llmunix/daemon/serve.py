@@ -410,19 +410,39 @@ def _take_home(home: Path) -> str | None:
     """Take the home's lock and hand it to the Kernel this process is about to make (as a standby
     does: cli.wait_for_home), or say why `home` cannot be served now (another llmunix owns it:
     which)."""
+    import psutil
+
     from llmunix.home import HomeInUse, HomeLock
 
     lock = HomeLock(home)
-    try:
-        lock.acquire()
-    except HomeInUse as exc:
+    deadline = time.monotonic() + OWNER_SETTLE + 3.0
+    while True:
+        try:
+            lock.acquire()
+        except HomeInUse as exc:
+            owner = exc.owner
+        else:
+            lock.hand_over()
+            return None
+        # A daemon started at the same moment as this one may hold the lock before it has written
+        # its PID in the lock and its record (both follow at once): wait for those, for up to
+        # OWNER_SETTLE seconds of the owner's life, before calling it a shell or a script.
         record = read_record(home)
-        if record is not None and record_alive(record) and str(record.get("pid")) == exc.owner:
-            return f"a daemon (pid {exc.owner}) already serves {home}"
-        return (f"{home} is in use by llmunix pid {exc.owner} (a shell or a script); quit it first, "
-                "then start the daemon")
-    lock.hand_over()
-    return None
+        if record is not None and record_alive(record) and str(record.get("pid")) == owner:
+            return f"a daemon (pid {owner}) already serves {home}"
+        settled = False
+        if owner.isdigit():
+            try:
+                settled = time.time() - psutil.Process(int(owner)).create_time() > OWNER_SETTLE
+            except (psutil.Error, ValueError):
+                settled = False  # it has just gone: try the lock again
+        if settled or time.monotonic() > deadline:
+            return (f"{home} is in use by llmunix pid {owner} (a shell or a script); quit it first, "
+                    "then start the daemon")
+        time.sleep(0.02)
+
+
+OWNER_SETTLE = 2.0  # a daemon writes its record within moments of taking the lock
 
 
 def _alive(pid: int, start: Any) -> bool:
