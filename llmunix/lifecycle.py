@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from llmunix.executor import ThreadExecutor, drain_async_exception, inject_exception
+from llmunix.gil_lock import YieldingLock
 from llmunix.models import (
     ALLOWED,
     EXIT_CANCELLED,
@@ -378,7 +379,7 @@ class ProcessTable:
 
     def __init__(self, *, scheduler: Scheduler, bus: EventBus, owner: str, kill_grace: float = 2.0,
                  max_threads: int = 64, pids: PidAllocator | None = None) -> None:
-        self.lock = threading.Lock()
+        self.lock = YieldingLock()
         self.scheduler = scheduler
         self.bus = bus
         self.owner = owner
@@ -1596,3 +1597,4 @@ def iter_hooks(table: ProcessTable) -> Iterable[tuple[str, str]]:
     for name, impls in table.hooks().items():
         for impl in impls:
             yield name, impl
+
