@@ -239,6 +239,19 @@ class IoLimiter(Hooks):
             self._limited[proc.pid] = lim
         self._wake.set()
 
+    def on_continue(self, proc: Process) -> bool:
+        """(Lock held.) The table resumes `proc` (or ends its preemption): a tree the duty cycle
+        holds stays held and goes on in the regulator's timed stretches, woken now. Continued by
+        the table, a fast writer moved 150 MB at page-cache speed before the next look, a debt
+        that then held it for seconds."""
+        with self._lock:
+            lim = self._limited.get(proc.pid)
+        if lim is None or lim.cgroup is not None or not lim.held or lim.child is not proc.subprocess:
+            return False
+        lim.due = 0.0
+        self._wake.set()
+        return True
+
     # (on_end: lock held)
 
     def on_end(self, proc: Process) -> None:

@@ -100,6 +100,10 @@ class Hooks:
       process's work (a subprocess tool's child, an isolated worker; `attach_subprocess`), first
       thing, before it is recorded or signalled: for limits on its OS process tree that must hold
       from its first instant (iolimit.py stops it there). It must not block.
+    * `on_continue(proc) -> bool` — the table is about to continue the process's stopped OS
+      process tree (SIGCONT: a resume, the end of a preemption). Return True when the feature
+      continues it itself (iolimit.py: a tree its duty cycle holds goes on in timed stretches;
+      a plain SIGCONT would let a writer move hundreds of megabytes before its next look).
     """
 
     def on_spawn(self, proc: Process, options: Mapping[str, Any]) -> None: ...
@@ -121,9 +125,12 @@ class Hooks:
 
     def on_subprocess(self, proc: Process, child: Any) -> None: ...
 
+    def on_continue(self, proc: Process) -> bool:
+        return False
+
 
 HOOK_NAMES = ("on_spawn", "before_body", "after_body", "on_attempt_end", "on_end", "on_control_point",
-              "on_pressure", "on_subprocess")
+              "on_pressure", "on_subprocess", "on_continue")
 
 
 class PidAllocator:
@@ -838,7 +845,7 @@ class ProcessTable:
             proc.start_clock(now)
             if proc.has_thread:
                 proc.detail = "running"
-                if proc.subprocess is not None:
+                if proc.subprocess is not None and not any(h(proc) for h in self._hooks["on_continue"]):
                     signal_group(proc.subprocess, signal.SIGCONT)
                 proc.note("continued")
                 self.emit("process.continued", proc)
