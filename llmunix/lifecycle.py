@@ -609,7 +609,8 @@ class ProcessTable:
         proc = Process(pid, t, params, name=name or t.name, priority=prio, owner=self.owner,
                        parent=parent, after=deps, cwd=cwd or self.cwd())
         proc.restored = restored
-        proc.checkpoints = list(checkpoints or [])
+        if checkpoints:
+            proc.checkpoints = list(checkpoints)
         proc.needs, proc.predicted = needs if needs is not None else (dict(t.needs), ())
         proc.timeout = timeout
         self.procs[pid] = proc
@@ -1329,7 +1330,9 @@ class ProcessTable:
 
     def checkpoint_locked(self, proc: Process, state: Any, **data: Any) -> tuple[int, int]:
         proc.last_active = time.monotonic()  # the watchdog's sign of life
-        proc.checkpoints.append(state)
+        if not proc.checkpoints:
+            proc.checkpoints = []
+        proc.checkpoints.append(state)  # type: ignore[union-attr]
         version = len(proc.checkpoints)
         proc.note("checkpoint", f"version {version}" + (" (modified)" if data.get("modified") else ""))
         proc.forget_snapshot()
@@ -1481,7 +1484,10 @@ class ProcessTable:
                         code, error = _kill_status(proc, outcome), proc.kill_reason or error
                     if outcome is not Outcome.COMPLETED and not error:
                         error = proc.kill_reason or "killed"
-                    if not any(hook(proc, outcome, code, error, output) for hook in self._hooks["after_body"]):
+                    for hook in self._hooks["after_body"]:
+                        if hook(proc, outcome, code, error, output):
+                            break  # taken on: it runs again
+                    else:
                         self.finish_locked(proc, outcome, code, error, output)
                     if proc.subprocess is not None and proc.subprocess.poll() is None:
                         signal_group(proc.subprocess, signal.SIGKILL)

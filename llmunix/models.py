@@ -499,14 +499,15 @@ def fast_constructor(cls: type[_T]) -> Callable[..., _T]:
     sets each field with `object.__setattr__`: faster for many fields (a `ProcessInfo` snapshot,
     one per process in `wait`: 28 fields, 3.5 instead of 5 us), slower for a few."""
     names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
-    setters = tuple(cls.__dict__[name].__set__ for name in names)
-    new = object.__new__
-
-    def make(*values: Any) -> _T:
-        obj = new(cls)
-        for setter, value in zip(setters, values, strict=True):
-            setter(obj, value)
-        return obj
-
+    # Straight-line code, one slot setter call per field (a loop over them costs half as much
+    # again: 2.0 against 1.3 us for ProcessInfo's 28 fields).
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    for i, name in enumerate(names):
+        scope[f"set{i}"] = cls.__dict__[name].__set__
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    body = "".join(f"    set{i}(obj, v{i})\n" for i in range(len(names)))
+    exec(f"def make({args}):\n    obj = new(cls)\n{body}    return obj\n", scope)
+    make = scope["make"]
     make.__doc__ = f"{cls.__name__}({', '.join(names)}), every field given, in this order."
+    make.__qualname__ = f"fast_constructor.<{cls.__name__}>"
     return make

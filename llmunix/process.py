@@ -120,7 +120,7 @@ class Process:
         self.eta: float | None = None
         self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LIMIT)
         self.logs: Any = ()  # deque of (time, line), made at its first log line (add_log)
-        self.checkpoints: list[Any] = []
+        self.checkpoints: list[Any] | tuple[()] = ()  # a list from its first checkpoint
         self.requests = 0
         self.kill_reason = ""
         self.has_thread = False

@@ -39,9 +39,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmunix.models import EMPTY, Event, LlmunixError, format_pid
+from llmunix.models import EMPTY, Event, LlmunixError, fast_constructor, format_pid
 
 log = logging.getLogger("llmunix.bus")
+
+_new_event = fast_constructor(Event)  # three per process: half the cost of Event(...)
 
 Callback = Callable[[Event], None]
 EventFilter = Callable[[Event], bool]
@@ -310,7 +312,7 @@ class EventBus:
 
     def publish(self, type: str, pid: int | None = None, data: Mapping[str, Any] = EMPTY) -> Event:
         with self._order:
-            event = Event(next(self._seq), time.time(), type, pid, data)
+            event = _new_event(next(self._seq), time.time(), type, pid, data)
             self.last_seq = event.seq
             if self._closed:
                 return event

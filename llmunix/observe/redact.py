@@ -67,29 +67,50 @@ MAX_DEPTH = 32  # deeper nesting (or a structure that contains itself) is cut of
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
-    """A copy of `value` (mappings, lists and strings, nested) with secrets replaced by `***`.
-    Other values are returned as they are."""
-    # The store's writer runs this on every event: exact type checks first, ABCs last.
+    """`value` (mappings, lists and strings, nested) with secrets replaced by `***`: a copy, as
+    plain dicts and lists, where anything was replaced; a dict or a list with nothing to hide is
+    returned itself (do not change what you get). Other values are returned as they are."""
+    # The store's writer runs this on every event: exact type checks first, ABCs last, and no
+    # copy of the (usual) event that holds no secret.
     kind = type(value)
     if kind is str:
         return redact_text(value)
     if kind in _PLAIN:
         return value
     if kind is list or kind is tuple or (kind is not dict and isinstance(value, list | tuple)):
-        return "..." if _depth >= MAX_DEPTH else [redact(v, _depth + 1) for v in value]
+        if _depth >= MAX_DEPTH:
+            return "..."
+        items = [redact(v, _depth + 1) for v in value]
+        if kind is list and all(new is old or (type(new) is str and new == old)
+                                for new, old in zip(items, value, strict=True)):
+            return value
+        return items
     if kind is dict or isinstance(value, Mapping):
         if _depth >= MAX_DEPTH:
             return "..."
-        out = {}
+        out: dict[Any, Any] | None = None  # the copy, made at the first value that changes
         for k, v in value.items():
             if type(k) is str and is_secret_key(k):
-                out[k] = _mask(v)
+                new = _mask(v)
             elif type(v) in _PLAIN:
-                out[k] = v
+                if out is not None:
+                    out[k] = v
+                continue
             elif type(v) is str:
-                out[k] = redact_text(v)
+                new = redact_text(v)
             else:
-                out[k] = redact(v, _depth + 1)
+                new = redact(v, _depth + 1)
+            if out is None:
+                if new is v or (type(new) is str and new == v):
+                    continue
+                out = {}
+                for before, kept in value.items():  # what came before it, unchanged
+                    if before is k:
+                        break
+                    out[before] = kept
+            out[k] = new
+        if out is None:
+            return value if kind is dict else dict(value)
         return out
     if isinstance(value, str):  # a str subclass
         return redact_text(value)
