@@ -211,7 +211,9 @@ class Kernel:
         self.cache = StepCache(self.table, self.store)  # (it registers at the first run asking for it)
         self.isolation = Isolation(self.table, default=isolation, tools=tool_settings, record=self.children,
                                    config=_tool_config)
-        for feature in (self.durable, self.debugger, self.ipc, self.resilience, self.learning, self.isolation):
+        # (the debugger and placement register at their first use: a breakpoint or a look, a
+        # migration; until then a process pays for none of their hooks)
+        for feature in (self.durable, self.ipc, self.resilience, self.learning, self.isolation):
             self.table.register(feature)
         # Made on first use (tracemalloc, the I/O regulator, web hosts' lines: a one-shot `ps`
         # imports none of them): `memory`, `io_limits`, `hosts` below.
@@ -227,7 +229,6 @@ class Kernel:
         self.backend.bind(self)
         self.table.remote = self.backend if self.backend.distributed else None
         self.placement = Placement(self.table, self.backend)  # where bodies run; migrate
-        self.table.register(self.placement)
         self.table.placement = self.placement.runs_remote
         self.monitor: Monitor | None = None
         self.autoscaler = Autoscaler(self.table, auto_settings, reading=self._latest_system)
