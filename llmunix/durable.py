@@ -81,6 +81,7 @@ class DurableState(Hooks):
         self._history_loads = 0  # loads in progress: memory is not released meanwhile
         self._finished_since_gc = 0
         self._last_gc = time.monotonic()
+        self._last_sweep = float("-inf")  # the start-up pass sweeps (see _compact)
         self._gc_job: Any = None  # the automatic compaction in flight, if any
         self._folders: dict[str, Callable[[list[Any]], Any]] = {}
         self._retired: set[int] = set()  # ended here without running (recover's, kill's): not a run's end
@@ -587,11 +588,17 @@ class DurableState(Hooks):
         assert self.store is not None
         days = self.retention_days if days is None else days
         keep = self.retention_count if keep is None else keep
+        now = time.monotonic()
         with self.table.lock:
             self._finished_since_gc = 0
-            self._last_gc = time.monotonic()
+            self._last_gc = now
+            # What ages out by time alone is swept by `gc`, at start, and at most every GC_INTERVAL
+            # by the passes that come every GC_EVERY_FINISHED ends (it reads whole tables).
+            sweep = wait or now - self._last_sweep >= GC_INTERVAL
+            if sweep:
+                self._last_sweep = now
         return self.store.compact(before=time.time() - days * 86400.0, keep=keep, protect=self._live_pids,
-                                  wait=wait, timeout=timeout)
+                                  wait=wait, timeout=timeout, sweep=sweep)
 
     def _live_pids(self) -> list[int]:
         with self.table.lock:

@@ -486,3 +486,28 @@ def test_gc_ages_out_audit_rows_and_events_that_belong_to_no_process(tmp_path):
         k.gc(days=0)  # everything older than now goes
         assert k.audit() == []
         assert not any(e.type == "shell.command" for e in k.events())
+
+
+def test_automatic_passes_sweep_what_ages_by_time_at_most_every_interval(tmp_path, monkeypatch, wait_until):
+    """The passes that come every GC_EVERY_FINISHED ends compact processes; the deletes by time
+    alone (audit, events of no process, ...) read whole tables, so only the start-up pass, `gc`,
+    and a pass GC_INTERVAL after the last sweep do them."""
+    from llmunix import Kernel
+
+    monkeypatch.setattr(durable_module, "GC_EVERY_FINISHED", 2)
+    with Kernel(tmp_path, monitor=False, retention_days=0) as k:
+        wait_until(lambda: (job := k.durable.compaction_in_flight()) is not None and job.done.is_set(),
+                   message="the start-up pass")
+        k.record_command("ps -a", 0)
+        k.flush()
+        before = k.durable.compaction_in_flight()
+        k.wait([k.spawn("echo", text="x") for _ in range(2)])  # the 2nd end makes a pass
+        wait_until(lambda: (job := k.durable.compaction_in_flight()) is not before and job.done.is_set(),
+                   message="the pass after two ends")
+        assert [a.command for a in k.audit()] == ["ps -a"]  # not swept: within GC_INTERVAL of the last
+        monkeypatch.setattr(durable_module, "GC_INTERVAL", 0.0)
+        before = k.durable.compaction_in_flight()
+        k.wait([k.spawn("echo", text="x") for _ in range(2)])
+        wait_until(lambda: (job := k.durable.compaction_in_flight()) is not before and job.done.is_set(),
+                   message="the next pass")
+        assert k.audit() == []  # an interval since the last sweep: this one swept

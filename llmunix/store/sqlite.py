@@ -345,7 +345,7 @@ class Store:
         return done.wait(timeout)
 
     def compact(self, *, before: float, keep: int, protect: Callable[[], Collection[int]] | None = None,
-                wait: bool = True, timeout: float = 300.0) -> Compaction:
+                wait: bool = True, timeout: float = 300.0, sweep: bool = True) -> Compaction:
         """Compact finished processes that finished before `before` (a time.time()) or are older
         than the newest `keep` finished ones: their events and checkpoints are deleted and their
         row in `processes` stays as a summary (`compacted=1`). Interrupted and live rows are never
@@ -353,11 +353,13 @@ class Store:
 
         The work runs on the writer thread in steps of `Compaction.STEP` processes, each its own
         transaction; between steps the writer commits whatever events arrived, so checkpoints
-        and terminal states are not held up. With `wait`, blocks until it is done."""
+        and terminal states are not held up. With `wait`, blocks until it is done. Without
+        `sweep`, what ages out by time alone (audit, tool runs, ...) is left to a later pass:
+        those deletes read whole tables, and the automatic passes come every 1,000 ends."""
         self._check_writable()
         if self._closed:
             raise LlmunixError("the store is closed")
-        job = Compaction(before, max(0, int(keep)), protect)
+        job = Compaction(before, max(0, int(keep)), protect, sweep=sweep)
         self._queue.put(job)
         if wait and not job.done.wait(timeout):
             raise LlmunixError(f"compaction did not finish within {timeout:.0f} s")
@@ -744,10 +746,12 @@ class Compaction:
 
     STEP = 500  # processes per transaction (also keeps the IN (...) lists short)
 
-    def __init__(self, before: float, keep: int, protect: Callable[[], Collection[int]] | None) -> None:
+    def __init__(self, before: float, keep: int, protect: Callable[[], Collection[int]] | None, *,
+                 sweep: bool = True) -> None:
         self.before = before
         self.keep = keep
         self.protect = protect
+        self.sweep = sweep
         self.processes = 0
         self.events = 0
         self.checkpoints = 0
@@ -766,7 +770,10 @@ class Compaction:
             # Counted on the `finished` index alone (finished rows: done, and interrupted on a clean
             # exit), without reading the table: a pass costs O(keep), and does not push the
             # writer's working set out of SQLite's page cache.
-            newest = conn.execute(
+            # PIDs are never reused, so the greatest is at least the number of rows: when `keep` is
+            # not below it, no row can be beyond the newest `keep` (and the walk would read them all).
+            top = conn.execute("SELECT max(pid) FROM processes").fetchone()[0]
+            newest = None if top is None or self.keep >= top else conn.execute(
                 "SELECT finished, pid FROM processes WHERE finished IS NOT NULL ORDER BY finished DESC, pid DESC "
                 "LIMIT 1 OFFSET ?", (self.keep,)).fetchone()
             if newest is not None and newest[0] is not None:
@@ -791,6 +798,8 @@ class Compaction:
                 self.processes += len(pids)
             if len(rows) == self.STEP:
                 return True
+        if not self.sweep:
+            return False
         # Last step: what belongs to no process ages out by time alone (shell.command events, the
         # audit trail, tool run history, agents' learning memory, cached results), so none of them grows without
         # bound; so do persistent messages left to a process that finished long ago (never to one
