@@ -20,6 +20,12 @@ from llmunix import Kernel, ProcessContext
 
 WAIT = 10.0  # the one upper bound for "this should happen soon"
 
+# pytest-xdist's workers set COLUMNS=80 and LINES=24; rich (and shutil) prefer those to the size
+# of the terminal a program is given, so a pty spawned from a worker (40x140) would be drawn as
+# 80x24. A terminal's size comes from the terminal here, as when a person runs llmunix.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 # In CI (CI=true, as .ci/run and most CI services set it) a missing optional dependency or an
 # environment that cannot run a test's real path is a failure: a skip there would turn a broken
 # install into a green run. On a developer's machine it stays a skip.

@@ -194,8 +194,10 @@ def test_e2e_first_and_quorum_through_the_executable(tmp_path):
     failed = next(line for line in r.stdout.splitlines() if "no quorum" in line)
     assert "no quorum of 3 of 3: results differed: " in failed
     assert '"b" from 006' in failed
-    answered_a = re.search(r'"a" from ([0-9, ]+)', failed)  # 007, and 008 if it answered too, in answer order
-    assert answered_a is not None and "007" in answered_a.group(1).split(", "), failed
+    # 007 or 008 (or both), in answer order: the first to disagree with 006 ends the vote, and
+    # with two workers 008 may be done before 007's thread has run at all.
+    answered_a = re.search(r'"a" from ([0-9, ]+)', failed)
+    assert answered_a is not None and set(answered_a.group(1).split(", ")) <= {"007", "008"}, failed
     r = llmunix("run vote --replicas 2 --quorum majority", "wait 9", "ps -l 9", home=home)
     assert r.returncode == 0, r.stderr
     assert "Output: a" in r.stdout

@@ -126,7 +126,9 @@ def test_a_fast_built_snapshot_equals_one_built_by_its_init(make_kernel):
     assert info.attempts is None and info.context.input_parameters == {"steps": 2, "total": 2}
     make = fast_constructor(ProcessInfo)
     assert make(*values.values()) == info
-    with pytest.raises(ValueError):  # every field, no fewer
+    with pytest.raises(TypeError):  # every field, no fewer
         make(*list(values.values())[:-1])
+    with pytest.raises(TypeError):  # and no more
+        make(*values.values(), None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         make(*values.values()).pid = 3  # type: ignore[misc]
