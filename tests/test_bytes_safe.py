@@ -142,8 +142,11 @@ def test_persistent_messages_with_any_bytes_survive_a_restart(tmp_path):
         k2.shutdown()
 
 
-def test_one_record_sqlite_refuses_costs_only_itself_and_is_recorded(tmp_path, caplog):
+def test_one_record_sqlite_refuses_costs_only_itself_and_is_recorded(tmp_path, caplog, monkeypatch):
     store = Store(tmp_path / "llmunix.db")
+    # An llmunix started in this test process earlier (a shell test) sends the `llmunix` loggers to
+    # its log file only (propagate off); caplog listens at the root.
+    monkeypatch.setattr(logging.getLogger("llmunix"), "propagate", True)
     try:
         assert store.failure is None
         with caplog.at_level(logging.ERROR, logger="llmunix.store"):
