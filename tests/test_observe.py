@@ -437,3 +437,19 @@ def test_events_and_audit_give_the_newest_n_and_reverse_on_request(sh):
     ids = [e["seq"] for e in json.loads(out)]
     assert len(ids) == 4 and ids == sorted(ids, reverse=True)
     assert "cannot follow" in sh.bad("events --follow --reverse")
+
+
+def test_every_event_type_the_audit_trail_records_is_in_its_fast_path_set():
+    """audit_row answers None at once for a type outside _AUDITED: every type its branches name
+    must be in it, and each of those gives a row."""
+    import inspect
+    import re
+
+    from llmunix.models import Event
+    from llmunix.observe import audit
+
+    named = set(re.findall(r'"((?:shell|process)\.[a-z_]+)"', inspect.getsource(audit.audit_row)))
+    assert named | set(audit._DEBUGGER) == set(audit._AUDITED)
+    for t in audit._AUDITED:
+        assert audit.audit_row(Event(1, 0.0, t, 1, {"resumed": True})) is not None, t
+    assert audit.audit_row(Event(1, 0.0, "process.started", 1, {})) is None

@@ -49,8 +49,10 @@ class AuditEntry:
 
 def audit_row(event: Event) -> tuple[str, str, str, int | None, int | None] | None:
     """(user, kind, command, target, status) for an event the audit trail records, else None."""
-    d = event.data
     t = event.type
+    if t not in _AUDITED:  # (the store's writer asks this of every event: most are not audited)
+        return None
+    d = event.data
     if t == "shell.command":
         return (str(d.get("user") or current_user()), COMMAND, redact_text(str(d.get("command", ""))), None,
                 d.get("status"))
@@ -92,6 +94,11 @@ _DEBUGGER = {  # the debugger's other actions (its stops and continues are pause
     "process.step_requested": lambda d: str(d.get("mode") or "step"),
     "process.trace": lambda d: f"trace {'on' if d.get('on') else 'off'}",
 }
+
+# Every type audit_row answers for (a test checks this against the function's branches).
+_AUDITED = frozenset({"shell.command", "process.kill_requested", "process.pause_requested", "process.paused",
+                      "process.resumed", "process.pause_cancelled", "process.reniced", "process.modified",
+                      *_DEBUGGER, "process.rerun", "process.cleaned", "process.restarted"})
 
 _USER: list[str] = []
 
