@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import LLMUNIX
+from conftest import LLMUNIX, _wait_until
 from fake_llm import FakeLLM, sse_chunks, text_reply, tool_reply
 
 from commands.base import plain_text
@@ -531,6 +531,7 @@ def test_kill_reaches_an_agent_waiting_in_the_endpoints_line(agent_home, wait_un
     finally:
         fake.close()
     assert (shown.key, shown.waiting, shown.in_flight, shown.requests) == (fake.url, 0, 0, 1)
+    wait_until(lambda: fake.served >= 1, message="the server to count its reply")  # (counted after sending it)
     assert fake.served == 1
 
 
@@ -582,6 +583,7 @@ def test_a_token_budget_stops_the_agent_at_the_reply_that_exhausts_it(agent_home
     assert (info.state, info.error) == ("Failed", "token budget exhausted: 43 of 20")
     assert children == [("read_file", "Completed")]
     assert (usage.own.calls, usage.own.total_tokens, usage.budget.max_tokens) == (2, 43, 20)
+    _wait_until(lambda: fake.served >= 2, message="the server to count its replies")  # (counted after sending)
     assert fake.served == 2  # nothing asked after the budget was gone
 
 
