@@ -408,6 +408,7 @@ class ProcessTable:
         self._cwd_cache: str | None = None
         self._thread_cwd = threading.local()  # a thread's own default (working_directory)
         self._hooks: dict[str, list[Any]] = {name: [] for name in HOOK_NAMES}
+        self._features: list[Hooks] = []  # registered, in order (register is idempotent)
         self._snapshot_fields: dict[str, Callable[[Process], Any]] = {}
         self.known: Callable[[int], str | None] = lambda pid: None  # a PID not in memory: its stored state
         self.context: Callable[[Process], ProcessContext] | None = None  # makes a body's ctx (the kernel)
@@ -423,7 +424,11 @@ class ProcessTable:
 
     def register(self, feature: Hooks) -> None:
         """Register a feature's hooks; only those it overrides are called. After the kernel is
-        built (a feature that registers on first use), hold the lock."""
+        built (a feature that registers on first use), hold the lock. Registering a feature
+        again does nothing."""
+        if any(feature is f for f in self._features):
+            return
+        self._features.append(feature)
         for name in HOOK_NAMES:
             impl = getattr(type(feature), name, None)
             if impl is not None and impl is not getattr(Hooks, name):

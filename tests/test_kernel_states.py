@@ -634,3 +634,16 @@ def test_a_corrupt_pid_file_is_repaired_from_the_store_and_reported(make_kernel,
     second = make_kernel(home=tmp_path)
     assert "unreadable" in second.pids_repaired
     assert second.spawn("echo", text="x") > max(old)
+
+
+def test_registering_a_feature_again_adds_no_hooks(make_kernel):
+    """Features that register at first use may ask more than once (the debugger, placement)."""
+    k = make_kernel()
+    before = k.table.hooks()
+    with k.table.lock:
+        k.table.register(k.resilience)
+        k.table.register(k.placement)
+        k.table.register(k.placement)
+    after = k.table.hooks()
+    assert after["after_body"] == [*before["after_body"], "Placement.after_body"]
+    assert after["on_spawn"] == before["on_spawn"]

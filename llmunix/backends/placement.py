@@ -59,7 +59,6 @@ class Placement(Hooks):
         self.backend = backend
         self._where: dict[int, str] = {}
         self._moving: dict[int, Move] = {}
-        self._hooked = False  # its hooks are registered at the first migration (none before it)
         self._worker_of = getattr(backend, "worker_of", None) if backend.distributed else None
         if self._worker_of is not None:
             table.snapshot_field("worker", self._worker)  # a process moved here has no worker
@@ -89,9 +88,7 @@ class Placement(Hooks):
         table = self.table
         with table.lock:
             proc = table.require_live(pid, "migrate")
-            if not self._hooked:
-                table.register(self)
-                self._hooked = True
+            table.register(self)  # (its hooks from the first migration on: none before it)
             here = self.where_locked(proc)
             name = f"{format_pid(proc.pid)} {proc.name}"
             if to == "dask" and not self.backend.distributed:

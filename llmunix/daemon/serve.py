@@ -406,6 +406,9 @@ def restart(home: Path, args: argparse.Namespace, argv: list[str]) -> int:
     raise DaemonError(f"the daemon (pid {pid}) did not come back within {STOP_TIMEOUT + READY_TIMEOUT:.0f} s")
 
 
+OWNER_SETTLE = 2.0  # a daemon writes its record within moments of taking the lock
+
+
 def _take_home(home: Path) -> str | None:
     """Take the home's lock and hand it to the Kernel this process is about to make (as a standby
     does: cli.wait_for_home), or say why `home` cannot be served now (another llmunix owns it:
@@ -435,14 +438,11 @@ def _take_home(home: Path) -> str | None:
             try:
                 settled = time.time() - psutil.Process(int(owner)).create_time() > OWNER_SETTLE
             except (psutil.Error, ValueError):
-                settled = False  # it has just gone: try the lock again
+                pass  # it has just gone: try the lock again
         if settled or time.monotonic() > deadline:
             return (f"{home} is in use by llmunix pid {owner} (a shell or a script); quit it first, "
                     "then start the daemon")
         time.sleep(0.02)
-
-
-OWNER_SETTLE = 2.0  # a daemon writes its record within moments of taking the lock
 
 
 def _alive(pid: int, start: Any) -> bool:

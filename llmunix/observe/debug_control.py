@@ -56,7 +56,6 @@ class Debugger(Hooks):
         self.table = table
         self.durable = durable
         self._state: dict[int, ProcessDebugger] = {}  # pid -> its debugging state, once someone debugs it
-        self._hooked = False  # its hooks are registered when the first process is debugged
 
     def attached(self, proc: Process) -> bool:
         """Has anyone debugged this process (breakpoints, steps, trace)?"""
@@ -389,9 +388,7 @@ class Debugger(Hooks):
     def _debugger_locked(self, proc: Process) -> ProcessDebugger:
         d = self._state.get(proc.pid)
         if d is None:
-            if not self._hooked:  # the first process debugged: from now on the hooks are needed
-                self.table.register(self)
-                self._hooked = True
+            self.table.register(self)  # (its hooks from the first process debugged on)
             d = ProcessDebugger(getattr(proc.tool.func, "__code__", None))
             d.seen_checkpoints = len(proc.checkpoints)
             if d.tracer is not None:

@@ -89,18 +89,15 @@ def redact(value: Any, _depth: int = 0) -> Any:
         if _depth >= MAX_DEPTH:
             return "..."
         out: dict[Any, Any] | None = None  # the copy, made at the first value that changes
-        secret_keys, short = _SECRET_KEYS, _SHORT  # (their lookups inlined: the writer's hot loop)
         for k, v in value.items():
-            if type(k) is str and (secret_keys.get(k) or (k not in secret_keys and is_secret_key(k))):
+            if type(k) is str and is_secret_key(k):
                 new = _mask(v)
             elif type(v) in _PLAIN:
                 if out is not None:
                     out[k] = v
                 continue
             elif type(v) is str:
-                new = short.get(v) if len(v) <= 64 else None
-                if new is None:
-                    new = redact_text(v)
+                new = redact_text(v)
             else:
                 new = redact(v, _depth + 1)
             if out is None:

@@ -825,16 +825,18 @@ _ROW = ("pid", "session", "name", "tool", "kind", "priority", "owner", "parent",
         "idempotent", "state", "phase", "detail", "created", "runtime", "policy", "started", "finished",
         "exit_code", "error", "output", "worker", "cached_from")
 _COL = {name: i for i, name in enumerate(_ROW)}
-_INSERT_ROW = f"INSERT OR REPLACE INTO processes ({', '.join(_ROW)})"
-_INSERT_EVENT = "INSERT INTO events (session, seq, time, type, pid, data)"
-_INSERT_RUN = "INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb)"
-# A batch of ends (shutdown ends 100,000 queued processes): v.column1.. are the VALUES' columns.
+# Statements of the writer, as (head, width, tail): `head VALUES (row),(row),... tail`, each row
+# `width` values; v.column1.. are the VALUES' columns where rows are joined to `processes`.
+_INSERT_ROW = (f"INSERT OR REPLACE INTO processes ({', '.join(_ROW)})", len(_ROW), "")
+_INSERT_EVENT = ("INSERT INTO events (session, seq, time, type, pid, data)", 6, "")
+_INSERT_RUN = ("INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb)", 7, "")
+# A batch of ends (shutdown ends 100,000 queued processes), and the tool runs of those that ran.
 _UPDATE_ENDS = ("UPDATE processes SET state=v.column1, phase=v.column2, detail=v.column3, exit_code=v.column4, "
                 "error=v.column5, output=v.column6, finished=v.column7, runtime=v.column8 FROM (", 9,
                 ") AS v WHERE processes.pid = v.column9")
-_RUNS_OF_ENDS = ("INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb) "
-                 "SELECT p.tool, p.pid, p.started, v.column1, v.column2, v.column3, v.column4 FROM (", 6,
-                 ") AS v JOIN processes AS p ON p.pid = v.column5 WHERE p.cached_from IS NULL ORDER BY v.column6")
+_RUNS_OF_ENDS = (f"{_INSERT_RUN[0]} SELECT p.tool, p.pid, p.started, v.column1, v.column2, v.column3, v.column4 "
+                 "FROM (", 6, ") AS v JOIN processes AS p ON p.pid = v.column5 WHERE p.cached_from IS NULL "
+                 "ORDER BY v.column6")
 _UPDATE_PROGRESS = ("UPDATE processes SET progress=v.column1 FROM (", 2, ") AS v WHERE processes.pid = v.column2")
 
 ROWS_PER_STATEMENT = 64
@@ -851,12 +853,14 @@ def _rows_sql(head: str, width: int, count: int, tail: str) -> str:
     return f"{head} VALUES {','.join([row] * count)}{tail}"
 
 
-def _execute_rows(conn: sqlite3.Connection, head: str, width: int, rows: Sequence[Sequence[Any]],
-                  tail: str = "") -> None:
-    """`head VALUES (row),(row),... tail` for `rows`, in their order, ROWS_PER_STATEMENT at a time."""
+def _execute_rows(conn: sqlite3.Connection, statement: tuple[str, int, str], rows: Sequence[Sequence[Any]]) -> None:
+    """`statement` (head, width, tail) for `rows`, in their order, ROWS_PER_STATEMENT at a time."""
+    head, width, tail = statement
     for i in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[i:i + ROWS_PER_STATEMENT]
         conn.execute(_rows_sql(head, width, len(chunk), tail), [value for row in chunk for value in row])
+
+
 _PHASE_OF = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
              "blocked": "waiting", "breakpoint": "paused", "stepped": "paused"}  # the debugger stops it as a pause does
 
@@ -974,20 +978,18 @@ class _EventWriter:
         conn = self.conn
         new, self._new = self._new, {}
         if new:
-            _execute_rows(conn, _INSERT_ROW, len(_ROW), [_bindable(row) for row in new.values()])
+            _execute_rows(conn, _INSERT_ROW, [_bindable(row) for row in new.values()])
         ends, self._ends = self._ends, {}
         if ends:
-            head, width, tail = _UPDATE_ENDS
-            _execute_rows(conn, head, width, [_bindable(end[:9]) for end in ends.values()], tail)
-            head, width, tail = _RUNS_OF_ENDS
-            _execute_rows(conn, head, width, [(end[9], end[10], end[0], end[11], end[8], i)
-                                              for i, end in enumerate(ends.values()) if end[0] != "Interrupted"], tail)
+            _execute_rows(conn, _UPDATE_ENDS, [_bindable(end[:9]) for end in ends.values()])
+            _execute_rows(conn, _RUNS_OF_ENDS, [(end[9], end[10], end[0], end[11], end[8], i)
+                                                for i, end in enumerate(ends.values()) if end[0] != "Interrupted"])
         runs, self._runs = self._runs, []
         if runs:
-            _execute_rows(conn, _INSERT_RUN, 7, [_bindable(r) for r in runs])
+            _execute_rows(conn, _INSERT_RUN, [_bindable(r) for r in runs])
         rows, self._events = self._events, []
         if rows:
-            _execute_rows(conn, _INSERT_EVENT, 6, rows)
+            _execute_rows(conn, _INSERT_EVENT, rows)
 
     def discard(self, *, progress: bool = False) -> None:
         """The transaction was rolled back: its event rows not inserted yet go with it (the
@@ -1002,8 +1004,7 @@ class _EventWriter:
     def flush_progress(self) -> None:
         self.flush_events()
         if self._progress:
-            head, width, tail = _UPDATE_PROGRESS
-            _execute_rows(self.conn, head, width, [(v, k) for k, v in self._progress.items()], tail)
+            _execute_rows(self.conn, _UPDATE_PROGRESS, [(v, k) for k, v in self._progress.items()])
             self._progress.clear()
 
 
