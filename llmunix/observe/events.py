@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 from llmunix.models import Event
 from llmunix.observe.redact import redact
-from llmunix.store.sqlite import _STRIP  # what the events table leaves out (kept elsewhere)
+from llmunix.store.writer import STRIPPED  # what the events table leaves out (kept elsewhere)
 
 # The events that end a process (an interrupted one ends for this session).
 END_EVENTS = frozenset({"process.completed", "process.failed", "process.cancelled", "process.interrupted"})
@@ -35,7 +35,7 @@ def row_to_event(row: sqlite3.Row) -> Event:
 
 def redacted(event: Event) -> Event:
     """A live event as the event log shows it: secrets redacted, bulky parts left out as stored."""
-    data = {k: v for k, v in event.data.items() if k not in _STRIP.get(event.type, ())}
+    data = {k: v for k, v in event.data.items() if k not in STRIPPED.get(event.type, ())}
     return replace(event, data=MappingProxyType(redact(data)))
 
 

@@ -1,31 +1,39 @@
-"""Durable state: one SQLite database (WAL) per home directory, written by one thread.
+"""Durable state: one SQLite database (WAL) per home directory, written by one writer.
 
 The store is an event consumer like any other: it subscribes to the bus and turns events into
-rows (event sourcing). The writer thread owns the only writing connection and commits in groups
-— everything queued since the last commit goes in one transaction — so no worker waits on disk
-and the cost of a write does not depend on how much is stored.
+rows (event sourcing). The writer (llmunix/store/writer.py) owns the only writing connection and
+commits in groups — everything queued since the last commit goes in one transaction — so no
+worker waits on disk and the cost of a write does not depend on how much is stored. It runs in
+its own OS process: the kernel's process only queues events and, on thread llmunix-store, sends
+them down a pipe (about 1 us a process); redaction, JSON and SQLite run on another core.
 
 Durability rules (the engine waits on disk only for these):
 * a checkpoint is committed before `ctx.checkpoint()` returns;
 * a terminal state and output are committed before dependents are released.
 Both use `wait_durable(seq)`. With WAL and synchronous=NORMAL a commit is in the OS before it
 returns, so it survives a SIGKILL of llmunix (not a power cut: set `synchronous=FULL` for that).
+What was sent to the writer process before a SIGKILL of llmunix is committed too: it ends at the
+end of its input, not before.
 
 Reads use a connection per reading thread; WAL lets them run beside the writer.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import fcntl
+import itertools
 import json
 import logging
 import math
 import os
 import queue
 import sqlite3
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +41,38 @@ from typing import Any
 from llmunix.home import create_private_file
 from llmunix.models import Event, LlmunixError
 from llmunix.observe.audit import audit_row
-from llmunix.observe.redact import redact
+from llmunix.store.writer import (
+    COMMITTED,
+    COMPACT,
+    COMPACTED,
+    EVENT,
+    FATAL,
+    FLUSH,
+    LOST,
+    STATEMENT,
+    STOP,
+    STRIPPED,
+    TERMINAL,
+    MessageReader,
+    Unbindable,
+    Writer,
+    connect,
+    describe,
+    encode_group,
+    json_text,
+    launch_args,
+    storable_text,
+    write_all,
+)
 
 log = logging.getLogger("llmunix.store")
 
-SCHEMA_VERSION = 9
+__all__ = ["BACKLOG", "SCHEMA_VERSION", "STRIPPED", "TERMINAL", "Compaction", "Store", "StoreFailure", "json_text",
+           "storable_text"]
+
+SCHEMA_VERSION = 10
+WRITER_RESTARTS = 3  # writer processes that end unasked within a minute before writing goes to a thread
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
 
 MIGRATIONS: dict[int, str] = {
@@ -140,74 +175,12 @@ MIGRATIONS: dict[int, str] = {
     9: """
     ALTER TABLE processes ADD COLUMN cleaned REAL;
     """,
+    # The last group of writes the writer committed (llmunix/store/writer.py): a writer started
+    # again after one that died skips what is already in.
+    10: """
+    ALTER TABLE sessions ADD COLUMN writer_group INTEGER;
+    """,
 }
-
-# Events whose data is not stored in the events table (kept elsewhere, or too bulky to repeat).
-_STRIP = {"process.checkpoint": ("state",)}
-TERMINAL = {"process.completed": "Completed", "process.failed": "Failed", "process.cancelled": "Cancelled",
-            "process.interrupted": "Interrupted"}
-
-
-# One encoder for every row: json.dumps with options builds a new JSONEncoder per call (~1 us each).
-_ENCODER = json.JSONEncoder(default=repr, ensure_ascii=False, separators=(",", ":"))
-# The same encoding made once: JSONEncoder.encode builds a C encoder on every call (a third of
-# its cost for an event's data). Without a markers dict a circular value ends in RecursionError,
-# which json_text answers as it answers the encoder's own ValueError.
-_C_ENCODE = None if json.encoder.c_make_encoder is None else json.encoder.c_make_encoder(
-    None, repr, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-# For values holding lone surrogates (bytes that were not UTF-8, kept by surrogateescape): SQLite
-# stores UTF-8 text, which cannot hold them, but JSON's \udcXX escapes can, and read back as the
-# very same str. Only such values pay for the escaping of every other non-ASCII character.
-_ASCII_ENCODER = json.JSONEncoder(default=repr, ensure_ascii=True, separators=(",", ":"))
-
-
-def _utf8_ok(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-_EMPTY_JSON: dict[type, str] = {type(None): "null", list: "[]", dict: "{}", tuple: "[]"}
-
-
-def json_text(value: Any) -> str:
-    """`value` as JSON text SQLite can store, whatever bytes its strings came from: lossless
-    (`json.loads` gives back equal strings, lone surrogates included); anything JSON cannot
-    encode becomes its repr. Every JSON column is written with it."""
-    if not value and (value is None or type(value) in _EMPTY_JSON):  # the common empty ones, at once
-        return _EMPTY_JSON[type(value)]
-    try:
-        text = _ENCODER.encode(value) if _C_ENCODE is None else "".join(_C_ENCODE(value, 0))
-    except (ValueError, TypeError, RecursionError):  # a circular or pathological structure
-        return json.dumps(repr(value)[:100_000])
-    return text if _utf8_ok(text) else _ASCII_ENCODER.encode(value)
-
-
-def storable_text(text: str) -> str:
-    """`text` if it is valid Unicode, else with each byte that was not UTF-8 (a surrogateescape'd
-    str: a file name, a command's output) written as `\\xNN`, and any other lone surrogate as
-    `\\udNNN`. For plain text columns (name, error, an audit command line): readable, and it never
-    fails the transaction. JSON columns keep such strings exactly (see `json_text`)."""
-    if _utf8_ok(text):
-        return text
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that did not come from a byte
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _bindable(args: tuple[Any, ...] | list[Any]) -> tuple[Any, ...] | list[Any]:
-    """Statement arguments SQLite can bind: strings made storable (the common case, all ASCII,
-    returns `args` itself)."""
-    for a in args:
-        if type(a) is str and not a.isascii():
-            return tuple(storable_text(a) if isinstance(a, str) else a for a in args)
-    return args
-
 
 @dataclass(frozen=True)
 class StoreFailure:
@@ -233,7 +206,12 @@ class StoreFailure:
 
 
 class Store:
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    """The home's database. Writes are queued (`consume`, `execute`) and committed in groups by
+    the writer (llmunix/store/writer.py), in its own OS process unless `writer="thread"` (or the
+    environment's LLMUNIX_STORE_WRITER=thread, or no process could be started); reads run here,
+    on a connection per reading thread."""
+
+    def __init__(self, path: Path, *, read_only: bool = False, writer: str | None = None) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self._local = threading.local()
@@ -269,21 +247,31 @@ class Store:
         self._committed = 0  # highest kernel event seq committed
         self._durable = threading.Condition()
         self._commit_hooks: list[Callable[[int], None]] = []
-        self._failed: BaseException | None = None  # the last failure (health read it before `failure`)
         self._failure: StoreFailure | None = None
         self._reasons_logged: set[str] = set()
-        self._writer = threading.Thread(target=self._write_loop, name="llmunix-store", daemon=True)
+        # What was sent to the writer and not yet answered as committed: (group number, items).
+        # A writer process that dies is started again and sent these again (it skips what it had
+        # committed after all: the number of the last group is committed with it).
+        self._unacked: deque[tuple[int, list[Any]]] = deque()
+        self._in_flight = 0  # items in _unacked
+        self._group = 0
+        self._send_lock = threading.Lock()  # sending a group; starting a writer again
+        self._unacked_lock = threading.Lock()  # _unacked and _in_flight (never held while sending)
+        self._markers: dict[int, threading.Event] = {}
+        self._jobs: dict[int, Compaction] = {}
+        self._stopping = False
+        self._restarts: deque[float] = deque(maxlen=WRITER_RESTARTS)
+        self.writer_mode = writer or os.environ.get("LLMUNIX_STORE_WRITER") or "process"
+        if self.writer_mode not in ("process", "thread"):
+            raise LlmunixError(f"unknown store writer {self.writer_mode!r}: say 'process' or 'thread'")
+        self._link: _Link = self._open_link(self.writer_mode)
+        self._writer = threading.Thread(target=self._ship_loop, name="llmunix-store", daemon=True)
         self._writer.start()
 
     # ------------------------------------------------------------------ connections
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=OFF")
-        conn.row_factory = sqlite3.Row
-        return conn
+        return connect(str(self.path))
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -310,12 +298,24 @@ class Store:
         self._queue.put(event)
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
-        """Queue a statement for the writer, committed with the next group."""
+        """Queue a statement for the writer, committed with the next group. Arguments SQLite
+        cannot bind (not None, int, float, str or bytes) make it a lost record (`failure`)."""
         self._queue.put((sql, args))
 
     def backlog(self) -> int:
         """Events and statements queued for the writer, not yet committed."""
-        return self._queue.qsize()
+        return self._queue.qsize() + self._in_flight
+
+    def in_flight(self) -> int:
+        """Records sent to the writer and not yet committed (part of `backlog`): what a writer
+        process commits even if llmunix is killed now."""
+        return self._in_flight
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The OS PID of the writer process; None when the writer is a thread (or read-only)."""
+        link = getattr(self, "_link", None)
+        return link.child.pid if isinstance(link, _ProcessLink) else None
 
     @property
     def failure(self) -> StoreFailure | None:
@@ -325,7 +325,8 @@ class Store:
         return self._failure if not self.read_only else None
 
     def on_commit(self, hook: Callable[[int], None]) -> None:
-        """Call `hook(seq)` on the writer thread after each commit (seq: highest event committed)."""
+        """Call `hook(seq)` after each commit (seq: highest event committed), on the thread that
+        learns of commits (never a kernel worker)."""
         self._commit_hooks.append(hook)
 
     def wait_durable(self, seq: int, timeout: float | None = 30.0) -> bool:
@@ -354,9 +355,9 @@ class Store:
         """Compact finished processes that finished before `before` (a time.time()) or are older
         than the newest `keep` finished ones: their events and checkpoints are deleted and their
         row in `processes` stays as a summary (`compacted=1`). Interrupted and live rows are never
-        touched, nor the PIDs `protect()` returns when a step runs (live in the kernel).
+        touched, nor the PIDs `protect()` returns when a step is sent (live in the kernel).
 
-        The work runs on the writer thread in steps of `Compaction.STEP` processes, each its own
+        The work runs on the writer in steps of `CompactionStep.STEP` processes, each its own
         transaction; between steps the writer commits whatever events arrived, so checkpoints
         and terminal states are not held up. With `wait`, blocks until it is done. Without
         `sweep`, what ages out by time alone (audit, tool runs, ...) is left to a later pass:
@@ -370,26 +371,6 @@ class Store:
             raise LlmunixError(f"compaction did not finish within {timeout:.0f} s")
         return job
 
-    def _run_compaction(self, conn: sqlite3.Connection, job: Compaction, last: bool) -> None:
-        """Writer thread: one step of a compaction; queue the next unless done (or closing)."""
-        more = False
-        try:
-            conn.execute("BEGIN")
-            more = job.step(conn)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.exception("compaction failed: %s", exc)
-            job.error = str(exc)
-            more = False
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        if more and not last:
-            self._queue.put(job)
-        else:
-            job.done.set()
-
     def close(self) -> None:
         if self._closed:
             return
@@ -399,6 +380,7 @@ class Store:
         self.execute("UPDATE sessions SET ended=?, clean=1 WHERE id=?", (time.time(), self.session))
         self._queue.put(None)
         self._writer.join(timeout=30)
+        self._link.close(timeout=30)
         self._closed = True
         while True:  # a compaction still queued will not run now: release whoever waits for it
             try:
@@ -407,119 +389,175 @@ class Store:
                 break
             if isinstance(item, Compaction):
                 item.done.set()
+        for job in list(self._jobs.values()):
+            job.done.set()
+        for marker in list(self._markers.values()):
+            marker.set()
         with self._durable:
             self._durable.notify_all()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
 
-    def _write_loop(self) -> None:
-        conn = self._connect()
-        writer = _EventWriter(conn, self.session)
-        stop = False
-        while not stop:
-            batch = [self._queue.get()]
-            while True:  # group commit: everything that is already waiting goes in this transaction
+    # ------------------------------------------------------------------ the writer's two ends
+
+    def _ship_loop(self) -> None:
+        """Thread llmunix-store: everything queued since the last look goes to the writer as one
+        numbered group (events as plain tuples; audit rows with their events; flush markers and
+        compaction steps as tokens)."""
+        q = self._queue
+        session = self.session
+        while True:
+            batch = [q.get()]
+            while True:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(q.get_nowait())
                 except queue.Empty:
                     break
-            writes: list[Any] = []
-            markers = []
-            jobs = []
-            top = 0
+            items: list[Any] = []
+            stop = False
             for item in batch:
-                if item is None:
+                if type(item) is Event:
+                    items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
+                    audit = audit_row(item)
+                    if audit is not None:
+                        items.append((STATEMENT, _INSERT_AUDIT, (item.time, audit[0], session, *audit[1:])))
+                elif item is None:
                     stop = True
+                    self._stopping = True
+                    items.append((STOP,))
                 elif isinstance(item, threading.Event):
-                    markers.append(item)
+                    token = id(item)
+                    self._markers[token] = item
+                    items.append((FLUSH, token))
                 elif isinstance(item, Compaction):
-                    jobs.append(item)
-                else:
-                    writes.append(item)
-                    if isinstance(item, Event):
-                        top = max(top, item.seq)
-            if writes:
-                self._commit(conn, writer, writes)
+                    self._jobs[item.id] = item
+                    try:
+                        protected = list(item.protect()) if item.protect is not None else []
+                    except Exception:  # noqa: BLE001 - nothing is protected we cannot name: skip this step
+                        log.exception("compaction: the live PIDs could not be read; the pass ends here")
+                        self._jobs.pop(item.id, None)
+                        item.error = "the live PIDs could not be read"
+                        item.done.set()
+                        continue
+                    if items:  # a step runs after what came before it is committed
+                        self._send(items)
+                        items = []
+                    self._send([(COMPACT, item.id, item.before, item.keep, item.sweep, protected)])
+                elif isinstance(item, Event):  # (a subclass)
+                    items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
+                else:  # a statement from `execute`
+                    sql, args = item
+                    items.append((STATEMENT, sql, _sendable_args(args)))
+            self._send(items)
+            if stop:
+                return
+
+    def _send(self, items: list[Any]) -> None:
+        with self._send_lock:
+            self._group += 1
+            number = self._group
+            link = self._link
+            data = link.prepare(number, items)  # what cannot be sent is a LOST item now
+            with self._unacked_lock:
+                self._unacked.append((number, items))
+                self._in_flight += len(items)
+            try:
+                link.send(number, items, data)
+                return
+            except OSError:  # the writer process is gone: its reader starts another, which gets this too
+                pass
+        self._link_replaced(link)
+
+    def _link_replaced(self, old: _Link) -> None:
+        """Wait (a little) until a writer that ended is replaced."""
+        deadline = time.monotonic() + 60
+        while self._link is old and time.monotonic() < deadline and not self._closed:
+            time.sleep(0.01)
+
+    def _on_answer(self, answer: tuple[Any, ...]) -> None:
+        """An answer of the writer (on the thread that reads them, or the writer's own thread)."""
+        kind = answer[0]
+        if kind == COMMITTED:
+            _kind, group, top, tokens, failures = answer
+            unacked = self._unacked
+            with self._unacked_lock:
+                while unacked and unacked[0][0] <= group:
+                    self._in_flight -= len(unacked.popleft()[1])
+            for error, lost, commits, what, trace in failures:
+                self._note_failure(error, lost=lost, commits=commits, what=what, trace=trace)
             if top:
                 with self._durable:
-                    self._committed = max(self._committed, top)
+                    if top > self._committed:
+                        self._committed = top
                     self._durable.notify_all()
                 for hook in self._commit_hooks:
                     try:
                         hook(top)
                     except Exception:
                         log.exception("store commit hook failed")
-            for m in markers:
-                m.set()
-            for job in jobs:
-                self._run_compaction(conn, job, last=stop)
-        conn.close()
+            for token in tokens:
+                marker = self._markers.pop(token, None)
+                if marker is not None:
+                    marker.set()
+        elif kind == COMPACTED:
+            _kind, number, processes, events, checkpoints, more, error = answer
+            job = self._jobs.get(number)
+            if job is None:
+                return
+            job.processes, job.events, job.checkpoints = processes, events, checkpoints
+            if error:
+                log.error("compaction failed: %s", error)
+                job.error = error
+            if more and not self._stopping:
+                self._queue.put(job)  # its next step, behind what arrived meanwhile
+            else:
+                self._jobs.pop(number, None)
+                job.done.set()
+        elif kind == FATAL:
+            log.error("the store's writer process failed:\n%s", answer[1])
 
-    def _commit(self, conn: sqlite3.Connection, writer: _EventWriter, writes: list[Any]) -> None:
-        """Writer thread: commit a group of writes in one transaction. If it fails, write them
-        again one at a time, so that one record SQLite refuses costs only itself: the others
-        are committed and the loss is recorded (a `store.write_lost` event row, `failure`)."""
-        try:
-            conn.execute("BEGIN")
-            for item in writes:
-                _write_item(writer, item)
-            writer.flush_progress()  # and the events
-            conn.execute("COMMIT")
-            return
-        except Exception:  # noqa: BLE001 - which record, and whether the database itself fails, is found below
-            _rollback(conn)
-            writer.discard()
-        lost: list[tuple[Any, BaseException]] = []
-        try:
-            conn.execute("BEGIN")
-            for item in writes:
-                conn.execute("SAVEPOINT record")
-                try:
-                    _write_item(writer, item)
-                    writer.flush_events()
-                except Exception as exc:  # noqa: BLE001 - this record only
-                    conn.execute("ROLLBACK TO record")
-                    writer.discard()
-                    lost.append((item, exc))
-                conn.execute("RELEASE record")
-            conn.execute("SAVEPOINT record")
+    def _open_link(self, mode: str) -> _Link:
+        if mode == "process":
             try:
-                writer.flush_progress()
-            except Exception as exc:  # noqa: BLE001
-                conn.execute("ROLLBACK TO record")
-                writer.discard(progress=True)
-                lost.append(("progress", exc))
-            conn.execute("RELEASE record")
-            for item, exc in lost:
-                conn.execute("INSERT INTO events (session, seq, time, type, pid, data) VALUES (?,?,?,?,?,?)",
-                             (self.session, None, time.time(), "store.write_lost",
-                              item.pid if isinstance(item, Event) else None, json_text(_lost_record(item, exc))))
-            conn.execute("COMMIT")
-        except Exception as exc:  # the database itself refuses: nothing of this group is stored
-            _rollback(conn)
-            writer.discard()
-            self._note_failure(exc, commits=1, what=f"a group of {len(writes)} write(s) was not committed")
-            return
-        for item, exc in lost:
-            self._note_failure(exc, lost=1, what=f"one record ({_describe_item(item)}) was not written; "
-                                                  "the rest of its group was")
+                return _ProcessLink(self)
+            except (OSError, LlmunixError) as exc:
+                log.warning("the store's writer process could not start (%s): writing on a thread instead", exc)
+        return _ThreadLink(self)
 
-    def _note_failure(self, exc: BaseException, *, lost: int = 0, commits: int = 0, what: str) -> None:
+    def _writer_ended(self, link: _Link, code: int | None) -> None:
+        """The writer process ended without being asked to: start another (or, after
+        WRITER_RESTARTS in a minute, write on a thread) and send it what was not answered."""
+        now = time.monotonic()
+        self._restarts.append(now)
+        often = len(self._restarts) == WRITER_RESTARTS and now - self._restarts[0] < 60
+        log.warning("the store's writer process ended (exit status %s): %s; %d group(s) sent again", code,
+                    "writing on a thread from now on" if often else "starting another", len(self._unacked))
+        with self._send_lock:
+            new = self._open_link("thread" if often else "process")
+            with self._unacked_lock:
+                again = list(self._unacked)
+            for number, items in again:
+                try:
+                    new.send(number, items, new.prepare(number, items))
+                except OSError:
+                    break  # that one ended too: its reader starts the next
+            self._link = new
+
+    def _note_failure(self, error: str, *, lost: int = 0, commits: int = 0, what: str, trace: str = "") -> None:
         """Count a failure for `failure`, and log it: with its traceback the first time a reason
         is seen, never again after (a failing disk must not bury the log, nor a user's terminal)."""
         old = self._failure
-        self._failed = exc
         self._failure = StoreFailure(
-            error=f"{type(exc).__name__}: {exc}", time=time.time(), lost=(old.lost if old else 0) + lost,
+            error=error, time=time.time(), lost=(old.lost if old else 0) + lost,
             failed_commits=(old.failed_commits if old else 0) + commits)
-        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        reason = error[:200]
         if reason in self._reasons_logged:
             return
         if len(self._reasons_logged) < 100:
             self._reasons_logged.add(reason)
         log.error("store write failed: %s: %s (later failures for the same reason are counted, not logged; "
-                  "`health` shows the totals)", what, reason, exc_info=(type(exc), exc, exc.__traceback__))
+                  "`health` shows the totals)%s", what, reason, f"\n{trace.rstrip()}" if trace else "")
 
     # ------------------------------------------------------------------ reading
 
@@ -709,50 +747,15 @@ class Store:
         return str(self._reader().execute("PRAGMA integrity_check").fetchone()[0])
 
 
-def _write_item(writer: _EventWriter, item: Any) -> None:
-    if isinstance(item, Event):
-        writer.write(item)
-    else:  # a statement from `execute`
-        writer.flush_events()
-        sql, args = item
-        writer.conn.execute(sql, _bindable(args))
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
-
-
-def _describe_item(item: Any) -> str:
-    if isinstance(item, Event):
-        return f"event {item.type}" + (f" of process {item.pid}" if item.pid is not None else "")
-    if item == "progress":
-        return "progress of this group's processes"
-    return f"statement {str(item[0]).split(None, 3)[:3]}"
-
-
-def _lost_record(item: Any, exc: BaseException) -> dict[str, Any]:
-    out: dict[str, Any] = {"record": _describe_item(item), "error": f"{type(exc).__name__}: {exc}"}
-    if isinstance(item, Event):
-        out.update(type=item.type, seq=item.seq)
-    return out
-
-
 class Compaction:
-    """One retention pass over the store, run in steps on the writer thread (`Store.compact`).
+    """One retention pass over the store, run in steps by the writer (`Store.compact`): what it
+    asked for, the totals so far, and `done` once the pass is over (`error` if it failed)."""
 
-    Candidates are finished rows (phase 'done', not yet compacted) that are either older than
-    `before` or outside the newest `keep` finished ones; both limits become one bound on
-    (finished, pid), walked in that order with a cursor so no row is looked at twice. The
-    counts are totals so far; `done` is set when the pass is over.
-    """
-
-    STEP = 500  # processes per transaction (also keeps the IN (...) lists short)
+    _ids = itertools.count(1)
 
     def __init__(self, before: float, keep: int, protect: Callable[[], Collection[int]] | None, *,
                  sweep: bool = True) -> None:
+        self.id = next(self._ids)
         self.before = before
         self.keep = keep
         self.protect = protect
@@ -762,250 +765,113 @@ class Compaction:
         self.checkpoints = 0
         self.error: str | None = None
         self.done = threading.Event()
-        self._bound: tuple[float, int] | None = None
-        self._cursor: tuple[float, int] = (-1.0, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {"processes": self.processes, "events": self.events, "checkpoints": self.checkpoints}
 
-    def step(self, conn: sqlite3.Connection) -> bool:
-        """Compact up to STEP processes; True if there may be more."""
-        if self._bound is None:
-            bound = (self.before, 0)  # (finished, pid) <= (before, 0) means finished < before
-            # Counted on the `finished` index alone (finished rows: done, and interrupted on a clean
-            # exit), without reading the table: a pass costs O(keep), and does not push the
-            # writer's working set out of SQLite's page cache.
-            # PIDs are never reused, so the greatest is at least the number of rows: when `keep` is
-            # not below it, no row can be beyond the newest `keep` (and the walk would read them all).
-            top = conn.execute("SELECT max(pid) FROM processes").fetchone()[0]
-            newest = None if top is None or self.keep >= top else conn.execute(
-                "SELECT finished, pid FROM processes WHERE finished IS NOT NULL ORDER BY finished DESC, pid DESC "
-                "LIMIT 1 OFFSET ?", (self.keep,)).fetchone()
-            if newest is not None and newest[0] is not None:
-                bound = max(bound, (float(newest[0]), int(newest[1])))
-            self._bound = bound
-        (bf, bp), (cf, cp) = self._bound, self._cursor
-        # Row values and `+phase` make SQLite walk the `finished` index from the cursor, in order,
-        # instead of collecting every done row and sorting it at each step.
-        rows = conn.execute(
-            "SELECT pid, finished FROM processes WHERE (finished, pid) > (?, ?) AND (finished, pid) <= (?, ?) "
-            "AND +phase='done' AND compacted=0 ORDER BY finished, pid LIMIT ?",
-            (cf, cp, bf, bp, self.STEP)).fetchall()
-        if rows:
-            self._cursor = (float(rows[-1][1]), int(rows[-1][0]))
-            protected = set(self.protect()) if self.protect is not None else set()
-            pids = [r[0] for r in rows if r[0] not in protected]
-            if pids:
-                marks = ",".join("?" * len(pids))
-                self.events += conn.execute(f"DELETE FROM events WHERE pid IN ({marks})", pids).rowcount
-                self.checkpoints += conn.execute(f"DELETE FROM checkpoints WHERE pid IN ({marks})", pids).rowcount
-                conn.execute(f"UPDATE processes SET compacted=1 WHERE pid IN ({marks})", pids)
-                self.processes += len(pids)
-            if len(rows) == self.STEP:
-                return True
-        if not self.sweep:
-            return False
-        # Last step: what belongs to no process ages out by time alone (shell.command events, the
-        # audit trail, tool run history, agents' learning memory, cached results), so none of them grows without
-        # bound; so do persistent messages left to a process that finished long ago (never to one
-        # that was interrupted: `recover` delivers them to it again).
-        self.events += conn.execute("DELETE FROM events WHERE time < ? AND pid IS NULL", (self.before,)).rowcount
-        conn.execute("DELETE FROM audit WHERE time < ?", (self.before,))
-        conn.execute("DELETE FROM tool_runs WHERE finished < ?", (self.before,))
-        conn.execute("DELETE FROM token_usage WHERE time < ?", (self.before,))
-        conn.execute("DELETE FROM agent_runs WHERE time < ?", (self.before,))
-        conn.execute("DELETE FROM agent_tool_uses WHERE time < ?", (self.before,))
-        conn.execute("DELETE FROM cache WHERE created < ?", (self.before,))
-        conn.execute("DELETE FROM messages WHERE recipient IN (SELECT pid FROM processes WHERE phase='done' "
-                     "AND finished < ?)", (self.before,))
-        return False
+
+_INSERT_AUDIT = "INSERT INTO audit (time, user, session, kind, command, target, status) VALUES (?,?,?,?,?,?,?)"
+_BINDABLE = (int, float, str, bytes, bytearray)
 
 
-_ROW = ("pid", "session", "name", "tool", "kind", "priority", "owner", "parent", "after", "cwd", "params",
-        "idempotent", "state", "phase", "detail", "created", "runtime", "policy", "started", "finished",
-        "exit_code", "error", "output", "worker", "cached_from")
-_COL = {name: i for i, name in enumerate(_ROW)}
-# Statements of the writer, as (head, width, tail): `head VALUES (row),(row),... tail`, each row
-# `width` values; v.column1.. are the VALUES' columns where rows are joined to `processes`.
-_INSERT_ROW = (f"INSERT OR REPLACE INTO processes ({', '.join(_ROW)})", len(_ROW), "")
-_INSERT_EVENT = ("INSERT INTO events (session, seq, time, type, pid, data)", 6, "")
-_INSERT_RUN = ("INSERT INTO tool_runs (tool, pid, started, finished, duration, outcome, peak_memory_mb)", 7, "")
-# A batch of ends (shutdown ends 100,000 queued processes), and the tool runs of those that ran.
-_UPDATE_ENDS = ("UPDATE processes SET state=v.column1, phase=v.column2, detail=v.column3, exit_code=v.column4, "
-                "error=v.column5, output=v.column6, finished=v.column7, runtime=v.column8 FROM (", 9,
-                ") AS v WHERE processes.pid = v.column9")
-_RUNS_OF_ENDS = (f"{_INSERT_RUN[0]} SELECT p.tool, p.pid, p.started, v.column1, v.column2, v.column3, v.column4 "
-                 "FROM (", 6, ") AS v JOIN processes AS p ON p.pid = v.column5 WHERE p.cached_from IS NULL "
-                 "ORDER BY v.column6")
-_UPDATE_PROGRESS = ("UPDATE processes SET progress=v.column1 FROM (", 2, ") AS v WHERE processes.pid = v.column2")
-
-ROWS_PER_STATEMENT = 64
-"""Rows a statement of the writer carries (`INSERT ... VALUES (...),(...),...`). Not
-`executemany`: it steps once per row, and the sqlite3 module lets go of the GIL around every
-step; while the workers keep the GIL busy, taking it back after each row's step is a wait each
-time (measured with one busy thread: 505 us a row with executemany, 77 with 100 rows a
-statement). SQLite's own work is the same."""
+def _sendable_args(args: Any) -> tuple[Any, ...]:
+    """A statement's arguments as the writer gets them: what SQLite cannot bind stands in as an
+    `Unbindable` (binding it fails there as the value itself would, and only that record is lost)."""
+    args = tuple(args)
+    for a in args:
+        if a is not None and not isinstance(a, _BINDABLE):
+            return tuple(a if a is None or isinstance(a, _BINDABLE) else Unbindable(type(a).__name__) for a in args)
+    return args
 
 
-@functools.lru_cache(maxsize=512)
-def _rows_sql(head: str, width: int, count: int, tail: str) -> str:
-    row = "(" + ",".join("?" * width) + ")"
-    return f"{head} VALUES {','.join([row] * count)}{tail}"
+class _Link:
+    """How groups reach the writer: `prepare` (what cannot be sent becomes a LOST item, in place),
+    `send`, and `close` once the STOP is sent."""
+
+    def prepare(self, number: int, items: list[Any]) -> Any:
+        return None
+
+    def send(self, number: int, items: list[Any], data: Any) -> None:
+        raise NotImplementedError
+
+    def close(self, timeout: float) -> None:
+        pass
 
 
-def _execute_rows(conn: sqlite3.Connection, statement: tuple[str, int, str], rows: Sequence[Sequence[Any]]) -> None:
-    """`statement` (head, width, tail) for `rows`, in their order, ROWS_PER_STATEMENT at a time."""
-    head, width, tail = statement
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[i:i + ROWS_PER_STATEMENT]
-        conn.execute(_rows_sql(head, width, len(chunk), tail), [value for row in chunk for value in row])
+class _ThreadLink(_Link):
+    """The writer on the shipping thread itself: each group is committed as it is sent."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writer = Writer(connect(str(store.path)), store.session)
+
+    def send(self, number: int, items: list[Any], data: Any) -> None:
+        answers, stop = self.writer.serve([(number, items)])
+        for answer in answers:
+            self.store._on_answer(answer)
+        if stop:
+            self.writer.conn.close()
 
 
-_PHASE_OF = {"paused": "paused", "resumed": "ready", "preempted": "preempted", "continued": "running",
-             "blocked": "waiting", "breakpoint": "paused", "stepped": "paused"}  # the debugger stops it as a pause does
+class _ProcessLink(_Link):
+    """The writer in a child process: groups pickled down its stdin, answers read from its stdout
+    by thread llmunix-store-answers."""
 
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.child = subprocess.Popen(
+            launch_args(str(store.path), store.session), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        assert self.child.stdin is not None and self.child.stdout is not None
+        self.fd = self.child.stdin.fileno()
+        with contextlib.suppress(OSError):  # room for a burst of events before the shipper waits
+            fcntl.fcntl(self.fd, F_SETPIPE_SZ, 1 << 20)
+        self.reader = MessageReader(self.child.stdout.fileno())
+        self.answers = threading.Thread(target=self._read_answers, name="llmunix-store-answers", daemon=True)
+        self.answers.start()
 
-class _EventWriter:
-    """Turns events into rows, on the writer thread. A process spawned in the transaction being
-    written is one row built in memory from all its events (spawned, started, ..., its end) and
-    inserted once, with its tool run, when the events are flushed: a no-op process costs one
-    INSERT, not an INSERT and three UPDATEs. Progress rows are coalesced per batch."""
+    def prepare(self, number: int, items: list[Any]) -> bytes:
+        try:
+            return encode_group((number, items))
+        except Exception:  # noqa: BLE001 - one at a time: what cannot be pickled is lost, the rest goes
+            for i, item in enumerate(items):
+                try:
+                    encode_group(item)
+                except Exception as exc:  # noqa: BLE001
+                    items[i] = (LOST, describe(item), f"{type(exc).__name__}: {exc}")
+            return encode_group((number, items))
 
-    def __init__(self, conn: sqlite3.Connection, session: int) -> None:
-        self.conn = conn
-        self.session = session
-        self._progress: dict[int, str] = {}
-        self._events: list[tuple[Any, ...]] = []  # event rows, inserted with one executemany
-        self._new: dict[int, list[Any]] = {}  # processes rows of this transaction, by PID
-        self._runs: list[tuple[Any, ...]] = []  # tool_runs rows of those
-        self._ends: dict[int, tuple[Any, ...]] = {}  # terminal updates of earlier processes, by PID
+    def send(self, number: int, items: list[Any], data: Any) -> None:
+        write_all(self.fd, data)
 
-    def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
-        self.conn.execute(sql, _bindable(args))
+    def _read_answers(self) -> None:
+        store = self.store
+        try:
+            while True:
+                answers = self.reader.read(block=True)
+                if answers is None:
+                    break
+                for answer in answers:
+                    store._on_answer(answer)
+        except Exception:  # noqa: BLE001 - a garbled answer: the writer is started again
+            log.exception("the store's writer process answered something unreadable")
+            with contextlib.suppress(OSError):
+                self.child.kill()
+        code = self.child.wait()
+        with contextlib.suppress(OSError):
+            self.child.stdout.close()  # type: ignore[union-attr]
+        if not (store._stopping and code == 0):
+            store._writer_ended(self, code)
 
-    def write(self, e: Event) -> None:
-        data = e.data
-        strip = _STRIP.get(e.type)
-        if strip:
-            data = {k: v for k, v in data.items() if k not in strip}
-        self._events.append(_bindable((self.session, e.seq, e.time, e.type, e.pid, json_text(redact(data)))))
-        audit = audit_row(e)
-        if audit is not None:
-            self._execute("INSERT INTO audit (time, user, session, kind, command, target, status) "
-                          "VALUES (?,?,?,?,?,?,?)", (e.time, audit[0], self.session, *audit[1:]))
-        if e.pid is None or not e.type.startswith("process."):
-            return
-        d = e.data
-        kind = e.type[8:]
-        if kind == "spawned":
-            if e.pid in self._ends:  # it ended and runs again (rollback): its old end goes first
-                self.flush_events()
-            self._new[e.pid] = [
-                e.pid, self.session, d.get("name"), d.get("tool"), d.get("kind", "tool"), d.get("priority"),
-                d.get("owner"), d.get("parent"), json_text(d.get("after", [])), d.get("cwd"),
-                json_text(d.get("params", {})), int(bool(d.get("idempotent"))), "Pending", d.get("phase", "ready"),
-                d.get("detail", "queued"), e.time, 0, json_text(d["policy"]) if d.get("policy") else None,
-                None, None, None, None, None, None, None]
-            return
-        row = self._new.get(e.pid)
-        if kind == "started":
-            if row is not None:
-                row[_COL["started"]], row[_COL["state"]] = e.time, d.get("state", "Running")
-                row[_COL["phase"]], row[_COL["detail"]], row[_COL["session"]] = "running", "running", self.session
-            else:
-                self._execute("UPDATE processes SET started=?, state=?, phase='running', detail='running', "
-                              "session=? WHERE pid=?", (e.time, d.get("state", "Running"), self.session, e.pid))
-        elif kind == "state":
-            if row is not None:
-                row[_COL["state"]], row[_COL["detail"]] = d.get("state"), d.get("detail") or d.get("state")
-            else:
-                self._execute("UPDATE processes SET state=?, detail=? WHERE pid=?",
-                              (d.get("state"), d.get("detail") or d.get("state"), e.pid))
-        elif kind == "progress":
-            self._progress[e.pid] = json_text({k: d.get(k) for k in ("step", "total", "percentage", "message")})
-        elif kind == "checkpoint":
-            self._execute("INSERT OR REPLACE INTO checkpoints (pid, version, time, state) VALUES (?,?,?,?)",
-                          (e.pid, d.get("version"), e.time, json_text(d.get("state"))))
-        elif kind in _PHASE_OF:
-            if row is not None:
-                row[_COL["phase"]] = _PHASE_OF[kind]
-            else:
-                self._execute("UPDATE processes SET phase=? WHERE pid=?", (_PHASE_OF[kind], e.pid))
-        elif kind == "cleaned":  # `clean`: out of the listings, its events and log kept
-            if e.pid in self._new or e.pid in self._ends:
-                self.flush_events()  # its row goes in (or ends) first
-            self._execute("UPDATE processes SET cleaned=? WHERE pid=?", (e.time, e.pid))
-        elif kind == "cached":  # it reused a stored result (llmunix/cache.py): not a run of its tool
-            if row is not None:
-                row[_COL["cached_from"]] = d.get("source")
-            else:
-                self._execute("UPDATE processes SET cached_from=? WHERE pid=?", (d.get("source"), e.pid))
-        elif kind == "tokens":  # an LLM reply's usage (cost NULL: no price for the model)
-            self._execute("INSERT INTO token_usage (time, pid, model, endpoint, backend, prompt_tokens, "
-                          "completion_tokens, cost) VALUES (?,?,?,?,?,?,?,?)",
-                          (e.time, e.pid, d.get("model"), d.get("endpoint"), d.get("backend"),
-                           int(d.get("prompt_tokens") or 0), int(d.get("completion_tokens") or 0), d.get("cost")))
-        elif kind == "remote":  # its body runs on a Dask worker
-            if row is not None:
-                row[_COL["worker"]] = d.get("worker")
-            else:
-                self._execute("UPDATE processes SET worker=? WHERE pid=?", (d.get("worker"), e.pid))
-        elif kind == "reniced":
-            if row is not None:
-                row[_COL["priority"]] = d.get("new")
-            else:
-                self._execute("UPDATE processes SET priority=? WHERE pid=?", (d.get("new"), e.pid))
-        elif e.type in TERMINAL:
-            state = TERMINAL[e.type]
-            phase = "interrupted" if state == "Interrupted" else "done"
-            end = (state, phase, d.get("error") or ("exit 0" if state == "Completed" else state.lower()),
-                   d.get("exit_code"), d.get("error"), json_text(d.get("output")), e.time, d.get("runtime"))
-            if row is not None:
-                for name, value in zip(("state", "phase", "detail", "exit_code", "error", "output", "finished",
-                                        "runtime"), end, strict=True):
-                    row[_COL[name]] = value
-                if state != "Interrupted" and row[_COL["cached_from"]] is None:
-                    self._runs.append((row[_COL["tool"]], e.pid, row[_COL["started"]], e.time, d.get("runtime"),
-                                       state, d.get("peak_memory_mb")))
-                return
-            # Batched (shutdown ends 100,000 queued processes): one executemany at the flush.
-            self._ends[e.pid] = (*end, e.pid, e.time, d.get("runtime"), d.get("peak_memory_mb"))
-
-    def flush_events(self) -> None:
-        """Insert the rows written so far — the processes of this transaction, their tool runs,
-        the events in order — before a statement that may read or delete them, and before the
-        commit."""
-        conn = self.conn
-        new, self._new = self._new, {}
-        if new:
-            _execute_rows(conn, _INSERT_ROW, [_bindable(row) for row in new.values()])
-        ends, self._ends = self._ends, {}
-        if ends:
-            _execute_rows(conn, _UPDATE_ENDS, [_bindable(end[:9]) for end in ends.values()])
-            _execute_rows(conn, _RUNS_OF_ENDS, [(end[9], end[10], end[0], end[11], end[8], i)
-                                                for i, end in enumerate(ends.values()) if end[0] != "Interrupted"])
-        runs, self._runs = self._runs, []
-        if runs:
-            _execute_rows(conn, _INSERT_RUN, [_bindable(r) for r in runs])
-        rows, self._events = self._events, []
-        if rows:
-            _execute_rows(conn, _INSERT_EVENT, rows)
-
-    def discard(self, *, progress: bool = False) -> None:
-        """The transaction was rolled back: its event rows not inserted yet go with it (the
-        latest progress stays, for the next transaction, unless `progress`: it was what failed)."""
-        self._events.clear()
-        self._new.clear()
-        self._runs.clear()
-        self._ends.clear()
-        if progress:
-            self._progress.clear()
-
-    def flush_progress(self) -> None:
-        self.flush_events()
-        if self._progress:
-            _execute_rows(self.conn, _UPDATE_PROGRESS, [(v, k) for k, v in self._progress.items()])
-            self._progress.clear()
+    def close(self, timeout: float) -> None:
+        self.answers.join(timeout)
+        try:
+            self.child.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            log.error("the store's writer process did not end: killed")
+            self.child.kill()
+        with contextlib.suppress(OSError):
+            self.child.stdin.close()  # type: ignore[union-attr]
 
 
 def _os_pid() -> int:

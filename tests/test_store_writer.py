@@ -1,0 +1,192 @@
+"""The store's writer process (llmunix/store/writer.py): nothing lost, nothing twice, the same rows
+as a writer thread would write."""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import OrderedDict, namedtuple
+from types import MappingProxyType
+
+import psutil
+import pytest
+
+from llmunix import Kernel
+from llmunix.models import Event
+from llmunix.observe.redact import redact_text
+from llmunix.store import Store
+
+
+def rows(path, sql):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Word(str, enum.Enum):
+    HELLO = "hello"
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque token=abc>"
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+Pair = namedtuple("Pair", "a b")
+
+
+def odd_values() -> dict:
+    loop: list = [1]
+    loop.append(loop)
+    return {
+        "enum": Colour.RED, "int_enum": Level.HIGH, "str_enum": Word.HELLO, "opaque": Opaque(),
+        "proxy": MappingProxyType({"a": 1}), "ordered": OrderedDict(b=2), "pair": Pair(1, "x"),
+        "set": {3}, "bytes": b"\x00\xff", "nan": float("nan"), "class": int, "keys": {1: "one", None: "none"},
+        "loop": loop, "api_key": "abc", "nested": {"token": Opaque(), "ok": [Word.HELLO]},
+    }
+
+
+def test_events_with_any_values_are_stored_as_a_writer_thread_stores_them(tmp_path):
+    """The writer process gets plain values only (the kernel's classes are never unpickled
+    there): what it stores for each is what the writer thread stores for the value itself."""
+    stored = {}
+    for mode in ("thread", "process"):
+        store = Store(tmp_path / f"{mode}.db", writer=mode)
+        try:
+            assert store.writer_mode == mode and (store.writer_pid is not None) == (mode == "process")
+            for seq in range(1, 4):
+                store.consume(Event(seq, 1000.0 + seq, "test.odd", None, odd_values()))
+            store.consume(Event(4, 1004.0, "test.odd", None, {"one": Opaque()}))
+            if mode == "process":  # (a writer thread loses an event whose value's repr fails)
+                store.consume(Event(5, 1005.0, "test.bad", None, {"bad": BadRepr()}))
+            assert store.flush(30)
+            assert store.failure is None, store.failure
+            stored[mode] = store.query("SELECT seq, data FROM events WHERE type='test.odd' ORDER BY seq")
+            if mode == "process":
+                assert [r[0] for r in store.query("SELECT data FROM events WHERE type='test.bad'")] == [
+                    '{"bad":"<BadRepr: repr failed: no repr>"}']
+        finally:
+            store.close()
+    thread, process = ([tuple(r) for r in stored[m]] for m in ("thread", "process"))
+    assert len(thread) == 4
+    for (seq_t, data_t), (seq_p, data_p) in zip(thread, process, strict=True):
+        assert seq_t == seq_p
+        if "loop" in data_t:  # a value holding itself: cut off at the same depth either way
+            assert data_t.count("...") == data_p.count("...")
+        # An object's repr is text to the writer process, and text is redacted: "token=abc" too.
+        assert data_t.replace(repr(Opaque()), redact_text(repr(Opaque()))) == data_p
+    assert '"api_key":"***"' in process[0][1] and "abc" not in process[0][1].replace("token=***", "")
+
+
+def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost_or_doubled(tmp_path):
+    store = Store(tmp_path / "llmunix.db")
+    try:
+        first = store.writer_pid
+        assert first is not None
+        n = 3000
+        for i in range(n):
+            store.consume(Event(i + 1, float(i), "test.n", None, {"i": i}))
+            store.execute("INSERT INTO audit (time, user, command) VALUES (?, ?, ?)", (i, "u", f"c{i}"))
+            if i == n // 3:
+                os.kill(first, signal.SIGKILL)  # while it works: some groups committed, some sent, some queued
+        assert store.flush(60)
+        assert store.writer_pid not in (None, first)
+        assert store.failure is None
+        seqs = store.query("SELECT seq FROM events WHERE type='test.n' ORDER BY id")
+        assert [r[0] for r in seqs] == list(range(1, n + 1))
+        commands = store.query("SELECT command FROM audit WHERE user='u' ORDER BY id")
+        assert [r[0] for r in commands] == [f"c{i}" for i in range(n)]
+        assert store.wait_durable(n, timeout=10)
+    finally:
+        store.close()
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+
+
+def test_what_was_sent_to_the_writer_is_committed_after_a_sigkill_of_llmunix(tmp_path, wait_until):
+    db = tmp_path / "llmunix.db"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from llmunix.store import Store
+        store = Store({str(db)!r})
+        assert store.flush(30)  # the writer process is up (it ignores hang-ups from here on)
+        os.kill(store.writer_pid, signal.SIGSTOP)  # it commits nothing until the test lets it go
+        for i in range(1000):
+            store.execute("INSERT INTO audit (time, user, command) VALUES (?, ?, ?)", (i, "u", f"c{{i}}"))
+        deadline = time.monotonic() + 30
+        while store.in_flight() < 1000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(store.writer_pid, store.in_flight(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    writer, sent = (int(x) for x in proc.stdout.split())
+    assert sent == 1000
+    assert not rows(db, "SELECT count(*) FROM audit WHERE user='u'")[0][0]
+    os.kill(writer, signal.SIGCONT)
+    wait_until(lambda: not psutil.pid_exists(writer) or psutil.Process(writer).status() == psutil.STATUS_ZOMBIE,
+               timeout=30, message="the writer process to finish and end")
+    assert [r[0] for r in rows(db, "SELECT command FROM audit WHERE user='u' ORDER BY id")] == [
+        f"c{i}" for i in range(1000)]
+
+
+def test_a_kernel_writes_on_a_thread_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMUNIX_STORE_WRITER", "thread")
+    with Kernel(tmp_path / "home", monitor=False) as k:
+        assert k.store is not None and k.store.writer_pid is None and k.store.writer_mode == "thread"
+        pids = [k.spawn("echo", text=str(i)) for i in range(20)]
+        assert all(i.state == "Completed" for i in k.wait(pids, timeout=30))
+        assert k.flush()
+    got = rows(tmp_path / "home" / "llmunix.db", "SELECT pid, output FROM processes ORDER BY pid")
+    assert [r[0] for r in got] == pids and got[0][1] == '"0"'
+
+
+def test_an_unknown_writer_mode_is_one_clear_error(tmp_path):
+    with pytest.raises(Exception, match="unknown store writer 'fork'"):
+        Store(tmp_path / "x.db", writer="fork")
+
+
+def test_the_writer_process_starts_light_and_ends_with_its_store(tmp_path):
+    """It imports neither the engine's models nor anything above them, and is gone once the
+    store is closed."""
+    store = Store(tmp_path / "llmunix.db")
+    pid = store.writer_pid
+    try:
+        assert store.flush(30)
+        child = psutil.Process(pid)
+        maps = " ".join(m.path for m in child.memory_maps())
+        assert "_sqlite3" in maps
+        assert child.ppid() == os.getpid()
+    finally:
+        t0 = time.monotonic()
+        store.close()
+    assert time.monotonic() - t0 < 10
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    probe = subprocess.run(
+        [sys.executable, "-I", "-S", "-c",
+         f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
+         "import llmunix.store.writer; print(sorted(m for m in sys.modules if m.startswith('llmunix')))"],
+        capture_output=True, text=True, timeout=30)
+    assert probe.stdout.strip() == "['llmunix', 'llmunix.observe', 'llmunix.observe.redact', 'llmunix.store', " \
+                                   "'llmunix.store.writer']", probe.stderr
