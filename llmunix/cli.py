@@ -262,6 +262,9 @@ def start_engine(args: argparse.Namespace, home: Path, config: Any, *, interacti
             isolation=config.isolation,
             tool_settings={name: t.model_dump(exclude_none=True) for name, t in config.tools.items()},
             read_only=getattr(args, "read_only", None),
+            # A one-shot command writes on a thread unless it writes a lot (no writer process to
+            # start, and wait for, for a `ps`); a shell, a script or the daemon start one at once.
+            store_writer="auto" if getattr(args, "commands", None) is not None else None,
         )
     except LlmunixError as exc:
         if backend is not None:

@@ -119,6 +119,7 @@ class Kernel:
         monitor_interval: float = 1.0,
         owner: str | None = None,
         store: bool = True,
+        store_writer: str | None = None,
         read_only: bool | None = None,
         retention_days: float = DEFAULT_RETENTION_DAYS,
         retention_count: int = DEFAULT_RETENTION_COUNT,
@@ -178,7 +179,7 @@ class Kernel:
             if self.read_only:
                 self.store = Store(db, read_only=True) if db.exists() else None
             else:
-                self.store = Store(db)
+                self.store = Store(db, writer=store_writer)
                 self.interrupted_at_start = self.store.interrupted_at_start
         pids = None if self.read_only else PidAllocator(self.home, floor=_highest_pid(self.store) + 1)
         self.table = ProcessTable(scheduler=self.scheduler, bus=self.bus, owner=self.owner, kill_grace=kill_grace,

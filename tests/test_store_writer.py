@@ -21,6 +21,7 @@ from llmunix import Kernel
 from llmunix.models import Event
 from llmunix.observe.redact import redact_text
 from llmunix.store import Store
+from llmunix.store.sqlite import PROMOTE_AFTER
 
 
 def rows(path, sql):
@@ -100,7 +101,7 @@ def test_events_with_any_values_are_stored_as_a_writer_thread_stores_them(tmp_pa
 
 
 def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost_or_doubled(tmp_path):
-    store = Store(tmp_path / "llmunix.db")
+    store = Store(tmp_path / "llmunix.db", writer="process")
     try:
         first = store.writer_pid
         assert first is not None
@@ -128,7 +129,7 @@ def test_what_was_sent_to_the_writer_is_committed_after_a_sigkill_of_llmunix(tmp
     script = textwrap.dedent(f"""
         import os, signal, sys, time
         from llmunix.store import Store
-        store = Store({str(db)!r})
+        store = Store({str(db)!r}, writer="process")
         assert store.flush(30)  # the writer process is up (it ignores hang-ups from here on)
         os.kill(store.writer_pid, signal.SIGSTOP)  # it commits nothing until the test lets it go
         for i in range(1000):
@@ -162,6 +163,25 @@ def test_a_kernel_writes_on_a_thread_when_asked(tmp_path, monkeypatch):
     assert [r[0] for r in got] == pids and got[0][1] == '"0"'
 
 
+def test_a_session_that_writes_enough_moves_its_writer_to_a_process(tmp_path, wait_until):
+    store = Store(tmp_path / "llmunix.db", writer="auto")  # as `llmunix -c` has it
+    try:
+        for i in range(100):
+            store.execute("INSERT INTO audit (time, user, command) VALUES (?, ?, ?)", (i, "u", f"c{i}"))
+        assert store.flush(30) and store.writer_pid is None  # a quiet session: on a thread
+        for i in range(100, PROMOTE_AFTER + 100):
+            store.execute("INSERT INTO audit (time, user, command) VALUES (?, ?, ?)", (i, "u", f"c{i}"))
+        assert store.flush(30)
+        wait_until(lambda: store.writer_pid is not None, message="the writer process")  # (after the group sent)
+        for i in range(PROMOTE_AFTER + 100, PROMOTE_AFTER + 200):
+            store.execute("INSERT INTO audit (time, user, command) VALUES (?, ?, ?)", (i, "u", f"c{i}"))
+        assert store.flush(30)
+        commands = store.query("SELECT command FROM audit WHERE user='u' ORDER BY id")
+        assert [r[0] for r in commands] == [f"c{i}" for i in range(PROMOTE_AFTER + 200)]
+    finally:
+        store.close()
+
+
 def test_an_unknown_writer_mode_is_one_clear_error(tmp_path):
     with pytest.raises(Exception, match="unknown store writer 'fork'"):
         Store(tmp_path / "x.db", writer="fork")
@@ -170,7 +190,7 @@ def test_an_unknown_writer_mode_is_one_clear_error(tmp_path):
 def test_the_writer_process_starts_light_and_ends_with_its_store(tmp_path):
     """It imports neither the engine's models nor anything above them, and is gone once the
     store is closed."""
-    store = Store(tmp_path / "llmunix.db")
+    store = Store(tmp_path / "llmunix.db", writer="process")
     pid = store.writer_pid
     try:
         assert store.flush(30)

@@ -71,6 +71,10 @@ __all__ = ["BACKLOG", "SCHEMA_VERSION", "STRIPPED", "TERMINAL", "Compaction", "S
            "storable_text"]
 
 SCHEMA_VERSION = 10
+PROMOTE_AFTER = 2000
+"""Records a session writes on a thread before its writer moves to a process of its own (writer
+`auto`): a one-shot command or a quiet shell never starts one; a busy session does, within its
+first few hundred processes."""
 WRITER_RESTARTS = 3  # writer processes that end unasked within a minute before writing goes to a thread
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 BACKLOG = 2000  # events published but not yet committed before producers are slowed (Store.throttle)
@@ -207,9 +211,12 @@ class StoreFailure:
 
 class Store:
     """The home's database. Writes are queued (`consume`, `execute`) and committed in groups by
-    the writer (llmunix/store/writer.py), in its own OS process unless `writer="thread"` (or the
-    environment's LLMUNIX_STORE_WRITER=thread, or no process could be started); reads run here,
-    on a connection per reading thread."""
+    the writer (llmunix/store/writer.py); reads run here, on a connection per reading thread.
+
+    `writer` (default: the environment's LLMUNIX_STORE_WRITER, else "process") says where the
+    writer runs: "process" in a process of its own from the start; "auto" on a thread until the
+    session has written PROMOTE_AFTER records, then in a process (`llmunix -c`); "thread" always
+    on a thread (also where no process can be started)."""
 
     def __init__(self, path: Path, *, read_only: bool = False, writer: str | None = None) -> None:
         self.path = Path(path)
@@ -262,9 +269,10 @@ class Store:
         self._stopping = False
         self._restarts: deque[float] = deque(maxlen=WRITER_RESTARTS)
         self.writer_mode = writer or os.environ.get("LLMUNIX_STORE_WRITER") or "process"
-        if self.writer_mode not in ("process", "thread"):
-            raise LlmunixError(f"unknown store writer {self.writer_mode!r}: say 'process' or 'thread'")
-        self._link: _Link = self._open_link(self.writer_mode)
+        if self.writer_mode not in ("auto", "process", "thread"):
+            raise LlmunixError(f"unknown store writer {self.writer_mode!r}: say 'auto', 'process' or 'thread'")
+        self._sent = 0  # records sent so far (`auto` moves the writer to a process after PROMOTE_AFTER)
+        self._link: _Link = self._open_link("process" if self.writer_mode == "process" else "thread")
         self._writer = threading.Thread(target=self._ship_loop, name="llmunix-store", daemon=True)
         self._writer.start()
 
@@ -464,10 +472,25 @@ class Store:
                 self._in_flight += len(items)
             try:
                 link.send(number, items, data)
-                return
             except OSError:  # the writer process is gone: its reader starts another, which gets this too
                 pass
+            else:
+                self._sent += len(items)
+                if self._sent >= PROMOTE_AFTER and self.writer_mode == "auto" and isinstance(link, _ThreadLink):
+                    self._promote(link)
+                return
         self._link_replaced(link)
+
+    def _promote(self, old: _ThreadLink) -> None:
+        """`auto`: the session writes enough to be worth a process of its own (with the send lock
+        held; the thread has committed everything it was sent)."""
+        self.writer_mode = "process"  # (whether it starts or not: tried once)
+        try:
+            self._link = _ProcessLink(self)
+        except (OSError, LlmunixError) as exc:
+            log.warning("the store's writer process could not start (%s): writing on a thread", exc)
+            return
+        old.close(timeout=0)
 
     def _link_replaced(self, old: _Link) -> None:
         """Wait (a little) until a writer that ended is replaced."""
@@ -810,6 +833,10 @@ class _ThreadLink(_Link):
         for answer in answers:
             self.store._on_answer(answer)
         if stop:
+            self.writer.conn.close()
+
+    def close(self, timeout: float) -> None:
+        with contextlib.suppress(sqlite3.Error):
             self.writer.conn.close()
 
 

@@ -1,11 +1,11 @@
 """The store's writer: turns events and statements into rows and commits them in groups.
 
-It runs in its own OS process (`Store` starts `python -m`-style a child that runs `main()`), so
-that redaction, JSON encoding and SQLite's own work — about 35 us of CPU per no-op process —
+A busy session runs it in its own OS process (`Store` starts a child Python that runs `main()`),
+so that redaction, JSON encoding and SQLite's own work — about 35 us of CPU per no-op process —
 do not take the interpreter lock from the kernel's threads; on a machine with a free core the
-writing costs the kernel only the pickling of what it sends (about 1 us a process). Where no
-child process can be started, the same code runs on a thread of the kernel's process
-(`Store(writer="thread")`).
+writing costs the kernel only the pickling of what it sends (about 1 us a process). A quiet
+session (a one-shot command, a shell), or one where no child process can be started, runs the
+same code on a thread of the kernel's process (`Store(writer=...)`).
 
 Everything here works on plain values only — it is imported by that child, which must start
 fast: no import of `llmunix.models` or anything above it.
