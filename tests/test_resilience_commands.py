@@ -95,7 +95,7 @@ def test_breakers_list_reset_and_json(sh):
 def test_health_prints_checks_and_fails_when_unhealthy(sh):
     out = sh.ok("health")
     assert out.splitlines()[0] == "health: healthy"
-    assert re.search(r"^store\s+ok\s+\S+llmunix\.db writable$", out, re.M)
+    assert re.search(r"^store\s+ok\s+\S+llmunix\.db writable \(writer (process \d+|thread)\)$", out, re.M)
     report = json.loads(sh.ok("health --json"))
     assert report["status"] == "healthy"
     assert [c["name"] for c in report["checks"]] == ["store", "disk space", "memory", "breakers",

@@ -250,12 +250,14 @@ class Resilience(Hooks):
             return HealthCheck("store", FAIL, f"writes to {path} failed: {failure}")
         if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
             return HealthCheck("store", FAIL, f"{path} is not writable")
-        # A real write: an event through the bus and the writer thread, committed to disk.
+        # A real write: an event through the bus and the store's writer, committed to disk.
         seq = self.bus.publish("system.health_probe", None, {}).seq
         if not self.store.wait_durable(seq, timeout=STORE_CHECK_TIMEOUT) or self.store.failure is not None:
             return HealthCheck("store", FAIL, f"a test write to {path} did not commit within "
                                               f"{STORE_CHECK_TIMEOUT:g}s")
-        return HealthCheck("store", OK, f"{path} writable")
+        pid = self.store.writer_pid
+        writer = "thread" if pid is None else f"process {pid}"
+        return HealthCheck("store", OK, f"{path} writable (writer {writer})")
 
     # ------------------------------------------------------------------ spawn (policies)
 
