@@ -32,6 +32,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from llmunix.store.writer import (
     Unbindable,
     Writer,
     connect,
+    decode_group,
     describe,
     encode_group,
     json_text,
@@ -72,6 +74,7 @@ __all__ = ["BACKLOG", "SCHEMA_VERSION", "STRIPPED", "TERMINAL", "Compaction", "S
 
 SCHEMA_VERSION = 10
 PROMOTE_AFTER = 2000
+SMALL_GROUP = 8  # records a group may hold to be committed on the shipping thread while the writer process idles
 """Records a session writes on a thread before its writer moves to a process of its own (writer
 `auto`): a one-shot command or a quiet shell never starts one; a busy session does, within its
 first few hundred processes."""
@@ -254,6 +257,8 @@ class Store:
         self._committed = 0  # highest kernel event seq committed
         self._durable = threading.Condition()
         self._commit_hooks: list[Callable[[int], None]] = []
+        self._hook_lock = threading.Lock()
+        self._hooked = 0  # the highest seq the commit hooks were called with
         self._failure: StoreFailure | None = None
         self._reasons_logged: set[str] = set()
         # What was sent to the writer and not yet answered as committed: (group number, items).
@@ -271,8 +276,14 @@ class Store:
         self.writer_mode = writer or os.environ.get("LLMUNIX_STORE_WRITER") or "process"
         if self.writer_mode not in ("auto", "process", "thread"):
             raise LlmunixError(f"unknown store writer {self.writer_mode!r}: say 'auto', 'process' or 'thread'")
+        self._beside: _ThreadLink | None = None  # beside a writer process: for a few records when it is idle
         self._sent = 0  # records sent so far (`auto` moves the writer to a process after PROMOTE_AFTER)
         self._link: _Link = self._open_link("process" if self.writer_mode == "process" else "thread")
+        if type(self._link) is _ProcessLink:  # made now, while descriptors are to be had
+            try:
+                self._beside = _ThreadLink(self)
+            except sqlite3.Error as exc:
+                log.warning("no connection beside the writer process (%s): every group goes to it", exc)
         self._writer = threading.Thread(target=self._ship_loop, name="llmunix-store", daemon=True)
         self._writer.start()
 
@@ -389,6 +400,8 @@ class Store:
         self._queue.put(None)
         self._writer.join(timeout=30)
         self._link.close(timeout=30)
+        if self._beside is not None:
+            self._beside.close(timeout=0)
         self._closed = True
         while True:  # a compaction still queued will not run now: release whoever waits for it
             try:
@@ -412,9 +425,9 @@ class Store:
     def _ship_loop(self) -> None:
         """Thread llmunix-store: everything queued since the last look goes to the writer as one
         numbered group (events as plain tuples; audit rows with their events; flush markers and
-        compaction steps as tokens)."""
+        compaction steps as tokens). It never ends but at the close: what it could not send is
+        counted as lost (`failure`) and logged."""
         q = self._queue
-        session = self.session
         while True:
             batch = [q.get()]
             while True:
@@ -422,50 +435,75 @@ class Store:
                     batch.append(q.get_nowait())
                 except queue.Empty:
                     break
-            items: list[Any] = []
-            stop = False
-            for item in batch:
-                if type(item) is Event:
-                    items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
-                    audit = audit_row(item)
-                    if audit is not None:
-                        items.append((STATEMENT, _INSERT_AUDIT, (item.time, audit[0], session, *audit[1:])))
-                elif item is None:
-                    stop = True
+            try:
+                if self._ship(batch):
+                    return
+            except Exception as exc:  # noqa: BLE001 - never silent, never the end of the writing
+                self._note_failure(f"{type(exc).__name__}: {exc}", lost=len(batch),
+                                   what=f"a group of {len(batch)} record(s) could not be sent to the writer",
+                                   trace=traceback.format_exc())
+                if any(item is None for item in batch):
                     self._stopping = True
-                    items.append((STOP,))
-                elif isinstance(item, threading.Event):
-                    token = id(item)
-                    self._markers[token] = item
-                    items.append((FLUSH, token))
-                elif isinstance(item, Compaction):
-                    self._jobs[item.id] = item
-                    try:
-                        protected = list(item.protect()) if item.protect is not None else []
-                    except Exception:  # noqa: BLE001 - nothing is protected we cannot name: skip this step
-                        log.exception("compaction: the live PIDs could not be read; the pass ends here")
-                        self._jobs.pop(item.id, None)
-                        item.error = "the live PIDs could not be read"
-                        item.done.set()
-                        continue
-                    if items:  # a step runs after what came before it is committed
-                        self._send(items)
-                        items = []
-                    self._send([(COMPACT, item.id, item.before, item.keep, item.sweep, protected)])
-                elif isinstance(item, Event):  # (a subclass)
-                    items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
-                else:  # a statement from `execute`
+                    return
+
+    def _ship(self, batch: list[Any]) -> bool:
+        """Send `batch` (in order; a compaction step in a group of its own). Returns whether it
+        held the STOP."""
+        session = self.session
+        items: list[Any] = []
+        stop = False
+        for item in batch:
+            if type(item) is Event:
+                items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
+                audit = audit_row(item)
+                if audit is not None:
+                    items.append((STATEMENT, _INSERT_AUDIT, (item.time, audit[0], session, *audit[1:])))
+            elif item is None:
+                stop = True
+                self._stopping = True
+                items.append((STOP,))
+            elif isinstance(item, threading.Event):
+                token = id(item)
+                self._markers[token] = item
+                items.append((FLUSH, token))
+            elif isinstance(item, Compaction):
+                self._jobs[item.id] = item
+                try:
+                    protected = list(item.protect()) if item.protect is not None else []
+                except Exception:  # noqa: BLE001 - nothing is protected we cannot name: skip this step
+                    log.exception("compaction: the live PIDs could not be read; the pass ends here")
+                    self._jobs.pop(item.id, None)
+                    item.error = "the live PIDs could not be read"
+                    item.done.set()
+                    continue
+                if items:  # a step runs after what came before it is committed
+                    self._send(items)
+                    items = []
+                self._send([(COMPACT, item.id, item.before, item.keep, item.sweep, protected)])
+            elif isinstance(item, Event):  # (a subclass)
+                items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
+            else:  # a statement from `execute`
+                try:
                     sql, args = item
-                    items.append((STATEMENT, sql, _sendable_args(args)))
+                    items.append((STATEMENT, str(sql), _sendable_args(args)))
+                except Exception as exc:  # noqa: BLE001 - (arguments that are not a sequence): this record only
+                    items.append((LOST, f"statement {str(item)[:60]}", f"{type(exc).__name__}: {exc}"))
+        if items:
             self._send(items)
-            if stop:
-                return
+        return stop
 
     def _send(self, items: list[Any]) -> None:
         with self._send_lock:
             self._group += 1
             number = self._group
             link = self._link
+            if (self._beside is not None and type(link) is _ProcessLink and len(items) <= SMALL_GROUP
+                    and not self._unacked and items[-1][0] not in (STOP, COMPACT)):
+                # A few records while the writer process has nothing to do: committed here, on
+                # this thread (two hand-overs to a commit and back instead of four: an idle
+                # checkpoint or flush waits as long as with a writer thread). Never while the
+                # process still has anything: one writer at a time, in order.
+                link = self._beside
             data = link.prepare(number, items)  # what cannot be sent is a LOST item now
             with self._unacked_lock:
                 self._unacked.append((number, items))
@@ -503,7 +541,7 @@ class Store:
         kind = answer[0]
         if kind == COMMITTED:
             _kind, group, top, tokens, failures = answer
-            unacked = self._unacked
+            unacked = self._unacked  # first: with nothing unanswered, the next group may be written beside
             with self._unacked_lock:
                 while unacked and unacked[0][0] <= group:
                     self._in_flight -= len(unacked.popleft()[1])
@@ -514,11 +552,14 @@ class Store:
                     if top > self._committed:
                         self._committed = top
                     self._durable.notify_all()
-                for hook in self._commit_hooks:
-                    try:
-                        hook(top)
-                    except Exception:
-                        log.exception("store commit hook failed")
+                with self._hook_lock:  # answers of both writers: each hook sees commits in order
+                    if top > self._hooked:
+                        self._hooked = top
+                        for hook in self._commit_hooks:
+                            try:
+                                hook(top)
+                            except Exception:
+                                log.exception("store commit hook failed")
             for token in tokens:
                 marker = self._markers.pop(token, None)
                 if marker is not None:
@@ -809,10 +850,19 @@ def _sendable_args(args: Any) -> tuple[Any, ...]:
 
 class _Link:
     """How groups reach the writer: `prepare` (what cannot be sent becomes a LOST item, in place),
-    `send`, and `close` once the STOP is sent."""
+    `send`, and `close` once the STOP is sent. Both kinds of writer get the same: the group as
+    pickled for the pipe, so that what is stored does not depend on where it was written."""
 
-    def prepare(self, number: int, items: list[Any]) -> Any:
-        return None
+    def prepare(self, number: int, items: list[Any]) -> bytes:
+        try:
+            return encode_group((number, items))
+        except Exception:  # noqa: BLE001 - one at a time: what cannot be pickled is lost, the rest goes
+            for i, item in enumerate(items):
+                try:
+                    encode_group(item)
+                except Exception as exc:  # noqa: BLE001
+                    items[i] = (LOST, describe(item), f"{type(exc).__name__}: {exc}")
+            return encode_group((number, items))
 
     def send(self, number: int, items: list[Any], data: Any) -> None:
         raise NotImplementedError
@@ -829,7 +879,7 @@ class _ThreadLink(_Link):
         self.writer = Writer(connect(str(store.path)), store.session)
 
     def send(self, number: int, items: list[Any], data: Any) -> None:
-        answers, stop = self.writer.serve([(number, items)])
+        answers, stop = self.writer.serve([decode_group(data)])
         for answer in answers:
             self.store._on_answer(answer)
         if stop:
@@ -857,17 +907,6 @@ class _ProcessLink(_Link):
         self.answers = threading.Thread(target=self._read_answers, name="llmunix-store-answers", daemon=True)
         self.answers.start()
 
-    def prepare(self, number: int, items: list[Any]) -> bytes:
-        try:
-            return encode_group((number, items))
-        except Exception:  # noqa: BLE001 - one at a time: what cannot be pickled is lost, the rest goes
-            for i, item in enumerate(items):
-                try:
-                    encode_group(item)
-                except Exception as exc:  # noqa: BLE001
-                    items[i] = (LOST, describe(item), f"{type(exc).__name__}: {exc}")
-            return encode_group((number, items))
-
     def send(self, number: int, items: list[Any], data: Any) -> None:
         write_all(self.fd, data)
 
@@ -887,7 +926,10 @@ class _ProcessLink(_Link):
         code = self.child.wait()
         with contextlib.suppress(OSError):
             self.child.stdout.close()  # type: ignore[union-attr]
-        if not (store._stopping and code == 0):
+        if store._stopping:
+            if code != 0:
+                log.error("the store's writer process ended with status %s at the close", code)
+        else:
             store._writer_ended(self, code)
 
     def close(self, timeout: float) -> None:

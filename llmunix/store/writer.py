@@ -61,17 +61,25 @@ TERMINAL = {"process.completed": "Completed", "process.failed": "Failed", "proce
 
 # ---------------------------------------------------------------------------- text and values
 
+def safe_repr(value: Any) -> str:
+    """repr(value), or a placeholder if its __repr__ fails (the record is kept either way)."""
+    try:
+        return repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not lose the record
+        return f"<{type(value).__name__}: repr failed: {exc}>"
+
+
 # One encoder for every row: json.dumps with options builds a new JSONEncoder per call (~1 us each).
-_ENCODER = json.JSONEncoder(default=repr, ensure_ascii=False, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(default=safe_repr, ensure_ascii=False, separators=(",", ":"))
 # The same encoding made once: JSONEncoder.encode builds a C encoder on every call (a third of
 # its cost for an event's data). Without a markers dict a circular value ends in RecursionError,
 # which json_text answers as it answers the encoder's own ValueError.
 _C_ENCODE = None if json.encoder.c_make_encoder is None else json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, repr, json.encoder.encode_basestring, None, ":", ",", False, False, True)  # type: ignore[attr-defined]
+    None, safe_repr, json.encoder.encode_basestring, None, ":", ",", False, False, True)  # type: ignore[attr-defined]
 # For values holding lone surrogates (bytes that were not UTF-8, kept by surrogateescape): SQLite
 # stores UTF-8 text, which cannot hold them, but JSON's \udcXX escapes can, and read back as the
 # very same str. Only such values pay for the escaping of every other non-ASCII character.
-_ASCII_ENCODER = json.JSONEncoder(default=repr, ensure_ascii=True, separators=(",", ":"))
+_ASCII_ENCODER = json.JSONEncoder(default=safe_repr, ensure_ascii=True, separators=(",", ":"))
 
 
 def _utf8_ok(text: str) -> bool:
@@ -96,7 +104,7 @@ def json_text(value: Any) -> str:
     try:
         text = _ENCODER.encode(value) if _C_ENCODE is None else "".join(_C_ENCODE(value, 0))
     except (ValueError, TypeError, RecursionError):  # a circular or pathological structure
-        return json.dumps(repr(value)[:100_000])
+        return json.dumps(safe_repr(value)[:100_000])
     return text if _utf8_ok(text) else _ASCII_ENCODER.encode(value)
 
 
@@ -161,11 +169,7 @@ def plain(value: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         return int, (int.__index__(value),)
     if isinstance(value, float):
         return float, (float.__float__(value),)
-    try:
-        text = repr(value)
-    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not lose the event
-        text = f"<{type(value).__name__}: repr failed: {exc}>"
-    return str, (text,)
+    return str, (safe_repr(value),)
 
 
 class _Pickler(pickle.Pickler):
@@ -188,6 +192,11 @@ def encode_group(items: Any) -> bytes:
     data = buf.getvalue()
     _HEADER.pack_into(data, 0, len(data) - 4)
     return bytes(data)
+
+
+def decode_group(data: bytes) -> Any:
+    """What `encode_group` framed."""
+    return pickle.loads(memoryview(data)[4:])
 
 
 class _Buffer:
@@ -695,12 +704,12 @@ class Writer:
                     jobs.append(item)
                 elif kind == STOP:
                     stop = True
-            group = number
             if jobs:
-                commit()
+                commit()  # what came before the step (a group is answered only once all of it is done)
                 for _kind, job, before, keep, sweep, protected in jobs:
                     processes, events, checkpoints, more, error = self.compact(job, before, keep, sweep, protected)
                     answers.append((COMPACTED, job, processes, events, checkpoints, more and not stop, error))
+            group = number
         commit()
         return answers, stop
 
@@ -758,5 +767,5 @@ def launch_args(path: str, session: int) -> list[str]:
 
 __all__ = ["COMMITTED", "COMPACT", "COMPACTED", "EVENT", "FATAL", "FLUSH", "LOST", "STATEMENT", "STOP", "STRIPPED",
            "TERMINAL", "CompactionStep", "EventWriter", "MessageReader", "Unbindable", "Writer", "connect",
-           "encode_group", "json_text", "launch_args", "main", "storable_text", "write_all"]
+           "decode_group", "encode_group", "json_text", "launch_args", "main", "storable_text", "write_all"]
 
