@@ -22,6 +22,7 @@ from llmunix.models import Event
 from llmunix.observe.redact import redact_text
 from llmunix.store import Store
 from llmunix.store.sqlite import PROMOTE_AFTER
+from llmunix.store.writer import STATEMENT, encode_group, launch_args
 
 
 def rows(path, sql):
@@ -227,3 +228,26 @@ def test_a_record_that_cannot_be_sent_costs_only_itself(tmp_path):
             assert len(store.query("SELECT id FROM events WHERE type='store.write_lost'")) == 1
         finally:
             store.close()
+
+
+def test_a_writer_whose_kernel_is_gone_still_commits_all_it_is_sent(tmp_path, wait_until):
+    """Its answers go nowhere (the kernel died): it goes on committing until the end of its input."""
+    db = tmp_path / "llmunix.db"
+    store = Store(db, writer="thread")  # a database and a session to write in
+    session = store.session
+    store.close()
+    child = subprocess.Popen(launch_args(str(db), session), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    child.stdout.close()  # nobody reads its answers: each one fails (EPIPE)
+    sql = "INSERT INTO audit (time, user, command) VALUES (?, ?, ?)"
+    try:
+        child.stdin.write(encode_group((10_001, [(STATEMENT, sql, (1, "u", "first"))])))
+        child.stdin.flush()
+        wait_until(lambda: rows(db, "SELECT count(*) FROM audit WHERE user='u'")[0][0] == 1, message="the first")
+        child.stdin.write(encode_group((10_002, [(STATEMENT, sql, (2, "u", "second"))])))
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert [r[0] for r in rows(db, "SELECT command FROM audit WHERE user='u' ORDER BY id")] == ["first", "second"]

@@ -733,26 +733,33 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     path, session = args[0], int(args[1])
     out = sys.stdout.fileno()
+    heard = [True]  # whether the kernel still reads answers
+
+    def answer(data: bytes) -> None:
+        if heard[0]:
+            try:
+                write_all(out, data)
+            except BrokenPipeError:  # the kernel is gone: what it sent is still committed, unanswered
+                heard[0] = False
+
     try:
         conn = connect(path)
         writer = Writer(conn, session)
         reader = MessageReader(sys.stdin.fileno())
-        write_all(out, encode_group((COMMITTED, writer.committed_group, 0, [], [])))  # ready
+        answer(encode_group((COMMITTED, writer.committed_group, 0, [], [])))  # ready
         while True:
             messages = reader.read(block=True)
             if messages is None:  # the kernel is gone: everything it sent is written
                 return 0
             answers, stop = writer.serve(messages)
             if answers:
-                write_all(out, b"".join(encode_group(a) for a in answers))
+                answer(b"".join(encode_group(a) for a in answers))
             if stop:
                 conn.close()
                 return 0
-    except BrokenPipeError:
-        return 0
     except BaseException as exc:  # noqa: BLE001 - said to the kernel, which logs it
         try:
-            write_all(out, encode_group((FATAL, _trace(exc))))
+            answer(encode_group((FATAL, _trace(exc))))
         except OSError:
             pass
         return 1
