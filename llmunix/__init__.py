@@ -16,16 +16,41 @@ one-shot command do not pay for the whole engine at start.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+def lazy_exports(namespace: dict[str, Any], where: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's PEP 562 `__getattr__` (for llmunix's own packages): each name in `where` is
+    imported from the module it names the first time it is read, and kept in `namespace` (the
+    package's `globals()`); any other name is an AttributeError.
+
+        __getattr__ = lazy_exports(globals(), {"Store": "llmunix.store.sqlite"})
+    """
+    package = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        source = where.get(name)
+        if source is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(source), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
+
 
 __all__ = [
     "Event", "IllegalTransition", "Kernel", "LlmunixError", "NoSuchProcess", "Outcome", "Phase",
     "Priority", "ProcessContext", "ProcessInfo", "ProcessKilled", "ProcessKind", "ToolError", "tool",
 ]
 
-_WHERE = {"Kernel": "llmunix.kernel", "ProcessContext": "llmunix.process", "tool": "llmunix.tools"}
+_WHERE = {name: "llmunix.models" for name in __all__} | {
+    "Kernel": "llmunix.kernel", "ProcessContext": "llmunix.process", "tool": "llmunix.tools"}
 
 if TYPE_CHECKING:
     from llmunix.kernel import Kernel
@@ -46,11 +71,4 @@ if TYPE_CHECKING:
     from llmunix.tools import tool
 
 
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module 'llmunix' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_WHERE.get(name, "llmunix.models")), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _WHERE)

@@ -8,7 +8,9 @@ message models (pydantic) or the coordination helpers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from llmunix import lazy_exports
 
 __all__ = [
     "BrokenBarrier", "EventBus", "Message", "MessageInfo", "SharedBuffer", "SharedEntry", "Subscription",
@@ -32,12 +34,4 @@ if TYPE_CHECKING:
     from llmunix.ipc.sync import BrokenBarrier
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'llmunix.ipc' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _WHERE)

@@ -7,8 +7,9 @@ on its way to writer.py, and must not pay for the engine's models.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from llmunix import lazy_exports
 
 __all__ = ["Store", "StoreFailure", "json_text", "row_to_info", "row_to_ps", "storable_text"]
 
@@ -22,10 +23,4 @@ if TYPE_CHECKING:
     from llmunix.store.writer import json_text, storable_text
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'llmunix.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _WHERE)

@@ -453,7 +453,7 @@ class Store:
         items: list[Any] = []
         stop = False
         for item in batch:
-            if type(item) is Event:
+            if isinstance(item, Event):
                 items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
                 audit = audit_row(item)
                 if audit is not None:
@@ -480,8 +480,6 @@ class Store:
                     self._send(items)
                     items = []
                 self._send([(COMPACT, item.id, item.before, item.keep, item.sweep, protected)])
-            elif isinstance(item, Event):  # (a subclass)
-                items.append((EVENT, item.seq, item.time, item.type, item.pid, item.data))
             else:  # a statement from `execute`
                 try:
                     sql, args = item
@@ -510,31 +508,25 @@ class Store:
                 self._in_flight += len(items)
             try:
                 link.send(number, items, data)
-            except OSError:  # the writer process is gone: its reader starts another, which gets this too
-                pass
-            else:
-                self._sent += len(items)
-                if self._sent >= PROMOTE_AFTER and self.writer_mode == "auto" and isinstance(link, _ThreadLink):
-                    self._promote(link)
+            except OSError:  # the writer process is gone: the one its reader starts is sent this too
                 return
-        self._link_replaced(link)
+            self._sent += len(items)
+            if self._sent >= PROMOTE_AFTER and self.writer_mode == "auto":
+                self._promote()
 
-    def _promote(self, old: _ThreadLink) -> None:
+    def _promote(self) -> None:
         """`auto`: the session writes enough to be worth a process of its own (with the send lock
-        held; the thread has committed everything it was sent)."""
-        self.writer_mode = "process"  # (whether it starts or not: tried once)
+        held). The thread writer, which has committed everything it was sent, stays beside it."""
         try:
-            self._link = _ProcessLink(self)
+            link = _ProcessLink(self)
         except (OSError, LlmunixError) as exc:
             log.warning("the store's writer process could not start (%s): writing on a thread", exc)
+            self.writer_mode = "thread"
             return
-        old.close(timeout=0)
-
-    def _link_replaced(self, old: _Link) -> None:
-        """Wait (a little) until a writer that ended is replaced."""
-        deadline = time.monotonic() + 60
-        while self._link is old and time.monotonic() < deadline and not self._closed:
-            time.sleep(0.01)
+        self.writer_mode = "process"
+        if isinstance(self._link, _ThreadLink):
+            self._beside = self._link
+        self._link = link
 
     def _on_answer(self, answer: tuple[Any, ...]) -> None:
         """An answer of the writer (on the thread that reads them, or the writer's own thread)."""

@@ -36,6 +36,7 @@ lost.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import pickle
@@ -186,31 +187,18 @@ class _Pickler(pickle.Pickler):
 
 def encode_group(items: Any) -> bytes:
     """One framed message: a length, then the pickle of `items`."""
-    buf = _Buffer()
+    buf = io.BytesIO()
     buf.write(b"\0\0\0\0")
     _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(items)
-    data = buf.getvalue()
-    _HEADER.pack_into(data, 0, len(data) - 4)
-    return bytes(data)
+    view = buf.getbuffer()
+    _HEADER.pack_into(view, 0, len(view) - 4)
+    del view  # (the buffer cannot be read whole while a view of it lives)
+    return buf.getvalue()
 
 
 def decode_group(data: bytes) -> Any:
     """What `encode_group` framed."""
     return pickle.loads(memoryview(data)[4:])
-
-
-class _Buffer:
-    __slots__ = ("_data",)
-
-    def __init__(self) -> None:
-        self._data = bytearray()
-
-    def write(self, b: Any) -> int:
-        self._data += b
-        return len(b)
-
-    def getvalue(self) -> bytearray:
-        return self._data
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
